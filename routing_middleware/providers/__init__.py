@@ -1,0 +1,1 @@
+"""Provider wire dialects: one module per dialect behind the interface in ``base``."""

@@ -1,0 +1,27 @@
+"""Shared test configuration.
+
+PostgreSQL- and Redis-backed tests run when ``LLMROUTE_TEST_DATABASE_URL`` /
+``LLMROUTE_TEST_REDIS_URL`` are set (``.ci/run`` sets both) and are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    needs = {
+        "postgres": "LLMROUTE_TEST_DATABASE_URL",
+        "redis": "LLMROUTE_TEST_REDIS_URL",
+    }
+    for item in items:
+        for marker, variable in needs.items():
+            if item.get_closest_marker(marker) and not os.environ.get(variable):
+                item.add_marker(pytest.mark.skip(reason=f"set {variable} to run"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
