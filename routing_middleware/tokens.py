@@ -1,0 +1,65 @@
+"""Offline token estimates, for routing and budget checks before a call.
+
+No tokenizer files ship with the package: the estimate is a character heuristic
+that errs high (an upper bound is what budget reservations want). Provider-reported
+usage replaces it after the call; when a provider reports none, the estimate is
+recorded and marked ``estimated=True``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .schema import ChatRequest, ImagePart, Message, TextPart
+
+__all__ = [
+    "IMAGE_TOKENS",
+    "MESSAGE_OVERHEAD_TOKENS",
+    "estimate_message_tokens",
+    "estimate_request_tokens",
+    "estimate_text_tokens",
+]
+
+#: Framing per message (role, separators), after OpenAI's published heuristic.
+MESSAGE_OVERHEAD_TOKENS = 4
+#: A flat estimate per image; providers range from ~85 (low detail) to ~1,600.
+IMAGE_TOKENS = 800
+_REPLY_PRIMER_TOKENS = 3
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens in ``text``: about four ASCII characters per token, one per other character.
+
+    Dense scripts (CJK) and symbols cost roughly a token per character in every
+    current tokenizer, so non-ASCII characters count one each.
+    """
+    if not text:
+        return 0
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    other = len(text) - ascii_chars
+    return (ascii_chars + 3) // 4 + other
+
+
+def estimate_message_tokens(message: Message) -> int:
+    tokens = MESSAGE_OVERHEAD_TOKENS
+    content = message.content
+    if isinstance(content, str):
+        tokens += estimate_text_tokens(content)
+    elif content is not None:
+        for part in content:
+            if isinstance(part, TextPart):
+                tokens += estimate_text_tokens(part.text)
+            elif isinstance(part, ImagePart):
+                tokens += IMAGE_TOKENS
+    for call in message.tool_calls or ():
+        tokens += estimate_text_tokens(call.name) + estimate_text_tokens(call.arguments) + 3
+    return tokens
+
+
+def estimate_request_tokens(request: ChatRequest) -> int:
+    """Input tokens of ``request``: messages, framing and tool definitions."""
+    tokens = _REPLY_PRIMER_TOKENS + sum(estimate_message_tokens(m) for m in request.messages)
+    for tool in request.tools or ():
+        tokens += 8 + estimate_text_tokens(tool.name) + estimate_text_tokens(tool.description or "")
+        tokens += estimate_text_tokens(json.dumps(tool.parameters, separators=(",", ":")))
+    return tokens

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from routing_middleware.schema import ChatRequest, ImagePart, Message, TextPart, Tool, ToolCall
+from routing_middleware.tokens import (
+    IMAGE_TOKENS,
+    MESSAGE_OVERHEAD_TOKENS,
+    estimate_request_tokens,
+    estimate_text_tokens,
+)
+
+
+def test_ascii_text_is_about_four_chars_per_token() -> None:
+    assert estimate_text_tokens("") == 0
+    assert estimate_text_tokens("abcd") == 1
+    assert estimate_text_tokens("abcde") == 2
+    assert estimate_text_tokens("x" * 4000) == 1000
+
+
+def test_non_ascii_counts_one_token_per_character() -> None:
+    assert estimate_text_tokens("日本語のテキスト") == 8
+    assert estimate_text_tokens("ab日本") == 1 + 2
+
+
+def test_request_estimate_counts_framing_images_tools_and_calls() -> None:
+    text_only = ChatRequest(model="m", messages=[Message(role="user", content="x" * 400)])
+    assert estimate_request_tokens(text_only) == 3 + MESSAGE_OVERHEAD_TOKENS + 100
+
+    with_image = ChatRequest(
+        model="m",
+        messages=[
+            Message(
+                role="user", content=[TextPart(text="x" * 400), ImagePart(url="https://i/x.png")]
+            )
+        ],
+    )
+    assert estimate_request_tokens(with_image) == estimate_request_tokens(text_only) + IMAGE_TOKENS
+
+    with_tools = text_only.model_copy(
+        update={"tools": [Tool(name="lookup", parameters={"type": "object", "properties": {}})]}
+    )
+    assert estimate_request_tokens(with_tools) > estimate_request_tokens(text_only) + 8
+
+    call = Message(role="assistant", tool_calls=[ToolCall(id="c1", name="f", arguments='{"a":1}')])
+    with_call = ChatRequest(model="m", messages=[*text_only.messages, call])
+    assert estimate_request_tokens(with_call) > estimate_request_tokens(text_only) + 4
