@@ -1,0 +1,105 @@
+"""Usage records: one per call attempt, with its cost, and where they go (sinks)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal, Protocol
+
+from .schema import Usage
+
+__all__ = [
+    "MemorySink",
+    "RecordSink",
+    "UsageRecord",
+]
+
+Status = Literal["ok", "error", "blocked", "cache_hit"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """What one LLM call (one attempt of it) used, cost and why it went where it went.
+
+    ``cost`` is what the chosen model billed for this attempt; ``requested_cost`` what
+    the model the caller asked for would have billed for the same usage, so
+    ``requested_cost - cost`` is the saving routing made. ``attempt`` numbers the
+    attempt (1-based) and ``attempts`` is set on the final record of a call.
+    ``reasons`` are ``(code, sentence)`` pairs from the routing decision. Prompt and
+    completion text are kept only when the host enables content storage.
+    """
+
+    requested_model: str
+    chosen_model: str
+    provider: str
+    usage: Usage
+    cost: Decimal
+    requested_cost: Decimal | None = None
+    id: str = field(default_factory=_new_id)
+    call_id: str = field(default_factory=_new_id)
+    created_at: datetime = field(default_factory=_now)
+    request_id: str | None = None
+    user_id: str | None = None
+    api_key_id: str | None = None
+    feature: str | None = None
+    route: str | None = None
+    tags: tuple[str, ...] = ()
+    tier: int | None = None
+    mode: Literal["enforce", "observe"] = "enforce"
+    endpoint: str = "chat"
+    deployment: str | None = None
+    status: Status = "ok"
+    error_kind: str | None = None
+    attempt: int = 1
+    attempts: int = 1
+    fallback_from: str | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    streamed: bool = False
+    stitched: bool = False
+    cache_saved_cost: Decimal | None = None
+    reasons: tuple[tuple[str, str], ...] = ()
+    prompt: str | None = None
+    completion: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def saved_cost(self) -> Decimal:
+        """Requested-model cost minus actual cost (zero when unknown)."""
+        if self.requested_cost is None:
+            return Decimal(0)
+        return self.requested_cost - self.cost
+
+
+class RecordSink(Protocol):
+    """Where usage records go. ``emit`` must never block the caller nor raise."""
+
+    def emit(self, record: UsageRecord) -> None: ...
+
+
+class MemorySink:
+    """Keeps records in a list; for tests, the demo and small scripts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: list[UsageRecord] = []
+
+    def emit(self, record: UsageRecord) -> None:
+        with self._lock:
+            self.records.append(record)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.records.clear()
