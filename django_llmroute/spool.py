@@ -1,0 +1,265 @@
+"""The spool: an append-only JSON-lines file holding records the database did not take.
+
+Records land here when the sink's buffer is full or the database is down, and go
+back to the database through :func:`replay` (the flusher on recovery, or
+``manage.py llmroute_replay``). Replay is exactly once: the spool is first renamed
+aside (new records keep going to a fresh file), then read, and every write is
+idempotent on the record id and on (call id, attempt), so a crash mid-replay only
+means the renamed file is read again later, with nothing counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from routing_middleware.metering import UsageRecord
+from routing_middleware.schema import Usage
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "ReplayResult",
+    "Spool",
+    "default_spool_path",
+    "record_from_dict",
+    "record_to_dict",
+]
+
+_REPLAYING = ".replaying-"
+_REJECTED = ".rejected"
+
+
+def default_spool_path() -> Path:
+    """``LLMROUTE["SPOOL_PATH"]`` when set, else ``llmroute-spool.jsonl`` in the temp dir."""
+    from django.conf import settings
+
+    configured = getattr(settings, "LLMROUTE", {}).get("SPOOL_PATH")
+    if configured:
+        return Path(configured)
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "llmroute-spool.jsonl"
+
+
+def record_to_dict(record: UsageRecord) -> dict[str, Any]:
+    """A JSON-ready dict of ``record`` (money as strings, times in ISO 8601)."""
+    return {
+        "id": record.id,
+        "call_id": record.call_id,
+        "created_at": record.created_at.isoformat(),
+        "requested_model": record.requested_model,
+        "chosen_model": record.chosen_model,
+        "provider": record.provider,
+        "usage": record.usage.model_dump(mode="json"),
+        "cost": str(record.cost),
+        "requested_cost": None if record.requested_cost is None else str(record.requested_cost),
+        "cache_saved_cost": (
+            None if record.cache_saved_cost is None else str(record.cache_saved_cost)
+        ),
+        "request_id": record.request_id,
+        "user_id": record.user_id,
+        "api_key_id": record.api_key_id,
+        "feature": record.feature,
+        "route": record.route,
+        "tags": list(record.tags),
+        "tier": record.tier,
+        "mode": record.mode,
+        "endpoint": record.endpoint,
+        "deployment": record.deployment,
+        "status": record.status,
+        "error_kind": record.error_kind,
+        "attempt": record.attempt,
+        "attempts": record.attempts,
+        "fallback_from": record.fallback_from,
+        "latency_ms": record.latency_ms,
+        "ttft_ms": record.ttft_ms,
+        "streamed": record.streamed,
+        "stitched": record.stitched,
+        "reasons": [list(pair) for pair in record.reasons],
+        "prompt": record.prompt,
+        "completion": record.completion,
+        "extra": dict(record.extra),
+    }
+
+
+def _money(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def record_from_dict(data: dict[str, Any]) -> UsageRecord:
+    """The record :func:`record_to_dict` wrote."""
+    return UsageRecord(
+        id=data["id"],
+        call_id=data["call_id"],
+        created_at=datetime.fromisoformat(data["created_at"]),
+        requested_model=data["requested_model"],
+        chosen_model=data["chosen_model"],
+        provider=data["provider"],
+        usage=Usage.model_validate(data["usage"]),
+        cost=Decimal(data["cost"]),
+        requested_cost=_money(data.get("requested_cost")),
+        cache_saved_cost=_money(data.get("cache_saved_cost")),
+        request_id=data.get("request_id"),
+        user_id=data.get("user_id"),
+        api_key_id=data.get("api_key_id"),
+        feature=data.get("feature"),
+        route=data.get("route"),
+        tags=tuple(data.get("tags") or ()),
+        tier=data.get("tier"),
+        mode=data.get("mode", "enforce"),
+        endpoint=data.get("endpoint", "chat"),
+        deployment=data.get("deployment"),
+        status=data.get("status", "ok"),
+        error_kind=data.get("error_kind"),
+        attempt=data.get("attempt", 1),
+        attempts=data.get("attempts", 1),
+        fallback_from=data.get("fallback_from"),
+        latency_ms=data.get("latency_ms"),
+        ttft_ms=data.get("ttft_ms"),
+        streamed=data.get("streamed", False),
+        stitched=data.get("stitched", False),
+        reasons=tuple((str(c), str(s)) for c, s in data.get("reasons") or ()),
+        prompt=data.get("prompt"),
+        completion=data.get("completion"),
+        extra=data.get("extra") or {},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What a replay did: lines read, rows inserted, duplicates skipped, bad lines set aside."""
+
+    read: int = 0
+    inserted: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    files: int = 0
+
+
+class Spool:
+    """An append-only JSONL file of records, safe across threads and processes.
+
+    Writers hold an exclusive ``flock`` while appending and re-open the path when it
+    was renamed under them, so a replay that renamed the file never misses a line.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def append(self, records: Sequence[UsageRecord]) -> None:
+        """Append ``records`` durably (written and fsynced before returning)."""
+        if not records:
+            return
+        payload = "".join(
+            json.dumps(record_to_dict(r), separators=(",", ":"), default=str) + "\n"
+            for r in records
+        ).encode("utf-8")
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    if fcntl is not None:
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                    if not self._still_current(fd):
+                        continue  # renamed by a replay while we waited: use the new file
+                    os.write(fd, payload)
+                    os.fsync(fd)
+                    return
+                finally:
+                    os.close(fd)
+
+    def _still_current(self, fd: int) -> bool:
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        there = os.fstat(fd)
+        return (here.st_ino, here.st_dev) == (there.st_ino, there.st_dev)
+
+    def pending(self) -> bool:
+        """Whether there is anything to replay."""
+        return any(p.stat().st_size > 0 for p in self._replay_files(include_current=True))
+
+    def _replay_files(self, *, include_current: bool) -> list[Path]:
+        found = sorted(self.path.parent.glob(self.path.name + _REPLAYING + "*"))
+        if include_current and self.path.exists():
+            found.append(self.path)
+        return found
+
+    def _claim(self) -> list[Path]:
+        """Rename the live spool aside; return every file waiting for replay."""
+        if self.path.exists() and self.path.stat().st_size > 0:
+            aside = self.path.with_name(
+                f"{self.path.name}{_REPLAYING}{time.time_ns()}-{os.getpid()}"
+            )
+            try:
+                os.replace(self.path, aside)
+            except FileNotFoundError:
+                pass
+        return self._replay_files(include_current=False)
+
+    def _read(self, path: Path) -> Iterator[tuple[UsageRecord | None, bytes]]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # wait for a writer that opened it pre-rename
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                for raw in handle:
+                    if not raw.strip():
+                        continue
+                    try:
+                        yield record_from_dict(json.loads(raw)), raw
+                    except (ValueError, KeyError, TypeError):
+                        yield None, raw
+        finally:
+            os.close(fd)
+
+    def replay(
+        self,
+        write: Callable[[Sequence[UsageRecord]], tuple[int, int]],
+        *,
+        batch_size: int = 500,
+    ) -> ReplayResult:
+        """Send every spooled record to ``write`` and remove what was written.
+
+        ``write(records)`` stores a batch idempotently and returns ``(inserted,
+        skipped)``; when it raises, the file stays for the next replay. Lines that are
+        not records (a torn last line after a crash) go to ``<spool>.rejected``.
+        """
+        read = inserted = skipped = rejected = files = 0
+        for path in self._claim():
+            batch: list[UsageRecord] = []
+            bad: list[bytes] = []
+            for record, raw in self._read(path):
+                read += 1
+                if record is None:
+                    bad.append(raw if raw.endswith(b"\n") else raw + b"\n")
+                    continue
+                batch.append(record)
+                if len(batch) >= batch_size:
+                    i, s = write(batch)
+                    inserted, skipped, batch = inserted + i, skipped + s, []
+            if batch:
+                i, s = write(batch)
+                inserted, skipped = inserted + i, skipped + s
+            if bad:
+                rejected += len(bad)
+                with open(self.path.with_name(self.path.name + _REJECTED), "ab") as out:
+                    out.writelines(bad)
+            path.unlink()
+            files += 1
+        return ReplayResult(read, inserted, skipped, rejected, files)
