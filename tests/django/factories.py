@@ -1,12 +1,16 @@
-"""Builders of usage records for the tests."""
+"""Builders of usage records and checks shared by the tests."""
 
 from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+from django.db.models import Count, Sum
+
+from django_llmroute.models import DailyUsage, LLMCall
 from routing_middleware.metering import UsageRecord
 from routing_middleware.schema import Usage
 
@@ -37,3 +41,32 @@ def make_record(**overrides: Any) -> UsageRecord:
     }
     fields.update(overrides)
     return UsageRecord(**fields)
+
+
+def spool_lines(path: Path) -> int:
+    """Records waiting in the spool (the live file and any file renamed for replay)."""
+    files = [path, *path.parent.glob(path.name + ".replaying-*")] if path.parent.exists() else []
+    return sum(len(p.read_bytes().splitlines()) for p in files if p.exists())
+
+
+def assert_rollup_matches_calls() -> None:
+    """The daily rollup equals the totals of the stored calls, key by key."""
+    calls = {
+        (row["chosen_model"], row["feature"] or ""): row
+        for row in LLMCall.objects.values("chosen_model", "feature").annotate(
+            n=Count("id"), cost=Sum("cost"), tokens=Sum("input_tokens")
+        )
+    }
+    rollup = {
+        (row["model"], row["feature"]): row
+        for row in DailyUsage.objects.values("model", "feature").annotate(
+            n=Sum("calls"), cost=Sum("cost"), tokens=Sum("input_tokens")
+        )
+    }
+    assert calls.keys() == rollup.keys()
+    for key, row in calls.items():
+        assert rollup[key]["n"] == row["n"], key
+        assert rollup[key]["tokens"] == row["tokens"], key
+        assert Decimal(rollup[key]["cost"]).quantize(Decimal("1e-8")) == Decimal(
+            row["cost"]
+        ).quantize(Decimal("1e-8")), key

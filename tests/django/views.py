@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 
-from django_llmroute.models import ApiKey
+from django_llmroute.models import Budget
 
 from .factories import make_record
 
@@ -13,9 +13,13 @@ SINK = None
 
 
 def record_then_fail(request: HttpRequest) -> HttpResponse:
-    """Write a row in the request's transaction, emit a record, then fail."""
+    """Write a row in the request's transaction, emit a record, then fail.
+
+    The failure rolls the request's transaction back: the budget row disappears,
+    the usage record must not.
+    """
     assert SINK is not None
-    ApiKey.objects.filter(pk=-1).update(name="x")  # real work inside the transaction
+    Budget.objects.create(name=f"doomed-{request.GET.get('rid')}", limit_usd=1)
     SINK.emit(make_record(feature="doomed-view", request_id=request.GET.get("rid")))
     raise RuntimeError("the view failed after recording")
 
