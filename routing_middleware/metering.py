@@ -10,12 +10,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
+from .pricing import cost_of
 from .schema import Usage
 
 __all__ = [
     "MemorySink",
     "RecordSink",
     "UsageRecord",
+    "cost_of",
 ]
 
 Status = Literal["ok", "error", "blocked", "cache_hit"]
