@@ -1,0 +1,326 @@
+"""Decode Anthropic Messages answers: a full response, a stream, an error."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..schema import (
+    AuthenticationFailed,
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    ContextWindowExceeded,
+    FinishReason,
+    InsufficientQuota,
+    InvalidRequest,
+    LLMError,
+    Message,
+    Overloaded,
+    RateLimited,
+    StreamChunk,
+    ToolCall,
+    ToolCallDelta,
+    UnknownModel,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    Usage,
+)
+from ..tokens import estimate_request_tokens, estimate_text_tokens
+from .anthropic_wire import (
+    ERROR_TYPE_STATUS,
+    SPEND_LIMIT_CODES,
+    STOP_REASONS,
+    as_int,
+    usage_from_anthropic,
+)
+from .errors import (
+    error_for_status,
+    looks_like_context_overflow,
+    parse_json_body,
+    parse_retry_after,
+)
+from .sse import SSEDecoder
+
+__all__ = ["AnthropicStreamDecoder", "decode_error", "decode_response", "error_from_payload"]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _finish(stop_reason: Any) -> FinishReason:
+    return STOP_REASONS.get(stop_reason, FinishReason.STOP) if stop_reason else FinishReason.STOP
+
+
+def decode_response(body: bytes, provider: str | None = None) -> ChatResponse:
+    """A ``message`` body as a :class:`ChatResponse`; anything else is a protocol error."""
+    data = parse_json_body(body, provider)
+    if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+        raise UpstreamProtocolError("Anthropic answer is not a message object", provider=provider)
+    texts: list[str] = []
+    thinking: list[str] = []
+    calls: list[ToolCall] = []
+    for block in data["content"]:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            calls.append(
+                ToolCall(
+                    id=str(block.get("id", "")),
+                    name=str(block.get("name", "")),
+                    arguments=_dumps(block.get("input") or {}),
+                )
+            )
+        elif kind == "thinking":
+            thinking.append(str(block.get("thinking", "")))
+    text = "".join(texts)
+    message = Message(
+        role="assistant",
+        content=text if texts or not calls else None,
+        tool_calls=calls or None,
+        reasoning="".join(thinking) if thinking else None,
+    )
+    stop_reason = data.get("stop_reason")
+    usage = data.get("usage")
+    return ChatResponse(
+        id=str(data.get("id", "")),
+        model=str(data.get("model", "")),
+        provider=provider,
+        choices=[
+            Choice(
+                message=message,
+                finish_reason=_finish(stop_reason),
+                native_finish_reason=stop_reason if isinstance(stop_reason, str) else None,
+            )
+        ],
+        usage=usage_from_anthropic(usage) if isinstance(usage, dict) else None,
+    )
+
+
+def decode_error(
+    status: int, headers: Mapping[str, str], body: bytes, provider: str | None = None
+) -> LLMError:
+    """A non-2xx answer as an :class:`LLMError`; garbage bodies map by status alone."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if not isinstance(payload, dict):
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        message = snippet or f"HTTP {status} from Anthropic"
+        return error_for_status(
+            status, message, provider=provider, retry_after=parse_retry_after(headers)
+        )
+    return error_from_payload(
+        payload, status=status, retry_after=parse_retry_after(headers), provider=provider
+    )
+
+
+def error_from_payload(
+    payload: Mapping[str, Any],
+    *,
+    status: int | None = None,
+    retry_after: float | None = None,
+    provider: str | None = None,
+) -> LLMError:
+    """Map ``{"type": "error", "error": {...}}`` (a body or a stream event) to the family."""
+    error = payload.get("error")
+    error = error if isinstance(error, Mapping) else {}
+    kind = str(error.get("type") or "")
+    message = str(error.get("message") or kind or f"HTTP {status} from Anthropic")
+    details = error.get("details")
+    code = details.get("error_code") if isinstance(details, Mapping) else None
+    code = code if isinstance(code, str) else None
+    if status is None:
+        status = ERROR_TYPE_STATUS.get(kind, 500)
+    kwargs: dict[str, Any] = {"provider": provider, "raw": dict(payload), "code": code}
+    if code in SPEND_LIMIT_CODES or (code or "").endswith("spend_limit_reached"):
+        return InsufficientQuota(message, status_code=status, **kwargs)
+    if kind == "billing_error":
+        return InsufficientQuota(message, status_code=status, **kwargs)
+    if kind == "rate_limit_error":
+        return RateLimited(message, status_code=status, retry_after=retry_after, **kwargs)
+    if kind == "overloaded_error":
+        return Overloaded(message, status_code=529, retry_after=retry_after, **kwargs)
+    if kind in ("authentication_error", "permission_error"):
+        return AuthenticationFailed(message, status_code=status, **kwargs)
+    if kind == "invalid_request_error":
+        if looks_like_context_overflow(message, code):
+            return ContextWindowExceeded(message, **kwargs)
+        return InvalidRequest(message, status_code=status, **kwargs)
+    if kind == "not_found_error":
+        if message.startswith("model:"):
+            return UnknownModel(message[6:].strip(), provider=provider, raw=dict(payload))
+        return InvalidRequest(message, status_code=status, **kwargs)
+    if kind == "request_too_large":
+        return InvalidRequest(message, status_code=status, **kwargs)
+    if kind == "timeout_error":
+        return UpstreamTimeout(message, status_code=status, **kwargs)
+    if kind == "api_error":
+        return UpstreamUnavailable(message, status_code=status, **kwargs)
+    return error_for_status(status, message, retry_after=retry_after, **kwargs)
+
+
+class AnthropicStreamDecoder:
+    """Turns one Anthropic SSE stream into :class:`StreamChunk` objects.
+
+    Usage in ``message_delta`` is cumulative: the last value of each field wins,
+    nothing is summed. Without any reported usage the figures are estimated
+    (``estimated=True``); a stream cut before ``message_stop`` also marks its
+    usage estimated, with output at least what was seen generated.
+    """
+
+    __slots__ = (
+        "_blocks",
+        "_done",
+        "_generated",
+        "_id",
+        "_model",
+        "_provider",
+        "_raw_usage",
+        "_request",
+        "_seen",
+        "_sse",
+    )
+
+    def __init__(self, request: ChatRequest | None = None, provider: str | None = None) -> None:
+        self._sse = SSEDecoder()
+        self._request = request
+        self._provider = provider
+        self._id: str | None = None
+        self._model: str | None = None
+        self._blocks: dict[int, tuple[str, int]] = {}  # block index -> (kind, tool ordinal)
+        self._raw_usage: dict[str, Any] = {}
+        self._generated: list[str] = []
+        self._seen = False
+        self._done = False
+
+    def feed(self, data: bytes) -> list[StreamChunk]:
+        """Chunks completed by ``data``; an ``error`` event raises its LLMError."""
+        chunks: list[StreamChunk] = []
+        for event in self._sse.feed(data):
+            self._event(event.event, event.data, chunks)
+        return chunks
+
+    def close(self) -> list[StreamChunk]:
+        """Flush the input; raises UpstreamProtocolError if ``message_stop`` never came."""
+        chunks: list[StreamChunk] = []
+        for event in self._sse.close():
+            self._event(event.event, event.data, chunks)
+        if not self._done:
+            raise UpstreamProtocolError(
+                "Anthropic stream ended before message_stop", provider=self._provider
+            )
+        return chunks
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage so far, in our convention; estimated where the stream did not say."""
+        if not self._seen:
+            return None
+        raw = self._raw_usage
+        reported = usage_from_anthropic(raw) if raw else None
+        if self._done and reported is not None and "output_tokens" in raw:
+            return reported
+        generated = estimate_text_tokens("".join(self._generated))
+        if reported is None or "input_tokens" not in raw:
+            estimate = estimate_request_tokens(self._request) if self._request else 0
+            return Usage.model_construct(
+                input_tokens=estimate, output_tokens=generated, estimated=True
+            )
+        return reported.model_copy(
+            update={"output_tokens": max(reported.output_tokens, generated), "estimated": True}
+        )
+
+    def _event(self, name: str | None, data: str, out: list[StreamChunk]) -> None:
+        if name == "ping" or self._done:
+            return
+        try:
+            payload = json.loads(data) if data else {}
+        except ValueError as error:
+            raise UpstreamProtocolError(
+                f"Anthropic stream sent a {name} event that is not JSON", provider=self._provider
+            ) from error
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError("Anthropic stream event is not an object")
+        kind = name or payload.get("type")
+        self._seen = True
+        if kind == "content_block_delta":
+            self._delta(payload, out)
+        elif kind == "content_block_start":
+            self._block_start(payload, out)
+        elif kind == "message_start":
+            message = payload.get("message") or {}
+            self._id = message.get("id")
+            self._model = message.get("model")
+            self._take_usage(message.get("usage"))
+            out.append(
+                StreamChunk.model_construct(id=self._id, model=self._model, role="assistant")
+            )
+        elif kind == "message_delta":
+            self._take_usage(payload.get("usage"))
+            stop = (payload.get("delta") or {}).get("stop_reason")
+            if stop:
+                out.append(
+                    StreamChunk.model_construct(
+                        id=self._id, finish_reason=_finish(stop), native_finish_reason=stop
+                    )
+                )
+        elif kind == "message_stop":
+            self._done = True
+            out.append(StreamChunk.model_construct(id=self._id, usage=self.usage))
+        elif kind == "error":
+            raise error_from_payload(payload, provider=self._provider)
+
+    def _block_start(self, payload: dict[str, Any], out: list[StreamChunk]) -> None:
+        block = payload.get("content_block") or {}
+        index = as_int(payload.get("index"))
+        kind = block.get("type")
+        if kind == "tool_use":
+            ordinal = sum(1 for k, _ in self._blocks.values() if k == "tool_use")
+            self._blocks[index] = ("tool_use", ordinal)
+            preset = block.get("input")
+            arguments = _dumps(preset) if preset else ""
+            self._generated.append(str(block.get("name", "")) + arguments)
+            delta = ToolCallDelta.model_construct(
+                index=ordinal, id=block.get("id"), name=block.get("name"), arguments=arguments
+            )
+            out.append(StreamChunk.model_construct(id=self._id, tool_calls=[delta]))
+            return
+        self._blocks[index] = (str(kind), 0)
+        text = block.get("text") if kind == "text" else block.get("thinking")
+        if kind in ("text", "thinking") and text:
+            self._generated.append(text)
+            field = "text" if kind == "text" else "reasoning"
+            out.append(StreamChunk.model_construct(id=self._id, **{field: text}))
+
+    def _delta(self, payload: dict[str, Any], out: list[StreamChunk]) -> None:
+        delta = payload.get("delta") or {}
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text") or ""
+            self._generated.append(text)
+            out.append(StreamChunk.model_construct(id=self._id, text=text))
+        elif kind == "input_json_delta":
+            fragment = delta.get("partial_json") or ""
+            block = self._blocks.get(as_int(payload.get("index")))
+            if not fragment or block is None or block[0] != "tool_use":
+                return
+            self._generated.append(fragment)
+            call = ToolCallDelta.model_construct(index=block[1], arguments=fragment)
+            out.append(StreamChunk.model_construct(id=self._id, tool_calls=[call]))
+        elif kind == "thinking_delta":
+            text = delta.get("thinking") or ""
+            self._generated.append(text)
+            out.append(StreamChunk.model_construct(id=self._id, reasoning=text))
+
+    def _take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            # Cumulative: a later value replaces an earlier one; absent fields keep theirs.
+            self._raw_usage.update((k, v) for k, v in usage.items() if v is not None)
