@@ -322,19 +322,19 @@ def _hash_key(plaintext: str) -> str:
 class ApiKeyManager(models.Manager["ApiKey"]):
     """Creates keys (returning the plaintext once) and authenticates presented keys."""
 
+    @staticmethod
+    def new_secret() -> tuple[str, str, str]:
+        """A fresh key as ``(plaintext, shown prefix, SHA-256 hex digest)``."""
+        plaintext = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        return plaintext, plaintext[:_SHOWN_PREFIX_LENGTH], _hash_key(plaintext)
+
     def create_key(self, owner: Any, name: str, **fields: Any) -> tuple[ApiKey, str]:
         """Make a new key for ``owner``; returns the saved key and its plaintext.
 
         The plaintext is not stored anywhere: show it to the user now or never.
         """
-        plaintext = API_KEY_PREFIX + secrets.token_urlsafe(32)
-        key = self.create(
-            owner=owner,
-            name=name,
-            prefix=plaintext[:_SHOWN_PREFIX_LENGTH],
-            key_hash=_hash_key(plaintext),
-            **fields,
-        )
+        plaintext, prefix, digest = self.new_secret()
+        key = self.create(owner=owner, name=name, prefix=prefix, key_hash=digest, **fields)
         return key, plaintext
 
     def authenticate(self, plaintext: str) -> ApiKey | None:

@@ -1,0 +1,513 @@
+"""Admin pages: the call log, the cost report, routing decisions, budgets and API keys.
+
+The reports are proxy models with their own admin: ``changelist_view`` lets Django
+build the filtered changelist, then aggregates over *that* queryset, so every
+filter, the date hierarchy and the search box narrow the figures too.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from . import charts, reports
+from .models import ApiKey, Budget, CostReport, DailyUsage, LLMCall, RoutingDecision
+
+_NONE = "__none__"
+
+
+# --------------------------------------------------------------------------- filters
+
+
+class _RollupValuesFilter(admin.SimpleListFilter):
+    """Choices from the small rollup table, not a DISTINCT over every call."""
+
+    call_field = ""
+    rollup_field = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        values = (
+            DailyUsage.objects.order_by(self.rollup_field)
+            .values_list(self.rollup_field, flat=True)
+            .distinct()[:200]
+        )
+        return [(v or _NONE, v or "—") for v in values]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value is None:
+            return queryset
+        if value == _NONE:
+            return queryset.filter(
+                Q(**{f"{self.call_field}__isnull": True}) | Q(**{self.call_field: ""})
+            )
+        return queryset.filter(**{self.call_field: value})
+
+    def rollup_lookup(self) -> dict[str, str] | None:
+        """The same filter on the rollup, when it is active."""
+        value = self.value()
+        if value is None:
+            return None
+        return {self.rollup_field: "" if value == _NONE else value}
+
+
+class ModelFilter(_RollupValuesFilter):
+    title = "model"
+    parameter_name = "model"
+    call_field = "chosen_model"
+    rollup_field = "model"
+
+
+class FeatureFilter(_RollupValuesFilter):
+    title = "feature"
+    parameter_name = "feature"
+    call_field = "feature"
+    rollup_field = "feature"
+
+
+class ProviderFilter(_RollupValuesFilter):
+    title = "provider"
+    parameter_name = "provider"
+    call_field = "provider"
+    rollup_field = "provider"
+
+
+_ROLLUP_FILTERS = (ModelFilter, FeatureFilter, ProviderFilter)
+
+LIST_FILTERS: tuple[Any, ...] = (
+    ModelFilter,
+    ProviderFilter,
+    FeatureFilter,
+    "tier",
+    "status",
+    ("user", admin.RelatedOnlyFieldListFilter),
+    "usage_estimated",
+    "streamed",
+)
+
+
+def _search_fields() -> tuple[str, ...]:
+    username = getattr(get_user_model(), "USERNAME_FIELD", "username")
+    return (
+        "=request_id",
+        "feature",
+        "chosen_model",
+        "requested_model",
+        "user_ref",
+        f"user__{username}",
+    )
+
+
+# --------------------------------------------------------------------------- the call log
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+CSV_COLUMNS = (
+    "created_at",
+    "record_id",
+    "call_id",
+    "attempt",
+    "request_id",
+    "user_ref",
+    "api_key_ref",
+    "feature",
+    "route",
+    "tier",
+    "mode",
+    "endpoint",
+    "requested_model",
+    "chosen_model",
+    "provider",
+    "deployment",
+    "status",
+    "error_kind",
+    "fallback_from",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "usage_estimated",
+    "cost",
+    "requested_cost",
+    "cache_saved_cost",
+    "latency_ms",
+    "ttft_ms",
+    "streamed",
+    "stitched",
+)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_rows(queryset: QuerySet[LLMCall]) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(CSV_COLUMNS)
+    rows = queryset.order_by("created_at", "pk").values_list(*CSV_COLUMNS)
+    for row in rows.iterator(chunk_size=2000):
+        yield writer.writerow(["" if v is None else v for v in row])
+
+
+@admin.register(LLMCall)
+class LLMCallAdmin(_ReadOnlyAdmin):
+    """The call log: read-only, filterable, exportable as CSV."""
+
+    date_hierarchy = "created_at"
+    list_display = (
+        "created_at",
+        "user_label",
+        "feature",
+        "requested_model",
+        "chosen_model",
+        "provider",
+        "status",
+        "tokens",
+        "money",
+        "latency",
+    )
+    list_filter = LIST_FILTERS
+    list_select_related = ("user",)
+    list_per_page = 50
+    show_full_result_count = False
+    actions = ("export_csv",)
+
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
+        return _search_fields()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    @admin.display(description="user", ordering="user_ref")
+    def user_label(self, obj: LLMCall) -> str:
+        if obj.user is not None:
+            return obj.user.get_username()
+        return obj.user_ref or "—"
+
+    @admin.display(description="tokens")
+    def tokens(self, obj: LLMCall) -> str:
+        return f"{obj.input_tokens:,} → {obj.output_tokens:,}"
+
+    @admin.display(description="cost", ordering="cost")
+    def money(self, obj: LLMCall) -> str:
+        return reports.format_money(obj.cost)
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency(self, obj: LLMCall) -> str:
+        return "—" if obj.latency_ms is None else f"{obj.latency_ms:,.0f} ms"
+
+    @admin.action(description="Export selected calls as CSV", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[LLMCall]) -> HttpResponse:
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response = StreamingHttpResponse(_csv_rows(queryset), content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="llm-calls-{stamp}.csv"'
+        return response
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _changelist(response: Any) -> Any:
+    """The ChangeList of a changelist response, or ``None`` (redirects, errors)."""
+    context = getattr(response, "context_data", None)
+    if not context:
+        return None
+    return context.get("cl")
+
+
+def _rollup_for(cl: Any) -> QuerySet[DailyUsage] | None:
+    """The rollup rows answering the same question as the changelist, when exact.
+
+    Exact when only the date hierarchy and the model / feature / provider filters
+    are in use (no search, no other filter) and the request's time zone is the one
+    the rollup's dates are in.
+    """
+    if cl.query or timezone.get_current_timezone_name() != settings.TIME_ZONE:
+        return None
+    params = dict(cl.get_filters_params())
+    rollup = DailyUsage.objects.all()
+    for spec in cl.filter_specs:
+        if isinstance(spec, _RollupValuesFilter):
+            params.pop(spec.parameter_name, None)
+            lookup = spec.rollup_lookup()
+            if lookup:
+                rollup = rollup.filter(**lookup)
+    field = cl.date_hierarchy
+    year = params.pop(f"{field}__year", None)
+    month = params.pop(f"{field}__month", None)
+    day = params.pop(f"{field}__day", None)
+    if params:
+        return None
+    if year:
+        rollup = rollup.filter(date__year=int(year[-1]))
+        if month:
+            rollup = rollup.filter(date__month=int(month[-1]))
+            if day:
+                rollup = rollup.filter(date__day=int(day[-1]))
+    return rollup
+
+
+def _bars(rows: list[reports.Row], what: str) -> list[charts.Bar]:
+    return [
+        charts.Bar(
+            r.label,
+            r.spend,
+            f"{r.label}: {reports.format_money(r.spend)} over {r.calls:,} {what}",
+        )
+        for r in rows
+    ]
+
+
+def cost_report_context(
+    qs: QuerySet[LLMCall], rollup: QuerySet[DailyUsage] | None
+) -> dict[str, Any]:
+    """Everything the cost report template shows, for the calls in ``qs``."""
+    if rollup is not None:
+        summary = reports.rollup_totals(rollup)
+        summary.p95_latency_ms = reports.percentile(qs, "latency_ms", 0.95)
+        tables = {kind: reports.rollup_breakdown(rollup, kind) for kind in reports.BREAKDOWNS}
+        per_day = reports.rollup_spend_per_day(rollup)
+    else:
+        summary = reports.totals(qs)
+        tables = {kind: reports.breakdown(qs, kind) for kind in reports.BREAKDOWNS}
+        per_day = reports.spend_per_day(qs)
+    tiers = reports.tier_distribution(qs)
+    money = reports.format_money
+    sections = [
+        {
+            "title": f"Spend by {kind}",
+            "kind": kind,
+            "rows": rows,
+            "chart": charts.horizontal_bar_chart(
+                _bars(rows, "calls"), title=f"Spend by {kind}", value_text=money
+            ),
+        }
+        for kind, rows in tables.items()
+    ]
+    return {
+        "summary": summary,
+        "shown": summary.display(),
+        "sections": sections,
+        "per_day": per_day,
+        "per_day_chart": charts.column_chart(
+            _bars(per_day, "calls"), title="Spend per day", value_text=money
+        ),
+        "tiers": tiers,
+        "tier_chart": charts.horizontal_bar_chart(
+            [charts.Bar(t.label, t.calls, f"{t.label}: {t.calls:,} calls") for t in tiers],
+            title="Calls per tier",
+            value_text=lambda v: f"{v:,}",
+        ),
+    }
+
+
+@admin.register(CostReport)
+class CostReportAdmin(_ReadOnlyAdmin):
+    """Spend, savings and rates for whatever the filters select."""
+
+    change_list_template = "django_llmroute/admin/cost_report.html"
+    date_hierarchy = "created_at"
+    list_display = ("created_at", "feature", "chosen_model", "provider", "status", "money")
+    list_filter = LIST_FILTERS
+    list_per_page = 20
+    show_full_result_count = False
+    actions = None
+
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
+        return _search_fields()
+
+    @admin.display(description="cost", ordering="cost")
+    def money(self, obj: LLMCall) -> str:
+        return reports.format_money(obj.cost)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        response = super().changelist_view(request, extra_context)
+        cl = _changelist(response)
+        if cl is None:
+            return response
+        response.context_data.update(cost_report_context(cl.queryset, _rollup_for(cl)))
+        return response
+
+
+@admin.register(RoutingDecision)
+class RoutingDecisionAdmin(_ReadOnlyAdmin):
+    """Why calls went where they went: reason codes, downgrades, exclusions, fallbacks."""
+
+    change_list_template = "django_llmroute/admin/decisions.html"
+    date_hierarchy = "created_at"
+    list_display = (
+        "created_at",
+        "feature",
+        "requested_model",
+        "chosen_model",
+        "fallback_from",
+        "status",
+    )
+    list_filter = LIST_FILTERS
+    list_per_page = 20
+    show_full_result_count = False
+    actions = None
+
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
+        return _search_fields()
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        response = super().changelist_view(request, extra_context)
+        cl = _changelist(response)
+        if cl is None:
+            return response
+        found = reports.decisions(cl.queryset)
+        response.context_data.update(
+            {
+                "decisions": found,
+                "examined_text": f"{found.examined:,}",
+                "rerouted_text": f"{found.rerouted:,}",
+                "reason_chart": charts.horizontal_bar_chart(
+                    [charts.Bar(code, n, f"{code}: {n:,} decisions") for code, n in found.reasons],
+                    title="Decision reasons by code",
+                    value_text=lambda v: f"{v:,}",
+                ),
+            }
+        )
+        return response
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def _bar_colour(budget: Budget, fraction: float) -> str:
+    if fraction >= 1:
+        return "#b55d4c"
+    marks = [float(t[0]) for t in budget.thresholds or () if isinstance(t, list | tuple) and t]
+    if marks and fraction >= min(marks):
+        return "#c9a227"
+    return "#5b8c5a"
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    """Budgets, with what each has spent in its current period."""
+
+    list_display = (
+        "name",
+        "scope",
+        "scope_value",
+        "period",
+        "limit",
+        "spent_now",
+        "progress",
+        "action",
+        "active",
+    )
+    list_filter = ("scope", "period", "action", "active")
+    search_fields = ("name", "scope_value")
+
+    @admin.display(description="limit", ordering="limit_usd")
+    def limit(self, obj: Budget) -> str:
+        return reports.format_money(obj.limit_usd)
+
+    @admin.display(description="spent this period")
+    def spent_now(self, obj: Budget) -> str:
+        return reports.format_money(obj.spent())
+
+    @admin.display(description="used")
+    def progress(self, obj: Budget) -> str:
+        fraction = obj.fraction_used()
+        shown = min(fraction, 1.0) * 100
+        return format_html(
+            '<div class="llmroute-progress" role="progressbar" aria-valuemin="0" '
+            'aria-valuemax="100" aria-valuenow="{}" title="{}% used" '
+            'style="width:10em;height:0.9em;background:#e6e6e6;border-radius:3px;overflow:hidden">'
+            '<div style="width:{}%;height:100%;background:{}"></div></div> {}%',
+            f"{fraction * 100:.0f}",
+            f"{fraction * 100:.1f}",
+            f"{shown:.1f}",
+            _bar_colour(obj, fraction),
+            f"{fraction * 100:.0f}",
+        )
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Gateway keys: the plaintext is shown once, right after creation, never again."""
+
+    list_display = (
+        "name",
+        "owner",
+        "shown_prefix",
+        "budget",
+        "created_at",
+        "last_used_at",
+        "revoked",
+    )
+    list_filter = ("revoked", "allow_hint_headers")
+    search_fields = ("name", "prefix")
+    raw_id_fields = ("owner",)
+    fields = (
+        "owner",
+        "name",
+        "budget",
+        "allow_hint_headers",
+        "revoked",
+        "shown_prefix",
+        "created_at",
+        "last_used_at",
+    )
+    readonly_fields = ("shown_prefix", "created_at", "last_used_at")
+
+    @admin.display(description="key")
+    def shown_prefix(self, obj: ApiKey) -> str:
+        return obj.display_prefix if obj.prefix else "—"
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if not change:
+            plaintext, obj.prefix, obj.key_hash = ApiKey.objects.new_secret()
+            # Kept on this request only, to show it once in the response below.
+            request._llmroute_new_key = plaintext  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)
+
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        plaintext = getattr(request, "_llmroute_new_key", None)
+        if plaintext is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "API key created",
+            "key": obj,
+            "plaintext": plaintext,
+        }
+        response = TemplateResponse(request, "django_llmroute/admin/apikey_created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response

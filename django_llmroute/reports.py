@@ -1,0 +1,544 @@
+"""The aggregation queries behind the admin's cost and decisions pages and ``llmroute_report``.
+
+Totals and breakdowns come from :class:`~django_llmroute.models.LLMCall` for a
+filtered queryset, or from the :class:`~django_llmroute.models.DailyUsage` rollup
+when the question is only "which days" (and optionally which feature, model or
+provider) — the rollup answers those exactly with far fewer rows. Latency
+percentiles and the tier split always come from the calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any
+
+from django.contrib.auth import get_user_model
+from django.db import connections
+from django.db.models import (
+    Aggregate,
+    Avg,
+    Count,
+    DecimalField,
+    F,
+    FloatField,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+
+from .models import DailyUsage, LLMCall
+
+if TYPE_CHECKING:
+    from .models import Budget
+
+__all__ = [
+    "BREAKDOWNS",
+    "Decisions",
+    "Row",
+    "Totals",
+    "as_decimal",
+    "breakdown",
+    "budget_spent",
+    "date_range",
+    "decisions",
+    "format_money",
+    "percentile",
+    "rollup_breakdown",
+    "rollup_spend_per_day",
+    "rollup_totals",
+    "spend_per_day",
+    "tier_distribution",
+    "totals",
+    "user_labels",
+]
+
+_MONEY = DecimalField(max_digits=30, decimal_places=10)
+_ZERO = Value(Decimal(0), output_field=_MONEY)
+
+#: Breakdown names and the LLMCall / DailyUsage field each groups by.
+BREAKDOWNS: dict[str, tuple[str, str]] = {
+    "feature": ("feature", "feature"),
+    "user": ("user_ref", "user_ref"),
+    "model": ("chosen_model", "model"),
+    "provider": ("provider", "provider"),
+}
+
+
+def format_money(value: Decimal | float | int | None) -> str:
+    """Dollars for people: ``$1,234.57``, ``$0.0123``, ``$0.001234`` (never float maths)."""
+    if value is None:
+        return "—"
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    sign = "-" if amount < 0 else ""
+    amount = abs(amount)
+    if amount >= 1 or amount == 0:
+        places = Decimal("0.01")
+    elif amount >= Decimal("0.01"):
+        places = Decimal("0.0001")
+    else:
+        places = Decimal("0.000001")
+    rounded = amount.quantize(places, rounding=ROUND_HALF_UP)
+    return f"{sign}${rounded:,}"
+
+
+def as_decimal(value: Any) -> Decimal:
+    """A database sum as Decimal (SQLite hands back floats for decimal sums)."""
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, Decimal):
+        return value
+    return Decimal(str(value)).quantize(Decimal("1e-10"))
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f} ms"
+
+
+def _rate(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+@dataclass(slots=True)
+class Totals:
+    """Headline figures for a set of calls."""
+
+    spend: Decimal = Decimal(0)
+    requested: Decimal = Decimal(0)
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    errors: int = 0
+    cache_hits: int = 0
+    fallbacks: int = 0
+    avg_latency_ms: float | None = None
+    p95_latency_ms: float | None = None
+    source: str = "calls"
+
+    @property
+    def savings(self) -> Decimal:
+        """What the requested models would have cost minus what was spent."""
+        return self.requested - self.spend
+
+    @property
+    def savings_pct(self) -> float:
+        return float(self.savings / self.requested * 100) if self.requested else 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def error_rate(self) -> float:
+        return _rate(self.errors, self.calls)
+
+    def display(self) -> dict[str, str]:
+        """The figures formatted for people, by name."""
+        return {
+            "spend": format_money(self.spend),
+            "calls": f"{self.calls:,}",
+            "tokens": f"{self.input_tokens:,} / {self.output_tokens:,}",
+            "savings": f"{format_money(self.savings)} ({self.savings_pct:.1f}%)",
+            "cache_hit_rate": f"{self.cache_hit_rate * 100:.1f}%",
+            "fallback_rate": f"{self.fallback_rate * 100:.1f}%",
+            "error_rate": f"{self.error_rate * 100:.1f}%",
+            "avg_latency": _ms(self.avg_latency_ms),
+            "p95_latency": _ms(self.p95_latency_ms),
+        }
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return _rate(self.cache_hits, self.calls)
+
+    @property
+    def fallback_rate(self) -> float:
+        return _rate(self.fallbacks, self.calls)
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of a breakdown."""
+
+    key: Any
+    label: str
+    spend: Decimal
+    calls: int
+    tokens: int
+    savings: Decimal = Decimal(0)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spend_text(self) -> str:
+        return format_money(self.spend)
+
+    @property
+    def savings_text(self) -> str:
+        return format_money(self.savings)
+
+    @property
+    def calls_text(self) -> str:
+        return f"{self.calls:,}"
+
+    @property
+    def tokens_text(self) -> str:
+        return f"{self.tokens:,}"
+
+
+class _PercentileCont(Aggregate):
+    function = "PERCENTILE_CONT"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: Any, fraction: float) -> None:
+        super().__init__(expression)
+        self.extra["fraction"] = float(fraction)
+
+
+def percentile(qs: QuerySet[Any], field_name: str, fraction: float) -> float | None:
+    """The ``fraction`` percentile of ``field_name`` (linear interpolation, like
+    PostgreSQL's ``percentile_cont``): computed in the database on PostgreSQL, with
+    a count and one ordered two-row fetch elsewhere."""
+    qs = qs.filter(**{f"{field_name}__isnull": False}).order_by()
+    if connections[qs.db].vendor == "postgresql":
+        value = qs.aggregate(p=_PercentileCont(F(field_name), fraction))["p"]
+        return None if value is None else float(value)
+    n = qs.count()
+    if n == 0:
+        return None
+    position = fraction * (n - 1)
+    low = math.floor(position)
+    values = list(qs.order_by(field_name).values_list(field_name, flat=True)[low : low + 2])
+    if len(values) == 1 or position == low:
+        return float(values[0])
+    return float(values[0] + (values[1] - values[0]) * (position - low))
+
+
+def totals(qs: QuerySet[LLMCall], *, with_p95: bool = True) -> Totals:
+    """Headline figures of the calls in ``qs``, in one aggregate query (+ one for p95)."""
+    data = qs.order_by().aggregate(
+        spend=Coalesce(Sum("cost"), _ZERO),
+        requested=Coalesce(Sum(Coalesce("requested_cost", "cost")), _ZERO),
+        calls=Count("id"),
+        input_tokens=Coalesce(Sum("input_tokens"), 0),
+        output_tokens=Coalesce(Sum("output_tokens"), 0),
+        cached_input_tokens=Coalesce(Sum("cached_input_tokens"), 0),
+        errors=Count("id", filter=Q(status=LLMCall.Status.ERROR)),
+        cache_hits=Count("id", filter=Q(status=LLMCall.Status.CACHE_HIT)),
+        fallbacks=Count("id", filter=Q(fallback_from__isnull=False)),
+        avg_latency_ms=Avg("latency_ms"),
+    )
+    result = Totals(
+        spend=as_decimal(data["spend"]),
+        requested=as_decimal(data["requested"]),
+        calls=data["calls"],
+        input_tokens=int(data["input_tokens"]),
+        output_tokens=int(data["output_tokens"]),
+        cached_input_tokens=int(data["cached_input_tokens"]),
+        errors=data["errors"],
+        cache_hits=data["cache_hits"],
+        fallbacks=data["fallbacks"],
+        avg_latency_ms=data["avg_latency_ms"],
+    )
+    if with_p95:
+        result.p95_latency_ms = percentile(qs, "latency_ms", 0.95)
+    return result
+
+
+def rollup_totals(rollup: QuerySet[DailyUsage]) -> Totals:
+    """Headline figures from rollup rows (no percentile: the rollup keeps no latencies)."""
+    data = rollup.order_by().aggregate(
+        spend=Coalesce(Sum("cost"), _ZERO),
+        requested=Coalesce(Sum("requested_cost"), _ZERO),
+        calls=Coalesce(Sum("calls"), 0),
+        input_tokens=Coalesce(Sum("input_tokens"), 0),
+        output_tokens=Coalesce(Sum("output_tokens"), 0),
+        cached_input_tokens=Coalesce(Sum("cached_input_tokens"), 0),
+        errors=Coalesce(Sum("errors"), 0),
+        cache_hits=Coalesce(Sum("cache_hits"), 0),
+        fallbacks=Coalesce(Sum("fallbacks"), 0),
+        latency_sum=Coalesce(Sum("latency_ms_sum"), 0.0),
+        latency_count=Coalesce(Sum("latency_count"), 0),
+    )
+    return Totals(
+        spend=as_decimal(data["spend"]),
+        requested=as_decimal(data["requested"]),
+        calls=int(data["calls"]),
+        input_tokens=int(data["input_tokens"]),
+        output_tokens=int(data["output_tokens"]),
+        cached_input_tokens=int(data["cached_input_tokens"]),
+        errors=int(data["errors"]),
+        cache_hits=int(data["cache_hits"]),
+        fallbacks=int(data["fallbacks"]),
+        avg_latency_ms=(
+            float(data["latency_sum"]) / int(data["latency_count"])
+            if data["latency_count"]
+            else None
+        ),
+        source="rollup",
+    )
+
+
+def user_labels(refs: set[str]) -> dict[str, str]:
+    """Usernames for recorded user ids that belong to existing users."""
+    user_model = get_user_model()
+    pks = []
+    pk_field = user_model._meta.pk
+    assert pk_field is not None
+    for ref in refs:
+        try:
+            pks.append(pk_field.to_python(ref))
+        except Exception:
+            continue
+    if not pks:
+        return {}
+    found = user_model._default_manager.filter(pk__in=pks)
+    return {str(u.pk): u.get_username() for u in found}
+
+
+def _label_rows(kind: str, rows: list[Row]) -> list[Row]:
+    names = user_labels({r.key for r in rows if r.key}) if kind == "user" else {}
+    for row in rows:
+        if row.key in (None, ""):
+            row.label = "—"
+        else:
+            row.label = names.get(str(row.key), str(row.key))
+    return rows
+
+
+def breakdown(qs: QuerySet[LLMCall], kind: str, *, limit: int = 15) -> list[Row]:
+    """Spend, calls, tokens and savings per feature / user / model / provider."""
+    column = BREAKDOWNS[kind][0]
+    data = (
+        qs.order_by()
+        .values(column)
+        .annotate(
+            spend=Coalesce(Sum("cost"), _ZERO),
+            requested=Coalesce(Sum(Coalesce("requested_cost", "cost")), _ZERO),
+            calls=Count("id"),
+            tokens=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0),
+        )
+        .order_by("-spend", column)[:limit]
+    )
+    rows = [
+        Row(
+            d[column],
+            "",
+            as_decimal(d["spend"]),
+            d["calls"],
+            int(d["tokens"]),
+            as_decimal(d["requested"]) - as_decimal(d["spend"]),
+        )
+        for d in data
+    ]
+    return _label_rows(kind, rows)
+
+
+def rollup_breakdown(rollup: QuerySet[DailyUsage], kind: str, *, limit: int = 15) -> list[Row]:
+    """:func:`breakdown` from the rollup."""
+    column = BREAKDOWNS[kind][1]
+    data = (
+        rollup.order_by()
+        .values(column)
+        .annotate(
+            spend=Coalesce(Sum("cost"), _ZERO),
+            saved=Coalesce(Sum("saved_cost"), _ZERO),
+            n=Coalesce(Sum("calls"), 0),
+            tokens=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0),
+        )
+        .order_by("-spend", column)[:limit]
+    )
+    rows = [
+        Row(
+            d[column],
+            "",
+            as_decimal(d["spend"]),
+            int(d["n"]),
+            int(d["tokens"]),
+            as_decimal(d["saved"]),
+        )
+        for d in data
+    ]
+    return _label_rows(kind, rows)
+
+
+def spend_per_day(qs: QuerySet[LLMCall], *, days: int = 92) -> list[Row]:
+    """Spend and calls per local day (the latest ``days`` days that have calls)."""
+    data = (
+        qs.order_by()
+        .annotate(day=TruncDate("created_at", tzinfo=timezone.get_current_timezone()))
+        .values("day")
+        .annotate(spend=Coalesce(Sum("cost"), _ZERO), calls=Count("id"))
+        .order_by("-day")[:days]
+    )
+    rows = [
+        Row(d["day"], d["day"].isoformat(), as_decimal(d["spend"]), d["calls"], 0) for d in data
+    ]
+    return rows[::-1]
+
+
+def rollup_spend_per_day(rollup: QuerySet[DailyUsage], *, days: int = 92) -> list[Row]:
+    """:func:`spend_per_day` from the rollup."""
+    data = (
+        rollup.order_by()
+        .values("date")
+        .annotate(spend=Coalesce(Sum("cost"), _ZERO), n=Coalesce(Sum("calls"), 0))
+        .order_by("-date")[:days]
+    )
+    rows = [
+        Row(d["date"], d["date"].isoformat(), as_decimal(d["spend"]), int(d["n"]), 0) for d in data
+    ]
+    return rows[::-1]
+
+
+def tier_distribution(qs: QuerySet[LLMCall]) -> list[Row]:
+    """Calls and spend per routing tier."""
+    data = (
+        qs.order_by()
+        .values("tier")
+        .annotate(spend=Coalesce(Sum("cost"), _ZERO), calls=Count("id"))
+        .order_by("tier")
+    )
+    return [
+        Row(
+            d["tier"],
+            "no tier" if d["tier"] is None else f"tier {d['tier']}",
+            as_decimal(d["spend"]),
+            d["calls"],
+            0,
+        )
+        for d in data
+    ]
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(slots=True)
+class Decisions:
+    """What the routing decisions said, over the latest ``examined`` calls."""
+
+    examined: int = 0
+    reasons: list[tuple[str, int]] = field(default_factory=list)
+    budget_downgrades: list[tuple[str, int]] = field(default_factory=list)
+    sla_exclusions: list[tuple[str, int]] = field(default_factory=list)
+    fallback_pairs: list[tuple[str, str, int]] = field(default_factory=list)
+    rerouted: int = 0
+
+
+def _is_budget(code: str) -> bool:
+    return code.startswith("budget")
+
+
+def _is_sla(code: str) -> bool:
+    return "sla" in code or "latency" in code
+
+
+def decisions(qs: QuerySet[LLMCall], *, sample: int = 50_000, limit: int = 20) -> Decisions:
+    """Reason codes, budget downgrades, SLA exclusions and fallback pairs.
+
+    Reasons are counted over the latest ``sample`` calls of ``qs`` (JSON lists do not
+    aggregate portably); fallback pairs and reroutes over all of ``qs``. Budget
+    downgrades are reasons whose code starts with ``budget``; SLA exclusions those
+    whose code mentions ``sla`` or ``latency``; both are grouped by their sentence.
+    """
+    codes: Counter[str] = Counter()
+    budget: Counter[str] = Counter()
+    sla: Counter[str] = Counter()
+    examined = 0
+    latest = qs.order_by("-created_at").values_list("reasons", flat=True)[:sample]
+    for reasons in latest.iterator(chunk_size=2000):
+        examined += 1
+        for pair in reasons or ():
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                continue
+            code, sentence = str(pair[0]), str(pair[1])
+            codes[code] += 1
+            if _is_budget(code):
+                budget[sentence] += 1
+            if _is_sla(code):
+                sla[sentence] += 1
+    pairs = (
+        qs.order_by()
+        .filter(fallback_from__isnull=False)
+        .values("fallback_from", "chosen_model")
+        .annotate(n=Count("id"))
+        .order_by("-n", "fallback_from")[:limit]
+    )
+    rerouted = qs.order_by().exclude(requested_model=F("chosen_model")).count()
+    return Decisions(
+        examined=examined,
+        reasons=codes.most_common(limit),
+        budget_downgrades=budget.most_common(limit),
+        sla_exclusions=sla.most_common(limit),
+        fallback_pairs=[(p["fallback_from"], p["chosen_model"], p["n"]) for p in pairs],
+        rerouted=rerouted,
+    )
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def _period_is_whole_days(start: datetime) -> bool:
+    local = timezone.localtime(start, timezone.get_default_timezone())
+    return (local.hour, local.minute, local.second, local.microsecond) == (0, 0, 0, 0)
+
+
+def budget_spent(budget: Budget, now: datetime | None = None) -> Decimal:
+    """What ``budget``'s scope spent from the start of its current period up to ``now``.
+
+    Calendar periods of global, user and feature budgets read the rollup; rolling
+    windows, tags and API keys read the calls.
+    """
+    now = now or timezone.now()
+    start = budget.period_start(now)
+    scope, value = budget.scope, budget.scope_value
+    if (
+        scope in ("global", "user", "feature")
+        and budget.period != "rolling"
+        and _period_is_whole_days(start)
+        and timezone.localdate(now, timezone.get_default_timezone())
+        == timezone.localdate(timezone.now(), timezone.get_default_timezone())
+    ):
+        rollup = DailyUsage.objects.filter(
+            date__gte=timezone.localdate(start, timezone.get_default_timezone())
+        )
+        if scope == "user":
+            rollup = rollup.filter(user_ref=value)
+        elif scope == "feature":
+            rollup = rollup.filter(feature=value)
+        return as_decimal(rollup.aggregate(s=Sum("cost"))["s"])
+    calls = LLMCall.objects.filter(created_at__gte=start, created_at__lte=now)
+    if scope == "user":
+        calls = calls.filter(user_ref=value)
+    elif scope == "feature":
+        calls = calls.filter(feature=value)
+    elif scope == "api_key":
+        calls = calls.filter(api_key_ref=value)
+    elif scope == "tag":
+        if connections[calls.db].vendor == "postgresql":
+            calls = calls.filter(tags__contains=[value])
+        else:
+            return sum(
+                (
+                    as_decimal(cost)
+                    for tags, cost in calls.values_list("tags", "cost").iterator()
+                    if value in (tags or ())
+                ),
+                Decimal(0),
+            )
+    return as_decimal(calls.aggregate(s=Sum("cost"))["s"])
+
+
+def date_range(since: date, until: date) -> tuple[datetime, datetime]:
+    """Aware datetimes bounding the local days ``since`` … ``until`` (inclusive)."""
+    tz = timezone.get_default_timezone()
+    start = datetime.combine(since, datetime.min.time(), tzinfo=tz)
+    end = datetime.combine(until + timedelta(days=1), datetime.min.time(), tzinfo=tz)
+    return start, end
