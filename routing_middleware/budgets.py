@@ -1,0 +1,649 @@
+"""Spend limits per scope and period, with reservations so concurrent calls can't overspend.
+
+Before a call, :meth:`Budgets.reserve` holds the call's worst-case cost against
+every budget the request falls under, all or nothing; after the call
+:meth:`Budgets.settle` replaces the hold with the actual cost, and
+:meth:`Budgets.release` drops it when the call failed. Because holds count
+against the limit, settled spend can exceed a limit only by what calls cost
+beyond their own worst case.
+
+Amounts are ``Decimal`` USD at the API and integer micro-dollars in the stores.
+Two stores ship: :class:`MemoryBudgetStore` (one process, thread-safe) and
+:class:`RedisBudgetStore` (many workers, atomic Lua scripts). Counter keys expire
+after their period.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .context import RouteContext, current_context
+from .schema import BudgetExceeded, ChatRequest
+from .tokens import estimate_request_tokens
+
+if TYPE_CHECKING:
+    from .catalog import ModelInfo
+
+__all__ = [
+    "Budget",
+    "BudgetAction",
+    "BudgetLine",
+    "BudgetStatus",
+    "BudgetStore",
+    "Budgets",
+    "MemoryBudgetStore",
+    "RedisBudgetStore",
+    "Reservation",
+    "from_micros",
+    "to_micros",
+    "worst_case_cost",
+]
+
+BudgetAction = Literal["downgrade", "cheapest", "block"]
+_MICROS = Decimal(1_000_000)
+_DAY = 86_400
+
+
+def to_micros(amount: Decimal) -> int:
+    """USD to integer micro-dollars, rounded up (holds must never undercount)."""
+    return int((amount * _MICROS).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_micros(micros: int) -> Decimal:
+    """Integer micro-dollars to USD."""
+    return Decimal(micros) / _MICROS
+
+
+class Budget(BaseModel):
+    """A spend limit.
+
+    ``scope`` says whose spend counts: ``global`` (everything), or the context's
+    ``user`` id, ``feature``, ``tag`` or ``api_key`` id. With a ``value`` the budget
+    covers that one subject; without, every subject gets its own counter (a
+    per-user budget). ``period`` is a UTC ``day``, ISO ``week``, calendar ``month``
+    or a ``rolling`` window of ``rolling_hours`` (hourly buckets).
+
+    ``thresholds`` are soft actions by spend ratio: ``downgrade`` routes one tier
+    lower, ``cheapest`` to the cheapest model that can serve the request. At the
+    limit ``on_limit`` either blocks (:class:`BudgetExceeded`) or keeps serving
+    with the cheapest model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[^|{}\s]+$")
+    scope: Literal["global", "user", "feature", "tag", "api_key"] = "global"
+    value: str | None = None
+    period: Literal["day", "week", "month", "rolling"] = "day"
+    rolling_hours: int | None = Field(default=None, ge=1, le=24 * 31)
+    limit_usd: Decimal = Field(gt=0)
+    thresholds: tuple[tuple[float, Literal["downgrade", "cheapest"]], ...] = (
+        (0.8, "downgrade"),
+        (0.95, "cheapest"),
+    )
+    on_limit: Literal["block", "cheapest"] = "block"
+
+    @model_validator(mode="after")
+    def _check(self) -> Budget:
+        if (self.period == "rolling") != (self.rolling_hours is not None):
+            raise ValueError(f"budget {self.name!r}: rolling_hours is set exactly for 'rolling'")
+        if self.scope == "global" and self.value is not None:
+            raise ValueError(f"budget {self.name!r}: a global budget takes no 'value'")
+        ratios = [r for r, _ in self.thresholds]
+        if ratios != sorted(ratios) or any(not 0 < r <= 1 for r in ratios):
+            raise ValueError(f"budget {self.name!r}: thresholds must be ascending ratios in (0, 1]")
+        return self
+
+    @property
+    def limit_micros(self) -> int:
+        return to_micros(self.limit_usd)
+
+    def action_at(self, ratio: float) -> BudgetAction | None:
+        """The action this budget asks for at spend ``ratio`` (1.0 = at the limit)."""
+        if ratio >= 1.0:
+            return self.on_limit
+        action: BudgetAction | None = None
+        for threshold, name in self.thresholds:
+            if ratio >= threshold:
+                action = name
+        return action
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLine:
+    """One budget counter as the stores see it.
+
+    ``window`` are the keys whose sum is the spend in the current period (one key,
+    or one per hour of a rolling window; the last is the one charged now).
+    ``limit`` is ``None`` when the budget never blocks.
+    """
+
+    budget: Budget
+    subject: str
+    window: tuple[str, ...]
+    limit: int | None
+    ttl_s: int
+
+    @property
+    def charge_key(self) -> str:
+        return self.window[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A hold of ``amount`` micro-dollars on each of ``lines``."""
+
+    lines: tuple[BudgetLine, ...]
+    amount: int
+
+    @property
+    def amount_usd(self) -> Decimal:
+        return from_micros(self.amount)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """Where one budget stands for a context: spend (settled plus held) and ratio."""
+
+    budget: Budget
+    subject: str
+    spent: Decimal
+    ratio: float
+    action: BudgetAction | None
+
+
+class BudgetStore(Protocol):
+    """Counters behind budgets, in integer micro-dollars.
+
+    ``reserve`` checks and holds atomically across all lines: it returns ``None``
+    when held everywhere, or the index of the first line that would exceed its
+    limit (and then holds nothing). ``settle`` moves ``reserved`` from held to
+    ``actual`` spent on each line's charge key (``actual=0`` releases).
+    ``totals`` returns settled plus held spend per line.
+    """
+
+    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None: ...
+
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None: ...
+
+    def totals(self, lines: Sequence[BudgetLine]) -> list[int]: ...
+
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None: ...
+
+    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None: ...
+
+    async def atotals(self, lines: Sequence[BudgetLine]) -> list[int]: ...
+
+
+class MemoryBudgetStore:
+    """In-process counters guarded by one lock; expired keys are dropped lazily."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        # key -> [spent, held, expires_at]
+        self._counters: dict[str, list[float]] = {}
+        self._clock = clock
+        self._ops = 0
+
+    def _value(self, key: str, now: float) -> int:
+        entry = self._counters.get(key)
+        if entry is None:
+            return 0
+        if entry[2] <= now:
+            del self._counters[key]
+            return 0
+        return int(entry[0] + entry[1])
+
+    def _sweep(self, now: float) -> None:
+        self._ops += 1
+        if self._ops % 4096 == 0:
+            for key in [k for k, e in self._counters.items() if e[2] <= now]:
+                del self._counters[key]
+
+    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        now = self._clock()
+        with self._lock:
+            self._sweep(now)
+            for index, line in enumerate(lines):
+                if line.limit is not None:
+                    spent = sum(self._value(k, now) for k in line.window)
+                    if spent + amount > line.limit:
+                        return index
+            for line in lines:
+                self._add(line, now, held=amount, spent=0)
+        return None
+
+    def _add(self, line: BudgetLine, now: float, *, held: int, spent: int) -> None:
+        entry = self._counters.get(line.charge_key)
+        if entry is None or entry[2] <= now:
+            entry = self._counters[line.charge_key] = [0, 0, 0]
+        entry[0] += spent
+        entry[1] = max(0, int(entry[1]) + held)
+        entry[2] = now + line.ttl_s
+
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+        now = self._clock()
+        with self._lock:
+            for line in lines:
+                self._add(line, now, held=-reserved, spent=actual)
+
+    def totals(self, lines: Sequence[BudgetLine]) -> list[int]:
+        now = self._clock()
+        with self._lock:
+            return [sum(self._value(k, now) for k in line.window) for line in lines]
+
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        return self.reserve(lines, amount)
+
+    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+        self.settle(lines, reserved, actual)
+
+    async def atotals(self, lines: Sequence[BudgetLine]) -> list[int]:
+        return self.totals(lines)
+
+
+# KEYS: every line's window keys in order. ARGV: amount, line count, then per line
+# (key count, limit or -1, ttl). Checks all lines first, then holds on each charge key.
+_RESERVE_LUA = """
+local amount = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local pos, k = 3, 1
+local charge = {}
+for i = 1, n do
+  local nk, limit, ttl = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  pos = pos + 3
+  if limit >= 0 then
+    local total = 0
+    for j = k, k + nk - 1 do
+      local v = redis.call('HMGET', KEYS[j], 's', 'h')
+      total = total + (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+    end
+    if total + amount > limit then return i end
+  end
+  charge[i] = {KEYS[k + nk - 1], ttl}
+  k = k + nk
+end
+for i = 1, n do
+  redis.call('HINCRBY', charge[i][1], 'h', amount)
+  redis.call('EXPIRE', charge[i][1], charge[i][2])
+end
+return 0
+"""
+
+# KEYS: charge keys. ARGV: reserved, actual, then one ttl per key.
+_SETTLE_LUA = """
+local reserved, actual = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  local held = redis.call('HINCRBY', key, 'h', -reserved)
+  if held < 0 then redis.call('HSET', key, 'h', 0) end
+  if actual ~= 0 then redis.call('HINCRBY', key, 's', actual) end
+  redis.call('EXPIRE', key, tonumber(ARGV[2 + i]))
+end
+return 0
+"""
+
+# KEYS: every line's window keys. ARGV: key count per line. Returns one total per line.
+_TOTALS_LUA = """
+local out, k = {}, 1
+for i, nk in ipairs(ARGV) do
+  local total = 0
+  for j = k, k + tonumber(nk) - 1 do
+    local v = redis.call('HMGET', KEYS[j], 's', 'h')
+    total = total + (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+  end
+  out[i] = total
+  k = k + tonumber(nk)
+end
+return out
+"""
+
+
+class RedisBudgetStore:
+    """Counters in Redis shared by every worker; each operation is one atomic script.
+
+    Pass a ``url`` or ready clients (``client`` sync, ``async_client`` from
+    ``redis.asyncio``). Keys are ``{prefix}{budget}|{subject}|{period}`` hashes
+    with ``s`` (settled) and ``h`` (held) fields and expire after their period.
+    On Redis Cluster, give a ``prefix`` with a hash tag (``"llmroute:{b}:"``) so a
+    multi-budget reservation stays in one slot.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        async_client: Any = None,
+        prefix: str = "llmroute:budget:",
+    ) -> None:
+        if url is None and client is None and async_client is None:
+            raise ValueError("RedisBudgetStore needs a url or a client")
+        self._url = url
+        self._client = client
+        self._async_client = async_client
+        self.prefix = prefix
+        self._scripts: dict[str, Any] = {}
+        self._ascripts: dict[str, Any] = {}
+
+    def _sync(self) -> Any:
+        if self._client is None:
+            import redis
+
+            self._client = redis.Redis.from_url(str(self._url))
+        return self._client
+
+    def _async(self) -> Any:
+        if self._async_client is None:
+            import redis.asyncio
+
+            self._async_client = redis.asyncio.Redis.from_url(str(self._url))
+        return self._async_client
+
+    def _script(self, name: str, source: str) -> Any:
+        if name not in self._scripts:
+            self._scripts[name] = self._sync().register_script(source)
+        return self._scripts[name]
+
+    def _ascript(self, name: str, source: str) -> Any:
+        if name not in self._ascripts:
+            self._ascripts[name] = self._async().register_script(source)
+        return self._ascripts[name]
+
+    def _reserve_args(
+        self, lines: Sequence[BudgetLine], amount: int
+    ) -> tuple[list[str], list[int]]:
+        keys = [self.prefix + k for line in lines for k in line.window]
+        args = [amount, len(lines)]
+        for line in lines:
+            args += [len(line.window), -1 if line.limit is None else line.limit, line.ttl_s]
+        return keys, args
+
+    def _settle_args(
+        self, lines: Sequence[BudgetLine], reserved: int, actual: int
+    ) -> tuple[list[str], list[int]]:
+        return (
+            [self.prefix + line.charge_key for line in lines],
+            [reserved, actual, *(line.ttl_s for line in lines)],
+        )
+
+    def _totals_args(self, lines: Sequence[BudgetLine]) -> tuple[list[str], list[int]]:
+        return (
+            [self.prefix + k for line in lines for k in line.window],
+            [len(line.window) for line in lines],
+        )
+
+    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        if not lines:
+            return None
+        keys, args = self._reserve_args(lines, amount)
+        failed = int(self._script("reserve", _RESERVE_LUA)(keys=keys, args=args))
+        return failed - 1 if failed else None
+
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+        if lines:
+            keys, args = self._settle_args(lines, reserved, actual)
+            self._script("settle", _SETTLE_LUA)(keys=keys, args=args)
+
+    def totals(self, lines: Sequence[BudgetLine]) -> list[int]:
+        if not lines:
+            return []
+        keys, args = self._totals_args(lines)
+        return [int(v) for v in self._script("totals", _TOTALS_LUA)(keys=keys, args=args)]
+
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        if not lines:
+            return None
+        keys, args = self._reserve_args(lines, amount)
+        failed = int(await self._ascript("reserve", _RESERVE_LUA)(keys=keys, args=args))
+        return failed - 1 if failed else None
+
+    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+        if lines:
+            keys, args = self._settle_args(lines, reserved, actual)
+            await self._ascript("settle", _SETTLE_LUA)(keys=keys, args=args)
+
+    async def atotals(self, lines: Sequence[BudgetLine]) -> list[int]:
+        if not lines:
+            return []
+        keys, args = self._totals_args(lines)
+        result = await self._ascript("totals", _TOTALS_LUA)(keys=keys, args=args)
+        return [int(v) for v in result]
+
+
+def _subjects(budget: Budget, context: RouteContext) -> tuple[str, ...]:
+    scope = budget.scope
+    if scope == "global":
+        return ("*",)
+    if scope == "tag":
+        tags = context.tags or frozenset()
+        if budget.value is not None:
+            return (budget.value,) if budget.value in tags else ()
+        return tuple(sorted(tags))
+    found = {"user": context.user_id, "feature": context.feature, "api_key": context.api_key_id}[
+        scope
+    ]
+    if found is None or (budget.value is not None and found != budget.value):
+        return ()
+    return (found,)
+
+
+def _month_token(day: int) -> tuple[str, int]:
+    moment = datetime.fromtimestamp(day * _DAY, UTC)
+    if moment.month == 12:
+        nxt = datetime(moment.year + 1, 1, 1, tzinfo=UTC)
+    else:
+        nxt = datetime(moment.year, moment.month + 1, 1, tzinfo=UTC)
+    return f"m{moment.year:04d}{moment.month:02d}", int(nxt.timestamp())
+
+
+def _window(budget: Budget, now: float) -> tuple[tuple[str, ...], int]:
+    """Period keys (suffixes) and their TTL for ``budget`` at ``now``."""
+    day = int(now // _DAY)
+    if budget.period == "day":
+        return (f"d{day}",), _DAY * 2
+    if budget.period == "week":
+        week = (day + 3) // 7  # 1970-01-01 was a Thursday; weeks start on Monday
+        return (f"w{week}",), _DAY * 8
+    if budget.period == "month":
+        token, _ = _month_token(day)
+        return (token,), _DAY * 32
+    hours = budget.rolling_hours or 1
+    hour = int(now // 3600)
+    return tuple(f"h{h}" for h in range(hour - hours + 1, hour + 1)), (hours + 1) * 3600
+
+
+def worst_case_cost(
+    request: ChatRequest,
+    model: ModelInfo,
+    *,
+    input_tokens: int | None = None,
+    default_max_output: int = 4096,
+) -> Decimal:
+    """The most ``request`` can cost on ``model``: estimated input plus the output cap.
+
+    The cap is ``max_tokens`` when the request sets it, else ``default_max_output``
+    (lowered to the model's own output limit when it has one).
+    """
+    tokens_in = estimate_request_tokens(request) if input_tokens is None else input_tokens
+    cap = request.max_tokens
+    if cap is None:
+        cap = default_max_output
+        if model.max_output_tokens:
+            cap = min(cap, model.max_output_tokens)
+    price = model.price
+    return (tokens_in * price.input + cap * price.output) / _MICROS
+
+
+class Budgets:
+    """The configured budgets over a store: matching, reservations and status.
+
+    ``status_ttl_s`` caches :meth:`status` reads per counter for that many seconds,
+    which keeps the router off the network on every decision with a Redis store
+    (reservations are always exact).
+    """
+
+    def __init__(
+        self,
+        budgets: Iterable[Budget],
+        store: BudgetStore | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        status_ttl_s: float = 0.0,
+    ) -> None:
+        self.budgets = tuple(budgets)
+        self.store: BudgetStore = store if store is not None else MemoryBudgetStore(clock)
+        self._clock = clock
+        self._status_ttl = status_ttl_s
+        self._line_cache: dict[tuple[int, str, int], BudgetLine] = {}
+        self._status_cache: dict[str, tuple[float, int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.budgets)
+
+    def lines(self, context: RouteContext | None = None) -> tuple[BudgetLine, ...]:
+        """The counters a call under ``context`` is charged to, now."""
+        ctx = current_context() if context is None else context
+        now = self._clock()
+        slot = int(now // 3600)
+        out: list[BudgetLine] = []
+        cache = self._line_cache
+        for index, budget in enumerate(self.budgets):
+            for subject in _subjects(budget, ctx):
+                key = (index, subject, slot)
+                line = cache.get(key)
+                if line is None:
+                    if len(cache) > 4096:
+                        cache.clear()
+                    suffixes, ttl = _window(budget, now)
+                    base = f"{budget.name}|{subject}|"
+                    limit = budget.limit_micros if budget.on_limit == "block" else None
+                    line = BudgetLine(
+                        budget, subject, tuple(base + s for s in suffixes), limit, ttl
+                    )
+                    cache[key] = line
+                out.append(line)
+        return tuple(out)
+
+    def _blocked(self, lines: tuple[BudgetLine, ...], index: int, amount: int) -> BudgetExceeded:
+        budget = lines[index].budget
+        return BudgetExceeded(
+            f"budget {budget.name!r} ({budget.scope}"
+            f"{'' if budget.scope == 'global' else ' ' + lines[index].subject}) "
+            f"cannot cover ${from_micros(amount)}: limit ${budget.limit_usd} per {budget.period}",
+            budget=budget.name,
+        )
+
+    def reserve(self, amount: Decimal, context: RouteContext | None = None) -> Reservation:
+        """Hold ``amount`` on every matching budget, or raise :class:`BudgetExceeded`."""
+        lines = self.lines(context)
+        micros = to_micros(amount)
+        failed = self.store.reserve(lines, micros)
+        if failed is not None:
+            raise self._blocked(lines, failed, micros)
+        return Reservation(lines, micros)
+
+    async def areserve(self, amount: Decimal, context: RouteContext | None = None) -> Reservation:
+        """Async twin of :meth:`reserve`."""
+        lines = self.lines(context)
+        micros = to_micros(amount)
+        failed = await self.store.areserve(lines, micros)
+        if failed is not None:
+            raise self._blocked(lines, failed, micros)
+        return Reservation(lines, micros)
+
+    def reserve_for(
+        self,
+        request: ChatRequest,
+        model: ModelInfo,
+        context: RouteContext | None = None,
+        *,
+        default_max_output: int = 4096,
+    ) -> Reservation:
+        """Reserve the worst-case cost of ``request`` on ``model``."""
+        cost = worst_case_cost(request, model, default_max_output=default_max_output)
+        return self.reserve(cost, context)
+
+    def settle(self, reservation: Reservation, actual: Decimal) -> None:
+        """Replace the hold with the call's ``actual`` cost."""
+        self.store.settle(reservation.lines, reservation.amount, to_micros(actual))
+
+    async def asettle(self, reservation: Reservation, actual: Decimal) -> None:
+        """Async twin of :meth:`settle`."""
+        await self.store.asettle(reservation.lines, reservation.amount, to_micros(actual))
+
+    def release(self, reservation: Reservation) -> None:
+        """Drop the hold of a call that did not happen or failed without cost."""
+        self.store.settle(reservation.lines, reservation.amount, 0)
+
+    async def arelease(self, reservation: Reservation) -> None:
+        """Async twin of :meth:`release`."""
+        await self.store.asettle(reservation.lines, reservation.amount, 0)
+
+    def _statuses(self, lines: tuple[BudgetLine, ...], totals: list[int]) -> list[BudgetStatus]:
+        out = []
+        for line, total in zip(lines, totals, strict=True):
+            ratio = total / line.budget.limit_micros
+            out.append(
+                BudgetStatus(
+                    line.budget,
+                    line.subject,
+                    from_micros(total),
+                    ratio,
+                    line.budget.action_at(ratio),
+                )
+            )
+        return out
+
+    def _cached_totals(self, lines: tuple[BudgetLine, ...]) -> tuple[list[int | None], float]:
+        now = time.monotonic()
+        cached: list[int | None] = []
+        for line in lines:
+            hit = self._status_cache.get(line.charge_key)
+            cached.append(hit[1] if hit is not None and hit[0] > now else None)
+        return cached, now
+
+    def _remember(self, lines: Sequence[BudgetLine], totals: Sequence[int], now: float) -> None:
+        if len(self._status_cache) > 4096:
+            self._status_cache.clear()
+        for line, total in zip(lines, totals, strict=True):
+            self._status_cache[line.charge_key] = (now + self._status_ttl, total)
+
+    def status(self, context: RouteContext | None = None) -> list[BudgetStatus]:
+        """Spend and ratio of every budget matching ``context`` (cheap; maybe cached)."""
+        lines = self.lines(context)
+        if not lines:
+            return []
+        if self._status_ttl <= 0:
+            return self._statuses(lines, self.store.totals(lines))
+        cached, now = self._cached_totals(lines)
+        missing = [line for line, total in zip(lines, cached, strict=True) if total is None]
+        if missing:
+            fresh = self.store.totals(missing)
+            self._remember(missing, fresh, now)
+            it = iter(fresh)
+            cached = [next(it) if total is None else total for total in cached]
+        return self._statuses(lines, [int(t or 0) for t in cached])
+
+    async def astatus(self, context: RouteContext | None = None) -> list[BudgetStatus]:
+        """Async twin of :meth:`status`."""
+        lines = self.lines(context)
+        if not lines:
+            return []
+        if self._status_ttl <= 0:
+            return self._statuses(lines, await self.store.atotals(lines))
+        cached, now = self._cached_totals(lines)
+        missing = [line for line, total in zip(lines, cached, strict=True) if total is None]
+        if missing:
+            fresh = await self.store.atotals(missing)
+            self._remember(missing, fresh, now)
+            it = iter(fresh)
+            cached = [next(it) if total is None else total for total in cached]
+        return self._statuses(lines, [int(t or 0) for t in cached])

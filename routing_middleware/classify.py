@@ -1,0 +1,433 @@
+"""Request classifiers: which tier does a request need?
+
+A classifier is any callable ``(ChatRequest) -> int | None`` returning a tier (1
+cheap, 2 balanced, 3 premium) or ``None`` for "no opinion". Three ship:
+
+- :class:`ComplexityScorer`: built in, offline, a few microseconds. Hand-weighted
+  features (length, code, math, multi-step and reasoning cues, legal / medical /
+  financial vocabulary, turns, tools) give a score in [0, 1]; thresholds turn it
+  into a tier.
+- :class:`LLMJudgeClassifier`: asks a model (any injected ``ask(prompt) -> str``
+  function) and caches answers by prompt hash.
+- :class:`EmbeddingKNNClassifier`: cosine k-nearest-neighbours over labelled
+  examples with an injected ``embed(text) -> vector`` function, in pure Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from .schema import ChatRequest
+
+__all__ = [
+    "Classifier",
+    "ComplexityScorer",
+    "EmbeddingKNNClassifier",
+    "Features",
+    "LLMJudgeClassifier",
+    "prompt_text",
+]
+
+Classifier = Callable[[ChatRequest], "int | None"]
+
+# Word categories, matched against single lowercased words (results cached per word);
+# multi-word cues are plain substring checks. Both keep scoring in the microseconds.
+_REASONING, _TASK, _DOMAIN, _MATH, _SIMPLE = 1, 2, 4, 8, 16
+_WORD_CLASSES = (
+    (
+        _REASONING,
+        re.compile(
+            r"analy[sz]\w*|evaluat\w+|assess\w*|design\w*|architect\w*|debug\w*|deriv\w+|"
+            r"justif\w+|critique|implications?|strateg\w+|plan|deadlock|scal(?:e|ing|ability)|"
+            r"migrat\w+|recommend\w*|consisten\w+|concurren\w+|distributed|refactor\w*|"
+            r"optimi[sz]\w+|diagnos\w+|hypothes[ie]s|correctness|guarantee\w*|prove|proof|"
+            r"risks?|bias\w*|sensitivity|formal\w*|invariants?|partition\w*|latency|"
+            r"exactly-once|lock-free|complexity|sequential|statistic\w*|trade-?offs?"
+        ),
+    ),
+    (
+        _TASK,
+        re.compile(
+            r"write|explain|draft|create|describe|implement|build|compare|discuss|propose|"
+            r"outline|sketch|verify|solve|enumerate|prioriti[sz]e|review|develop|identify|"
+            r"estimate|model|suggest|summari[sz]e|rewrite|structure|generali[sz]e"
+        ),
+    ),
+    (
+        _DOMAIN,
+        re.compile(
+            r"contract\w*|liabilit\w+|indemnif\w+|jurisdiction|statute|clause|litigation|"
+            r"gdpr|hipaa|compliance|regulat\w+|diagnos\w+|symptoms?|dosage|contraindicat\w+|"
+            r"clinical|patient|medication|prognosis|valuation|portfolio|hedg\w+|derivatives?|"
+            r"tax\w*|amorti[sz]\w+|ebitda|dcf|securities|audit\w*|fiduciary|arbitration|"
+            r"tort|pharmacokinetic\w*"
+        ),
+    ),
+    (
+        _MATH,
+        re.compile(
+            r"integral|derivative|eigen\w*|theorem|lemma|prove|proof|probability|matrix|"
+            r"polynomial|converge\w*|differential|induction|asymptotic\w*|big-o|variance"
+        ),
+    ),
+    (
+        _SIMPLE,
+        re.compile(
+            r"translate|spell|capitali[sz]e|rephrase|tl;?dr|synonym|define|convert|extract|"
+            r"classify|sentiment|uppercase|lowercase"
+        ),
+    ),
+)
+_PHRASES = (
+    (
+        _REASONING,
+        (
+            "step by step",
+            "step-by-step",
+            "explain why",
+            "reason about",
+            "root cause",
+            "compare and contrast",
+            "pros and cons",
+            "edge case",
+            "race condition",
+            "threat model",
+            "memory ordering",
+        ),
+    ),
+    (_TASK, ("walk through", "lay out", "give feedback", "how do i", "what are")),
+    (_DOMAIN, ("discounted cash flow",)),
+    (
+        _MATH,
+        (
+            "complexity of",
+            "optimization problem",
+            "expected value",
+        ),
+    ),
+    (
+        _SIMPLE,
+        (
+            "fix the typo",
+            "fix typo",
+            "fix the grammar",
+            "one word",
+            "one sentence",
+            "in a sentence",
+            "what time",
+            "what is the capital",
+            "format this",
+            "format as",
+            "list of",
+            "yes or no",
+        ),
+    ),
+)
+_GREETINGS = frozenset({b"hi", b"hello", b"hey", b"thanks", b"thank", b"ok", b"yes", b"no"})
+_CODE_MARKERS = (
+    "```",
+    "def ",
+    "class ",
+    "function",
+    "=>",
+    "import ",
+    "#include",
+    "public static",
+    "const ",
+    "Traceback",
+    ";\n",
+    "{\n",
+    "SELECT ",
+)
+_LATEX = ("\\frac", "\\int", "\\sum", "\\sqrt")
+# Punctuation becomes spaces so ``str.split`` yields words (hyphens and '+#' stay).
+_PUNCTUATION = b'.,;:!?()[]{}"`*/=<>|\\~@$%&_'
+_SPLIT_TABLE = bytes.maketrans(_PUNCTUATION, b" " * len(_PUNCTUATION))
+_PHRASE_HEADS: dict[bytes, tuple[tuple[int, str], ...]] = {}
+_ARITHMETIC = re.compile(r"[=<>^]\s*\d|\d\s*[\^*/]\s*\d")
+_STEP = re.compile(r"\s*(?:\d+[.)]|[-*•])\s+\S")
+_word_classes: dict[bytes, int] = {}
+
+
+def _phrase_heads() -> dict[bytes, tuple[tuple[int, str], ...]]:
+    if not _PHRASE_HEADS:
+        heads: dict[bytes, list[tuple[int, str]]] = {}
+        for flag, phrases in _PHRASES:
+            for phrase in phrases:
+                heads.setdefault(phrase.split()[0].encode(), []).append((flag, phrase))
+        _PHRASE_HEADS.update({k: tuple(v) for k, v in heads.items()})
+    return _PHRASE_HEADS
+
+
+def _classes_of(word: bytes) -> int:
+    text = word.decode("utf-8", "replace")
+    found = 0
+    for flag, pattern in _WORD_CLASSES:
+        if pattern.fullmatch(text):
+            found |= flag
+    if len(_word_classes) > 50_000:
+        _word_classes.clear()
+    _word_classes[word] = found
+    return found
+
+
+def _cue_counts(text: str) -> tuple[list[int], str, bytes]:
+    """Distinct cue words and phrases per class in ``text`` (indexed by flag bit),
+    the lowered text and its first word."""
+    lowered = text.lower()
+    split = lowered.encode("utf-8", "replace").translate(_SPLIT_TABLE).split()
+    words = set(split)
+    counts = [0] * 17
+    known = _word_classes
+    for word in words:
+        flags = known.get(word)
+        if flags is None:
+            flags = _classes_of(word)
+        if flags:
+            if flags & _REASONING:
+                counts[_REASONING] += 1
+            if flags & _TASK:
+                counts[_TASK] += 1
+            if flags & _DOMAIN:
+                counts[_DOMAIN] += 1
+            if flags & _MATH:
+                counts[_MATH] += 1
+            if flags & _SIMPLE:
+                counts[_SIMPLE] += 1
+    heads = _phrase_heads()
+    for head in words.intersection(heads):
+        for flag, phrase in heads[head]:
+            if phrase in lowered:
+                counts[flag] += 1
+    return counts, lowered, split[0] if split else b""
+
+
+def prompt_text(request: ChatRequest) -> str:
+    """The text a classifier looks at: system instructions and the last user turn."""
+    system = request.system_text
+    last = request.last_user_text
+    return f"{system}\n\n{last}" if system else last
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """Signals the built-in scorer extracts from a request, each in [0, 1]."""
+
+    length: float
+    code: float
+    math: float
+    reasoning: float
+    domain: float
+    structure: float
+    tasks: float
+    turns: float
+    tools: float
+    simple: float
+
+
+_LOG_SPAN = math.log10(50)
+
+
+def _vector(request: ChatRequest) -> tuple[float, ...]:
+    """Feature values in :class:`Features` field order."""
+    text = request.last_user_text[-4000:]
+    system = request.system_text[-4000:]
+    chars = len(text)
+    # log-scaled: ~40 chars → 0, ~2,000 chars → 1
+    length = math.log10(chars / 40) / _LOG_SPAN if chars > 40 else 0.0
+    cues, _, first = _cue_counts(text)
+    context = _cue_counts(system)[0] if system else cues
+    messages = request.messages
+    turns = len(messages) if len(messages) == 1 else sum(1 for m in messages if m.role == "user")
+    simple = chars < 400 and (cues[_SIMPLE] > 0 or first in _GREETINGS)
+    code = 0
+    for marker in _CODE_MARKERS:
+        if marker in text:
+            code += 1
+    math_hits = cues[_MATH]
+    if "\\" in text:
+        math_hits += sum(1 for marker in _LATEX if marker in text)
+    if ("=" in text or "^" in text or "*" in text or "/" in text) and _ARITHMETIC.search(text):
+        math_hits += 1
+    steps = text.count("?")
+    if "\n" in text:
+        steps += sum(1 for line in text.splitlines() if _STEP.match(line))
+    return (
+        length if length < 1 else 1.0,
+        min(1.0, code / 2),
+        min(1.0, math_hits / 2),
+        min(1.0, max(cues[_REASONING], context[_REASONING]) / 3),
+        min(1.0, max(cues[_DOMAIN], context[_DOMAIN]) / 2),
+        min(1.0, steps / 4),
+        min(1.0, cues[_TASK] / 4),
+        min(1.0, (turns - 1) / 6) if turns > 1 else 0.0,
+        min(1.0, len(request.tools) / 4) if request.tools else 0.0,
+        1.0 if simple else 0.0,
+    )
+
+
+class ComplexityScorer:
+    """The built-in classifier: features → score in [0, 1] → tier.
+
+    ``thresholds`` are (low, high): a score below ``low`` is tier 1, below ``high``
+    tier 2, otherwise tier 3. Only the last user message and the system prompt are
+    read (the last 4,000 characters of each), so the cost stays flat for long chats.
+    """
+
+    #: Weight of each feature in the score; ``simple`` lowers it.
+    WEIGHTS = {
+        "length": 0.25,
+        "code": 0.10,
+        "math": 0.25,
+        "reasoning": 0.35,
+        "domain": 0.25,
+        "structure": 0.05,
+        "tasks": 0.35,
+        "turns": 0.08,
+        "tools": 0.10,
+        "simple": -0.30,
+    }
+
+    def __init__(
+        self,
+        thresholds: tuple[float, float] = (0.1, 0.3),
+        weights: dict[str, float] | None = None,
+    ) -> None:
+        low, high = thresholds
+        if not 0 <= low <= high <= 1:
+            raise ValueError("thresholds must satisfy 0 <= low <= high <= 1")
+        self.thresholds = thresholds
+        merged = {**self.WEIGHTS, **(weights or {})}
+        unknown = set(merged) - set(Features.__slots__)
+        if unknown:
+            raise ValueError(f"unknown feature weight(s): {', '.join(sorted(unknown))}")
+        self._weights = tuple(merged.get(name, 0.0) for name in Features.__slots__)
+
+    def features(self, request: ChatRequest) -> Features:
+        """The feature values of ``request``."""
+        return Features(*_vector(request))
+
+    def score(self, request: ChatRequest) -> float:
+        """The complexity of ``request`` in [0, 1]."""
+        total = sum(w * x for w, x in zip(self._weights, _vector(request), strict=True))
+        return 0.0 if total < 0 else 1.0 if total > 1 else total
+
+    def tier_of(self, score: float) -> int:
+        low, high = self.thresholds
+        return 1 if score < low else 2 if score < high else 3
+
+    def __call__(self, request: ChatRequest) -> int:
+        return self.tier_of(self.score(request))
+
+
+_JUDGE_PROMPT = (
+    "Rate how capable a language model must be to answer the request below well.\n"
+    "Answer with one digit: 1 = simple (short facts, reformatting, translation, "
+    "extraction), 2 = moderate (ordinary writing, explanations, routine code), "
+    "3 = hard (multi-step reasoning, math, complex code, expert legal/medical/financial "
+    "judgement).\n\nRequest:\n"
+)
+_DIGIT = re.compile(r"[1-3]")
+
+
+class LLMJudgeClassifier:
+    """Asks a model which tier a request needs; answers are cached by prompt hash.
+
+    ``ask`` receives the full judge prompt and returns the model's text; the first
+    digit 1-3 in it is the tier (anything else: no opinion). Keep ``ask`` fast and
+    cheap (a tier-1 model with a tight ``max_tokens``); errors it raises count as
+    no opinion and are not cached.
+    """
+
+    def __init__(
+        self,
+        ask: Callable[[str], str],
+        *,
+        maxsize: int = 10_000,
+        ttl_s: float = 3600.0,
+        max_chars: int = 4000,
+    ) -> None:
+        self._ask = ask
+        self._cache: TTLCache[str, int | None] = TTLCache(maxsize=maxsize, ttl=ttl_s)
+        self._lock = threading.Lock()
+        self._max_chars = max_chars
+
+    def prompt(self, request: ChatRequest) -> str:
+        """The prompt sent to the judge for ``request``."""
+        return _JUDGE_PROMPT + prompt_text(request)[-self._max_chars :]
+
+    def __call__(self, request: ChatRequest) -> int | None:
+        prompt = self.prompt(request)
+        key = hashlib.sha256(prompt.encode()).hexdigest()
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        try:
+            answer = self._ask(prompt)
+        except Exception:
+            return None
+        found = _DIGIT.search(answer or "")
+        tier = int(found.group()) if found else None
+        with self._lock:
+            self._cache[key] = tier
+        return tier
+
+
+def _normalised(vector: Sequence[float]) -> tuple[float, ...]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    if norm == 0:
+        return tuple(0.0 for _ in vector)
+    return tuple(x / norm for x in vector)
+
+
+class EmbeddingKNNClassifier:
+    """Tier by majority of the ``k`` most similar labelled examples (cosine).
+
+    ``embed`` maps text to a vector (any embedding model, injected). Example
+    vectors are embedded once, at construction. Ties go to the higher tier, which
+    errs toward quality. ``min_similarity`` gives no opinion when even the best
+    match is further than that.
+    """
+
+    def __init__(
+        self,
+        examples: Iterable[tuple[str, int]],
+        embed: Callable[[str], Sequence[float]],
+        *,
+        k: int = 5,
+        min_similarity: float = -1.0,
+    ) -> None:
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        self._embed = embed
+        self.k = k
+        self.min_similarity = min_similarity
+        self._examples = [(_normalised(embed(text)), tier) for text, tier in examples]
+        if not self._examples:
+            raise ValueError("at least one labelled example is needed")
+
+    def neighbours(self, text: str) -> list[tuple[float, int]]:
+        """The ``k`` nearest examples to ``text`` as (similarity, tier), best first."""
+        query = _normalised(self._embed(text))
+        scored = [
+            (sum(a * b for a, b in zip(query, vector, strict=True)), tier)
+            for vector, tier in self._examples
+        ]
+        scored.sort(key=lambda pair: pair[0], reverse=True)
+        return scored[: self.k]
+
+    def __call__(self, request: ChatRequest) -> int | None:
+        nearest = self.neighbours(prompt_text(request))
+        if not nearest or nearest[0][0] < self.min_similarity:
+            return None
+        votes = Counter(tier for _, tier in nearest)
+        best = max(votes.values())
+        return max(tier for tier, count in votes.items() if count == best)

@@ -1,0 +1,938 @@
+"""The router: picks the cheapest model that is good enough for a request.
+
+:meth:`Router.decide` takes a :class:`~routing_middleware.schema.ChatRequest` and a
+:class:`~routing_middleware.context.RouteContext` and returns a :class:`Decision`:
+the deployment to call, ordered fallbacks, the tier, the estimated cost against
+the requested model's, and the reasons, each a machine code and one sentence.
+
+How a decision is made:
+
+1. **Tier.** A ``tier`` hint wins; then the first matching rule; then the
+   classifier; then the requested model's own tier.
+2. **Budgets.** A budget past a soft threshold downgrades one tier or forces the
+   cheapest model; at its limit it blocks (:class:`BudgetExceeded`) or forces the
+   cheapest model. In ``observe`` mode nothing blocks; the reason is recorded.
+3. **Candidates.** Models of the tier that have the capabilities the request needs
+   (tools, vision, JSON schema, reasoning), a context window for the estimated
+   input plus the requested output, the quality floor, the allow/deny lists, a
+   configured provider, an available deployment within the latency SLA (once it
+   has enough samples) and, unless ``allow_upgrade``, an expected cost no higher
+   than the requested model's (the requested model is a **ceiling**).
+4. **Ranking.** ``cheapest`` (expected cost of this request, then p95 latency,
+   then quality), ``fastest`` or ``balanced``; one deployment of the winner by
+   weight or least in-flight calls.
+
+A requested model the catalog does not know is routed only when hints or rules
+give a tier, model or quality floor (no ceiling applies then, since its cost is
+unknown); otherwise the request passes through untouched with an ``observe``
+decision whose reason says so.
+
+Per catalog ``generation`` the router precomputes candidates per tier and their
+prices, and orders them lazily by a cost lower bound, so a decision looks at a
+handful of models, not the whole catalog. When prices change, the next decision
+sees them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from .budgets import Budgets
+from .catalog import Catalog, ModelInfo
+from .classify import Classifier, ComplexityScorer
+from .config import RoutingConfig, Rule, TierSpec
+from .context import Mode, RouteContext, current_context
+from .schema import BudgetExceeded, ChatRequest, NoRouteAvailable
+from .stats import AlwaysAvailable, DeploymentStats, HealthCheck, StatsSnapshot, StatsStore
+from .tokens import estimate_request_tokens
+
+__all__ = ["Decision", "Deployment", "Reason", "Router"]
+
+_MILLION = Decimal(1_000_000)
+_BUCKETS = 64
+_EMPTY_SNAPSHOT = StatsSnapshot()
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """Where a model is served: ``provider`` and the provider's deployment ``name``.
+
+    ``weight`` shares traffic between deployments of one model. ``key`` names the
+    deployment in stats and health checks.
+    """
+
+    model: str
+    provider: str
+    name: str
+    weight: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a decision went the way it did: a stable ``code`` and one human sentence."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of :meth:`Router.decide`.
+
+    ``primary`` is what to call; in ``observe`` mode it is the requested model and
+    ``routed`` is what enforcing would have picked (in ``enforce`` mode both are the
+    same). ``estimated_cost`` is the expected cost on ``routed`` and
+    ``requested_cost`` on the requested model (``None`` when unknown), for savings.
+    """
+
+    primary: Deployment
+    fallbacks: tuple[Deployment, ...]
+    tier: int | None
+    estimated_cost: Decimal | None
+    requested_model: str
+    requested_cost: Decimal | None
+    mode: Mode
+    reasons: tuple[Reason, ...]
+    routed: Deployment | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def model(self) -> str:
+        """The model id of :attr:`primary`."""
+        return self.primary.model
+
+    @property
+    def savings(self) -> Decimal | None:
+        """Expected saving of :attr:`routed` over the requested model, when both are known."""
+        if self.estimated_cost is None or self.requested_cost is None:
+            return None
+        return self.requested_cost - self.estimated_cost
+
+    @property
+    def reason_codes(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.reasons)
+
+
+def _expected_cost(model: ModelInfo, input_tokens: int, output_tokens: int) -> Decimal:
+    # Base list prices; swap for routing_middleware.pricing.estimate_cost once it lands.
+    price = model.price
+    return (input_tokens * price.input + output_tokens * price.output) / _MILLION
+
+
+def _usd(amount: Decimal) -> str:
+    return f"${amount:.6f}".rstrip("0").rstrip(".") if amount else "$0"
+
+
+def _seconds(ms: float) -> str:
+    return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+
+@dataclass(slots=True, eq=False)
+class _Cand:
+    info: ModelInfo
+    id: str
+    provider: str
+    names: frozenset[str]
+    pin: float
+    pout: float
+    quality: int
+    context_window: int
+    caps: frozenset[str]
+    deployments: tuple[Deployment, ...]
+    cumulative: tuple[float, ...]
+    order: int = 0
+
+
+@dataclass(slots=True)
+class _Plan:
+    generation: int
+    by_id: dict[str, _Cand]
+    tiers: dict[int, tuple[_Cand, ...]]
+    ordered: frozenset[int]
+    everything: tuple[_Cand, ...]
+    sorted_cache: dict[tuple[int, int], tuple[list[float], list[_Cand]]] = field(
+        default_factory=dict
+    )
+
+    def by_bound(self, level: int, bucket: int) -> tuple[list[float], list[_Cand]]:
+        """Candidates of ``level`` sorted by their per-token cost lower bound in ``bucket``."""
+        key = (level, bucket)
+        found = self.sorted_cache.get(key)
+        if found is None:
+            lo, hi = bucket / _BUCKETS, (bucket + 1) / _BUCKETS
+            members = self.everything if level == 0 else self.tiers.get(level, ())
+            pairs = sorted(
+                (
+                    min((1 - lo) * c.pin + lo * c.pout, (1 - hi) * c.pin + hi * c.pout),
+                    c.order,
+                    i,
+                )
+                for i, c in enumerate(members)
+            )
+            found = ([p[0] for p in pairs], [members[p[2]] for p in pairs])
+            self.sorted_cache[key] = found
+        return found
+
+
+@dataclass(slots=True)
+class _Constraints:
+    needs: frozenset[str]
+    window: int
+    min_quality: int
+    ceiling: float  # per-token cost ceiling at this request's mix; inf for none
+    max_cost: float  # per-call cost cap (USD); inf for none
+    allow: frozenset[str] | None
+    deny: frozenset[str] | None
+    providers: frozenset[str] | None
+    sla_ms: float | None
+    stream: bool
+
+
+@dataclass(slots=True)
+class _Pick:
+    cand: _Cand
+    unit: float  # USD per 1M tokens at this request's input/output mix
+    latency: float
+    deployments: tuple[Deployment, ...]
+
+
+@dataclass(slots=True)
+class _RuleOutcome:
+    tier: int | None = None
+    model: str | None = None
+    min_quality: int | None = None
+    max_latency_ms: float | None = None
+    mode: Mode | None = None
+    reasons: list[Reason] = field(default_factory=list)
+
+
+_DEFAULT_CONFIG: RoutingConfig | None = None
+
+
+def _default_config() -> RoutingConfig:
+    global _DEFAULT_CONFIG
+    if _DEFAULT_CONFIG is None:
+        _DEFAULT_CONFIG = RoutingConfig()
+    return _DEFAULT_CONFIG
+
+
+class Router:
+    """Picks a deployment for each request; see the module docstring for how.
+
+    ``providers`` limits candidates to models of those providers (default: all);
+    ``health`` says which deployments may take calls (default: all); ``classifier``
+    replaces the built-in complexity scorer (``None`` with the scorer disabled in
+    config means no classification). ``rng`` drives weighted load balancing.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        config: RoutingConfig | None = None,
+        stats: StatsStore | None = None,
+        budgets: Budgets | None = None,
+        health: HealthCheck | None = None,
+        providers: Iterable[str] | None = None,
+        *,
+        classifier: Classifier | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.config = config if config is not None else _default_config()
+        self.stats = stats
+        if budgets is None and self.config.budgets:
+            budgets = Budgets(self.config.budgets)
+        self.budgets = budgets
+        self.health: HealthCheck = health if health is not None else AlwaysAvailable()
+        self._check_health = not isinstance(self.health, AlwaysAvailable)
+        self.providers = frozenset(p.lower() for p in providers) if providers is not None else None
+        if classifier is None and self.config.classifier.enabled:
+            classifier = ComplexityScorer(self.config.classifier.thresholds)
+        self.classifier = classifier
+        self._rng = rng or random.Random()
+        self._plan: _Plan | None = None
+        self._snapshot: StatsSnapshot = _EMPTY_SNAPSHOT
+        self._snapshot_at = -math.inf
+        self._tier_names = {k.lower(): v for k, v in self.config.all_tier_names.items()}
+        self._rules = self.config.rules
+        self._rule_cache: dict[tuple[str | None, str | None, str], tuple[Rule, ...]] = {}
+        self._levels: tuple[int, ...] = ()
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan_now(self) -> _Plan:
+        plan = self._plan
+        generation = self.catalog.generation
+        if plan is None or plan.generation != generation:
+            plan = self._build_plan(generation)
+            self._plan = plan
+        return plan
+
+    def refresh(self) -> None:
+        """Drop precomputed state; the next decision recomputes it."""
+        self._plan = None
+        self._snapshot_at = -math.inf
+
+    def _build_plan(self, generation: int) -> _Plan:
+        extra: dict[str, list[Deployment]] = {}
+        for dep in self.config.deployments:
+            extra.setdefault(dep.model.lower(), []).append(
+                Deployment(dep.model, dep.provider, dep.name, dep.weight)
+            )
+        by_id: dict[str, _Cand] = {}
+        for info in self.catalog.models:
+            if info.mode != "chat":
+                continue
+            deployments = tuple(
+                Deployment(info.id, d.provider, d.name, d.weight)
+                for d in extra.get(info.id.lower(), ())
+                if self.providers is None or d.provider.lower() in self.providers
+            )
+            if not deployments:
+                if self.providers is not None and info.provider.lower() not in self.providers:
+                    continue
+                deployments = (Deployment(info.id, info.provider, info.name),)
+            total, cumulative = 0.0, []
+            for d in deployments:
+                total += d.weight
+                cumulative.append(total)
+            by_id[info.id.lower()] = _Cand(
+                info=info,
+                id=info.id,
+                provider=info.provider.lower(),
+                names=frozenset(n.lower() for n in (info.id, info.name, *info.aliases)),
+                pin=float(info.price.input),
+                pout=float(info.price.output),
+                quality=info.quality if info.quality is not None else 0,
+                context_window=info.context_window,
+                caps=info.capabilities,
+                deployments=deployments,
+                cumulative=tuple(cumulative),
+            )
+        everything = tuple(by_id.values())
+        tiers: dict[int, tuple[_Cand, ...]] = {}
+        levels = set(self.config.tiers) | {c.info.tier for c in everything}
+        ordered = set()
+        for level in sorted(levels):
+            spec = self.config.tiers.get(level)
+            if spec is None:
+                tiers[level] = tuple(c for c in everything if c.info.tier == level)
+            else:
+                tiers[level] = self._tier_members(spec, everything, by_id)
+                if spec.models is not None:
+                    ordered.add(level)
+        self._levels = tuple(sorted(level for level, members in tiers.items() if members))
+        return _Plan(generation, by_id, tiers, frozenset(ordered), everything)
+
+    @staticmethod
+    def _tier_members(
+        spec: TierSpec, everything: tuple[_Cand, ...], by_id: dict[str, _Cand]
+    ) -> tuple[_Cand, ...]:
+        if spec.models is not None:
+            found = []
+            for position, name in enumerate(spec.models):
+                cand = by_id.get(name.lower()) or next(
+                    (c for c in everything if name.lower() in c.names), None
+                )
+                if cand is not None:
+                    # Copy so the list position can break ties inside this tier only.
+                    found.append(_copy(cand, position))
+            return tuple(found)
+        out = []
+        for c in everything:
+            q = c.info.quality
+            if spec.min_quality is not None and (q is None or q < spec.min_quality):
+                continue
+            if spec.max_quality is not None and (q is None or q > spec.max_quality):
+                continue
+            if spec.max_input_price is not None and c.info.price.input > spec.max_input_price:
+                continue
+            if spec.max_output_price is not None and c.info.price.output > spec.max_output_price:
+                continue
+            out.append(c)
+        return tuple(out)
+
+    def _stats_now(self) -> StatsSnapshot:
+        if self.stats is None:
+            return _EMPTY_SNAPSHOT
+        now = time.monotonic()
+        if now - self._snapshot_at >= self.config.stats_refresh_s:
+            self._snapshot = self.stats.snapshot()
+            self._snapshot_at = now
+        return self._snapshot
+
+    # ------------------------------------------------------------------ rules
+
+    def _rules_for(self, ctx: RouteContext, model: str) -> tuple[Rule, ...]:
+        key = (ctx.feature, ctx.route, model)
+        found = self._rule_cache.get(key)
+        if found is None:
+            found = tuple(
+                r
+                for r in self._rules
+                if _glob_ok(r.globs("feature"), ctx.feature)
+                and _glob_ok(r.globs("route"), ctx.route)
+                and _glob_ok(r.globs("model"), model)
+            )
+            if len(self._rule_cache) > 4096:
+                self._rule_cache.clear()
+            self._rule_cache[key] = found
+        return found
+
+    def _apply_rules(
+        self, request: ChatRequest, ctx: RouteContext, input_tokens: int
+    ) -> _RuleOutcome:
+        outcome = _RuleOutcome()
+        rules = self._rules_for(ctx, request.model) if self._rules else ()
+        text: str | None = None
+        for rule in rules:
+            when = rule.when
+            if when.user_groups is not None and when.user_groups.isdisjoint(ctx.user_groups or ()):
+                continue
+            if when.tags is not None and when.tags.isdisjoint(ctx.tags or ()):
+                continue
+            if when.min_input_tokens is not None and input_tokens < when.min_input_tokens:
+                continue
+            if when.max_input_tokens is not None and input_tokens > when.max_input_tokens:
+                continue
+            if when.has_tools is not None and bool(request.tools) != when.has_tools:
+                continue
+            if when.has_images is not None and request.has_images != when.has_images:
+                continue
+            if when.json_schema is not None and _wants_schema(request) != when.json_schema:
+                continue
+            if rule.pattern is not None or rule.keyword_pattern is not None:
+                if text is None:
+                    text = request.last_user_text
+                if rule.pattern is not None and rule.pattern.search(text) is None:
+                    continue
+                if rule.keyword_pattern is not None and rule.keyword_pattern.search(text) is None:
+                    continue
+            then = rule.then
+            applied = []
+            if then.tier is not None and outcome.tier is None and outcome.model is None:
+                outcome.tier = self._level(then.tier)
+                applied.append(f"tier {outcome.tier}")
+            if then.model is not None and outcome.model is None and outcome.tier is None:
+                outcome.model = then.model
+                applied.append(f"model {then.model}")
+            if then.min_quality is not None and outcome.min_quality is None:
+                outcome.min_quality = then.min_quality
+                applied.append(f"quality ≥ {then.min_quality}")
+            if then.max_latency_ms is not None and outcome.max_latency_ms is None:
+                outcome.max_latency_ms = then.max_latency_ms
+                applied.append(f"SLA {_seconds(then.max_latency_ms)}")
+            if then.mode is not None and outcome.mode is None:
+                outcome.mode = then.mode
+                applied.append(f"mode {then.mode}")
+            if applied:
+                outcome.reasons.append(Reason("rule", f"rule '{rule.name}' → {', '.join(applied)}"))
+            if not rule.continue_:
+                break
+        return outcome
+
+    def _level(self, tier: int | str) -> int:
+        if isinstance(tier, int):
+            return tier
+        found = self._tier_names.get(tier.lower())
+        if found is None:
+            if tier.isdigit():
+                return int(tier)
+            raise ValueError(f"unknown tier {tier!r}")
+        return found
+
+    # ------------------------------------------------------------------ decide
+
+    def decide(self, request: ChatRequest, context: RouteContext | None = None) -> Decision:
+        """Pick a deployment for ``request`` under ``context`` (default: the current one).
+
+        Raises :class:`BudgetExceeded` when a blocking budget is spent (``enforce``
+        mode only) and :class:`NoRouteAvailable` when no model satisfies the hard
+        constraints.
+        """
+        ctx = current_context() if context is None else context
+        plan = self._plan_now()
+        config = self.config
+        reasons: list[Reason] = []
+        requested = plan.by_id.get(request.model.lower())
+        if requested is None:
+            info = self.catalog.find(request.model)
+            if info is not None:
+                requested = plan.by_id.get(info.id.lower())
+        input_tokens = estimate_request_tokens(request)
+        rules = self._apply_rules(request, ctx, input_tokens)
+        reasons.extend(rules.reasons)
+        mode: Mode = ctx.mode or rules.mode or config.mode
+
+        # Tier
+        tier: int | None = None
+        if ctx.tier is not None:
+            tier = self._level(ctx.tier)
+            reasons.append(Reason("hint_tier", f"hint → tier {tier}"))
+        elif rules.tier is not None:
+            tier = rules.tier
+        min_quality = max(ctx.min_quality or 0, rules.min_quality or 0)
+        routable = requested is not None or tier is not None or rules.model is not None
+        routable = routable or min_quality > 0
+        if not routable:
+            return self._passthrough(request, input_tokens, reasons)
+        if tier is None and rules.model is None and self.classifier is not None:
+            tier = self.classifier(request)
+            if tier is not None:
+                reasons.append(Reason("classifier", f"classifier → tier {tier}"))
+        if tier is None:
+            if requested is not None:
+                tier = requested.info.tier
+                reasons.append(Reason("requested_tier", f"{requested.id} is tier {tier}"))
+            else:
+                tier = 2
+                reasons.append(Reason("default_tier", "no tier given → tier 2"))
+
+        # Budgets
+        cheapest = False
+        if self.budgets:
+            for status in self.budgets.status(ctx):
+                action = status.action
+                if action is None:
+                    continue
+                pct = f"{status.ratio:.0%}"
+                name = status.budget.name
+                if action == "block":
+                    if mode == "enforce":
+                        raise BudgetExceeded(
+                            f"budget '{name}' is spent ({pct} of ${status.budget.limit_usd})",
+                            budget=name,
+                        )
+                    reasons.append(
+                        Reason("budget_block", f"budget '{name}' at {pct} → would block")
+                    )
+                elif action == "cheapest":
+                    cheapest = True
+                    reasons.append(
+                        Reason("budget_cheapest", f"budget '{name}' at {pct} → cheapest")
+                    )
+                elif tier > 1 and not cheapest:
+                    reasons.append(
+                        Reason(
+                            "budget_downgrade",
+                            f"budget '{name}' at {pct} → downgraded from tier {tier}",
+                        )
+                    )
+                    tier -= 1
+
+        # Constraints
+        snapshot = self._stats_now()
+        expected_out = snapshot.output_tokens.get(ctx.feature or "")
+        output_tokens = int(expected_out) if expected_out else config.default_output_tokens
+        if request.max_tokens is not None:
+            output_tokens = min(output_tokens, request.max_tokens)
+        total = input_tokens + output_tokens
+        w = output_tokens / total if total else 0.0
+        ceiling = math.inf
+        if requested is not None and not ctx.allow_upgrade:
+            ceiling = (1 - w) * requested.pin + w * requested.pout
+        sla = _min_opt(ctx.max_latency_ms, rules.max_latency_ms)
+        cons = _Constraints(
+            needs=_needs(request),
+            window=input_tokens + (request.max_tokens or output_tokens),
+            min_quality=min_quality,
+            ceiling=ceiling,
+            max_cost=(
+                float(ctx.max_cost_per_call) * 1_000_000 / total
+                if ctx.max_cost_per_call is not None and total
+                else math.inf
+            ),
+            allow=_lower(ctx.allow_models),
+            deny=_lower(ctx.deny_models),
+            providers=_lower(ctx.allow_providers),
+            sla_ms=sla,
+            stream=request.stream,
+        )
+
+        # Selection
+        want = config.max_fallbacks + 1
+        picks: list[_Pick] = []
+        chosen_level = tier
+        if rules.model is not None:
+            pinned = plan.by_id.get(rules.model.lower()) or _by_name(plan, rules.model)
+            pick = self._check(pinned, cons, w, snapshot, reasons) if pinned else None
+            if pick is not None:
+                picks.append(pick)
+                reasons.append(Reason("pinned", f"rule pins {pinned.id}"))  # type: ignore[union-attr]
+                chosen_level = pinned.info.tier  # type: ignore[union-attr]
+            else:
+                reasons.append(Reason("pin_failed", f"pinned model {rules.model} not eligible"))
+        if not picks:
+            level_order = [0] if cheapest else self._level_order(tier)
+            for level in level_order:
+                picks = self._rank(plan, level, cons, w, snapshot, want, reasons)
+                if picks:
+                    if level != tier and not cheapest:
+                        reasons.append(
+                            Reason(
+                                "tier_widened", f"no eligible model in tier {tier} → tier {level}"
+                            )
+                        )
+                    chosen_level = level if level else picks[0].cand.info.tier
+                    break
+        if not picks:
+            if mode == "observe":
+                reasons.append(Reason("no_route", "no eligible model; observe keeps the request"))
+                return self._passthrough(request, input_tokens, reasons, observed=True)
+            raise NoRouteAvailable(
+                f"no model satisfies the constraints for {request.model!r}: "
+                + "; ".join(r.message for r in reasons[-5:]),
+                model=request.model,
+            )
+
+        best = picks[0]
+        primary = self._deployment(best)
+        fallbacks = self._fallbacks(plan, primary, best, picks[1:], chosen_level, cons, w, snapshot)
+        estimated = _expected_cost(best.cand.info, input_tokens, output_tokens)
+        requested_cost = (
+            _expected_cost(requested.info, input_tokens, output_tokens) if requested else None
+        )
+        message = f"chose {best.cand.id} (tier {chosen_level}) at ~{_usd(estimated)}"
+        if requested_cost is not None and requested is not best.cand:
+            message += f" vs {_usd(requested_cost)} on {requested.id}"  # type: ignore[union-attr]
+        reasons.append(Reason("chosen", message))
+        routed = primary
+        if mode == "observe":
+            keep = requested.deployments[0] if requested else _unknown_deployment(request.model)
+            reasons.append(Reason("observe", f"observe mode: keeping {request.model}"))
+            primary, fallbacks = keep, ()
+        return Decision(
+            primary=primary,
+            fallbacks=fallbacks,
+            tier=chosen_level,
+            estimated_cost=estimated,
+            requested_model=request.model,
+            requested_cost=requested_cost,
+            mode=mode,
+            reasons=tuple(reasons),
+            routed=routed,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+
+    def _passthrough(
+        self,
+        request: ChatRequest,
+        input_tokens: int,
+        reasons: list[Reason],
+        *,
+        observed: bool = False,
+    ) -> Decision:
+        if not observed:
+            reasons.append(
+                Reason(
+                    "unknown_model",
+                    f"{request.model} is not in the catalog and no hint or rule routes it;"
+                    " passed through",
+                )
+            )
+        return Decision(
+            primary=_unknown_deployment(request.model),
+            fallbacks=(),
+            tier=None,
+            estimated_cost=None,
+            requested_model=request.model,
+            requested_cost=None,
+            mode="observe",
+            reasons=tuple(reasons),
+            routed=None,
+            input_tokens=input_tokens,
+        )
+
+    def _level_order(self, tier: int) -> list[int]:
+        levels = self._levels
+        if tier in levels:
+            start = tier
+        else:
+            # Snap to the nearest configured level, preferring the higher one.
+            above = [lv for lv in levels if lv > tier]
+            start = above[0] if above else levels[-1] if levels else tier
+        up = [lv for lv in levels if lv > start]
+        down = [lv for lv in reversed(levels) if lv < start]
+        return [start, *up, *down]
+
+    # ------------------------------------------------------------------ candidates
+
+    def _deployments_ok(
+        self, cand: _Cand, cons: _Constraints, snapshot: StatsSnapshot, reasons: list[Reason] | None
+    ) -> tuple[Deployment, ...]:
+        if not self._check_health and cons.sla_ms is None:
+            return cand.deployments
+        out = []
+        for d in cand.deployments:
+            if self._check_health and not self.health.is_available(d):
+                if reasons is not None:
+                    reasons.append(Reason("excluded_unavailable", f"{d.key} excluded: unavailable"))
+                continue
+            if cons.sla_ms is not None:
+                st = snapshot.deployments.get(d.key)
+                p95 = _p95(st, cons.stream, self.config.sla_min_samples)
+                if p95 is not None and p95 > cons.sla_ms:
+                    if reasons is not None:
+                        what = "TTFT p95" if cons.stream else "p95"
+                        reasons.append(
+                            Reason(
+                                "excluded_sla",
+                                f"{cand.id} excluded: {what} {_seconds(p95)} > SLA "
+                                f"{_seconds(cons.sla_ms)}",
+                            )
+                        )
+                    continue
+            out.append(d)
+        return tuple(out)
+
+    def _check(
+        self,
+        cand: _Cand,
+        cons: _Constraints,
+        w: float,
+        snapshot: StatsSnapshot,
+        reasons: list[Reason] | None,
+    ) -> _Pick | None:
+        """``cand`` as a pick if it meets every hard constraint, else ``None``."""
+        if cand.context_window < cons.window or cand.quality < cons.min_quality:
+            return None
+        if not cons.needs <= cand.caps:
+            return None
+        if cons.allow is not None and not (cand.names & cons.allow):
+            return None
+        if cons.deny is not None and cand.names & cons.deny:
+            return None
+        if cons.providers is not None and cand.provider not in cons.providers:
+            return None
+        unit = (1 - w) * cand.pin + w * cand.pout
+        if unit > cons.ceiling or unit > cons.max_cost:
+            return None
+        deployments = self._deployments_ok(cand, cons, snapshot, reasons)
+        if not deployments:
+            return None
+        return _Pick(cand, unit, _latency(snapshot, deployments, cons.stream), deployments)
+
+    def _rank(
+        self,
+        plan: _Plan,
+        level: int,
+        cons: _Constraints,
+        w: float,
+        snapshot: StatsSnapshot,
+        want: int,
+        reasons: list[Reason],
+    ) -> list[_Pick]:
+        strategy = self.config.strategy
+        if level in plan.ordered:
+            picks = []
+            for cand in plan.tiers.get(level, ()):
+                pick = self._check(cand, cons, w, snapshot, reasons)
+                if pick is not None:
+                    picks.append(pick)
+                    if len(picks) >= want:
+                        break
+            return picks
+        if strategy == "cheapest":
+            return self._cheapest(plan, level, cons, w, snapshot, want, reasons)
+        members = plan.everything if level == 0 else plan.tiers.get(level, ())
+        picks = [
+            p for c in members if (p := self._check(c, cons, w, snapshot, reasons)) is not None
+        ]
+        if not picks:
+            return picks
+        if strategy == "fastest":
+            picks.sort(key=lambda p: (p.latency, p.unit, -p.cand.quality, p.cand.order))
+        else:
+            weights = self.config.balanced
+            top_cost = max(p.unit for p in picks) or 1.0
+            known = [p.latency for p in picks if p.latency != math.inf]
+            top_latency = max(known) if known else 1.0
+            picks.sort(
+                key=lambda p: (
+                    weights.cost * p.unit / top_cost
+                    + weights.latency * (min(p.latency, top_latency) / top_latency)
+                    + weights.quality * (1 - p.cand.quality / 100),
+                    p.cand.order,
+                )
+            )
+        return picks[:want]
+
+    def _cheapest(
+        self,
+        plan: _Plan,
+        level: int,
+        cons: _Constraints,
+        w: float,
+        snapshot: StatsSnapshot,
+        want: int,
+        reasons: list[Reason],
+    ) -> list[_Pick]:
+        bucket = min(_BUCKETS - 1, int(w * _BUCKETS))
+        bounds, cands = plan.by_bound(level, bucket)
+        limit = min(cons.ceiling, cons.max_cost)
+        stop = bisect.bisect_right(bounds, limit) if limit != math.inf else len(bounds)
+        picks: list[_Pick] = []
+        worst = math.inf
+        for i in range(stop):
+            # Everything from here on costs at least bounds[i] per token: once the
+            # list of the best ``want`` is full and beats that, nothing can enter.
+            if bounds[i] > worst:
+                break
+            pick = self._check(cands[i], cons, w, snapshot, reasons)
+            if pick is None:
+                continue
+            picks.append(pick)
+            if len(picks) >= want:
+                picks.sort(key=_cheap_key)
+                del picks[want:]
+                worst = picks[-1].unit
+        picks.sort(key=_cheap_key)
+        return picks
+
+    def _deployment(self, pick: _Pick) -> Deployment:
+        deployments = pick.deployments
+        if len(deployments) == 1:
+            return deployments[0]
+        if self.config.load_balancing == "least_busy" and self.stats is not None:
+            stats = self.stats
+            return min(deployments, key=lambda d: stats.in_flight(d.key))
+        if deployments is pick.cand.deployments:
+            cumulative: tuple[float, ...] | list[float] = pick.cand.cumulative
+        else:
+            cumulative = list(itertools.accumulate(d.weight for d in deployments))
+        point = self._rng.random() * cumulative[-1]
+        return deployments[min(bisect.bisect_right(cumulative, point), len(deployments) - 1)]
+
+    def _fallbacks(
+        self,
+        plan: _Plan,
+        primary: Deployment,
+        best: _Pick,
+        rest: list[_Pick],
+        level: int,
+        cons: _Constraints,
+        w: float,
+        snapshot: StatsSnapshot,
+    ) -> tuple[Deployment, ...]:
+        """Same tier at other providers, other deployments of the primary's model,
+        same tier at the same provider, then the neighbouring tier."""
+        limit = self.config.max_fallbacks
+        if limit == 0:
+            return ()
+        out = [p.deployments[0] for p in rest if p.cand.provider != best.cand.provider]
+        out += [d for d in best.deployments if d != primary]
+        out += [p.deployments[0] for p in rest if p.cand.provider == best.cand.provider]
+        if len(out) < limit:
+            neighbour = next((lv for lv in self._level_order(level) if lv != level), None)
+            if neighbour is not None:
+                seen = {p.cand.id for p in rest} | {best.cand.id}
+                for p in self._rank(plan, neighbour, cons, w, snapshot, limit, []):
+                    if p.cand.id not in seen:
+                        out.append(p.deployments[0])
+        return tuple(out[:limit])
+
+
+def _cheap_key(p: _Pick) -> tuple[float, float, int, int]:
+    return (p.unit, p.latency, -p.cand.quality, p.cand.order)
+
+
+def _copy(cand: _Cand, order: int) -> _Cand:
+    return _Cand(
+        info=cand.info,
+        id=cand.id,
+        provider=cand.provider,
+        names=cand.names,
+        pin=cand.pin,
+        pout=cand.pout,
+        quality=cand.quality,
+        context_window=cand.context_window,
+        caps=cand.caps,
+        deployments=cand.deployments,
+        cumulative=cand.cumulative,
+        order=order,
+    )
+
+
+def _by_name(plan: _Plan, name: str) -> _Cand | None:
+    lowered = name.lower()
+    return next((c for c in plan.everything if lowered in c.names), None)
+
+
+def _glob_ok(patterns: Any, value: str | None) -> bool:
+    if patterns is None:
+        return True
+    if value is None:
+        return False
+    return any(p.match(value) for p in patterns)
+
+
+def _wants_schema(request: ChatRequest) -> bool:
+    fmt = request.response_format
+    return fmt is not None and fmt.type == "json_schema"
+
+
+def _needs(request: ChatRequest) -> frozenset[str]:
+    needs = []
+    if request.tools:
+        needs.append("tools")
+    if request.has_images:
+        needs.append("vision")
+    if _wants_schema(request):
+        needs.append("json_schema")
+    if request.reasoning_effort:
+        needs.append("reasoning")
+    return frozenset(needs)
+
+
+def _lower(values: frozenset[str] | None) -> frozenset[str] | None:
+    return None if values is None else frozenset(v.lower() for v in values)
+
+
+def _min_opt(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _p95(stats: DeploymentStats | None, stream: bool, min_samples: int) -> float | None:
+    if stats is None:
+        return None
+    if stream:
+        return stats.ttft_p95_ms if stats.ttft_samples >= min_samples else None
+    return stats.p95_ms if stats.samples >= min_samples else None
+
+
+def _latency(snapshot: StatsSnapshot, deployments: tuple[Deployment, ...], stream: bool) -> float:
+    if not snapshot.deployments:
+        return math.inf
+    best = math.inf
+    for d in deployments:
+        st = snapshot.deployments.get(d.key)
+        if st is not None:
+            value = st.ttft_p95_ms if stream else st.p95_ms
+            if value == value and value < best:  # skip NaN (no samples)
+                best = value
+    return best
+
+
+def _unknown_deployment(model: str) -> Deployment:
+    provider, _, name = model.partition("/")
+    if not name:
+        provider, name = "unknown", model
+    return Deployment(model, provider, name)

@@ -1,0 +1,366 @@
+"""Live measurements per deployment: latency percentiles, in-flight calls, error rate.
+
+Each deployment keeps the last ``window`` calls in fixed ring buffers: recording is
+O(1) and memory is bounded; percentiles are computed on read. The router reads one
+:class:`StatsSnapshot` at a time and keeps it for a short while, so percentile
+sorting never sits on a decision's path. Expected output tokens per feature are an
+EWMA, used to price a request before it runs.
+
+:class:`MemoryStatsStore` serves one process; :class:`RedisStatsStore` lets every
+worker share one view. Health (open circuit breakers) is a separate
+:class:`HealthCheck` protocol; :class:`AlwaysAvailable` is the default.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .router import Deployment
+
+__all__ = [
+    "AlwaysAvailable",
+    "DeploymentStats",
+    "HealthCheck",
+    "MemoryStatsStore",
+    "RedisStatsStore",
+    "StatsSnapshot",
+    "StatsStore",
+    "percentile",
+]
+
+_EWMA_ALPHA = 0.1
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of already sorted values, nearest-rank."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentStats:
+    """Latency percentiles (ms) and error rate of one deployment over its window."""
+
+    samples: int
+    ttft_samples: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    ttft_p99_ms: float
+    error_rate: float
+
+    @classmethod
+    def from_samples(
+        cls, totals: Sequence[float], ttfts: Sequence[float], errors: int, calls: int
+    ) -> DeploymentStats:
+        t = sorted(totals)
+        f = sorted(ttfts)
+        return cls(
+            samples=len(t),
+            ttft_samples=len(f),
+            p50_ms=percentile(t, 0.5),
+            p95_ms=percentile(t, 0.95),
+            p99_ms=percentile(t, 0.99),
+            ttft_p50_ms=percentile(f, 0.5),
+            ttft_p95_ms=percentile(f, 0.95),
+            ttft_p99_ms=percentile(f, 0.99),
+            error_rate=errors / calls if calls else 0.0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """Everything the router reads from stats, taken at one moment."""
+
+    deployments: dict[str, DeploymentStats] = field(default_factory=dict)
+    output_tokens: dict[str, float] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)
+
+
+class StatsStore(Protocol):
+    """Where latency, errors, in-flight counts and output sizes are recorded.
+
+    Deployments are named by :attr:`Deployment.key`. ``record`` takes the total
+    latency of a finished call, its time to first token when it streamed, whether
+    it failed, and, for successful calls, the feature and output tokens used for
+    the per-feature estimate.
+    """
+
+    def record(
+        self,
+        deployment: str,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        error: bool = False,
+        feature: str | None = None,
+        output_tokens: int | None = None,
+    ) -> None: ...
+
+    def started(self, deployment: str) -> None: ...
+
+    def finished(self, deployment: str) -> None: ...
+
+    def in_flight(self, deployment: str) -> int: ...
+
+    def expected_output_tokens(self, feature: str | None) -> float | None: ...
+
+    def snapshot(self) -> StatsSnapshot: ...
+
+
+class HealthCheck(Protocol):
+    """Says whether a deployment may take calls now (a circuit breaker implements it)."""
+
+    def is_available(self, deployment: Deployment) -> bool: ...
+
+
+class AlwaysAvailable:
+    """The default health check: every deployment is available."""
+
+    def is_available(self, deployment: Deployment) -> bool:
+        return True
+
+
+class _Ring:
+    """A fixed-size ring of floats; O(1) append, bounded memory."""
+
+    __slots__ = ("_next", "_size", "values")
+
+    def __init__(self, size: int) -> None:
+        self.values: list[float] = []
+        self._size = size
+        self._next = 0
+
+    def add(self, value: float) -> None:
+        if len(self.values) < self._size:
+            self.values.append(value)
+        else:
+            self.values[self._next] = value
+            self._next = (self._next + 1) % self._size
+
+
+class _Deployment:
+    __slots__ = ("errors", "in_flight", "totals", "ttfts")
+
+    def __init__(self, window: int) -> None:
+        self.totals = _Ring(window)
+        self.ttfts = _Ring(window)
+        self.errors = _Ring(window)
+        self.in_flight = 0
+
+
+class MemoryStatsStore:
+    """Per-process stats over the last ``window`` calls of each deployment."""
+
+    def __init__(self, window: int = 512) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
+        self._lock = threading.Lock()
+        self._deployments: dict[str, _Deployment] = {}
+        self._output: dict[str, float] = {}
+
+    def _get(self, deployment: str) -> _Deployment:
+        found = self._deployments.get(deployment)
+        if found is None:
+            found = self._deployments.setdefault(deployment, _Deployment(self.window))
+        return found
+
+    def record(
+        self,
+        deployment: str,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        error: bool = False,
+        feature: str | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        with self._lock:
+            entry = self._get(deployment)
+            entry.errors.add(1.0 if error else 0.0)
+            if not error:
+                entry.totals.add(latency_ms)
+                if ttft_ms is not None:
+                    entry.ttfts.add(ttft_ms)
+                if output_tokens is not None:
+                    key = feature or ""
+                    old = self._output.get(key)
+                    self._output[key] = (
+                        float(output_tokens)
+                        if old is None
+                        else old + _EWMA_ALPHA * (output_tokens - old)
+                    )
+
+    def started(self, deployment: str) -> None:
+        with self._lock:
+            self._get(deployment).in_flight += 1
+
+    def finished(self, deployment: str) -> None:
+        with self._lock:
+            entry = self._get(deployment)
+            entry.in_flight = max(0, entry.in_flight - 1)
+
+    def in_flight(self, deployment: str) -> int:
+        found = self._deployments.get(deployment)
+        return 0 if found is None else found.in_flight
+
+    def expected_output_tokens(self, feature: str | None) -> float | None:
+        return self._output.get(feature or "")
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._lock:
+            raw = {
+                key: (
+                    list(d.totals.values),
+                    list(d.ttfts.values),
+                    list(d.errors.values),
+                    d.in_flight,
+                )
+                for key, d in self._deployments.items()
+            }
+            output = dict(self._output)
+        return StatsSnapshot(
+            deployments={
+                key: DeploymentStats.from_samples(t, f, int(sum(e)), len(e))
+                for key, (t, f, e, _) in raw.items()
+            },
+            output_tokens=output,
+            in_flight={key: r[3] for key, r in raw.items()},
+        )
+
+
+# KEYS: output hash. ARGV: feature, tokens, alpha.
+_EWMA_LUA = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local x = tonumber(ARGV[2])
+if old == nil then old = x else old = old + tonumber(ARGV[3]) * (x - old) end
+redis.call('HSET', KEYS[1], ARGV[1], tostring(old))
+return tostring(old)
+"""
+
+
+class RedisStatsStore:
+    """Stats shared by every worker through Redis.
+
+    Per deployment, capped lists hold the last ``window`` total latencies, TTFTs and
+    error flags (``LPUSH`` + ``LTRIM``); in-flight counts are counters; output
+    tokens per feature an EWMA updated by a script. Keys expire after ``ttl_s``
+    without traffic.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        prefix: str = "llmroute:stats:",
+        window: int = 512,
+        ttl_s: int = 86_400,
+    ) -> None:
+        if url is None and client is None:
+            raise ValueError("RedisStatsStore needs a url or a client")
+        self._url = url
+        self._client = client
+        self.prefix = prefix
+        self.window = window
+        self.ttl_s = ttl_s
+        self._ewma: Any = None
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis
+
+            self._client = redis.Redis.from_url(str(self._url))
+        return self._client
+
+    def _key(self, kind: str, deployment: str = "") -> str:
+        return f"{self.prefix}{kind}:{deployment}"
+
+    def record(
+        self,
+        deployment: str,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        error: bool = False,
+        feature: str | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        client = self._redis()
+        pipe = client.pipeline(transaction=False)
+        pipe.sadd(self._key("deployments"), deployment)
+        pipe.expire(self._key("deployments"), self.ttl_s)
+        series = [("err", 1.0 if error else 0.0)]
+        if not error:
+            series.append(("total", latency_ms))
+            if ttft_ms is not None:
+                series.append(("ttft", ttft_ms))
+        for kind, value in series:
+            key = self._key(kind, deployment)
+            pipe.lpush(key, repr(float(value)))
+            pipe.ltrim(key, 0, self.window - 1)
+            pipe.expire(key, self.ttl_s)
+        pipe.execute()
+        if not error and output_tokens is not None:
+            if self._ewma is None:
+                self._ewma = client.register_script(_EWMA_LUA)
+            self._ewma(keys=[self._key("output")], args=[feature or "", output_tokens, _EWMA_ALPHA])
+            client.expire(self._key("output"), self.ttl_s)
+
+    def started(self, deployment: str) -> None:
+        pipe = self._redis().pipeline(transaction=False)
+        pipe.incr(self._key("inflight", deployment))
+        pipe.expire(self._key("inflight", deployment), 3600)
+        pipe.execute()
+
+    def finished(self, deployment: str) -> None:
+        # Never below zero, even if a worker restarted between started and finished.
+        self._redis().eval(
+            "local v = redis.call('DECR', KEYS[1]) if v < 0 then redis.call('SET', KEYS[1], 0) end",
+            1,
+            self._key("inflight", deployment),
+        )
+
+    def in_flight(self, deployment: str) -> int:
+        value = self._redis().get(self._key("inflight", deployment))
+        return max(0, int(value)) if value is not None else 0
+
+    def expected_output_tokens(self, feature: str | None) -> float | None:
+        value = self._redis().hget(self._key("output"), feature or "")
+        return float(value) if value is not None else None
+
+    def snapshot(self) -> StatsSnapshot:
+        client = self._redis()
+        names = sorted(_text(n) for n in client.smembers(self._key("deployments")))
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            for kind in ("total", "ttft", "err"):
+                pipe.lrange(self._key(kind, name), 0, -1)
+            pipe.get(self._key("inflight", name))
+        pipe.hgetall(self._key("output"))
+        results = pipe.execute()
+        deployments: dict[str, DeploymentStats] = {}
+        in_flight: dict[str, int] = {}
+        for i, name in enumerate(names):
+            totals, ttfts, errs, flying = results[i * 4 : i * 4 + 4]
+            flags = [float(e) for e in errs]
+            deployments[name] = DeploymentStats.from_samples(
+                [float(v) for v in totals], [float(v) for v in ttfts], int(sum(flags)), len(flags)
+            )
+            in_flight[name] = max(0, int(flying)) if flying is not None else 0
+        output = {_text(k): float(v) for k, v in results[-1].items()}
+        return StatsSnapshot(deployments=deployments, output_tokens=output, in_flight=in_flight)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
