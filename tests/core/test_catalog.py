@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -306,3 +308,79 @@ def test_update_quality_rejects_bad_scores(tmp_path: Path, content: str, message
         catalog.update_quality(path)
     assert catalog.generation == 0
     assert catalog.get("gpt-4o-mini").quality == CATALOG.get("gpt-4o-mini").quality
+
+
+# ---------------------------------------------------------------------- the build script
+
+
+def _build_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "build_catalog", Path(__file__).parents[2] / "scripts" / "build_catalog.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_selects_folds_and_aliases() -> None:
+    build = _build_module()
+    entry = {
+        "litellm_provider": "anthropic",
+        "mode": "chat",
+        "input_cost_per_token": 3e-06,
+        "output_cost_per_token": 1.5e-05,
+        "max_input_tokens": 200000,
+    }
+    document = {
+        "claude-sonnet-9-1": entry,
+        "claude-sonnet-9-1-20270101": entry,  # same price: folded into an alias
+        "claude-sonnet-9-1-20260101": {**entry, "input_cost_per_token": 4e-06},  # kept apart
+        "claude-old-1": {**entry, "deprecation_date": "2020-01-01"},  # retired: dropped
+        "claude-skip-me": entry,  # excluded by pattern
+        "together_ai/org/Model-A": {**entry, "litellm_provider": "together_ai"},
+        "together_ai/org/Model-B": {**entry, "litellm_provider": "together_ai"},
+        "text-embedding-x": {
+            "litellm_provider": "openai",
+            "mode": "embedding",
+            "input_cost_per_token": 2e-08,
+            "max_input_tokens": 8191,
+        },
+    }
+    overlay = {
+        "litellm": {"version": "9.9.9", "file": "prices.json", "sha256": "abc"},
+        "as_of": "2026-11-28",
+        "first_party": ["anthropic"],
+        "include_all": ["anthropic"],
+        "include": {"together": ["org/Model-A"]},
+        "exclude": ["anthropic/claude-skip-*"],
+        "keep_deprecated": [],
+        "embeddings": ["openai/text-embedding-x"],
+        "tiers": {"together/org/Model-A": 1},
+        "aliases": {},
+        "quality_source": "test estimate",
+        "quality": [["anthropic/claude-sonnet-9*", 90]],
+    }
+    models, header = build.build(json.dumps(document).encode(), overlay)
+    by_id = {m.id: m for m in models}
+    assert sorted(by_id) == [
+        "anthropic/claude-sonnet-9-1",
+        "anthropic/claude-sonnet-9-1-20260101",
+        "openai/text-embedding-x",
+        "together/org/Model-A",
+    ]
+    sonnet = by_id["anthropic/claude-sonnet-9-1"]
+    assert set(sonnet.aliases) >= {
+        "claude-sonnet-9-1",
+        "claude-sonnet-9-1-20270101",
+        "anthropic/claude-sonnet-9.1",
+        "anthropic/claude-sonnet-9.1-20270101",
+    }
+    assert (sonnet.quality, sonnet.quality_source) == (90, "test estimate")
+    assert sonnet.source == "litellm 9.9.9: claude-sonnet-9-1"
+    assert str(sonnet.as_of) == "2026-11-28"
+    assert by_id["together/org/Model-A"].tier == 1  # overlay beats the blended-price tier
+    assert by_id["together/org/Model-A"].quality is None  # no rule: no made-up score
+    assert by_id["openai/text-embedding-x"].mode == "embedding"
+    assert header["source"] == "litellm 9.9.9 prices.json (sha256 abc)"
