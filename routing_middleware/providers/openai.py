@@ -41,7 +41,7 @@ from ..schema import (
 )
 from .base import EncodedRequest, ProviderConfig
 from .errors import parse_json_body
-from .openai_errors import decode_openai_error
+from .openai_errors import decode_openai_error, error_from_stream_payload
 from .openai_stream import OpenAIStreamDecoder, ToolCallAssembler
 from .openai_wire import (
     data_url,
@@ -237,7 +237,7 @@ class OpenAIDialect:
                 "provider returned JSON that is not an object", provider=provider.name
             )
         if isinstance(payload.get("error"), dict | str) and not payload.get("choices"):
-            raise decode_openai_error(200, {}, body, provider.name, provider.api_key)
+            raise error_from_stream_payload(payload, provider.name, provider.api_key)
         choices: list[Choice] = []
         raw_choices = payload.get("choices")
         for position, raw in enumerate(raw_choices if isinstance(raw_choices, list) else ()):
