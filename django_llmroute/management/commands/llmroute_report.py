@@ -81,16 +81,16 @@ class Command(BaseCommand):
     def _rows(self, groups: list[str], since: date, until: date) -> list[dict[str, Any]]:
         if all(GROUPS[g][1] for g in groups):
             source = DailyUsage.objects.filter(date__gte=since, date__lte=until)
-            fields = {g: F(GROUPS[g][1]) for g in groups}  # type: ignore[arg-type]
+            columns = [str(GROUPS[g][1]) for g in groups]
             data = (
                 source.order_by()
-                .values(**fields)
+                .values(*columns)
                 .annotate(
-                    calls=Sum("calls"),
-                    input_tokens=Sum("input_tokens"),
-                    output_tokens=Sum("output_tokens"),
-                    spend_usd=Sum("cost"),
-                    saved_usd=Sum("saved_cost"),
+                    n_calls=Sum("calls"),
+                    n_in=Sum("input_tokens"),
+                    n_out=Sum("output_tokens"),
+                    spend=Sum("cost"),
+                    saved=Sum("saved_cost"),
                 )
             )
         else:
@@ -100,23 +100,26 @@ class Command(BaseCommand):
                 source = source.annotate(
                     day=TruncDate("created_at", tzinfo=timezone.get_default_timezone())
                 )
-            fields = {g: F(GROUPS[g][0]) for g in groups}
+            columns = [GROUPS[g][0] for g in groups]
             data = (
                 source.order_by()
-                .values(**fields)
+                .values(*columns)
                 .annotate(
-                    calls=Count("id"),
-                    input_tokens=Sum("input_tokens"),
-                    output_tokens=Sum("output_tokens"),
-                    spend_usd=Sum("cost"),
-                    saved_usd=Sum(Coalesce("requested_cost", "cost") - F("cost")),
+                    n_calls=Count("id"),
+                    n_in=Sum("input_tokens"),
+                    n_out=Sum("output_tokens"),
+                    spend=Sum("cost"),
+                    saved=Sum(Coalesce("requested_cost", "cost") - F("cost")),
                 )
             )
         rows = [
             {
-                **d,
-                "spend_usd": reports.as_decimal(d["spend_usd"]),
-                "saved_usd": reports.as_decimal(d["saved_usd"]),
+                **{g: d[c] for g, c in zip(groups, columns, strict=True)},
+                "calls": int(d["n_calls"] or 0),
+                "input_tokens": int(d["n_in"] or 0),
+                "output_tokens": int(d["n_out"] or 0),
+                "spend_usd": reports.as_decimal(d["spend"]),
+                "saved_usd": reports.as_decimal(d["saved"]),
             }
             for d in data
         ]
