@@ -1,0 +1,410 @@
+"""Circuit breakers per deployment: stop sending calls to a deployment that keeps failing.
+
+A breaker is *closed* (calls flow) until the deployment fails ``consecutive_failures``
+times in a row, or its error rate over the sliding ``window_s`` reaches
+``error_rate`` with at least ``min_calls`` calls. It then *opens* for
+``cooldown_s`` (configurable per deployment): no calls. After the cooldown it is
+*half-open*: exactly one caller gets to probe (:meth:`CircuitBreaker.acquire`); a
+successful probe closes it, a failed one opens it for another cooldown. A probe
+that never reports back frees its slot after ``probe_timeout_s``.
+
+The transition logic is one pure function (:func:`transition`) over a small state;
+stores only keep that state: :class:`MemoryBreakerStore` in-process, and
+:class:`RedisBreakerStore` shared by every worker (optimistic ``WATCH``
+transactions, one JSON value per deployment).
+
+:class:`CircuitBreaker` implements the router's health protocol,
+``is_available(deployment) -> bool``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "BreakerPolicy",
+    "BreakerState",
+    "BreakerStore",
+    "CircuitBreaker",
+    "MemoryBreakerStore",
+    "RedisBreakerStore",
+    "deployment_key",
+    "transition",
+]
+
+State = Literal["closed", "open", "half_open"]
+Event = Literal["success", "failure", "neutral", "acquire"]
+
+
+def deployment_key(deployment: object) -> str:
+    """The breaker key of a deployment: a string as is, else ``provider/name``.
+
+    Objects with a ``key`` attribute (a string) use it.
+    """
+    if isinstance(deployment, str):
+        return deployment
+    key = getattr(deployment, "key", None)
+    if isinstance(key, str):
+        return key
+    return f"{getattr(deployment, 'provider', '?')}/{getattr(deployment, 'name', '?')}"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a deployment's breaker opens and for how long."""
+
+    consecutive_failures: int = 5
+    error_rate: float = 0.5
+    min_calls: int = 10
+    window_s: float = 60.0
+    buckets: int = 6
+    cooldown_s: float = 30.0
+    probe_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures < 1 or self.min_calls < 1 or self.buckets < 1:
+            raise ValueError("consecutive_failures, min_calls and buckets must be 1 or more")
+        if not 0 < self.error_rate <= 1:
+            raise ValueError("error_rate must be in (0, 1]")
+        if self.window_s <= 0 or self.cooldown_s < 0 or self.probe_timeout_s <= 0:
+            raise ValueError("window_s and probe_timeout_s must be positive, cooldown_s >= 0")
+
+    @property
+    def bucket_s(self) -> float:
+        return self.window_s / self.buckets
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """One deployment's breaker, as stored.
+
+    ``open_until`` is when the cooldown ends (``0`` when closed); ``probe_until``
+    when the current half-open probe's lease expires (``0`` when none is out).
+    ``window`` maps a bucket number to ``(successes, failures)``. Times are wall
+    clock seconds so every worker reads them alike.
+    """
+
+    opened: bool = False
+    open_until: float = 0.0
+    probe_until: float = 0.0
+    consecutive: int = 0
+    window: tuple[tuple[int, int, int], ...] = ()
+
+    def phase(self, now: float) -> State:
+        if not self.opened:
+            return "closed"
+        return "half_open" if now >= self.open_until else "open"
+
+    def available(self, now: float) -> bool:
+        """Whether a call may go now (without claiming the half-open probe)."""
+        phase = self.phase(now)
+        return phase == "closed" or (phase == "half_open" and self.probe_until <= now)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [
+                int(self.opened),
+                self.open_until,
+                self.probe_until,
+                self.consecutive,
+                [list(b) for b in self.window],
+            ],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | None) -> BreakerState:
+        if not raw:
+            return _CLOSED
+        opened, until, probe, consecutive, window = json.loads(raw)
+        return cls(
+            bool(opened),
+            float(until),
+            float(probe),
+            int(consecutive),
+            tuple((int(b), int(s), int(f)) for b, s, f in window),
+        )
+
+
+_CLOSED = BreakerState()
+
+
+def transition(
+    state: BreakerState, event: Event, now: float, policy: BreakerPolicy
+) -> tuple[BreakerState, bool]:
+    """The state after ``event`` at ``now``, and whether the event was granted.
+
+    ``acquire`` asks to send a call: granted when closed, or when half-open with
+    no probe out (the caller becomes the probe). ``success`` / ``failure`` report
+    an outcome; ``neutral`` an outcome that says nothing about health (frees a
+    probe slot). Only ``acquire`` can be refused.
+    """
+    phase = state.phase(now)
+    if event == "acquire":
+        if phase == "closed":
+            return state, True
+        if phase == "half_open" and state.probe_until <= now:
+            return replace(state, probe_until=now + policy.probe_timeout_s), True
+        return state, False
+    if event == "neutral":
+        if state.probe_until:
+            return replace(state, probe_until=0.0), True
+        return state, True
+    if phase != "closed":
+        if event == "success" and phase == "half_open":
+            return _CLOSED, True
+        if event == "failure" and phase == "half_open":
+            return replace(state, open_until=now + policy.cooldown_s, probe_until=0.0), True
+        return state, True  # a straggler from before the breaker opened
+    bucket = int(now // policy.bucket_s)
+    oldest = bucket - policy.buckets + 1
+    window = [b for b in state.window if b[0] >= oldest]
+    if window and window[-1][0] == bucket:
+        _, ok, bad = window[-1]
+        window[-1] = (bucket, ok + (event == "success"), bad + (event == "failure"))
+    else:
+        window.append((bucket, int(event == "success"), int(event == "failure")))
+    if event == "success":
+        return BreakerState(consecutive=0, window=tuple(window)), True
+    consecutive = state.consecutive + 1
+    calls = sum(ok + bad for _, ok, bad in window)
+    failures = sum(bad for _, _, bad in window)
+    if consecutive >= policy.consecutive_failures or (
+        calls >= policy.min_calls and failures >= policy.error_rate * calls
+    ):
+        return BreakerState(opened=True, open_until=now + policy.cooldown_s), True
+    return BreakerState(consecutive=consecutive, window=tuple(window)), True
+
+
+class BreakerStore(Protocol):
+    """Keeps breaker states; ``apply`` runs :func:`transition` atomically per key."""
+
+    def apply(
+        self, key: str, event: Event, now: float, policy: BreakerPolicy
+    ) -> tuple[BreakerState, bool]: ...
+
+    def get(self, key: str) -> BreakerState: ...
+
+    async def aget(self, key: str) -> BreakerState: ...
+
+    async def aapply(
+        self, key: str, event: Event, now: float, policy: BreakerPolicy
+    ) -> tuple[BreakerState, bool]: ...
+
+
+class MemoryBreakerStore:
+    """Breaker states of one process, guarded by one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, BreakerState] = {}
+
+    def get(self, key: str) -> BreakerState:
+        return self._states.get(key, _CLOSED)
+
+    async def aget(self, key: str) -> BreakerState:
+        return self._states.get(key, _CLOSED)
+
+    def apply(
+        self, key: str, event: Event, now: float, policy: BreakerPolicy
+    ) -> tuple[BreakerState, bool]:
+        with self._lock:
+            old = self._states.get(key, _CLOSED)
+            new, granted = transition(old, event, now, policy)
+            if new is not old:
+                if new == _CLOSED:
+                    self._states.pop(key, None)
+                else:
+                    self._states[key] = new
+            return new, granted
+
+    async def aapply(
+        self, key: str, event: Event, now: float, policy: BreakerPolicy
+    ) -> tuple[BreakerState, bool]:
+        return self.apply(key, event, now, policy)
+
+
+class RedisBreakerStore:
+    """Breaker states in Redis, shared by every worker.
+
+    Each deployment is one string key ``{prefix}{deployment}`` holding the JSON
+    state, updated with an optimistic ``WATCH``/``MULTI`` transaction (retried on
+    conflict) so the one transition function is the only logic. ``get`` (used by
+    :meth:`CircuitBreaker.is_available` on every routing decision) is served from
+    a local copy refreshed at most every ``refresh_s`` seconds; outcomes and probe
+    claims always go to Redis. Pass a ``url`` or ready clients (``client`` sync,
+    ``async_client`` from ``redis.asyncio``).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        async_client: Any = None,
+        prefix: str = "llmroute:breaker:",
+        refresh_s: float = 1.0,
+        ttl_s: int = 86_400,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if url is None and client is None and async_client is None:
+            raise ValueError("RedisBreakerStore needs a url or a client")
+        self._url = url
+        self._client = client
+        self._async_client = async_client
+        self.prefix = prefix
+        self.refresh_s = refresh_s
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._local: dict[str, tuple[float, BreakerState]] = {}
+
+    def _sync(self) -> Any:
+        if self._client is None:
+            import redis
+
+            if self._url is None:
+                raise RuntimeError("RedisBreakerStore got no sync client and no url")
+            self._client = redis.Redis.from_url(self._url)
+        return self._client
+
+    def _async(self) -> Any:
+        if self._async_client is None:
+            import redis.asyncio
+
+            if self._url is None:
+                raise RuntimeError("RedisBreakerStore got no async client and no url")
+            self._async_client = redis.asyncio.Redis.from_url(self._url)
+        return self._async_client
+
+    def _remember(self, key: str, state: BreakerState) -> None:
+        if len(self._local) > 4096:
+            self._local.clear()
+        self._local[key] = (self._clock() + self.refresh_s, state)
+
+    def get(self, key: str) -> BreakerState:
+        cached = self._local.get(key)
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        state = BreakerState.from_json(self._sync().get(self.prefix + key))
+        self._remember(key, state)
+        return state
+
+    async def aget(self, key: str) -> BreakerState:
+        cached = self._local.get(key)
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        state = BreakerState.from_json(await self._async().get(self.prefix + key))
+        self._remember(key, state)
+        return state
+
+    def apply(
+        self, key: str, event: Event, now: float, policy: BreakerPolicy
+    ) -> tuple[BreakerState, bool]:
+        import redis
+
+        name = self.prefix + key
+        with self._sync().pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(name)
+                    old = BreakerState.from_json(pipe.get(name))
+                    new, granted = transition(old, event, now, policy)
+                    if new != old:
+                        pipe.multi()
+                        pipe.set(name, new.to_json(), ex=self.ttl_s)
+                        pipe.execute()
+                    else:
+                        pipe.unwatch()
+                    break
+                except redis.WatchError:
+                    continue
+        self._remember(key, new)
+        return new, granted
+
+    async def aapply(
+        self, key: str, event: Event, now: float, policy: BreakerPolicy
+    ) -> tuple[BreakerState, bool]:
+        import redis
+
+        name = self.prefix + key
+        async with self._async().pipeline() as pipe:
+            while True:
+                try:
+                    await pipe.watch(name)
+                    old = BreakerState.from_json(await pipe.get(name))
+                    new, granted = transition(old, event, now, policy)
+                    if new != old:
+                        pipe.multi()
+                        pipe.set(name, new.to_json(), ex=self.ttl_s)
+                        await pipe.execute()
+                    else:
+                        await pipe.unwatch()
+                    break
+                except redis.WatchError:
+                    continue
+        self._remember(key, new)
+        return new, granted
+
+
+@dataclass(slots=True)
+class CircuitBreaker:
+    """Breakers for every deployment over one store.
+
+    ``policies`` overrides ``policy`` per deployment key (``provider/name``), e.g.
+    a longer cooldown for a provider whose outages last. ``clock`` is wall time
+    (shared across workers with a Redis store).
+    """
+
+    store: BreakerStore = field(default_factory=MemoryBreakerStore)
+    policy: BreakerPolicy = field(default_factory=BreakerPolicy)
+    policies: Mapping[str, BreakerPolicy] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+
+    def policy_for(self, deployment: object) -> BreakerPolicy:
+        return self.policies.get(deployment_key(deployment), self.policy)
+
+    def state(self, deployment: object) -> State:
+        """``closed``, ``open`` or ``half_open``."""
+        return self.store.get(deployment_key(deployment)).phase(self.clock())
+
+    def is_available(self, deployment: object) -> bool:
+        """Whether a call may be routed to ``deployment`` now (the router's health check).
+
+        Does not claim the half-open probe; the dispatcher does that with
+        :meth:`acquire` right before it sends.
+        """
+        return self.store.get(deployment_key(deployment)).available(self.clock())
+
+    def _apply(self, deployment: object, event: Event) -> bool:
+        key = deployment_key(deployment)
+        return self.store.apply(key, event, self.clock(), self.policy_for(key))[1]
+
+    async def _aapply(self, deployment: object, event: Event) -> bool:
+        key = deployment_key(deployment)
+        return (await self.store.aapply(key, event, self.clock(), self.policy_for(key)))[1]
+
+    def acquire(self, deployment: object) -> bool:
+        """Ask to send one call; in half-open state only one caller gets ``True``."""
+        if self.store.get(deployment_key(deployment)).phase(self.clock()) == "closed":
+            return True
+        return self._apply(deployment, "acquire")
+
+    async def aacquire(self, deployment: object) -> bool:
+        """Async twin of :meth:`acquire`."""
+        state = await self.store.aget(deployment_key(deployment))
+        if state.phase(self.clock()) == "closed":
+            return True
+        return await self._aapply(deployment, "acquire")
+
+    def record(self, deployment: object, ok: bool | None) -> None:
+        """Report an outcome: ``True`` success, ``False`` failure, ``None`` no verdict."""
+        self._apply(deployment, "success" if ok else "neutral" if ok is None else "failure")
+
+    async def arecord(self, deployment: object, ok: bool | None) -> None:
+        """Async twin of :meth:`record`."""
+        await self._aapply(deployment, "success" if ok else "neutral" if ok is None else "failure")
