@@ -8,6 +8,8 @@ from decimal import Decimal
 import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routing_middleware.providers.base import ProviderConfig
 from routing_middleware.providers.openai import (
@@ -988,3 +990,118 @@ def test_max_completion_tokens_wins_over_max_tokens() -> None:
         {"model": "m", "messages": MESSAGES, "max_tokens": 5, "max_completion_tokens": 9}
     )
     assert request.max_tokens == 9
+
+
+# ------------------------------------------------------------------------- round trip
+# OpenAI caller body -> ChatRequest -> OpenAI upstream body loses nothing we support.
+
+_text = st.text(max_size=12)
+_name = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+_b64 = st.from_regex(r"[A-Za-z0-9+/]{4,16}={0,2}", fullmatch=True)
+_image = st.one_of(
+    st.builds(lambda u: {"url": f"https://img.test/{u}.png"}, _name),
+    st.builds(
+        lambda d, mt: {"url": f"data:{mt};base64,{d}"},
+        _b64,
+        st.sampled_from(["image/png", "image/jpeg"]),
+    ),
+).flatmap(
+    lambda image: st.one_of(
+        st.just(image),
+        st.sampled_from(["auto", "low", "high"]).map(lambda d: {**image, "detail": d}),
+    )
+)
+_part = st.one_of(
+    _text.map(lambda t: {"type": "text", "text": t}),
+    _image.map(lambda i: {"type": "image_url", "image_url": i}),
+)
+_call = st.builds(
+    lambda i, n, a: {
+        "id": f"call_{i}",
+        "type": "function",
+        "function": {"name": n, "arguments": a},
+    },
+    _name,
+    _name,
+    st.sampled_from(["{}", '{"a":1}', '{"q":"x y"}']),
+)
+_message = st.one_of(
+    st.builds(lambda c: {"role": "system", "content": c}, _text),
+    st.builds(lambda c: {"role": "developer", "content": c}, _text),
+    st.builds(
+        lambda c: {"role": "user", "content": c},
+        st.one_of(_text, st.lists(_part, min_size=1, max_size=3)),
+    ),
+    st.builds(
+        lambda c, calls: {"role": "assistant", "content": c, "tool_calls": calls},
+        st.none() | _text,
+        st.lists(_call, min_size=1, max_size=2),
+    ),
+    st.builds(lambda c: {"role": "assistant", "content": c}, _text),
+    st.builds(
+        lambda i, c: {"role": "tool", "content": c, "tool_call_id": f"call_{i}"}, _name, _text
+    ),
+)
+_tool = st.builds(
+    lambda n, d, strict: {
+        "type": "function",
+        "function": {
+            "name": n,
+            **({"description": d} if d is not None else {}),
+            "parameters": {"type": "object", "properties": {"x": {"type": "string"}}},
+            **({"strict": strict} if strict is not None else {}),
+        },
+    },
+    _name,
+    st.none() | _text,
+    st.none() | st.booleans(),
+)
+_format = st.one_of(
+    st.just({"type": "text"}),
+    st.just({"type": "json_object"}),
+    st.builds(
+        lambda n, strict: {
+            "type": "json_schema",
+            "json_schema": {
+                "name": n,
+                "schema": {"type": "object"},
+                **({"strict": strict} if strict is not None else {}),
+            },
+        },
+        _name,
+        st.none() | st.booleans(),
+    ),
+)
+_optional = st.fixed_dictionaries(
+    {},
+    optional={
+        "tools": st.lists(_tool, min_size=1, max_size=2),
+        "tool_choice": st.one_of(
+            st.sampled_from(["auto", "none", "required"]),
+            _name.map(lambda n: {"type": "function", "function": {"name": n}}),
+        ),
+        "parallel_tool_calls": st.booleans(),
+        "response_format": _format,
+        "stop": st.lists(_text, min_size=1, max_size=3),
+        "max_completion_tokens": st.integers(0, 100_000),
+        "temperature": st.floats(0, 2, allow_nan=False),
+        "top_p": st.floats(0, 1, allow_nan=False),
+        "seed": st.integers(-(2**31), 2**31),
+        "stream": st.booleans(),
+        "user": _name,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=st.lists(_message, min_size=1, max_size=5), fields=_optional)
+def test_openai_body_round_trips_losslessly(messages: list[dict], fields: dict) -> None:
+    original = {"model": "gpt-x", "messages": messages, **fields}
+    request = CALLER.parse_request(json.dumps(original).encode())
+    upstream = OPENAI_DIALECT.encode_request(request, OPENAI, "gpt-x").json
+    expected = json.loads(json.dumps(original))
+    if expected.get("stream") is False:
+        del expected["stream"]  # the default, not sent
+    elif expected.get("stream"):
+        expected["stream_options"] = {"include_usage": True}  # added so usage always arrives
+    assert upstream == expected
