@@ -24,7 +24,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -221,6 +221,11 @@ def parse_feed(document: Any, format: str | None = None, *, source: str = "feed"
 
 
 # ---------------------------------------------------------------------- validation
+
+
+def _today() -> date:
+    """The UTC date a feed was read: the ``as_of`` of the prices it brings."""
+    return datetime.now(UTC).date()
 
 
 def _price(value: Any, where: str, *, per_token: bool = True) -> Decimal:
@@ -420,10 +425,12 @@ def _off_peak(entry: Mapping[str, Any], where: str, base: Price) -> OffPeakPrice
         schedule += [OffPeakWindow(s, e, weekdays) for s, e in _hours(rule["hours_utc"], rat)]
     if not schedule:
         raise FeedError(f"{at}.windows: no off-peak window given")
+    inp = _opt_price(raw, "input_cost_per_token", at)
+    out = _opt_price(raw, "output_cost_per_token", at)
     return OffPeakPrice(
         windows=(),
-        input=_opt_price(raw, "input_cost_per_token", at) or base.input,
-        output=_opt_price(raw, "output_cost_per_token", at) or base.output,
+        input=base.input if inp is None else inp,
+        output=base.output if out is None else out,
         cached_input=_opt_price(raw, "cache_read_input_token_cost", at),
         schedule=tuple(schedule),
         weekday_timezone=raw.get("weekday_timezone") or None,
@@ -539,10 +546,11 @@ def _parse_litellm(document: Any, source: str) -> Feed:
         raise FeedError(f"{source}: a LiteLLM feed is a JSON object of entries")
     models: dict[str, ModelInfo] = {}
     skipped = []
+    today = _today()
     for key, entry in document.items():
         if key == "sample_spec":
             continue
-        model = litellm_entry_to_model(key, entry, source=f"feed {source}")
+        model = litellm_entry_to_model(key, entry, as_of=today, source=f"feed {source}")
         if model is None:
             skipped.append(key)
             continue
@@ -577,6 +585,7 @@ def _parse_openrouter(document: Any, source: str) -> Feed:
         raise FeedError(f"{source}: an OpenRouter feed is {{'data': [model, ...]}}")
     models = []
     skipped = []
+    today = _today()
     for i, raw in enumerate(data):
         if not isinstance(raw, dict):
             raise FeedError(f"{source}: data[{i}] is not an object")
@@ -635,6 +644,7 @@ def _parse_openrouter(document: Any, source: str) -> Feed:
                 capabilities=frozenset(caps),
                 tier=tier_for_price(price),
                 deprecation_date=date.fromisoformat(expiry) if isinstance(expiry, str) else None,
+                as_of=today,
                 source=f"feed {source}",
             )
         )

@@ -149,6 +149,8 @@ def test_openrouter_feed() -> None:
     assert sonnet.price.reasoning is None  # "0" internal_reasoning: same as output
     assert sonnet.context_window == 1_000_000
     assert sonnet.max_output_tokens == 64_000
+    assert sonnet.as_of is not None  # the day the feed was read
+    assert sonnet.source == f"feed {OPENROUTER}"
     assert {"tools", "vision", "json_schema", "reasoning"} <= sonnet.capabilities
     flash = models["openrouter/deepseek/deepseek-v4-flash"]
     assert flash.price.reasoning == Decimal("2.2")
