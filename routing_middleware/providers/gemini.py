@@ -688,9 +688,11 @@ def _encode_body(request: ChatRequest, model: str) -> dict[str, Any]:
         config["responseMimeType"] = "application/json"
         if fmt.type == "json_schema" and fmt.json_schema:
             config["responseSchema"] = gemini_schema(fmt.json_schema)
-    if request.reasoning_effort:
-        config["thinkingConfig"] = _thinking_config(request.reasoning_effort, model)
     native_config = native.get("generationConfig")
+    if request.reasoning_effort and not (
+        isinstance(native_config, Mapping) and "thinkingConfig" in native_config
+    ):
+        config["thinkingConfig"] = _thinking_config(request.reasoning_effort, model)
     if isinstance(native_config, Mapping):
         config.update(native_config)
         if "responseJsonSchema" in native_config:
