@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         results["import_rss_delta_mb"] <= 30,
     )
     row(
-        "import routing_middleware.catalog (+schema)",
+        "import routing_middleware.catalog",
         f"{results['catalog_module_import_s'] * 1000:.1f} ms",
     )
     row(

@@ -16,10 +16,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .schema import UnknownModel
-
 if TYPE_CHECKING:
     from .feeds import FeedReport, QualityReport
+    from .schema import UnknownModel
 
 __all__ = [
     "CAPABILITIES",
@@ -334,6 +333,8 @@ class Catalog:
         """The model called ``name`` (canonical id or alias); :class:`UnknownModel` if none."""
         found = self._snapshot.by_name.get(_normalize(name))
         if found is None:
+            from .schema import UnknownModel
+
             raise UnknownModel(name, self.suggest(name))
         return found
 
@@ -402,6 +403,16 @@ class Catalog:
             close += [c for c in candidates if bare in c]
         ids = [by_name[c].id for c in close]
         return list(dict.fromkeys(ids))[:limit]
+
+
+def __getattr__(name: str) -> Any:
+    # UnknownModel lives in the schema (pydantic); importing it lazily keeps this
+    # module, and so the catalog, free of pydantic's import cost.
+    if name == "UnknownModel":
+        from .schema import UnknownModel
+
+        return UnknownModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_catalog() -> Catalog:
