@@ -24,7 +24,14 @@ from .errors import error_for_status, parse_retry_after
 __all__ = ["apply_should_retry", "decode_openai_error", "error_from_stream_payload"]
 
 _QUOTA_WORDS = frozenset(
-    {"insufficient_quota", "arrearage", "billing_hard_limit_reached", "insufficient_balance"}
+    {
+        "insufficient_quota",
+        "arrearage",  # DashScope
+        "billing_hard_limit_reached",
+        "insufficient_balance",
+        "exceeded_current_quota_error",  # Moonshot, out of balance
+        "1113",  # Z.ai / Zhipu, out of balance
+    }
 )
 _FILTER_WORDS = frozenset({"content_filter", "content_policy_violation", "data_inspection_failed"})
 
