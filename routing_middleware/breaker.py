@@ -257,6 +257,7 @@ class RedisBreakerStore:
         self._url = url
         self._client = client
         self._async_client = async_client
+        self._made_sync = self._made_async = False
         self.prefix = prefix
         self.refresh_s = refresh_s
         self.ttl_s = ttl_s
@@ -270,7 +271,21 @@ class RedisBreakerStore:
             if self._url is None:
                 raise RuntimeError("RedisBreakerStore got no sync client and no url")
             self._client = redis.Redis.from_url(self._url)
+            self._made_sync = True
         return self._client
+
+    def close(self) -> None:
+        """Close the sync client this store opened itself (not one it was given)."""
+        if self._made_sync and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def aclose(self) -> None:
+        """Close the clients this store opened itself (not ones it was given)."""
+        self.close()
+        if self._made_async and self._async_client is not None:
+            await self._async_client.aclose()
+            self._async_client = None
 
     def _async(self) -> Any:
         if self._async_client is None:
@@ -279,6 +294,7 @@ class RedisBreakerStore:
             if self._url is None:
                 raise RuntimeError("RedisBreakerStore got no async client and no url")
             self._async_client = redis.asyncio.Redis.from_url(self._url)
+            self._made_async = True
         return self._async_client
 
     def _remember(self, key: str, state: BreakerState) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -86,11 +87,16 @@ class CacheStore(Protocol):
 class MemoryCacheStore:
     """In-process entries with a TTL, the least recently used evicted past ``maxsize``."""
 
-    def __init__(self, maxsize: int = 1024, ttl_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        maxsize: int = 1024,
+        ttl_s: float = 3600.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
         from cachetools import TTLCache
 
         self._lock = threading.Lock()
-        self._entries: TTLCache[str, CacheEntry] = TTLCache(maxsize=maxsize, ttl=ttl_s)
+        self._entries: TTLCache[str, CacheEntry] = TTLCache(maxsize=maxsize, ttl=ttl_s, timer=timer)
 
     def get(self, key: str) -> CacheEntry | None:
         with self._lock:
@@ -128,6 +134,7 @@ class RedisCacheStore:
         self._url = url
         self._client = client
         self._async_client = async_client
+        self._made_sync = self._made_async = False
         self.prefix = prefix
         self.ttl_s = ttl_s
 
@@ -138,7 +145,21 @@ class RedisCacheStore:
             if self._url is None:
                 raise RuntimeError("RedisCacheStore got no sync client and no url")
             self._client = redis.Redis.from_url(self._url)
+            self._made_sync = True
         return self._client
+
+    def close(self) -> None:
+        """Close the sync client this store opened itself (not one it was given)."""
+        if self._made_sync and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def aclose(self) -> None:
+        """Close the clients this store opened itself (not ones it was given)."""
+        self.close()
+        if self._made_async and self._async_client is not None:
+            await self._async_client.aclose()
+            self._async_client = None
 
     def _async(self) -> Any:
         if self._async_client is None:
@@ -147,6 +168,7 @@ class RedisCacheStore:
             if self._url is None:
                 raise RuntimeError("RedisCacheStore got no async client and no url")
             self._async_client = redis.asyncio.Redis.from_url(self._url)
+            self._made_async = True
         return self._async_client
 
     def get(self, key: str) -> CacheEntry | None:

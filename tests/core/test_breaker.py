@@ -1,0 +1,303 @@
+"""Circuit breakers: opening, cooldown, the single half-open probe, and shared Redis state."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from routing_middleware.breaker import (
+    BreakerPolicy,
+    BreakerState,
+    BreakerStore,
+    CircuitBreaker,
+    MemoryBreakerStore,
+    RedisBreakerStore,
+    deployment_key,
+    transition,
+)
+from routing_middleware.router import Deployment
+
+POLICY = BreakerPolicy(
+    consecutive_failures=3,
+    error_rate=0.5,
+    min_calls=6,
+    window_s=60,
+    buckets=6,
+    cooldown_s=30,
+    probe_timeout_s=10,
+)
+DEP = Deployment("openai/gpt-a", "openai", "gpt-a")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(state: BreakerState, *events: str, now: float = 0.0) -> BreakerState:
+    for event in events:
+        state, _ = transition(state, event, now, POLICY)  # type: ignore[arg-type]
+    return state
+
+
+# ------------------------------------------------------------------ pure transitions
+
+
+def test_opens_after_consecutive_failures() -> None:
+    state = run(BreakerState(), "failure", "failure")
+    assert state.phase(0) == "closed"
+    state = run(state, "failure")
+    assert state.phase(0) == "open"
+    assert state.open_until == 30
+
+
+def test_a_success_resets_the_consecutive_count() -> None:
+    state = run(BreakerState(), "failure", "failure", "success", "failure", "failure")
+    assert state.phase(0) == "closed"
+
+
+def test_opens_on_error_rate_over_the_window() -> None:
+    # alternate so the consecutive rule never fires: 3 failures in 6 calls = 50 %
+    state = run(BreakerState(), "success", "failure", "success", "failure", "success")
+    assert state.phase(0) == "closed"
+    state = run(state, "failure")
+    assert state.phase(0) == "open"
+
+
+def test_error_rate_needs_enough_calls() -> None:
+    state = run(BreakerState(), "failure", "success", "failure", "success")
+    assert state.phase(0) == "closed"
+
+
+def test_old_buckets_slide_out_of_the_window() -> None:
+    state = run(BreakerState(), "success", "failure", "success", "failure", "success", now=0)
+    # a minute later those calls are forgotten: one failure among one call is < min_calls
+    state = run(state, "failure", now=61)
+    assert state.phase(61) == "closed"
+    assert sum(ok + bad for _, ok, bad in state.window) == 1
+
+
+def test_rejects_during_cooldown_then_lets_exactly_one_probe() -> None:
+    state = run(BreakerState(), "failure", "failure", "failure", now=0)
+    state, granted = transition(state, "acquire", 10, POLICY)
+    assert not granted
+    assert not state.available(10)
+    assert state.available(30)
+    state, granted = transition(state, "acquire", 31, POLICY)
+    assert granted
+    assert state.phase(31) == "half_open"
+    _, second = transition(state, "acquire", 32, POLICY)
+    assert not second
+    assert not state.available(32)
+
+
+def test_a_successful_probe_closes() -> None:
+    state = run(BreakerState(), "failure", "failure", "failure", now=0)
+    state, _ = transition(state, "acquire", 31, POLICY)
+    state, _ = transition(state, "success", 32, POLICY)
+    assert state == BreakerState()
+    assert state.available(32)
+
+
+def test_a_failed_probe_reopens_for_another_cooldown() -> None:
+    state = run(BreakerState(), "failure", "failure", "failure", now=0)
+    state, _ = transition(state, "acquire", 31, POLICY)
+    state, _ = transition(state, "failure", 33, POLICY)
+    assert state.phase(33) == "open"
+    assert state.open_until == 63
+    assert not state.available(62)
+
+
+def test_a_lost_probe_frees_its_slot_after_the_lease() -> None:
+    state = run(BreakerState(), "failure", "failure", "failure", now=0)
+    state, _ = transition(state, "acquire", 31, POLICY)
+    assert not transition(state, "acquire", 40, POLICY)[1]
+    assert transition(state, "acquire", 41, POLICY)[1]
+
+
+def test_a_neutral_outcome_frees_the_probe_without_deciding() -> None:
+    state = run(BreakerState(), "failure", "failure", "failure", now=0)
+    state, _ = transition(state, "acquire", 31, POLICY)
+    state, _ = transition(state, "neutral", 32, POLICY)
+    assert state.phase(32) == "half_open"
+    assert transition(state, "acquire", 32, POLICY)[1]
+
+
+def test_stragglers_do_not_change_an_open_breaker() -> None:
+    state = run(BreakerState(), "failure", "failure", "failure", now=0)
+    assert run(state, "success", now=5) == state
+    assert run(state, "failure", now=5) == state
+
+
+def test_state_survives_serialization() -> None:
+    state = run(BreakerState(), "success", "failure", now=100)
+    assert BreakerState.from_json(state.to_json()) == state
+    assert BreakerState.from_json(None) == BreakerState()
+
+
+def test_invalid_policies_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        BreakerPolicy(error_rate=0)
+    with pytest.raises(ValueError):
+        BreakerPolicy(consecutive_failures=0)
+
+
+def test_deployment_keys() -> None:
+    assert deployment_key(DEP) == "openai/gpt-a"
+    assert deployment_key("azure/eu") == "azure/eu"
+
+
+# ------------------------------------------------------------------ over a store
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("LLMROUTE_TEST_REDIS_URL")
+    if not url:  # the marker skips first; this keeps the fixture honest on its own
+        pytest.skip("set LLMROUTE_TEST_REDIS_URL to run")
+    return url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    import redis
+
+    prefix = f"llmroute-test:{uuid.uuid4().hex}:breaker:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=prefix + "*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def store_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], BreakerStore]]:
+    if request.param == "memory":
+        shared = MemoryBreakerStore()
+        yield lambda: shared
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    made: list[RedisBreakerStore] = []
+
+    def make() -> BreakerStore:
+        made.append(RedisBreakerStore(url, prefix=prefix, refresh_s=0))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def _breaker(factory: Callable[[], BreakerStore], clock: Clock, **kw: Any) -> CircuitBreaker:
+    return CircuitBreaker(store=factory(), policy=POLICY, clock=clock, **kw)
+
+
+def test_breaker_lifecycle(store_factory: Callable[[], BreakerStore]) -> None:
+    clock = Clock()
+    breaker = _breaker(store_factory, clock)
+    for _ in range(3):
+        assert breaker.acquire(DEP)
+        breaker.record(DEP, False)
+    assert breaker.state(DEP) == "open"
+    assert not breaker.is_available(DEP)
+    assert not breaker.acquire(DEP)
+    clock.now += 30
+    assert breaker.state(DEP) == "half_open"
+    assert breaker.is_available(DEP)
+    assert breaker.acquire(DEP)  # the probe
+    assert not breaker.acquire(DEP)  # nobody else meanwhile
+    assert not breaker.is_available(DEP)
+    breaker.record(DEP, True)
+    assert breaker.state(DEP) == "closed"
+    assert breaker.acquire(DEP)
+
+
+def test_cooldown_is_configurable_per_deployment(store_factory: Callable[[], BreakerStore]) -> None:
+    clock = Clock()
+    slow = Deployment("anthropic/claude-b", "anthropic", "claude-b")
+    breaker = _breaker(
+        store_factory,
+        clock,
+        policies={slow.key: BreakerPolicy(consecutive_failures=1, cooldown_s=300)},
+    )
+    breaker.record(slow, False)
+    for _ in range(3):
+        breaker.record(DEP, False)
+    clock.now += 31
+    assert breaker.is_available(DEP)
+    assert not breaker.is_available(slow)
+    clock.now += 270
+    assert breaker.is_available(slow)
+
+
+def test_async_twins(store_factory: Callable[[], BreakerStore]) -> None:
+    clock = Clock()
+    breaker = _breaker(store_factory, clock)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            assert await breaker.aacquire(DEP)
+            await breaker.arecord(DEP, False)
+        assert not await breaker.aacquire(DEP)
+        clock.now += 30
+        assert await breaker.aacquire(DEP)
+        assert not await breaker.aacquire(DEP)
+        await breaker.arecord(DEP, True)
+        assert await breaker.aacquire(DEP)
+        if isinstance(breaker.store, RedisBreakerStore):
+            await breaker.store.aclose()
+
+    anyio.run(scenario)
+    assert breaker.state(DEP) == "closed"
+
+
+@pytest.mark.redis
+def test_workers_share_state_through_redis(redis_url: str, redis_prefix: str) -> None:
+    clock = Clock()
+    first = CircuitBreaker(
+        RedisBreakerStore(redis_url, prefix=redis_prefix, refresh_s=0), POLICY, clock=clock
+    )
+    second = CircuitBreaker(
+        RedisBreakerStore(redis_url, prefix=redis_prefix, refresh_s=0), POLICY, clock=clock
+    )
+    first.record(DEP, False)
+    second.record(DEP, False)
+    first.record(DEP, False)
+    assert not second.is_available(DEP)
+    clock.now += 30
+    assert second.acquire(DEP)
+    assert not first.acquire(DEP)  # one probe across every worker
+    second.record(DEP, True)
+    assert first.is_available(DEP)
+    for breaker in (first, second):
+        assert isinstance(breaker.store, RedisBreakerStore)
+        breaker.store.close()
+
+
+@pytest.mark.redis
+def test_redis_reads_are_cached_locally_for_refresh_s(redis_url: str, redis_prefix: str) -> None:
+    ticks = Clock()
+    clock = Clock()
+    reader_store = RedisBreakerStore(redis_url, prefix=redis_prefix, refresh_s=1.0, clock=ticks)
+    reader = CircuitBreaker(reader_store, POLICY, clock=clock)
+    writer = CircuitBreaker(
+        RedisBreakerStore(redis_url, prefix=redis_prefix, refresh_s=0), POLICY, clock=clock
+    )
+    assert reader.is_available(DEP)
+    for _ in range(3):
+        writer.record(DEP, False)
+    assert reader.is_available(DEP)  # still the local copy
+    ticks.now += 1.5
+    assert not reader.is_available(DEP)
+    reader_store.close()
+    assert isinstance(writer.store, RedisBreakerStore)
+    writer.store.close()
