@@ -282,8 +282,10 @@ return 0
 _SETTLE_LUA = """
 local reserved, actual = tonumber(ARGV[1]), tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
-  local held = redis.call('HINCRBY', key, 'h', -reserved)
-  if held < 0 then redis.call('HSET', key, 'h', 0) end
+  if reserved ~= 0 then
+    local held = redis.call('HINCRBY', key, 'h', 0 - reserved)
+    if held < 0 then redis.call('HSET', key, 'h', 0) end
+  end
   if actual ~= 0 then redis.call('HINCRBY', key, 's', actual) end
   redis.call('EXPIRE', key, tonumber(ARGV[2 + i]))
 end
@@ -332,25 +334,52 @@ class RedisBudgetStore:
         self.prefix = prefix
         self._scripts: dict[str, Any] = {}
         self._ascripts: dict[str, Any] = {}
+        self._init_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the sync client this store opened (not one passed in)."""
+        if self._client is not None and self._url is not None:
+            self._client.close()
+            self._client.connection_pool.disconnect()
+            self._client = None
+            self._scripts.clear()
+
+    async def aclose(self) -> None:
+        """Close the async client this store opened (not one passed in)."""
+        if self._async_client is not None and self._url is not None:
+            await self._async_client.aclose()
+            await self._async_client.connection_pool.disconnect()
+            self._async_client = None
+            self._ascripts.clear()
 
     def _sync(self) -> Any:
         if self._client is None:
-            import redis
+            with self._init_lock:
+                if self._client is None:
+                    import redis
 
-            self._client = redis.Redis.from_url(str(self._url))
+                    # Blocking pool: bursts wait for a connection instead of failing.
+                    pool = redis.BlockingConnectionPool.from_url(
+                        str(self._url), max_connections=64, timeout=20
+                    )
+                    self._client = redis.Redis(connection_pool=pool)
         return self._client
 
     def _async(self) -> Any:
         if self._async_client is None:
             import redis.asyncio
 
-            self._async_client = redis.asyncio.Redis.from_url(str(self._url))
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                str(self._url), max_connections=64, timeout=20
+            )
+            self._async_client = redis.asyncio.Redis(connection_pool=pool)
         return self._async_client
 
     def _script(self, name: str, source: str) -> Any:
-        if name not in self._scripts:
-            self._scripts[name] = self._sync().register_script(source)
-        return self._scripts[name]
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts.setdefault(name, self._sync().register_script(source))
+        return script
 
     def _ascript(self, name: str, source: str) -> Any:
         if name not in self._ascripts:

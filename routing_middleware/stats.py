@@ -275,12 +275,27 @@ class RedisStatsStore:
         self.window = window
         self.ttl_s = ttl_s
         self._ewma: Any = None
+        self._init_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the client this store opened (not one passed in)."""
+        if self._client is not None and self._url is not None:
+            self._client.close()
+            self._client.connection_pool.disconnect()
+            self._client = None
+            self._ewma = None
 
     def _redis(self) -> Any:
         if self._client is None:
-            import redis
+            with self._init_lock:
+                if self._client is None:
+                    import redis
 
-            self._client = redis.Redis.from_url(str(self._url))
+                    # Blocking pool: bursts wait for a connection instead of failing.
+                    pool = redis.BlockingConnectionPool.from_url(
+                        str(self._url), max_connections=64, timeout=20
+                    )
+                    self._client = redis.Redis(connection_pool=pool)
         return self._client
 
     def _key(self, kind: str, deployment: str = "") -> str:
