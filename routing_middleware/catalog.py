@@ -251,23 +251,30 @@ class Catalog:
         *,
         base: Catalog | None = None,
         timeout: float = 10.0,
+        add_new: bool = True,
     ) -> Catalog:
         """A catalog made of ``base`` (the bundled snapshot by default) with a feed merged in.
 
         ``source`` is a path or an http(s) URL; ``format`` is ``"litellm"``,
         ``"openrouter"`` or ``"llmroute"`` (the snapshot's own format), detected when
-        ``None``. Raises :class:`~routing_middleware.feeds.FeedError` when the feed
-        does not load or validate.
+        ``None``. With ``add_new=False`` only models already in ``base`` are updated.
+        Raises :class:`~routing_middleware.feeds.FeedError` when the feed does not load
+        or validate.
         """
         from .feeds import load_feed, merge_feed
 
         start = base.models if base is not None else _bundled_models()
         feed = load_feed(source, format, timeout=timeout)
-        models, _ = merge_feed(start, feed)
+        models, _ = merge_feed(start, feed, add_new=add_new)
         return cls(models)
 
     def update_from_feed(
-        self, source: str | Path, format: str | None = None, *, timeout: float = 10.0
+        self,
+        source: str | Path,
+        format: str | None = None,
+        *,
+        timeout: float = 10.0,
+        add_new: bool = True,
     ) -> FeedReport:
         """Merge a feed into this catalog in place (one atomic swap) and say what changed.
 
@@ -278,7 +285,7 @@ class Catalog:
 
         feed = load_feed(source, format, timeout=timeout)
         with self._swap_lock:
-            models, report = merge_feed(self.models, feed)
+            models, report = merge_feed(self.models, feed, add_new=add_new)
             if report.changed_anything:
                 self.replace(models)
         return report

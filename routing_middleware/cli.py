@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--format", choices=("litellm", "openrouter", "llmroute"))
     sync.add_argument("--out", metavar="FILE", help="write the merged catalog here")
     sync.add_argument("--timeout", type=float, default=10.0, help="seconds, for URLs")
+    sync.add_argument(
+        "--known-only", action="store_true", help="update models already in the catalog only"
+    )
     return parser
 
 
@@ -214,7 +217,7 @@ def _cmd_sync(args: argparse.Namespace, catalog: Catalog) -> int:
     from .feeds import load_feed, merge_feed
 
     feed = load_feed(args.feed, args.format, timeout=args.timeout)
-    models, report = merge_feed(catalog.models, feed)
+    models, report = merge_feed(catalog.models, feed, add_new=not args.known_only)
     print(f"feed   {report.source} ({report.format}): {report.summary()}")
     for label, ids in (
         ("added", report.added),

@@ -705,13 +705,18 @@ def _same_offer(a: ModelInfo, b: ModelInfo) -> bool:
     )
 
 
-def merge_feed(base: Iterable[ModelInfo], feed: Feed) -> tuple[tuple[ModelInfo, ...], FeedReport]:
+def merge_feed(
+    base: Iterable[ModelInfo], feed: Feed, *, add_new: bool = True
+) -> tuple[tuple[ModelInfo, ...], FeedReport]:
     """``base`` with ``feed`` merged over it, and the report of what changed.
 
-    A feed model replaces the base model with the same id (or one that answers to its
-    id as an alias) but keeps what feeds do not know: curated aliases, quality, tier
-    and the mode. Base models of an ``authoritative`` provider missing from the feed
-    are removed; all others stay.
+    A feed model updates the base model with the same id or, failing that, the one
+    that answers to its id as an alias (a feed listing ``gpt-4o-mini`` and its dated
+    snapshot updates one model once, from the exact match). The update keeps what
+    feeds do not know: curated aliases, quality, tier and mode. Feed models matching
+    nothing are added unless ``add_new`` is false (then they are reported as
+    skipped). Base models of an ``authoritative`` provider missing from the feed are
+    removed; all others stay.
     """
     report = FeedReport(format=feed.format, source=feed.source, skipped=list(feed.skipped))
     current = {m.id: m for m in base}
@@ -719,16 +724,23 @@ def merge_feed(base: Iterable[ModelInfo], feed: Feed) -> tuple[tuple[ModelInfo, 
     for m in current.values():
         for alias in m.aliases:
             lookup.setdefault(alias.lower(), m.id)
-    for m in current.values():
-        lookup[m.id.lower()] = m.id
+    exact = {m.id.lower(): m.id for m in current.values()}
+    lookup.update(exact)
     seen: set[str] = set()
-    for incoming in feed.models:
+    # Exact id matches first, so an alias entry never shadows its model's own entry.
+    ordered = sorted(feed.models, key=lambda m: m.id.lower() not in exact)
+    for incoming in ordered:
         target = lookup.get(incoming.id.lower())
-        if target is None or target in seen:
-            if incoming.id in seen:
+        if target is not None and target in seen:
+            continue  # the same model under another of its names: already merged
+        if target is None:
+            if not add_new:
+                report.skipped.append(incoming.id)
                 continue
             current[incoming.id] = incoming
             lookup[incoming.id.lower()] = incoming.id
+            for alias in incoming.aliases:
+                lookup.setdefault(alias.lower(), incoming.id)
             seen.add(incoming.id)
             report.added.append(incoming.id)
             continue

@@ -34,6 +34,7 @@ class CatalogRefresher:
         format: str | None = None,
         *,
         timeout: float = 10.0,
+        add_new: bool = True,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
@@ -42,6 +43,7 @@ class CatalogRefresher:
         self.interval_s = interval_s
         self.format = format
         self.timeout = timeout
+        self.add_new = add_new
         self.last_report: FeedReport | None = None
         self.last_error: str | None = None
         self.refreshes = 0
@@ -57,7 +59,9 @@ class CatalogRefresher:
     def refresh(self) -> FeedReport | None:
         """One refresh, in the caller's thread; ``None`` (and a log line) if it failed."""
         try:
-            report = self.catalog.update_from_feed(self.source, self.format, timeout=self.timeout)
+            report = self.catalog.update_from_feed(
+                self.source, self.format, timeout=self.timeout, add_new=self.add_new
+            )
         except FeedError as exc:
             self.failures += 1
             self.last_error = str(exc)

@@ -221,6 +221,15 @@ def test_sync_prices_writes_a_merged_catalog(
     assert out.splitlines()[-1] == "total  $0.12"
 
 
+def test_sync_prices_known_only(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "sync-prices", "--feed", str(DATA / "litellm_small.json"), "--known-only"
+    )
+    assert code == 0
+    assert "0 added, 1 changed, 0 removed" in out
+    assert "added" not in out.split("\n", 1)[1]
+
+
 def test_sync_prices_from_url_with_explicit_format(capsys: pytest.CaptureFixture[str]) -> None:
     routes = {"/api/v1/models": (DATA / "openrouter_small.json").read_bytes()}
     with serve(routes) as base:

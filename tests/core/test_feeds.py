@@ -297,6 +297,32 @@ def test_merge_matches_feed_models_by_alias() -> None:
     assert {m.id: m for m in models}["deepseek/deepseek-v4-flash"].price.input == Decimal("0.4")
 
 
+def test_exact_id_wins_over_alias_and_duplicates_merge_once() -> None:
+    # The snapshot folds "gpt-4o-mini-2024-07-18" into openai/gpt-4o-mini as an alias.
+    # A feed pricing the dated entry differently, listed first, must not override the
+    # model's own entry, nor be added as a second model.
+    document = {
+        "gpt-4o-mini-2024-07-18": _litellm(input_cost_per_token="5e-07", max_input_tokens=128000),
+        "gpt-4o-mini": _litellm(input_cost_per_token="1.2e-07", max_input_tokens=128000),
+    }
+    models, report = merge_feed(Catalog.bundled().models, parse_feed(document))
+    merged = {m.id: m for m in models}
+    assert merged["openai/gpt-4o-mini"].price.input == Decimal("0.12")
+    assert "openai/gpt-4o-mini-2024-07-18" not in merged
+    assert report.changed == ["openai/gpt-4o-mini"]
+    assert report.added == []
+
+
+def test_known_only_merge_skips_new_models() -> None:
+    catalog = Catalog.bundled()
+    report = catalog.update_from_feed(LITELLM, add_new=False)
+    assert report.added == []
+    assert report.changed == ["openai/gpt-4o-mini"]
+    assert "gemini/gemini-9-test" in report.skipped
+    assert "gemini/gemini-9-test" not in catalog
+    assert len(catalog) == len(Catalog.bundled())
+
+
 def test_unchanged_feed_changes_nothing() -> None:
     catalog = Catalog.bundled()
     snapshot_text = models_to_json(catalog.models[:5])
