@@ -23,7 +23,8 @@ class FakeCall:
     what the provider's wire format can express (e.g. Gemini reports no cache
     writes, so they bill as plain input). ``reported`` is false whenever a failure
     touched the body, so the caller may not have seen that usage. ``cost`` is the
-    billed cost when the model has a price. ``headers`` (lower-case names) and
+    billed cost when the model has a price. ``received_at`` is the
+    ``time.monotonic()`` of arrival (to measure retry waits). ``headers`` (lower-case names) and
     ``api_key`` are what arrived; neither appears in ``repr``.
     """
 
@@ -40,6 +41,7 @@ class FakeCall:
     usage: Usage | None
     reported: bool
     cost: Decimal | None
+    received_at: float = field(default=0.0, repr=False)
     api_key: str | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     body: Any = field(default=None, repr=False)

@@ -191,6 +191,7 @@ class Server:
             "flavor": self.flavor,
             "api_key": api_key,
             "headers": dict(raw.headers),
+            "received_at": time.monotonic(),
         }
         reply, call = self._handle(raw, route, seq, api_key)
         self.ledger.add(FakeCall(**record, **call, status=reply.status))
