@@ -452,11 +452,17 @@ def test_refresher_refresh_once_and_validation() -> None:
 
 
 def test_refresher_start_stop_is_idempotent() -> None:
+    def refresh_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "llmroute-catalog-refresh"]
+
     refresher = CatalogRefresher(Catalog(), OPENROUTER, interval_s=30)
-    before = threading.active_count()
+    assert refresh_threads() == []
     with refresher:
         refresher.start()
         assert refresher.running
-        assert threading.active_count() == before + 1
+        threads = refresh_threads()
+        assert len(threads) == 1
+        assert threads[0].daemon
     assert not refresher.running
+    assert refresh_threads() == []
     refresher.stop()
