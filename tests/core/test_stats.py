@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import math
+import os
+import threading
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from routing_middleware.router import Deployment
+from routing_middleware.stats import (
+    AlwaysAvailable,
+    HealthCheck,
+    MemoryStatsStore,
+    RedisStatsStore,
+    StatsStore,
+    percentile,
+)
+
+
+def test_percentile_nearest_rank() -> None:
+    values = sorted(float(v) for v in range(1, 101))
+    assert percentile(values, 0.5) == 50
+    assert percentile(values, 0.95) == 95
+    assert percentile(values, 0.99) == 99
+    assert percentile(values, 1.0) == 100
+    assert percentile([7.0], 0.99) == 7
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_memory_store_percentiles_and_error_rate() -> None:
+    store = MemoryStatsStore(window=1000)
+    for ms in range(1, 101):
+        store.record("openai/gpt", latency_ms=float(ms), ttft_ms=float(ms) / 10)
+    for _ in range(25):
+        store.record("openai/gpt", latency_ms=5000.0, error=True)
+    stats = store.snapshot().deployments["openai/gpt"]
+    assert stats.samples == 100
+    assert (stats.p50_ms, stats.p95_ms, stats.p99_ms) == (50, 95, 99)
+    assert stats.ttft_p95_ms == pytest.approx(9.5)
+    # errors don't pollute latency, but count in the error rate
+    assert stats.error_rate == pytest.approx(25 / 125)
+
+
+def test_window_is_rolling_and_bounded() -> None:
+    store = MemoryStatsStore(window=50)
+    for _ in range(50):
+        store.record("d", latency_ms=10_000.0)
+    for _ in range(50):
+        store.record("d", latency_ms=100.0)
+    stats = store.snapshot().deployments["d"]
+    assert stats.samples == 50
+    assert stats.p99_ms == 100  # the slow era has rolled out
+
+
+def test_memory_stays_flat_under_many_records() -> None:
+    store = MemoryStatsStore(window=128)
+    for i in range(2000):
+        store.record("d", latency_ms=float(i), ttft_ms=1.0, feature="f", output_tokens=10)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(50_000):
+        store.record("d", latency_ms=float(i), ttft_ms=1.0, feature="f", output_tokens=10)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert grown < 64 * 1024
+
+
+def test_in_flight_counts() -> None:
+    store = MemoryStatsStore()
+    store.started("d")
+    store.started("d")
+    store.finished("d")
+    assert store.in_flight("d") == 1
+    store.finished("d")
+    store.finished("d")  # never negative
+    assert store.in_flight("d") == 0
+    assert store.in_flight("unknown") == 0
+
+
+def test_expected_output_tokens_is_an_ewma_per_feature() -> None:
+    store = MemoryStatsStore()
+    assert store.expected_output_tokens("summaries") is None
+    store.record("d", latency_ms=1.0, feature="summaries", output_tokens=100)
+    assert store.expected_output_tokens("summaries") == 100
+    store.record("d", latency_ms=1.0, feature="summaries", output_tokens=200)
+    assert store.expected_output_tokens("summaries") == pytest.approx(110)
+    store.record("d", latency_ms=1.0, error=True, feature="summaries", output_tokens=9999)
+    assert store.expected_output_tokens("summaries") == pytest.approx(110)
+    assert store.expected_output_tokens(None) is None
+    assert store.snapshot().output_tokens == {"summaries": pytest.approx(110)}
+
+
+def test_concurrent_records_are_all_counted() -> None:
+    store = MemoryStatsStore(window=100_000)
+
+    def work() -> None:
+        for _ in range(1000):
+            store.record("d", latency_ms=1.0)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.snapshot().deployments["d"].samples == 8000
+
+
+def test_default_health_is_always_available() -> None:
+    health: HealthCheck = AlwaysAvailable()
+    assert health.is_available(Deployment("m", "p", "n"))
+
+
+def test_memory_store_satisfies_protocol() -> None:
+    store: StatsStore = MemoryStatsStore()
+    store.record("x", latency_ms=1.0)
+    assert "x" in store.snapshot().deployments
+
+
+REDIS_URL = os.environ.get("LLMROUTE_TEST_REDIS_URL", "")
+
+
+@pytest.fixture
+def redis_store() -> Iterator[RedisStatsStore]:
+    import redis
+
+    prefix = f"llmroute-test:stats:{uuid.uuid4().hex}:"
+    store = RedisStatsStore(REDIS_URL, prefix=prefix, window=100)
+    yield store
+    store.close()
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=prefix + "*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.mark.redis
+def test_redis_store_shares_one_view(redis_store: RedisStatsStore) -> None:
+    other = RedisStatsStore(REDIS_URL, prefix=redis_store.prefix, window=100)
+    try:
+        for ms in range(1, 101):
+            (redis_store if ms % 2 else other).record("a/b", latency_ms=float(ms), ttft_ms=1.0)
+        other.record("a/b", latency_ms=9.0, error=True)
+        stats = redis_store.snapshot().deployments["a/b"]
+        assert stats.samples == 100  # failed calls add no latency sample
+        assert stats.p95_ms == 95
+        assert stats.error_rate == pytest.approx(1 / 100)  # 101 flags, window keeps 100
+        redis_store.started("a/b")
+        other.started("a/b")
+        other.finished("a/b")
+        assert redis_store.in_flight("a/b") == 1
+        redis_store.finished("a/b")
+        redis_store.finished("a/b")
+        assert other.in_flight("a/b") == 0
+        redis_store.record("a/b", latency_ms=1.0, feature="f", output_tokens=100)
+        other.record("a/b", latency_ms=1.0, feature="f", output_tokens=200)
+        assert redis_store.expected_output_tokens("f") == pytest.approx(110)
+        assert other.snapshot().output_tokens["f"] == pytest.approx(110)
+    finally:
+        other.close()
+
+
+@pytest.mark.redis
+def test_redis_window_is_bounded(redis_store: RedisStatsStore) -> None:
+    for ms in range(300):
+        redis_store.record("d", latency_ms=float(ms))
+    stats = redis_store.snapshot().deployments["d"]
+    assert stats.samples == 100
+    assert stats.p50_ms >= 200  # only the most recent 100 remain
