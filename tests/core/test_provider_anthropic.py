@@ -56,6 +56,7 @@ from routing_middleware.schema import (
     UpstreamUnavailable,
     Usage,
 )
+from routing_middleware.testing import Failure, FakeModel, FakeProvider, FakeToolCall
 from routing_middleware.tokens import estimate_request_tokens, estimate_text_tokens
 
 SECRET = "sk-ant-test-SECRET-0123456789"
@@ -1634,3 +1635,159 @@ def test_caller_to_upstream_is_lossless(body: dict[str, Any]) -> None:
     encoded = ANTHROPIC_DIALECT.encode_request(parsed, provider(), "claude-test-model")
     assert encoded.json == body
     assert encoded.headers["anthropic-version"] == "2026-10-21"
+
+
+# -------------------------------------------- against FakeProvider, an independent server
+
+
+def fake_call(
+    fake: FakeProvider, req: ChatRequest, config: ProviderConfig | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    encoded = ANTHROPIC_DIALECT.encode_request(req, config or provider(), req.model)
+    path = encoded.url.removeprefix("https://api.anthropic.com")
+    status, headers, body = fake.handle(
+        "POST", path, headers=encoded.headers, body=json.dumps(encoded.json).encode()
+    )
+    return status, dict(headers), body
+
+
+FAKE_MODEL = FakeModel(
+    "claude-fake",
+    content="Bonjour, ça va? 日本",
+    input_tokens=900,
+    cached_tokens=600,
+    cache_write_tokens=200,
+    cache_write_long_tokens=50,
+    reasoning_tokens=30,
+    reasoning="Let me think.",
+)
+
+
+def test_fake_provider_plain_answer_decodes_to_what_it_billed() -> None:
+    fake = FakeProvider([FAKE_MODEL], require_key=SECRET)
+    req = ChatRequest(model="claude-fake", messages=[user()], temperature=0.5)
+    status, _, body = fake_call(fake, req)
+    assert status == 200  # temperature pinned the version the fake accepts it under
+    response = ANTHROPIC_DIALECT.decode_response(body, provider())
+    assert response.text == "Bonjour, ça va? 日本"
+    billed = fake.calls[-1].usage
+    assert billed is not None
+    assert response.usage == billed
+    assert (billed.input_tokens, billed.cached_input_tokens) == (900, 600)
+
+
+@pytest.mark.parametrize("sampling", ["pin", "drop"])
+def test_fake_provider_accepts_both_sampling_policies(sampling: str) -> None:
+    fake = FakeProvider([FAKE_MODEL])
+    req = ChatRequest(model="claude-fake", messages=[user()], top_p=0.9, top_k=3)
+    status, _, _ = fake_call(fake, req, provider(sampling_params=sampling))
+    assert status == 200
+
+
+def test_fake_provider_stream_usage_equals_billed_and_text_matches() -> None:
+    model = FakeModel(
+        "claude-tools",
+        content="Calling.",
+        cached_tokens=10,
+        cache_write_tokens=4,
+        tool_calls=(FakeToolCall("weather", {"city": "Zürich", "days": [1, 2, 3]}),),
+    )
+    fake = FakeProvider([model])
+    req = ChatRequest(
+        model="claude-tools", messages=[user("weather?")], stream=True, tools=[WEATHER]
+    )
+    status, headers, body = fake_call(fake, req)
+    assert status == 200
+    assert headers["content-type"].startswith("text/event-stream")
+    chunks = decode_stream([body[i : i + 7] for i in range(0, len(body), 7)], req)
+    summary = summarize(chunks)
+    assert summary["text"] == "Calling."
+    assert json.loads(summary["calls"][0]["arguments"]) == {"city": "Zürich", "days": [1, 2, 3]}
+    assert summary["finishes"] == [(FinishReason.TOOL_CALLS, "tool_use")]
+    assert summary["usages"] == [fake.calls[-1].usage]
+    assert not summary["usages"][0].estimated
+
+
+def test_fake_provider_cut_stream_is_an_error_not_a_clean_end() -> None:
+    fake = FakeProvider([FakeModel("claude-fake", content="one two three four five six")])
+    fake.inject("claude-fake", Failure.cut(after=4))
+    req = ChatRequest(model="claude-fake", messages=[user()], stream=True)
+    status, _, body = fake_call(fake, req)
+    assert status == 200
+    decoder = ANTHROPIC_DIALECT.stream_decoder(provider(), req)
+    decoder.feed(body)
+    with pytest.raises(UpstreamProtocolError):
+        decoder.close()
+    assert decoder.usage is not None
+    assert decoder.usage.estimated
+    assert decoder.usage.input_tokens > 0
+
+
+def test_fake_provider_in_band_stream_error_is_overloaded() -> None:
+    fake = FakeProvider([FakeModel("claude-fake", content="one two three")])
+    fake.inject("claude-fake", Failure.stream_error(after=3))
+    req = ChatRequest(model="claude-fake", messages=[user()], stream=True)
+    _, _, body = fake_call(fake, req)
+    with pytest.raises(Overloaded):
+        decode_stream([body], req)
+
+
+def test_fake_provider_stream_without_usage_is_estimated() -> None:
+    fake = FakeProvider([FakeModel("claude-fake", content="Short answer.")])
+    fake.inject("claude-fake", Failure.no_usage())
+    req = ChatRequest(model="claude-fake", messages=[user("Tell me")], stream=True)
+    _, _, body = fake_call(fake, req)
+    usage = summarize(decode_stream([body], req))["usages"][-1]
+    assert usage == Usage(
+        input_tokens=estimate_request_tokens(req),
+        output_tokens=estimate_text_tokens("Short answer."),
+        estimated=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected", "retry_after"),
+    [
+        (Failure.overloaded(), Overloaded, None),
+        (Failure.rate_limit(retry_after=7), RateLimited, 7.0),
+        (Failure.insufficient_quota(), InsufficientQuota, None),
+        (Failure(status=429, code="enforced_spend_limit_reached"), InsufficientQuota, None),
+        (Failure(status=500), UpstreamUnavailable, None),
+        (Failure(status=504), UpstreamTimeout, None),
+        (Failure(status=413), InvalidRequest, None),
+    ],
+)
+def test_fake_provider_errors_map_to_the_family(
+    failure: Failure, expected: type[LLMError], retry_after: float | None
+) -> None:
+    fake = FakeProvider([FakeModel("claude-fake")])
+    fake.inject("claude-fake", failure)
+    status, headers, body = fake_call(fake, ChatRequest(model="claude-fake", messages=[user()]))
+    error = ANTHROPIC_DIALECT.decode_error(status, headers, body, provider())
+    assert type(error) is expected
+    assert error.retry_after == retry_after
+
+
+def test_fake_provider_wrong_key_and_unknown_model() -> None:
+    fake = FakeProvider([FakeModel("claude-fake")], require_key="another-key")
+    status, headers, body = fake_call(fake, ChatRequest(model="claude-fake", messages=[user()]))
+    error = ANTHROPIC_DIALECT.decode_error(status, headers, body, provider())
+    assert type(error) is AuthenticationFailed
+    assert SECRET not in repr(error) + str(error.raw)
+    open_fake = FakeProvider([FakeModel("claude-fake")])
+    status, headers, body = fake_call(open_fake, ChatRequest(model="nope", messages=[user()]))
+    missing = ANTHROPIC_DIALECT.decode_error(status, headers, body, provider())
+    assert isinstance(missing, UnknownModel)
+    assert missing.model == "nope"
+
+
+def test_fake_provider_thinking_passthrough_gives_reasoning() -> None:
+    fake = FakeProvider([FAKE_MODEL])
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    req = ChatRequest(model="claude-fake", messages=[user()], extra={"thinking": thinking})
+    status, _, body = fake_call(fake, req)
+    assert status == 200
+    response = ANTHROPIC_DIALECT.decode_response(body, provider())
+    assert response.choices[0].message.reasoning == "Let me think."
+    assert response.usage is not None
+    assert response.usage.reasoning_tokens == 30
