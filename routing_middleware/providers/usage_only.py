@@ -165,6 +165,11 @@ class UsageStreamScanner:
             self._event = value.decode("utf-8", "replace")
             self._drop_event = self._event not in _TERMINAL
         elif name == b"data" and not self._drop_event:
+            if self._event is None and not self._data:
+                match = _TYPE_PREFIX.match(value[:_PEEK])
+                if match and match.group(1).decode("latin-1") not in _TERMINAL:
+                    self._drop_event = True
+                    return
             self._data.append(value)
 
     def _dispatch(self) -> None:
