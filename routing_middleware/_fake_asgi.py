@@ -73,7 +73,10 @@ def make_app(handler: Callable[[RawRequest], Reply]) -> ASGIApp:
             more = message.get("more_body", False)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        reply = handler(RawRequest(scope["method"], scope["path"], query, headers, body))
+        raw = RawRequest(
+            scope["method"], scope["path"], query, headers, body, headers.get("host", "")
+        )
+        reply = handler(raw)
         if await _sleep_unless_gone(reply.start_delay(), receive):
             return
         if reply.reset:

@@ -22,6 +22,7 @@ __all__ = ["transport_classes"]
 
 Handler = Callable[[RawRequest], Reply]
 _RESET = "[Errno 104] Connection reset by peer"
+_REFUSED = "[Errno 111] Connection refused"
 _CUT = "peer closed connection without sending complete message body (incomplete chunked read)"
 
 
@@ -29,7 +30,8 @@ def _raw(request: Any, body: bytes) -> RawRequest:
     url = request.url
     query = dict(parse_qsl(url.query.decode() if isinstance(url.query, bytes) else url.query))
     headers = {k.lower(): v for k, v in request.headers.items()}
-    return RawRequest(request.method, url.path, query, headers, body)
+    host = f"{url.host}:{url.port}" if url.port else url.host
+    return RawRequest(request.method, url.path, query, headers, body, host)
 
 
 def _read_timeout(request: Any) -> float | None:
@@ -96,6 +98,8 @@ def transport_classes(lib_name: str) -> tuple[type[Any], type[Any]]:
 
         def handle_request(self, request: Any) -> Any:
             reply = self._handler(_raw(request, request.read()))
+            if reply.refuse:
+                raise lib.ConnectError(_REFUSED, request=request)
             timeout = _read_timeout(request)
             wait(reply.start_delay(), timeout, request)
             if reply.reset:
@@ -115,6 +119,8 @@ def transport_classes(lib_name: str) -> tuple[type[Any], type[Any]]:
 
         async def handle_async_request(self, request: Any) -> Any:
             reply = self._handler(_raw(request, await request.aread()))
+            if reply.refuse:
+                raise lib.ConnectError(_REFUSED, request=request)
             timeout = _read_timeout(request)
             await await_(reply.start_delay(), timeout, request)
             if reply.reset:

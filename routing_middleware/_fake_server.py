@@ -43,6 +43,7 @@ class RawRequest:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     body: bytes
+    host: str = ""
 
 
 @dataclass(frozen=True, slots=True)

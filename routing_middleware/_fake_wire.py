@@ -40,6 +40,7 @@ class Reply:
     token_delay: float = 0.0
     hang: float = 0.0
     reset: bool = False
+    refuse: bool = False
     abort: bool = False
 
     def start_delay(self) -> float:

@@ -37,6 +37,7 @@ __all__ = [
     "FailureKind",
     "FakeCall",
     "FakeModel",
+    "FakeNetwork",
     "FakeProvider",
     "FakeToolCall",
     "FinishMode",
@@ -178,6 +179,43 @@ class FakeProvider:
             yield url
 
 
+class FakeNetwork:
+    """Several fake providers behind their host names, in one transport.
+
+    For clients that keep the real base URLs (the SDKs' defaults, globally
+    instrumented code): ``FakeNetwork({"api.openai.com": openai_fake,
+    "api.anthropic.com": anthropic_fake})``. A host may include its port. Hosts
+    not listed, and hosts in ``down``, refuse the connection (the library's
+    ``ConnectError``).
+    """
+
+    def __init__(self, providers: Mapping[str, FakeProvider]) -> None:
+        self.providers = dict(providers)
+        self.down: set[str] = set()
+
+    def _handle(self, raw: Any) -> Any:
+        from ._fake_wire import Reply
+
+        host = raw.host
+        name = host if host in self.providers else host.rpartition(":")[0] or host
+        provider = self.providers.get(name)
+        if provider is None or name in self.down:
+            return Reply(0, [], refuse=True)
+        return provider._server.handle(raw)
+
+    def transport(self, lib: Lib = "httpx") -> Any:
+        """A sync transport reaching every provider by host name."""
+        from ._fake_http import transport_classes
+
+        return transport_classes(lib)[0](self._handle)
+
+    def async_transport(self, lib: Lib = "httpx") -> Any:
+        """An async transport reaching every provider by host name."""
+        from ._fake_http import transport_classes
+
+        return transport_classes(lib)[1](self._handle)
+
+
 def demo_provider(*, fast: bool = False) -> FakeProvider:
     """A provider with a few well-known model names and demo-like latency.
 
@@ -194,7 +232,7 @@ def demo_provider(*, fast: bool = False) -> FakeProvider:
         model("gpt-4o-mini", 0.35, 90),
         model("gpt-5.4", 0.8, 60, reasoning_tokens=64),
         model("claude-haiku-4-5", 0.4, 110),
-        model("claude-sonnet-4-6", 0.7, 70, cached_tokens=0),
+        model("claude-sonnet-4-6", 0.7, 70),
         model("gemini-2.5-flash", 0.3, 150),
         model("deepseek-chat", 0.6, 50),
     ]

@@ -27,6 +27,7 @@ from routing_middleware.testing import (
     FLAVORS,
     Failure,
     FakeModel,
+    FakeNetwork,
     FakeProvider,
     FakeToolCall,
     demo_provider,
@@ -1056,3 +1057,79 @@ def test_demo_provider_serves_known_and_unknown_names() -> None:
             r = c.post("/v1/chat/completions", json={**CHAT, "model": name})
             assert r.status_code == 200
             assert r.json()["model"] == name
+
+
+def test_public_names_are_pinned() -> None:
+    import routing_middleware.testing as testing
+
+    assert testing.__all__ == [
+        "FLAVORS",
+        "Failure",
+        "FailureKind",
+        "FakeCall",
+        "FakeModel",
+        "FakeNetwork",
+        "FakeProvider",
+        "FakeToolCall",
+        "FinishMode",
+        "Ledger",
+        "demo_provider",
+        "main",
+    ]
+    for name in testing.__all__:
+        assert getattr(testing, name) is not None
+
+
+# --------------------------------------------------------------------------- network
+
+
+@pytest.mark.parametrize("lib", ["httpx", "httpx2"])
+def test_network_routes_by_host_and_refuses_the_rest(lib: str) -> None:
+    module: Any = httpx if lib == "httpx" else httpx2
+    oai = FakeProvider([FakeModel("m")])
+    ant = FakeProvider([FakeModel("m")])
+    local = FakeProvider([FakeModel("m")], flavor="vllm")
+    network = FakeNetwork(
+        {"api.openai.com": oai, "api.anthropic.com": ant, "localhost:8000": local}
+    )
+    with module.Client(transport=network.transport(lib=lib)) as c:
+        c.post(
+            "https://api.openai.com/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": "Bearer sk-openai"},
+        )
+        c.post(
+            "https://api.anthropic.com/v1/messages",
+            json={"model": "m", "max_tokens": 5, "messages": CHAT["messages"]},
+            headers={"anthropic-version": "2023-06-01", "x-api-key": "sk-ant"},
+        )
+        c.post("http://localhost:8000/v1/chat/completions", json=CHAT)
+        with pytest.raises(module.ConnectError):
+            c.post("http://localhost:9000/v1/chat/completions", json=CHAT)
+        network.down.add("api.openai.com")
+        with pytest.raises(module.ConnectError):
+            c.post("https://api.openai.com/v1/chat/completions", json=CHAT)
+    assert oai.ledger.api_keys() == {"sk-openai"}
+    assert ant.ledger.api_keys() == {"sk-ant"}
+    assert [len(oai.calls), len(ant.calls), len(local.calls)] == [1, 1, 1]
+
+
+@pytest.mark.anyio
+async def test_network_async() -> None:
+    fake = FakeProvider([FakeModel("m", content="async hi")])
+    network = FakeNetwork({"api.openai.com": fake})
+    async with httpx2.AsyncClient(transport=network.async_transport(lib="httpx2")) as c:
+        r = await c.post("https://api.openai.com/v1/chat/completions", json=CHAT)
+        with pytest.raises(httpx2.ConnectError):
+            await c.post("https://api.other.invalid/v1/chat/completions", json=CHAT)
+    assert r.json()["choices"][0]["message"]["content"] == "async hi"
+
+
+def test_gemini_model_list_and_count_tokens() -> None:
+    fake = FakeProvider([FakeModel("gem", input_tokens=12)])
+    with client(fake) as c:
+        listed = c.get("/v1beta/models", headers={"x-goog-api-key": "g"}).json()
+        counted = c.post("/v1beta/models/gem:countTokens", json={"contents": []}).json()
+    assert listed["models"][0]["name"] == "models/gem"
+    assert counted == {"totalTokens": 12}
+    assert fake.calls[-1].usage is None
