@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import httpx2
 import pytest
 
 from routing_middleware.providers.base import ProviderConfig
@@ -23,6 +24,7 @@ from routing_middleware.schema import (
     FinishReason,
     InsufficientQuota,
     InvalidRequest,
+    LLMError,
     Message,
     Overloaded,
     RateLimited,
@@ -30,9 +32,11 @@ from routing_middleware.schema import (
     Tool,
     ToolCall,
     ToolChoice,
+    UpstreamProtocolError,
     UpstreamUnavailable,
     Usage,
 )
+from routing_middleware.testing import FLAVORS, Failure, FakeModel, FakeProvider
 from tests.core.fixtures.openai.wire import DONE, chunk, completion, hello_request, sse
 
 KEY = "sk-compat-KEY-42"
@@ -599,8 +603,6 @@ class TestFireworks:
         assert response.usage == Usage(input_tokens=20, output_tokens=5)
 
     def test_stream_cut_raises(self) -> None:
-        from routing_middleware.schema import UpstreamProtocolError
-
         decoder = OPENAI_DIALECT.stream_decoder(config("fireworks"), hello_request(stream=True))
         decoder.feed(sse(chunk({"content": "f"})))
         with pytest.raises(UpstreamProtocolError):
@@ -986,3 +988,117 @@ class TestOllama:
         )
         assert type(error) is InvalidRequest
         assert error.status_code == 404
+
+
+# --------------------------------------------------------------------------- FakeProvider
+# An independent server side: the fake builds its answers without our dialect code.
+
+
+def fake_call(flavor: str, request: ChatRequest, *failures: Failure):
+    fake = FakeProvider(
+        [
+            FakeModel(
+                "m1",
+                content="Hello there",
+                input_tokens=30,
+                output_tokens=4,
+                reasoning_tokens=2,
+                cached_tokens=10,
+            )
+        ],
+        flavor=flavor,
+    )
+    if failures:
+        fake.inject("m1", *failures)
+    provider = provider_config(flavor, api_key="k", base_url="https://fake.invalid/v1")
+    encoded = OPENAI_DIALECT.encode_request(request, provider, "m1")
+    with httpx2.Client(transport=fake.transport("httpx2")) as client:
+        response = client.request(
+            encoded.method, encoded.url, headers=encoded.headers, json=encoded.json
+        )
+    return provider, response
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_fake_provider_stream_and_json_meter_the_same(flavor: str) -> None:
+    provider, plain = fake_call(flavor, hello_request())
+    assert plain.status_code == 200
+    decoded = OPENAI_DIALECT.decode_response(plain.content, provider)
+    assert decoded.text == "Hello there"
+    assert decoded.usage is not None
+    # 4 visible output tokens + 2 reasoning tokens, however the flavor reports them
+    assert (decoded.usage.input_tokens, decoded.usage.output_tokens) == (30, 6)
+    assert not decoded.usage.estimated
+
+    request = hello_request(stream=True)
+    provider, streamed = fake_call(flavor, request)
+    decoder = OPENAI_DIALECT.stream_decoder(provider, request)
+    chunks = []
+    for start in range(0, len(streamed.content), 7):  # odd-sized network reads
+        chunks += decoder.feed(streamed.content[start : start + 7])
+    chunks += decoder.close()
+    assert text_of(chunks) == "Hello there"
+    assert decoder.usage == decoded.usage  # a streamed call costs what a plain one does
+
+
+@pytest.mark.parametrize("flavor", ["openai", "deepseek", "mistral", "openrouter", "vllm"])
+def test_fake_provider_cut_stream_is_never_clean(flavor: str) -> None:
+    request = hello_request(stream=True)
+    provider, response = fake_call(flavor, request, Failure(kind="cut", after=2))
+    decoder = OPENAI_DIALECT.stream_decoder(provider, request)
+    decoder.feed(response.content)
+    with pytest.raises(UpstreamProtocolError):
+        decoder.close()
+    assert decoder.usage is not None
+    assert decoder.usage.estimated
+    assert decoder.usage.input_tokens > 0
+
+
+def test_fake_provider_stream_without_usage_is_estimated() -> None:
+    request = hello_request(stream=True)
+    provider, response = fake_call("ollama", request, Failure(kind="no_usage"))
+    decoder = OPENAI_DIALECT.stream_decoder(provider, request)
+    chunks = decoder.feed(response.content) + decoder.close()
+    assert text_of(chunks) == "Hello there"
+    # input 9 (one "hello" message); "Hello there" = 11 ASCII chars -> (11 + 3) // 4 = 3
+    assert decoder.usage == Usage(input_tokens=9, output_tokens=3, estimated=True)
+
+
+def test_fake_provider_openrouter_mid_stream_error_raises() -> None:
+    request = hello_request(stream=True)
+    provider, response = fake_call("openrouter", request, Failure(kind="stream_error", after=1))
+    decoder = OPENAI_DIALECT.stream_decoder(provider, request)
+    with pytest.raises(LLMError) as raised:
+        decoder.feed(response.content)
+    assert not isinstance(raised.value, UpstreamProtocolError)
+    assert raised.value.provider == "openrouter"
+
+
+@pytest.mark.parametrize(
+    ("flavor", "failure", "kind"),
+    [
+        ("openai", Failure(status=429, code="insufficient_quota"), InsufficientQuota),
+        ("openai", Failure(status=429, retry_after_ms=1500), RateLimited),
+        ("azure", Failure(status=400, code="content_filter"), ContentFiltered),
+        ("deepseek", Failure(status=402), InsufficientQuota),
+        ("deepseek", Failure(status=503), Overloaded),
+        ("openrouter", Failure(status=402), InsufficientQuota),
+        ("mistral", Failure(status=401), AuthenticationFailed),
+        ("groq", Failure(status=500), UpstreamUnavailable),
+    ],
+)
+def test_fake_provider_errors_map(flavor: str, failure: Failure, kind: type) -> None:
+    provider, response = fake_call(flavor, hello_request(), failure)
+    assert response.status_code == failure.status
+    error = OPENAI_DIALECT.decode_error(
+        response.status_code, response.headers, response.content, provider
+    )
+    assert type(error) is kind
+    if failure.retry_after_ms:
+        assert error.retry_after == 1.5, dict(response.headers)
+
+
+def test_fake_provider_malformed_body() -> None:
+    provider, response = fake_call("openai", hello_request(), Failure(kind="malformed"))
+    with pytest.raises(UpstreamProtocolError):
+        OPENAI_DIALECT.decode_response(response.content, provider)
