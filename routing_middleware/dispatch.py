@@ -676,6 +676,8 @@ class Dispatcher:
                     if self.stream_failover != "continue" or call.tool_delta:
                         raise error
                     call.stitched = True
+                    spent = call.records[-1].usage
+                    call.carried = spent if call.carried is None else call.carried + spent
                     request = self._continuation(call)
                 verdict = policy.verdict(error, retries)
                 if verdict is Verdict.RETRY:
@@ -898,8 +900,6 @@ class Dispatcher:
                     break
         except LLMError as error:
             usage = self._partial_usage(call, attempt, request)
-            if call.stitched and usage is not None:
-                call.carried = usage if call.carried is None else call.carried + usage
             yield from self._end_attempt(call, attempt, usage, error)
             return error
         for early in held:

@@ -1,0 +1,346 @@
+"""Streaming through the dispatcher: transparent failover before content, honest errors
+after it, ``continue`` mode, early close and cancellation, cache replay.
+
+Uses the two fake providers of ``test_dispatch``; every scenario runs sync and async.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from routing_middleware.budgets import Budget, Budgets
+from routing_middleware.cache import ResponseCache
+from routing_middleware.context import RouteContext
+from routing_middleware.dispatch import AsyncDispatchStream, Dispatcher, DispatchStream
+from routing_middleware.metering import MemorySink
+from routing_middleware.providers.registry import provider_config
+from routing_middleware.retry import RetryPolicy
+from routing_middleware.schema import (
+    ChatRequest,
+    LLMError,
+    Overloaded,
+    StreamChunk,
+    UpstreamProtocolError,
+)
+from routing_middleware.testing import Failure
+
+from .test_dispatch import (
+    CATALOG,
+    KEY_A,
+    TEXT_A,
+    TEXT_B,
+    A,
+    B,
+    Env,
+    chat,
+    decision,
+    metered,
+)
+
+
+@pytest.fixture(params=["sync", "async"])
+def env(request: pytest.FixtureRequest) -> Env:
+    return Env(flavor=request.param)
+
+
+@dataclass
+class Outcome:
+    chunks: list[StreamChunk]
+    error: LLMError | None
+    stream: DispatchStream | AsyncDispatchStream
+
+    @property
+    def text(self) -> str:
+        return "".join(c.text or "" for c in self.chunks)
+
+
+def consume(
+    env: Env,
+    d: Dispatcher,
+    request: ChatRequest,
+    dec: Any,
+    *,
+    stop_after: int | None = None,
+    **kw: Any,
+) -> Outcome:
+    """Iterate a stream (stopping after ``stop_after`` text chunks), catching a mid-stream
+    LLMError, and close it."""
+
+    def keep(chunks: list[StreamChunk], chunk: StreamChunk) -> bool:
+        chunks.append(chunk)
+        return stop_after is not None and sum(1 for c in chunks if c.text) >= stop_after
+
+    def sync() -> Outcome:
+        stream = d.stream(request, dec, **kw)
+        chunks: list[StreamChunk] = []
+        error = None
+        try:
+            for chunk in stream:
+                if keep(chunks, chunk):
+                    break
+        except LLMError as exc:
+            error = exc
+        finally:
+            stream.close()
+        return Outcome(chunks, error, stream)
+
+    async def async_() -> Outcome:
+        stream = await d.astream(request, dec, **kw)
+        chunks: list[StreamChunk] = []
+        error = None
+        try:
+            async for chunk in stream:
+                if keep(chunks, chunk):
+                    break
+        except LLMError as exc:
+            error = exc
+        finally:
+            await stream.aclose()
+        return Outcome(chunks, error, stream)
+
+    return env.run(sync, async_)
+
+
+# ------------------------------------------------------------------ the happy path
+
+
+def test_streams_the_answer_and_records_it_once(env: Env) -> None:
+    out = consume(env, env.dispatcher(), chat(), decision())
+    assert out.error is None
+    assert out.text == TEXT_A
+    assert out.chunks[-1].usage is not None
+    (record,) = env.records
+    assert record.streamed
+    assert record.status == "ok"
+    assert record.ttft_ms is not None
+    assert not record.usage.estimated
+    assert record.usage == out.stream.usage
+    assert record.cost == env.billed()
+    assert out.stream.call_id == record.call_id
+    assert out.stream.records == (record,)
+
+
+# ------------------------------------------------------------------ before content: transparent
+
+
+def test_an_error_status_falls_back_transparently(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.overloaded(), Failure.overloaded(), Failure.overloaded())
+    out = consume(env, env.dispatcher(), chat(), decision())
+    assert out.error is None
+    assert out.text == TEXT_B  # nothing of A leaked into the stream
+    assert [r.status for r in env.records] == ["error"] * 3 + ["ok"]
+    assert metered(env.records) == env.billed()
+    assert out.stream.deployment == B
+
+
+def test_a_stream_cut_before_content_falls_back_transparently(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.cut(after=1))  # only the role chunk came
+    d = env.dispatcher(retry=RetryPolicy(max_retries=0))
+    out = consume(env, d, chat(), decision())
+    assert out.error is None
+    assert out.text == TEXT_B
+    cut = env.records[0]
+    assert cut.error_kind == "UpstreamProtocolError"
+    assert cut.usage.estimated  # the prompt was read upstream: it is metered
+    assert cut.cost > 0
+
+
+def test_a_stream_cut_after_three_held_chunks_falls_back_transparently(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.cut(after=3))  # role + two pieces of text
+    d = env.dispatcher(retry=RetryPolicy(max_retries=0), stream_holdback=3)
+    out = consume(env, d, chat(), decision())
+    assert out.error is None
+    assert out.text == TEXT_B
+    assert len(env.records) == 2
+
+
+def test_an_error_event_before_content_falls_back(env: Env) -> None:
+    env.fb.inject("claude-b", Failure.stream_error(after=3))  # start, ping, block start, error
+    d = env.dispatcher(retry=RetryPolicy(max_retries=0))
+    out = consume(env, d, chat(), decision(primary=B, fallbacks=(A,)))
+    assert out.error is None
+    assert out.text == TEXT_A
+    assert env.records[0].error_kind == "Overloaded"
+
+
+def test_nothing_working_raises_before_the_stream_starts(env: Env) -> None:
+    env.fa.inject("gpt-a", always=Failure.unavailable())
+    env.fb.inject("claude-b", always=Failure.overloaded())
+    d = env.dispatcher(retry=RetryPolicy(max_retries=0))
+    with pytest.raises(Overloaded):
+        consume(env, d, chat(), decision())
+    assert [r.status for r in env.records] == ["error", "error"]
+
+
+# ------------------------------------------------------------------ after content: honest
+
+
+def test_a_cut_after_content_raises_after_the_delivered_chunks(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.cut(after=3))
+    out = consume(env, env.dispatcher(), chat(), decision())
+    assert isinstance(out.error, UpstreamProtocolError)
+    assert out.text == "Answer from "
+    assert TEXT_A.startswith(out.text)
+    assert len(env.fb.calls) == 0  # no silent switch to another answer
+    (record,) = env.records
+    assert record.status == "error"
+    assert record.usage.estimated
+    assert record.usage.output_tokens > 0
+    assert record.cost > 0
+
+
+def test_an_error_event_after_content_raises_it(env: Env) -> None:
+    env.fb.inject("claude-b", Failure.stream_error(after=6))
+    out = consume(env, env.dispatcher(), chat(), decision(primary=B, fallbacks=(A,)))
+    assert isinstance(out.error, Overloaded)
+    assert out.text
+    assert TEXT_B.startswith(out.text)
+    assert len(env.fa.calls) == 0
+    assert env.records[-1].error_kind == "Overloaded"
+
+
+def test_a_dropped_connection_after_content_raises(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.cut(after=3, abort=True))
+    out = consume(env, env.dispatcher(), chat(), decision())
+    assert out.error is not None
+    assert out.error.retryable
+    assert out.text == "Answer from "
+    assert env.records[-1].status == "error"
+
+
+def test_continue_mode_stitches_the_fallback_into_the_same_stream(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.cut(after=3))
+    d = env.dispatcher(stream_failover="continue", retry=RetryPolicy(max_retries=0))
+    out = consume(env, d, chat(), decision())
+    assert out.error is None
+    assert out.text == "Answer from " + TEXT_B
+    assert sum(1 for c in out.chunks if c.role) == 1  # one role chunk, from the start
+    sent = env.fb.calls[0].body["messages"]
+    assert sent[-1]["role"] == "assistant"
+    assert "Answer from" in str(sent[-1]["content"])
+    first, second = env.records
+    assert (first.status, first.stitched) == ("error", False)
+    assert (second.status, second.stitched) == ("ok", True)
+    usage = out.chunks[-1].usage
+    assert usage is not None
+    assert usage.output_tokens == first.usage.output_tokens + second.usage.output_tokens
+    assert usage.estimated
+
+
+# ------------------------------------------------------------------ closing and cancelling
+
+
+def test_an_early_break_produces_exactly_one_record(env: Env) -> None:
+    budgets = Budgets([Budget(name="daily", limit_usd=Decimal("10"))])
+    d = env.dispatcher(budgets=budgets)
+    out = consume(env, d, chat(), decision(), stop_after=2)
+    assert out.text == "Answer from "
+    (record,) = env.records
+    assert record.status == "error"
+    assert record.error_kind == "ConsumerClosed"
+    assert record.usage.estimated
+    assert record.usage.output_tokens > 0
+    assert budgets.status(RouteContext())[0].spent == record.cost  # hold settled, not leaked
+
+
+def test_closing_twice_or_after_the_end_adds_no_record() -> None:
+    env = Env()
+    stream = env.dispatcher().stream(chat(), decision())
+    with stream:
+        assert "".join(c.text or "" for c in stream) == TEXT_A
+    stream.close()
+    assert len(env.records) == 1
+    early = env.dispatcher().stream(chat(), decision())
+    early.close()
+    early.close()
+    assert len(env.records) == 2
+    assert env.records[-1].error_kind == "ConsumerClosed"
+
+
+class Stall(httpx.AsyncByteStream):
+    """An OpenAI stream that sends one piece of text, then waits forever."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield (
+            b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-a","choices":'
+            b'[{"index":0,"delta":{"role":"assistant","content":"Hello "}}]}\n\n'
+        )
+        await anyio.Event().wait()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_cancelling_the_consumer_still_records_and_closes_upstream() -> None:
+    body = Stall()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+
+    sink = MemorySink()
+    d = Dispatcher(
+        {"openai": provider_config("openai", api_key=KEY_A, base_url="https://s.fake/v1")},
+        catalog=CATALOG,
+        async_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+        sink=sink,
+    )
+    got: list[str] = []
+
+    async def main() -> None:
+        stream = await d.astream(chat(), decision(fallbacks=()))
+        with anyio.CancelScope() as scope:
+            async for chunk in stream:
+                if chunk.text:
+                    got.append(chunk.text)
+                    scope.cancel()  # cancelled at the next await: waiting for more bytes
+
+    anyio.run(main)
+    assert got == ["Hello "]
+    assert body.closed
+    (record,) = sink.records
+    assert record.status == "error"
+    assert record.error_kind == "CancelledError"
+    assert record.usage.output_tokens > 0
+
+
+# ------------------------------------------------------------------ cache
+
+
+def test_a_cache_hit_is_replayed_as_a_stream(env: Env) -> None:
+    d = env.dispatcher(cache=ResponseCache())
+    env.dispatch(d, chat(temperature=0), decision())
+    out = consume(env, d, chat(temperature=0), decision())
+    assert out.text == TEXT_A
+    assert out.chunks[0].role == "assistant"
+    assert out.chunks[-1].usage is not None
+    assert len(env.fa.calls) == 1
+    paid, hit = env.records
+    assert (hit.status, hit.cost, hit.streamed) == ("cache_hit", 0, True)
+    assert hit.cache_saved_cost == paid.cost
+
+
+def test_a_streamed_answer_fills_the_cache(env: Env) -> None:
+    d = env.dispatcher(cache=ResponseCache())
+    consume(env, d, chat(temperature=0), decision())
+    answer = env.dispatch(d, chat(temperature=0), decision())
+    assert answer.text == TEXT_A
+    assert len(env.fa.calls) == 1
+    assert env.records[-1].status == "cache_hit"
+
+
+def test_a_broken_stream_is_not_cached(env: Env) -> None:
+    d = env.dispatcher(cache=ResponseCache())
+    env.fa.inject("gpt-a", Failure.cut(after=3))
+    consume(env, d, chat(temperature=0), decision())
+    env.dispatch(d, chat(temperature=0), decision())
+    assert len(env.fa.calls) == 2
