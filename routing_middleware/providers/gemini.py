@@ -135,7 +135,7 @@ IMAGE_MIME_TYPES = {
 }
 #: JSON-schema keywords Gemini's ``Schema`` accepts; everything else is dropped.
 SCHEMA_KEYWORDS = frozenset(
-    {
+    [
         "type",
         "format",
         "title",
@@ -158,7 +158,7 @@ SCHEMA_KEYWORDS = frozenset(
         "propertyOrdering",
         "default",
         "example",
-    }
+    ]
 )
 
 _PROVIDER = "gemini"
@@ -168,7 +168,7 @@ _FINISH_IN: dict[str, FinishReason] = {
     "STOP": FinishReason.STOP,
     "MAX_TOKENS": FinishReason.LENGTH,
     **dict.fromkeys(
-        (
+        [
             "SAFETY",
             "RECITATION",
             "LANGUAGE",
@@ -181,18 +181,19 @@ _FINISH_IN: dict[str, FinishReason] = {
             "IMAGE_RECITATION",
             "NO_IMAGE",
             "OTHER",
-        ),
+        ],
         FinishReason.CONTENT_FILTER,
     ),
+    # The model misfired rather than finished: "error", so fallbacks can tell.
     **dict.fromkeys(
-        (
+        [
             "MALFORMED_FUNCTION_CALL",
             "UNEXPECTED_TOOL_CALL",
             "TOO_MANY_TOOL_CALLS",
             "MISSING_THOUGHT_SIGNATURE",
             "MALFORMED_RESPONSE",
             "FINISH_REASON_UNSPECIFIED",
-        ),
+        ],
         FinishReason.ERROR,
     ),
 }
@@ -883,10 +884,16 @@ class GeminiStreamDecoder:
         candidates = payload.get("candidates")
         produced = False
         if isinstance(candidates, list):
+            start = len(out)
             for position, candidate in enumerate(candidates):
                 if isinstance(candidate, Mapping):
                     out.append(self._candidate(candidate, position))
                     produced = True
+            if produced and not self._done and self._finished.issuperset(self._calls):
+                # Every candidate seen so far has finished: this event ends the stream.
+                self._done = True
+                last = next(c for c in reversed(out[start:]) if c.finish_reason is not None)
+                last.usage = self._settle()
         if not produced and not self._done:
             blocked = _block_reason(payload)
             if blocked is not None:
@@ -945,13 +952,9 @@ class GeminiStreamDecoder:
             self._pieces.append(reasoning)
         native = candidate.get("finishReason")
         finish: FinishReason | None = None
-        usage: Usage | None = None
         if isinstance(native, str) and native:
             finish = _finish_in(native, self._calls[index] > 0)
             self._finished.add(index)
-            if not self._done and self._finished.issuperset(self._calls):
-                self._done = True
-                usage = self._settle()
         else:
             native = None
         return StreamChunk.model_construct(
@@ -964,7 +967,7 @@ class GeminiStreamDecoder:
             tool_calls=calls or None,
             finish_reason=finish,
             native_finish_reason=native,
-            usage=usage,
+            usage=None,
         )
 
 

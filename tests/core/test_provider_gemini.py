@@ -1257,3 +1257,79 @@ def test_gemini_caller_to_gemini_upstream_is_lossless(body: dict[str, Any], stre
     encoded = GEMINI_DIALECT.encode_request(req, PROVIDER, req.model)
     assert encoded.url.endswith(f"models/gemini-2.5-flash:{method}")
     assert encoded.json == body
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def test_caller_key_in_the_url_is_neither_needed_nor_echoed() -> None:
+    secret = "AIzaSy-caller-secret"
+    req = parse({"contents": [{"parts": [{"text": "x"}]}]}, f"{PATH}?key={secret}")
+    assert req.model == "gemini-2.5-flash"
+    with pytest.raises(InvalidRequest) as info:
+        parse({"contents": [{"parts": [{"text": "x"}]}]}, f"/v1beta/nothing?key={secret}")
+    assert secret not in str(info.value)
+
+
+def test_caller_native_json_schema_and_tool_config_pass_through() -> None:
+    schema = {"type": "object", "additionalProperties": False, "properties": {}}
+    body = {
+        "contents": [{"parts": [{"text": "x"}]}],
+        "tools": [{"functionDeclarations": [{"name": "f"}, {"name": "g"}]}],
+        "toolConfig": {
+            "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["f", "g"]}
+        },
+        "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": schema},
+    }
+    req = parse(body)
+    assert req.tool_choice == ToolChoice(mode="required")
+    assert req.response_format == ResponseFormat(type="json_schema", json_schema=schema)
+    encoded = encode(req)
+    # Gemini takes full JSON schema in responseJsonSchema: untrimmed, and no responseSchema
+    assert encoded["generationConfig"] == body["generationConfig"]
+    # two allowed names have no normalized form: the caller's own toolConfig goes out
+    assert encoded["toolConfig"] == body["toolConfig"]
+
+
+def test_stream_ends_only_when_every_candidate_finished() -> None:
+    data = sse(
+        {
+            "candidates": [
+                {"content": {"parts": [{"text": "a"}]}, "finishReason": "STOP", "index": 0},
+                {"content": {"parts": [{"text": "b"}]}, "index": 1},
+            ]
+        },
+        {
+            "candidates": [
+                {"content": {"parts": [{"text": "c"}]}, "finishReason": "STOP", "index": 1}
+            ],
+            "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2},
+        },
+    )
+    chunks, decoder = stream(data)
+    assert [(c.index, c.text, c.finish_reason) for c in chunks] == [
+        (0, "a", FinishReason.STOP),
+        (1, "b", None),
+        (1, "c", FinishReason.STOP),
+    ]
+    assert [c.usage for c in chunks] == [None, None, Usage(input_tokens=3, output_tokens=2)]
+    assert decoder.usage == Usage(input_tokens=3, output_tokens=2)
+
+
+def test_usage_arriving_after_the_end_corrects_the_total() -> None:
+    data = sse(
+        {"candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}]},
+        {"usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 1}},
+    )
+    chunks, decoder = stream(data)
+    assert chunks[0].usage is not None
+    assert chunks[0].usage.estimated
+    assert chunks[-1].usage == Usage(input_tokens=7, output_tokens=1)
+    assert decoder.usage == Usage(input_tokens=7, output_tokens=1)
+
+
+def test_error_bodies_as_arrays_and_inside_a_200() -> None:
+    array = b'[{"error": {"code": 503, "message": "busy", "status": "UNAVAILABLE"}}]'
+    assert isinstance(decode_error(503, array), Overloaded)
+    with pytest.raises(RateLimited):
+        GEMINI_DIALECT.decode_response(rpc(429, "RESOURCE_EXHAUSTED", "quota"), PROVIDER)
