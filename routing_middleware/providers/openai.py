@@ -19,6 +19,8 @@ are options on :class:`~routing_middleware.providers.base.ProviderConfig`:
     use Azure's legacy ``/openai/deployments/{deployment}/...?api-version=`` route.
 ``stream_options``
     ``False`` to never send ``stream_options`` (default: always, so usage arrives).
+``top_k``
+    ``True`` where the provider accepts ``top_k`` (vLLM, Qwen, ...); otherwise it is dropped.
 """
 
 from __future__ import annotations
@@ -195,10 +197,12 @@ class OpenAIDialect:
         optional: dict[str, Any] = {
             "temperature": request.temperature,
             "top_p": request.top_p,
-            "top_k": request.top_k,
+            # OpenAI rejects top_k; only hosts that say they take it get it.
+            "top_k": request.top_k if options.get("top_k") else None,
             "stop": request.stop,
             options.get("seed_field", "seed"): request.seed,
-            "parallel_tool_calls": request.parallel_tool_calls,
+            # Without tools, OpenAI answers parallel_tool_calls with a 400.
+            "parallel_tool_calls": request.parallel_tool_calls if request.tools else None,
             "user": request.user,
             "reasoning_effort": request.reasoning_effort,
             "metadata": request.metadata,

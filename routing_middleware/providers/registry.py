@@ -62,6 +62,7 @@ class ProviderSpec:
 
 # Open-weight hosts mostly take ``max_tokens`` and often not the ``developer`` role.
 _OPEN: Mapping[str, Any] = {"max_tokens_field": "max_tokens", "developer_role": "system"}
+_OPEN_TOP_K: Mapping[str, Any] = {**_OPEN, "top_k": True}
 
 _TABLE: tuple[ProviderSpec, ...] = (
     ProviderSpec("openai", "openai", "https://api.openai.com/v1", "OPENAI_API_KEY",
@@ -86,7 +87,7 @@ _TABLE: tuple[ProviderSpec, ...] = (
         "DASHSCOPE_API_KEY",
         hosts=("dashscope-intl.aliyuncs.com", "dashscope-us.aliyuncs.com",
                "dashscope.aliyuncs.com"),
-        options={"developer_role": "system"},
+        options={"developer_role": "system", "top_k": True},
         regions={
             "intl": "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
             "us": "https://dashscope-us.aliyuncs.com/compatible-mode/v1",
@@ -109,15 +110,15 @@ _TABLE: tuple[ProviderSpec, ...] = (
     ProviderSpec("groq", "openai", "https://api.groq.com/openai/v1", "GROQ_API_KEY",
                  hosts=("api.groq.com",), options={"developer_role": "system"}),
     ProviderSpec("together", "openai", "https://api.together.xyz/v1", "TOGETHER_API_KEY",
-                 hosts=("api.together.xyz", "api.together.ai"), options=_OPEN),
+                 hosts=("api.together.xyz", "api.together.ai"), options=_OPEN_TOP_K),
     ProviderSpec("fireworks", "openai", "https://api.fireworks.ai/inference/v1",
-                 "FIREWORKS_API_KEY", hosts=("api.fireworks.ai",), options=_OPEN),
+                 "FIREWORKS_API_KEY", hosts=("api.fireworks.ai",), options=_OPEN_TOP_K),
     ProviderSpec("openrouter", "openai", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY",
-                 hosts=("openrouter.ai",)),
+                 hosts=("openrouter.ai",), options={"top_k": True}),
     ProviderSpec("cerebras", "openai", "https://api.cerebras.ai/v1", "CEREBRAS_API_KEY",
                  hosts=("api.cerebras.ai",), options={"developer_role": "system"}),
     ProviderSpec("deepinfra", "openai", "https://api.deepinfra.com/v1/openai",
-                 "DEEPINFRA_API_KEY", hosts=("api.deepinfra.com",), options=_OPEN),
+                 "DEEPINFRA_API_KEY", hosts=("api.deepinfra.com",), options=_OPEN_TOP_K),
     ProviderSpec("moonshot", "openai", "https://api.moonshot.ai/v1", "MOONSHOT_API_KEY",
                  hosts=("api.moonshot.ai", "api.moonshot.cn"), options=_OPEN),
     ProviderSpec("zai", "openai", "https://api.z.ai/api/paas/v4", "ZAI_API_KEY",
@@ -131,9 +132,10 @@ _TABLE: tuple[ProviderSpec, ...] = (
     # Self-hosted: no default host to intercept (port 8000 is every dev server's);
     # register the real base URL with register_base_url().
     ProviderSpec("vllm", "openai", "http://localhost:8000/v1", "VLLM_API_KEY",
-                 key_required=False, options=_OPEN),
+                 key_required=False, options=_OPEN_TOP_K),
     ProviderSpec("ollama", "openai", "http://localhost:11434/v1", "OLLAMA_API_KEY",
-                 hosts=("localhost:11434", "127.0.0.1:11434"), key_required=False, options=_OPEN),
+                 hosts=("localhost:11434", "127.0.0.1:11434"), key_required=False,
+                 options=_OPEN_TOP_K),
 )  # fmt: skip
 
 #: Every known provider by canonical id.

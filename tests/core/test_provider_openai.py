@@ -182,6 +182,15 @@ def test_streaming_always_asks_for_usage_and_extra_cannot_override() -> None:
     assert body["prompt_cache_key"] == "k1"
 
 
+def test_fields_openai_would_reject_are_left_out() -> None:
+    request = hello_request(top_k=40, parallel_tool_calls=True)
+    body = OPENAI_DIALECT.encode_request(request, OPENAI, "m").json
+    assert "top_k" not in body
+    assert "parallel_tool_calls" not in body  # only allowed with tools
+    with_tools = hello_request(parallel_tool_calls=True, tools=[Tool(name="f")])
+    assert OPENAI_DIALECT.encode_request(with_tools, OPENAI, "m").json["parallel_tool_calls"]
+
+
 def test_tool_choice_words() -> None:
     for mode in ("auto", "none", "required"):
         request = hello_request(tool_choice=ToolChoice(mode=mode), tools=[Tool(name="f")])
@@ -1100,6 +1109,8 @@ def test_openai_body_round_trips_losslessly(messages: list[dict], fields: dict) 
     request = CALLER.parse_request(json.dumps(original).encode())
     upstream = OPENAI_DIALECT.encode_request(request, OPENAI, "gpt-x").json
     expected = json.loads(json.dumps(original))
+    if "tools" not in expected:
+        expected.pop("parallel_tool_calls", None)  # OpenAI rejects it without tools
     if expected.get("stream") is False:
         del expected["stream"]  # the default, not sent
     elif expected.get("stream"):
