@@ -809,6 +809,24 @@ async def test_async_sdk_streams_our_chunks() -> None:
     check_stream([c async for c in stream], True)
 
 
+def test_sdk_stream_helper_accumulates_our_chunks() -> None:
+    # The helper's accumulator is the strictest consumer of tool-call fragments.
+    client = sdk(sse_answer(streamed_body(True)))
+    with client.chat.completions.stream(
+        model="gpt-caller", messages=MESSAGES, stream_options={"include_usage": True}
+    ) as stream:
+        final = stream.get_final_completion()
+    message = final.choices[0].message
+    assert message.content == "Bonjour"
+    assert [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []] == [
+        ("c1", "weather", '{"city":"Oslo"}'),
+        ("c2", "time", "{}"),
+    ]
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert final.usage is not None
+    assert final.usage.total_tokens == 160
+
+
 def test_sdk_raises_on_our_in_stream_error() -> None:
     encoder = CALLER.stream_encoder("m", "chatcmpl-e")
     body = (
@@ -1116,3 +1134,51 @@ def test_openai_body_round_trips_losslessly(messages: list[dict], fields: dict) 
     elif expected.get("stream"):
         expected["stream_options"] = {"include_usage": True}  # added so usage always arrives
     assert upstream == expected
+
+
+def test_relay_upstream_stream_to_the_sdk() -> None:
+    # upstream chunks -> our decoder -> our caller encoder -> the real SDK
+    upstream = sse(
+        ": keep-alive",
+        "",
+        chunk({"role": "assistant", "content": "", "reasoning_content": "Think"}),
+        chunk({"content": "Héllo"}),
+        chunk(
+            {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}]}
+        ),
+        chunk(
+            {"tool_calls": [{"index": 0, "id": "b", "function": {"name": "g", "arguments": "{}"}}]}
+        ),
+        chunk({}, finish="tool_calls"),
+        chunk(None, usage={"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}),
+        DONE,
+    )
+    request = CALLER.parse_request(
+        json.dumps(
+            {
+                "model": "m",
+                "messages": MESSAGES,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        ).encode()
+    )
+    decoder = OPENAI_DIALECT.stream_decoder(OPENAI, request)
+    encoder = CALLER.stream_encoder("m", "chatcmpl-r", include_usage=wants_stream_usage(request))
+    out = encoder.start()
+    for start in range(0, len(upstream), 5):
+        for item in decoder.feed(upstream[start : start + 5]):
+            out += encoder.chunk(item)
+    for item in decoder.close():
+        out += encoder.chunk(item)
+    out += encoder.finish(decoder.usage)
+
+    with sdk(sse_answer(out)).chat.completions.stream(
+        model="m", messages=MESSAGES, stream_options={"include_usage": True}
+    ) as stream:
+        final = stream.get_final_completion()
+    message = final.choices[0].message
+    assert message.content == "Héllo"
+    assert [(c.id, c.function.name) for c in message.tool_calls or []] == [("a", "f"), ("b", "g")]
+    assert final.usage is not None
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (11, 7)
