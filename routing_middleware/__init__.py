@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "Catalog": "catalog",
     "ChatRequest": "schema",
     "ChatResponse": "schema",
+    "FeedError": "feeds",
     "LLMError": "schema",
     "Message": "schema",
     "ModelInfo": "catalog",
@@ -23,12 +24,15 @@ _EXPORTS: dict[str, str] = {
     "StreamChunk": "schema",
     "UnknownModel": "schema",
     "Usage": "schema",
+    "cost_of": "pricing",
+    "default_catalog": "catalog",
 }
 
 __all__ = [
     "Catalog",
     "ChatRequest",
     "ChatResponse",
+    "FeedError",
     "LLMError",
     "Message",
     "ModelInfo",
@@ -37,10 +41,14 @@ __all__ = [
     "UnknownModel",
     "Usage",
     "__version__",
+    "cost_of",
+    "default_catalog",
 ]
 
 if TYPE_CHECKING:
-    from .catalog import Catalog, ModelInfo, Price
+    from .catalog import Catalog, ModelInfo, Price, default_catalog
+    from .feeds import FeedError
+    from .pricing import cost_of
     from .schema import (
         ChatRequest,
         ChatResponse,
