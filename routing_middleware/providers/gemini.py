@@ -323,7 +323,7 @@ def _tool_call_from_part(
     part: Mapping[str, Any], response_id: str, index: int, ordinal: int
 ) -> ToolCall:
     call = part["functionCall"]
-    if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise UpstreamProtocolError("Gemini functionCall without a name", provider=_PROVIDER)
     args = _dumps(call.get("args") or {})
     name = call["name"]
@@ -337,7 +337,7 @@ def _tool_call_from_part(
 
 def _parts_of(candidate: Mapping[str, Any]) -> list[Any]:
     content = candidate.get("content")
-    if not isinstance(content, Mapping):
+    if not isinstance(content, dict):
         return []
     parts = content.get("parts")
     return parts if isinstance(parts, list) else []
@@ -345,7 +345,7 @@ def _parts_of(candidate: Mapping[str, Any]) -> list[Any]:
 
 def _block_reason(payload: Mapping[str, Any]) -> str | None:
     feedback = payload.get("promptFeedback")
-    if isinstance(feedback, Mapping):
+    if isinstance(feedback, dict):
         reason = feedback.get("blockReason")
         if isinstance(reason, str) and reason:
             return reason
@@ -367,7 +367,10 @@ def _retry_delay(details: Any) -> float | None:
             except ValueError:
                 seconds = None
         elif isinstance(delay, Mapping):
-            seconds = float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9
+            try:
+                seconds = float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9
+            except (TypeError, ValueError):
+                seconds = None
         if seconds is not None and seconds == seconds:
             return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
     return None
@@ -865,7 +868,7 @@ class GeminiStreamDecoder:
             raise UpstreamProtocolError(
                 f"Gemini stream event is not JSON: {data[:80]!r}", provider=self._provider
             ) from error
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             raise UpstreamProtocolError(
                 "Gemini stream event is not an object", provider=self._provider
             )
@@ -878,7 +881,7 @@ class GeminiStreamDecoder:
         if isinstance(model, str):
             self._model = model
         meta = payload.get("usageMetadata")
-        fresh_usage = isinstance(meta, Mapping)
+        fresh_usage = isinstance(meta, dict)
         if fresh_usage:
             self._meta = meta
         candidates = payload.get("candidates")
@@ -886,7 +889,7 @@ class GeminiStreamDecoder:
         if isinstance(candidates, list):
             start = len(out)
             for position, candidate in enumerate(candidates):
-                if isinstance(candidate, Mapping):
+                if isinstance(candidate, dict):
                     out.append(self._candidate(candidate, position))
                     produced = True
             if produced and not self._done and self._finished.issuperset(self._calls):
@@ -928,7 +931,7 @@ class GeminiStreamDecoder:
         thoughts: list[str] = []
         calls: list[ToolCallDelta] = []
         for part in _parts_of(candidate):
-            if not isinstance(part, Mapping):
+            if not isinstance(part, dict):
                 continue
             if "functionCall" in part:
                 call = _tool_call_from_part(part, self._id or "", index, seen + len(calls))
