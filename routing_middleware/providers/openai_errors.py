@@ -157,11 +157,12 @@ def error_from_stream_payload(
         raw_code = error.get("code")
         if isinstance(raw_code, int) and 400 <= raw_code < 600:
             status = raw_code
-    message, code, _kind, param = _fields(payload, "the provider reported an error mid-stream")
-    message = _scrub(message, api_key)
+    text = json.dumps(payload)
     if status:
-        body = json.dumps(payload).encode()
-        return decode_openai_error(status, {}, body, provider, api_key)
+        return decode_openai_error(status, {}, text.encode(), provider, api_key)
+    if api_key and api_key in text:
+        payload = json.loads(_scrub(text, api_key))
+    message, code, _kind, param = _fields(payload, "the provider reported an error mid-stream")
     return UpstreamUnavailable(
         message, provider=provider, code=code, param=param, status_code=502, raw=payload
     )

@@ -571,6 +571,14 @@ def test_x_should_retry_false_makes_errors_non_retryable() -> None:
     assert UpstreamUnavailable.retryable is True  # the class default is untouched
 
 
+def test_in_stream_error_never_echoes_the_key() -> None:
+    decoder = OPENAI_DIALECT.stream_decoder(OPENAI, hello_request(stream=True))
+    with pytest.raises(UpstreamUnavailable) as raised:
+        decoder.feed(sse({"error": {"message": f"bad key {KEY}", "type": "auth"}}))
+    assert KEY not in raised.value.message
+    assert KEY not in json.dumps(raised.value.raw)
+
+
 def test_error_messages_never_echo_the_key() -> None:
     error = err(401, oai(f"Incorrect API key provided: {KEY}.", "invalid_api_key"))
     assert KEY not in error.message
