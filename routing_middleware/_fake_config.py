@@ -24,6 +24,7 @@ class FakeToolCall:
 
     @property
     def arguments_json(self) -> str:
+        """The arguments as compact JSON text."""
         if isinstance(self.arguments, str):
             return self.arguments
         return json.dumps(self.arguments, separators=(",", ":"))
@@ -43,9 +44,10 @@ class Failure:
       with a shorter read timeout gets its library's ``ReadTimeout``);
     - ``reset``: the connection drops before any response;
     - ``cut``: the stream stops after ``after`` events, without its terminal event
-      (``terminal=True`` still sends the end marker, e.g. ``[DONE]``, so the stream
-      looks complete but lacks finish and usage); ``abort=True`` drops the
-      connection instead of ending the body cleanly;
+      (``terminal=True`` still sends the end marker, ``[DONE]`` or ``message_stop``,
+      so the stream looks complete but lacks finish and usage; Responses and Gemini
+      streams have no separate marker); ``abort=True`` drops the connection instead
+      of ending the body cleanly;
     - ``malformed``: the body (or one stream event) is not valid JSON;
     - ``no_usage``: the answer omits its usage;
     - ``stream_error``: after ``after`` events the stream carries the provider's
@@ -94,26 +96,32 @@ class Failure:
 
     @classmethod
     def timeout(cls, hang: float = 600.0) -> Failure:
+        """Answer only after ``hang`` seconds."""
         return cls(kind="timeout", hang=hang)
 
     @classmethod
     def reset(cls) -> Failure:
+        """Drop the connection before answering."""
         return cls(kind="reset")
 
     @classmethod
     def cut(cls, after: int, *, terminal: bool = False, abort: bool = False) -> Failure:
+        """Stop the stream after ``after`` events (see the class docs)."""
         return cls(kind="cut", after=after, terminal=terminal, abort=abort)
 
     @classmethod
     def malformed(cls) -> Failure:
+        """Send a body (or, streamed, one event) that is not valid JSON."""
         return cls(kind="malformed")
 
     @classmethod
     def no_usage(cls) -> Failure:
+        """Answer normally but leave the usage out."""
         return cls(kind="no_usage")
 
     @classmethod
     def stream_error(cls, after: int = 1, message: str | None = None) -> Failure:
+        """Send the provider's in-band error event after ``after`` events."""
         return cls(kind="stream_error", after=after, message=message)
 
 

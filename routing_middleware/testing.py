@@ -104,10 +104,12 @@ class FakeProvider:
 
     @property
     def flavor(self) -> str:
+        """The OpenAI-compatible provider this fake imitates."""
         return self._server.flavor
 
     @property
     def models(self) -> list[FakeModel]:
+        """The configured models, in the order they were added."""
         return self._server.models
 
     def add_model(self, model: FakeModel) -> None:
@@ -120,12 +122,14 @@ class FakeProvider:
         self._server.inject(model, failures, always)
 
     def clear_failures(self, model: str | None = None) -> None:
+        """Drop queued and permanent failures of ``model`` (of every model when ``None``)."""
         self._server.clear_failures(model)
 
     # -- what happened ---------------------------------------------------------
 
     @property
     def ledger(self) -> Ledger:
+        """Every call served so far, with what it billed."""
         return self._server.ledger
 
     @property
@@ -144,7 +148,10 @@ class FakeProvider:
         query: Mapping[str, str] | None = None,
         body: bytes = b"",
     ) -> tuple[int, list[tuple[str, str]], bytes]:
-        """Answer one request directly (no delays): status, headers and whole body."""
+        """Answer one request directly (no delays): status, headers and whole body.
+
+        A dropped connection (``Failure.reset()``) comes back as status 0.
+        """
         from ._fake_server import RawRequest
 
         lowered = {k.lower(): v for k, v in (headers or {}).items()}
