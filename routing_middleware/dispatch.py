@@ -182,6 +182,7 @@ class _Call:
     call_id: str
     started: float
     deadline_at: float | None
+    reasons: tuple[tuple[str, str], ...] = ()
     input_tokens: int | None = None
     records: list[UsageRecord] = field(default_factory=list)
     live: _Attempt | None = None
@@ -427,6 +428,7 @@ class Dispatcher:
             call_id=uuid.uuid4().hex,
             started=started,
             deadline_at=None if deadline is None else started + deadline,
+            reasons=tuple((r.code, r.message) for r in decision.reasons),
         )
 
     def _price(self, usage: Usage, info: ModelInfo | None) -> Decimal:
@@ -438,11 +440,19 @@ class Dispatcher:
 
         return billed_cost(usage, info, catalog=self._catalog())
 
-    def _requested_cost(self, call: _Call, usage: Usage) -> Decimal | None:
+    def _requested_cost(
+        self, call: _Call, usage: Usage, record: UsageRecord | None = None
+    ) -> Decimal | None:
+        """List-price cost of ``usage`` on the requested model (``record``: its own
+        attempt's record, whose cost is reused when it ran on that very model)."""
         info = self._catalog().find(call.decision.requested_model)
         if info is None:
             return call.decision.requested_cost
-        return self._price(usage.model_copy(update={"provider_cost": None}), info)
+        if usage.provider_cost is not None:
+            usage = usage.model_copy(update={"provider_cost": None})
+        elif record is not None and info.id == record.chosen_model and self._pricer is None:
+            return record.cost
+        return self._price(usage, info)
 
     def _record(
         self,
@@ -486,7 +496,7 @@ class Dispatcher:
             ),
             streamed=call.stream,
             stitched=call.stitched and status == "ok",
-            reasons=tuple((r.code, r.message) for r in decision.reasons),
+            reasons=call.reasons,
         )
         call.records.append(record)
         return record
@@ -816,7 +826,7 @@ class Dispatcher:
             )
             response.usage = usage
         record = yield from self._end_attempt(call, attempt, usage, None)
-        record.requested_cost = self._requested_cost(call, usage)
+        record.requested_cost = self._requested_cost(call, usage, record)
         call.served = attempt.deployment
         call.usage = usage
         if response.provider is None:
@@ -910,7 +920,9 @@ class Dispatcher:
             assert usage is not None
         record = yield from self._end_attempt(call, attempt, usage, None)
         total = usage if call.carried is None else call.carried + usage
-        record.requested_cost = self._requested_cost(call, total)
+        record.requested_cost = self._requested_cost(
+            call, total, record if call.carried is None else None
+        )
         call.served = attempt.deployment
         call.usage = total
         if keep is not None and self.cache is not None:

@@ -567,3 +567,17 @@ def test_one_dispatcher_serves_fifty_concurrent_async_calls() -> None:
         assert {r.attempts for r in records} == {len(records)}
     assert sum(1 for r in env.records if r.error_kind == "Overloaded") == 12
     assert metered(env.records) == env.billed()
+
+
+# ------------------------------------------------------------------ httpx2
+
+
+def test_works_with_httpx2_clients(env: Env) -> None:
+    httpx2 = pytest.importorskip("httpx2")
+    env.fa.inject("gpt-a", Failure.reset(), Failure.overloaded())
+    client = httpx2.Client(transport=env.fa.transport(lib="httpx2"))
+    async_client = httpx2.AsyncClient(transport=env.fa.async_transport(lib="httpx2"))
+    d = env.dispatcher(client=client, async_client=async_client)
+    answer = env.dispatch(d, chat(), decision(fallbacks=()))
+    assert answer.text == TEXT_A
+    assert [r.error_kind for r in env.records] == ["UpstreamUnavailable", "Overloaded", None]

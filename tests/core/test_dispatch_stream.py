@@ -344,3 +344,19 @@ def test_a_broken_stream_is_not_cached(env: Env) -> None:
     consume(env, d, chat(temperature=0), decision())
     env.dispatch(d, chat(temperature=0), decision())
     assert len(env.fa.calls) == 2
+
+
+def test_streams_through_httpx2_clients(env: Env) -> None:
+    httpx2 = pytest.importorskip("httpx2")
+    env.fa.inject("gpt-a", Failure.cut(after=1))
+    d = env.dispatcher(
+        client=httpx2.Client(transport=env.fa.transport(lib="httpx2")),
+        async_client=httpx2.AsyncClient(transport=env.fa.async_transport(lib="httpx2")),
+    )
+    first = consume(env, d, chat(), decision(fallbacks=()))
+    assert first.text == TEXT_A  # the cut before content was retried transparently
+    env.fa.inject("gpt-a", Failure.cut(after=3, abort=True))
+    second = consume(env, d, chat(), decision(fallbacks=()))
+    assert second.text == "Answer from "
+    assert second.error is not None
+    assert second.error.kind == "UpstreamUnavailable"
