@@ -367,6 +367,21 @@ def test_stream_text_with_usage_chunk() -> None:
     assert chunks[-1].usage == expected
 
 
+def test_decoded_chunks_are_ordinary_models() -> None:
+    # chunks are built without validation on the hot path; they must still be whole models
+    body = sse(chunk({"content": "hi"}, finish="length"), chunk(None, usage=USAGE_WIRE), DONE)
+    chunks, _ = decode_stream(body)
+    assert chunks[0] == StreamChunk(
+        id="chatcmpl-1", model="m", text="hi", finish_reason=FinishReason.LENGTH
+    )
+    assert chunks[0].model_dump()["text"] == "hi"
+    assert StreamChunk.model_validate(chunks[1].model_dump()) == chunks[1]
+    assert chunks[1].model_copy(update={"index": 2}).index == 2
+
+
+USAGE_WIRE = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+
+
 def test_stream_multibyte_utf8_split_at_every_byte() -> None:
     text = "héllo — 猫 🐈"
     body = sse(chunk({"content": text}), chunk({}, finish="stop"), DONE)
