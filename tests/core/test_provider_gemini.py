@@ -1333,3 +1333,50 @@ def test_error_bodies_as_arrays_and_inside_a_200() -> None:
     assert isinstance(decode_error(503, array), Overloaded)
     with pytest.raises(RateLimited):
         GEMINI_DIALECT.decode_response(rpc(429, "RESOURCE_EXHAUSTED", "quota"), PROVIDER)
+
+
+_signature = st.binary(min_size=1, max_size=12).map(lambda b: base64.b64encode(b).decode())
+_answer_part = st.one_of(
+    _text.map(lambda t: {"text": t}),
+    _text.map(lambda t: {"text": t, "thought": True}),
+    st.builds(
+        lambda call, sig: {**call, **({"thoughtSignature": sig} if sig else {})},
+        _call,
+        st.one_of(st.none(), _signature),
+    ),
+)
+_answer = st.fixed_dictionaries(
+    {
+        "candidates": st.lists(_answer_part, min_size=1, max_size=4).map(
+            lambda parts: [{"content": {"role": "model", "parts": parts}}]
+        ),
+        "finish": st.sampled_from(["STOP", "MAX_TOKENS", "SAFETY", "MALFORMED_FUNCTION_CALL"]),
+        "usageMetadata": st.fixed_dictionaries(
+            {
+                "promptTokenCount": st.integers(0, 10**6),
+                "candidatesTokenCount": st.integers(0, 10**5),
+            },
+            optional={
+                "cachedContentTokenCount": st.integers(0, 10**6),
+                "thoughtsTokenCount": st.integers(0, 10**5),
+            },
+        ),
+        "responseId": st.text("abcdef0123456789", min_size=1, max_size=10),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_answer)
+def test_gemini_answer_survives_decode_and_reencode(answer: dict[str, Any]) -> None:
+    answer["candidates"][0]["finishReason"] = answer.pop("finish")
+    meta = answer["usageMetadata"]
+    meta["cachedContentTokenCount"] = min(
+        meta.get("cachedContentTokenCount", 0), meta["promptTokenCount"]
+    )
+    first = decode(answer)
+    again = decode(GEMINI_CALLER.encode_response(first, "gemini-relay"))
+    assert again.model == "gemini-relay"
+    assert again.id == first.id == answer["responseId"]
+    assert again.choices == first.choices
+    assert again.usage == first.usage
