@@ -24,6 +24,7 @@ __all__ = ["billed", "error_reply", "models_reply", "render"]
 
 _STOP = {
     "stop": "end_turn",
+    "stop_sequence": "stop_sequence",
     "length": "max_tokens",
     "tool_calls": "tool_use",
     "content_filter": "refusal",
@@ -130,7 +131,7 @@ def _message(ctx: Ctx, *, done: bool) -> dict[str, Any]:
         "model": ctx.model.name,
         "content": _blocks(ctx) if done else [],
         "stop_reason": _STOP[gen.finish] if done else None,
-        "stop_sequence": None,
+        "stop_sequence": gen.stop_sequence if done else None,
     }
     if not ctx.usage_off:
         body["usage"] = _usage(gen) if done else _input_usage(gen) | {"output_tokens": 1}
@@ -176,7 +177,7 @@ def _stream(ctx: Ctx) -> Reply:
                 delta = {"type": "input_json_delta", "partial_json": args[i : i + 10]}
                 emit("content_block_delta", token=True, index=index, delta=delta)
         emit("content_block_stop", index=index)
-    final: dict[str, Any] = {"stop_reason": _STOP[gen.finish], "stop_sequence": None}
+    final: dict[str, Any] = {"stop_reason": _STOP[gen.finish], "stop_sequence": gen.stop_sequence}
     usage_fields: dict[str, Any] = {} if ctx.usage_off else {"usage": _usage(gen)}
     emit("message_delta", delta=final, **usage_fields)
     message = (ctx.failure.message if ctx.failure else None) or "Overloaded"

@@ -25,6 +25,7 @@ __all__ = ["billed", "error_reply", "models_reply", "render"]
 
 _FINISH = {
     "stop": "STOP",
+    "stop_sequence": "STOP",
     "length": "MAX_TOKENS",
     "tool_calls": "STOP",
     "content_filter": "SAFETY",

@@ -67,6 +67,7 @@ class Prompt:
     turns: list[tuple[str, str, int]] = field(default_factory=list)  # role, text, images
     tools: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
 
     def add(self, role: str, text: str, images: int = 0) -> None:
         self.turns.append((role, text, images))
@@ -152,6 +153,7 @@ def prompt_of(endpoint: str, body: dict[str, Any]) -> Prompt:
                 )
             )
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        stop = body.get("stop")
     elif endpoint == "responses":
         if body.get("instructions"):
             prompt.add("system", str(body["instructions"]))
@@ -175,6 +177,7 @@ def prompt_of(endpoint: str, body: dict[str, Any]) -> Prompt:
                 )
             )
         limit = body.get("max_output_tokens")
+        stop = None
     elif endpoint in ("messages", "count_tokens"):
         system = body.get("system")
         if system:
@@ -195,6 +198,7 @@ def prompt_of(endpoint: str, body: dict[str, Any]) -> Prompt:
                 )
             )
         limit = body.get("max_tokens")
+        stop = body.get("stop_sequences")
     else:  # gemini generateContent
         system = body.get("systemInstruction") or body.get("system_instruction")
         if system:
@@ -217,7 +221,10 @@ def prompt_of(endpoint: str, body: dict[str, Any]) -> Prompt:
                 )
         config = body.get("generationConfig") or body.get("generation_config") or {}
         limit = config.get("maxOutputTokens")
+        stop = config.get("stopSequences")
     prompt.max_tokens = limit if isinstance(limit, int) and limit >= 0 else None
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    prompt.stop = [s for s in stops if isinstance(s, str) and s]
     return prompt
 
 
@@ -234,7 +241,7 @@ class Generation:
     pieces: list[str]
     reasoning_pieces: list[str]
     tool_calls: list[tuple[str, str]]  # name, arguments JSON
-    finish: str  # stop | length | tool_calls | content_filter | refusal
+    finish: str  # stop | stop_sequence | length | tool_calls | content_filter | refusal
     refusal: str | None
     input_tokens: int
     cached_tokens: int
@@ -242,6 +249,7 @@ class Generation:
     cache_write_long_tokens: int
     output_tokens: int
     reasoning_tokens: int
+    stop_sequence: str | None = None
 
     @property
     def text(self) -> str:
@@ -281,7 +289,15 @@ def generate(model: FakeModel, prompt: Prompt) -> Generation:
     refusal = model.refusal_text if finish == "refusal" else None
     if refusal is not None:
         text = ""
-    visible = model.output_tokens
+    matched: str | None = None
+    if prompt.stop and text and refusal is None:
+        hits = [(text.find(s), s) for s in prompt.stop if s in text]
+        if hits:
+            index, matched = min(hits)
+            text = text[:index]
+            if not calls:
+                finish = "stop_sequence"
+    visible = None if matched else model.output_tokens
     if visible is None:
         visible = estimate_text_tokens(text or (refusal or ""))
         visible += sum(estimate_text_tokens(n) + estimate_text_tokens(a) for n, a in calls)
@@ -324,6 +340,7 @@ def generate(model: FakeModel, prompt: Prompt) -> Generation:
         cache_write_long_tokens=model.cache_write_long_tokens,
         output_tokens=visible,
         reasoning_tokens=reasoning_tokens,
+        stop_sequence=matched if finish == "stop_sequence" else None,
     )
 
 

@@ -84,6 +84,7 @@ FLAVORS: dict[str, Flavor] = {
 
 _FINISH = {
     "stop": "stop",
+    "stop_sequence": "stop",
     "length": "length",
     "tool_calls": "tool_calls",
     "content_filter": "content_filter",

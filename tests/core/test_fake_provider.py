@@ -1133,3 +1133,30 @@ def test_gemini_model_list_and_count_tokens() -> None:
     assert listed["models"][0]["name"] == "models/gem"
     assert counted == {"totalTokens": 12}
     assert fake.calls[-1].usage is None
+
+
+def test_stop_sequences_per_dialect() -> None:
+    fake = FakeProvider([FakeModel("m", content="First part. END second part.")])
+    with client(fake) as c:
+        o = c.post("/v1/chat/completions", json={**CHAT, "stop": ["END", "part"]}).json()
+        a = c.post(
+            "/v1/messages",
+            json={
+                "model": "m",
+                "max_tokens": 100,
+                "stop_sequences": ["END"],
+                "messages": CHAT["messages"],
+            },
+            headers=ANTHROPIC_HEADERS,
+        ).json()
+        g = c.post(
+            "/v1beta/models/m:generateContent",
+            json={"contents": [], "generationConfig": {"stopSequences": ["second"]}},
+        ).json()
+    assert o["choices"][0]["message"]["content"] == "First "
+    assert o["choices"][0]["finish_reason"] == "stop"
+    assert o["usage"]["completion_tokens"] == estimate_text_tokens("First ")
+    assert (a["stop_reason"], a["stop_sequence"]) == ("stop_sequence", "END")
+    assert a["content"][0]["text"] == "First part. "
+    assert g["candidates"][0]["content"]["parts"][0]["text"] == "First part. END "
+    assert g["candidates"][0]["finishReason"] == "STOP"
