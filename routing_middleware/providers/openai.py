@@ -21,6 +21,12 @@ are options on :class:`~routing_middleware.providers.base.ProviderConfig`:
     ``False`` to never send ``stream_options`` (default: always, so usage arrives).
 ``top_k``
     ``True`` where the provider accepts ``top_k`` (vLLM, Qwen, ...); otherwise it is dropped.
+``openai_fields``
+    whether OpenAI-only ``extra`` fields (``store``, ``service_tier``, ...) are sent;
+    default: only to the providers named ``openai`` and ``azure``.
+
+``extra`` passes through last: never over a field set here, never another dialect's
+fields (Anthropic ``thinking``...), never OpenAI-only fields to other hosts.
 """
 
 from __future__ import annotations
@@ -62,6 +68,40 @@ __all__ = [
     "restore_tool_call_ids",
 ]
 
+#: Top-level fields of other dialects that callers' ``extra`` may carry (Anthropic's
+#: ``thinking``, Gemini's namespaced settings). No chat-completions host takes them.
+_FOREIGN = frozenset(
+    {
+        "system",
+        "stop_sequences",
+        "thinking",
+        "container",
+        "mcp_servers",
+        "context_management",
+        "output_config",
+        "anthropic_server_tools",
+        "inference_geo",
+        "speed",
+        "gemini",
+    }
+)
+#: OpenAI-only request fields; compatible hosts reject or misread them, so they go
+#: only to OpenAI and Azure (or where the ``openai_fields`` option says so).
+_OPENAI_ONLY = frozenset(
+    {
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "safety_identifier",
+        "verbosity",
+        "prediction",
+        "modalities",
+        "audio",
+        "web_search_options",
+    }
+)
+_NATIVE = frozenset({"openai", "azure"})
 #: Fields whose value we decide; ``extra`` never overrides them.
 _PROTECTED = frozenset(
     {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens"}
@@ -221,8 +261,13 @@ class OpenAIDialect:
                 stream_options = dict(merged) if isinstance(merged, dict) else {}
                 stream_options["include_usage"] = True
                 body["stream_options"] = stream_options
-        for key, value in request.extra.items():
-            if key not in body and key not in _PROTECTED:
+        if request.extra:
+            native = options.get("openai_fields", provider.name in _NATIVE)
+            for key, value in request.extra.items():
+                if key in body or key in _PROTECTED or key in _FOREIGN:
+                    continue
+                if key in _OPENAI_ONLY and not native:
+                    continue
                 body[key] = value
         for key in options.get("drop_fields", ()):
             body.pop(key, None)

@@ -191,6 +191,23 @@ def test_fields_openai_would_reject_are_left_out() -> None:
     assert OPENAI_DIALECT.encode_request(with_tools, OPENAI, "m").json["parallel_tool_calls"]
 
 
+def test_extra_from_other_dialects_is_not_forwarded() -> None:
+    extra = {"thinking": {"type": "enabled"}, "stop_sequences": ["x"], "gemini": {"a": 1}}
+    body = OPENAI_DIALECT.encode_request(hello_request(extra=extra), OPENAI, "m").json
+    assert not extra.keys() & body.keys()
+
+
+def test_openai_only_extra_goes_to_openai_only() -> None:
+    extra = {"service_tier": "flex", "store": True, "enable_thinking": True}
+    to_openai = OPENAI_DIALECT.encode_request(hello_request(extra=extra), OPENAI, "m").json
+    assert (to_openai["service_tier"], to_openai["store"]) == ("flex", True)
+    groq = ProviderConfig(name="groq", dialect="openai", base_url="https://g.test/v1")
+    to_groq = OPENAI_DIALECT.encode_request(hello_request(extra=extra), groq, "m").json
+    assert "service_tier" not in to_groq
+    assert "store" not in to_groq
+    assert to_groq["enable_thinking"] is True  # a compatible host's own switch still passes
+
+
 def test_tool_choice_words() -> None:
     for mode in ("auto", "none", "required"):
         request = hello_request(tool_choice=ToolChoice(mode=mode), tools=[Tool(name="f")])
