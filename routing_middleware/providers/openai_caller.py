@@ -353,13 +353,19 @@ class OpenAICallerDialect:
     name = "openai"
 
     def parse_request(self, body: bytes, path: str = "") -> ChatRequest:
-        """Parse a chat-completions request; bad input raises InvalidRequest with ``param``."""
+        """Parse a chat-completions request; bad input raises InvalidRequest with ``param``.
+
+        ``path`` supplies the model for Azure deployment URLs whose body has none.
+        """
         try:
             raw = json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:
             raise _bad("The request body is not valid JSON.", None) from error
         if not isinstance(raw, dict):
             raise _bad("The request body must be a JSON object.", None)
+        if "model" not in raw and "/deployments/" in path:
+            # Azure's legacy route names the deployment in the path instead
+            raw["model"] = path.split("/deployments/", 1)[1].split("/", 1)[0]
         if "model" not in raw:
             raise _bad("Missing required parameter: 'model'.", "model")
         if "messages" not in raw:

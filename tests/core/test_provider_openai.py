@@ -1052,6 +1052,12 @@ def test_parse_rejects_non_objects(body: bytes) -> None:
         CALLER.parse_request(body)
 
 
+def test_azure_deployment_path_supplies_a_missing_model() -> None:
+    body = json.dumps({"messages": MESSAGES}).encode()
+    path = "/openai/deployments/prod-4o/chat/completions"
+    assert CALLER.parse_request(body, path).model == "prod-4o"
+
+
 def test_max_completion_tokens_wins_over_max_tokens() -> None:
     request = parse(
         {"model": "m", "messages": MESSAGES, "max_tokens": 5, "max_completion_tokens": 9}
