@@ -1,0 +1,725 @@
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from routing_middleware.budgets import Budget, Budgets
+from routing_middleware.catalog import Catalog, ModelInfo, Price
+from routing_middleware.config import RoutingConfig
+from routing_middleware.context import RouteContext, route_hint
+from routing_middleware.router import Decision, Deployment, Router
+from routing_middleware.schema import (
+    BudgetExceeded,
+    ChatRequest,
+    ImagePart,
+    Message,
+    NoRouteAvailable,
+    ResponseFormat,
+    TextPart,
+    Tool,
+)
+from routing_middleware.stats import MemoryStatsStore
+
+ALL_CAPS = frozenset({"streaming", "tools", "vision", "json_schema", "reasoning"})
+
+
+def _model(
+    model_id: str,
+    pin: str,
+    pout: str,
+    *,
+    tier: int,
+    quality: int,
+    caps: frozenset[str] = ALL_CAPS,
+    window: int = 128_000,
+) -> ModelInfo:
+    provider, name = model_id.split("/")
+    return ModelInfo(
+        id=model_id,
+        provider=provider,
+        name=name,
+        price=Price(Decimal(pin), Decimal(pout)),
+        context_window=window,
+        capabilities=caps,
+        quality=quality,
+        tier=tier,
+    )
+
+
+def _models() -> list[ModelInfo]:
+    return [
+        _model("google/flash", "0.10", "0.40", tier=1, quality=58, caps=frozenset({"streaming"})),
+        _model("openai/mini", "0.15", "0.60", tier=1, quality=60),
+        _model("anthropic/haiku", "0.80", "4.00", tier=1, quality=62, window=16_000),
+        _model("openai/mid", "1.25", "5.00", tier=2, quality=72),
+        _model("google/pro", "1.25", "10.00", tier=2, quality=76),
+        _model("anthropic/sonnet", "3.00", "15.00", tier=3, quality=85),
+        _model("openai/big", "5.00", "20.00", tier=3, quality=90),
+    ]
+
+
+def _catalog() -> Catalog:
+    return Catalog(_models())
+
+
+def _request(text: str = "hi there", model: str = "openai/big", **extra: Any) -> ChatRequest:
+    return ChatRequest.model_validate(
+        {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+    )
+
+
+def _config(**kw: Any) -> RoutingConfig:
+    return RoutingConfig.model_validate(kw)
+
+
+def _no_classifier(**kw: Any) -> RoutingConfig:
+    return _config(classifier={"enabled": False}, **kw)
+
+
+def _cost(model: ModelInfo, tokens_in: int, tokens_out: int) -> Decimal:
+    return (tokens_in * model.price.input + tokens_out * model.price.output) / Decimal(1_000_000)
+
+
+MODELS = {m.id: m for m in _models()}
+
+
+# ------------------------------------------------------------------ tiers and ranking
+
+
+def test_cheapest_of_classified_tier_with_reasons() -> None:
+    decision = Router(_catalog()).decide(_request("Translate 'cat' into French."))
+    assert decision.model == "google/flash"
+    assert decision.tier == 1
+    assert decision.mode == "enforce"
+    assert decision.reason_codes[0] == "classifier"
+    assert decision.reason_codes[-1] == "chosen"
+    assert decision.primary == Deployment("google/flash", "google", "flash")
+    assert decision.estimated_cost == _cost(
+        MODELS["google/flash"], decision.input_tokens, decision.output_tokens
+    )
+    assert decision.requested_cost == _cost(
+        MODELS["openai/big"], decision.input_tokens, decision.output_tokens
+    )
+    assert decision.savings is not None and decision.savings > 0
+
+
+def test_without_classifier_requested_model_tier_is_used() -> None:
+    router = Router(_catalog(), _no_classifier())
+    decision = router.decide(_request(model="anthropic/sonnet"))
+    assert decision.tier == 3
+    assert decision.model == "anthropic/sonnet"  # cheaper than openai/big, the only cheaper t3
+    assert "requested_tier" in decision.reason_codes
+
+
+def test_hint_tier_by_number_and_name_beats_classifier() -> None:
+    router = Router(_catalog())
+    with route_hint(tier="balanced"):
+        assert router.decide(_request("Translate 'cat'.")).model == "openai/mid"
+    assert router.decide(_request(), RouteContext(tier=3)).model == "anthropic/sonnet"
+
+
+def test_empty_tier_widens_to_neighbour() -> None:
+    router = Router(_catalog(), _no_classifier())
+    decision = router.decide(_request(), RouteContext(tier=2, min_quality=80))
+    assert decision.model == "anthropic/sonnet"
+    assert "tier_widened" in decision.reason_codes
+    assert decision.tier == 3
+
+
+def test_fastest_and_balanced_strategies_use_latency() -> None:
+    stats = MemoryStatsStore()
+    for _ in range(30):
+        stats.record("google/flash", latency_ms=900.0)
+        stats.record("openai/mini", latency_ms=150.0)
+        stats.record("anthropic/haiku", latency_ms=100.0)
+    cheapest = Router(_catalog(), _config(strategy="cheapest"), stats=stats)
+    fastest = Router(_catalog(), _config(strategy="fastest"), stats=stats)
+    balanced = Router(_catalog(), _config(strategy="balanced"), stats=stats)
+    request = _request("Translate 'cat'.")
+    assert cheapest.decide(request).model == "google/flash"
+    assert fastest.decide(request).model == "anthropic/haiku"
+    # balanced: mini is barely pricier than flash but far faster, haiku is 6x the price
+    assert balanced.decide(request).model == "openai/mini"
+
+
+def test_cheapest_ties_break_on_latency_then_quality() -> None:
+    models = [
+        _model("a/one", "1", "1", tier=1, quality=50),
+        _model("b/two", "1", "1", tier=1, quality=70),
+        _model("c/three", "1", "1", tier=1, quality=60),
+    ]
+    router = Router(Catalog(models), _no_classifier())
+    ctx = RouteContext(tier=1)
+    assert router.decide(_request(model="a/one"), ctx).model == "b/two"
+    stats = MemoryStatsStore()
+    for _ in range(5):
+        stats.record("c/three", latency_ms=50.0)
+        stats.record("b/two", latency_ms=400.0)
+    router = Router(Catalog(models), _no_classifier(), stats=stats)
+    assert router.decide(_request(model="a/one"), ctx).model == "c/three"
+
+
+def test_expected_output_per_feature_changes_the_ranking() -> None:
+    models = [
+        _model("a/cheap-in", "0.10", "3.00", tier=1, quality=60),
+        _model("b/cheap-out", "1.00", "0.50", tier=1, quality=60),
+    ]
+    stats = MemoryStatsStore()
+    stats.record("x", latency_ms=1.0, feature="essays", output_tokens=4000)
+    router = Router(Catalog(models), _no_classifier(), stats=stats)
+    request = _request("x" * 40_000, model="a/cheap-in")
+    short = router.decide(request, RouteContext(tier=1, feature="labels", allow_upgrade=True))
+    long = router.decide(request, RouteContext(tier=1, feature="essays", allow_upgrade=True))
+    assert short.model == "a/cheap-in"
+    assert short.output_tokens == 256
+    assert long.model == "b/cheap-out"
+    assert long.output_tokens == 4000
+
+
+def test_max_tokens_caps_expected_output() -> None:
+    decision = Router(_catalog()).decide(_request(max_tokens=10))
+    assert decision.output_tokens == 10
+
+
+def test_explicit_ordered_tier_and_quality_band_tier() -> None:
+    config = _no_classifier(
+        tiers={
+            "1": {"models": ["anthropic/haiku", "openai/mini"]},
+            "2": {"min_quality": 70, "max_input_price": "2"},
+        }
+    )
+    router = Router(_catalog(), config)
+    assert router.decide(_request(), RouteContext(tier=1)).model == "anthropic/haiku"
+    # band: quality >= 70 and input price <= 2 -> openai/mid, google/pro (mid cheaper)
+    assert router.decide(_request(), RouteContext(tier=2)).model == "openai/mid"
+    # a long prompt no longer fits haiku's window: the next in the list
+    long = _request("x" * 80_000)
+    assert router.decide(long, RouteContext(tier=1)).model == "openai/mini"
+
+
+# ------------------------------------------------------------------ hard constraints
+
+
+def test_tools_exclude_models_without_tool_support() -> None:
+    request = _request("Translate 'cat'.", tools=[Tool(name="lookup")])
+    decision = Router(_catalog(), _no_classifier()).decide(request, RouteContext(tier=1))
+    assert decision.model == "openai/mini"
+
+
+def test_images_need_vision() -> None:
+    request = ChatRequest(
+        model="openai/big",
+        messages=[
+            Message(role="user", content=[TextPart(text="what"), ImagePart(url="https://x/y.png")])
+        ],
+    )
+    assert Router(_catalog()).decide(request, RouteContext(tier=1)).model == "openai/mini"
+
+
+def test_json_schema_and_reasoning_needs() -> None:
+    fmt = ResponseFormat(type="json_schema", name="x", json_schema={"type": "object"})
+    router = Router(_catalog())
+    assert router.decide(_request(response_format=fmt), RouteContext(tier=1)).model == "openai/mini"
+    loose = ResponseFormat(type="json_object")
+    assert (
+        router.decide(_request(response_format=loose), RouteContext(tier=1)).model == "google/flash"
+    )
+    reasoning = _request(reasoning_effort="high")
+    assert router.decide(reasoning, RouteContext(tier=1)).model == "openai/mini"
+
+
+def test_context_window_counts_input_and_requested_output() -> None:
+    router = Router(_catalog())
+    ctx = RouteContext(tier=1, allow_models=frozenset({"anthropic/haiku"}))
+    assert router.decide(_request("x" * 40_000), ctx).model == "anthropic/haiku"
+    with pytest.raises(NoRouteAvailable):
+        # ~10k input fits 16k, but not with 8k of requested output
+        router.decide(_request("x" * 40_000, max_tokens=8000), ctx)
+
+
+def test_quality_floor_hint_and_rule() -> None:
+    router = Router(_catalog())
+    assert router.decide(_request(), RouteContext(tier=1, min_quality=61)).model == (
+        "anthropic/haiku"
+    )
+    rule_router = Router(
+        _catalog(),
+        _config(rules=[{"name": "q", "when": {"feature": "legal"}, "then": {"min_quality": 75}}]),
+    )
+    decision = rule_router.decide(_request(), RouteContext(tier=2, feature="legal"))
+    assert decision.model == "google/pro"
+
+
+def test_requested_model_is_a_ceiling_unless_upgrade_allowed() -> None:
+    router = Router(_catalog())
+    request = _request(model="openai/mini")
+    capped = router.decide(request, RouteContext(tier=3))
+    # nothing in tier 3 (or 2) costs less than mini; tier 1 has flash and mini itself
+    assert capped.model == "google/flash"
+    assert capped.estimated_cost is not None and capped.requested_cost is not None
+    assert capped.estimated_cost <= capped.requested_cost
+    upgraded = router.decide(request, RouteContext(tier=3, allow_upgrade=True))
+    assert upgraded.model == "anthropic/sonnet"
+
+
+def test_max_cost_per_call() -> None:
+    router = Router(_catalog())
+    ctx = RouteContext(tier=3, max_cost_per_call=Decimal("0.003"))
+    decision = router.decide(_request("x" * 400), ctx)
+    assert decision.estimated_cost is not None
+    assert decision.estimated_cost <= Decimal("0.003")
+    assert decision.model == "openai/mid"  # tier 3 too dear; widened to a tier that fits
+
+
+def test_allow_deny_and_provider_lists() -> None:
+    router = Router(_catalog())
+    one = RouteContext(tier=1)
+    assert router.decide(_request(), one.merged(deny_models=["flash"])).model == "openai/mini"
+    only = one.merged(allow_models=["anthropic/haiku"])
+    assert router.decide(_request(), only).model == "anthropic/haiku"
+    providers = one.merged(allow_providers=["anthropic"])
+    assert router.decide(_request(), providers).model == "anthropic/haiku"
+
+
+def test_configured_providers_limit_candidates() -> None:
+    router = Router(_catalog(), providers=["openai", "anthropic"])
+    assert router.decide(_request(), RouteContext(tier=1)).model == "openai/mini"
+
+
+class _Breaker:
+    def __init__(self, down: set[str]) -> None:
+        self.down = down
+
+    def is_available(self, deployment: Deployment) -> bool:
+        return deployment.key not in self.down
+
+
+def test_unavailable_deployments_are_excluded() -> None:
+    router = Router(_catalog(), health=_Breaker({"google/flash"}))
+    decision = router.decide(_request(), RouteContext(tier=1))
+    assert decision.model == "openai/mini"
+    assert "excluded_unavailable" in decision.reason_codes
+
+
+def test_sla_excludes_slow_deployments_once_enough_samples() -> None:
+    stats = MemoryStatsStore()
+    for _ in range(19):
+        stats.record("google/flash", latency_ms=2300.0, ttft_ms=100.0)
+    router = Router(_catalog(), _config(stats_refresh_s=0), stats=stats)
+    ctx = RouteContext(tier=1, max_latency_ms=800)
+    assert router.decide(_request(), ctx).model == "google/flash"  # 19 < 20 samples
+    stats.record("google/flash", latency_ms=2300.0, ttft_ms=100.0)
+    decision = router.decide(_request(), ctx)
+    assert decision.model == "openai/mini"
+    sla = [r for r in decision.reasons if r.code == "excluded_sla"]
+    assert sla[0].message == "google/flash excluded: p95 2.3 s > SLA 800 ms"
+    # streams are judged on time to first token
+    assert router.decide(_request(stream=True), ctx).model == "google/flash"
+
+
+def test_no_route_raises() -> None:
+    router = Router(_catalog())
+    with pytest.raises(NoRouteAvailable):
+        router.decide(_request(), RouteContext(allow_models=frozenset({"nope/none"})))
+
+
+# ------------------------------------------------------------------ rules
+
+
+def _rule_router(*rules: dict[str, Any], **kw: Any) -> Router:
+    return Router(_catalog(), _no_classifier(rules=list(rules), **kw))
+
+
+@pytest.mark.parametrize(
+    ("when", "ctx", "request_kw", "matches"),
+    [
+        ({"feature": "summ*"}, RouteContext(feature="summaries"), {}, True),
+        ({"feature": "summ*"}, RouteContext(feature="chat"), {}, False),
+        ({"route": "api:*"}, RouteContext(route="api:search"), {}, True),
+        ({"user_groups": ["staff"]}, RouteContext(user_groups=frozenset({"staff"})), {}, True),
+        ({"user_groups": ["staff"]}, RouteContext(user_groups=frozenset({"free"})), {}, False),
+        ({"tags": ["batch"]}, RouteContext(tags=frozenset({"batch", "x"})), {}, True),
+        ({"max_input_tokens": 50}, RouteContext(), {"text": "short"}, True),
+        ({"min_input_tokens": 50}, RouteContext(), {"text": "short"}, False),
+        ({"has_tools": True}, RouteContext(), {"tools": [Tool(name="t")]}, True),
+        ({"has_tools": True}, RouteContext(), {}, False),
+        ({"has_images": False}, RouteContext(), {}, True),
+        (
+            {"json_schema": True},
+            RouteContext(),
+            {"response_format": ResponseFormat(type="json_schema", json_schema={})},
+            True,
+        ),
+        ({"regex": r"\bSQL\b"}, RouteContext(), {"text": "write SQL for me"}, True),
+        ({"regex": r"\bSQL\b"}, RouteContext(), {"text": "write sequel"}, False),
+        ({"keywords": ["invoice"]}, RouteContext(), {"text": "An INVOICE question"}, True),
+        ({"model": "openai/*"}, RouteContext(), {}, True),
+        ({"model": "anthropic/*"}, RouteContext(), {}, False),
+    ],
+)
+def test_rule_conditions(
+    when: dict[str, Any], ctx: RouteContext, request_kw: dict[str, Any], matches: bool
+) -> None:
+    router = _rule_router({"name": "probe", "when": when, "then": {"tier": 1}})
+    text = request_kw.pop("text", "hello")
+    decision = router.decide(_request(text, **request_kw), ctx)
+    assert (decision.tier == 1) is matches
+    assert ("rule" in decision.reason_codes) is matches
+
+
+def test_first_match_wins_unless_continue() -> None:
+    first = {"name": "first", "when": {"feature": "f"}, "then": {"tier": 1}}
+    second = {"name": "second", "when": {}, "then": {"tier": 3, "min_quality": 61}}
+    stop = _rule_router(first, second).decide(_request(), RouteContext(feature="f"))
+    assert stop.model == "google/flash"
+    go_on = _rule_router({**first, "continue": True}, second).decide(
+        _request(), RouteContext(feature="f")
+    )
+    # the first rule's tier stays; the second adds the quality floor it did not set
+    assert go_on.tier == 1
+    assert go_on.model == "anthropic/haiku"
+    messages = [r.message for r in go_on.reasons if r.code == "rule"]
+    assert messages == ["rule 'first' → tier 1", "rule 'second' → quality ≥ 61"]
+
+
+def test_rule_pins_a_model_and_sets_sla_and_mode() -> None:
+    router = _rule_router(
+        {"name": "pin", "when": {"feature": "code"}, "then": {"model": "openai/mid"}},
+        {"name": "shadow", "when": {"feature": "beta"}, "then": {"mode": "observe"}},
+    )
+    pinned = router.decide(_request(), RouteContext(feature="code"))
+    assert pinned.model == "openai/mid"
+    assert "pinned" in pinned.reason_codes
+    shadow = router.decide(_request(), RouteContext(feature="beta"))
+    assert shadow.mode == "observe"
+    assert shadow.model == "openai/big"
+    # a pinned model above the ceiling is refused and routing carries on
+    capped = router.decide(_request(model="openai/mini"), RouteContext(feature="code"))
+    assert capped.model != "openai/mid"
+    assert "pin_failed" in capped.reason_codes
+
+
+def test_rule_sla() -> None:
+    stats = MemoryStatsStore()
+    for _ in range(30):
+        stats.record("google/flash", latency_ms=3000.0)
+    router = Router(
+        _catalog(),
+        _no_classifier(
+            rules=[{"name": "fast", "when": {"route": "chat"}, "then": {"max_latency_ms": 500}}]
+        ),
+        stats=stats,
+    )
+    assert router.decide(_request(), RouteContext(tier=1, route="chat")).model == "openai/mini"
+
+
+def test_hints_override_rule_tier() -> None:
+    router = _rule_router({"name": "all", "when": {}, "then": {"tier": 3}})
+    assert router.decide(_request(), RouteContext(tier=1)).model == "google/flash"
+
+
+# ------------------------------------------------------------------ budgets
+
+
+def _budget_router(on_limit: str = "block", **kw: Any) -> tuple[Router, Budgets]:
+    budgets = Budgets(
+        [
+            Budget(
+                name="support",
+                scope="feature",
+                value="support",
+                limit_usd=Decimal(1),
+                on_limit=on_limit,
+            )
+        ]  # fmt: skip
+    )
+    return Router(_catalog(), _no_classifier(**kw), budgets=budgets), budgets
+
+
+SUPPORT = RouteContext(feature="support", tier=3)
+
+
+def test_budget_soft_threshold_downgrades_one_tier() -> None:
+    router, budgets = _budget_router()
+    assert router.decide(_request(), SUPPORT).tier == 3
+    budgets.settle(budgets.reserve(Decimal("0.83"), SUPPORT), Decimal("0.83"))
+    decision = router.decide(_request(), SUPPORT)
+    assert decision.tier == 2
+    assert decision.model == "openai/mid"
+    message = next(r.message for r in decision.reasons if r.code == "budget_downgrade")
+    assert message == "budget 'support' at 83% → downgraded from tier 3"
+    # other features are untouched
+    assert router.decide(_request(), RouteContext(feature="chat", tier=3)).tier == 3
+
+
+def test_budget_near_limit_forces_cheapest() -> None:
+    router, budgets = _budget_router()
+    budgets.settle(budgets.reserve(Decimal("0.96"), SUPPORT), Decimal("0.96"))
+    decision = router.decide(_request(), SUPPORT)
+    assert decision.model == "google/flash"
+    assert "budget_cheapest" in decision.reason_codes
+
+
+def test_budget_at_limit_blocks_or_forces_cheapest() -> None:
+    router, budgets = _budget_router()
+    budgets.settle(budgets.reserve(Decimal("1"), SUPPORT), Decimal("1"))
+    with pytest.raises(BudgetExceeded) as info:
+        router.decide(_request(), SUPPORT)
+    assert info.value.budget == "support"
+    observe = router.decide(_request(), SUPPORT.merged(mode="observe"))
+    assert "budget_block" in observe.reason_codes
+    assert observe.model == "openai/big"
+
+    cheap_router, cheap_budgets = _budget_router(on_limit="cheapest")
+    cheap_budgets.settle(cheap_budgets.reserve(Decimal("1.5"), SUPPORT), Decimal("1.5"))
+    assert cheap_router.decide(_request(), SUPPORT).model == "google/flash"
+
+
+def test_cheapest_still_respects_capabilities() -> None:
+    router, budgets = _budget_router()
+    budgets.settle(budgets.reserve(Decimal("0.96"), SUPPORT), Decimal("0.96"))
+    decision = router.decide(_request(tools=[Tool(name="t")]), SUPPORT)
+    assert decision.model == "openai/mini"
+
+
+def test_budgets_from_config_are_used() -> None:
+    config = _no_classifier(budgets=[{"name": "all", "limit_usd": "1"}])
+    router = Router(_catalog(), config)
+    assert router.budgets is not None
+    router.budgets.settle(router.budgets.reserve(Decimal("0.85")), Decimal("0.85"))
+    assert router.decide(_request(), RouteContext(tier=3)).tier == 2
+
+
+# ------------------------------------------------------------------ modes and unknown models
+
+
+def test_observe_mode_keeps_requested_model_and_records_routing() -> None:
+    router = Router(_catalog(), _config(mode="observe"))
+    decision = router.decide(_request("Translate 'cat'."))
+    assert decision.mode == "observe"
+    assert decision.model == "openai/big"
+    assert decision.routed is not None and decision.routed.model == "google/flash"
+    assert decision.fallbacks == ()
+    assert decision.savings is not None and decision.savings > 0
+    assert "observe" in decision.reason_codes
+
+
+def test_mode_hint_overrides_config() -> None:
+    router = Router(_catalog(), _config(mode="observe"))
+    assert router.decide(_request(), RouteContext(mode="enforce", tier=1)).model == "google/flash"
+
+
+def test_unknown_model_passes_through_untouched() -> None:
+    decision = Router(_catalog()).decide(_request(model="acme/secret-model"))
+    assert decision.model == "acme/secret-model"
+    assert decision.primary == Deployment("acme/secret-model", "acme", "secret-model")
+    assert decision.mode == "observe"
+    assert decision.reason_codes == ("unknown_model",)
+    assert decision.requested_cost is None
+    bare = Router(_catalog()).decide(_request(model="local-llama"))
+    assert bare.primary.provider == "unknown"
+
+
+def test_unknown_model_routes_when_hinted() -> None:
+    decision = Router(_catalog()).decide(_request(model="acme/x"), RouteContext(tier=2))
+    assert decision.model == "openai/mid"
+    assert decision.requested_cost is None
+    assert decision.savings is None
+
+
+def test_aliases_resolve_requested_model() -> None:
+    models = [*_models()]
+    models[-1] = ModelInfo(
+        id="openai/big",
+        provider="openai",
+        name="big",
+        price=Price(Decimal(5), Decimal(20)),
+        context_window=128_000,
+        capabilities=ALL_CAPS,
+        aliases=("big-latest",),
+        quality=90,
+        tier=3,
+    )
+    router = Router(Catalog(models), _no_classifier())
+    assert router.decide(_request(model="big-latest")).tier == 3
+
+
+# ------------------------------------------------------------------ fallbacks and deployments
+
+
+def test_fallbacks_prefer_other_providers_then_neighbour_tier() -> None:
+    router = Router(_catalog(), _no_classifier(max_fallbacks=4))
+    decision = router.decide(_request(), RouteContext(tier=1))
+    assert decision.model == "google/flash"
+    fallbacks = [d.model for d in decision.fallbacks]
+    assert fallbacks[:2] == ["openai/mini", "anthropic/haiku"]
+    assert fallbacks[2] == "openai/mid"  # then the neighbouring tier
+    assert len(fallbacks) <= 4
+    assert decision.model not in fallbacks
+
+
+def test_weighted_deployments_split_traffic() -> None:
+    config = _no_classifier(
+        deployments=[
+            {"model": "openai/mini", "provider": "azure", "name": "mini-eu", "weight": 3},
+            {"model": "openai/mini", "provider": "azure", "name": "mini-us", "weight": 1},
+        ]
+    )
+    router = Router(_catalog(), config, rng=random.Random(7))
+    ctx = RouteContext(tier=1, deny_models=frozenset({"google/flash"}))
+    names = [router.decide(_request(), ctx).primary.name for _ in range(400)]
+    share = names.count("mini-eu") / len(names)
+    assert 0.65 < share < 0.85
+    decision = router.decide(_request(), ctx)
+    assert decision.fallbacks[0].provider == "anthropic"  # other providers first
+    assert {d.name for d in decision.fallbacks} >= {"mini-eu", "mini-us"} - {decision.primary.name}
+
+
+def test_least_busy_picks_the_deployment_with_fewest_in_flight() -> None:
+    stats = MemoryStatsStore()
+    config = _no_classifier(
+        load_balancing="least_busy",
+        deployments=[
+            {"model": "google/flash", "provider": "vertex", "name": "flash-a"},
+            {"model": "google/flash", "provider": "vertex", "name": "flash-b"},
+        ],
+    )
+    router = Router(_catalog(), config, stats=stats)
+    stats.started("vertex/flash-a")
+    assert router.decide(_request(), RouteContext(tier=1)).primary.name == "flash-b"
+    stats.started("vertex/flash-b")
+    stats.started("vertex/flash-b")
+    assert router.decide(_request(), RouteContext(tier=1)).primary.name == "flash-a"
+
+
+# ------------------------------------------------------------------ catalog generations
+
+
+def test_price_changes_move_traffic_and_plan_is_reused_otherwise() -> None:
+    catalog = _catalog()
+    router = Router(catalog)
+    ctx = RouteContext(tier=1)
+    assert router.decide(_request(), ctx).model == "google/flash"
+    plan = router._plan
+    router.decide(_request(), ctx)
+    assert router._plan is plan  # same generation: nothing recomputed
+    cheaper = [
+        _model("openai/mini", "0.05", "0.20", tier=1, quality=60) if m.id == "openai/mini" else m
+        for m in _models()
+    ]
+    catalog.replace(cheaper)
+    assert router.decide(_request(), ctx).model == "openai/mini"
+    assert router._plan is not plan
+
+
+# ------------------------------------------------------------------ property
+
+
+def _catalog_strategy() -> st.SearchStrategy[list[ModelInfo]]:
+    caps = st.frozensets(st.sampled_from(sorted(ALL_CAPS)), min_size=0)
+    model = st.builds(
+        lambda i, provider, pin, pout, tier, q, c, window: _model(
+            f"{provider}/m{i}", str(pin), str(pout), tier=tier, quality=q, caps=c, window=window
+        ),
+        st.integers(0, 10_000),
+        st.sampled_from(["openai", "anthropic", "google", "mistral"]),
+        st.decimals(min_value=Decimal("0.01"), max_value=Decimal(30), places=2),
+        st.decimals(min_value=Decimal("0.01"), max_value=Decimal(60), places=2),
+        st.integers(1, 3),
+        st.integers(30, 95),
+        caps,
+        st.sampled_from([8_000, 32_000, 128_000]),
+    )
+    return st.lists(model, min_size=1, max_size=15, unique_by=lambda m: m.id)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    models=_catalog_strategy(),
+    data=st.data(),
+    tools=st.booleans(),
+    image=st.booleans(),
+    schema=st.booleans(),
+    reasoning=st.booleans(),
+    chars=st.integers(10, 200) | st.integers(20_000, 140_000),
+    max_tokens=st.none() | st.integers(1, 8_000),
+    tier=st.none() | st.integers(1, 3),
+    min_quality=st.none() | st.integers(30, 95),
+    upgrade=st.booleans(),
+    strategy=st.sampled_from(["cheapest", "fastest", "balanced"]),
+)
+def test_chosen_model_satisfies_every_hard_constraint(
+    models: list[ModelInfo],
+    data: st.DataObject,
+    tools: bool,
+    image: bool,
+    schema: bool,
+    reasoning: bool,
+    chars: int,
+    max_tokens: int | None,
+    tier: int | None,
+    min_quality: int | None,
+    upgrade: bool,
+    strategy: str,
+) -> None:
+    ids = [m.id for m in models]
+    requested = data.draw(st.sampled_from(ids))
+    deny = data.draw(st.frozensets(st.sampled_from(ids), max_size=2))
+    allow = data.draw(st.none() | st.frozensets(st.sampled_from(ids), min_size=1))
+    content: Any = "w " * (chars // 2)
+    if image:
+        content = [TextPart(text=content), ImagePart(url="https://x/y.png")]
+    request = ChatRequest(
+        model=requested,
+        messages=[Message(role="user", content=content)],
+        tools=[Tool(name="t")] if tools else None,
+        response_format=ResponseFormat(type="json_schema", json_schema={}) if schema else None,
+        reasoning_effort="high" if reasoning else None,
+        max_tokens=max_tokens,
+    )
+    ctx = RouteContext(
+        tier=tier,
+        min_quality=min_quality,
+        deny_models=deny,
+        allow_models=allow,
+        allow_upgrade=upgrade,
+    )
+    router = Router(Catalog(models), _config(strategy=strategy))
+    try:
+        decision = router.decide(request, ctx)
+    except NoRouteAvailable:
+        return
+    _assert_hard_constraints(decision, models, request, ctx)
+
+
+def _assert_hard_constraints(
+    decision: Decision, models: list[ModelInfo], request: ChatRequest, ctx: RouteContext
+) -> None:
+    by_id = {m.id: m for m in models}
+    chosen = by_id[decision.model]
+    needs = set()
+    if request.tools:
+        needs.add("tools")
+    if request.has_images:
+        needs.add("vision")
+    if request.response_format is not None:
+        needs.add("json_schema")
+    if request.reasoning_effort:
+        needs.add("reasoning")
+    assert needs <= chosen.capabilities
+    window_need = decision.input_tokens + (request.max_tokens or decision.output_tokens)
+    assert chosen.context_window >= window_need
+    assert (chosen.quality or 0) >= (ctx.min_quality or 0)
+    assert ctx.deny_models is not None and chosen.id not in ctx.deny_models
+    if ctx.allow_models is not None:
+        assert chosen.id in ctx.allow_models
+    if not ctx.allow_upgrade:
+        requested = by_id[request.model]
+        assert _cost(chosen, decision.input_tokens, decision.output_tokens) <= _cost(
+            requested, decision.input_tokens, decision.output_tokens
+        )
