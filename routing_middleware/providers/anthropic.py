@@ -53,9 +53,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..schema import ChatRequest, ChatResponse, LLMError
-from .anthropic_caller import AnthropicStreamEncoder, encode_error, encode_response, parse_request
+from .anthropic_caller import AnthropicStreamEncoder, encode_response, parse_request
+from .anthropic_errors import decode_error, encode_error
 from .anthropic_request import encode_request
-from .anthropic_response import AnthropicStreamDecoder, decode_error, decode_response
+from .anthropic_response import AnthropicStreamDecoder, decode_response
 from .base import EncodedRequest, ProviderConfig
 
 __all__ = [
@@ -93,7 +94,7 @@ class AnthropicDialect:
         self, status: int, headers: Mapping[str, str], body: bytes, provider: ProviderConfig
     ) -> LLMError:
         """An Anthropic error answer as an LLMError, ``retry_after`` included."""
-        return decode_error(status, headers, body, provider.name)
+        return decode_error(status, headers, body, provider.name, provider.api_key)
 
 
 class AnthropicCaller:

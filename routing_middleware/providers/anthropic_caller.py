@@ -3,44 +3,36 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from ..schema import (
-    AuthenticationFailed,
-    BudgetExceeded,
     ChatRequest,
     ChatResponse,
     FinishReason,
     ImagePart,
-    InsufficientQuota,
     InvalidRequest,
     LLMError,
     Message,
-    Overloaded,
-    RateLimited,
     ResponseFormat,
     StreamChunk,
     TextPart,
     Tool,
     ToolCall,
     ToolChoice,
-    UnknownModel,
-    UpstreamTimeout,
     Usage,
 )
+from .anthropic_errors import encode_error
 from .anthropic_request import SERVER_TOOLS_KEY
 from .anthropic_wire import (
-    SPEND_LIMIT_CODES,
     anthropic_stop_reason,
     anthropic_usage,
     tool_use_id,
 )
 from .sse import encode_sse
 
-__all__ = ["AnthropicStreamEncoder", "encode_error", "encode_response", "parse_request"]
+__all__ = ["AnthropicStreamEncoder", "encode_response", "parse_request"]
 
 _KNOWN = frozenset(
     {
@@ -350,7 +342,7 @@ def encode_response(response: ChatResponse, model: str) -> dict[str, Any]:
     if response.choices:
         choice = response.choices[0]
         finish, native = choice.finish_reason, choice.native_finish_reason
-        text = choice.message.text
+        text = choice.message.text or choice.message.refusal
         if text:
             content.append({"type": "text", "text": text})
         calls = choice.message.tool_calls or []
@@ -464,50 +456,3 @@ class AnthropicStreamEncoder:
     def _delta(index: int | None, delta: dict[str, Any]) -> bytes:
         event = {"type": "content_block_delta", "index": index, "delta": delta}
         return encode_sse(_dumps(event), "content_block_delta")
-
-
-# ------------------------------------------------------------------------------- errors
-
-
-def _error_type(error: LLMError) -> tuple[int, str]:
-    if isinstance(error, Overloaded):
-        return 529, "overloaded_error"
-    if isinstance(error, RateLimited):
-        return 429, "rate_limit_error"
-    if isinstance(error, InsufficientQuota | BudgetExceeded):
-        if error.code in SPEND_LIMIT_CODES:
-            return 429, "rate_limit_error"
-        return 402, "billing_error"
-    if isinstance(error, AuthenticationFailed):
-        if error.status_code == 403:
-            return 403, "permission_error"
-        return 401, "authentication_error"
-    if isinstance(error, UnknownModel):
-        return 404, "not_found_error"
-    if isinstance(error, InvalidRequest):
-        if error.status_code == 413:
-            return 413, "request_too_large"
-        if error.status_code == 404:
-            return 404, "not_found_error"
-        return 400, "invalid_request_error"
-    if isinstance(error, UpstreamTimeout):
-        return 504, "timeout_error"
-    if error.status_code < 500:
-        return 400, "invalid_request_error"
-    return error.status_code, "api_error"
-
-
-def encode_error(error: LLMError) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and an Anthropic error body for ``error``."""
-    status, kind = _error_type(error)
-    headers = {"content-type": "application/json"}
-    if error.retry_after is not None:
-        headers["retry-after"] = str(math.ceil(error.retry_after))
-        headers["retry-after-ms"] = str(round(error.retry_after * 1000))
-    detail: dict[str, Any] = {"type": kind, "message": error.message}
-    if isinstance(error, InsufficientQuota | BudgetExceeded):
-        headers["x-should-retry"] = "false"
-        if error.code in SPEND_LIMIT_CODES:
-            detail["details"] = {"error_code": error.code}
-    body = {"type": "error", "error": detail}
-    return status, headers, _dumps(body).encode()

@@ -3,48 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from ..schema import (
-    AuthenticationFailed,
     ChatRequest,
     ChatResponse,
     Choice,
-    ContextWindowExceeded,
     FinishReason,
-    InsufficientQuota,
-    InvalidRequest,
-    LLMError,
     Message,
-    Overloaded,
-    RateLimited,
     StreamChunk,
     ToolCall,
     ToolCallDelta,
-    UnknownModel,
     UpstreamProtocolError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
     Usage,
 )
 from ..tokens import estimate_request_tokens, estimate_text_tokens
-from .anthropic_wire import (
-    ERROR_TYPE_STATUS,
-    SPEND_LIMIT_CODES,
-    STOP_REASONS,
-    as_int,
-    usage_from_anthropic,
-)
-from .errors import (
-    error_for_status,
-    looks_like_context_overflow,
-    parse_json_body,
-    parse_retry_after,
-)
+from .anthropic_errors import error_from_payload
+from .anthropic_wire import STOP_REASONS, as_int, usage_from_anthropic
+from .errors import parse_json_body
 from .sse import SSEDecoder
 
-__all__ = ["AnthropicStreamDecoder", "decode_error", "decode_response", "error_from_payload"]
+__all__ = ["AnthropicStreamDecoder", "decode_response"]
 
 
 def _dumps(value: Any) -> str:
@@ -56,8 +35,17 @@ def _finish(stop_reason: Any) -> FinishReason:
 
 
 def decode_response(body: bytes, provider: str | None = None) -> ChatResponse:
-    """A ``message`` body as a :class:`ChatResponse`; anything else is a protocol error."""
+    """A ``message`` body as a :class:`ChatResponse`; anything else is a protocol error.
+
+    An error object sent with a 2xx status (some proxies do) raises its LLMError.
+    """
     data = parse_json_body(body, provider)
+    if (
+        isinstance(data, dict)
+        and data.get("type") == "error"
+        and isinstance(data.get("error"), dict)
+    ):
+        raise error_from_payload(data, provider=provider)
     if not isinstance(data, dict) or not isinstance(data.get("content"), list):
         raise UpstreamProtocolError("Anthropic answer is not a message object", provider=provider)
     texts: list[str] = []
@@ -101,70 +89,6 @@ def decode_response(body: bytes, provider: str | None = None) -> ChatResponse:
         ],
         usage=usage_from_anthropic(usage) if isinstance(usage, dict) else None,
     )
-
-
-def decode_error(
-    status: int, headers: Mapping[str, str], body: bytes, provider: str | None = None
-) -> LLMError:
-    """A non-2xx answer as an :class:`LLMError`; garbage bodies map by status alone."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        payload = None
-    if not isinstance(payload, dict):
-        snippet = body[:200].decode("utf-8", "replace").strip()
-        message = snippet or f"HTTP {status} from Anthropic"
-        return error_for_status(
-            status, message, provider=provider, retry_after=parse_retry_after(headers)
-        )
-    return error_from_payload(
-        payload, status=status, retry_after=parse_retry_after(headers), provider=provider
-    )
-
-
-def error_from_payload(
-    payload: Mapping[str, Any],
-    *,
-    status: int | None = None,
-    retry_after: float | None = None,
-    provider: str | None = None,
-) -> LLMError:
-    """Map ``{"type": "error", "error": {...}}`` (a body or a stream event) to the family."""
-    error = payload.get("error")
-    error = error if isinstance(error, Mapping) else {}
-    kind = str(error.get("type") or "")
-    message = str(error.get("message") or kind or f"HTTP {status} from Anthropic")
-    details = error.get("details")
-    code = details.get("error_code") if isinstance(details, Mapping) else None
-    code = code if isinstance(code, str) else None
-    if status is None:
-        status = ERROR_TYPE_STATUS.get(kind, 500)
-    kwargs: dict[str, Any] = {"provider": provider, "raw": dict(payload), "code": code}
-    if code in SPEND_LIMIT_CODES or (code or "").endswith("spend_limit_reached"):
-        return InsufficientQuota(message, status_code=status, **kwargs)
-    if kind == "billing_error":
-        return InsufficientQuota(message, status_code=status, **kwargs)
-    if kind == "rate_limit_error":
-        return RateLimited(message, status_code=status, retry_after=retry_after, **kwargs)
-    if kind == "overloaded_error":
-        return Overloaded(message, status_code=529, retry_after=retry_after, **kwargs)
-    if kind in ("authentication_error", "permission_error"):
-        return AuthenticationFailed(message, status_code=status, **kwargs)
-    if kind == "invalid_request_error":
-        if looks_like_context_overflow(message, code):
-            return ContextWindowExceeded(message, **kwargs)
-        return InvalidRequest(message, status_code=status, **kwargs)
-    if kind == "not_found_error":
-        if message.startswith("model:"):
-            return UnknownModel(message[6:].strip(), provider=provider, raw=dict(payload))
-        return InvalidRequest(message, status_code=status, **kwargs)
-    if kind == "request_too_large":
-        return InvalidRequest(message, status_code=status, **kwargs)
-    if kind == "timeout_error":
-        return UpstreamTimeout(message, status_code=status, **kwargs)
-    if kind == "api_error":
-        return UpstreamUnavailable(message, status_code=status, **kwargs)
-    return error_for_status(status, message, retry_after=retry_after, **kwargs)
 
 
 class AnthropicStreamDecoder:
@@ -225,18 +149,22 @@ class AnthropicStreamDecoder:
         if not self._seen:
             return None
         raw = self._raw_usage
-        reported = usage_from_anthropic(raw) if raw else None
-        if self._done and reported is not None and "output_tokens" in raw:
-            return reported
+        has_input, has_output = "input_tokens" in raw, "output_tokens" in raw
+        if self._done and has_input and has_output:
+            return usage_from_anthropic(raw)
+        usage = usage_from_anthropic(raw)
         generated = estimate_text_tokens("".join(self._generated))
-        if reported is None or "input_tokens" not in raw:
-            estimate = estimate_request_tokens(self._request) if self._request else 0
-            return Usage.model_construct(
-                input_tokens=estimate, output_tokens=generated, estimated=True
-            )
-        return reported.model_copy(
-            update={"output_tokens": max(reported.output_tokens, generated), "estimated": True}
-        )
+        # A cut stream's last output count is stale: what was seen generated is a floor.
+        output = usage.output_tokens if self._done and has_output else generated
+        update: dict[str, Any] = {
+            "output_tokens": max(usage.output_tokens, output),
+            "estimated": True,
+        }
+        if not has_input and self._request is not None:
+            update["input_tokens"] = usage.input_tokens + estimate_request_tokens(self._request)
+        if update["output_tokens"] < usage.reasoning_tokens:
+            update["reasoning_tokens"] = update["output_tokens"]
+        return usage.model_copy(update=update)
 
     def _event(self, name: str | None, data: str, out: list[StreamChunk]) -> None:
         if name == "ping" or self._done:

@@ -1791,3 +1791,56 @@ def test_fake_provider_thinking_passthrough_gives_reasoning() -> None:
     assert response.choices[0].message.reasoning == "Let me think."
     assert response.usage is not None
     assert response.usage.reasoning_tokens == 30
+
+
+def test_an_echoed_key_is_blanked_out_of_errors() -> None:
+    body = f"<html>Bad gateway: x-api-key={SECRET}</html>".encode()
+    error = ANTHROPIC_DIALECT.decode_error(502, {}, body, provider())
+    assert isinstance(error, UpstreamUnavailable)
+    assert SECRET not in error.message
+    assert "[redacted]" in error.message
+
+
+def test_error_object_with_a_2xx_status_raises_its_error() -> None:
+    with pytest.raises(Overloaded):
+        ANTHROPIC_DIALECT.decode_response(error_body("overloaded_error", "Overloaded"), provider())
+
+
+def test_stream_with_output_but_no_input_usage_estimates_only_the_input() -> None:
+    req = request(user("Count to three."))
+    wire = (
+        sse_event("message_start", {"type": "message_start", "message": {"id": "m"}})
+        + sse_event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "1 2 3"},
+            },
+        )
+        + sse_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": 6},
+            },
+        )
+        + sse_event("message_stop", {"type": "message_stop"})
+    )
+    usage = summarize(decode_stream([wire], req))["usages"][-1]
+    assert usage == Usage(
+        input_tokens=estimate_request_tokens(req), output_tokens=6, estimated=True
+    )
+
+
+def test_refusal_text_reaches_an_anthropic_caller() -> None:
+    message = Message(role="assistant", content=None, refusal="I can't help with that.")
+    response = ChatResponse(
+        id="r",
+        model="m",
+        choices=[Choice(message=message, finish_reason=FinishReason.CONTENT_FILTER)],
+    )
+    body = ANTHROPIC_CALLER.encode_response(response, "m")
+    assert body["content"] == [{"type": "text", "text": "I can't help with that."}]
+    assert body["stop_reason"] == "refusal"
