@@ -105,7 +105,8 @@ def test_cheapest_of_classified_tier_with_reasons() -> None:
     assert decision.requested_cost == _cost(
         MODELS["openai/big"], decision.input_tokens, decision.output_tokens
     )
-    assert decision.savings is not None and decision.savings > 0
+    assert decision.savings is not None
+    assert decision.savings > 0
 
 
 def test_without_classifier_requested_model_tier_is_used() -> None:
@@ -261,7 +262,8 @@ def test_requested_model_is_a_ceiling_unless_upgrade_allowed() -> None:
     capped = router.decide(request, RouteContext(tier=3))
     # nothing in tier 3 (or 2) costs less than mini; tier 1 has flash and mini itself
     assert capped.model == "google/flash"
-    assert capped.estimated_cost is not None and capped.requested_cost is not None
+    assert capped.estimated_cost is not None
+    assert capped.requested_cost is not None
     assert capped.estimated_cost <= capped.requested_cost
     upgraded = router.decide(request, RouteContext(tier=3, allow_upgrade=True))
     assert upgraded.model == "anthropic/sonnet"
@@ -436,7 +438,7 @@ def _budget_router(on_limit: str = "block", **kw: Any) -> tuple[Router, Budgets]
                 limit_usd=Decimal(1),
                 on_limit=on_limit,
             )
-        ]  # fmt: skip
+        ]
     )
     return Router(_catalog(), _no_classifier(**kw), budgets=budgets), budgets
 
@@ -503,9 +505,11 @@ def test_observe_mode_keeps_requested_model_and_records_routing() -> None:
     decision = router.decide(_request("Translate 'cat'."))
     assert decision.mode == "observe"
     assert decision.model == "openai/big"
-    assert decision.routed is not None and decision.routed.model == "google/flash"
+    assert decision.routed is not None
+    assert decision.routed.model == "google/flash"
     assert decision.fallbacks == ()
-    assert decision.savings is not None and decision.savings > 0
+    assert decision.savings is not None
+    assert decision.savings > 0
     assert "observe" in decision.reason_codes
 
 
@@ -715,7 +719,8 @@ def _assert_hard_constraints(
     window_need = decision.input_tokens + (request.max_tokens or decision.output_tokens)
     assert chosen.context_window >= window_need
     assert (chosen.quality or 0) >= (ctx.min_quality or 0)
-    assert ctx.deny_models is not None and chosen.id not in ctx.deny_models
+    assert ctx.deny_models is not None
+    assert chosen.id not in ctx.deny_models
     if ctx.allow_models is not None:
         assert chosen.id in ctx.allow_models
     if not ctx.allow_upgrade:
