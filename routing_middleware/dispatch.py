@@ -167,6 +167,7 @@ class _Attempt:
     reservation: Reservation | None = None
     handle: Any = None
     decoder: StreamDecoder | None = None
+    sent: bool = False  # the request was encoded and went upstream
     answered: bool = False  # got a 2xx: the provider likely billed something
     ttft: float | None = None
     text: list[str] = field(default_factory=list)
@@ -639,6 +640,7 @@ class Dispatcher:
                 continue
             if previous is not None and previous.model != deployment.model:
                 fallback_from = previous.model
+            previous = deployment
             retries = 0
             while True:
                 now = self.clock.monotonic()
@@ -662,7 +664,6 @@ class Dispatcher:
                         last_error = blocked
                         break
                 number += 1
-                previous = deployment
                 attempt = _Attempt(
                     number, deployment, info, self.clock.monotonic(), fallback_from, reservation
                 )
@@ -689,7 +690,10 @@ class Dispatcher:
                     spent = call.records[-1].usage
                     call.carried = spent if call.carried is None else call.carried + spent
                     request = self._continuation(call)
-                verdict = policy.verdict(error, retries)
+                if attempt.sent:
+                    verdict = policy.verdict(error, retries)
+                else:  # this deployment's dialect cannot express the request; others may
+                    verdict = Verdict.FAIL if error.retryable else Verdict.NEXT
                 if verdict is Verdict.RETRY:
                     delay = policy.delay(error, retries, self._rng)
                     now = self.clock.monotonic()
@@ -806,6 +810,7 @@ class Dispatcher:
         dialect = self._dialect(config.dialect)
         try:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
+            attempt.sent = True
             reply: _Reply = yield _Send(encoded, timeout, False, config.name)
             body = reply.body or b""
             if reply.status >= 400:
@@ -880,6 +885,7 @@ class Dispatcher:
         try:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
             decoder = attempt.decoder = dialect.stream_decoder(config, request)
+            attempt.sent = True
             reply: _Reply = yield _Send(encoded, timeout, True, config.name)
             if reply.status >= 400:
                 raise dialect.decode_error(reply.status, reply.headers, reply.body or b"", config)

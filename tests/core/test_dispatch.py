@@ -338,6 +338,31 @@ def test_a_deployment_without_a_configured_provider_is_skipped(env: Env) -> None
     assert [r.attempt for r in env.records] == [1]
 
 
+class CannotEncode:
+    """A dialect that cannot express any request (like an image for a text-only API)."""
+
+    name = "anthropic"
+
+    def encode_request(self, request: ChatRequest, provider: Any, model: str) -> Any:
+        raise InvalidRequest("this dialect has no place for that content", param="messages")
+
+
+def test_a_fallback_that_cannot_express_the_request_is_passed_over(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.overloaded(), Failure.overloaded(), Failure.overloaded())
+    d = env.dispatcher(dialects={"anthropic": CannotEncode()})
+    answer = env.dispatch(d, chat(), decision(fallbacks=(B, A_SMALL)))
+    assert answer.text == TEXT_A
+    assert [c.model for c in env.fa.calls] == ["gpt-a"] * 3 + ["gpt-small"]
+    assert len(env.fb.calls) == 0
+    skipped = env.records[3]
+    assert (skipped.chosen_model, skipped.error_kind, skipped.cost) == (
+        "anthropic/claude-b",
+        "InvalidRequest",
+        Decimal(0),
+    )
+    assert env.records[-1].fallback_from == "anthropic/claude-b"
+
+
 # ------------------------------------------------------------------ breakers
 
 
@@ -365,6 +390,7 @@ def test_breaker_opens_is_skipped_during_cooldown_and_closes_after_a_probe(env: 
     assert env.dispatch(d, chat(), decision()).text == TEXT_B
     assert len(env.fa.calls) == 2  # skipped while open
     assert [r.chosen_model for r in env.records] == ["anthropic/claude-b"]
+    assert env.records[0].fallback_from == "openai/gpt-a"
 
     env.fa.clear_failures()
     wall.now += 31
@@ -581,3 +607,53 @@ def test_works_with_httpx2_clients(env: Env) -> None:
     answer = env.dispatch(d, chat(), decision(fallbacks=()))
     assert answer.text == TEXT_A
     assert [r.error_kind for r in env.records] == ["UpstreamUnavailable", "Overloaded", None]
+
+
+# ------------------------------------------------------------------ shared breaker state
+
+
+@pytest.fixture
+def redis_breaker_store() -> Any:
+    import os
+    import uuid
+
+    url = os.environ.get("LLMROUTE_TEST_REDIS_URL")
+    if not url:
+        pytest.skip("set LLMROUTE_TEST_REDIS_URL to run")
+    from routing_middleware.breaker import RedisBreakerStore
+
+    prefix = f"llmroute-test:{uuid.uuid4().hex}:breaker:"
+    store = RedisBreakerStore(url, prefix=prefix, refresh_s=0)
+    yield store
+    client = store._sync()
+    for key in client.scan_iter(match=prefix + "*"):
+        client.delete(key)
+    store.close()
+
+
+@pytest.mark.redis
+def test_a_redis_breaker_is_shared_by_sync_and_async_dispatchers(
+    redis_breaker_store: Any,
+) -> None:
+    wall = WallClock()
+    policy = BreakerPolicy(consecutive_failures=2, cooldown_s=30)
+    env = Env()
+    env.fa.inject("gpt-a", always=Failure.unavailable())
+    sync_d = env.dispatcher(
+        breaker=CircuitBreaker(redis_breaker_store, policy, clock=wall),
+        retry=RetryPolicy(max_retries=3),
+    )
+    assert sync_d.dispatch(chat(), decision()).text == TEXT_B
+    assert len(env.fa.calls) == 2
+
+    async def other_worker() -> None:
+        async_d = env.dispatcher(breaker=CircuitBreaker(redis_breaker_store, policy, clock=wall))
+        assert (await async_d.adispatch(chat(), decision())).text == TEXT_B
+        assert len(env.fa.calls) == 2  # the open breaker was seen through Redis
+        env.fa.clear_failures()
+        wall.now += 31
+        assert (await async_d.adispatch(chat(), decision())).text == TEXT_A
+        await redis_breaker_store.aclose()
+
+    anyio.run(other_worker)
+    assert CircuitBreaker(redis_breaker_store, policy, clock=wall).state(A) == "closed"
