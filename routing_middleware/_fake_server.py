@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from . import _fake_anthropic, _fake_gemini, _fake_openai
+from . import _fake_anthropic, _fake_flavors, _fake_gemini, _fake_openai, _fake_responses
 from ._fake_config import Failure, FakeModel
 from ._fake_gen import Generation, billed_cost, generate, prompt_of
 from ._fake_ledger import FakeCall, Ledger
@@ -116,8 +116,8 @@ class Server:
         default_model: FakeModel | None,
         created: int | None,
     ) -> None:
-        if flavor not in _fake_openai.FLAVORS:
-            known = ", ".join(sorted(_fake_openai.FLAVORS))
+        if flavor not in _fake_flavors.FLAVORS:
+            known = ", ".join(sorted(_fake_flavors.FLAVORS))
             raise ValueError(f"unknown flavor {flavor!r}; known: {known}")
         self.flavor = flavor
         keys = [require_key] if isinstance(require_key, str) else require_key
@@ -375,7 +375,7 @@ class Server:
         if tokens is None:
             tokens = sum(
                 estimate_text_tokens(item) if isinstance(item, str) else len(item)
-                for item in _fake_openai.embedding_inputs(body)
+                for item in _fake_responses.embedding_inputs(body)
             )
         return Generation(model.name, [], [], [], "stop", None, tokens, 0, 0, 0, 0, 0)
 
@@ -388,4 +388,4 @@ class Server:
             return _fake_gemini.billed(gen)
         if route.endpoint == "embeddings":
             return Usage(input_tokens=gen.input_tokens)
-        return _fake_openai.billed(route.endpoint, _fake_openai.FLAVORS[self.flavor], gen)
+        return _fake_flavors.billed(route.endpoint, _fake_flavors.FLAVORS[self.flavor], gen)

@@ -152,7 +152,7 @@ def test_unknown_flavor_is_rejected() -> None:
 
 
 def test_public_flavor_list_matches_the_implementation() -> None:
-    from routing_middleware._fake_openai import FLAVORS as IMPLEMENTED
+    from routing_middleware._fake_flavors import FLAVORS as IMPLEMENTED
 
     assert tuple(sorted(IMPLEMENTED)) == FLAVORS
 
