@@ -711,7 +711,9 @@ def _encode_body(request: ChatRequest, model: str) -> dict[str, Any]:
 
 def _url(provider: ProviderConfig, model: str, stream: bool) -> str:
     base = (provider.base_url or DEFAULT_BASE_URL).rstrip("/")
-    if not re.search(r"/v1(?:beta\d*|alpha)?$", base):
+    # A base naming its API version (".../v1beta", or a Vertex
+    # ".../v1/projects/{p}/locations/{r}/publishers/google") is used as it is.
+    if not re.search(r"/v1(?:beta\d*|alpha)?(?:/|$)", base):
         base = f"{base}/{provider.options.get('api_version', 'v1beta')}"
     if not model.startswith(("models/", "tunedModels/")):
         model = f"models/{model}"

@@ -1380,3 +1380,28 @@ def test_gemini_answer_survives_decode_and_reencode(answer: dict[str, Any]) -> N
     assert again.id == first.id == answer["responseId"]
     assert again.choices == first.choices
     assert again.usage == first.usage
+
+
+def test_registry_resolves_the_gemini_dialects_and_config() -> None:
+    from routing_middleware.providers.registry import caller_dialect, dialect, provider_config
+
+    assert dialect("gemini") is GEMINI_DIALECT
+    assert caller_dialect("gemini") is GEMINI_CALLER
+    config = provider_config("gemini", api_key=KEY)
+    encoded = GEMINI_DIALECT.encode_request(request(user("hi")), config, "gemini-2.5-flash")
+    assert encoded.url == (
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"
+    )
+    assert encoded.headers["x-goog-api-key"] == KEY
+
+
+def test_vertex_style_base_url_keeps_its_own_path() -> None:
+    base = "https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/us-central1/publishers/google"
+    vertex = ProviderConfig(
+        name="vertex", dialect="gemini", base_url=base, api_key="oauth", options={"auth": "bearer"}
+    )
+    encoded = GEMINI_DIALECT.encode_request(
+        request(user("hi"), stream=True), vertex, "gemini-2.5-pro"
+    )
+    assert encoded.url == f"{base}/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+    assert encoded.headers["authorization"] == "Bearer oauth"
