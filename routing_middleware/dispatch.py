@@ -107,6 +107,7 @@ class _Deliver:
 class _Reserve:
     amount: Decimal
     context: RouteContext
+    enforce: bool = True
 
 
 @dataclass(slots=True)
@@ -656,7 +657,9 @@ class Dispatcher:
                 if self.budgets is not None and info is not None:
                     try:
                         reservation = yield _Reserve(
-                            self._worst_case(call, request, info), call.context
+                            self._worst_case(call, request, info),
+                            call.context,
+                            decision.mode != "observe",
                         )
                     except LLMError as blocked:  # BudgetExceeded: a cheaper fallback may fit
                         if self.breaker is not None:
@@ -945,6 +948,13 @@ class Dispatcher:
 # ----------------------------------------------------------------------------- drivers
 
 
+def _charge_only(budgets: Budgets, context: RouteContext) -> Reservation:
+    """A hold of nothing: in ``observe`` mode budgets count spend but never block."""
+    from .budgets import Reservation
+
+    return Reservation(budgets.lines(context), 0)
+
+
 class _SyncDriver:
     """Performs effects with blocking I/O."""
 
@@ -1039,6 +1049,8 @@ class _SyncDriver:
         if budgets is None:
             return None
         try:
+            if not effect.enforce:
+                return _charge_only(budgets, effect.context)
             return budgets.reserve(effect.amount, effect.context)
         except LLMError:
             raise
@@ -1177,6 +1189,8 @@ class _AsyncDriver:
         if budgets is None:
             return None
         try:
+            if not effect.enforce:
+                return _charge_only(budgets, effect.context)
             return await budgets.areserve(effect.amount, effect.context)
         except LLMError:
             raise

@@ -449,6 +449,14 @@ def test_a_blocked_call_is_recorded_as_blocked(env: Env) -> None:
     assert [(r.status, r.cost, r.attempt) for r in env.records] == [("blocked", Decimal(0), 0)]
 
 
+def test_observe_mode_counts_spend_but_never_blocks(env: Env) -> None:
+    budgets = Budgets([Budget(name="tiny", limit_usd=Decimal("0.000001"))])
+    answer = env.dispatch(env.dispatcher(budgets=budgets), chat(), decision(mode="observe"))
+    assert answer.text == TEXT_A
+    (record,) = env.records
+    assert budgets.status(RouteContext())[0].spent == record.cost > 0
+
+
 # ------------------------------------------------------------------ cache
 
 
