@@ -127,9 +127,9 @@ class Decision:
 
 
 def _expected_cost(model: ModelInfo, input_tokens: int, output_tokens: int) -> Decimal:
-    # Base list prices; swap for routing_middleware.pricing.estimate_cost once it lands.
-    price = model.price
-    return (input_tokens * price.input + output_tokens * price.output) / _MILLION
+    from .pricing import estimate_cost
+
+    return estimate_cost(model, input_tokens, output_tokens)
 
 
 def _usd(amount: Decimal) -> str:
@@ -154,6 +154,16 @@ class _Cand:
     deployments: tuple[Deployment, ...]
     cumulative: tuple[float, ...]
     order: int = 0
+    #: Long-context bands as (above_tokens, input, output), ascending.
+    bands: tuple[tuple[int, float, float], ...] = ()
+
+    def unit(self, w: float, input_tokens: int) -> float:
+        """Price per 1M tokens at output share ``w``, long-context bands applied."""
+        pin, pout = self.pin, self.pout
+        for above, band_in, band_out in self.bands:
+            if input_tokens > above:
+                pin, pout = band_in, band_out
+        return (1 - w) * pin + w * pout
 
 
 @dataclass(slots=True)
@@ -174,14 +184,14 @@ class _Plan:
         if found is None:
             lo, hi = bucket / _BUCKETS, (bucket + 1) / _BUCKETS
             members = self.everything if level == 0 else self.tiers.get(level, ())
-            pairs = sorted(
-                (
-                    min((1 - lo) * c.pin + lo * c.pout, (1 - hi) * c.pin + hi * c.pout),
-                    c.order,
-                    i,
-                )
-                for i, c in enumerate(members)
-            )
+            pairs = []
+            for i, c in enumerate(members):
+                # The cheapest prices the model can have, bands included, so the bound holds.
+                pin = min([c.pin, *(b[1] for b in c.bands)])
+                pout = min([c.pout, *(b[2] for b in c.bands)])
+                bound = min((1 - lo) * pin + lo * pout, (1 - hi) * pin + hi * pout)
+                pairs.append((bound, c.order, i))
+            pairs.sort()
             found = ([p[0] for p in pairs], [members[p[2]] for p in pairs])
             self.sorted_cache[key] = found
         return found
@@ -199,6 +209,7 @@ class _Constraints:
     providers: frozenset[str] | None
     sla_ms: float | None
     stream: bool
+    input_tokens: int
 
 
 @dataclass(slots=True)
@@ -321,6 +332,10 @@ class Router:
                 caps=info.capabilities,
                 deployments=deployments,
                 cumulative=tuple(cumulative),
+                bands=tuple(
+                    (b.above_tokens, float(b.input), float(b.output))
+                    for b in sorted(info.price.bands, key=lambda b: b.above_tokens)
+                ),
             )
         everything = tuple(by_id.values())
         tiers: dict[int, tuple[_Cand, ...]] = {}
@@ -543,7 +558,7 @@ class Router:
         w = output_tokens / total if total else 0.0
         ceiling = math.inf
         if requested is not None and not ctx.allow_upgrade:
-            ceiling = (1 - w) * requested.pin + w * requested.pout
+            ceiling = requested.unit(w, input_tokens)
         sla = _min_opt(ctx.max_latency_ms, rules.max_latency_ms)
         cons = _Constraints(
             needs=_needs(request),
@@ -560,6 +575,7 @@ class Router:
             providers=_lower(ctx.allow_providers),
             sla_ms=sla,
             stream=request.stream,
+            input_tokens=input_tokens,
         )
 
         # Selection
@@ -718,7 +734,7 @@ class Router:
             return None
         if cons.providers is not None and cand.provider not in cons.providers:
             return None
-        unit = (1 - w) * cand.pin + w * cand.pout
+        unit = cand.unit(w, cons.input_tokens) if cand.bands else (1 - w) * cand.pin + w * cand.pout
         if unit > cons.ceiling or unit > cons.max_cost:
             return None
         deployments = self._deployments_ok(cand, cons, snapshot, reasons)
@@ -864,6 +880,7 @@ def _copy(cand: _Cand, order: int) -> _Cand:
         deployments=cand.deployments,
         cumulative=cand.cumulative,
         order=order,
+        bands=cand.bands,
     )
 
 
