@@ -104,6 +104,9 @@ _TABLE: tuple[ProviderSpec, ...] = (
             "tool_call_ids": "mistral",
             "developer_role": "system",
             "drop_fields": ("user", "metadata"),
+            # Usage comes on Mistral's final chunk unasked, and its API validates
+            # request fields strictly: stream_options could only cost a 422.
+            "stream_options": False,
         },
     ),
     ProviderSpec("xai", "openai", "https://api.x.ai/v1", "XAI_API_KEY", hosts=("api.x.ai",)),

@@ -411,6 +411,12 @@ class TestMistral:
         assert body["messages"][2]["tool_call_id"] == issued
         assert len(issued) == 9
 
+    def test_encode_stream_without_stream_options(self) -> None:
+        request = hello_request(stream=True)
+        body = OPENAI_DIALECT.encode_request(request, config("mistral"), "mistral-large-4").json
+        assert body["stream"] is True
+        assert "stream_options" not in body
+
     def test_decode_model_length_and_thinking_parts(self) -> None:
         content = [
             {"type": "thinking", "thinking": [{"type": "text", "text": "step 1"}]},
