@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routing_middleware.catalog import Price, PriceBand
 from routing_middleware.schema import Usage
@@ -1160,3 +1162,139 @@ def test_stop_sequences_per_dialect() -> None:
     assert a["content"][0]["text"] == "First part. "
     assert g["candidates"][0]["content"]["parts"][0]["text"] == "First part. END "
     assert g["candidates"][0]["finishReason"] == "STOP"
+
+
+# --------------------------------------------------------------------------- reported == billed
+
+
+def _normalize_openai(u: dict[str, Any]) -> Usage:
+    details = u.get("prompt_tokens_details") or {}
+    out = u.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=u["prompt_tokens"],
+        output_tokens=u["completion_tokens"],
+        cached_input_tokens=details.get("cached_tokens", 0),
+        cache_write_tokens=details.get("cache_write_tokens", 0),
+        reasoning_tokens=out.get("reasoning_tokens", 0),
+    )
+
+
+def _normalize_responses(u: dict[str, Any]) -> Usage:
+    details = u["input_tokens_details"]
+    return Usage(
+        input_tokens=u["input_tokens"],
+        output_tokens=u["output_tokens"],
+        cached_input_tokens=details["cached_tokens"],
+        cache_write_tokens=details["cache_write_tokens"],
+        cache_write_long_tokens=details["cache_write_tokens_details"]["ttl_12h_tokens"],
+        reasoning_tokens=u["output_tokens_details"]["reasoning_tokens"],
+    )
+
+
+def _normalize_anthropic(u: dict[str, Any]) -> Usage:
+    reads, writes = u["cache_read_input_tokens"], u["cache_creation_input_tokens"]
+    return Usage(
+        input_tokens=u["input_tokens"] + reads + writes,
+        output_tokens=u["output_tokens"],
+        cached_input_tokens=reads,
+        cache_write_tokens=writes,
+        cache_write_long_tokens=u["cache_creation"]["ephemeral_1h_input_tokens"],
+        reasoning_tokens=u["output_tokens_details"]["thinking_tokens"],
+    )
+
+
+def _normalize_gemini(u: dict[str, Any]) -> Usage:
+    thoughts = u.get("thoughtsTokenCount", 0)
+    return Usage(
+        input_tokens=u["promptTokenCount"],
+        output_tokens=u["candidatesTokenCount"] + thoughts,
+        cached_input_tokens=u.get("cachedContentTokenCount", 0),
+        reasoning_tokens=thoughts,
+    )
+
+
+def _reported_usage(endpoint: str, stream: bool, text: str) -> Usage:
+    if not stream:
+        body = json.loads(text)
+        return {
+            "chat": lambda: _normalize_openai(body["usage"]),
+            "responses": lambda: _normalize_responses(body["usage"]),
+            "anthropic": lambda: _normalize_anthropic(body["usage"]),
+            "gemini": lambda: _normalize_gemini(body["usageMetadata"]),
+        }[endpoint]()
+    if endpoint == "chat":
+        return _normalize_openai(sse_data(text)[-2]["usage"])
+    events = sse_events(text)
+    if endpoint == "responses":
+        return _normalize_responses(events[-1][1]["response"]["usage"])
+    if endpoint == "anthropic":
+        return _normalize_anthropic(events[0][1]["message"]["usage"] | events[-2][1]["usage"])
+    return _normalize_gemini(events[-1][1]["usageMetadata"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    endpoint=st.sampled_from(["chat", "responses", "anthropic", "gemini"]),
+    stream=st.booleans(),
+    cached=st.integers(0, 500),
+    writes=st.integers(0, 500),
+    long_share=st.floats(0, 1),
+    reasoning=st.integers(0, 300),
+    output=st.integers(0, 80),
+    extra_input=st.integers(0, 2000),
+    limit=st.none() | st.integers(1, 400),
+)
+def test_reported_usage_equals_billed_usage(
+    endpoint: str,
+    stream: bool,
+    cached: int,
+    writes: int,
+    long_share: float,
+    reasoning: int,
+    output: int,
+    extra_input: int,
+    limit: int | None,
+) -> None:
+    model = FakeModel(
+        "m",
+        input_tokens=cached + writes + extra_input,
+        cached_tokens=cached,
+        cache_write_tokens=writes,
+        cache_write_long_tokens=int(writes * long_share),
+        reasoning_tokens=reasoning,
+        output_tokens=output,
+    )
+    fake = FakeProvider([model])
+    path, body, headers = {
+        "chat": ("/v1/chat/completions", {**CHAT, "max_completion_tokens": limit}, {}),
+        "responses": (
+            "/v1/responses",
+            {"model": "m", "input": "x", "max_output_tokens": limit},
+            {},
+        ),
+        "anthropic": (
+            "/v1/messages",
+            {"model": "m", "max_tokens": limit or 10_000, "messages": CHAT["messages"]},
+            ANTHROPIC_HEADERS,
+        ),
+        "gemini": (
+            "/v1beta/models/m:streamGenerateContent"
+            if stream
+            else "/v1beta/models/m:generateContent",
+            {"contents": [], "generationConfig": {"maxOutputTokens": limit}},
+            {},
+        ),
+    }[endpoint]
+    body = {k: v for k, v in body.items() if v is not None}
+    if stream and endpoint != "gemini":
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    if endpoint == "responses":
+        body.pop("stream_options", None)
+    with client(fake) as c:
+        r = c.post(path, json=body, headers=headers, params={"alt": "sse"} if stream else {})
+    assert r.status_code == 200, r.text
+    billed = fake.calls[0].usage
+    assert billed is not None
+    assert _reported_usage(endpoint, stream, r.text) == billed
+    if limit is not None:
+        assert billed.output_tokens <= limit

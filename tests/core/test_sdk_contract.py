@@ -543,3 +543,14 @@ def test_uvicorn_gemini_with_plain_httpx(served: tuple[FakeProvider, str]) -> No
     assert frames[-1]["usageMetadata"]["promptTokenCount"] == 1000
     assert frames[-1]["usageMetadata"]["cachedContentTokenCount"] == 600
     assert fake.calls[-1].api_key == "sk-test"
+
+
+def test_uvicorn_reset_and_malformed(served: tuple[FakeProvider, str]) -> None:
+    fake, url = served
+    fake.inject("gpt-test", Failure.reset(), Failure.malformed())
+    client = openai.OpenAI(api_key="sk-test", base_url=f"{url}/v1", max_retries=0)
+    with pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="gpt-test", messages=USER)
+    with pytest.raises(json.JSONDecodeError):
+        client.chat.completions.create(model="gpt-test", messages=USER)
+    assert client.chat.completions.create(model="gpt-test", messages=USER).choices
