@@ -299,15 +299,15 @@ def _output_config(config: Any, fields: dict[str, Any], extra: dict[str, Any]) -
     if not isinstance(config, dict):
         raise _bad("'output_config' must be an object", "output_config")
     rest = dict(config)
-    fmt = rest.pop("format", None)
+    fmt = rest.get("format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         if not isinstance(fmt.get("schema"), dict):
             raise _bad("'output_config.format.schema' must be an object", "output_config.format")
         fields["response_format"] = ResponseFormat(type="json_schema", json_schema=fmt["schema"])
-    elif fmt is not None:
-        rest["format"] = fmt
-    effort = rest.pop("effort", None)
+        del rest["format"]  # rebuilt from response_format, whichever dialect answers
+    effort = rest.get("effort")
     if isinstance(effort, str):
+        # Kept in ``extra`` as well: an Anthropic upstream gets the caller's own words.
         fields["reasoning_effort"] = effort
     if rest:
         extra["output_config"] = rest

@@ -30,8 +30,14 @@ LEADING_USER_TEXT = "(continue)"
 JSON_OBJECT_INSTRUCTION = "Respond with a single JSON object and nothing else."
 #: ``thinking.budget_tokens`` per reasoning effort when the ``reasoning`` option is "thinking".
 THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
-_EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
-_EFFORTS["max"] = "max"
+_EFFORTS = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+    "max": "max",
+}
 #: Anthropic-only top-level fields an Anthropic caller sent, passed through from ``extra``.
 PASSTHROUGH_FIELDS = frozenset(
     {
@@ -255,13 +261,22 @@ def _output(request: ChatRequest, body: dict[str, Any], options: Mapping[str, An
         config["format"] = {"type": "json_schema", "schema": fmt.json_schema}
     effort = request.reasoning_effort
     mode = options.get("reasoning")
-    if effort and effort != "none" and mode in ("effort", "adaptive"):
-        config["effort"] = _EFFORTS.get(effort, "medium")
-        if mode == "adaptive":
-            body["thinking"] = {"type": "adaptive"}
-    elif effort and effort != "none" and mode == "thinking":
-        budget = min(THINKING_BUDGETS.get(effort, 8192), body["max_tokens"] - 1)
-        if budget >= 1024:  # the API's floor; below it thinking is left off
-            body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    # What the caller sent in Anthropic's own terms wins over what we would derive.
+    if effort and effort != "none" and "thinking" not in body and "effort" not in config:
+        thinking: dict[str, Any] | None = None
+        if mode in ("effort", "adaptive"):
+            config["effort"] = _EFFORTS.get(effort, "medium")
+            if mode == "adaptive":
+                thinking = {"type": "adaptive"}
+        elif mode == "thinking":
+            budget = min(THINKING_BUDGETS.get(effort, 8192), body["max_tokens"] - 1)
+            if budget >= 1024:  # the API's floor; below it thinking is left off
+                thinking = {"type": "enabled", "budget_tokens": budget}
+        if thinking is not None:
+            body["thinking"] = thinking
+            # Thinking rejects temperature/top_k (and most top_p): we turned it on, so
+            # the sampling parameters give way rather than make the call fail.
+            for name in ("temperature", "top_p", "top_k"):
+                body.pop(name, None)
     if config:
         body["output_config"] = config

@@ -363,6 +363,19 @@ def test_reasoning_effort_only_when_an_option_enables_it(
     assert body.get("output_config") == output_config
 
 
+def test_thinking_we_turn_on_drops_sampling_but_the_callers_own_is_kept() -> None:
+    openai_style = request(user(), reasoning_effort="medium", temperature=0.2, top_k=5)
+    body = build_body(openai_style, "m", {"reasoning": "thinking"})
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 4095}  # 4096 - 1
+    assert "temperature" not in body
+    assert "top_k" not in body
+    own = {"type": "enabled", "budget_tokens": 1500}
+    explicit = request(user(), reasoning_effort="high", temperature=1.0, extra={"thinking": own})
+    body = build_body(explicit, "m", {"reasoning": "thinking"})
+    assert body["thinking"] == own
+    assert body["temperature"] == 1.0
+
+
 def test_response_format_json_schema_and_json_object() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     fmt = ResponseFormat(type="json_schema", name="r", json_schema=schema)
@@ -1625,16 +1638,40 @@ def caller_bodies(draw: st.DrawFn) -> dict[str, Any]:
         body["stop_sequences"] = stops
     if draw(st.booleans()):
         body["stream"] = True
+    if draw(st.booleans()):
+        body["metadata"] = {"user_id": draw(_ids)}
+    for name, values in (
+        ("temperature", st.floats(min_value=0, max_value=1)),
+        ("top_p", st.floats(min_value=0, max_value=1)),
+        ("top_k", st.integers(min_value=0, max_value=500)),
+    ):
+        if draw(st.integers(min_value=0, max_value=3)) == 0:
+            body[name] = draw(values)
+    output_config: dict[str, Any] = {}
+    if draw(st.booleans()):
+        output_config["format"] = {"type": "json_schema", "schema": {"type": "object"}}
+    if draw(st.booleans()):
+        output_config["effort"] = draw(st.sampled_from(["low", "medium", "high", "max"]))
+    if output_config:
+        body["output_config"] = output_config
+    if draw(st.booleans()):
+        body["thinking"] = {"type": "enabled", "budget_tokens": draw(st.integers(1024, 9999))}
+    if draw(st.booleans()):
+        body["cache_control"] = {"type": "ephemeral", "ttl": draw(st.sampled_from(["5m", "1h"]))}
     return body
 
 
 @settings(max_examples=300, deadline=None)
-@given(body=caller_bodies())
-def test_caller_to_upstream_is_lossless(body: dict[str, Any]) -> None:
+@given(body=caller_bodies(), reasoning=st.sampled_from([None, "effort", "thinking", "adaptive"]))
+def test_caller_to_upstream_is_lossless(body: dict[str, Any], reasoning: str | None) -> None:
     parsed = ANTHROPIC_CALLER.parse_request(json.dumps(body).encode())
-    encoded = ANTHROPIC_DIALECT.encode_request(parsed, provider(), "claude-test-model")
+    options = {"reasoning": reasoning} if reasoning else {}
+    encoded = ANTHROPIC_DIALECT.encode_request(parsed, provider(**options), "claude-test-model")
+    # The option only derives thinking/effort from a bare reasoning_effort; what the
+    # caller said in Anthropic's own terms goes through untouched.
     assert encoded.json == body
-    assert encoded.headers["anthropic-version"] == "2026-10-21"
+    sampling = any(k in body for k in ("temperature", "top_p", "top_k"))
+    assert encoded.headers["anthropic-version"] == ("2023-06-01" if sampling else "2026-10-21")
 
 
 # -------------------------------------------- against FakeProvider, an independent server
