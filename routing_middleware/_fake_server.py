@@ -177,10 +177,7 @@ class Server:
     def handle(self, raw: RawRequest) -> Reply:
         """Answer one request; records it in the ledger."""
         path = raw.path.rstrip("/") or "/"
-        route = _route(raw, path)
-        if route is None:
-            message = f"Unknown request URL: {raw.method} {raw.path}."
-            return _fake_openai.error_reply(self.flavor, 404, code="unknown_url", message=message)
+        route = _route(raw, path) or _Route("unknown", "unknown")
         seq = next(self._ids)
         api_key = self._api_key(route.dialect, raw)
         record: dict[str, Any] = {
@@ -194,7 +191,13 @@ class Server:
             "headers": dict(raw.headers),
             "received_at": time.monotonic(),
         }
-        reply, call = self._handle(raw, route, seq, api_key)
+        if route.dialect == "unknown":
+            message = f"Unknown request URL: {raw.method} {raw.path}."
+            reply = _fake_openai.error_reply(self.flavor, 404, code="unknown_url", message=message)
+            call: dict[str, Any] = {"model": None, "stream": False, "failure": None}
+            call |= {"usage": None, "reported": False, "cost": None, "body": None}
+        else:
+            reply, call = self._handle(raw, route, seq, api_key)
         self.ledger.add(FakeCall(**record, **call, status=reply.status))
         return reply
 

@@ -110,6 +110,7 @@ def test_unknown_url_and_method() -> None:
         assert r.status_code == 404
         assert "Unknown request URL" in r.json()["error"]["message"]
         assert c.delete("/v1/chat/completions").status_code == 404
+    assert [(call.endpoint, call.status) for call in fake.calls] == [("unknown", 404)] * 2
 
 
 def test_unknown_model_gets_each_providers_404() -> None:
