@@ -49,6 +49,7 @@ from .schema import (
     Message,
     NoRouteAvailable,
     StreamChunk,
+    UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
     Usage,
@@ -879,7 +880,7 @@ class Dispatcher:
     ) -> Generator[Any, Any, LLMError | None]:
         dialect = self._dialect(config.dialect)
         held: list[StreamChunk] = []
-        flowing = False
+        flowing = finished = False
         content = 0
         chunks: list[StreamChunk] = []
         keep: list[StreamChunk] | None = (
@@ -900,6 +901,8 @@ class Dispatcher:
                 if keep is not None:
                     keep.extend(chunks)
                 for chunk in chunks:
+                    if chunk.finish_reason is not None:
+                        finished = True
                     if chunk.text:
                         attempt.text.append(chunk.text)
                     if attempt.ttft is None and _has_content(chunk):
@@ -916,6 +919,11 @@ class Dispatcher:
                             yield from self._deliver(call, early)
                         held.clear()
                 if not data:
+                    if not finished:
+                        # An end marker without any finish reason is a cut, not an answer.
+                        raise UpstreamProtocolError(
+                            "the stream ended without a finish reason", provider=config.name
+                        )
                     break
         except LLMError as error:
             usage = self._partial_usage(call, attempt, request)

@@ -360,3 +360,14 @@ def test_streams_through_httpx2_clients(env: Env) -> None:
     assert second.text == "Answer from "
     assert second.error is not None
     assert second.error.kind == "UpstreamUnavailable"
+
+
+def test_an_end_marker_without_a_finish_reason_is_a_cut(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.cut(after=1, terminal=True))
+    d = env.dispatcher(retry=RetryPolicy(max_retries=0))
+    before = consume(env, d, chat(), decision())
+    assert before.text == TEXT_B  # nothing delivered yet: transparent
+    env.fa.inject("gpt-a", Failure.cut(after=3, terminal=True))
+    after = consume(env, d, chat(), decision())
+    assert after.text == "Answer from "
+    assert isinstance(after.error, UpstreamProtocolError)
