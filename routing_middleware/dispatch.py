@@ -62,7 +62,13 @@ if TYPE_CHECKING:
     from .router import Decision, Deployment
     from .stats import StatsStore
 
-__all__ = ["AsyncDispatchStream", "DispatchStream", "Dispatcher", "StreamFailover"]
+__all__ = [
+    "UPSTREAM_EXTENSION",
+    "AsyncDispatchStream",
+    "DispatchStream",
+    "Dispatcher",
+    "StreamFailover",
+]
 
 StreamFailover = Literal["error", "continue"]
 
@@ -292,6 +298,7 @@ class Dispatcher:
         self.catalog = catalog
         self._client = client
         self._async_client = async_client
+        self._made_clients: set[str] = set()
         self._dialects: dict[str, Dialect] = dict(dialects or {})
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
@@ -397,6 +404,7 @@ class Dispatcher:
             import httpx
 
             self._client = httpx.Client()
+            self._made_clients.add("sync")
         return self._client
 
     def async_client(self) -> Any:
@@ -405,7 +413,23 @@ class Dispatcher:
             import httpx
 
             self._async_client = httpx.AsyncClient()
+            self._made_clients.add("async")
         return self._async_client
+
+    def close(self) -> None:
+        """Close the sync client the dispatcher made itself (given clients are yours)."""
+        if "sync" in self._made_clients and self._client is not None:
+            self._client.close()
+            self._client = None
+            self._made_clients.discard("sync")
+
+    async def aclose(self) -> None:
+        """Close the clients the dispatcher made itself."""
+        self.close()
+        if "async" in self._made_clients and self._async_client is not None:
+            await self._async_client.aclose()
+            self._async_client = None
+            self._made_clients.discard("async")
 
     def _call(
         self,

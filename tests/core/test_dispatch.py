@@ -665,3 +665,16 @@ def test_a_redis_breaker_is_shared_by_sync_and_async_dispatchers(
 
     anyio.run(other_worker)
     assert CircuitBreaker(redis_breaker_store, policy, clock=wall).state(A) == "closed"
+
+
+def test_clients_made_by_the_dispatcher_are_closed_by_it() -> None:
+    d = Dispatcher({}, catalog=CATALOG)
+    client = d.sync_client()
+    async_client = d.async_client()
+    anyio.run(d.aclose)
+    assert client.is_closed
+    assert async_client.is_closed
+    given = httpx.Client()
+    Dispatcher({}, client=given).close()
+    assert not given.is_closed
+    given.close()
