@@ -28,6 +28,8 @@ class Flavor:
     groq: bool = False
     cost: bool = False
     errors: str = "openai"  # openai | mistral | openrouter
+    #: Gemini's OpenAI endpoint leaves thoughts out of completion_tokens (not total_tokens).
+    completion_excludes_reasoning: bool = False
 
 
 _OPENAI_LIKE: dict[str, Any] = {"cached": True, "cache_write": True, "reasoning_tokens": True}
@@ -57,6 +59,7 @@ FLAVORS: dict[str, Flavor] = {
         Flavor("groq", cached=True, reasoning_tokens=True, groq=True),
         Flavor("qwen", cached=True, reasoning_field="reasoning_content"),
         Flavor("xai", cached=True, reasoning_tokens=True, reasoning_field="reasoning_content"),
+        Flavor("gemini", completion_excludes_reasoning=True),
         Flavor("together"),
         Flavor("fireworks"),
         Flavor("cerebras"),

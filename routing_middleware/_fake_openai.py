@@ -46,6 +46,8 @@ def _chat_usage(ctx: Ctx, flavor: Flavor) -> dict[str, Any]:
         "completion_tokens": gen.total_output_tokens,
         "total_tokens": gen.input_tokens + gen.total_output_tokens,
     }
+    if flavor.completion_excludes_reasoning:
+        usage["completion_tokens"] = gen.output_tokens
     if flavor.cached:
         details: dict[str, Any] = {"cached_tokens": gen.cached_tokens}
         if flavor.cache_write:

@@ -52,6 +52,7 @@ FLAVORS = (
     "cerebras",
     "deepseek",
     "fireworks",
+    "gemini",
     "groq",
     "mistral",
     "ollama",

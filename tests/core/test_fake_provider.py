@@ -1299,3 +1299,18 @@ def test_reported_usage_equals_billed_usage(
     assert _reported_usage(endpoint, stream, r.text) == billed
     if limit is not None:
         assert billed.output_tokens <= limit
+
+
+def test_gemini_openai_endpoint_leaves_thoughts_out_of_completion_tokens() -> None:
+    fake = FakeProvider(
+        [FakeModel("gemini-2.5-flash", output_tokens=10, reasoning_tokens=25, input_tokens=40)],
+        flavor="gemini",
+    )
+    with client(fake) as c:
+        usage = c.post(
+            "/v1beta/openai/chat/completions", json={**CHAT, "model": "gemini-2.5-flash"}
+        ).json()["usage"]
+    assert usage == {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 75}
+    billed = fake.calls[0].usage
+    assert billed is not None
+    assert billed.output_tokens == usage["total_tokens"] - usage["prompt_tokens"]
