@@ -95,6 +95,11 @@ class BreakerState:
     consecutive: int = 0
     window: tuple[tuple[int, int, int], ...] = ()
 
+    @property
+    def pristine(self) -> bool:
+        """Closed with no failure in the window (a success changes nothing worth storing)."""
+        return not self.opened and not self.consecutive and not any(b[2] for b in self.window)
+
     def phase(self, now: float) -> State:
         if not self.opened:
             return "closed"
@@ -418,9 +423,18 @@ class CircuitBreaker:
         return await self._aapply(deployment, "acquire")
 
     def record(self, deployment: object, ok: bool | None) -> None:
-        """Report an outcome: ``True`` success, ``False`` failure, ``None`` no verdict."""
+        """Report an outcome: ``True`` success, ``False`` failure, ``None`` no verdict.
+
+        A success on a healthy breaker (closed, no failure in the window) is not
+        written: the error rate is then measured from the first failure on, which
+        keeps the store off the path of every successful call.
+        """
+        if ok and self.store.get(deployment_key(deployment)).pristine:
+            return
         self._apply(deployment, "success" if ok else "neutral" if ok is None else "failure")
 
     async def arecord(self, deployment: object, ok: bool | None) -> None:
         """Async twin of :meth:`record`."""
+        if ok and (await self.store.aget(deployment_key(deployment))).pristine:
+            return
         await self._aapply(deployment, "success" if ok else "neutral" if ok is None else "failure")

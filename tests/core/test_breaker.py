@@ -301,3 +301,21 @@ def test_redis_reads_are_cached_locally_for_refresh_s(redis_url: str, redis_pref
     reader_store.close()
     assert isinstance(writer.store, RedisBreakerStore)
     writer.store.close()
+
+
+def test_successes_on_a_healthy_breaker_are_not_written() -> None:
+    writes: list[str] = []
+
+    class Counting(MemoryBreakerStore):
+        def apply(self, key: str, event: Any, now: float, policy: BreakerPolicy) -> Any:
+            writes.append(event)
+            return super().apply(key, event, now, policy)
+
+    breaker = CircuitBreaker(Counting(), POLICY, clock=Clock())
+    for _ in range(5):
+        breaker.record(DEP, True)
+    assert writes == []
+    breaker.record(DEP, False)
+    breaker.record(DEP, True)
+    assert writes == ["failure", "success"]  # after a failure, successes count again
+    assert breaker.store.get(DEP.key).consecutive == 0
