@@ -552,19 +552,23 @@ class Dispatcher:
                 return
 
     def _stats_end(
-        self, call: _Call, attempt: _Attempt, now: float, error: bool, usage: Usage | None
+        self, call: _Call, attempt: _Attempt, now: float, health: bool | None, usage: Usage | None
     ) -> None:
+        """End the in-flight count; sample latency/errors only when the outcome says
+        something about the deployment (a stream the consumer cut is no latency sample)."""
         if self.stats is None:
             return
         try:
             self.stats.finished(attempt.deployment.key)
+            if health is None:
+                return
             self.stats.record(
                 attempt.deployment.key,
                 latency_ms=(now - attempt.started) * 1000,
                 ttft_ms=None if attempt.ttft is None else (attempt.ttft - attempt.started) * 1000,
-                error=error,
+                error=not health,
                 feature=call.context.feature,
-                output_tokens=None if usage is None or error else usage.output_tokens,
+                output_tokens=usage.output_tokens if health and usage is not None else None,
             )
         except Exception:
             return
@@ -807,14 +811,16 @@ class Dispatcher:
         if attempt.reservation is not None:
             yield _Settle(attempt.reservation, cost)
         failed = error is not None or error_kind is not None
+        # True: healthy, False: the deployment failed, None: says nothing about it
+        # (a bad request, the consumer leaving).
+        health: bool | None = True
+        if error is not None:
+            health = False if counts_against_deployment(error) else None
+        elif error_kind is not None:
+            health = None
         if self.breaker is not None:
-            health: bool | None = True
-            if error is not None:
-                health = False if counts_against_deployment(error) else None
-            elif error_kind is not None:
-                health = None
             yield _Report(attempt.deployment, health)
-        self._stats_end(call, attempt, now, error is not None, usage)
+        self._stats_end(call, attempt, now, health, usage)
         kind = error.kind if error is not None else error_kind
         return self._record(
             call,

@@ -537,6 +537,17 @@ def test_stats_see_every_attempt(env: Env) -> None:
     env.dispatch(env.dispatcher(stats=stats), chat(), decision())
     snapshot = stats.snapshot()
     assert snapshot.deployments["openai/gpt-a"].error_rate == pytest.approx(0.5)
+    assert snapshot.deployments["openai/gpt-a"].samples == 1  # latency of the success only
+    assert stats.in_flight("openai/gpt-a") == 0
+
+
+def test_request_errors_are_not_deployment_errors_in_stats(env: Env) -> None:
+    stats = MemoryStatsStore()
+    env.fa.inject("gpt-a", Failure(status=400, message="bad field"))
+    with pytest.raises(InvalidRequest):
+        env.dispatch(env.dispatcher(stats=stats), chat(), decision())
+    seen = stats.snapshot().deployments["openai/gpt-a"]
+    assert (seen.samples, seen.error_rate) == (0, 0.0)
     assert stats.in_flight("openai/gpt-a") == 0
 
 
