@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from typing import Any
 
@@ -1405,3 +1406,93 @@ def test_vertex_style_base_url_keeps_its_own_path() -> None:
     )
     assert encoded.url == f"{base}/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
     assert encoded.headers["authorization"] == "Bearer oauth"
+
+
+_json = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-3, 3),
+        st.floats(allow_nan=False),
+        st.text(max_size=4),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "contents",
+                    "role",
+                    "parts",
+                    "text",
+                    "functionCall",
+                    "functionResponse",
+                    "name",
+                    "args",
+                    "response",
+                    "inlineData",
+                    "fileData",
+                    "mimeType",
+                    "data",
+                    "fileUri",
+                    "tools",
+                    "functionDeclarations",
+                    "parameters",
+                    "toolConfig",
+                    "generationConfig",
+                    "functionCallingConfig",
+                    "mode",
+                    "allowedFunctionNames",
+                    "systemInstruction",
+                    "temperature",
+                    "thinkingConfig",
+                    "thinkingBudget",
+                    "responseSchema",
+                    "type",
+                ]
+            ),
+            inner,
+            max_size=4,
+        ),
+    ),
+    max_leaves=25,
+)
+
+
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _paths(value, (*path, i))
+    return found
+
+
+@st.composite
+def _broken_bodies(draw: st.DrawFn) -> Any:
+    """A valid request with one node, anywhere, replaced by arbitrary JSON."""
+    body = draw(_bodies())
+    path = draw(st.sampled_from(_paths(body)))
+    garbage = draw(_json)
+    if not path:
+        return garbage
+    node = body
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = garbage
+    return body
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_json, _broken_bodies()))
+def test_any_garbage_is_a_clear_invalid_request(body: Any) -> None:
+    # The property: bad input fails only as InvalidRequest (a 400 naming the field),
+    # never as a TypeError or KeyError surfacing as a 500.
+    try:
+        req = GEMINI_CALLER.parse_request(json.dumps(body).encode(), PATH)
+    except InvalidRequest:
+        return
+    with contextlib.suppress(InvalidRequest):
+        encode(req)
