@@ -25,26 +25,22 @@ class ConnectionDropped(Exception):
     """Raised inside the app to make the server drop the connection (reset / cut)."""
 
 
-async def _sleep_unless_gone(delay: float, receive: Receive) -> bool:
-    """Sleep ``delay`` seconds; return True early if the client disconnected."""
+async def _unless_gone(receive: Receive, work: Callable[[], Awaitable[None]]) -> bool:
+    """Run ``work``, cancelling it if the client disconnects; True if it did."""
     import anyio
 
-    if delay <= 0:
-        return False
     gone = False
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
             nonlocal gone
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    gone = True
-                    group.cancel_scope.cancel()
-                    return
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            group.cancel_scope.cancel()
 
         group.start_soon(watch)
-        await anyio.sleep(delay)
+        await work()
         group.cancel_scope.cancel()
     return gone
 
@@ -77,7 +73,10 @@ def make_app(handler: Callable[[RawRequest], Reply]) -> ASGIApp:
             scope["method"], scope["path"], query, headers, body, headers.get("host", "")
         )
         reply = handler(raw)
-        if await _sleep_unless_gone(reply.start_delay(), receive):
+        import anyio
+
+        start_delay = reply.start_delay()
+        if start_delay > 0 and await _unless_gone(receive, lambda: anyio.sleep(start_delay)):
             return
         if reply.reset:
             # ASGI cannot reset a socket; promise a body and drop the connection instead.
@@ -89,12 +88,15 @@ def make_app(handler: Callable[[RawRequest], Reply]) -> ASGIApp:
             length = sum(len(p.data) for p in reply.pieces)
             out.append((b"content-length", str(length).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": out})
-        import anyio
 
-        for delay, data in reply.schedule():
-            if delay > 0:
-                await anyio.sleep(delay)
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+        async def write_body() -> None:
+            for delay, data in reply.schedule():
+                if delay > 0:
+                    await anyio.sleep(delay)
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        if await _unless_gone(receive, write_body):
+            return  # the client left mid-stream (a stall, a read timeout)
         if reply.abort:
             raise ConnectionDropped("stream cut")
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 __all__ = ["Failure", "FailureKind", "FakeModel", "FakeToolCall", "FinishMode"]
 
 FinishMode = Literal["stop", "length", "content_filter", "refusal"]
-FailureKind = Literal["http", "timeout", "reset", "cut", "malformed", "no_usage", "stream_error"]
+FailureKind = Literal[
+    "http", "timeout", "reset", "cut", "stall", "malformed", "no_usage", "stream_error"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,8 @@ class Failure:
       so the stream looks complete but lacks finish and usage; Responses and Gemini
       streams have no separate marker); ``abort=True`` drops the connection instead
       of ending the body cleanly;
+    - ``stall``: the stream pauses ``hang`` seconds after ``after`` events, then
+      goes on (a client with a shorter read timeout gets ``ReadTimeout``);
     - ``malformed``: the body (or one stream event) is not valid JSON;
     - ``no_usage``: the answer omits its usage;
     - ``stream_error``: after ``after`` events the stream carries the provider's
@@ -108,6 +112,11 @@ class Failure:
     def cut(cls, after: int, *, terminal: bool = False, abort: bool = False) -> Failure:
         """Stop the stream after ``after`` events (see the class docs)."""
         return cls(kind="cut", after=after, terminal=terminal, abort=abort)
+
+    @classmethod
+    def stall(cls, after: int, hang: float = 600.0) -> Failure:
+        """Pause the stream for ``hang`` seconds after ``after`` events."""
+        return cls(kind="stall", after=after, hang=hang)
 
     @classmethod
     def malformed(cls) -> Failure:

@@ -325,7 +325,9 @@ class Server:
             reply = _fake_openai.render(ctx)
         if failure is not None and failure.kind == "timeout":
             reply.hang = failure.hang
-        call.update(usage=usage, cost=cost, reported=failure is None or failure.kind == "timeout")
+        call.update(
+            usage=usage, cost=cost, reported=failure is None or failure.kind in ("timeout", "stall")
+        )
         return reply, call
 
     def _validate(self, route: _Route, raw: RawRequest, body: dict[str, Any]) -> Reply | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -20,12 +20,14 @@ class Piece:
     """One write of the response body: an SSE event, a comment, or a whole JSON body.
 
     ``token`` pieces are paced by the model's latency; ``counts`` says whether the
-    piece is an event for ``Failure.cut(after=...)`` (comments are not).
+    piece is an event for ``Failure.cut(after=...)`` (comments are not); ``pause``
+    adds a stall before the piece.
     """
 
     data: bytes
     token: bool = False
     counts: bool = True
+    pause: float = 0.0
 
 
 @dataclass(slots=True)
@@ -61,7 +63,7 @@ class Reply:
             if piece.token:
                 delay = self.ttft if first else self.token_delay
                 first = False
-            yield delay, piece.data
+            yield delay + piece.pause, piece.data
 
 
 @dataclass(slots=True)
@@ -173,6 +175,12 @@ def finish_stream(plan: StreamPlan, ctx: Ctx) -> Reply:
             kept.append(plan.end_marker)
         reply.abort = failure.abort
         events = kept
+    elif kind == "stall":
+        assert failure is not None
+        positions = [i for i, p in enumerate(events) if p.counts]
+        if failure.after < len(positions):
+            target = positions[failure.after]
+            events[target] = replace(events[target], pause=failure.hang)
     elif kind == "malformed":
         counted_idx = [i for i, p in enumerate(events) if p.counts]
         if counted_idx:

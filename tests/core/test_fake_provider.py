@@ -1314,3 +1314,34 @@ def test_gemini_openai_endpoint_leaves_thoughts_out_of_completion_tokens() -> No
     billed = fake.calls[0].usage
     assert billed is not None
     assert billed.output_tokens == usage["total_tokens"] - usage["prompt_tokens"]
+
+
+@pytest.mark.parametrize("lib", ["httpx", "httpx2"])
+def test_a_stalled_stream_times_out_mid_way(lib: str) -> None:
+    module: Any = httpx if lib == "httpx" else httpx2
+    fake = FakeProvider([FakeModel("m", output_tokens=6, failures=(Failure.stall(after=3),))])
+    received: list[str] = []
+
+    def read() -> None:
+        with (
+            client(fake, lib, timeout=0.1) as c,
+            c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r,
+        ):
+            received.extend(line for line in r.iter_lines() if line)
+
+    started = time.monotonic()
+    with pytest.raises(module.ReadTimeout):
+        read()
+    assert len(received) == 3
+    assert time.monotonic() - started < 2
+
+
+def test_a_short_stall_only_delays() -> None:
+    fake = FakeProvider(
+        [FakeModel("m", output_tokens=4, failures=(Failure.stall(after=2, hang=0.2),))]
+    )
+    started = time.monotonic()
+    chunks = sse_data(_stream_chat(fake))
+    assert time.monotonic() - started >= 0.2
+    assert chunks[-1] == "[DONE]"
+    assert fake.calls[0].reported

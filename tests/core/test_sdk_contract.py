@@ -554,3 +554,16 @@ def test_uvicorn_reset_and_malformed(served: tuple[FakeProvider, str]) -> None:
     with pytest.raises(json.JSONDecodeError):
         client.chat.completions.create(model="gpt-test", messages=USER)
     assert client.chat.completions.create(model="gpt-test", messages=USER).choices
+
+
+def test_uvicorn_stall_times_out_and_the_server_stops_promptly() -> None:
+    fake = FakeProvider([FakeModel("m", output_tokens=6, failures=(Failure.stall(after=3),))])
+    started = time.monotonic()
+    with fake.serve() as url:
+        client = openai.OpenAI(api_key="k", base_url=f"{url}/v1", max_retries=0, timeout=0.3)
+        stream = client.chat.completions.create(model="m", messages=USER, stream=True)
+        seen: list[Any] = []
+        with pytest.raises(openai.APITimeoutError):
+            seen.extend(stream)
+        assert len(seen) == 3
+    assert time.monotonic() - started < 5
