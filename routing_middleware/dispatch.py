@@ -198,6 +198,7 @@ class _Call:
     delivered: bool = False
     tool_delta: bool = False
     stitched: bool = False
+    trim: bool = False  # drop the continuation's leading whitespace (the prefix had it)
     text: list[str] = field(default_factory=list)
     carried: Usage | None = None
     served: Deployment | None = None
@@ -594,11 +595,16 @@ class Dispatcher:
         )
 
     def _continuation(self, call: _Call) -> ChatRequest:
-        """The original request with the delivered text as the assistant's prefix."""
+        """The original request with the delivered text as the assistant's prefix.
+
+        Trailing whitespace is left out of the prefix (Anthropic rejects a final
+        assistant turn ending in whitespace); the continuation's leading whitespace
+        is dropped in turn (see :meth:`_adapt`).
+        """
         text = "".join(call.text)
         original = call.request
         update: dict[str, Any] = {
-            "messages": [*original.messages, Message(role="assistant", content=text)]
+            "messages": [*original.messages, Message(role="assistant", content=text.rstrip())]
         }
         if original.max_tokens:
             update["max_tokens"] = max(1, original.max_tokens - estimate_text_tokens(text))
@@ -884,6 +890,12 @@ class Dispatcher:
             if not (_has_content(chunk) or chunk.usage is not None):
                 return None
             chunk = chunk.model_copy(update={"role": None})
+        if call.trim and chunk.text:
+            text = chunk.text.lstrip()
+            call.trim = not text
+            chunk = chunk.model_copy(update={"text": text or None})
+            if not (_has_content(chunk) or chunk.usage is not None):
+                return None
         if chunk.usage is not None and call.carried is not None:
             chunk = chunk.model_copy(update={"usage": call.carried + chunk.usage})
         return chunk
@@ -916,6 +928,9 @@ class Dispatcher:
         keep: list[StreamChunk] | None = (
             [] if call.cache_key is not None and not call.stitched else None
         )
+        if call.stitched:
+            delivered = "".join(call.text)
+            call.trim = delivered != delivered.rstrip()
         try:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
             decoder = attempt.decoder = dialect.stream_decoder(config, request)

@@ -29,11 +29,12 @@ from routing_middleware.schema import (
     StreamChunk,
     UpstreamProtocolError,
 )
-from routing_middleware.testing import Failure
+from routing_middleware.testing import Failure, FakeModel
 
 from .test_dispatch import (
     CATALOG,
     KEY_A,
+    PRICE_B,
     TEXT_A,
     TEXT_B,
     A,
@@ -224,7 +225,9 @@ def test_continue_mode_stitches_the_fallback_into_the_same_stream(env: Env) -> N
     assert sum(1 for c in out.chunks if c.role) == 1  # one role chunk, from the start
     sent = env.fb.calls[0].body["messages"]
     assert sent[-1]["role"] == "assistant"
-    assert "Answer from" in str(sent[-1]["content"])
+    prefix = sent[-1]["content"]
+    prefix = prefix if isinstance(prefix, str) else "".join(p["text"] for p in prefix)
+    assert prefix == "Answer from"  # no trailing whitespace: Anthropic rejects it
     first, second = env.records
     assert (first.status, first.stitched) == ("error", False)
     assert (second.status, second.stitched) == ("ok", True)
@@ -371,3 +374,11 @@ def test_an_end_marker_without_a_finish_reason_is_a_cut(env: Env) -> None:
     after = consume(env, d, chat(), decision())
     assert after.text == "Answer from "
     assert isinstance(after.error, UpstreamProtocolError)
+
+
+def test_continue_mode_does_not_double_the_whitespace_at_the_seam(env: Env) -> None:
+    env.fb.add_model(FakeModel("claude-b", content=" B says four.", price=PRICE_B))
+    env.fa.inject("gpt-a", Failure.cut(after=3))
+    d = env.dispatcher(stream_failover="continue", retry=RetryPolicy(max_retries=0))
+    out = consume(env, d, chat(), decision())
+    assert out.text == "Answer from B says four."
