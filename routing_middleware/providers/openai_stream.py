@@ -117,6 +117,7 @@ class OpenAIStreamDecoder:
         "_api_key",
         "_ascii",
         "_done",
+        "_finished",
         "_id_back",
         "_last_key",
         "_next_index",
@@ -134,6 +135,7 @@ class OpenAIStreamDecoder:
         self._api_key = provider.api_key
         self._request = request
         self._done = False
+        self._finished = False
         self._usage: Usage | None = None
         self._ascii = 0
         self._other = 0
@@ -163,12 +165,20 @@ class OpenAIStreamDecoder:
         return self._events(self._sse.feed(data))
 
     def close(self) -> list[StreamChunk]:
-        """End of input: a missing ``[DONE]`` raises UpstreamProtocolError."""
+        """End of input: a missing ``[DONE]`` or finish reason raises UpstreamProtocolError."""
         chunks = self._events(self._sse.close())
         if not self._done:
             self._estimate()
             raise UpstreamProtocolError(
                 "the stream ended before its [DONE] marker (cut short)", provider=self._provider
+            )
+        if not self._finished:
+            # Every compatible server sends a finish reason before [DONE]; without
+            # one, the answer was cut and the marker papered over it.
+            self._estimate()
+            raise UpstreamProtocolError(
+                "the stream sent [DONE] without a finish reason (cut short)",
+                provider=self._provider,
             )
         if self._usage is None:
             usage = self._estimate()
@@ -258,6 +268,8 @@ class OpenAIStreamDecoder:
         raw_calls = delta.get("tool_calls")
         calls = self._tool_calls(index, raw_calls) if isinstance(raw_calls, list) else None
         mapped, native = finish_reason(choice.get("finish_reason"))
+        if mapped is not None:
+            self._finished = True
         role = delta.get("role")
         if role != "assistant":
             role = None

@@ -1060,6 +1060,18 @@ def test_fake_provider_cut_stream_is_never_clean(flavor: str) -> None:
     assert decoder.usage.input_tokens > 0
 
 
+@pytest.mark.parametrize("flavor", ["openai", "groq", "qwen"])
+def test_fake_provider_done_marker_after_a_cut_is_still_a_cut(flavor: str) -> None:
+    request = hello_request(stream=True)
+    cut = Failure(kind="cut", after=2, terminal=True)
+    provider, response = fake_call(flavor, request, cut)
+    assert response.content.rstrip().endswith(b"data: [DONE]")
+    decoder = OPENAI_DIALECT.stream_decoder(provider, request)
+    decoder.feed(response.content)
+    with pytest.raises(UpstreamProtocolError):
+        decoder.close()
+
+
 def test_fake_provider_stream_without_usage_is_estimated() -> None:
     request = hello_request(stream=True)
     provider, response = fake_call("ollama", request, Failure(kind="no_usage"))

@@ -497,6 +497,15 @@ def test_stream_cut_before_done_raises_with_estimated_usage() -> None:
     assert decoder.usage == Usage(input_tokens=9, output_tokens=3, estimated=True)
 
 
+def test_stream_done_without_finish_reason_is_cut() -> None:
+    decoder = OPENAI_DIALECT.stream_decoder(OPENAI, hello_request(stream=True))
+    decoder.feed(sse(chunk({"content": "half an ans"}), DONE))
+    with pytest.raises(UpstreamProtocolError, match="finish reason"):
+        decoder.close()
+    assert decoder.usage is not None
+    assert decoder.usage.estimated
+
+
 def test_stream_finish_without_done_is_still_cut() -> None:
     decoder = OPENAI_DIALECT.stream_decoder(OPENAI, hello_request(stream=True))
     decoder.feed(sse(chunk({"content": "x"}, finish="stop")))
@@ -520,7 +529,7 @@ def test_stream_garbage_event_is_a_protocol_error() -> None:
 
 
 def test_stream_nothing_after_done_counts() -> None:
-    body = sse(chunk({"content": "a"}), DONE, chunk({"content": "b"}))
+    body = sse(chunk({"content": "a"}, finish="stop"), DONE, chunk({"content": "b"}))
     chunks, _ = decode_stream(body)
     assert [c.text for c in chunks if c.text] == ["a"]
 
