@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..schema import (
     ChatRequest,
     ChatResponse,
@@ -30,8 +32,18 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _finish(stop_reason: Any) -> FinishReason:
-    return STOP_REASONS.get(stop_reason, FinishReason.STOP) if stop_reason else FinishReason.STOP
+    if isinstance(stop_reason, str):
+        return STOP_REASONS.get(stop_reason, FinishReason.STOP)
+    return FinishReason.STOP
 
 
 def decode_response(body: bytes, provider: str | None = None) -> ChatResponse:
@@ -129,14 +141,14 @@ class AnthropicStreamDecoder:
         """Chunks completed by ``data``; an ``error`` event raises its LLMError."""
         chunks: list[StreamChunk] = []
         for event in self._sse.feed(data):
-            self._event(event.event, event.data, chunks)
+            self._checked_event(event.event, event.data, chunks)
         return chunks
 
     def close(self) -> list[StreamChunk]:
         """Flush the input; raises UpstreamProtocolError if ``message_stop`` never came."""
         chunks: list[StreamChunk] = []
         for event in self._sse.close():
-            self._event(event.event, event.data, chunks)
+            self._checked_event(event.event, event.data, chunks)
         if not self._done:
             raise UpstreamProtocolError(
                 "Anthropic stream ended before message_stop", provider=self._provider
@@ -166,6 +178,14 @@ class AnthropicStreamDecoder:
             update["reasoning_tokens"] = update["output_tokens"]
         return usage.model_copy(update=update)
 
+    def _checked_event(self, name: str | None, data: str, out: list[StreamChunk]) -> None:
+        try:
+            self._event(name, data, out)
+        except ValidationError as error:  # a field of the wrong type in an event
+            raise UpstreamProtocolError(
+                f"Anthropic stream sent a malformed {name} event", provider=self._provider
+            ) from error
+
     def _event(self, name: str | None, data: str, out: list[StreamChunk]) -> None:
         if name == "ping" or self._done:
             return
@@ -184,69 +204,67 @@ class AnthropicStreamDecoder:
         elif kind == "content_block_start":
             self._block_start(payload, out)
         elif kind == "message_start":
-            message = payload.get("message") or {}
-            self._id = message.get("id")
-            self._model = message.get("model")
+            message = _obj(payload.get("message"))
+            self._id = _str_or_none(message.get("id"))
+            self._model = _str_or_none(message.get("model"))
             self._take_usage(message.get("usage"))
-            out.append(
-                StreamChunk.model_construct(id=self._id, model=self._model, role="assistant")
-            )
+            out.append(StreamChunk(id=self._id, model=self._model, role="assistant"))
         elif kind == "message_delta":
             self._take_usage(payload.get("usage"))
-            stop = (payload.get("delta") or {}).get("stop_reason")
+            stop = _obj(payload.get("delta")).get("stop_reason")
             if stop:
                 out.append(
-                    StreamChunk.model_construct(
-                        id=self._id, finish_reason=_finish(stop), native_finish_reason=stop
-                    )
+                    StreamChunk(id=self._id, finish_reason=_finish(stop), native_finish_reason=stop)
                 )
         elif kind == "message_stop":
             self._done = True
-            out.append(StreamChunk.model_construct(id=self._id, usage=self.usage))
+            out.append(StreamChunk(id=self._id, usage=self.usage))
         elif kind == "error":
             raise error_from_payload(payload, provider=self._provider)
 
     def _block_start(self, payload: dict[str, Any], out: list[StreamChunk]) -> None:
-        block = payload.get("content_block") or {}
+        block = _obj(payload.get("content_block"))
         index = as_int(payload.get("index"))
         kind = block.get("type")
         if kind == "tool_use":
             ordinal = sum(1 for k, _ in self._blocks.values() if k == "tool_use")
-            self._blocks[index] = ("tool_use", ordinal)
             preset = block.get("input")
-            arguments = _dumps(preset) if preset else ""
-            self._generated.append(str(block.get("name", "")) + arguments)
-            delta = ToolCallDelta.model_construct(
-                index=ordinal, id=block.get("id"), name=block.get("name"), arguments=arguments
+            delta = ToolCallDelta(
+                index=ordinal,
+                id=_str_or_none(block.get("id")),
+                name=_str_or_none(block.get("name")),
+                arguments=_dumps(preset) if preset else "",
             )
-            out.append(StreamChunk.model_construct(id=self._id, tool_calls=[delta]))
+            self._blocks[index] = ("tool_use", ordinal)
+            self._emit(out, (delta.name or "") + delta.arguments, tool_calls=[delta])
             return
         self._blocks[index] = (str(kind), 0)
-        text = block.get("text") if kind == "text" else block.get("thinking")
-        if kind in ("text", "thinking") and text:
-            self._generated.append(text)
-            field = "text" if kind == "text" else "reasoning"
-            out.append(StreamChunk.model_construct(id=self._id, **{field: text}))
+        if kind == "text" and block.get("text"):
+            self._emit(out, block["text"], text=block["text"])
+        elif kind == "thinking" and block.get("thinking"):
+            self._emit(out, block["thinking"], reasoning=block["thinking"])
 
     def _delta(self, payload: dict[str, Any], out: list[StreamChunk]) -> None:
-        delta = payload.get("delta") or {}
+        delta = _obj(payload.get("delta"))
         kind = delta.get("type")
         if kind == "text_delta":
             text = delta.get("text") or ""
-            self._generated.append(text)
-            out.append(StreamChunk.model_construct(id=self._id, text=text))
+            self._emit(out, text, text=text)
         elif kind == "input_json_delta":
             fragment = delta.get("partial_json") or ""
             block = self._blocks.get(as_int(payload.get("index")))
             if not fragment or block is None or block[0] != "tool_use":
                 return
-            self._generated.append(fragment)
-            call = ToolCallDelta.model_construct(index=block[1], arguments=fragment)
-            out.append(StreamChunk.model_construct(id=self._id, tool_calls=[call]))
+            call = ToolCallDelta(index=block[1], arguments=fragment)
+            self._emit(out, call.arguments, tool_calls=[call])
         elif kind == "thinking_delta":
             text = delta.get("thinking") or ""
-            self._generated.append(text)
-            out.append(StreamChunk.model_construct(id=self._id, reasoning=text))
+            self._emit(out, text, reasoning=text)
+
+    def _emit(self, out: list[StreamChunk], generated: str, **fields: Any) -> None:
+        chunk = StreamChunk(id=self._id, **fields)  # validated first: a bad type never lands
+        self._generated.append(generated)
+        out.append(chunk)
 
     def _take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):

@@ -1881,3 +1881,86 @@ def test_refusal_text_reaches_an_anthropic_caller() -> None:
     body = ANTHROPIC_CALLER.encode_response(response, "m")
     assert body["content"] == [{"type": "text", "text": "I can't help with that."}]
     assert body["stop_reason"] == "refusal"
+
+
+# ------------------------------------------- robustness: garbage never escapes the family
+
+_any_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "index",
+                    "delta",
+                    "text",
+                    "partial_json",
+                    "content_block",
+                    "message",
+                    "id",
+                    "usage",
+                    "input_tokens",
+                    "output_tokens",
+                    "stop_reason",
+                    "error",
+                    "content",
+                    "name",
+                    "input",
+                    "role",
+                    "messages",
+                    "max_tokens",
+                    "model",
+                    "source",
+                    "tools",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=12,
+)
+_event_names = st.sampled_from(
+    [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+        "something_new",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.tuples(_event_names, _any_json), max_size=8))
+def test_stream_decoder_raises_only_llm_errors_on_garbage(events: list[tuple[str, Any]]) -> None:
+    decoder = AnthropicStreamDecoder(request(user()))
+    wire = b"".join(sse_event(name, payload) for name, payload in events)
+    try:
+        decoder.feed(wire)
+        decoder.close()
+    except LLMError:
+        pass
+    usage = decoder.usage  # readable whatever happened, for metering
+    assert usage is None or usage.input_tokens >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=_any_json)
+def test_decoders_and_parser_raise_only_llm_errors_on_garbage(payload: Any) -> None:
+    raw = json.dumps(payload).encode()
+    for attempt in (
+        lambda: ANTHROPIC_DIALECT.decode_response(raw, provider()),
+        lambda: ANTHROPIC_CALLER.parse_request(raw),
+        lambda: ANTHROPIC_DIALECT.decode_error(500, {}, raw, provider()),
+    ):
+        try:
+            attempt()
+        except LLMError:
+            pass
