@@ -948,7 +948,7 @@ async def test_async_stream_arrives_incrementally(lib: str) -> None:
     assert len(arrivals) == 5
     assert arrivals[0] >= 0.1
     assert arrivals[-1] - arrivals[0] >= 0.2
-    assert ticks >= 20  # the event loop kept running while the stream waited
+    assert ticks >= 10  # the event loop kept running while the stream waited
 
 
 def test_non_stream_waits_for_the_whole_generation() -> None:
