@@ -45,6 +45,7 @@ from .schema import (
     BudgetExceeded,
     ChatRequest,
     ChatResponse,
+    InvalidRequest,
     LLMError,
     Message,
     NoRouteAvailable,
@@ -655,6 +656,7 @@ class Dispatcher:
         policy = self.retry
         catalog = self._catalog()
         last_error: LLMError | None = None
+        rerouted: LLMError | None = None  # the upstream failure that sent the call onwards
         skip_providers: set[str] = set()
         min_context = 0
         previous: Deployment | None = None
@@ -736,18 +738,25 @@ class Dispatcher:
                     delay = policy.delay(error, retries, self._rng)
                     now = self.clock.monotonic()
                     if call.deadline_at is not None and now + delay >= call.deadline_at:
+                        rerouted = rerouted or error
                         break
                     retries += 1
                     if delay > 0:
                         yield _Sleep(delay)
                     continue
                 if verdict is Verdict.FAIL:
+                    if rerouted is not None and isinstance(error, InvalidRequest):
+                        # A fallback rejecting what the first choice accepted (a parameter
+                        # its API lacks): pass it over; the caller hears the original failure.
+                        last_error = rerouted
+                        break
                     raise error
                 if verdict is Verdict.NEXT_PROVIDER:
                     skip_providers.add(deployment.provider)
                 elif verdict is Verdict.LARGER_CONTEXT:
                     window = info.context_window if info is not None else 0
                     min_context = max(min_context, window)
+                rerouted = rerouted or error
                 break
         if number == 0 and isinstance(last_error, BudgetExceeded):
             self._record(

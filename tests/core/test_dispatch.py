@@ -37,6 +37,7 @@ from routing_middleware.schema import (
     LLMError,
     Message,
     NoRouteAvailable,
+    Overloaded,
 )
 from routing_middleware.stats import MemoryStatsStore
 from routing_middleware.testing import Failure, FakeModel, FakeProvider
@@ -252,6 +253,25 @@ def test_invalid_request_is_neither_retried_nor_rerouted(env: Env) -> None:
     assert len(env.fa.calls) == 1
     assert len(env.fb.calls) == 0
     assert [r.error_kind for r in env.records] == ["InvalidRequest"]
+
+
+def test_a_fallback_rejecting_a_parameter_is_passed_over(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.overloaded(), Failure.overloaded(), Failure.overloaded())
+    env.fb.inject(
+        "claude-b", Failure(status=400, message="temperature: Extra inputs are not permitted")
+    )
+    answer = env.dispatch(env.dispatcher(), chat(), decision(fallbacks=(B, A_SMALL)))
+    assert answer.text == TEXT_A
+    assert env.records[3].error_kind == "InvalidRequest"
+    assert env.records[-1].chosen_model == "openai/gpt-small"
+
+
+def test_when_every_fallback_fails_the_caller_hears_the_original_failure(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.overloaded(), Failure.overloaded(), Failure.overloaded())
+    env.fb.inject("claude-b", Failure(status=400, message="top_k: Extra inputs are not permitted"))
+    with pytest.raises(Overloaded):
+        env.dispatch(env.dispatcher(), chat(), decision())
+    assert [r.error_kind for r in env.records] == ["Overloaded"] * 3 + ["InvalidRequest"]
 
 
 def test_context_overflow_skips_fallbacks_with_a_window_too_small(env: Env) -> None:
