@@ -933,7 +933,6 @@ class Dispatcher:
         held: list[StreamChunk] = []
         flowing = finished = False
         content = 0
-        chunks: list[StreamChunk] = []
         keep: list[StreamChunk] | None = (
             [] if call.cache_key is not None and not call.stitched else None
         )
@@ -986,10 +985,13 @@ class Dispatcher:
         for early in held:
             yield from self._deliver(call, early)
         usage = decoder.usage
+        reported = usage is not None
         if usage is None:
             usage = self._partial_usage(call, attempt, request)
             assert usage is not None
         record = yield from self._end_attempt(call, attempt, usage, None)
+        if not reported:  # the provider sent none: the consumer gets the estimate
+            yield from self._deliver(call, StreamChunk(usage=usage))
         total = usage if call.carried is None else call.carried + usage
         record.requested_cost = self._requested_cost(
             call, total, record if call.carried is None else None

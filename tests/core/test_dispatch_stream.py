@@ -382,3 +382,16 @@ def test_continue_mode_does_not_double_the_whitespace_at_the_seam(env: Env) -> N
     d = env.dispatcher(stream_failover="continue", retry=RetryPolicy(max_retries=0))
     out = consume(env, d, chat(), decision())
     assert out.text == "Answer from B says four."
+
+
+def test_a_stream_without_usage_ends_with_an_estimate(env: Env) -> None:
+    env.fa.inject("gpt-a", Failure.no_usage())
+    out = consume(env, env.dispatcher(), chat(), decision())
+    assert out.text == TEXT_A
+    last = out.chunks[-1].usage
+    assert last is not None
+    assert last.estimated
+    assert last.output_tokens > 0
+    (record,) = env.records
+    assert record.usage == last
+    assert record.cost > 0
