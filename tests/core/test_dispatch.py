@@ -709,3 +709,33 @@ def test_clients_made_by_the_dispatcher_are_closed_by_it() -> None:
     Dispatcher({}, client=given).close()
     assert not given.is_closed
     given.close()
+
+
+def test_a_cancelled_async_call_is_recorded_and_releases_its_hold() -> None:
+    arrived = anyio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        arrived.set()
+        await anyio.Event().wait()  # the upstream never answers
+        raise AssertionError("unreachable")
+
+    sink = MemorySink()
+    budgets = Budgets([Budget(name="daily", limit_usd=Decimal("10"))])
+    d = Dispatcher(
+        {"openai": provider_config("openai", api_key=KEY_A, base_url="https://h.fake/v1")},
+        catalog=CATALOG,
+        async_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+        sink=sink,
+        budgets=budgets,
+    )
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(d.adispatch, chat(), decision(fallbacks=()))
+            await arrived.wait()
+            tasks.cancel_scope.cancel()
+
+    anyio.run(main)
+    (record,) = sink.records
+    assert (record.status, record.error_kind, record.cost) == ("error", "CancelledError", 0)
+    assert budgets.status(RouteContext())[0].spent == 0  # the hold was released
