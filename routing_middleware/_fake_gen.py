@@ -20,34 +20,14 @@ from .tokens import estimate_request_tokens, estimate_text_tokens
 
 __all__ = ["Generation", "Prompt", "billed_cost", "generate", "prompt_of"]
 
-_FILLER = [
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mike",
-    "november",
-    "oscar",
-    "papa",
-    "quebec",
-    "romeo",
-    "sierra",
-    "tango",
-    "uniform",
-    "victor",
-    "whiskey",
-    "xray",
-    "yankee",
-    "zulu",
-]
+#: Filler prose for answers of a given length: one token per word.
+_FILLER_TEXT = (
+    "Here is a short answer from the offline test model. It has no knowledge and makes "
+    "no claims; it only produces text of a known length so that latency, streaming, "
+    "usage and cost can be checked end to end. Routing, retries and budgets behave as "
+    "they would with a real provider, and every call is written to the ledger."
+)
+_FILLER = _FILLER_TEXT.split(" ")
 _ROLES: dict[str, Role] = {
     "system": "system",
     "developer": "developer",
