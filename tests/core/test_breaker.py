@@ -9,6 +9,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from routing_middleware.breaker import (
     BreakerPolicy,
@@ -319,3 +321,46 @@ def test_successes_on_a_healthy_breaker_are_not_written() -> None:
     breaker.record(DEP, True)
     assert writes == ["failure", "success"]  # after a failure, successes count again
     assert breaker.store.get(DEP.key).consecutive == 0
+
+
+# ------------------------------------------------------------------ properties
+
+_EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["acquire", "success", "failure", "neutral"]),
+        st.floats(min_value=0, max_value=20, allow_nan=False),
+    ),
+    max_size=60,
+)
+
+
+@given(_EVENTS)
+def test_never_two_probes_out_at_once(events: list[tuple[str, float]]) -> None:
+    state, now = BreakerState(), 0.0
+    probe_out_until: float | None = None  # lease of the probe granted in half-open
+    for event, step in events:
+        now += step
+        phase = state.phase(now)
+        state, granted = transition(state, event, now, POLICY)  # type: ignore[arg-type]
+        if event == "acquire" and granted and phase == "half_open":
+            assert probe_out_until is None or probe_out_until <= now
+            probe_out_until = now + POLICY.probe_timeout_s
+        elif event != "acquire" and phase != "open":
+            probe_out_until = None  # an outcome came back
+        if event == "acquire" and phase == "open":
+            assert not granted
+
+
+@given(_EVENTS)
+def test_closed_always_admits_and_availability_matches_acquire(
+    events: list[tuple[str, float]],
+) -> None:
+    state, now = BreakerState(), 0.0
+    for event, step in events:
+        now += step
+        available = state.available(now)
+        _, granted = transition(state, "acquire", now, POLICY)
+        assert available == granted
+        if state.phase(now) == "closed":
+            assert granted
+        state, _ = transition(state, event, now, POLICY)  # type: ignore[arg-type]
