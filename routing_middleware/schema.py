@@ -334,7 +334,7 @@ class LLMError(Exception):
     """
 
     status_code: int = 500
-    retryable: ClassVar[bool] = False
+    retryable: bool = False
     default_code: ClassVar[str] = "llm_error"
 
     def __init__(
@@ -347,9 +347,12 @@ class LLMError(Exception):
         param: str | None = None,
         status_code: int | None = None,
         retry_after: float | None = None,
+        retryable: bool | None = None,
         raw: Any = None,
     ) -> None:
         super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
         self.message = message
         self.provider = provider
         self.model = model

@@ -143,7 +143,12 @@ class CallerDialect(Protocol):
         """The response body the caller's SDK expects; ``model`` is the name to report."""
         ...
 
-    def stream_encoder(self, model: str, response_id: str) -> CallerStreamEncoder: ...
+    def stream_encoder(
+        self, model: str, response_id: str, *, include_usage: bool = False
+    ) -> CallerStreamEncoder:
+        """An encoder for one streamed answer; ``include_usage`` when the caller asked
+        for usage in the stream (OpenAI ``stream_options.include_usage``)."""
+        ...
 
     def encode_error(self, error: LLMError) -> tuple[int, dict[str, str], bytes]:
         """Status, headers and body for ``error`` in this dialect."""

@@ -86,9 +86,9 @@ def apply_should_retry(error: LLMError, headers: Mapping[str, str]) -> LLMError:
             value = item.strip().lower()
             break
     if value == "false":
-        setattr(error, "retryable", False)  # noqa: B010 - instance override of a ClassVar
+        error.retryable = False
     elif value == "true":
-        setattr(error, "retryable", True)  # noqa: B010
+        error.retryable = True
     return error
 
 

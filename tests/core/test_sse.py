@@ -55,7 +55,12 @@ def test_field_without_space_and_unknown_fields() -> None:
     st.lists(
         st.tuples(
             st.one_of(st.none(), st.sampled_from(["delta", "message_stop", "error"])),
-            st.text(alphabet=st.characters(blacklist_characters="\r\n\x00"), min_size=1),
+            st.text(
+                alphabet=st.characters(
+                    blacklist_characters="\r\n\x00", blacklist_categories=("Cs",)
+                ),
+                min_size=1,
+            ),
         ),
         max_size=6,
     ),
