@@ -123,6 +123,7 @@ class AnthropicStreamDecoder:
         "_request",
         "_seen",
         "_sse",
+        "_stopped",
     )
 
     def __init__(self, request: ChatRequest | None = None, provider: str | None = None) -> None:
@@ -136,6 +137,7 @@ class AnthropicStreamDecoder:
         self._generated: list[str] = []
         self._seen = False
         self._done = False
+        self._stopped = False  # a stop_reason arrived (in message_delta)
 
     def feed(self, data: bytes) -> list[StreamChunk]:
         """Chunks completed by ``data``; an ``error`` event raises its LLMError."""
@@ -145,13 +147,22 @@ class AnthropicStreamDecoder:
         return chunks
 
     def close(self) -> list[StreamChunk]:
-        """Flush the input; raises UpstreamProtocolError if ``message_stop`` never came."""
+        """Flush the input; UpstreamProtocolError if the stream did not end properly.
+
+        Properly is a ``message_delta`` with a ``stop_reason``, then ``message_stop``:
+        a proxy that cuts a stream may still send the terminal event.
+        """
         chunks: list[StreamChunk] = []
         for event in self._sse.close():
             self._checked_event(event.event, event.data, chunks)
         if not self._done:
             raise UpstreamProtocolError(
                 "Anthropic stream ended before message_stop", provider=self._provider
+            )
+        if not self._stopped:
+            raise UpstreamProtocolError(
+                "Anthropic stream reached message_stop without a stop_reason: it was cut short",
+                provider=self._provider,
             )
         return chunks
 
@@ -162,12 +173,13 @@ class AnthropicStreamDecoder:
             return None
         raw = self._raw_usage
         has_input, has_output = "input_tokens" in raw, "output_tokens" in raw
-        if self._done and has_input and has_output:
+        complete = self._done and self._stopped
+        if complete and has_input and has_output:
             return usage_from_anthropic(raw)
         usage = usage_from_anthropic(raw)
         generated = estimate_text_tokens("".join(self._generated))
         # A cut stream's last output count is stale: what was seen generated is a floor.
-        output = usage.output_tokens if self._done and has_output else generated
+        output = usage.output_tokens if complete and has_output else generated
         update: dict[str, Any] = {
             "output_tokens": max(usage.output_tokens, output),
             "estimated": True,
@@ -213,6 +225,7 @@ class AnthropicStreamDecoder:
             self._take_usage(payload.get("usage"))
             stop = _obj(payload.get("delta")).get("stop_reason")
             if stop:
+                self._stopped = True
                 out.append(
                     StreamChunk(id=self._id, finish_reason=_finish(stop), native_finish_reason=stop)
                 )

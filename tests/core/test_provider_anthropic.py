@@ -737,6 +737,9 @@ def test_tool_calls_numbered_by_order_not_block_index() -> None:
         + args(1, '{"x":1}')
         + start(2, {"type": "tool_use", "id": "b", "name": "g", "input": {}})
         + args(2, '{"y":2}')
+        + sse_event(
+            "message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}}
+        )
         + sse_event("message_stop", {"type": "message_stop"})
     )
     summary = summarize(decode_stream([wire]))
@@ -773,6 +776,20 @@ def test_stream_without_message_stop_raises_and_usage_is_estimated() -> None:
     # message_start said output 1; the text seen is worth more and wins
     generated = "Hmm, " + "Grüße aus 東京 " + "🌧" + "weather" + '{"city": "Tokyo"}'
     assert usage.output_tokens == estimate_text_tokens(generated) > 1
+
+
+def test_message_stop_without_a_stop_reason_is_a_cut_not_a_clean_end() -> None:
+    wire = stream_wire(stop=False)
+    cut = wire.index(b"event: message_delta")
+    decoder = ANTHROPIC_DIALECT.stream_decoder(provider(), request(user()))
+    chunks = decoder.feed(wire[:cut] + sse_event("message_stop", {"type": "message_stop"}))
+    assert not [c for c in chunks if c.finish_reason]
+    with pytest.raises(UpstreamProtocolError, match="stop_reason"):
+        decoder.close()
+    usage = decoder.usage
+    assert usage is not None
+    assert usage.estimated
+    assert usage.output_tokens > 1  # not message_start's placeholder count
 
 
 def test_stream_with_no_usage_at_all_is_estimated_never_zero() -> None:
