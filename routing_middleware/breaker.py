@@ -137,6 +137,8 @@ class BreakerState:
 
 
 _CLOSED = BreakerState()
+#: Optimistic-transaction retries before a Redis update gives up.
+_MAX_CONFLICTS = 32
 
 
 def transition(
@@ -330,7 +332,8 @@ class RedisBreakerStore:
 
         name = self.prefix + key
         with self._sync().pipeline() as pipe:
-            while True:
+            old = _CLOSED
+            for _ in range(_MAX_CONFLICTS):
                 try:
                     pipe.watch(name)
                     old = BreakerState.from_json(pipe.get(name))
@@ -344,6 +347,8 @@ class RedisBreakerStore:
                     break
                 except redis.WatchError:
                     continue
+            else:  # lost every race: refuse a probe, drop an outcome
+                return old, False
         self._remember(key, new)
         return new, granted
 
@@ -354,7 +359,8 @@ class RedisBreakerStore:
 
         name = self.prefix + key
         async with self._async().pipeline() as pipe:
-            while True:
+            old = _CLOSED
+            for _ in range(_MAX_CONFLICTS):
                 try:
                     await pipe.watch(name)
                     old = BreakerState.from_json(await pipe.get(name))
@@ -368,6 +374,8 @@ class RedisBreakerStore:
                     break
                 except redis.WatchError:
                     continue
+            else:  # lost every race: refuse a probe, drop an outcome
+                return old, False
         self._remember(key, new)
         return new, granted
 
