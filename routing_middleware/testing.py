@@ -10,7 +10,9 @@ adapters, so the adapters can be tested against it.
 Use it in-process (``fake.transport()`` / ``fake.async_transport()`` for httpx,
 ``lib="httpx2"`` for httpx2 and the official SDKs) or over a real socket
 (``fake.asgi_app()``, ``fake.serve()``, ``python -m routing_middleware.testing``).
-Every call lands in ``fake.ledger`` with what the provider billed.
+:class:`FakeNetwork` puts several fakes behind their real host names for clients
+that keep the providers' default URLs. Every call lands in ``fake.ledger`` with
+what the provider billed and the headers (API keys included) that reached it.
 
 Example::
 
