@@ -367,3 +367,20 @@ def test_closed_always_admits_and_availability_matches_acquire(
         if state.phase(now) == "closed":
             assert granted
         state, _ = transition(state, event, now, POLICY)  # type: ignore[arg-type]
+
+
+@pytest.mark.redis
+def test_one_probe_among_many_racing_workers(redis_url: str, redis_prefix: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    clock = Clock()
+    stores = [RedisBreakerStore(redis_url, prefix=redis_prefix, refresh_s=0) for _ in range(12)]
+    breakers = [CircuitBreaker(store, POLICY, clock=clock) for store in stores]
+    for _ in range(3):
+        breakers[0].record(DEP, False)
+    clock.now += 30
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        granted = list(pool.map(lambda b: b.acquire(DEP), breakers))
+    assert granted.count(True) == 1
+    for store in stores:
+        store.close()
