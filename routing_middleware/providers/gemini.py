@@ -13,6 +13,8 @@ Decisions worth knowing:
 - **Usage** follows the schema's convention. ``input_tokens`` is ``promptTokenCount``
   plus ``toolUsePromptTokenCount`` (the tool-use prompt is billed as input and is not
   inside ``promptTokenCount``; ``totalTokenCount`` sums all four counts).
+  When ``totalTokenCount`` equals prompt + candidates + thoughts, the tool-use count
+  is taken to be inside the prompt count already and is not added.
   ``cached_input_tokens`` is ``cachedContentTokenCount``, which is already *inside*
   ``promptTokenCount`` and is never added again. ``output_tokens`` is
   ``candidatesTokenCount + thoughtsTokenCount``; ``reasoning_tokens`` the thoughts.
@@ -260,13 +262,19 @@ def _count(meta: Mapping[str, Any], key: str) -> int:
 
 
 def _usage_from_meta(meta: Mapping[str, Any]) -> Usage:
-    prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
+    prompt = _count(meta, "promptTokenCount")
     thoughts = _count(meta, "thoughtsTokenCount")
+    output = _count(meta, "candidatesTokenCount") + thoughts
+    tool_use = _count(meta, "toolUsePromptTokenCount")
+    # The tool-use prompt is billed as input on top of the prompt, unless the total
+    # shows it already sits inside promptTokenCount: never count it twice.
+    if tool_use and _count(meta, "totalTokenCount") != prompt + output:
+        prompt += tool_use
     return Usage(
         input_tokens=prompt,
         # Inside promptTokenCount already: a subset, never an addition.
         cached_input_tokens=min(_count(meta, "cachedContentTokenCount"), prompt),
-        output_tokens=_count(meta, "candidatesTokenCount") + thoughts,
+        output_tokens=output,
         reasoning_tokens=thoughts,
     )
 

@@ -695,29 +695,10 @@ def test_dialect_only_fields_stay_home(caller: str, upstream: str) -> None:
 # --------------------------------------------------------------------------- broken streams
 
 
-_END_WITHOUT_FINISH = pytest.mark.xfail(
-    strict=True,
-    reason="the OpenAI and Anthropic stream decoders accept an end marker ([DONE], "
-    "message_stop) that came without any finish reason as a clean end",
-)
-BROKEN = [
-    pytest.param(a, b, kind, marks=_END_WITHOUT_FINISH if marker and b != "gemini" else ())
-    for a, b in PAIRS
-    for kind, marker in (("cut", False), ("cut-with-end-marker", True), ("in-band-error", False))
-]
-
-
-@pytest.mark.parametrize(
-    ("caller", "upstream", "kind"),
-    BROKEN,
-    ids=[f"{p.values[0]}->{p.values[1]}-{p.values[2]}" for p in BROKEN],
-)
+@pytest.mark.parametrize("kind", ["cut", "in-band-error"])
+@pytest.mark.parametrize(("caller", "upstream"), PAIRS, ids=[f"{a}->{b}" for a, b in PAIRS])
 def test_broken_stream_never_looks_like_a_clean_end(caller: str, upstream: str, kind: str) -> None:
-    failure = {
-        "cut": Failure.cut(after=1),
-        "cut-with-end-marker": Failure.cut(after=1, terminal=True),
-        "in-band-error": Failure.stream_error(after=1),
-    }[kind]
+    failure = Failure.cut(after=1) if kind == "cut" else Failure.stream_error(after=1)
     fake = fake_for(TEXT_SCENARIO)
     fake.inject(UPSTREAM_MODEL[upstream], failure)
     body, path = caller_request(caller, stream=True)
@@ -725,3 +706,31 @@ def test_broken_stream_never_looks_like_a_clean_end(caller: str, upstream: str, 
     assert relayed.status == 200  # the stream had started: the failure travels in-band
     with pytest.raises(LLMError):
         read_stream(caller, relayed.body, relayed.request)
+
+
+@pytest.mark.parametrize("upstream", DIALECTS)
+def test_end_marker_without_a_finish_reason_is_a_cut(upstream: str) -> None:
+    # The stream stops after its first event but still sends the end marker ([DONE],
+    # message_stop; Gemini has none): complete-looking, with no finish and no usage.
+    fake = fake_for(TEXT_SCENARIO)
+    fake.inject(UPSTREAM_MODEL[upstream], Failure.cut(after=1, terminal=True))
+    request = CALLERS[upstream].parse_request(*caller_request(upstream, stream=True))
+    encoded = UPSTREAM[upstream].encode_request(
+        request, provider(upstream), UPSTREAM_MODEL[upstream]
+    )
+    url = httpx.URL(encoded.url)
+    _, _, raw = fake.handle(
+        "POST",
+        url.path,
+        headers=encoded.headers,
+        query=dict(url.params),
+        body=json.dumps(encoded.json).encode(),
+    )
+    decoder = UPSTREAM[upstream].stream_decoder(provider(upstream), request)
+    with pytest.raises(LLMError):
+        drain(decoder, raw)
+
+
+def drain(decoder: Any, raw: bytes) -> None:
+    decoder.feed(raw)
+    decoder.close()

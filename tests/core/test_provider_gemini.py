@@ -1473,7 +1473,7 @@ def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 @st.composite
 def _broken_bodies(draw: st.DrawFn) -> Any:
     """A valid request with one node, anywhere, replaced by arbitrary JSON."""
-    body = draw(_bodies())
+    body = json.loads(json.dumps(draw(_bodies())))  # a copy: strategies share st.just values
     path = draw(st.sampled_from(_paths(body)))
     garbage = draw(_json)
     if not path:
@@ -1496,3 +1496,28 @@ def test_any_garbage_is_a_clear_invalid_request(body: Any) -> None:
         return
     with contextlib.suppress(InvalidRequest):
         encode(req)
+
+
+@pytest.mark.parametrize(
+    ("total", "expected_input"),
+    [
+        (None, 110),  # no total to check against: the tool-use prompt adds to the prompt
+        (160, 110),  # 160 = 100 prompt + 10 tool use + 20 candidates + 30 thoughts
+        (150, 100),  # 150 = 100 + 20 + 30: the tool-use tokens sit inside the prompt count
+    ],
+)
+def test_tool_use_prompt_is_counted_once(total: int | None, expected_input: int) -> None:
+    meta = {
+        "promptTokenCount": 100,
+        "toolUsePromptTokenCount": 10,
+        "candidatesTokenCount": 20,
+        "thoughtsTokenCount": 30,
+    }
+    if total is not None:
+        meta["totalTokenCount"] = total
+    response = decode(
+        {"candidates": [{"content": {"parts": [{"text": "x"}]}}], "usageMetadata": meta}
+    )
+    assert response.usage is not None
+    assert response.usage.input_tokens == expected_input
+    assert response.usage.output_tokens == 50
