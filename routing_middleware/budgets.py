@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -102,7 +103,7 @@ class Budget(BaseModel):
             raise ValueError(f"budget {self.name!r}: thresholds must be ascending ratios in (0, 1]")
         return self
 
-    @property
+    @cached_property
     def limit_micros(self) -> int:
         return to_micros(self.limit_usd)
 
@@ -155,9 +156,14 @@ class BudgetStatus:
 
     budget: Budget
     subject: str
-    spent: Decimal
+    spent_micros: int
     ratio: float
     action: BudgetAction | None
+
+    @property
+    def spent(self) -> Decimal:
+        """Settled plus held spend in USD."""
+        return from_micros(self.spent_micros)
 
 
 class BudgetStore(Protocol):
@@ -237,8 +243,17 @@ class MemoryBudgetStore:
 
     def totals(self, lines: Sequence[BudgetLine]) -> list[int]:
         now = self._clock()
+        counters = self._counters
+        out = []
         with self._lock:
-            return [sum(self._value(k, now) for k in line.window) for line in lines]
+            for line in lines:
+                total = 0.0
+                for key in line.window:
+                    entry = counters.get(key)
+                    if entry is not None and entry[2] > now:
+                        total += entry[0] + entry[1]
+                out.append(int(total))
+        return out
 
     async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
         return self.reserve(lines, amount)
@@ -532,6 +547,7 @@ class Budgets:
         self._clock = clock
         self._status_ttl = status_ttl_s
         self._line_cache: dict[tuple[int, str, int], BudgetLine] = {}
+        self._lines_by_context: dict[tuple[Any, ...], tuple[BudgetLine, ...]] = {}
         self._status_cache: dict[str, tuple[float, int]] = {}
 
     def __bool__(self) -> bool:
@@ -542,6 +558,10 @@ class Budgets:
         ctx = current_context() if context is None else context
         now = self._clock()
         slot = int(now // 3600)
+        whole = (slot, ctx.user_id, ctx.feature, ctx.api_key_id, ctx.tags)
+        found = self._lines_by_context.get(whole)
+        if found is not None:
+            return found
         out: list[BudgetLine] = []
         cache = self._line_cache
         for index, budget in enumerate(self.budgets):
@@ -559,7 +579,10 @@ class Budgets:
                     )
                     cache[key] = line
                 out.append(line)
-        return tuple(out)
+        if len(self._lines_by_context) > 4096:
+            self._lines_by_context.clear()
+        self._lines_by_context[whole] = result = tuple(out)
+        return result
 
     def _blocked(self, lines: tuple[BudgetLine, ...], index: int, amount: int) -> BudgetExceeded:
         budget = lines[index].budget
@@ -616,19 +639,16 @@ class Budgets:
         """Async twin of :meth:`release`."""
         await self.store.asettle(reservation.lines, reservation.amount, 0)
 
-    def _statuses(self, lines: tuple[BudgetLine, ...], totals: list[int]) -> list[BudgetStatus]:
+    def _statuses(
+        self, lines: tuple[BudgetLine, ...], totals: Sequence[int], pressing: bool = False
+    ) -> list[BudgetStatus]:
         out = []
         for line, total in zip(lines, totals, strict=True):
-            ratio = total / line.budget.limit_micros
-            out.append(
-                BudgetStatus(
-                    line.budget,
-                    line.subject,
-                    from_micros(total),
-                    ratio,
-                    line.budget.action_at(ratio),
-                )
-            )
+            budget = line.budget
+            ratio = total / budget.limit_micros
+            action = budget.action_at(ratio)
+            if action is not None or not pressing:
+                out.append(BudgetStatus(budget, line.subject, total, ratio, action))
         return out
 
     def _cached_totals(self, lines: tuple[BudgetLine, ...]) -> tuple[list[int | None], float]:
@@ -645,13 +665,19 @@ class Budgets:
         for line, total in zip(lines, totals, strict=True):
             self._status_cache[line.charge_key] = (now + self._status_ttl, total)
 
-    def status(self, context: RouteContext | None = None) -> list[BudgetStatus]:
-        """Spend and ratio of every budget matching ``context`` (cheap; maybe cached)."""
+    def status(
+        self, context: RouteContext | None = None, *, pressing: bool = False
+    ) -> list[BudgetStatus]:
+        """Spend and ratio of every budget matching ``context`` (cheap; maybe cached).
+
+        With ``pressing=True`` only budgets past a threshold are returned (what the
+        router reads on every decision).
+        """
         lines = self.lines(context)
         if not lines:
             return []
         if self._status_ttl <= 0:
-            return self._statuses(lines, self.store.totals(lines))
+            return self._statuses(lines, self.store.totals(lines), pressing)
         cached, now = self._cached_totals(lines)
         missing = [line for line, total in zip(lines, cached, strict=True) if total is None]
         if missing:
@@ -659,7 +685,7 @@ class Budgets:
             self._remember(missing, fresh, now)
             it = iter(fresh)
             cached = [next(it) if total is None else total for total in cached]
-        return self._statuses(lines, [int(t or 0) for t in cached])
+        return self._statuses(lines, [int(t or 0) for t in cached], pressing)
 
     async def astatus(self, context: RouteContext | None = None) -> list[BudgetStatus]:
         """Async twin of :meth:`status`."""

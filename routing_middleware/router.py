@@ -50,13 +50,14 @@ from .catalog import Catalog, ModelInfo
 from .classify import Classifier, ComplexityScorer
 from .config import RoutingConfig, Rule, TierSpec
 from .context import Mode, RouteContext, current_context
+from .pricing import COST_QUANTUM, estimate_cost
 from .schema import BudgetExceeded, ChatRequest, NoRouteAvailable
 from .stats import AlwaysAvailable, DeploymentStats, HealthCheck, StatsSnapshot, StatsStore
 from .tokens import estimate_request_tokens
 
 __all__ = ["Decision", "Deployment", "Reason", "Router"]
 
-_MILLION = Decimal(1_000_000)
+_PER_M = Decimal("0.000001")
 _BUCKETS = 64
 _EMPTY_SNAPSHOT = StatsSnapshot()
 
@@ -127,9 +128,12 @@ class Decision:
 
 
 def _expected_cost(model: ModelInfo, input_tokens: int, output_tokens: int) -> Decimal:
-    from .pricing import estimate_cost
-
-    return estimate_cost(model, input_tokens, output_tokens)
+    price = model.price
+    if price.bands:
+        return estimate_cost(model, input_tokens, output_tokens)
+    # estimate_cost's own arithmetic, minus its lookups: this runs twice per decision.
+    cost = (input_tokens * price.input + output_tokens * price.output) * _PER_M
+    return cost.quantize(COST_QUANTUM)
 
 
 def _usd(amount: Decimal) -> str:
@@ -230,6 +234,54 @@ class _RuleOutcome:
     reasons: list[Reason] = field(default_factory=list)
 
 
+class _CompiledRule:
+    """A rule flattened into plain attributes, read on every decision."""
+
+    __slots__ = (
+        "continue_",
+        "features",
+        "groups",
+        "has_images",
+        "has_tools",
+        "json_schema",
+        "keywords",
+        "max_latency_ms",
+        "max_tokens",
+        "min_quality",
+        "min_tokens",
+        "mode",
+        "model",
+        "models",
+        "name",
+        "pattern",
+        "routes",
+        "tags",
+        "tier",
+    )
+
+    def __init__(self, rule: Rule, level: Any) -> None:
+        when, then = rule.when, rule.then
+        self.name = rule.name
+        self.continue_ = rule.continue_
+        self.features = rule.globs("feature")
+        self.routes = rule.globs("route")
+        self.models = rule.globs("model")
+        self.groups = when.user_groups
+        self.tags = when.tags
+        self.min_tokens = when.min_input_tokens
+        self.max_tokens = when.max_input_tokens
+        self.has_tools = when.has_tools
+        self.has_images = when.has_images
+        self.json_schema = when.json_schema
+        self.pattern = rule.pattern
+        self.keywords = rule.keyword_pattern
+        self.tier: int | None = level(then.tier) if then.tier is not None else None
+        self.model = then.model
+        self.min_quality = then.min_quality
+        self.max_latency_ms = then.max_latency_ms
+        self.mode: Mode | None = then.mode
+
+
 _DEFAULT_CONFIG: RoutingConfig | None = None
 
 
@@ -278,9 +330,10 @@ class Router:
         self._snapshot: StatsSnapshot = _EMPTY_SNAPSHOT
         self._snapshot_at = -math.inf
         self._tier_names = {k.lower(): v for k, v in self.config.all_tier_names.items()}
-        self._rules = self.config.rules
-        self._rule_cache: dict[tuple[str | None, str | None, str], tuple[Rule, ...]] = {}
+        self._rules = tuple(_CompiledRule(rule, self._level) for rule in self.config.rules)
+        self._rule_cache: dict[tuple[str | None, str | None, str], tuple[_CompiledRule, ...]] = {}
         self._levels: tuple[int, ...] = ()
+        self._level_orders: dict[int, list[int]] = {}
 
     # ------------------------------------------------------------------ planning
 
@@ -350,6 +403,7 @@ class Router:
                 if spec.models is not None:
                     ordered.add(level)
         self._levels = tuple(sorted(level for level, members in tiers.items() if members))
+        self._level_orders = {}
         return _Plan(generation, by_id, tiers, frozenset(ordered), everything)
 
     @staticmethod
@@ -391,16 +445,16 @@ class Router:
 
     # ------------------------------------------------------------------ rules
 
-    def _rules_for(self, ctx: RouteContext, model: str) -> tuple[Rule, ...]:
+    def _rules_for(self, ctx: RouteContext, model: str) -> tuple[_CompiledRule, ...]:
         key = (ctx.feature, ctx.route, model)
         found = self._rule_cache.get(key)
         if found is None:
             found = tuple(
                 r
                 for r in self._rules
-                if _glob_ok(r.globs("feature"), ctx.feature)
-                and _glob_ok(r.globs("route"), ctx.route)
-                and _glob_ok(r.globs("model"), model)
+                if _glob_ok(r.features, ctx.feature)
+                and _glob_ok(r.routes, ctx.route)
+                and _glob_ok(r.models, model)
             )
             if len(self._rule_cache) > 4096:
                 self._rule_cache.clear()
@@ -414,45 +468,43 @@ class Router:
         rules = self._rules_for(ctx, request.model) if self._rules else ()
         text: str | None = None
         for rule in rules:
-            when = rule.when
-            if when.user_groups is not None and when.user_groups.isdisjoint(ctx.user_groups or ()):
+            if rule.groups is not None and rule.groups.isdisjoint(ctx.user_groups or ()):
                 continue
-            if when.tags is not None and when.tags.isdisjoint(ctx.tags or ()):
+            if rule.tags is not None and rule.tags.isdisjoint(ctx.tags or ()):
                 continue
-            if when.min_input_tokens is not None and input_tokens < when.min_input_tokens:
+            if rule.min_tokens is not None and input_tokens < rule.min_tokens:
                 continue
-            if when.max_input_tokens is not None and input_tokens > when.max_input_tokens:
+            if rule.max_tokens is not None and input_tokens > rule.max_tokens:
                 continue
-            if when.has_tools is not None and bool(request.tools) != when.has_tools:
+            if rule.has_tools is not None and bool(request.tools) != rule.has_tools:
                 continue
-            if when.has_images is not None and request.has_images != when.has_images:
+            if rule.has_images is not None and request.has_images != rule.has_images:
                 continue
-            if when.json_schema is not None and _wants_schema(request) != when.json_schema:
+            if rule.json_schema is not None and _wants_schema(request) != rule.json_schema:
                 continue
-            if rule.pattern is not None or rule.keyword_pattern is not None:
+            if rule.pattern is not None or rule.keywords is not None:
                 if text is None:
                     text = request.last_user_text
                 if rule.pattern is not None and rule.pattern.search(text) is None:
                     continue
-                if rule.keyword_pattern is not None and rule.keyword_pattern.search(text) is None:
+                if rule.keywords is not None and rule.keywords.search(text) is None:
                     continue
-            then = rule.then
             applied = []
-            if then.tier is not None and outcome.tier is None and outcome.model is None:
-                outcome.tier = self._level(then.tier)
-                applied.append(f"tier {outcome.tier}")
-            if then.model is not None and outcome.model is None and outcome.tier is None:
-                outcome.model = then.model
-                applied.append(f"model {then.model}")
-            if then.min_quality is not None and outcome.min_quality is None:
-                outcome.min_quality = then.min_quality
-                applied.append(f"quality ≥ {then.min_quality}")
-            if then.max_latency_ms is not None and outcome.max_latency_ms is None:
-                outcome.max_latency_ms = then.max_latency_ms
-                applied.append(f"SLA {_seconds(then.max_latency_ms)}")
-            if then.mode is not None and outcome.mode is None:
-                outcome.mode = then.mode
-                applied.append(f"mode {then.mode}")
+            if rule.tier is not None and outcome.tier is None and outcome.model is None:
+                outcome.tier = rule.tier
+                applied.append(f"tier {rule.tier}")
+            if rule.model is not None and outcome.model is None and outcome.tier is None:
+                outcome.model = rule.model
+                applied.append(f"model {rule.model}")
+            if rule.min_quality is not None and outcome.min_quality is None:
+                outcome.min_quality = rule.min_quality
+                applied.append(f"quality ≥ {rule.min_quality}")
+            if rule.max_latency_ms is not None and outcome.max_latency_ms is None:
+                outcome.max_latency_ms = rule.max_latency_ms
+                applied.append(f"SLA {_seconds(rule.max_latency_ms)}")
+            if rule.mode is not None and outcome.mode is None:
+                outcome.mode = rule.mode
+                applied.append(f"mode {rule.mode}")
             if applied:
                 outcome.reasons.append(Reason("rule", f"rule '{rule.name}' → {', '.join(applied)}"))
             if not rule.continue_:
@@ -519,7 +571,7 @@ class Router:
         # Budgets
         cheapest = False
         if self.budgets:
-            for status in self.budgets.status(ctx):
+            for status in self.budgets.status(ctx, pressing=True):
                 action = status.action
                 if action is None:
                     continue
@@ -674,6 +726,12 @@ class Router:
         )
 
     def _level_order(self, tier: int) -> list[int]:
+        found = self._level_orders.get(tier)
+        if found is None:
+            found = self._level_orders[tier] = self._compute_level_order(tier)
+        return found
+
+    def _compute_level_order(self, tier: int) -> list[int]:
         levels = self._levels
         if tier in levels:
             start = tier

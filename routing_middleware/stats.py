@@ -149,13 +149,16 @@ class _Ring:
 
 
 class _Deployment:
-    __slots__ = ("errors", "in_flight", "totals", "ttfts")
+    __slots__ = ("errors", "in_flight", "summary", "totals", "ttfts", "version")
 
     def __init__(self, window: int) -> None:
         self.totals = _Ring(window)
         self.ttfts = _Ring(window)
         self.errors = _Ring(window)
         self.in_flight = 0
+        self.version = 0
+        # (version, stats) computed at the last snapshot; reused while nothing changed
+        self.summary: tuple[int, DeploymentStats] | None = None
 
 
 class MemoryStatsStore:
@@ -187,6 +190,7 @@ class MemoryStatsStore:
     ) -> None:
         with self._lock:
             entry = self._get(deployment)
+            entry.version += 1
             entry.errors.add(1.0 if error else 0.0)
             if not error:
                 entry.totals.add(latency_ms)
@@ -218,25 +222,25 @@ class MemoryStatsStore:
         return self._output.get(feature or "")
 
     def snapshot(self) -> StatsSnapshot:
+        """Percentiles of every deployment; only those with new records are re-sorted."""
+        stale: list[tuple[_Deployment, int, list[float], list[float], list[float]]] = []
         with self._lock:
-            raw = {
-                key: (
-                    list(d.totals.values),
-                    list(d.ttfts.values),
-                    list(d.errors.values),
-                    d.in_flight,
-                )
-                for key, d in self._deployments.items()
-            }
+            entries = list(self._deployments.items())
+            for _, d in entries:
+                if d.summary is None or d.summary[0] != d.version:
+                    stale.append(
+                        (d, d.version, list(d.totals.values), list(d.ttfts.values),
+                         list(d.errors.values))
+                    )  # fmt: skip
+            in_flight = {key: d.in_flight for key, d in entries}
             output = dict(self._output)
-        return StatsSnapshot(
-            deployments={
-                key: DeploymentStats.from_samples(t, f, int(sum(e)), len(e))
-                for key, (t, f, e, _) in raw.items()
-            },
-            output_tokens=output,
-            in_flight={key: r[3] for key, r in raw.items()},
-        )
+        for d, version, totals, ttfts, errors in stale:
+            d.summary = (
+                version,
+                DeploymentStats.from_samples(totals, ttfts, int(sum(errors)), len(errors)),
+            )
+        deployments = {key: d.summary[1] for key, d in entries if d.summary is not None}
+        return StatsSnapshot(deployments=deployments, output_tokens=output, in_flight=in_flight)
 
 
 # KEYS: output hash. ARGV: feature, tokens, alpha.
