@@ -22,6 +22,9 @@ How a decision is made:
    then quality), ``fastest`` or ``balanced``; one deployment of the winner by
    weight or least in-flight calls.
 
+Models without a quality score count as 0 against a quality floor. Only ``chat``
+models are candidates.
+
 A requested model the catalog does not know is routed only when hints or rules
 give a tier, model or quality floor (no ceiling applies then, since its cost is
 unknown); otherwise the request passes through untouched with an ``observe``
