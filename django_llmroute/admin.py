@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from datetime import date
 from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.db.models import Q, QuerySet
+from django.core.paginator import Paginator
+from django.db.models import Max, Min, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
-from django.utils import timezone
+from django.utils import formats, timezone
+from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.text import capfirst
 
 from . import charts, reports
 from .models import ApiKey, Budget, CostReport, DailyUsage, LLMCall, RoutingDecision
@@ -53,7 +57,7 @@ class _RollupValuesFilter(admin.SimpleListFilter):
             )
         return queryset.filter(**{self.call_field: value})
 
-    def rollup_lookup(self) -> dict[str, str] | None:
+    def rollup_lookup(self) -> dict[str, Any] | None:
         """The same filter on the rollup, when it is active."""
         value = self.value()
         if value is None:
@@ -82,18 +86,72 @@ class ProviderFilter(_RollupValuesFilter):
     rollup_field = "provider"
 
 
-_ROLLUP_FILTERS = (ModelFilter, FeatureFilter, ProviderFilter)
+class UserFilter(_RollupValuesFilter):
+    title = "user"
+    parameter_name = "user"
+    call_field = "user_ref"
+    rollup_field = "user_ref"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        choices = super().lookups(request, model_admin)
+        names = reports.user_labels({value for value, _ in choices if value != _NONE})
+        return [(value, names.get(value, label)) for value, label in choices]
+
+
+class TierFilter(_RollupValuesFilter):
+    title = "tier"
+    parameter_name = "tier"
+    call_field = "tier"
+    rollup_field = "tier"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        values = DailyUsage.objects.order_by("tier").values_list("tier", flat=True).distinct()
+        return [
+            (_NONE, "no tier") if v == DailyUsage.NO_TIER else (str(v), f"tier {v}") for v in values
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value is None:
+            return queryset
+        if value == _NONE:
+            return queryset.filter(tier__isnull=True)
+        try:
+            return queryset.filter(tier=int(value))
+        except ValueError:
+            return queryset.none()
+
+    def rollup_lookup(self) -> dict[str, Any] | None:
+        value = self.value()
+        if value is None:
+            return None
+        try:
+            return {"tier": DailyUsage.NO_TIER if value == _NONE else int(value)}
+        except ValueError:
+            return {"pk__in": []}
+
 
 LIST_FILTERS: tuple[Any, ...] = (
     ModelFilter,
     ProviderFilter,
     FeatureFilter,
-    "tier",
+    TierFilter,
     "status",
-    ("user", admin.RelatedOnlyFieldListFilter),
+    UserFilter,
     "usage_estimated",
     "streamed",
 )
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most ``cap`` rows: the report pages list the latest calls, and
+    their totals come from the report, so an exact count over millions is waste."""
+
+    cap = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        return int(self.object_list[: self.cap].count())
 
 
 def _search_fields() -> tuple[str, ...]:
@@ -237,15 +295,14 @@ def _changelist(response: Any) -> Any:
     return context.get("cl")
 
 
-def _rollup_for(cl: Any) -> QuerySet[DailyUsage] | None:
-    """The rollup rows answering the same question as the changelist, when exact.
+def _rollup_for(cl: Any) -> tuple[QuerySet[DailyUsage], bool]:
+    """Rollup rows for the changelist's question, and whether they answer it exactly.
 
-    Exact when only the date hierarchy and the model / feature / provider filters
-    are in use (no search, no other filter) and the request's time zone is the one
-    the rollup's dates are in.
+    Exact when only the date hierarchy and rollup-backed filters (model, feature,
+    provider, tier, user) are in use — no search, no other filter — and the
+    request's time zone is the one the rollup's dates are in. Inexact rollups still
+    serve the date navigation.
     """
-    if cl.query or timezone.get_current_timezone_name() != settings.TIME_ZONE:
-        return None
     params = dict(cl.get_filters_params())
     rollup = DailyUsage.objects.all()
     for spec in cl.filter_specs:
@@ -258,15 +315,83 @@ def _rollup_for(cl: Any) -> QuerySet[DailyUsage] | None:
     year = params.pop(f"{field}__year", None)
     month = params.pop(f"{field}__month", None)
     day = params.pop(f"{field}__day", None)
-    if params:
-        return None
+    exact = (
+        not params and not cl.query and timezone.get_current_timezone_name() == settings.TIME_ZONE
+    )
+    try:
+        if year:
+            rollup = rollup.filter(date__year=int(year[-1]))
+            if month:
+                rollup = rollup.filter(date__month=int(month[-1]))
+                if day:
+                    rollup = rollup.filter(date__day=int(day[-1]))
+    except ValueError:
+        return rollup.none(), False
+    return rollup, exact
+
+
+def date_navigation(cl: Any, rollup: QuerySet[DailyUsage]) -> dict[str, Any]:
+    """Django's date hierarchy links, found in the rollup instead of every call.
+
+    Same query parameters as the admin's own ``date_hierarchy`` (so filtering is
+    Django's), without its ``SELECT DISTINCT`` over all the calls.
+    """
+    field = cl.date_hierarchy
+    year_field, month_field, day_field = f"{field}__year", f"{field}__month", f"{field}__day"
+    year, month, day = (cl.params.get(f) for f in (year_field, month_field, day_field))
+
+    def link(filters: dict[str, Any]) -> str:
+        return str(cl.get_query_string(filters, [f"{field}__"]))
+
+    if not (year or month or day):
+        bounds = rollup.aggregate(first=Min("date"), last=Max("date"))
+        first, last = bounds["first"], bounds["last"]
+        if first and last and first.year == last.year:
+            year = first.year
+            if first.month == last.month:
+                month = first.month
+    if year and month and day:
+        when = date(int(year), int(month), int(day))
+        return {
+            "show": True,
+            "back": {
+                "link": link({year_field: year, month_field: month}),
+                "title": capfirst(formats.date_format(when, "YEAR_MONTH_FORMAT")),
+            },
+            "choices": [{"title": capfirst(formats.date_format(when, "MONTH_DAY_FORMAT"))}],
+        }
+    if year and month:
+        days = rollup.dates("date", "day")
+        return {
+            "show": True,
+            "back": {"link": link({year_field: year}), "title": str(year)},
+            "choices": [
+                {
+                    "link": link({year_field: year, month_field: month, day_field: d.day}),
+                    "title": capfirst(formats.date_format(d, "MONTH_DAY_FORMAT")),
+                }
+                for d in days
+            ],
+        }
     if year:
-        rollup = rollup.filter(date__year=int(year[-1]))
-        if month:
-            rollup = rollup.filter(date__month=int(month[-1]))
-            if day:
-                rollup = rollup.filter(date__day=int(day[-1]))
-    return rollup
+        months = rollup.dates("date", "month")
+        return {
+            "show": True,
+            "back": {"link": link({}), "title": "All dates"},
+            "choices": [
+                {
+                    "link": link({year_field: year, month_field: m.month}),
+                    "title": capfirst(formats.date_format(m, "YEAR_MONTH_FORMAT")),
+                }
+                for m in months
+            ],
+        }
+    years = rollup.dates("date", "year")
+    return {
+        "show": True,
+        "back": None,
+        "choices": [{"link": link({year_field: str(y.year)}), "title": str(y.year)} for y in years],
+    }
 
 
 def _bars(rows: list[reports.Row], what: str) -> list[charts.Bar]:
@@ -284,16 +409,13 @@ def cost_report_context(
     qs: QuerySet[LLMCall], rollup: QuerySet[DailyUsage] | None
 ) -> dict[str, Any]:
     """Everything the cost report template shows, for the calls in ``qs``."""
-    if rollup is not None:
-        summary = reports.rollup_totals(rollup)
-        summary.p95_latency_ms = reports.percentile(qs, "latency_ms", 0.95)
-        tables = {kind: reports.rollup_breakdown(rollup, kind) for kind in reports.BREAKDOWNS}
-        per_day = reports.rollup_spend_per_day(rollup)
-    else:
-        summary = reports.totals(qs)
-        tables = {kind: reports.breakdown(qs, kind) for kind in reports.BREAKDOWNS}
-        per_day = reports.spend_per_day(qs)
-    tiers = reports.tier_distribution(qs)
+    figures = reports.cost_figures(qs, rollup)
+    summary, tables, per_day, tiers = (
+        figures.totals,
+        figures.breakdowns,
+        figures.per_day,
+        figures.tiers,
+    )
     money = reports.format_money
     sections = [
         {
@@ -328,6 +450,7 @@ class CostReportAdmin(_ReadOnlyAdmin):
     """Spend, savings and rates for whatever the filters select."""
 
     change_list_template = "django_llmroute/admin/cost_report.html"
+    paginator = CappedCountPaginator
     date_hierarchy = "created_at"
     list_display = ("created_at", "feature", "chosen_model", "provider", "status", "money")
     list_filter = LIST_FILTERS
@@ -349,7 +472,9 @@ class CostReportAdmin(_ReadOnlyAdmin):
         cl = _changelist(response)
         if cl is None:
             return response
-        response.context_data.update(cost_report_context(cl.queryset, _rollup_for(cl)))
+        rollup, exact = _rollup_for(cl)
+        response.context_data.update(cost_report_context(cl.queryset, rollup if exact else None))
+        response.context_data["date_nav"] = date_navigation(cl, rollup)
         return response
 
 
@@ -358,6 +483,7 @@ class RoutingDecisionAdmin(_ReadOnlyAdmin):
     """Why calls went where they went: reason codes, downgrades, exclusions, fallbacks."""
 
     change_list_template = "django_llmroute/admin/decisions.html"
+    paginator = CappedCountPaginator
     date_hierarchy = "created_at"
     list_display = (
         "created_at",
@@ -383,8 +509,10 @@ class RoutingDecisionAdmin(_ReadOnlyAdmin):
         if cl is None:
             return response
         found = reports.decisions(cl.queryset)
+        rollup, _exact = _rollup_for(cl)
         response.context_data.update(
             {
+                "date_nav": date_navigation(cl, rollup),
                 "decisions": found,
                 "examined_text": f"{found.examined:,}",
                 "rerouted_text": f"{found.rerouted:,}",

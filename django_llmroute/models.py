@@ -112,6 +112,8 @@ class LLMCall(models.Model):
             models.Index(fields=("user_ref", "created_at"), name="llmroute_call_userref"),
             models.Index(fields=("status", "created_at"), name="llmroute_call_status"),
             models.Index(fields=("request_id",), name="llmroute_call_request"),
+            # Percentiles walk this from the top (p95 reads 5% of it, index only).
+            models.Index(fields=("latency_ms", "created_at"), name="llmroute_call_latency"),
         ]
 
     def __str__(self) -> str:
@@ -144,17 +146,20 @@ class RoutingDecision(LLMCall):
 
 
 class DailyUsage(models.Model):
-    """Per-day totals by user, feature, provider and model, kept up to date by the sink.
+    """Per-day totals by user, feature, provider, model and tier, kept by the sink.
 
-    Missing user or feature is stored as the empty string so the key stays unique.
-    ``date`` is the local date (``TIME_ZONE``) of the call.
+    Missing user or feature is stored as the empty string and a missing tier as
+    ``-1``, so the key stays unique. ``date`` is the local date (``TIME_ZONE``).
     """
+
+    NO_TIER = -1
 
     date = models.DateField()
     user_ref = models.CharField("user id", max_length=150, blank=True, default="")
     feature = models.CharField(max_length=128, blank=True, default="")
     provider = models.CharField(max_length=64, blank=True, default="")
     model = models.CharField(max_length=128)
+    tier = models.SmallIntegerField(default=NO_TIER)
     calls = models.PositiveBigIntegerField(default=0)
     errors = models.PositiveBigIntegerField(default=0)
     cache_hits = models.PositiveBigIntegerField(default=0)
@@ -175,7 +180,7 @@ class DailyUsage(models.Model):
         ordering = ("-date",)
         constraints = [
             models.UniqueConstraint(
-                fields=("date", "user_ref", "feature", "provider", "model"),
+                fields=("date", "user_ref", "feature", "provider", "model", "tier"),
                 name="llmroute_daily_key",
             ),
         ]

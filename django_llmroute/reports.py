@@ -25,6 +25,7 @@ from django.db.models import (
     DecimalField,
     F,
     FloatField,
+    Min,
     Q,
     QuerySet,
     Sum,
@@ -41,17 +42,20 @@ if TYPE_CHECKING:
 __all__ = [
     "BREAKDOWNS",
     "Decisions",
+    "Figures",
     "Row",
     "Totals",
     "as_decimal",
     "breakdown",
     "budget_spent",
+    "cost_figures",
     "date_range",
     "decisions",
     "format_money",
     "percentile",
     "rollup_breakdown",
     "rollup_spend_per_day",
+    "rollup_tier_distribution",
     "rollup_totals",
     "spend_per_day",
     "tier_distribution",
@@ -201,23 +205,45 @@ class _PercentileCont(Aggregate):
         self.extra["fraction"] = float(fraction)
 
 
-def percentile(qs: QuerySet[Any], field_name: str, fraction: float) -> float | None:
-    """The ``fraction`` percentile of ``field_name`` (linear interpolation, like
-    PostgreSQL's ``percentile_cont``): computed in the database on PostgreSQL, with
-    a count and one ordered two-row fetch elsewhere."""
+def percentile(
+    qs: QuerySet[Any],
+    field_name: str,
+    fraction: float,
+    *,
+    method: str = "auto",
+    count: int | None = None,
+) -> float | None:
+    """The ``fraction`` percentile of ``field_name``, interpolated like PostgreSQL's
+    ``percentile_cont``.
+
+    ``method="aggregate"`` (the default on PostgreSQL) sorts in the database with
+    ``percentile_cont``; ``method="offset"`` (the default elsewhere) counts, then
+    fetches the two neighbouring values from the nearer end of the ordering — with
+    the ``(latency_ms, created_at)`` index that reads a few percent of an index
+    instead of sorting every row. ``count``, when known, saves the offset method
+    its count (it must be the number of non-null values in ``qs``).
+    """
     qs = qs.filter(**{f"{field_name}__isnull": False}).order_by()
-    if connections[qs.db].vendor == "postgresql":
+    if method == "auto":
+        method = "aggregate" if connections[qs.db].vendor == "postgresql" else "offset"
+    if method == "aggregate":
         value = qs.aggregate(p=_PercentileCont(F(field_name), fraction))["p"]
         return None if value is None else float(value)
-    n = qs.count()
+    n = qs.count() if count is None else count
     if n == 0:
         return None
     position = fraction * (n - 1)
-    low = math.floor(position)
-    values = list(qs.order_by(field_name).values_list(field_name, flat=True)[low : low + 2])
-    if len(values) == 1 or position == low:
-        return float(values[0])
-    return float(values[0] + (values[1] - values[0]) * (position - low))
+    low, high = math.floor(position), math.ceil(position)
+    if fraction >= 0.5:  # walk down from the top: fewer rows to skip
+        values = list(
+            qs.order_by(f"-{field_name}").values_list(field_name, flat=True)[n - 1 - high : n - low]
+        )[::-1]
+    else:
+        values = list(qs.order_by(field_name).values_list(field_name, flat=True)[low : high + 1])
+    if not values:  # the count did not match the rows (changed meanwhile)
+        return percentile(qs, field_name, fraction, method=method) if count is not None else None
+    lower, upper = float(values[0]), float(values[-1])
+    return lower + (upper - lower) * (position - low)
 
 
 def totals(qs: QuerySet[LLMCall], *, with_p95: bool = True) -> Totals:
@@ -408,13 +434,227 @@ def tier_distribution(qs: QuerySet[LLMCall]) -> list[Row]:
     return [
         Row(
             d["tier"],
-            "no tier" if d["tier"] is None else f"tier {d['tier']}",
+            _tier_label(d["tier"]),
             as_decimal(d["spend"]),
             d["calls"],
             0,
         )
         for d in data
     ]
+
+
+def _tier_label(tier: int | None) -> str:
+    return "no tier" if tier is None or tier == DailyUsage.NO_TIER else f"tier {tier}"
+
+
+def rollup_tier_distribution(rollup: QuerySet[DailyUsage]) -> list[Row]:
+    """:func:`tier_distribution` from the rollup."""
+    data = (
+        rollup.order_by()
+        .values("tier")
+        .annotate(spend=Coalesce(Sum("cost"), _ZERO), n=Coalesce(Sum("calls"), 0))
+        .order_by("tier")
+    )
+    return [
+        Row(d["tier"], _tier_label(d["tier"]), as_decimal(d["spend"]), int(d["n"]), 0) for d in data
+    ]
+
+
+@dataclass(slots=True)
+class Figures:
+    """Everything the cost report shows: totals, breakdowns, spend per day, tiers."""
+
+    totals: Totals
+    breakdowns: dict[str, list[Row]]
+    per_day: list[Row]
+    tiers: list[Row]
+
+
+# Dimensions of the one-pass PostgreSQL report: name, LLMCall column, DailyUsage column.
+_DIMENSIONS = (
+    ("feature", "feature", "feature"),
+    ("user", "user_ref", "user_ref"),
+    ("model", "chosen_model", "model"),
+    ("provider", "provider", "provider"),
+    ("day", "day", "date"),
+    ("tier", "tier", "tier"),
+)
+_CALL_MEASURES = (
+    "COALESCE(SUM(s.cost), 0)",
+    "COALESCE(SUM(COALESCE(s.requested_cost, s.cost)), 0)",
+    "COUNT(*)",
+    "COALESCE(SUM(s.input_tokens), 0)",
+    "COALESCE(SUM(s.output_tokens), 0)",
+    "COALESCE(SUM(s.cached_input_tokens), 0)",
+    "COUNT(*) FILTER (WHERE s.status = 'error')",
+    "COUNT(*) FILTER (WHERE s.status = 'cache_hit')",
+    "COUNT(*) FILTER (WHERE s.fallback_from IS NOT NULL)",
+    "COALESCE(SUM(s.latency_ms), 0)",
+    "COUNT(s.latency_ms)",
+)
+_ROLLUP_MEASURES = tuple(
+    f"COALESCE(SUM(s.{c}), 0)"
+    for c in (
+        "cost",
+        "requested_cost",
+        "calls",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "errors",
+        "cache_hits",
+        "fallbacks",
+        "latency_ms_sum",
+        "latency_count",
+    )
+)
+
+
+def _grouped_figures(source: QuerySet[Any], *, rollup: bool, limit: int, days: int) -> Figures:
+    """Totals and every breakdown in one scan, with ``GROUPING SETS`` (PostgreSQL)."""
+    if rollup:
+        columns = [d[2] for d in _DIMENSIONS]
+        inner = source.order_by().values(
+            *columns,
+            "cost",
+            "requested_cost",
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
+            "errors",
+            "cache_hits",
+            "fallbacks",
+            "latency_ms_sum",
+            "latency_count",
+        )
+        measures = _ROLLUP_MEASURES
+    else:
+        columns = [d[1] for d in _DIMENSIONS]
+        inner = (
+            source.order_by()
+            .annotate(day=TruncDate("created_at", tzinfo=timezone.get_current_timezone()))
+            .values(
+                *columns,
+                "cost",
+                "requested_cost",
+                "input_tokens",
+                "output_tokens",
+                "cached_input_tokens",
+                "status",
+                "fallback_from",
+                "latency_ms",
+            )
+        )
+        measures = _CALL_MEASURES
+    inner_sql, params = inner.query.sql_with_params()
+    dims = ", ".join(f"s.{c}" for c in columns)
+    sets = ", ".join(f"(s.{c})" for c in columns)
+    sql = (
+        f"SELECT {dims}, GROUPING({dims}), {', '.join(measures)} "
+        f"FROM ({inner_sql}) s GROUP BY GROUPING SETS ({sets}, ())"
+    )
+    connection = connections[source.db]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        result = cursor.fetchall()
+    width = len(columns)
+    everything = (1 << width) - 1
+    totals = Totals(source="rollup" if rollup else "calls")
+    grouped: dict[str, list[Row]] = {d[0]: [] for d in _DIMENSIONS}
+    for line in result:
+        keys, g, m = line[:width], line[width], line[width + 1 :]
+        spend, requested = as_decimal(m[0]), as_decimal(m[1])
+        if g == everything:
+            totals.spend, totals.requested, totals.calls = spend, requested, int(m[2])
+            totals.input_tokens, totals.output_tokens = int(m[3]), int(m[4])
+            totals.cached_input_tokens = int(m[5])
+            totals.errors, totals.cache_hits, totals.fallbacks = int(m[6]), int(m[7]), int(m[8])
+            totals.avg_latency_ms = float(m[9]) / int(m[10]) if m[10] else None
+            continue
+        index = next(i for i in range(width) if not g & (1 << (width - 1 - i)))
+        name = _DIMENSIONS[index][0]
+        grouped[name].append(
+            Row(keys[index], "", spend, int(m[2]), int(m[3]) + int(m[4]), requested - spend)
+        )
+    breakdowns = {}
+    for kind in BREAKDOWNS:
+        rows = sorted(grouped[kind], key=lambda r: (-r.spend, str(r.key)))[:limit]
+        breakdowns[kind] = _label_rows(kind, rows)
+    per_day = sorted((r for r in grouped["day"] if r.key is not None), key=lambda r: r.key)
+    per_day = per_day[-days:]
+    for row in per_day:
+        row.label = row.key.isoformat()
+        row.tokens = 0
+    tiers = sorted(
+        grouped["tier"], key=lambda r: (r.key is None or r.key == DailyUsage.NO_TIER, r.key or 0)
+    )
+    for row in tiers:
+        row.label = _tier_label(row.key)
+        row.tokens = 0
+    return Figures(totals, breakdowns, per_day, tiers)
+
+
+def cost_figures(
+    qs: QuerySet[LLMCall],
+    rollup: QuerySet[DailyUsage] | None = None,
+    *,
+    limit: int = 15,
+    days: int = 92,
+) -> Figures:
+    """The cost report's figures for the calls in ``qs``.
+
+    When ``rollup`` selects exactly the same calls (see the admin), it answers
+    everything but the latency percentile. On PostgreSQL all totals and breakdowns
+    come from one ``GROUPING SETS`` query; elsewhere from one query each.
+    """
+    if connections[qs.db].vendor == "postgresql":
+        source: QuerySet[Any] = rollup if rollup is not None else qs
+        figures = _grouped_figures(source, rollup=rollup is not None, limit=limit, days=days)
+    elif rollup is not None:
+        figures = Figures(
+            rollup_totals(rollup),
+            {kind: rollup_breakdown(rollup, kind, limit=limit) for kind in BREAKDOWNS},
+            rollup_spend_per_day(rollup, days=days),
+            rollup_tier_distribution(rollup),
+        )
+    else:
+        figures = Figures(
+            totals(qs, with_p95=False),
+            {kind: breakdown(qs, kind, limit=limit) for kind in BREAKDOWNS},
+            spend_per_day(qs, days=days),
+            tier_distribution(qs),
+        )
+    # Over a long range the index walk beats sorting every latency, and the rollup
+    # counts the latencies; a filtered set is sorted in the database.
+    if rollup is not None:
+        figures.totals.p95_latency_ms = percentile(
+            qs, "latency_ms", 0.95, method="offset", count=_latency_count(qs, rollup)
+        )
+    else:
+        figures.totals.p95_latency_ms = percentile(qs, "latency_ms", 0.95)
+    return figures
+
+
+def _latency_count(qs: QuerySet[LLMCall], rollup: QuerySet[DailyUsage]) -> int:
+    """Calls with a latency in ``qs``, mostly from the rollup selecting the same calls.
+
+    Pruning deletes old calls but keeps their rollup, so only rollup days after the
+    first day that still has calls count; that first day is counted in the calls.
+    """
+    first = qs.order_by().aggregate(first=Min("created_at"))["first"]
+    if first is None:
+        return 0
+    tz = timezone.get_default_timezone()
+    boundary = timezone.localdate(first, tz)
+    start, end = date_range(boundary, boundary)
+    on_boundary = (
+        qs.order_by()
+        .filter(created_at__gte=start, created_at__lt=end, latency_ms__isnull=False)
+        .count()
+    )
+    later = rollup.order_by().filter(date__gt=boundary).aggregate(n=Sum("latency_count"))["n"]
+    return on_boundary + int(later or 0)
 
 
 # --------------------------------------------------------------------------- decisions

@@ -168,6 +168,28 @@ class TestCostReport:
                 (r.label, r.spend_text, r.calls) for r in b["rows"]
             ]
 
+    def test_date_navigation_comes_from_the_rollup(self, admin_client, calls):
+        html = admin_client.get(REPORT).content.decode()
+        nav = html.split('<nav class="toplinks">')[1].split("</nav>")[0]
+        assert "created_at__month=10" in nav
+        assert "created_at__month=11" in nav
+        html = admin_client.get(
+            REPORT + "?created_at__year=2026&created_at__month=11"
+        ).content.decode()
+        nav = html.split('<nav class="toplinks">')[1].split("</nav>")[0]
+        days = sorted(int(d) for d in re.findall(r"created_at__day=(\d+)", nav))
+        assert days == [3, 4, 5, 6]
+
+    def test_user_and_tier_filters(self, admin_client, calls, superuser):
+        html = admin_client.get(REPORT + f"?user={superuser.pk}").content.decode()
+        mine = LLMCall.objects.filter(user_ref=str(superuser.pk))
+        assert _money_of(html, "calls") == str(mine.count())
+        assert _money_of(html, "spend") == _expected(mine)["spend"]
+        html = admin_client.get(REPORT + "?tier=2").content.decode()
+        assert _money_of(html, "calls") == str(LLMCall.objects.filter(tier=2).count())
+        filters = admin_client.get(REPORT).content.decode().split('id="changelist-filter"')[1]
+        assert ">root<" in filters  # users listed by name
+
     def test_empty_report(self, admin_client):
         html = admin_client.get(REPORT).content.decode()
         assert _money_of(html, "spend") == "$0.00"

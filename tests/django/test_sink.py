@@ -47,18 +47,20 @@ def test_emit_does_no_query_on_the_callers_thread(make_sink):
 
 def test_written_by_the_flusher_thread(make_sink):
     sink = make_sink()
-    threads: list[str] = []
+    seen: list[tuple[str, int, str]] = []
 
     def receiver(sender, instance, record, **kwargs):
-        threads.append(threading.current_thread().name)
+        seen.append((threading.current_thread().name, instance.pk, record.id))
 
     llm_call_recorded.connect(receiver)
+    record = make_record()
     try:
-        sink.emit(make_record())
+        sink.emit(record)
         assert sink.flush(timeout=10)
     finally:
         llm_call_recorded.disconnect(receiver)
-    assert threads == ["llmroute-sink-flusher"]
+    stored = LLMCall.objects.get(record_id=record.id)
+    assert seen == [("llmroute-sink-flusher", stored.pk, record.id)]
 
 
 def test_record_survives_the_rollback_of_an_atomic_request(make_sink, client):
@@ -231,3 +233,16 @@ class TestSpool:
         assert not left.exists()
         assert LLMCall.objects.count() == 4
         assert_rollup_matches_calls()
+
+
+@pytest.mark.postgres
+def test_copy_path_reports_duplicates_as_integrity_errors():
+    from django.db import IntegrityError, transaction
+
+    from django_llmroute.sinks import _copy_calls, call_values
+
+    record = make_record()
+    store_records([record])
+    with pytest.raises(IntegrityError), transaction.atomic():
+        assert _copy_calls([call_values(record)], "default")
+    assert LLMCall.objects.count() == 1
