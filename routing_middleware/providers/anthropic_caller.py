@@ -23,6 +23,7 @@ from ..schema import (
     ToolChoice,
     Usage,
 )
+from .anthropic_cache import CACHE_MARKERS_KEY, cache_markers
 from .anthropic_errors import encode_error
 from .anthropic_request import SERVER_TOOLS_KEY
 from .anthropic_wire import (
@@ -76,7 +77,8 @@ def parse_request(body: bytes) -> ChatRequest:
 
     Fields without a normalized home stay in ``extra`` (``thinking``,
     ``cache_control``, ``service_tier``…), server tools under
-    ``extra["anthropic_server_tools"]``. Bad input raises InvalidRequest naming the field.
+    ``extra["anthropic_server_tools"]``, prompt-cache breakpoints on blocks under
+    ``extra["anthropic_cache_control"]``. Bad input raises InvalidRequest naming the field.
     """
     try:
         data = json.loads(body)
@@ -120,6 +122,9 @@ def parse_request(body: bytes) -> ChatRequest:
         if isinstance(metadata.get("user_id"), str):
             fields["user"] = metadata["user_id"]
     _output_config(data.get("output_config"), fields, extra)
+    markers = cache_markers(data)
+    if markers is not None:
+        extra[CACHE_MARKERS_KEY] = markers
     fields["extra"] = extra
     try:
         return ChatRequest(messages=messages, **fields)

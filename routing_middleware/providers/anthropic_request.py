@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..schema import ChatRequest, ImagePart, InvalidRequest, Message, TextPart
+from .anthropic_cache import CACHE_MARKERS_KEY, apply_cache_markers
 from .anthropic_wire import NEWEST_VERSION, PINNED_VERSION, tool_use_id
 from .base import EncodedRequest, ProviderConfig
 
@@ -104,6 +105,10 @@ def build_body(request: ChatRequest, model: str, options: Mapping[str, Any]) -> 
         body["metadata"] = {"user_id": request.user}
     _tools(request, body)
     extra = request.extra
+    if CACHE_MARKERS_KEY in extra:
+        first = next((m for m in request.messages if m.role not in ("system", "developer")), None)
+        shift = 1 if first is not None and first.role == "assistant" else 0
+        apply_cache_markers(body, extra[CACHE_MARKERS_KEY], shift)
     for key in PASSTHROUGH_FIELDS.intersection(extra):
         body[key] = extra[key]
     if extra.get("service_tier") in _SERVICE_TIERS:

@@ -1559,17 +1559,29 @@ _json_value = st.recursive(
     ),
     max_leaves=6,
 )
-_text_block = st.builds(lambda t: {"type": "text", "text": t}, _text)
-_image_block = st.one_of(
+_CACHE = st.sampled_from([None, None, {"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}])
+
+
+def _cached(blocks: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """Blocks that sometimes carry a prompt-cache breakpoint."""
+    return st.builds(
+        lambda block, control: block if control is None else {**block, "cache_control": control},
+        blocks,
+        _CACHE,
+    )
+
+
+_text_block = _cached(st.builds(lambda t: {"type": "text", "text": t}, _text))
+_image_block = _cached(
     st.builds(
         lambda u: {"type": "image", "source": {"type": "url", "url": f"https://img.test/{u}.png"}},
         _ids,
-    ),
-    st.builds(
+    )
+    | st.builds(
         lambda mt, d: {"type": "image", "source": {"type": "base64", "media_type": mt, "data": d}},
         st.sampled_from(["image/png", "image/jpeg", "image/webp"]),
         st.from_regex(r"[A-Za-z0-9+/]{4,16}={0,2}", fullmatch=True),
-    ),
+    )
 )
 
 
@@ -1579,6 +1591,9 @@ def _tool_result(draw: st.DrawFn) -> dict[str, Any]:
     content = draw(st.none() | _text | st.lists(_text_block | _image_block, min_size=1, max_size=2))
     if content is not None:
         block["content"] = content
+    control = draw(_CACHE)
+    if control is not None:
+        block["cache_control"] = control
     return block
 
 
@@ -1598,11 +1613,13 @@ def _assistant_turn(draw: st.DrawFn) -> dict[str, Any]:
     texts = draw(st.lists(_text_block, max_size=2))
     uses = draw(
         st.lists(
-            st.builds(
-                lambda i, n, a: {"type": "tool_use", "id": i, "name": n, "input": a},
-                _ids,
-                _ids,
-                st.dictionaries(st.text(max_size=6), _json_value, max_size=3),
+            _cached(
+                st.builds(
+                    lambda i, n, a: {"type": "tool_use", "id": i, "name": n, "input": a},
+                    _ids,
+                    _ids,
+                    st.dictionaries(st.text(max_size=6), _json_value, max_size=3),
+                )
             ),
             min_size=0 if texts else 1,
             max_size=2,
@@ -1640,6 +1657,9 @@ def caller_bodies(draw: st.DrawFn) -> dict[str, Any]:
                 tool["description"] = draw(_text)
             if draw(st.booleans()):
                 tool["strict"] = draw(st.booleans())
+            control = draw(_CACHE)
+            if control is not None:
+                tool["cache_control"] = control
             tools.append(tool)
         body["tools"] = tools
         kind = draw(st.sampled_from([None, "auto", "any", "none", "tool"]))
@@ -1981,3 +2001,124 @@ def test_decoders_and_parser_raise_only_llm_errors_on_garbage(payload: Any) -> N
             attempt()
         except LLMError:
             pass
+
+
+# ------------------------------------------------------------- prompt-cache breakpoints
+
+EPHEMERAL = {"type": "ephemeral"}
+HOUR = {"type": "ephemeral", "ttl": "1h"}
+
+
+def round_trip(body: dict[str, Any], **options: Any) -> dict[str, Any]:
+    parsed = ANTHROPIC_CALLER.parse_request(json.dumps(body).encode())
+    return ANTHROPIC_DIALECT.encode_request(parsed, provider(**options), "m").json
+
+
+def test_cache_breakpoints_follow_blocks_that_move_upstream() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "system": [{"type": "text", "text": "long rules", "cache_control": HOUR}],
+        "messages": [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "hidden", "signature": "s"},
+                    {
+                        "type": "tool_use",
+                        "id": "t1",
+                        "name": "f",
+                        "input": {},
+                        "cache_control": EPHEMERAL,
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "and", "cache_control": EPHEMERAL},
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "r"},
+                ],
+            },
+        ],
+        "tools": [
+            {"type": "web_search_20250305", "name": "web_search"},
+            {"name": "f", "input_schema": {"type": "object"}, "cache_control": HOUR},
+        ],
+    }
+    sent = round_trip(body)
+    assert sent["system"] == [{"type": "text", "text": "long rules", "cache_control": HOUR}]
+    # the thinking block is not sent, so the tool_use moves to index 0 and keeps its marker
+    assert sent["messages"][1]["content"] == [
+        {"type": "tool_use", "id": "t1", "name": "f", "input": {}, "cache_control": EPHEMERAL}
+    ]
+    # tool results go first upstream; the marker stays on the text block
+    assert sent["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "t1", "content": "r"},
+        {"type": "text", "text": "and", "cache_control": EPHEMERAL},
+    ]
+    assert sent["tools"] == [
+        {"name": "f", "input_schema": {"type": "object"}, "cache_control": HOUR},
+        {"type": "web_search_20250305", "name": "web_search"},
+    ]
+
+
+def test_cache_breakpoints_with_a_leading_assistant_turn() -> None:
+    cached = [{"type": "text", "text": "earlier", "cache_control": EPHEMERAL}]
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [{"role": "assistant", "content": cached}, {"role": "user", "content": "go"}],
+    }
+    sent = round_trip(body)
+    assert sent["messages"][0] == {"role": "user", "content": LEADING_USER_TEXT}
+    assert sent["messages"][1] == {"role": "assistant", "content": cached}
+
+
+def test_cache_breakpoints_are_dropped_rather_than_misplaced() -> None:
+    def turn(role: str, text: str, cached: bool = False) -> dict[str, Any]:
+        block: dict[str, Any] = {"type": "text", "text": text}
+        if cached:
+            block["cache_control"] = EPHEMERAL
+        return {"role": role, "content": [block]}
+
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "system": [{"type": "text", "text": "rules", "cache_control": EPHEMERAL}],
+        "messages": [
+            turn("user", "a"),
+            turn("user", "b", cached=True),
+            turn("assistant", "x"),
+            turn("user", "y"),
+        ],
+    }
+    sent = round_trip(body)
+    # the two user turns merged, so upstream turn 1 is now the assistant's: the marker
+    # recorded for caller turn 1 is left out instead of landing on "x"
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "x"}]},
+        {"role": "user", "content": [{"type": "text", "text": "y"}]},
+    ]
+    assert sent["system"][0]["cache_control"] == EPHEMERAL  # the system marker still fits
+
+
+@pytest.mark.parametrize(
+    "markers",
+    [
+        "nonsense",
+        {"marks": "x"},
+        {"messages": 1, "marks": [None, 3, {"at": "messages"}, {"at": [], "cache_control": {}}]},
+        {"messages": 1, "marks": [{"at": ["messages", "0", "content"], "cache_control": {}}]},
+        {"messages": 1, "marks": [{"at": ["messages", 0, "content", 9], "cache_control": {}}]},
+        {"messages": 1, "marks": [{"at": ["system", 0], "type": "text", "cache_control": 5}]},
+        {"messages": 1, "marks": [{"at": ["tools", "nope"], "cache_control": {}}]},
+    ],
+)
+def test_foreign_or_broken_markers_are_ignored(markers: Any) -> None:
+    req = request(user([TextPart(text="x")]), extra={"anthropic_cache_control": markers})
+    body = build_body(req, "m", {})
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    assert "anthropic_cache_control" not in json.dumps(body)
