@@ -25,7 +25,17 @@ from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from . import charts, reports
-from .models import ApiKey, Budget, CostReport, DailyUsage, LLMCall, RoutingDecision
+from .models import (
+    NO_TIER,
+    ApiKey,
+    Budget,
+    CostReport,
+    DailySummary,
+    DailyUsage,
+    LLMCall,
+    RollupSums,
+    RoutingDecision,
+)
 
 _NONE = "__none__"
 
@@ -38,10 +48,11 @@ class _RollupValuesFilter(admin.SimpleListFilter):
 
     call_field = ""
     rollup_field = ""
+    rollup_model: type[RollupSums] = DailySummary
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         values = (
-            DailyUsage.objects.order_by(self.rollup_field)
+            self.rollup_model._default_manager.order_by(self.rollup_field)
             .values_list(self.rollup_field, flat=True)
             .distinct()[:200]
         )
@@ -91,6 +102,7 @@ class UserFilter(_RollupValuesFilter):
     parameter_name = "user"
     call_field = "user_ref"
     rollup_field = "user_ref"
+    rollup_model = DailyUsage
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         choices = super().lookups(request, model_admin)
@@ -105,10 +117,8 @@ class TierFilter(_RollupValuesFilter):
     rollup_field = "tier"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        values = DailyUsage.objects.order_by("tier").values_list("tier", flat=True).distinct()
-        return [
-            (_NONE, "no tier") if v == DailyUsage.NO_TIER else (str(v), f"tier {v}") for v in values
-        ]
+        values = DailySummary.objects.order_by("tier").values_list("tier", flat=True).distinct()
+        return [(_NONE, "no tier") if v == NO_TIER else (str(v), f"tier {v}") for v in values]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
@@ -126,7 +136,7 @@ class TierFilter(_RollupValuesFilter):
         if value is None:
             return None
         try:
-            return {"tier": DailyUsage.NO_TIER if value == _NONE else int(value)}
+            return {"tier": NO_TIER if value == _NONE else int(value)}
         except ValueError:
             return {"pk__in": []}
 
@@ -295,47 +305,48 @@ def _changelist(response: Any) -> Any:
     return context.get("cl")
 
 
-def _rollup_for(cl: Any) -> tuple[QuerySet[DailyUsage], bool]:
-    """Rollup rows for the changelist's question, and whether they answer it exactly.
+def _rollup_for(cl: Any) -> tuple[dict[str, Any], bool]:
+    """Lookups selecting, in the rollups, the changelist's calls; and whether exactly.
 
     Exact when only the date hierarchy and rollup-backed filters (model, feature,
     provider, tier, user) are in use — no search, no other filter — and the
-    request's time zone is the one the rollup's dates are in. Inexact rollups still
+    request's time zone is the one the rollup's dates are in. Inexact lookups still
     serve the date navigation.
     """
     params = dict(cl.get_filters_params())
-    rollup = DailyUsage.objects.all()
+    lookups: dict[str, Any] = {}
     for spec in cl.filter_specs:
         if isinstance(spec, _RollupValuesFilter):
             params.pop(spec.parameter_name, None)
-            lookup = spec.rollup_lookup()
-            if lookup:
-                rollup = rollup.filter(**lookup)
+            lookups.update(spec.rollup_lookup() or {})
     field = cl.date_hierarchy
-    year = params.pop(f"{field}__year", None)
-    month = params.pop(f"{field}__month", None)
-    day = params.pop(f"{field}__day", None)
+    parts = [params.pop(f"{field}__{unit}", None) for unit in ("year", "month", "day")]
+    for unit, value in zip(("year", "month", "day"), parts, strict=True):
+        if not value:
+            break
+        try:
+            lookups[f"date__{unit}"] = int(value[-1])
+        except ValueError:
+            return {"pk__in": []}, False
     exact = (
         not params and not cl.query and timezone.get_current_timezone_name() == settings.TIME_ZONE
     )
-    try:
-        if year:
-            rollup = rollup.filter(date__year=int(year[-1]))
-            if month:
-                rollup = rollup.filter(date__month=int(month[-1]))
-                if day:
-                    rollup = rollup.filter(date__day=int(day[-1]))
-    except ValueError:
-        return rollup.none(), False
-    return rollup, exact
+    return lookups, exact
 
 
-def date_navigation(cl: Any, rollup: QuerySet[DailyUsage]) -> dict[str, Any]:
+def _rollup_rows(lookups: dict[str, Any]) -> QuerySet[Any]:
+    if any(key.startswith("user_ref") for key in lookups):
+        return DailyUsage.objects.filter(**lookups)
+    return DailySummary.objects.filter(**lookups)
+
+
+def date_navigation(cl: Any, lookups: dict[str, Any]) -> dict[str, Any]:
     """Django's date hierarchy links, found in the rollup instead of every call.
 
     Same query parameters as the admin's own ``date_hierarchy`` (so filtering is
     Django's), without its ``SELECT DISTINCT`` over all the calls.
     """
+    rollup = _rollup_rows(lookups)
     field = cl.date_hierarchy
     year_field, month_field, day_field = f"{field}__year", f"{field}__month", f"{field}__day"
     year, month, day = (cl.params.get(f) for f in (year_field, month_field, day_field))
@@ -406,10 +417,10 @@ def _bars(rows: list[reports.Row], what: str) -> list[charts.Bar]:
 
 
 def cost_report_context(
-    qs: QuerySet[LLMCall], rollup: QuerySet[DailyUsage] | None
+    qs: QuerySet[LLMCall], rollup_filters: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Everything the cost report template shows, for the calls in ``qs``."""
-    figures = reports.cost_figures(qs, rollup)
+    figures = reports.cost_figures(qs, rollup_filters)
     summary, tables, per_day, tiers = (
         figures.totals,
         figures.breakdowns,
@@ -472,9 +483,9 @@ class CostReportAdmin(_ReadOnlyAdmin):
         cl = _changelist(response)
         if cl is None:
             return response
-        rollup, exact = _rollup_for(cl)
-        response.context_data.update(cost_report_context(cl.queryset, rollup if exact else None))
-        response.context_data["date_nav"] = date_navigation(cl, rollup)
+        lookups, exact = _rollup_for(cl)
+        response.context_data.update(cost_report_context(cl.queryset, lookups if exact else None))
+        response.context_data["date_nav"] = date_navigation(cl, lookups)
         return response
 
 
@@ -509,10 +520,10 @@ class RoutingDecisionAdmin(_ReadOnlyAdmin):
         if cl is None:
             return response
         found = reports.decisions(cl.queryset)
-        rollup, _exact = _rollup_for(cl)
+        lookups, _exact = _rollup_for(cl)
         response.context_data.update(
             {
-                "date_nav": date_navigation(cl, rollup),
+                "date_nav": date_navigation(cl, lookups),
                 "decisions": found,
                 "examined_text": f"{found.examined:,}",
                 "rerouted_text": f"{found.rerouted:,}",

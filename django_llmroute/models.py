@@ -21,12 +21,15 @@ from django.utils import timezone
 
 __all__ = [
     "API_KEY_PREFIX",
+    "NO_TIER",
     "ApiKey",
     "ApiKeyManager",
     "Budget",
     "CostReport",
+    "DailySummary",
     "DailyUsage",
     "LLMCall",
+    "RollupSums",
     "RoutingDecision",
 ]
 
@@ -145,17 +148,16 @@ class RoutingDecision(LLMCall):
         verbose_name_plural = "routing decisions"
 
 
-class DailyUsage(models.Model):
-    """Per-day totals by user, feature, provider, model and tier, kept by the sink.
+#: ``tier`` in the rollups when the call had none (keys must not be NULL to stay unique).
+NO_TIER = -1
 
-    Missing user or feature is stored as the empty string and a missing tier as
-    ``-1``, so the key stays unique. ``date`` is the local date (``TIME_ZONE``).
-    """
 
-    NO_TIER = -1
+class RollupSums(models.Model):
+    """The totals both rollups keep for their key."""
+
+    NO_TIER = NO_TIER
 
     date = models.DateField()
-    user_ref = models.CharField("user id", max_length=150, blank=True, default="")
     feature = models.CharField(max_length=128, blank=True, default="")
     provider = models.CharField(max_length=64, blank=True, default="")
     model = models.CharField(max_length=128)
@@ -175,6 +177,19 @@ class DailyUsage(models.Model):
     latency_count = models.PositiveBigIntegerField(default=0)
 
     class Meta:
+        abstract = True
+
+
+class DailyUsage(RollupSums):
+    """Per-day totals by user, feature, provider, model and tier, kept by the sink.
+
+    Missing user or feature is stored as the empty string and a missing tier as
+    ``-1``, so the key stays unique. ``date`` is the local date (``TIME_ZONE``).
+    """
+
+    user_ref = models.CharField("user id", max_length=150, blank=True, default="")
+
+    class Meta:
         verbose_name = "daily usage"
         verbose_name_plural = "daily usage"
         ordering = ("-date",)
@@ -187,6 +202,25 @@ class DailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.date} {self.model} {self.feature or '-'} {self.user_ref or '-'}"
+
+
+class DailySummary(RollupSums):
+    """:class:`DailyUsage` without the user: a few rows a day whatever the user count,
+    which is what reports over long ranges read."""
+
+    class Meta:
+        verbose_name = "daily summary"
+        verbose_name_plural = "daily summaries"
+        ordering = ("-date",)
+        constraints = [
+            models.UniqueConstraint(
+                fields=("date", "feature", "provider", "model", "tier"),
+                name="llmroute_summary_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.date} {self.model} {self.feature or '-'}"
 
 
 def _validate_thresholds(value: Any) -> None:

@@ -34,7 +34,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from .models import DailyUsage, LLMCall
+from .models import NO_TIER, DailySummary, DailyUsage, LLMCall
 
 if TYPE_CHECKING:
     from .models import Budget
@@ -277,7 +277,7 @@ def totals(qs: QuerySet[LLMCall], *, with_p95: bool = True) -> Totals:
     return result
 
 
-def rollup_totals(rollup: QuerySet[DailyUsage]) -> Totals:
+def rollup_totals(rollup: QuerySet[Any]) -> Totals:
     """Headline figures from rollup rows (no percentile: the rollup keeps no latencies)."""
     data = rollup.order_by().aggregate(
         spend=Coalesce(Sum("cost"), _ZERO),
@@ -366,7 +366,7 @@ def breakdown(qs: QuerySet[LLMCall], kind: str, *, limit: int = 15) -> list[Row]
     return _label_rows(kind, rows)
 
 
-def rollup_breakdown(rollup: QuerySet[DailyUsage], kind: str, *, limit: int = 15) -> list[Row]:
+def rollup_breakdown(rollup: QuerySet[Any], kind: str, *, limit: int = 15) -> list[Row]:
     """:func:`breakdown` from the rollup."""
     column = BREAKDOWNS[kind][1]
     data = (
@@ -409,7 +409,7 @@ def spend_per_day(qs: QuerySet[LLMCall], *, days: int = 92) -> list[Row]:
     return rows[::-1]
 
 
-def rollup_spend_per_day(rollup: QuerySet[DailyUsage], *, days: int = 92) -> list[Row]:
+def rollup_spend_per_day(rollup: QuerySet[Any], *, days: int = 92) -> list[Row]:
     """:func:`spend_per_day` from the rollup."""
     data = (
         rollup.order_by()
@@ -444,10 +444,10 @@ def tier_distribution(qs: QuerySet[LLMCall]) -> list[Row]:
 
 
 def _tier_label(tier: int | None) -> str:
-    return "no tier" if tier is None or tier == DailyUsage.NO_TIER else f"tier {tier}"
+    return "no tier" if tier is None or tier == NO_TIER else f"tier {tier}"
 
 
-def rollup_tier_distribution(rollup: QuerySet[DailyUsage]) -> list[Row]:
+def rollup_tier_distribution(rollup: QuerySet[Any]) -> list[Row]:
     """:func:`tier_distribution` from the rollup."""
     data = (
         rollup.order_by()
@@ -511,9 +511,14 @@ _ROLLUP_MEASURES = tuple(
 
 
 def _grouped_figures(source: QuerySet[Any], *, rollup: bool, limit: int, days: int) -> Figures:
-    """Totals and every breakdown in one scan, with ``GROUPING SETS`` (PostgreSQL)."""
+    """Totals and every breakdown in one scan, with ``GROUPING SETS`` (PostgreSQL).
+
+    A rollup without users (:class:`DailySummary`) gives no user breakdown.
+    """
+    has_user = not rollup or source.model is DailyUsage
+    dimensions = [d for d in _DIMENSIONS if has_user or d[0] != "user"]
     if rollup:
-        columns = [d[2] for d in _DIMENSIONS]
+        columns = [d[2] for d in dimensions]
         inner = source.order_by().values(
             *columns,
             "cost",
@@ -530,7 +535,7 @@ def _grouped_figures(source: QuerySet[Any], *, rollup: bool, limit: int, days: i
         )
         measures = _ROLLUP_MEASURES
     else:
-        columns = [d[1] for d in _DIMENSIONS]
+        columns = [d[1] for d in dimensions]
         inner = (
             source.order_by()
             .annotate(day=TruncDate("created_at", tzinfo=timezone.get_current_timezone()))
@@ -573,12 +578,14 @@ def _grouped_figures(source: QuerySet[Any], *, rollup: bool, limit: int, days: i
             totals.avg_latency_ms = float(m[9]) / int(m[10]) if m[10] else None
             continue
         index = next(i for i in range(width) if not g & (1 << (width - 1 - i)))
-        name = _DIMENSIONS[index][0]
+        name = dimensions[index][0]
         grouped[name].append(
             Row(keys[index], "", spend, int(m[2]), int(m[3]) + int(m[4]), requested - spend)
         )
     breakdowns = {}
     for kind in BREAKDOWNS:
+        if kind == "user" and not has_user:
+            continue
         rows = sorted(grouped[kind], key=lambda r: (-r.spend, str(r.key)))[:limit]
         breakdowns[kind] = _label_rows(kind, rows)
     per_day = sorted((r for r in grouped["day"] if r.key is not None), key=lambda r: r.key)
@@ -586,9 +593,7 @@ def _grouped_figures(source: QuerySet[Any], *, rollup: bool, limit: int, days: i
     for row in per_day:
         row.label = row.key.isoformat()
         row.tokens = 0
-    tiers = sorted(
-        grouped["tier"], key=lambda r: (r.key is None or r.key == DailyUsage.NO_TIER, r.key or 0)
-    )
+    tiers = sorted(grouped["tier"], key=lambda r: (r.key is None or r.key == NO_TIER, r.key or 0))
     for row in tiers:
         row.label = _tier_label(row.key)
         row.tokens = 0
@@ -597,46 +602,62 @@ def _grouped_figures(source: QuerySet[Any], *, rollup: bool, limit: int, days: i
 
 def cost_figures(
     qs: QuerySet[LLMCall],
-    rollup: QuerySet[DailyUsage] | None = None,
+    rollup_filters: dict[str, Any] | None = None,
     *,
     limit: int = 15,
     days: int = 92,
 ) -> Figures:
     """The cost report's figures for the calls in ``qs``.
 
-    When ``rollup`` selects exactly the same calls (see the admin), it answers
-    everything but the latency percentile. On PostgreSQL all totals and breakdowns
-    come from one ``GROUPING SETS`` query; elsewhere from one query each.
+    ``rollup_filters`` (lookups on the rollups' fields) says that the rollups,
+    filtered so, select exactly the calls in ``qs`` (the admin decides): then they
+    answer everything but the latency percentile — :class:`DailySummary` unless
+    a user is filtered on, :class:`DailyUsage` for the users. Otherwise the calls
+    are read. On PostgreSQL each source is read in one ``GROUPING SETS`` pass.
     """
-    if connections[qs.db].vendor == "postgresql":
-        source: QuerySet[Any] = rollup if rollup is not None else qs
-        figures = _grouped_figures(source, rollup=rollup is not None, limit=limit, days=days)
-    elif rollup is not None:
+    postgres = connections[qs.db].vendor == "postgresql"
+    if rollup_filters is None:
+        if postgres:
+            figures = _grouped_figures(qs, rollup=False, limit=limit, days=days)
+        else:
+            figures = Figures(
+                totals(qs, with_p95=False),
+                {kind: breakdown(qs, kind, limit=limit) for kind in BREAKDOWNS},
+                spend_per_day(qs, days=days),
+                tier_distribution(qs),
+            )
+        figures.totals.p95_latency_ms = percentile(qs, "latency_ms", 0.95)
+        return figures
+    usage = DailyUsage.objects.using(qs.db).filter(**rollup_filters)
+    by_user = any(key.split("__")[0] == "user_ref" for key in rollup_filters)
+    rollup: QuerySet[Any] = (
+        usage if by_user else DailySummary.objects.using(qs.db).filter(**rollup_filters)
+    )
+    if postgres:
+        figures = _grouped_figures(rollup, rollup=True, limit=limit, days=days)
+    else:
         figures = Figures(
             rollup_totals(rollup),
-            {kind: rollup_breakdown(rollup, kind, limit=limit) for kind in BREAKDOWNS},
+            {
+                kind: rollup_breakdown(rollup, kind, limit=limit)
+                for kind in BREAKDOWNS
+                if kind != "user" or by_user
+            },
             rollup_spend_per_day(rollup, days=days),
             rollup_tier_distribution(rollup),
         )
-    else:
-        figures = Figures(
-            totals(qs, with_p95=False),
-            {kind: breakdown(qs, kind, limit=limit) for kind in BREAKDOWNS},
-            spend_per_day(qs, days=days),
-            tier_distribution(qs),
-        )
+    if "user" not in figures.breakdowns:
+        figures.breakdowns["user"] = rollup_breakdown(usage, "user", limit=limit)
+        figures.breakdowns = {kind: figures.breakdowns[kind] for kind in BREAKDOWNS}
     # Over a long range the index walk beats sorting every latency, and the rollup
-    # counts the latencies; a filtered set is sorted in the database.
-    if rollup is not None:
-        figures.totals.p95_latency_ms = percentile(
-            qs, "latency_ms", 0.95, method="offset", count=_latency_count(qs, rollup)
-        )
-    else:
-        figures.totals.p95_latency_ms = percentile(qs, "latency_ms", 0.95)
+    # counts the latencies.
+    figures.totals.p95_latency_ms = percentile(
+        qs, "latency_ms", 0.95, method="offset", count=_latency_count(qs, rollup)
+    )
     return figures
 
 
-def _latency_count(qs: QuerySet[LLMCall], rollup: QuerySet[DailyUsage]) -> int:
+def _latency_count(qs: QuerySet[LLMCall], rollup: QuerySet[Any]) -> int:
     """Calls with a latency in ``qs``, mostly from the rollup selecting the same calls.
 
     Pruning deletes old calls but keeps their rollup, so only rollup days after the
@@ -746,13 +767,14 @@ def budget_spent(budget: Budget, now: datetime | None = None) -> Decimal:
         and timezone.localdate(now, timezone.get_default_timezone())
         == timezone.localdate(timezone.now(), timezone.get_default_timezone())
     ):
-        rollup = DailyUsage.objects.filter(
-            date__gte=timezone.localdate(start, timezone.get_default_timezone())
-        )
+        since = timezone.localdate(start, timezone.get_default_timezone())
+        rollup: QuerySet[Any]
         if scope == "user":
-            rollup = rollup.filter(user_ref=value)
+            rollup = DailyUsage.objects.filter(date__gte=since, user_ref=value)
         elif scope == "feature":
-            rollup = rollup.filter(feature=value)
+            rollup = DailySummary.objects.filter(date__gte=since, feature=value)
+        else:
+            rollup = DailySummary.objects.filter(date__gte=since)
         return as_decimal(rollup.aggregate(s=Sum("cost"))["s"])
     calls = LLMCall.objects.filter(created_at__gte=start, created_at__lte=now)
     if scope == "user":

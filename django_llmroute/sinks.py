@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from routing_middleware.metering import UsageRecord
 
-from .models import DailyUsage, LLMCall
+from .models import NO_TIER, DailySummary, DailyUsage, LLMCall, RollupSums
 from .signals import llm_call_recorded
 from .spool import ReplayResult, Spool, default_spool_path
 
@@ -219,19 +219,23 @@ _ROLLUP_SUMS = (
     "latency_ms_sum",
     "latency_count",
 )
-_ROLLUP_KEY = ("date", "user_ref", "feature", "provider", "model", "tier")
+_USAGE_KEY = ("date", "user_ref", "feature", "provider", "model", "tier")
+_SUMMARY_KEY = ("date", "feature", "provider", "model", "tier")
+_SUM_TYPES = (*["bigint"] * 8, *["numeric"] * 3, "float8", "bigint")
 
 
-def _rollup_rows(records: Sequence[UsageRecord]) -> list[list[Any]]:
+def _rollup_rows(records: Sequence[UsageRecord], *, with_user: bool) -> list[list[Any]]:
+    """One row per rollup key: the key's values, then the sums in ``_ROLLUP_SUMS`` order."""
     totals: dict[tuple[Any, ...], list[Any]] = {}
     for r in records:
+        user = ((r.user_id or "")[:150],) if with_user else ()
         key = (
             rollup_key_date(r.created_at),
-            (r.user_id or "")[:150],
+            *user,
             (r.feature or "")[:128],
             (r.provider or "")[:64],
             (r.chosen_model or "")[:128],
-            DailyUsage.NO_TIER if r.tier is None else r.tier,
+            NO_TIER if r.tier is None else r.tier,
         )
         requested = r.requested_cost if r.requested_cost is not None else r.cost
         row = totals.setdefault(
@@ -254,46 +258,43 @@ def _rollup_rows(records: Sequence[UsageRecord]) -> list[list[Any]]:
     return [[*key, *values] for key, values in totals.items()]
 
 
-def _upsert_rollup(records: Sequence[UsageRecord], using: str) -> None:
-    """Add ``records`` to the daily rollup with one ``INSERT … ON CONFLICT DO UPDATE``.
+def _upsert_rollup(
+    records: Sequence[UsageRecord], using: str, model: type[RollupSums], key: tuple[str, ...]
+) -> None:
+    """Add ``records`` to a rollup with ``INSERT … ON CONFLICT DO UPDATE``.
 
     Both SQLite (3.24+) and PostgreSQL take this statement; increments happen in
     the database so concurrent writers never overwrite each other's totals.
     """
-    rows = _rollup_rows(records)
+    rows = _rollup_rows(records, with_user="user_ref" in key)
     if not rows:
         return
     connection = connections[using]
     qn = connection.ops.quote_name
-    table = qn(DailyUsage._meta.db_table)
-    columns = [*_ROLLUP_KEY, *_ROLLUP_SUMS]
+    table = qn(model._meta.db_table)
+    columns = [*key, *_ROLLUP_SUMS]
     column_sql = ", ".join(qn(c) for c in columns)
     row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
     updates = ", ".join(f"{qn(c)} = {table}.{qn(c)} + EXCLUDED.{qn(c)}" for c in _ROLLUP_SUMS)
-    conflict = f"ON CONFLICT ({', '.join(qn(c) for c in _ROLLUP_KEY)}) DO UPDATE SET {updates}"
+    conflict = f"ON CONFLICT ({', '.join(qn(c) for c in key)}) DO UPDATE SET {updates}"
     ops = connection.ops
+    width = len(key)
     params = [
         [
             ops.adapt_datefield_value(row[0]),
-            *row[1:14],
-            *(ops.adapt_decimalfield_value(v, 20, 10) for v in row[14:17]),
-            *row[17:],
+            *row[1 : width + 8],
+            *(ops.adapt_decimalfield_value(v, 20, 10) for v in row[width + 8 : width + 11]),
+            *row[width + 11 :],
         ]
         for row in rows
     ]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # One statement, one parameter per column: rows arrive as arrays.
-            types = [
-                "date",
-                *["text"] * 4,
-                "smallint",
-                *["bigint"] * 8,
-                *["numeric"] * 3,
-                "float8",
-                "bigint",
+            key_types = [
+                "date" if c == "date" else "smallint" if c == "tier" else "text" for c in key
             ]
-            arrays = ", ".join(f"%s::{t}[]" for t in types)
+            arrays = ", ".join(f"%s::{t}[]" for t in (*key_types, *_SUM_TYPES))
             cursor.execute(
                 f"INSERT INTO {table} ({column_sql}) SELECT * FROM UNNEST({arrays}) {conflict}",
                 [list(column) for column in zip(*params, strict=True)],
@@ -366,7 +367,8 @@ def _store_once(records: list[UsageRecord], using: str) -> StoreResult:
             rows = [call_values(r, users.get(r.user_id or "")) for r in fresh]
             if not _copy_calls(rows, using):
                 manager.bulk_create([LLMCall(**row) for row in rows])
-            _upsert_rollup(fresh, using)
+            _upsert_rollup(fresh, using, DailyUsage, _USAGE_KEY)
+            _upsert_rollup(fresh, using, DailySummary, _SUMMARY_KEY)
     return StoreResult(fresh, len(records) - len(fresh))
 
 

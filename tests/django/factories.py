@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db.models import Count, Sum
 
-from django_llmroute.models import DailyUsage, LLMCall
+from django_llmroute.models import DailySummary, DailyUsage, LLMCall
 from routing_middleware.metering import UsageRecord
 from routing_middleware.schema import Usage
 
@@ -57,16 +57,17 @@ def assert_rollup_matches_calls() -> None:
             n=Count("id"), cost=Sum("cost"), tokens=Sum("input_tokens")
         )
     }
-    rollup = {
-        (row["model"], row["feature"]): row
-        for row in DailyUsage.objects.values("model", "feature").annotate(
-            n=Sum("calls"), cost=Sum("cost"), tokens=Sum("input_tokens")
-        )
-    }
-    assert calls.keys() == rollup.keys()
-    for key, row in calls.items():
-        assert rollup[key]["n"] == row["n"], key
-        assert rollup[key]["tokens"] == row["tokens"], key
-        assert Decimal(rollup[key]["cost"]).quantize(Decimal("1e-8")) == Decimal(
-            row["cost"]
-        ).quantize(Decimal("1e-8")), key
+    for model in (DailyUsage, DailySummary):
+        rollup = {
+            (row["model"], row["feature"]): row
+            for row in model.objects.values("model", "feature").annotate(
+                n=Sum("calls"), cost=Sum("cost"), tokens=Sum("input_tokens")
+            )
+        }
+        assert calls.keys() == rollup.keys(), model
+        for key, row in calls.items():
+            assert rollup[key]["n"] == row["n"], (model, key)
+            assert rollup[key]["tokens"] == row["tokens"], (model, key)
+            assert Decimal(rollup[key]["cost"]).quantize(Decimal("1e-8")) == Decimal(
+                row["cost"]
+            ).quantize(Decimal("1e-8")), (model, key)

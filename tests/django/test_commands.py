@@ -78,7 +78,11 @@ class TestReport:
             ("chat", "m-small", "1", Decimal("0.25")),
         ]
 
-    def test_groups_the_rollup_lacks_come_from_the_calls(self, period_calls):
+    @pytest.mark.parametrize("source", ["rollup", "calls"])
+    def test_by_tier_and_day_from_either_source(self, period_calls, source):
+        store_records(
+            [make_record(created_at=datetime(2026, 11, 12, tzinfo=UTC), tier=None, cost=Decimal(1))]
+        )
         out = run(
             "llmroute_report",
             "--since",
@@ -89,11 +93,14 @@ class TestReport:
             "tier,day",
             "--format",
             "csv",
+            "--source",
+            source,
         )
         rows = list(csv.DictReader(io.StringIO(out)))
-        assert {(r["tier"], r["day"], r["calls"]) for r in rows} == {
-            ("1", "2026-11-10", "2"),
-            ("3", "2026-11-11", "1"),
+        assert {(r["tier"], r["day"], r["calls"], Decimal(r["spend_usd"])) for r in rows} == {
+            ("1", "2026-11-10", "2", Decimal("2.5")),
+            ("3", "2026-11-11", "1", Decimal("0.25")),
+            ("", "2026-11-12", "1", Decimal("1")),
         }
 
     def test_days_counts_back_from_today(self):

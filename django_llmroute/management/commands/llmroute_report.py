@@ -13,16 +13,16 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from django_llmroute import reports
-from django_llmroute.models import DailyUsage, LLMCall
+from django_llmroute.models import NO_TIER, DailySummary, DailyUsage, LLMCall
 
-#: Grouping name -> (LLMCall expression, DailyUsage field or None when the rollup lacks it).
+#: Grouping name -> (LLMCall field, rollup field or None when the rollups lack it).
 GROUPS: dict[str, tuple[str, str | None]] = {
     "day": ("day", "date"),
     "feature": ("feature", "feature"),
     "user": ("user_ref", "user_ref"),
     "model": ("chosen_model", "model"),
     "provider": ("provider", "provider"),
-    "tier": ("tier", None),
+    "tier": ("tier", "tier"),
 }
 
 
@@ -49,6 +49,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--format", choices=("table", "csv"), default="table")
         parser.add_argument("--limit", type=int, default=0, help="at most N rows (0: all)")
+        parser.add_argument(
+            "--source",
+            choices=("rollup", "calls"),
+            default="rollup",
+            help="read the daily rollups (fast; kept by llmroute_prune) or every call",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         groups = [g.strip() for g in options["by"].split(",") if g.strip()]
@@ -60,7 +66,7 @@ class Command(BaseCommand):
         since = options["since"] or until - timedelta(days=max(options["days"], 1) - 1)
         if since > until:
             raise CommandError("--since is after --until")
-        rows = self._rows(groups, since, until)
+        rows = self._rows(groups, since, until, from_calls=options["source"] == "calls")
         if options["limit"]:
             rows = rows[: options["limit"]]
         if "user" in groups:
@@ -78,9 +84,12 @@ class Command(BaseCommand):
             return
         self._table(header, groups, rows, since, until)
 
-    def _rows(self, groups: list[str], since: date, until: date) -> list[dict[str, Any]]:
-        if all(GROUPS[g][1] for g in groups):
-            source = DailyUsage.objects.filter(date__gte=since, date__lte=until)
+    def _rows(
+        self, groups: list[str], since: date, until: date, *, from_calls: bool
+    ) -> list[dict[str, Any]]:
+        if not from_calls and all(GROUPS[g][1] for g in groups):
+            model = DailyUsage if "user" in groups else DailySummary
+            source = model.objects.filter(date__gte=since, date__lte=until)
             columns = [str(GROUPS[g][1]) for g in groups]
             data = (
                 source.order_by()
@@ -114,7 +123,10 @@ class Command(BaseCommand):
             )
         rows = [
             {
-                **{g: d[c] for g, c in zip(groups, columns, strict=True)},
+                **{
+                    g: None if g == "tier" and d[c] == NO_TIER else d[c]
+                    for g, c in zip(groups, columns, strict=True)
+                },
                 "calls": int(d["n_calls"] or 0),
                 "input_tokens": int(d["n_in"] or 0),
                 "output_tokens": int(d["n_out"] or 0),
