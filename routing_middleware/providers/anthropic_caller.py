@@ -25,7 +25,7 @@ from ..schema import (
 )
 from .anthropic_cache import CACHE_MARKERS_KEY, cache_markers
 from .anthropic_errors import encode_error
-from .anthropic_request import SERVER_TOOLS_KEY
+from .anthropic_request import SERVER_TOOLS_KEY, TOOL_ERRORS_KEY
 from .anthropic_wire import (
     anthropic_stop_reason,
     anthropic_usage,
@@ -78,7 +78,9 @@ def parse_request(body: bytes) -> ChatRequest:
     Fields without a normalized home stay in ``extra`` (``thinking``,
     ``cache_control``, ``service_tier``…), server tools under
     ``extra["anthropic_server_tools"]``, prompt-cache breakpoints on blocks under
-    ``extra["anthropic_cache_control"]``. Bad input raises InvalidRequest naming the field.
+    ``extra["anthropic_cache_control"]``, the ids of tool results marked
+    ``is_error`` under ``extra["anthropic_tool_errors"]``. Bad input raises
+    InvalidRequest naming the field.
     """
     try:
         data = json.loads(body)
@@ -125,6 +127,15 @@ def parse_request(body: bytes) -> ChatRequest:
     markers = cache_markers(data)
     if markers is not None:
         extra[CACHE_MARKERS_KEY] = markers
+    failed = [
+        block["tool_use_id"]
+        for raw in raw_messages
+        if isinstance(raw["content"], list)
+        for block in raw["content"]
+        if block.get("type") == "tool_result" and block.get("is_error") is True
+    ]
+    if failed:
+        extra[TOOL_ERRORS_KEY] = failed
     fields["extra"] = extra
     try:
         return ChatRequest(messages=messages, **fields)

@@ -19,7 +19,9 @@ __all__ = [
     "JSON_OBJECT_INSTRUCTION",
     "LEADING_USER_TEXT",
     "PASSTHROUGH_FIELDS",
+    "SERVER_TOOLS_KEY",
     "THINKING_BUDGETS",
+    "TOOL_ERRORS_KEY",
     "build_body",
     "encode_request",
 ]
@@ -56,6 +58,8 @@ PASSTHROUGH_FIELDS = frozenset(
 _SERVICE_TIERS = frozenset({"auto", "standard_only"})
 #: Where an Anthropic caller's server tools (web search, code execution…) wait in ``extra``.
 SERVER_TOOLS_KEY = "anthropic_server_tools"
+#: Where the ids of an Anthropic caller's failed tool results (``is_error``) wait.
+TOOL_ERRORS_KEY = "anthropic_tool_errors"
 
 
 def encode_request(request: ChatRequest, provider: ProviderConfig, model: str) -> EncodedRequest:
@@ -90,7 +94,13 @@ def build_body(request: ChatRequest, model: str, options: Mapping[str, Any]) -> 
         max_tokens = int(options.get("default_max_tokens", DEFAULT_MAX_TOKENS))
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
     system = _system(request)
-    body["messages"] = _messages(request.messages)
+    failed = request.extra.get(TOOL_ERRORS_KEY)
+    failed_ids = (
+        frozenset(f for f in failed if isinstance(f, str))
+        if isinstance(failed, list)
+        else frozenset()
+    )
+    body["messages"] = _messages(request.messages, failed_ids)
     if system is not None:
         body["system"] = system
     for name in ("temperature", "top_p", "top_k"):
@@ -138,7 +148,7 @@ def _texts(message: Message) -> list[str]:
     return [p.text for p in message.content or () if isinstance(p, TextPart)]
 
 
-def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+def _messages(messages: list[Message], failed: frozenset[str]) -> list[dict[str, Any]]:
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         role = message.role
@@ -146,7 +156,7 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
         if role in ("system", "developer"):
             continue
         if role == "tool":
-            role, content = "user", [_tool_result(message)]
+            role, content = "user", [_tool_result(message, message.tool_call_id in failed)]
         elif role == "assistant":
             content = _assistant_blocks(message, index)
         elif isinstance(message.content, str):
@@ -214,7 +224,7 @@ def _assistant_blocks(message: Message, index: int) -> str | list[dict[str, Any]
     return blocks
 
 
-def _tool_result(message: Message) -> dict[str, Any]:
+def _tool_result(message: Message, is_error: bool) -> dict[str, Any]:
     block: dict[str, Any] = {
         "type": "tool_result",
         "tool_use_id": tool_use_id(message.tool_call_id),
@@ -224,6 +234,8 @@ def _tool_result(message: Message) -> dict[str, Any]:
             block["content"] = message.content
     elif message.content:
         block["content"] = [_part(p) for p in message.content if _nonempty(p)]
+    if is_error:
+        block["is_error"] = True
     return block
 
 

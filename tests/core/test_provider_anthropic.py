@@ -1591,6 +1591,8 @@ def _tool_result(draw: st.DrawFn) -> dict[str, Any]:
     content = draw(st.none() | _text | st.lists(_text_block | _image_block, min_size=1, max_size=2))
     if content is not None:
         block["content"] = content
+    if draw(st.booleans()):
+        block["is_error"] = True
     control = draw(_CACHE)
     if control is not None:
         block["cache_control"] = control
@@ -1632,6 +1634,9 @@ def _assistant_turn(draw: st.DrawFn) -> dict[str, Any]:
 def caller_bodies(draw: st.DrawFn) -> dict[str, Any]:
     turns = draw(st.integers(min_value=1, max_value=6))
     messages = [draw(_user_turn() if i % 2 == 0 else _assistant_turn()) for i in range(turns)]
+    results = [b for m in messages if isinstance(m["content"], list) for b in m["content"]]
+    for n, block in enumerate(b for b in results if b["type"] == "tool_result"):
+        block["tool_use_id"] += f"-{n}"  # ids are unique in a real conversation
     body: dict[str, Any] = {
         "model": "claude-test-model",
         "max_tokens": draw(st.integers(min_value=0, max_value=200_000)),
@@ -2061,6 +2066,42 @@ def test_cache_breakpoints_follow_blocks_that_move_upstream() -> None:
     assert sent["tools"] == [
         {"name": "f", "input_schema": {"type": "object"}, "cache_control": HOUR},
         {"type": "web_search_20250305", "name": "web_search"},
+    ]
+
+
+def test_failed_tool_results_stay_failed_for_an_anthropic_upstream() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": "go"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+                    {"type": "tool_use", "id": "t2", "name": "f", "input": {}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": "boom",
+                        "is_error": True,
+                    },
+                    {"type": "tool_result", "tool_use_id": "t2", "content": "ok"},
+                ],
+            },
+        ],
+    }
+    parsed = ANTHROPIC_CALLER.parse_request(json.dumps(body).encode())
+    assert parsed.extra == {"anthropic_tool_errors": ["t1"]}
+    sent = ANTHROPIC_DIALECT.encode_request(parsed, provider(), "m").json
+    assert sent["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "t1", "content": "boom", "is_error": True},
+        {"type": "tool_result", "tool_use_id": "t2", "content": "ok"},
     ]
 
 
