@@ -41,12 +41,13 @@ Other choices:
   ``cache_control``, ``output_config``, ``service_tier``, server tools…) wait in
   ``ChatRequest.extra`` and are passed through only to an Anthropic upstream;
   so are ``cache_control`` breakpoints on blocks (see ``anthropic_cache``), which
-  keep cached prompts cached. The caller's own ``thinking`` / ``effort`` win
-  over the ``reasoning`` option. When that option turns thinking on, the
-  sampling parameters are dropped (thinking rejects them).
+  keep cached prompts cached, and ``is_error`` on tool results. The caller's
+  own ``thinking`` / ``effort`` win over the ``reasoning`` option. When that
+  option turns thinking on, the sampling parameters are dropped (thinking
+  rejects them).
 - Not carried (no place in the normalized schema): thinking-block signatures,
-  ``tool_result.is_error``, ``document`` and other non-image blocks (rejected
-  with a clear InvalidRequest), citations.
+  ``document`` and other non-image blocks (rejected with a clear
+  InvalidRequest), citations.
 - Responses to an Anthropic caller carry no thinking blocks: a block needs a
   signature only Anthropic can make, and a thinking block first in ``content``
   breaks callers that read ``content[0].text``.
