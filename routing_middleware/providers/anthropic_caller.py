@@ -335,7 +335,7 @@ def _output_config(config: Any, fields: dict[str, Any], extra: dict[str, Any]) -
 def _message_id(response_id: str) -> str:
     if response_id.startswith("msg_"):
         return response_id
-    return "msg_" + tool_use_id(response_id, "msg").removeprefix("toolu_")
+    return "msg_" + tool_use_id(response_id, "response").removeprefix("toolu_")
 
 
 def _tool_input(arguments: str) -> dict[str, Any]:
@@ -424,8 +424,8 @@ class AnthropicStreamEncoder:
         for call in chunk.tool_calls or ():
             block = self._tools.get(call.index)
             if block is None:
-                call_id = tool_use_id(call.id, self._id) if call.id else None
-                call_id = call_id or tool_use_id(None, f"{self._id}/{call.index}")
+                # The same ids as a non-streamed answer; a missing one is made per message.
+                call_id = tool_use_id(call.id or None, f"{self._id}/{call.index}")
                 tool = {"type": "tool_use", "id": call_id, "name": call.name or "", "input": {}}
                 block = self._begin(out, tool)
                 self._tools[call.index] = block

@@ -119,7 +119,7 @@ def build_body(request: ChatRequest, model: str, options: Mapping[str, Any]) -> 
         first = next((m for m in request.messages if m.role not in ("system", "developer")), None)
         shift = 1 if first is not None and first.role == "assistant" else 0
         apply_cache_markers(body, extra[CACHE_MARKERS_KEY], shift)
-    for key in PASSTHROUGH_FIELDS.intersection(extra):
+    for key in sorted(PASSTHROUGH_FIELDS.intersection(extra)):
         body[key] = extra[key]
     if extra.get("service_tier") in _SERVICE_TIERS:
         body["service_tier"] = extra["service_tier"]

@@ -85,16 +85,17 @@ def as_int(value: Any) -> int:
     return 0
 
 
-def tool_use_id(raw: str | None, salt: str = "") -> str:
+def tool_use_id(raw: str | None, fallback: str = "") -> str:
     """``raw`` if Anthropic accepts it as a tool-use id, else a stable ``toolu_`` id.
 
-    The same input always gives the same id, so a tool call and the tool result
-    that answers it stay paired across turns.
+    The same ``raw`` always gives the same id, so a tool call and the tool result
+    that answers it stay paired across turns; without ``raw`` the id is made from
+    ``fallback``.
     """
     if raw and _TOOL_ID.fullmatch(raw):
         return raw
-    digest = hashlib.sha256(f"{salt}\0{raw or ''}".encode()).hexdigest()[:24]
-    return f"toolu_{digest}"
+    seed = raw if raw else f"\0{fallback}"
+    return "toolu_" + hashlib.sha256(seed.encode()).hexdigest()[:24]
 
 
 def usage_from_anthropic(raw: Mapping[str, Any]) -> Usage:

@@ -28,6 +28,7 @@ from routing_middleware.providers.anthropic_request import (
 )
 from routing_middleware.providers.anthropic_wire import tool_use_id
 from routing_middleware.providers.base import ProviderConfig
+from routing_middleware.providers.sse import SSEDecoder
 from routing_middleware.schema import (
     AuthenticationFailed,
     BudgetExceeded,
@@ -2163,3 +2164,21 @@ def test_foreign_or_broken_markers_are_ignored(markers: Any) -> None:
     body = build_body(req, "m", {})
     assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
     assert "anthropic_cache_control" not in json.dumps(body)
+
+
+def test_reissued_tool_ids_match_between_streamed_and_plain_answers() -> None:
+    bad = "fc/1:bad id"
+    plain = ANTHROPIC_CALLER.encode_response(
+        chat_response(calls=[ToolCall(id=bad, name="f")], finish=FinishReason.TOOL_CALLS), "m"
+    )
+    encoder = ANTHROPIC_CALLER.stream_encoder("m", "r1")
+    wire = encoder.start() + encoder.chunk(
+        StreamChunk(tool_calls=[ToolCallDelta(index=0, id=bad, name="f")])
+    )
+    wire += encoder.finish(None)
+    events = SSEDecoder().feed(wire)
+    starts = [json.loads(e.data) for e in events if e.event == "content_block_start"]
+    assert starts[0]["content_block"]["id"] == plain["content"][1]["id"] == tool_use_id(bad)
+    # and the upstream encoder re-issues the caller's copy of it the same way
+    history = request(user(), Message(role="assistant", tool_calls=[ToolCall(id=bad, name="f")]))
+    assert build_body(history, "m", {})["messages"][1]["content"][0]["id"] == tool_use_id(bad)
