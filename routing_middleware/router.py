@@ -783,8 +783,13 @@ class Router:
         w: float,
         snapshot: StatsSnapshot,
         reasons: list[Reason] | None,
+        latency: bool = True,
     ) -> _Pick | None:
-        """``cand`` as a pick if it meets every hard constraint, else ``None``."""
+        """``cand`` as a pick if it meets every hard constraint, else ``None``.
+
+        With ``latency=False`` the pick's latency is left unknown (``inf``) for the
+        caller to look up only where it matters.
+        """
         if cand.context_window < cons.window or cand.quality < cons.min_quality:
             return None
         if not cons.needs <= cand.caps:
@@ -798,9 +803,14 @@ class Router:
         unit = cand.unit(w, cons.input_tokens) if cand.bands else (1 - w) * cand.pin + w * cand.pout
         if unit > cons.ceiling or unit > cons.max_cost:
             return None
-        deployments = self._deployments_ok(cand, cons, snapshot, reasons)
-        if not deployments:
-            return None
+        if cons.sla_ms is None and not self._check_health:
+            deployments = cand.deployments
+        else:
+            deployments = self._deployments_ok(cand, cons, snapshot, reasons)
+            if not deployments:
+                return None
+        if not latency:
+            return _Pick(cand, unit, math.inf, deployments)
         return _Pick(cand, unit, _latency(snapshot, deployments, cons.stream), deployments)
 
     def _rank(
@@ -863,22 +873,34 @@ class Router:
         limit = min(cons.ceiling, cons.max_cost)
         stop = bisect.bisect_right(bounds, limit) if limit != math.inf else len(bounds)
         picks: list[_Pick] = []
+        units: list[float] = []
         worst = math.inf
         for i in range(stop):
             # Everything from here on costs at least bounds[i] per token: once the
-            # list of the best ``want`` is full and beats that, nothing can enter.
+            # ``want`` cheapest so far all beat that, nothing later can enter.
             if bounds[i] > worst:
                 break
-            pick = self._check(cands[i], cons, w, snapshot, reasons)
+            pick = self._check(cands[i], cons, w, snapshot, reasons, latency=False)
             if pick is None:
                 continue
             picks.append(pick)
-            if len(picks) >= want:
-                picks.sort(key=_cheap_key)
-                del picks[want:]
-                worst = picks[-1].unit
-        picks.sort(key=_cheap_key)
-        return picks
+            bisect.insort(units, pick.unit)
+            if len(units) >= want:
+                del units[want:]
+                worst = units[-1]
+        if len(picks) > 1:
+            picks.sort(key=_unit_key)
+            if snapshot.deployments:
+                # Latency only breaks ties on cost: look it up for tied picks alone.
+                tied = False
+                for a, b in itertools.pairwise(picks):
+                    if a.unit == b.unit:
+                        tied = True
+                        for p in (a, b):
+                            p.latency = _latency(snapshot, p.deployments, cons.stream)
+                if tied:
+                    picks.sort(key=_cheap_key)
+        return picks[:want]
 
     def _deployment(self, pick: _Pick) -> Deployment:
         deployments = pick.deployments
@@ -925,6 +947,10 @@ class Router:
 
 def _cheap_key(p: _Pick) -> tuple[float, float, int, int]:
     return (p.unit, p.latency, -p.cand.quality, p.cand.order)
+
+
+def _unit_key(p: _Pick) -> tuple[float, int, int]:
+    return (p.unit, -p.cand.quality, p.cand.order)
 
 
 def _copy(cand: _Cand, order: int) -> _Cand:
