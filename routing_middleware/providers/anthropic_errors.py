@@ -83,8 +83,13 @@ def error_from_payload(
     if kind in ("authentication_error", "permission_error"):
         return AuthenticationFailed(message, status_code=status, **kwargs)
     if kind == "invalid_request_error":
-        if looks_like_context_overflow(message, code):
+        lowered = message.lower()
+        # "input length and `max_tokens` exceed context limit: 188240 + 21333 > 200000"
+        if looks_like_context_overflow(message, code) or "context limit" in lowered:
             return ContextWindowExceeded(message, **kwargs)
+        # Out of credit has long come as a 400: "Your credit balance is too low to access…"
+        if "credit balance" in lowered:
+            return InsufficientQuota(message, status_code=status, **kwargs)
         return InvalidRequest(message, status_code=status, **kwargs)
     if kind == "not_found_error":
         if message.startswith("model:"):

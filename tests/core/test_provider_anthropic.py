@@ -880,6 +880,21 @@ def error_body(kind: str, message: str, **extra: Any) -> bytes:
             ContextWindowExceeded,
             400,
         ),
+        (
+            400,
+            "invalid_request_error",
+            "input length and `max_tokens` exceed context limit: 188240 + 21333 > 200000, "
+            "decrease input length or `max_tokens` and try again",
+            ContextWindowExceeded,
+            400,
+        ),
+        (
+            400,
+            "invalid_request_error",
+            "Your credit balance is too low to access the Anthropic API.",
+            InsufficientQuota,
+            400,
+        ),
         (401, "authentication_error", "invalid x-api-key", AuthenticationFailed, 401),
         (403, "permission_error", "no access", AuthenticationFailed, 403),
         (402, "billing_error", "credit balance too low", InsufficientQuota, 402),
