@@ -469,6 +469,7 @@ class DjangoSink:
     def __init__(self, options: SinkOptions | None = None) -> None:
         self.options = options or SinkOptions()
         self._pid = -1
+        self._exit_hook = False
         self._start_lock = threading.Lock()
         self._reset_state()
 
@@ -501,9 +502,10 @@ class DjangoSink:
                 # A fresh process (first use, or a fork): the parent's buffer is the
                 # parent's to write; start clean with our own lock and thread.
                 self._reset_state()
-                if self._pid == -1:
-                    atexit.register(self._at_exit)
                 self._pid = os.getpid()
+            if not self._exit_hook:
+                atexit.register(self._at_exit)
+                self._exit_hook = True
             if self._thread is None or not self._thread.is_alive():
                 self._stopping = False
                 self._thread = threading.Thread(
@@ -529,7 +531,8 @@ class DjangoSink:
             if full:
                 self.spool.append([record])
                 self._replay_wanted = True
-            elif ticket.done is not None:
+            elif ticket.done is not None and threading.current_thread() is not self._thread:
+                # (The flusher itself, e.g. a signal receiver emitting, must not wait on itself.)
                 ticket.done.wait(self.options.sync_timeout_s)
         except Exception:
             logger.exception("llmroute: could not queue a usage record; spooling it")
@@ -566,6 +569,9 @@ class DjangoSink:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self._thread = None
+        if self._exit_hook:
+            atexit.unregister(self._at_exit)
+            self._exit_hook = False
         return done
 
     def _at_exit(self) -> None:
@@ -623,36 +629,40 @@ class DjangoSink:
     def _write(self, batch: list[_Ticket]) -> bool:
         records = [t.record for t in batch]
         delay = self.options.retry_backoff_ms / 1000
-        try:
-            for attempt in range(self.options.retries + 1):
-                try:
-                    store_records(records, using=self.options.database)
-                    return True
-                except Exception:
-                    logger.warning(
-                        "llmroute: writing %d usage records failed (attempt %d)",
-                        len(records),
-                        attempt + 1,
-                        exc_info=True,
-                    )
-                    self._close_connection()
-                    if attempt < self.options.retries:
-                        time.sleep(delay * 2**attempt)
-            self._spool_or_requeue(batch)
-            return False
-        finally:
+        for attempt in range(self.options.retries + 1):
+            try:
+                store_records(records, using=self.options.database)
+            except Exception:
+                logger.warning(
+                    "llmroute: writing %d usage records failed (attempt %d)",
+                    len(records),
+                    attempt + 1,
+                    exc_info=True,
+                )
+                self._close_connection()
+                if attempt < self.options.retries:
+                    time.sleep(delay * 2**attempt)
+            else:
+                for ticket in batch:
+                    ticket.finish()
+                return True
+        if self._spool_or_requeue(batch):
             for ticket in batch:
                 ticket.finish()
+        return False
 
-    def _spool_or_requeue(self, batch: list[_Ticket]) -> None:
+    def _spool_or_requeue(self, batch: list[_Ticket]) -> bool:
+        """Spool ``batch``; when even that fails, put it back in the buffer (``False``)."""
         try:
             self.spool.append([t.record for t in batch])
             self._replay_wanted = True
+            return True
         except Exception:
             logger.exception("llmroute: spooling failed too; keeping %d records", len(batch))
             with self._cond:
                 self._buffer.extendleft(reversed(batch))
             time.sleep(self.options.flush_interval_ms / 1000)
+            return False
 
     def _replay(self) -> None:
         self._replay_wanted = False

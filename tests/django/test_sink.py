@@ -246,3 +246,47 @@ def test_copy_path_reports_duplicates_as_integrity_errors():
     with pytest.raises(IntegrityError), transaction.atomic():
         assert _copy_calls([call_values(record)], "default")
     assert LLMCall.objects.count() == 1
+
+
+def test_exit_hook_writes_what_is_buffered(make_sink):
+    sink = make_sink(flush_interval_ms=60_000)
+    records = [make_record() for _ in range(3)]
+    for record in records:
+        sink.emit(record)
+    sink._at_exit()  # what the interpreter runs at exit
+    assert LLMCall.objects.count() == 3
+    assert sink._thread is None
+
+
+def test_exit_hook_spools_when_the_database_hangs(make_sink, spool_path):
+    sink = make_sink(retries=50, retry_backoff_ms=20, shutdown_timeout_s=0.3)
+    _rename_calls_table(to_unavailable=True)
+    try:
+        records = [make_record() for _ in range(4)]
+        for record in records:
+            sink.emit(record)
+        sink._at_exit()
+        assert spool_lines(spool_path) >= 4
+    finally:
+        sink.close(timeout=30)  # the stuck writer gives up and spools too
+        _rename_calls_table(to_unavailable=False)
+    result = replay_spool(spool_path)
+    assert result.inserted == 4
+    assert set(LLMCall.objects.values_list("record_id", flat=True)) == {r.id for r in records}
+
+
+def test_sync_emit_from_the_flusher_thread_does_not_wait_on_itself(make_sink):
+    sink = make_sink(durability="sync", sync_timeout_s=30)
+    inner = make_record(feature="inner")
+
+    def receiver(sender, instance, record, **kwargs):
+        if record.feature == "outer":
+            sink.emit(inner)
+
+    llm_call_recorded.connect(receiver)
+    try:
+        sink.emit(make_record(feature="outer"))
+        assert sink.flush(timeout=10)
+    finally:
+        llm_call_recorded.disconnect(receiver)
+    assert LLMCall.objects.filter(record_id=inner.id).exists()
