@@ -140,9 +140,9 @@ def encode_error(error: LLMError) -> tuple[int, dict[str, str], bytes]:
         headers["retry-after"] = str(math.ceil(error.retry_after))
         headers["retry-after-ms"] = str(round(error.retry_after * 1000))
     detail: dict[str, Any] = {"type": kind, "message": error.message}
-    if isinstance(error, InsufficientQuota | BudgetExceeded):
+    if not error.retryable:  # the SDK would otherwise retry a 429 or 5xx on its own
         headers["x-should-retry"] = "false"
-        if error.code in SPEND_LIMIT_CODES:
-            detail["details"] = {"error_code": error.code}
+    if error.code in SPEND_LIMIT_CODES:
+        detail["details"] = {"error_code": error.code}
     body = {"type": "error", "error": detail}
     return status, headers, json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

@@ -42,6 +42,7 @@ from routing_middleware.schema import (
     InvalidRequest,
     LLMError,
     Message,
+    NoRouteAvailable,
     Overloaded,
     RateLimited,
     ResponseFormat,
@@ -1520,6 +1521,12 @@ def test_sdk_does_not_retry_quota_but_does_retry_overload() -> None:
             model="m", max_tokens=5, messages=ASK
         )
     assert len(calls) == 3  # the first try and two retries
+    calls.clear()
+    with pytest.raises(anthropic.ServiceUnavailableError):
+        sdk(gateway(error=NoRouteAvailable("all open"), seen=calls), max_retries=2).messages.create(
+            model="m", max_tokens=5, messages=ASK
+        )
+    assert len(calls) == 1  # not retryable: the SDK is told so
 
 
 def test_sdk_raises_on_a_mid_stream_error_event() -> None:
