@@ -1,14 +1,26 @@
-"""Fixtures for the Django tests: sinks that always get closed, users, record helpers."""
+"""Fixtures for the Django tests: sinks that always get closed, users, record helpers.
+
+The settings module is ``tests.django.settings``; it is chosen here too, so a plain
+``pytest`` from the repository root runs these tests without ``--ds``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+import os
 
-import pytest
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django.settings")
 
-from django_llmroute.sinks import DjangoSink, SinkOptions
+import django
+
+django.setup()
+
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from django_llmroute.sinks import DjangoSink, SinkOptions  # noqa: E402
 
 
 @pytest.fixture
