@@ -45,6 +45,9 @@ Other choices:
   own ``thinking`` / ``effort`` win over the ``reasoning`` option. When that
   option turns thinking on, the sampling parameters are dropped (thinking
   rejects them).
+- Thinking-block signatures have no place in the normalized schema, so with
+  thinking on, a tool-use continuation (the last assistant turn used a tool)
+  is sent with thinking off rather than fail with Anthropic's 400.
 - Not carried (no place in the normalized schema): thinking-block signatures,
   ``document`` and other non-image blocks (rejected with a clear
   InvalidRequest), citations.

@@ -124,7 +124,25 @@ def build_body(request: ChatRequest, model: str, options: Mapping[str, Any]) -> 
     if extra.get("service_tier") in _SERVICE_TIERS:
         body["service_tier"] = extra["service_tier"]
     _output(request, body, options)
+    _unsigned_thinking(body)
     return body
+
+
+def _unsigned_thinking(body: dict[str, Any]) -> None:
+    """Turn thinking off for a tool-use continuation we cannot sign.
+
+    With thinking on, Anthropic wants the last assistant turn, when it used a tool,
+    to start with its signed thinking block; signatures have no place in the
+    normalized schema, so such a turn is sent without one and thinking is left off
+    for this call rather than have it fail with a 400.
+    """
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive"):
+        return
+    last = next((t for t in reversed(body["messages"]) if t["role"] == "assistant"), None)
+    content = last["content"] if last is not None else None
+    if isinstance(content, list) and any(b.get("type") == "tool_use" for b in content):
+        del body["thinking"]
 
 
 def _system(request: ChatRequest) -> str | list[dict[str, Any]] | None:

@@ -1073,7 +1073,9 @@ def test_parsed_request_reaches_anthropic_upstream_with_its_extras() -> None:
     encoded = ANTHROPIC_DIALECT.encode_request(parsed, provider(), "claude-test-model")
     body = encoded.json
     assert encoded.headers["anthropic-version"] == "2023-06-01"  # temperature pinned it
-    assert body["thinking"] == CALLER_BODY["thinking"]
+    # the last assistant turn used a tool and its signed thinking block cannot be
+    # carried, so thinking is left off for this call (see the dialect notes)
+    assert "thinking" not in body
     assert body["tools"] == CALLER_BODY["tools"]
     assert body["output_config"] == CALLER_BODY["output_config"]
     assert body["messages"][2]["content"] == CALLER_BODY["messages"][2]["content"]
@@ -1733,8 +1735,14 @@ def test_caller_to_upstream_is_lossless(body: dict[str, Any], reasoning: str | N
     options = {"reasoning": reasoning} if reasoning else {}
     encoded = ANTHROPIC_DIALECT.encode_request(parsed, provider(**options), "claude-test-model")
     # The option only derives thinking/effort from a bare reasoning_effort; what the
-    # caller said in Anthropic's own terms goes through untouched.
-    assert encoded.json == body
+    # caller said in Anthropic's own terms goes through untouched, except thinking on
+    # a tool-use continuation, whose signed thinking block cannot be carried.
+    expected = dict(body)
+    assistants = [m for m in body["messages"] if m["role"] == "assistant"]
+    last = assistants[-1]["content"] if assistants else ""
+    if isinstance(last, list) and any(b["type"] == "tool_use" for b in last):
+        expected.pop("thinking", None)
+    assert encoded.json == expected
     sampling = any(k in body for k in ("temperature", "top_p", "top_k"))
     assert encoded.headers["anthropic-version"] == ("2023-06-01" if sampling else "2026-10-21")
 
@@ -2126,6 +2134,28 @@ def test_failed_tool_results_stay_failed_for_an_anthropic_upstream() -> None:
         {"type": "tool_result", "tool_use_id": "t1", "content": "boom", "is_error": True},
         {"type": "tool_result", "tool_use_id": "t2", "content": "ok"},
     ]
+
+
+@pytest.mark.parametrize("kind", ["enabled", "adaptive"])
+def test_thinking_is_left_off_for_a_tool_use_continuation(kind: str) -> None:
+    thinking = {"type": kind, "budget_tokens": 2048} if kind == "enabled" else {"type": kind}
+    call = ToolCall(id="t1", name="f")
+    loop = request(
+        user("go"),
+        Message(role="assistant", tool_calls=[call], reasoning="unsigned, not sent"),
+        Message(role="tool", tool_call_id="t1", content="done"),
+        extra={"thinking": thinking},
+    )
+    body = build_body(loop, "m", {})
+    assert "thinking" not in body
+    assert "unsigned" not in json.dumps(body)
+    chat = request(
+        user("hi"),
+        Message(role="assistant", content="hello"),
+        user("again"),
+        extra={"thinking": thinking},
+    )
+    assert build_body(chat, "m", {})["thinking"] == thinking
 
 
 def test_cache_breakpoints_with_a_leading_assistant_turn() -> None:
