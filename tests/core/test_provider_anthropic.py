@@ -2028,15 +2028,18 @@ def test_stream_decoder_raises_only_llm_errors_on_garbage(events: list[tuple[str
 @given(payload=_any_json)
 def test_decoders_and_parser_raise_only_llm_errors_on_garbage(payload: Any) -> None:
     raw = json.dumps(payload).encode()
+    outcomes: list[object] = []
     for attempt in (
         lambda: ANTHROPIC_DIALECT.decode_response(raw, provider()),
         lambda: ANTHROPIC_CALLER.parse_request(raw),
         lambda: ANTHROPIC_DIALECT.decode_error(500, {}, raw, provider()),
     ):
         try:
-            attempt()
-        except LLMError:
-            pass
+            outcomes.append(attempt())
+        except LLMError as error:  # anything else escapes and fails the test
+            outcomes.append(error)
+    assert isinstance(outcomes[2], LLMError)  # an error answer always maps to one
+    assert len(outcomes) == 3
 
 
 # ------------------------------------------------------------- prompt-cache breakpoints
