@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from routing_middleware.budgets import Budget as CoreBudget
 
 __all__ = [
     "API_KEY_PREFIX",
@@ -262,13 +265,16 @@ class Budget(models.Model):
         BLOCK = "block", "block"
         CHEAPEST = "cheapest", "route to the cheapest model"
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(max_length=100, unique=True, help_text="No spaces, nor any of | { }.")
     scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.GLOBAL)
     scope_value = models.CharField(
         max_length=150,
         blank=True,
         default="",
-        help_text="User id, feature, tag or API key id; empty for a global budget.",
+        help_text=(
+            "User id, feature, tag or API key id. Empty for a global budget; empty for "
+            "another scope means each user (feature, …) gets this budget on its own."
+        ),
     )
     period = models.CharField(max_length=16, choices=Period.choices, default=Period.MONTH)
     hours = models.PositiveIntegerField(
@@ -293,20 +299,38 @@ class Budget(models.Model):
         return self.name
 
     def clean(self) -> None:
+        """Validate with the core's own rules (one definition of a valid budget)."""
+        super().clean()
         if self.period == self.Period.ROLLING and not self.hours:
             raise ValidationError({"hours": "A rolling budget needs its window in hours."})
-        if self.scope != self.Scope.GLOBAL and not self.scope_value:
-            raise ValidationError({"scope_value": "Name the user, feature, tag or key."})
-        if self.limit_usd is not None and self.limit_usd < 0:
-            raise ValidationError({"limit_usd": "The limit cannot be negative."})
+        if self.period != self.Period.ROLLING and self.hours:
+            raise ValidationError({"hours": "Only a rolling budget has a window in hours."})
+        if self.limit_usd is None:
+            return
+        try:
+            self.to_core()
+        except (ValueError, TypeError) as exc:
+            errors = getattr(exc, "errors", None)
+            if callable(errors):  # a pydantic ValidationError: one message per problem
+                raise ValidationError(
+                    [
+                        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}".lstrip(": ")
+                        for e in errors()
+                    ]
+                ) from exc
+            raise ValidationError(str(exc)) from exc
 
     def period_start(self, now: datetime | None = None) -> datetime:
-        """Start of the current period (local time for calendar periods)."""
-        now = now or timezone.now()
+        """Start of the current period, as the core counts it.
+
+        UTC calendar day, ISO week (from Monday) and month; a rolling window is the
+        current hour and the ``hours - 1`` before it (the core's hourly buckets).
+        """
+        now = (now or timezone.now()).astimezone(UTC)
         if self.period == self.Period.ROLLING:
-            return now - timedelta(hours=self.hours or 24)
-        local = timezone.localtime(now)
-        day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+            hour = now.replace(minute=0, second=0, microsecond=0)
+            return hour - timedelta(hours=(self.hours or 1) - 1)
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         if self.period == self.Period.WEEK:
             return day - timedelta(days=day.weekday())
         if self.period == self.Period.MONTH:
@@ -314,7 +338,11 @@ class Budget(models.Model):
         return day
 
     def spent(self, now: datetime | None = None) -> Decimal:
-        """What the scope has spent in the current period, from the stored records."""
+        """What the scope has spent in the current period, from the stored records.
+
+        A user / feature / tag / API-key budget without a value covers each subject
+        separately; then this is the highest subject's spend.
+        """
         from .reports import budget_spent
 
         return budget_spent(self, now=now)
@@ -327,30 +355,26 @@ class Budget(models.Model):
         return float(spent / self.limit_usd)
 
     def core_fields(self) -> dict[str, Any]:
-        """The fields of the core budget, under the core's names."""
-        period: str = self.period
-        if self.period == self.Period.ROLLING:
-            period = f"rolling:{self.hours or 24}h"
+        """Keyword arguments of the core's ``Budget`` for this budget."""
+        rolling = self.period == self.Period.ROLLING
         return {
             "name": self.name,
             "scope": self.scope,
-            "scope_value": self.scope_value or None,
-            "period": period,
+            "value": self.scope_value or None,
+            "period": self.period,
+            "rolling_hours": self.hours if rolling else None,
             "limit_usd": self.limit_usd,
             "thresholds": tuple((float(f), str(a)) for f, a in self.thresholds or ()),
-            "action": self.action,
+            "on_limit": self.action,
         }
 
-    def to_core(self) -> Any:
-        """This budget as the core's ``routing_middleware.budgets.Budget``.
+    def to_core(self) -> CoreBudget:
+        """This budget as a core :class:`routing_middleware.budgets.Budget`.
 
-        Built from :meth:`core_fields`; the construction is finished when the core
-        budget type is final (until then this raises ``NotImplementedError``).
+        Raises the core's validation error when the fields make no valid budget.
         """
-        try:
-            from routing_middleware.budgets import Budget as CoreBudget  # type: ignore[attr-defined]
-        except ImportError as exc:  # the core budget module is not there yet
-            raise NotImplementedError("routing_middleware.budgets.Budget is not available") from exc
+        from routing_middleware.budgets import Budget as CoreBudget
+
         return CoreBudget(**self.core_fields())
 
 

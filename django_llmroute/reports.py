@@ -751,51 +751,64 @@ def _period_is_whole_days(start: datetime) -> bool:
     return (local.hour, local.minute, local.second, local.microsecond) == (0, 0, 0, 0)
 
 
+def _highest(qs: QuerySet[Any], column: str) -> Decimal:
+    """The largest per-``column`` sum of ``cost`` (subjects with no value left out)."""
+    top = (
+        qs.order_by()
+        .exclude(**{column: ""})
+        .exclude(**{f"{column}__isnull": True})
+        .values(column)
+        .annotate(s=Sum("cost"))
+        .order_by("-s")[:1]
+    )
+    return max((as_decimal(row["s"]) for row in top), default=Decimal(0))
+
+
 def budget_spent(budget: Budget, now: datetime | None = None) -> Decimal:
     """What ``budget``'s scope spent from the start of its current period up to ``now``.
 
-    Calendar periods of global, user and feature budgets read the rollup; rolling
-    windows, tags and API keys read the calls.
+    A budget without a value for a user / feature / tag / API-key scope counts each
+    subject on its own: this is then the highest subject's spend. Calendar periods
+    of global, user and feature budgets read the rollups when their days line up
+    with the period; the rest reads the calls.
     """
     now = now or timezone.now()
     start = budget.period_start(now)
-    scope, value = budget.scope, budget.scope_value
+    scope, value = budget.scope, budget.scope_value or None
+    tz = timezone.get_default_timezone()
     if (
         scope in ("global", "user", "feature")
         and budget.period != "rolling"
         and _period_is_whole_days(start)
-        and timezone.localdate(now, timezone.get_default_timezone())
-        == timezone.localdate(timezone.now(), timezone.get_default_timezone())
+        and timezone.localdate(now, tz) == timezone.localdate(timezone.now(), tz)
     ):
-        since = timezone.localdate(start, timezone.get_default_timezone())
-        rollup: QuerySet[Any]
-        if scope == "user":
-            rollup = DailyUsage.objects.filter(date__gte=since, user_ref=value)
-        elif scope == "feature":
-            rollup = DailySummary.objects.filter(date__gte=since, feature=value)
-        else:
-            rollup = DailySummary.objects.filter(date__gte=since)
-        return as_decimal(rollup.aggregate(s=Sum("cost"))["s"])
-    calls = LLMCall.objects.filter(created_at__gte=start, created_at__lte=now)
-    if scope == "user":
-        calls = calls.filter(user_ref=value)
-    elif scope == "feature":
-        calls = calls.filter(feature=value)
-    elif scope == "api_key":
-        calls = calls.filter(api_key_ref=value)
-    elif scope == "tag":
-        if connections[calls.db].vendor == "postgresql":
-            calls = calls.filter(tags__contains=[value])
-        else:
-            return sum(
-                (
-                    as_decimal(cost)
-                    for tags, cost in calls.values_list("tags", "cost").iterator()
-                    if value in (tags or ())
-                ),
-                Decimal(0),
+        since = timezone.localdate(start, tz)
+        if scope == "global":
+            return as_decimal(
+                DailySummary.objects.filter(date__gte=since).aggregate(s=Sum("cost"))["s"]
             )
-    return as_decimal(calls.aggregate(s=Sum("cost"))["s"])
+        column = "user_ref" if scope == "user" else "feature"
+        model: type[Any] = DailyUsage if scope == "user" else DailySummary
+        rollup = model.objects.filter(date__gte=since)
+        if value is None:
+            return _highest(rollup, column)
+        return as_decimal(rollup.filter(**{column: value}).aggregate(s=Sum("cost"))["s"])
+    calls = LLMCall.objects.filter(created_at__gte=start, created_at__lte=now)
+    if scope == "tag":
+        if value is not None and connections[calls.db].vendor == "postgresql":
+            return as_decimal(calls.filter(tags__contains=[value]).aggregate(s=Sum("cost"))["s"])
+        per_tag: dict[str, Decimal] = {}
+        for tags, cost in calls.values_list("tags", "cost").iterator():
+            for tag in tags or ():
+                if value is None or tag == value:
+                    per_tag[tag] = per_tag.get(tag, Decimal(0)) + as_decimal(cost)
+        return max(per_tag.values(), default=Decimal(0))
+    column = {"user": "user_ref", "feature": "feature", "api_key": "api_key_ref"}.get(scope)
+    if column is None:
+        return as_decimal(calls.aggregate(s=Sum("cost"))["s"])
+    if value is None:
+        return _highest(calls, column)
+    return as_decimal(calls.filter(**{column: value}).aggregate(s=Sum("cost"))["s"])
 
 
 def date_range(since: date, until: date) -> tuple[datetime, datetime]:

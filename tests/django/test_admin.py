@@ -301,6 +301,10 @@ class TestBudgetAdmin:
         assert spent(scope="tag", scope_value="beta", period="rolling", hours=1) == Decimal("0.5")
         assert spent(scope="api_key", scope_value="k1", period="rolling", hours=1) == Decimal("0.5")
         assert spent(scope="global", period="rolling", hours=24 * 60) == Decimal("9.75")
+        # without a value, each subject on its own: the highest one's spend
+        assert spent(scope="user", period="rolling", hours=24) == Decimal("0.5")
+        assert spent(scope="tag", period="rolling", hours=24) == Decimal("0.5")
+        assert spent(scope="feature", period="day") == Decimal("0.5")
 
     def test_thresholds_are_validated(self, admin_client):
         response = admin_client.post(

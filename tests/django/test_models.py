@@ -73,23 +73,33 @@ def test_format_money(value, shown):
 
 
 class TestBudget:
-    def test_clean(self):
+    def test_clean_uses_the_core_rules(self):
         with pytest.raises(ValidationError, match="hours"):
             Budget(name="r", period="rolling", limit_usd=1).clean()
-        with pytest.raises(ValidationError, match="Name the user"):
-            Budget(name="u", scope="user", limit_usd=1).clean()
-        Budget(name="g", limit_usd=1).clean()
+        with pytest.raises(ValidationError, match="name"):
+            Budget(name="has space", limit_usd=1).clean()
+        with pytest.raises(ValidationError, match="global budget takes no"):
+            Budget(name="g", scope_value="x", limit_usd=1).clean()
+        with pytest.raises(ValidationError, match="ascending"):
+            Budget(
+                name="t", limit_usd=1, thresholds=[[0.9, "cheapest"], [0.5, "downgrade"]]
+            ).clean()
+        with pytest.raises(ValidationError, match="limit_usd"):
+            Budget(name="z", limit_usd=0).clean()
+        Budget(name="per-user", scope="user", limit_usd=1).clean()  # each user on its own
+        Budget(name="g", limit_usd=1, thresholds=[[0.8, "downgrade"]]).clean()
 
-    def test_period_start(self):
+    def test_period_start_matches_the_core_windows(self):
         now = datetime(2026, 11, 26, 15, 30, tzinfo=UTC)  # a Thursday
         assert Budget(period="day").period_start(now) == datetime(2026, 11, 26, tzinfo=UTC)
         assert Budget(period="week").period_start(now) == datetime(2026, 11, 23, tzinfo=UTC)
         assert Budget(period="month").period_start(now) == datetime(2026, 11, 1, tzinfo=UTC)
+        # the current hour and the five before it
         assert Budget(period="rolling", hours=6).period_start(now) == datetime(
-            2026, 11, 26, 9, 30, tzinfo=UTC
+            2026, 11, 26, 10, 0, tzinfo=UTC
         )
 
-    def test_core_fields_use_the_core_names(self):
+    def test_to_core(self):
         budget = Budget(
             name="team",
             scope="feature",
@@ -100,12 +110,15 @@ class TestBudget:
             thresholds=[[0.8, "downgrade"]],
             action="cheapest",
         )
-        assert budget.core_fields() == {
-            "name": "team",
-            "scope": "feature",
-            "scope_value": "search",
-            "period": "rolling:12h",
-            "limit_usd": Decimal("5"),
-            "thresholds": ((0.8, "downgrade"),),
-            "action": "cheapest",
-        }
+        core = budget.to_core()
+        assert (core.name, core.scope, core.value, core.period, core.rolling_hours) == (
+            "team",
+            "feature",
+            "search",
+            "rolling",
+            12,
+        )
+        assert core.limit_usd == Decimal("5")
+        assert core.thresholds == ((0.8, "downgrade"),)
+        assert core.on_limit == "cheapest"
+        assert Budget(name="g", limit_usd=Decimal("2")).to_core().value is None
