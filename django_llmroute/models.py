@@ -271,10 +271,7 @@ class Budget(models.Model):
         max_length=150,
         blank=True,
         default="",
-        help_text=(
-            "User id, feature, tag or API key id. Empty for a global budget; empty for "
-            "another scope means each user (feature, …) gets this budget on its own."
-        ),
+        help_text="User id, feature, tag or key id. Empty: each one separately.",
     )
     period = models.CharField(max_length=16, choices=Period.choices, default=Period.MONTH)
     hours = models.PositiveIntegerField(
