@@ -124,6 +124,7 @@ class AnthropicStreamDecoder:
         "_seen",
         "_sse",
         "_stopped",
+        "_tally",
     )
 
     def __init__(self, request: ChatRequest | None = None, provider: str | None = None) -> None:
@@ -138,6 +139,7 @@ class AnthropicStreamDecoder:
         self._seen = False
         self._done = False
         self._stopped = False  # a stop_reason arrived (in message_delta)
+        self._tally = False  # a message_delta carried the final output count
 
     def feed(self, data: bytes) -> list[StreamChunk]:
         """Chunks completed by ``data``; an ``error`` event raises its LLMError."""
@@ -172,7 +174,9 @@ class AnthropicStreamDecoder:
         if not self._seen:
             return None
         raw = self._raw_usage
-        has_input, has_output = "input_tokens" in raw, "output_tokens" in raw
+        has_input = "input_tokens" in raw
+        # message_start's output count is a placeholder: only message_delta's is final.
+        has_output = self._tally
         complete = self._done and self._stopped
         if complete and has_input and has_output:
             return usage_from_anthropic(raw)
@@ -222,7 +226,10 @@ class AnthropicStreamDecoder:
             self._take_usage(message.get("usage"))
             out.append(StreamChunk(id=self._id, model=self._model, role="assistant"))
         elif kind == "message_delta":
-            self._take_usage(payload.get("usage"))
+            usage = payload.get("usage")
+            self._take_usage(usage)
+            if isinstance(usage, dict) and usage.get("output_tokens") is not None:
+                self._tally = True
             stop = _obj(payload.get("delta")).get("stop_reason")
             if stop:
                 self._stopped = True

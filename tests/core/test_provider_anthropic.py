@@ -820,6 +820,24 @@ def test_stream_with_no_usage_at_all_is_estimated_never_zero() -> None:
     assert usage.output_tokens == 2
 
 
+def test_final_usage_stripped_from_message_delta_is_not_taken_as_one_token() -> None:
+    wire = stream_wire()
+    start = wire.index(b"event: message_delta")
+    end = wire.index(b"event: message_stop")
+    delta = {"type": "message_delta", "delta": {"stop_reason": "tool_use"}}  # no usage
+    stripped = wire[:start] + sse_event("message_delta", delta) + wire[end:]
+    (usage,) = summarize(decode_stream([stripped]))["usages"]
+    generated = "Hmm, " + "Grüße aus 東京 " + "🌧" + "weather" + '{"city": "Tokyo"}'
+    # input 25 + 1000 cache reads from message_start; output estimated, not its placeholder 1
+    assert usage == Usage(
+        input_tokens=1025,
+        cached_input_tokens=1000,
+        output_tokens=estimate_text_tokens(generated),
+        estimated=True,
+    )
+    assert usage.output_tokens > 1
+
+
 def test_cumulative_usage_takes_the_last_value_of_each_field() -> None:
     start = {
         "type": "message_start",
