@@ -116,6 +116,21 @@ class StatsStore(Protocol):
 
     def snapshot(self) -> StatsSnapshot: ...
 
+    async def arecord(
+        self,
+        deployment: str,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        error: bool = False,
+        feature: str | None = None,
+        output_tokens: int | None = None,
+    ) -> None: ...
+
+    async def astarted(self, deployment: str) -> None: ...
+
+    async def afinished(self, deployment: str) -> None: ...
+
 
 class HealthCheck(Protocol):
     """Says whether a deployment may take calls now (a circuit breaker implements it)."""
@@ -221,6 +236,32 @@ class MemoryStatsStore:
     def expected_output_tokens(self, feature: str | None) -> float | None:
         return self._output.get(feature or "")
 
+    async def arecord(
+        self,
+        deployment: str,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        error: bool = False,
+        feature: str | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        """Async twin of :meth:`record` (in-process: no I/O to wait for)."""
+        self.record(
+            deployment,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            error=error,
+            feature=feature,
+            output_tokens=output_tokens,
+        )
+
+    async def astarted(self, deployment: str) -> None:
+        self.started(deployment)
+
+    async def afinished(self, deployment: str) -> None:
+        self.finished(deployment)
+
     def snapshot(self) -> StatsSnapshot:
         """Percentiles of every deployment; only those with new records are re-sorted."""
         stale: list[tuple[_Deployment, int, list[float], list[float], list[float]]] = []
@@ -253,6 +294,9 @@ return tostring(old)
 """
 
 
+_DECR_LUA = "local v = redis.call('DECR', KEYS[1]) if v < 0 then redis.call('SET', KEYS[1], 0) end"
+
+
 class RedisStatsStore:
     """Stats shared by every worker through Redis.
 
@@ -278,7 +322,7 @@ class RedisStatsStore:
         self.prefix = prefix
         self.window = window
         self.ttl_s = ttl_s
-        self._ewma: Any = None
+        self._async_client: Any = None
         self._init_lock = threading.Lock()
 
     def close(self) -> None:
@@ -287,7 +331,6 @@ class RedisStatsStore:
             self._client.close()
             self._client.connection_pool.disconnect()
             self._client = None
-            self._ewma = None
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -305,18 +348,34 @@ class RedisStatsStore:
     def _key(self, kind: str, deployment: str = "") -> str:
         return f"{self.prefix}{kind}:{deployment}"
 
-    def record(
+    def _async(self) -> Any:
+        if self._async_client is None:
+            import redis.asyncio
+
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                str(self._url), max_connections=64, timeout=20
+            )
+            self._async_client = redis.asyncio.Redis(connection_pool=pool)
+        return self._async_client
+
+    async def aclose(self) -> None:
+        """Close the async client this store opened (not one passed in)."""
+        if self._async_client is not None and self._url is not None:
+            await self._async_client.aclose()
+            await self._async_client.connection_pool.disconnect()
+            self._async_client = None
+
+    def _queue_record(
         self,
+        pipe: Any,
         deployment: str,
-        *,
         latency_ms: float,
-        ttft_ms: float | None = None,
-        error: bool = False,
-        feature: str | None = None,
-        output_tokens: int | None = None,
+        ttft_ms: float | None,
+        error: bool,
+        feature: str | None,
+        output_tokens: int | None,
     ) -> None:
-        client = self._redis()
-        pipe = client.pipeline(transaction=False)
+        """Queue one call's writes on a (sync or async) pipeline: one round trip."""
         pipe.sadd(self._key("deployments"), deployment)
         pipe.expire(self._key("deployments"), self.ttl_s)
         series = [("err", 1.0 if error else 0.0)]
@@ -329,26 +388,67 @@ class RedisStatsStore:
             pipe.lpush(key, repr(float(value)))
             pipe.ltrim(key, 0, self.window - 1)
             pipe.expire(key, self.ttl_s)
-        pipe.execute()
         if not error and output_tokens is not None:
-            if self._ewma is None:
-                self._ewma = client.register_script(_EWMA_LUA)
-            self._ewma(keys=[self._key("output")], args=[feature or "", output_tokens, _EWMA_ALPHA])
-            client.expire(self._key("output"), self.ttl_s)
+            output = self._key("output")
+            pipe.eval(_EWMA_LUA, 1, output, feature or "", output_tokens, _EWMA_ALPHA)
+            pipe.expire(output, self.ttl_s)
+
+    def _queue_started(self, pipe: Any, deployment: str) -> None:
+        pipe.incr(self._key("inflight", deployment))
+        pipe.expire(self._key("inflight", deployment), 3600)
+
+    def _queue_finished(self, pipe: Any, deployment: str) -> None:
+        # Never below zero, even if a worker restarted between started and finished.
+        pipe.eval(_DECR_LUA, 1, self._key("inflight", deployment))
+
+    def record(
+        self,
+        deployment: str,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        error: bool = False,
+        feature: str | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        pipe = self._redis().pipeline(transaction=False)
+        self._queue_record(pipe, deployment, latency_ms, ttft_ms, error, feature, output_tokens)
+        pipe.execute()
+
+    async def arecord(
+        self,
+        deployment: str,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        error: bool = False,
+        feature: str | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        """Async twin of :meth:`record`."""
+        pipe = self._async().pipeline(transaction=False)
+        self._queue_record(pipe, deployment, latency_ms, ttft_ms, error, feature, output_tokens)
+        await pipe.execute()
 
     def started(self, deployment: str) -> None:
         pipe = self._redis().pipeline(transaction=False)
-        pipe.incr(self._key("inflight", deployment))
-        pipe.expire(self._key("inflight", deployment), 3600)
+        self._queue_started(pipe, deployment)
         pipe.execute()
 
+    async def astarted(self, deployment: str) -> None:
+        pipe = self._async().pipeline(transaction=False)
+        self._queue_started(pipe, deployment)
+        await pipe.execute()
+
     def finished(self, deployment: str) -> None:
-        # Never below zero, even if a worker restarted between started and finished.
-        self._redis().eval(
-            "local v = redis.call('DECR', KEYS[1]) if v < 0 then redis.call('SET', KEYS[1], 0) end",
-            1,
-            self._key("inflight", deployment),
-        )
+        pipe = self._redis().pipeline(transaction=False)
+        self._queue_finished(pipe, deployment)
+        pipe.execute()
+
+    async def afinished(self, deployment: str) -> None:
+        pipe = self._async().pipeline(transaction=False)
+        self._queue_finished(pipe, deployment)
+        await pipe.execute()
 
     def in_flight(self, deployment: str) -> int:
         value = self._redis().get(self._key("inflight", deployment))

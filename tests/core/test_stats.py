@@ -170,3 +170,37 @@ def test_redis_window_is_bounded(redis_store: RedisStatsStore) -> None:
     stats = redis_store.snapshot().deployments["d"]
     assert stats.samples == 100
     assert stats.p50_ms >= 200  # only the most recent 100 remain
+
+
+@pytest.mark.anyio
+async def test_memory_store_async_twins() -> None:
+    store = MemoryStatsStore()
+    await store.astarted("d")
+    assert store.in_flight("d") == 1
+    await store.arecord("d", latency_ms=12.0, feature="f", output_tokens=40)
+    await store.afinished("d")
+    assert store.in_flight("d") == 0
+    assert store.snapshot().deployments["d"].p50_ms == 12
+    assert store.expected_output_tokens("f") == 40
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_redis_store_async_twins_share_the_sync_view(redis_store: RedisStatsStore) -> None:
+    try:
+        await redis_store.astarted("a/b")
+        assert redis_store.in_flight("a/b") == 1
+        for ms in (10.0, 20.0, 30.0):
+            await redis_store.arecord("a/b", latency_ms=ms, ttft_ms=ms / 2)
+        await redis_store.arecord("a/b", latency_ms=1.0, feature="f", output_tokens=80)
+        await redis_store.arecord("a/b", latency_ms=99.0, error=True)
+        await redis_store.afinished("a/b")
+        await redis_store.afinished("a/b")
+        assert redis_store.in_flight("a/b") == 0
+        stats = redis_store.snapshot().deployments["a/b"]
+        assert stats.samples == 4
+        assert stats.ttft_samples == 3
+        assert stats.error_rate == pytest.approx(1 / 5)
+        assert redis_store.expected_output_tokens("f") == 80
+    finally:
+        await redis_store.aclose()
