@@ -10,6 +10,7 @@ percentiles and the tier split always come from the calls.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -693,12 +694,25 @@ class Decisions:
     rerouted: int = 0
 
 
-def _is_budget(code: str) -> bool:
-    return code.startswith("budget")
+_BUDGET_NAME = re.compile(r"budget '([^']+)'")
+_EXCLUDED_MODEL = re.compile(r"^(\S+) excluded\b")
 
 
-def _is_sla(code: str) -> bool:
-    return "sla" in code or "latency" in code
+def _budget_key(code: str, sentence: str) -> str | None:
+    """``"team: downgrade"`` for the router's ``budget_*`` reasons, else ``None``."""
+    if not code.startswith("budget"):
+        return None
+    found = _BUDGET_NAME.search(sentence)
+    action = code.removeprefix("budget").strip("_") or "budget"
+    return f"{found.group(1) if found else sentence}: {action}"
+
+
+def _sla_key(code: str, sentence: str) -> str | None:
+    """The model an SLA reason excluded (the router's ``excluded_sla``), else ``None``."""
+    if "sla" not in code and "latency" not in code:
+        return None
+    found = _EXCLUDED_MODEL.match(sentence)
+    return found.group(1) if found else sentence
 
 
 def decisions(qs: QuerySet[LLMCall], *, sample: int = 50_000, limit: int = 20) -> Decisions:
@@ -706,8 +720,9 @@ def decisions(qs: QuerySet[LLMCall], *, sample: int = 50_000, limit: int = 20) -
 
     Reasons are counted over the latest ``sample`` calls of ``qs`` (JSON lists do not
     aggregate portably); fallback pairs and reroutes over all of ``qs``. Budget
-    downgrades are reasons whose code starts with ``budget``; SLA exclusions those
-    whose code mentions ``sla`` or ``latency``; both are grouped by their sentence.
+    actions are the ``budget_*`` reasons, counted by budget and action; SLA
+    exclusions the reasons whose code mentions ``sla`` or ``latency``, counted by
+    the model they excluded.
     """
     codes: Counter[str] = Counter()
     budget: Counter[str] = Counter()
@@ -721,10 +736,12 @@ def decisions(qs: QuerySet[LLMCall], *, sample: int = 50_000, limit: int = 20) -
                 continue
             code, sentence = str(pair[0]), str(pair[1])
             codes[code] += 1
-            if _is_budget(code):
-                budget[sentence] += 1
-            if _is_sla(code):
-                sla[sentence] += 1
+            budget_key = _budget_key(code, sentence)
+            if budget_key is not None:
+                budget[budget_key] += 1
+            sla_key = _sla_key(code, sentence)
+            if sla_key is not None:
+                sla[sla_key] += 1
     pairs = (
         qs.order_by()
         .filter(fallback_from__isnull=False)

@@ -61,8 +61,8 @@ def calls(superuser):
                 fallback_from="gpt-4o" if i == 9 else None,
                 tier=i % 3,
                 reasons=(
-                    ("budget_downgrade", "budget 'team' at 85%: downgraded"),
-                    ("sla_excluded", "claude-opus p95 above the 2 s SLA"),
+                    ("budget_downgrade", f"budget 'team' at {80 + i}% → downgraded from tier 3"),
+                    ("excluded_sla", "claude-opus excluded: p95 2.4 s > SLA 2 s"),
                 )
                 if i % 4 == 0
                 else (("cheapest_fit", "cheapest model meeting the quality floor"),),
@@ -190,6 +190,10 @@ class TestCostReport:
         filters = admin_client.get(REPORT).content.decode().split('id="changelist-filter"')[1]
         assert ">root<" in filters  # users listed by name
 
+    def test_links_to_the_decisions_with_the_same_filters(self, admin_client, calls):
+        html = admin_client.get(REPORT + "?feature=search").content.decode()
+        assert f'href="{DECISIONS}?feature=search"' in html
+
     def test_empty_report(self, admin_client):
         html = admin_client.get(REPORT).content.decode()
         assert _money_of(html, "spend") == "$0.00"
@@ -207,9 +211,9 @@ def test_decisions_view(admin_client, calls):
     assert re.search(r"<td>cheapest_fit</td><td class=\"num\">9</td>", reasons)
     assert re.search(r"<td>budget_downgrade</td><td class=\"num\">3</td>", reasons)
     budget = html.split('id="llmroute-table-budget"')[1].split("</table>")[0]
-    assert "budget &#x27;team&#x27; at 85%: downgraded" in budget
+    assert re.search(r"<td>team: downgrade</td><td class=\"num\">3</td>", budget)
     sla = html.split('id="llmroute-table-sla"')[1].split("</table>")[0]
-    assert "claude-opus p95 above the 2 s SLA" in sla
+    assert re.search(r"<td>claude-opus</td><td class=\"num\">3</td>", sla)
     fallbacks = html.split('id="llmroute-table-fallbacks"')[1].split("</table>")[0]
     assert re.search(r"<td>gpt-4o</td><td>claude-haiku</td><td class=\"num\">1</td>", fallbacks)
 

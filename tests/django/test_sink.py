@@ -221,6 +221,13 @@ class TestSpool:
         assert record_from_dict(line) == record
         assert record_from_dict(record_to_dict(record)) == record
 
+    def test_every_record_field_is_spooled(self):
+        from dataclasses import fields
+
+        from routing_middleware.metering import UsageRecord
+
+        assert set(record_to_dict(make_record())) == {f.name for f in fields(UsageRecord)}
+
     def test_crash_mid_replay_never_duplicates(self, spool_path: Path):
         records = [make_record() for _ in range(4)]
         store_records(records[:2])  # the crashed replay got this far
