@@ -529,7 +529,8 @@ class DjangoSink:
                         self._wake = True
                         self._cond.notify_all()
             if full:
-                self.spool.append([record])
+                # On the caller's thread: hand the line to the OS, no fsync wait.
+                self.spool.append([record], fsync=False)
                 self._replay_wanted = True
             elif ticket.done is not None and threading.current_thread() is not self._thread:
                 # (The flusher itself, e.g. a signal receiver emitting, must not wait on itself.)

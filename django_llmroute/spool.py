@@ -159,8 +159,12 @@ class Spool:
         self.path = Path(path)
         self._lock = threading.Lock()
 
-    def append(self, records: Sequence[UsageRecord]) -> None:
-        """Append ``records`` durably (written and fsynced before returning)."""
+    def append(self, records: Sequence[UsageRecord], *, fsync: bool = True) -> None:
+        """Append ``records``; with ``fsync`` they are on disk before this returns.
+
+        Without it they are in the operating system's hands (safe from a crash of
+        this process, not of the machine) — what a request thread can afford.
+        """
         if not records:
             return
         payload = "".join(
@@ -177,7 +181,8 @@ class Spool:
                     if not self._still_current(fd):
                         continue  # renamed by a replay while we waited: use the new file
                     os.write(fd, payload)
-                    os.fsync(fd)
+                    if fsync:
+                        os.fsync(fd)
                     return
                 finally:
                     os.close(fd)
