@@ -48,9 +48,7 @@ def test_hints_nest_field_by_field() -> None:
 
 
 def test_hints_are_normalised() -> None:
-    with route_hint(
-        allow_models=["a", "b"], deny_models="c", tags=("x",), max_cost_per_call=0.05
-    ):
+    with route_hint(allow_models=["a", "b"], deny_models="c", tags=("x",), max_cost_per_call=0.05):
         ctx = current_context()
     assert ctx.allow_models == frozenset({"a", "b"})
     assert ctx.deny_models == frozenset({"c"})
