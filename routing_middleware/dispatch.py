@@ -27,6 +27,7 @@ the logic is written twice.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
@@ -133,6 +134,17 @@ class _Acquire:
 class _Report:
     deployment: Deployment
     ok: bool | None
+
+
+@dataclass(slots=True)
+class _StatsStart:
+    key: str
+
+
+@dataclass(slots=True)
+class _StatsEnd:
+    key: str
+    sample: dict[str, Any] | None
 
 
 @dataclass(slots=True)
@@ -546,34 +558,20 @@ class Dispatcher:
             except Exception:
                 continue
 
-    def _stats_start(self, deployment: Deployment) -> None:
-        if self.stats is not None:
-            try:
-                self.stats.started(deployment.key)
-            except Exception:
-                return
-
-    def _stats_end(
+    def _stats_sample(
         self, call: _Call, attempt: _Attempt, now: float, health: bool | None, usage: Usage | None
-    ) -> None:
-        """End the in-flight count; sample latency/errors only when the outcome says
-        something about the deployment (a stream the consumer cut is no latency sample)."""
-        if self.stats is None:
-            return
-        try:
-            self.stats.finished(attempt.deployment.key)
-            if health is None:
-                return
-            self.stats.record(
-                attempt.deployment.key,
-                latency_ms=(now - attempt.started) * 1000,
-                ttft_ms=None if attempt.ttft is None else (attempt.ttft - attempt.started) * 1000,
-                error=not health,
-                feature=call.context.feature,
-                output_tokens=usage.output_tokens if health and usage is not None else None,
-            )
-        except Exception:
-            return
+    ) -> dict[str, Any] | None:
+        """The latency/error sample of an attempt, or ``None`` when its outcome says
+        nothing about the deployment (a stream the consumer cut is no latency sample)."""
+        if health is None:
+            return None
+        return {
+            "latency_ms": (now - attempt.started) * 1000,
+            "ttft_ms": None if attempt.ttft is None else (attempt.ttft - attempt.started) * 1000,
+            "error": not health,
+            "feature": call.context.feature,
+            "output_tokens": usage.output_tokens if health and usage is not None else None,
+        }
 
     def _partial_usage(self, call: _Call, attempt: _Attempt, request: ChatRequest) -> Usage | None:
         """What an attempt that ended early probably consumed (``None``: nothing known)."""
@@ -624,9 +622,12 @@ class Dispatcher:
                 kind = "ConsumerClosed" if isinstance(exc, _Closed) else type(exc).__name__
                 usage = self._partial_usage(call, live, request)
                 if isinstance(exc, GeneratorExit):
-                    # Garbage-collected without close(): no more I/O is possible here,
+                    # Garbage-collected without close(): no more effects can run here,
                     # but what was used still gets recorded.
                     call.live = None
+                    if self.stats is not None:
+                        with contextlib.suppress(Exception):
+                            self.stats.finished(live.deployment.key)
                     now = self.clock.monotonic()
                     cost = self._price(usage, live.info) if usage is not None else _ZERO
                     self._record(
@@ -708,7 +709,8 @@ class Dispatcher:
                     number, deployment, info, self.clock.monotonic(), fallback_from, reservation
                 )
                 call.live = attempt
-                self._stats_start(deployment)
+                if self.stats is not None:
+                    yield _StatsStart(deployment.key)
                 if call.stream:
                     error = yield from self._stream_attempt(
                         call, attempt, config, request, policy.timeout_for(remaining)
@@ -835,7 +837,9 @@ class Dispatcher:
             health = None
         if self.breaker is not None:
             yield _Report(attempt.deployment, health)
-        self._stats_end(call, attempt, now, health, usage)
+        if self.stats is not None:
+            sample = self._stats_sample(call, attempt, now, health, usage)
+            yield _StatsEnd(attempt.deployment.key, sample)
         kind = error.kind if error is not None else error_kind
         return self._record(
             call,
@@ -1037,6 +1041,8 @@ class _SyncDriver:
             _Report: self._report,
             _CacheGet: lambda e: dispatcher.cache.get(e.key) if dispatcher.cache else None,
             _CachePut: self._cache_put,
+            _StatsStart: self._stats_start,
+            _StatsEnd: self._stats_end,
         }
 
     def step(
@@ -1146,6 +1152,19 @@ class _SyncDriver:
         if self._d.cache is not None:
             self._d.cache.set(effect.key, effect.entry)
 
+    def _stats_start(self, effect: _StatsStart) -> None:
+        if self._d.stats is not None:
+            with contextlib.suppress(Exception):
+                self._d.stats.started(effect.key)
+
+    def _stats_end(self, effect: _StatsEnd) -> None:
+        stats = self._d.stats
+        if stats is not None:
+            with contextlib.suppress(Exception):
+                stats.finished(effect.key)
+                if effect.sample is not None:
+                    stats.record(effect.key, **effect.sample)
+
 
 class _AsyncDriver:
     """Performs effects with async I/O; cleanup after a cancellation is shielded."""
@@ -1165,6 +1184,8 @@ class _AsyncDriver:
             _Report: self._report,
             _CacheGet: self._cache_get,
             _CachePut: self._cache_put,
+            _StatsStart: self._stats_start,
+            _StatsEnd: self._stats_end,
         }
 
     async def step(
@@ -1288,6 +1309,19 @@ class _AsyncDriver:
     async def _cache_put(self, effect: _CachePut) -> None:
         if self._d.cache is not None:
             await self._d.cache.aset(effect.key, effect.entry)
+
+    async def _stats_start(self, effect: _StatsStart) -> None:
+        if self._d.stats is not None:
+            with contextlib.suppress(Exception):
+                await self._d.stats.astarted(effect.key)
+
+    async def _stats_end(self, effect: _StatsEnd) -> None:
+        stats = self._d.stats
+        if stats is not None:
+            with contextlib.suppress(Exception):
+                await stats.afinished(effect.key)
+                if effect.sample is not None:
+                    await stats.arecord(effect.key, **effect.sample)
 
 
 # ----------------------------------------------------------------------------- streams
