@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -92,16 +93,25 @@ class RecordSink(Protocol):
 
 
 class MemorySink:
-    """Keeps records in a list; for tests, the demo and small scripts."""
+    """Keeps records in memory; for tests, the demo and small scripts.
 
-    def __init__(self) -> None:
+    With ``maxlen`` only the most recent records are kept (the engine's default
+    sink), so a long-running process does not grow without bound.
+    """
+
+    def __init__(self, maxlen: int | None = None) -> None:
         self._lock = threading.Lock()
-        self.records: list[UsageRecord] = []
+        self._records: deque[UsageRecord] = deque(maxlen=maxlen)
+
+    @property
+    def records(self) -> list[UsageRecord]:
+        with self._lock:
+            return list(self._records)
 
     def emit(self, record: UsageRecord) -> None:
         with self._lock:
-            self.records.append(record)
+            self._records.append(record)
 
     def clear(self) -> None:
         with self._lock:
-            self.records.clear()
+            self._records.clear()

@@ -1,0 +1,347 @@
+"""The engine: one object that turns a config into a working router and dispatcher.
+
+:class:`LLMRoute` owns the catalog, the provider table (keys resolved once, at
+construction), the stores (in-process, or Redis when ``redis_url`` is set), the
+router, the dispatcher and the record sink. Interception, the ASGI middleware, the
+gateway and the Django app all drive calls through it::
+
+    engine = LLMRoute({"routing": {"rules": [...]}}, sink=my_sink)
+    done = engine.complete(request)          # decide + dispatch + meter
+    done.response, done.decision.reasons, done.cost
+
+Providers without a key are served offline by FakeProvider unless the config says
+``offline: never``, so the same code runs on a laptop with no keys and in
+production with them; :attr:`LLMRoute.offline_providers` says which are fake.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from .breaker import BreakerPolicy, CircuitBreaker, MemoryBreakerStore, RedisBreakerStore
+from .budgets import Budgets, MemoryBudgetStore, RedisBudgetStore
+from .cache import MemoryCacheStore, RedisCacheStore, ResponseCache
+from .catalog import Catalog, default_catalog
+from .context import RouteContext, current_context
+from .dispatch import AsyncDispatchStream, Dispatcher, DispatchStream
+from .metering import MemorySink, RecordSink, UsageRecord
+from .providers.base import ProviderConfig
+from .providers.registry import PROVIDERS, provider_config
+from .retry import RetryPolicy
+from .router import Decision, Router
+from .schema import ChatRequest, ChatResponse
+from .settings import LLMRouteConfig
+from .stats import MemoryStatsStore, RedisStatsStore, StatsStore
+
+__all__ = ["Completion", "LLMRoute"]
+
+_collector: contextvars.ContextVar[list[UsageRecord] | None] = contextvars.ContextVar(
+    "llmroute_records", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished non-streamed call: the answer, why it went there, what it cost."""
+
+    response: ChatResponse
+    decision: Decision
+    records: tuple[UsageRecord, ...]
+
+    @property
+    def cost(self) -> Decimal:
+        """What every attempt of the call cost together."""
+        return sum((r.cost for r in self.records), Decimal(0))
+
+    @property
+    def served_by(self) -> UsageRecord | None:
+        """The record of the attempt that answered (the last successful one)."""
+        for record in reversed(self.records):
+            if record.status in ("ok", "cache_hit"):
+                return record
+        return None
+
+
+class _FanOutSink:
+    """Hands each record to the configured sink and to the current call's collector."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: RecordSink) -> None:
+        self.sink = sink
+
+    def emit(self, record: UsageRecord) -> None:
+        collected = _collector.get()
+        if collected is not None:
+            collected.append(record)
+        self.sink.emit(record)
+
+
+class LLMRoute:
+    """A configured llmroute engine.
+
+    ``config`` is an :class:`LLMRouteConfig` or a dict of one. ``sink`` receives
+    every usage record (default: an in-memory ring of recent records). ``client``
+    and ``async_client`` are the upstream httpx clients (made on first use when
+    not given). ``environ`` is where API-key variables are read, once, here
+    (default: ``os.environ``).
+    """
+
+    def __init__(
+        self,
+        config: LLMRouteConfig | dict[str, Any] | None = None,
+        *,
+        catalog: Catalog | None = None,
+        sink: RecordSink | None = None,
+        client: Any = None,
+        async_client: Any = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = LLMRouteConfig.coerce(config)
+        self.catalog = catalog if catalog is not None else default_catalog()
+        env = os.environ if environ is None else environ
+        self.providers, self.offline_providers = _resolve_providers(self.config, env)
+        self.sink: RecordSink = sink if sink is not None else MemorySink(maxlen=1000)
+        self._redis_stores: list[Any] = []
+        cfg = self.config
+        self.stats = self._stats_store()
+        self.breaker = self._breaker() if cfg.breaker.enabled else None
+        self.budgets = Budgets(cfg.routing.budgets, self._budget_store())
+        routing = cfg.routing
+        if cfg.mode is not None and cfg.mode != routing.mode:
+            routing = routing.model_copy(update={"mode": cfg.mode})
+        self.router = Router(
+            self.catalog,
+            routing,
+            stats=self.stats,
+            budgets=self.budgets,
+            health=self.breaker,
+            providers=self.providers,
+        )
+        if self.offline_providers and (client is None or async_client is None):
+            offline_client, offline_async = self._offline_clients()
+            client = client if client is not None else offline_client
+            async_client = async_client if async_client is not None else offline_async
+        r = cfg.retry
+        self.dispatcher = Dispatcher(
+            self.providers,
+            catalog=self.catalog,
+            client=client,
+            async_client=async_client,
+            retry=RetryPolicy(
+                max_retries=r.max_retries,
+                base_delay=r.base_delay_s,
+                max_delay=r.max_delay_s,
+                max_retry_after=r.max_retry_after_s,
+                attempt_timeout=r.attempt_timeout_s,
+                deadline=r.deadline_s,
+                fallback_on_content_filter=r.fallback_on_content_filter,
+            ),
+            breaker=self.breaker,
+            stats=self.stats,
+            budgets=self.budgets,
+            cache=self._cache() if cfg.cache.enabled else None,
+            sink=_FanOutSink(self.sink),
+            stream_failover=cfg.stream_failover,
+        )
+
+    def __repr__(self) -> str:
+        live = sorted(set(self.providers) - self.offline_providers)
+        return f"LLMRoute(live={live}, offline={sorted(self.offline_providers)})"
+
+    @property
+    def is_offline(self) -> bool:
+        """True when every provider is served by FakeProvider."""
+        return bool(self.providers) and self.offline_providers == set(self.providers)
+
+    # ------------------------------------------------------------------ calls
+
+    def decide(self, request: ChatRequest, context: RouteContext | None = None) -> Decision:
+        """Where ``request`` would go under ``context`` (the current one by default)."""
+        return self.router.decide(request, current_context() if context is None else context)
+
+    def complete(
+        self,
+        request: ChatRequest,
+        context: RouteContext | None = None,
+        *,
+        decision: Decision | None = None,
+        cache: bool | None = None,
+    ) -> Completion:
+        """Decide, dispatch and meter a non-streamed call."""
+        ctx = current_context() if context is None else context
+        decision = decision if decision is not None else self.router.decide(request, ctx)
+        token = _collector.set([])
+        try:
+            response = self.dispatcher.dispatch(request, decision, ctx, cache=cache)
+            return Completion(response, decision, tuple(_collector.get() or ()))
+        finally:
+            _collector.reset(token)
+
+    async def acomplete(
+        self,
+        request: ChatRequest,
+        context: RouteContext | None = None,
+        *,
+        decision: Decision | None = None,
+        cache: bool | None = None,
+    ) -> Completion:
+        """Async twin of :meth:`complete`."""
+        ctx = current_context() if context is None else context
+        decision = decision if decision is not None else self.router.decide(request, ctx)
+        token = _collector.set([])
+        try:
+            response = await self.dispatcher.adispatch(request, decision, ctx, cache=cache)
+            return Completion(response, decision, tuple(_collector.get() or ()))
+        finally:
+            _collector.reset(token)
+
+    def stream(
+        self,
+        request: ChatRequest,
+        context: RouteContext | None = None,
+        *,
+        decision: Decision | None = None,
+        cache: bool | None = None,
+    ) -> tuple[Decision, DispatchStream]:
+        """Decide and start a streamed call; the stream's ``records`` fill as it ends."""
+        ctx = current_context() if context is None else context
+        decision = decision if decision is not None else self.router.decide(request, ctx)
+        return decision, self.dispatcher.stream(request, decision, ctx, cache=cache)
+
+    async def astream(
+        self,
+        request: ChatRequest,
+        context: RouteContext | None = None,
+        *,
+        decision: Decision | None = None,
+        cache: bool | None = None,
+    ) -> tuple[Decision, AsyncDispatchStream]:
+        """Async twin of :meth:`stream`."""
+        ctx = current_context() if context is None else context
+        decision = decision if decision is not None else self.router.decide(request, ctx)
+        return decision, await self.dispatcher.astream(request, decision, ctx, cache=cache)
+
+    def close(self) -> None:
+        """Close the upstream clients this engine made and its Redis connections."""
+        self.dispatcher.close()
+        for store in self._redis_stores:
+            store.close()
+        self._redis_stores.clear()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        await self.dispatcher.aclose()
+        for store in self._redis_stores:
+            store.close()
+        self._redis_stores.clear()
+
+    # ------------------------------------------------------------------ building
+
+    def _shared(self, store: Any) -> Any:
+        self._redis_stores.append(store)
+        return store
+
+    def _stats_store(self) -> StatsStore:
+        url = self.config.redis_url
+        if url:
+            return self._shared(RedisStatsStore(url))  # type: ignore[no-any-return]
+        return MemoryStatsStore()
+
+    def _budget_store(self) -> Any:
+        url = self.config.redis_url
+        return self._shared(RedisBudgetStore(url)) if url else MemoryBudgetStore()
+
+    def _breaker(self) -> CircuitBreaker:
+        b = self.config.breaker
+        policy = BreakerPolicy(
+            consecutive_failures=b.consecutive_failures,
+            error_rate=b.error_rate,
+            min_calls=b.min_calls,
+            window_s=b.window_s,
+            cooldown_s=b.cooldown_s,
+        )
+        overrides = {
+            key: BreakerPolicy(
+                consecutive_failures=b.consecutive_failures,
+                error_rate=b.error_rate,
+                min_calls=b.min_calls,
+                window_s=b.window_s,
+                cooldown_s=cooldown,
+            )
+            for key, cooldown in b.cooldowns.items()
+        }
+        url = self.config.redis_url
+        store = self._shared(RedisBreakerStore(url)) if url else MemoryBreakerStore()
+        return CircuitBreaker(store=store, policy=policy, policies=overrides)
+
+    def _cache(self) -> ResponseCache:
+        c = self.config.cache
+        url = self.config.redis_url
+        if url:
+            return ResponseCache(self._shared(RedisCacheStore(url, ttl_s=int(c.ttl_s))))
+        return ResponseCache(MemoryCacheStore(maxsize=c.max_entries, ttl_s=c.ttl_s))
+
+    def _offline_clients(self) -> tuple[Any, Any]:
+        import httpx
+
+        from .testing import FLAVORS, FakeModel, FakeNetwork, FakeProvider
+
+        realistic = self.config.offline_latency == "realistic"
+        default = (
+            FakeModel.realistic("default", ttft=0.35, tokens_per_second=80)
+            if realistic
+            else FakeModel("default", output_tokens=40)
+        )
+        fakes: dict[str, FakeProvider] = {}
+        for name in sorted(self.offline_providers):
+            host = urlsplit(self.providers[name].base_url).netloc
+            flavor = name if name in FLAVORS else "openai"
+            fakes[host] = FakeProvider(flavor=flavor, default_model=default)
+        network = FakeNetwork(fakes)
+        self.fake_network = network
+        sync_mounts = {f"all://{host}": network.transport() for host in fakes}
+        async_mounts = {f"all://{host}": network.async_transport() for host in fakes}
+        return httpx.Client(mounts=sync_mounts), httpx.AsyncClient(mounts=async_mounts)
+
+
+def _resolve_providers(
+    config: LLMRouteConfig, environ: Mapping[str, str]
+) -> tuple[dict[str, ProviderConfig], set[str]]:
+    """Provider configs with their keys, and which of them are served offline."""
+    wanted = config.providers
+    names = [n for n, s in wanted.items() if s.enabled] if wanted else list(PROVIDERS)
+    resolved: dict[str, ProviderConfig] = {}
+    offline: set[str] = set()
+    for name in names:
+        settings = wanted.get(name)
+        spec = PROVIDERS[name]
+        key: str | None = None
+        if settings is not None and settings.api_key is not None:
+            key = settings.api_key.get_secret_value()
+        else:
+            env_name = (settings.api_key_env if settings else None) or spec.api_key_env
+            key = environ.get(env_name) or None
+        base_url = settings.base_url if settings else None
+        options = dict(settings.options) if settings else {}
+        if not wanted and not spec.key_required:
+            continue  # self-hosted servers are used only when configured
+        if name == "azure" and base_url is None and "resource" not in options:
+            continue  # Azure needs its resource name; nothing to call without it
+        if config.offline == "always" or (key is None and spec.key_required):
+            if config.offline == "never" or (not wanted and _any_key(environ)):
+                continue
+            offline.add(name)
+        resolved[name] = provider_config(name, api_key=key, base_url=base_url, **options)
+    return resolved, offline
+
+
+def _any_key(environ: Mapping[str, str]) -> bool:
+    """True when any provider's key variable is set (then keyless providers are skipped)."""
+    return any(environ.get(spec.api_key_env) for spec in PROVIDERS.values() if spec.key_required)

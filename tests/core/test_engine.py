@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from pydantic import ValidationError
+
+from routing_middleware.context import route_hint
+from routing_middleware.engine import LLMRoute
+from routing_middleware.metering import MemorySink
+from routing_middleware.schema import ChatRequest, Message
+from routing_middleware.settings import LLMRouteConfig
+
+FAST = {"offline_latency": "none"}
+
+
+def _request(model: str = "openai/gpt-5.4", **extra: object) -> ChatRequest:
+    return ChatRequest(
+        model=model,
+        messages=[Message(role="user", content="Summarize: the printer jams on page two.")],
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_no_keys_means_every_provider_is_served_offline() -> None:
+    engine = LLMRoute(FAST, environ={})
+    assert engine.is_offline
+    assert {"openai", "anthropic", "gemini", "deepseek"} <= engine.offline_providers
+    # Self-hosted servers and Azure need explicit configuration.
+    assert not {"vllm", "ollama", "azure"} & set(engine.providers)
+
+
+def test_keys_in_the_environment_select_live_providers_only() -> None:
+    engine = LLMRoute(FAST, environ={"OPENAI_API_KEY": "sk-test-openai"})
+    assert set(engine.providers) == {"openai"}
+    assert engine.offline_providers == set()
+    assert engine.providers["openai"].api_key == "sk-test-openai"
+    assert "sk-test-openai" not in repr(engine)
+    assert "sk-test-openai" not in repr(engine.providers["openai"])
+
+
+def test_configured_providers_without_keys_follow_the_offline_setting() -> None:
+    config = {**FAST, "providers": {"openai": {"api_key": "sk-live"}, "anthropic": {}}}
+    engine = LLMRoute(config, environ={})
+    assert set(engine.providers) == {"openai", "anthropic"}
+    assert engine.offline_providers == {"anthropic"}
+    never = LLMRoute({**config, "offline": "never"}, environ={})
+    assert set(never.providers) == {"openai"}
+    custom_env = {**FAST, "providers": {"anthropic": {"api_key_env": "CLAUDE_KEY"}}}
+    assert LLMRoute(custom_env, environ={"CLAUDE_KEY": "k"}).offline_providers == set()
+
+
+def test_config_errors_name_the_bad_key() -> None:
+    with pytest.raises(ValidationError, match="unknown provider"):
+        LLMRouteConfig.model_validate({"providers": {"opneai": {}}})
+    with pytest.raises(ValidationError, match="stream_failover"):
+        LLMRouteConfig.model_validate({"stream_failover": "retry"})
+    with pytest.raises(ValidationError, match="not_a_setting"):
+        LLMRouteConfig.model_validate({"not_a_setting": 1})
+    secret = LLMRouteConfig.model_validate({"providers": {"openai": {"api_key": "sk-hidden"}}})
+    assert "sk-hidden" not in repr(secret)
+
+
+def test_complete_routes_a_cheap_hint_down_and_meters_it() -> None:
+    sink = MemorySink()
+    engine = LLMRoute(FAST, environ={}, sink=sink)
+    with route_hint(tier="cheap", feature="summaries"):
+        done = engine.complete(_request())
+    assert done.decision.tier == 1
+    assert done.decision.primary.model != "openai/gpt-5.4"
+    assert done.response.text
+    assert len(done.records) == 1
+    assert sink.records == list(done.records)
+    record = done.records[0]
+    assert record.feature == "summaries"
+    assert record.chosen_model == done.decision.primary.model
+    assert record.requested_cost is not None
+    assert record.requested_cost > record.cost > 0
+    assert done.cost == record.cost
+    assert done.served_by is record
+
+
+def test_observe_mode_keeps_the_requested_model_but_says_what_routing_would_do() -> None:
+    engine = LLMRoute({**FAST, "mode": "observe"}, environ={})
+    with route_hint(tier="cheap"):
+        done = engine.complete(_request())
+    assert done.decision.primary.model == "openai/gpt-5.4"
+    assert done.decision.routed is not None
+    assert done.decision.routed.model != "openai/gpt-5.4"
+    assert done.records[0].mode == "observe"
+
+
+def test_stream_delivers_text_and_records_on_close() -> None:
+    engine = LLMRoute(FAST, environ={})
+    decision, stream = engine.stream(_request(stream=True))
+    with stream:
+        text = "".join(chunk.text or "" for chunk in stream)
+    assert text
+    assert len(stream.records) == 1
+    assert stream.records[0].streamed
+    assert stream.records[0].chosen_model == decision.primary.model
+
+
+@pytest.mark.anyio
+async def test_async_complete_and_stream() -> None:
+    engine = LLMRoute(FAST, environ={})
+    done = await engine.acomplete(_request())
+    assert done.response.text
+    assert done.cost > Decimal(0)
+    _, stream = await engine.astream(_request(stream=True))
+    parts = [chunk.text or "" async for chunk in stream]
+    await stream.aclose()
+    assert "".join(parts) == done.response.text
+    await engine.aclose()
