@@ -121,8 +121,13 @@ class AnthropicCaller:
         """The ``message`` body the ``anthropic`` SDK expects."""
         return encode_response(response, model)
 
-    def stream_encoder(self, model: str, response_id: str) -> AnthropicStreamEncoder:
-        """An encoder producing Anthropic's named SSE events."""
+    def stream_encoder(
+        self, model: str, response_id: str, *, include_usage: bool = False
+    ) -> AnthropicStreamEncoder:
+        """An encoder producing Anthropic's named SSE events.
+
+        Anthropic streams always carry usage, so ``include_usage`` changes nothing.
+        """
         return AnthropicStreamEncoder(model, response_id)
 
     def encode_error(self, error: LLMError) -> tuple[int, dict[str, str], bytes]:

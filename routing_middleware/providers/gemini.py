@@ -1521,8 +1521,10 @@ class GeminiCallerDialect:
         payload["responseId"] = response.id
         return payload
 
-    def stream_encoder(self, model: str, response_id: str) -> GeminiCallerStreamEncoder:
-        """A fresh encoder for one streamed answer."""
+    def stream_encoder(
+        self, model: str, response_id: str, *, include_usage: bool = False
+    ) -> GeminiCallerStreamEncoder:
+        """A fresh encoder for one streamed answer (Gemini streams always carry usage)."""
         return GeminiCallerStreamEncoder(model, response_id)
 
     def error_payload(self, error: LLMError) -> dict[str, Any]:

@@ -1,0 +1,254 @@
+"""Caller bytes in, caller bytes out: one routed call in the caller's own dialect.
+
+Interception, the gateway and the Django views all do the same thing: parse a
+request body in the dialect the caller speaks, let the engine decide and dispatch
+it (possibly to another provider in another dialect), and answer in the caller's
+dialect — a JSON body, an SSE stream, or an error the caller's SDK understands.
+This module is that one thing, framework-free; the shells around it only move
+bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from .context import RouteContext, current_context
+from .engine import Completion, LLMRoute
+from .metering import UsageRecord
+from .providers.base import CallerDialect, CallerStreamEncoder
+from .providers.registry import caller_dialect
+from .router import Decision
+from .schema import ChatRequest, LLMError, UpstreamUnavailable
+
+__all__ = ["Relay", "RelayResponse", "decision_headers"]
+
+logger = logging.getLogger("llmroute.relay")
+
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+_JSON = "application/json"
+
+
+@dataclass(slots=True)
+class RelayResponse:
+    """An answer ready for the caller: ``status``, ``headers`` and either ``body``
+    or a byte stream (``stream`` for sync shells, ``astream`` for async ones).
+
+    ``records`` are the call's usage records (for a stream, complete once it ends);
+    ``decision`` is ``None`` when the request never reached the router (bad input).
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: Iterator[bytes] | None = None
+    astream: AsyncIterator[bytes] | None = None
+    decision: Decision | None = None
+    records: list[UsageRecord] = field(default_factory=list)
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((r.cost for r in self.records), Decimal(0))
+
+
+def decision_headers(decision: Decision, model: str, provider: str) -> dict[str, str]:
+    """The ``x-llmroute-*`` headers that tell the app what happened to a call."""
+    return {
+        "x-llmroute-model": model,
+        "x-llmroute-provider": provider,
+        "x-llmroute-mode": decision.mode,
+        "x-llmroute-decision": ",".join(decision.reason_codes),
+    }
+
+
+def _money(amount: Decimal) -> str:
+    return format(amount.normalize(), "f") if amount else "0"
+
+
+class Relay:
+    """Runs calls that arrive as bytes in a caller's dialect through ``engine``.
+
+    ``response_headers`` adds the ``x-llmroute-*`` headers to every answer.
+    """
+
+    def __init__(self, engine: LLMRoute, *, response_headers: bool = True) -> None:
+        self.engine = engine
+        self.response_headers = response_headers
+
+    # ------------------------------------------------------------------ parsing
+
+    def parse(
+        self, dialect: str, body: bytes, path: str = "", provider: str | None = None
+    ) -> ChatRequest:
+        """``body`` as a normalized request; the model is qualified with ``provider``
+        (the provider the caller addressed) when the catalog knows it that way."""
+        request = caller_dialect(dialect).parse_request(body, path)
+        if provider and "/" not in request.model:
+            qualified = f"{provider}/{request.model}"
+            if qualified in self.engine.catalog:
+                request = request.model_copy(update={"model": qualified})
+        return request
+
+    def error(self, dialect: str, error: LLMError) -> RelayResponse:
+        """``error`` as the caller's SDK expects to see it."""
+        status, headers, body = caller_dialect(dialect).encode_error(error)
+        return RelayResponse(status, {"content-type": _JSON, **headers}, body)
+
+    # ------------------------------------------------------------------ sync
+
+    def handle(
+        self,
+        dialect: str,
+        body: bytes,
+        path: str = "",
+        *,
+        provider: str | None = None,
+        context: RouteContext | None = None,
+    ) -> RelayResponse:
+        """Parse, route, dispatch and encode one call (blocking I/O)."""
+        ctx = current_context() if context is None else context
+        try:
+            request = self.parse(dialect, body, path, provider)
+            decision = self.engine.decide(request, ctx)
+            if request.stream:
+                _, stream = self.engine.stream(request, ctx, decision=decision)
+                return self._stream_response(dialect, request, decision, stream)
+            done = self.engine.complete(request, ctx, decision=decision)
+        except LLMError as error:
+            return self.error(dialect, error)
+        return self._complete_response(dialect, done)
+
+    # ------------------------------------------------------------------ async
+
+    async def ahandle(
+        self,
+        dialect: str,
+        body: bytes,
+        path: str = "",
+        *,
+        provider: str | None = None,
+        context: RouteContext | None = None,
+    ) -> RelayResponse:
+        """Async twin of :meth:`handle`; streams come back as ``astream``."""
+        ctx = current_context() if context is None else context
+        try:
+            request = self.parse(dialect, body, path, provider)
+            decision = self.engine.decide(request, ctx)
+            if request.stream:
+                _, stream = await self.engine.astream(request, ctx, decision=decision)
+                return self._astream_response(dialect, request, decision, stream)
+            done = await self.engine.acomplete(request, ctx, decision=decision)
+        except LLMError as error:
+            return self.error(dialect, error)
+        return self._complete_response(dialect, done)
+
+    # ------------------------------------------------------------------ encoding
+
+    def _complete_response(self, dialect: str, done: Completion) -> RelayResponse:
+        caller = caller_dialect(dialect)
+        served = done.served_by
+        model = served.chosen_model if served else done.decision.model
+        provider = served.provider if served else done.decision.primary.provider
+        name = model.split("/", 1)[-1]
+        body = json.dumps(caller.encode_response(done.response, name)).encode()
+        headers = {"content-type": _JSON}
+        if self.response_headers:
+            headers.update(decision_headers(done.decision, model, provider))
+            headers["x-llmroute-cost-usd"] = _money(done.cost)
+            requested = sum(
+                (r.requested_cost for r in done.records if r.requested_cost is not None),
+                Decimal(0),
+            )
+            headers["x-llmroute-requested-cost-usd"] = _money(requested)
+        return RelayResponse(200, headers, body, decision=done.decision, records=list(done.records))
+
+    def _stream_head(
+        self, dialect: str, request: ChatRequest, decision: Decision, deployment_model: str
+    ) -> tuple[CallerDialect, CallerStreamEncoder, dict[str, str]]:
+        caller = caller_dialect(dialect)
+        include_usage = False
+        if dialect == "openai":
+            from .providers.openai_caller import wants_stream_usage
+
+            include_usage = wants_stream_usage(request)
+        name = deployment_model.split("/", 1)[-1]
+        encoder = caller.stream_encoder(name, _response_id(dialect), include_usage=include_usage)
+        headers = dict(_SSE_HEADERS)
+        if self.response_headers:
+            headers.update(decision_headers(decision, deployment_model, decision.primary.provider))
+        return caller, encoder, headers
+
+    def _stream_response(
+        self, dialect: str, request: ChatRequest, decision: Decision, stream: object
+    ) -> RelayResponse:
+        from .dispatch import DispatchStream
+
+        assert isinstance(stream, DispatchStream)
+        served = stream.deployment or decision.primary
+        _, encoder, headers = self._stream_head(dialect, request, decision, served.model)
+        if self.response_headers:
+            headers["x-llmroute-provider"] = served.provider
+        response = RelayResponse(200, headers, decision=decision)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield encoder.start()
+                try:
+                    for chunk in stream:
+                        yield encoder.chunk(chunk)
+                except LLMError as error:
+                    yield encoder.error(error)
+                    return
+                except Exception:
+                    logger.exception("llmroute stream failed")
+                    yield encoder.error(UpstreamUnavailable("the upstream stream failed"))
+                    return
+                yield encoder.finish(stream.usage)
+            finally:
+                stream.close()
+                response.records[:] = stream.records
+
+        response.stream = chunks()
+        return response
+
+    def _astream_response(
+        self, dialect: str, request: ChatRequest, decision: Decision, stream: object
+    ) -> RelayResponse:
+        from .dispatch import AsyncDispatchStream
+
+        assert isinstance(stream, AsyncDispatchStream)
+        served = stream.deployment or decision.primary
+        _, encoder, headers = self._stream_head(dialect, request, decision, served.model)
+        if self.response_headers:
+            headers["x-llmroute-provider"] = served.provider
+        response = RelayResponse(200, headers, decision=decision)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                yield encoder.start()
+                try:
+                    async for chunk in stream:
+                        yield encoder.chunk(chunk)
+                except LLMError as error:
+                    yield encoder.error(error)
+                    return
+                except Exception:
+                    logger.exception("llmroute stream failed")
+                    yield encoder.error(UpstreamUnavailable("the upstream stream failed"))
+                    return
+                yield encoder.finish(stream.usage)
+            finally:
+                await stream.aclose()
+                response.records[:] = stream.records
+
+        response.astream = chunks()
+        return response
+
+
+def _response_id(dialect: str) -> str:
+    prefix = {"openai": "chatcmpl-", "anthropic": "msg_"}.get(dialect, "")
+    return prefix + uuid.uuid4().hex

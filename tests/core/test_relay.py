@@ -1,0 +1,124 @@
+"""The relay judged by the official SDKs: an SDK talks to a handler that relays."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import httpx2
+import openai
+import pytest
+
+from routing_middleware.context import route_hint
+from routing_middleware.engine import LLMRoute
+from routing_middleware.relay import Relay
+
+FAST = {"offline_latency": "none"}
+
+
+def _handler(relay: Relay, dialect: str, provider: str) -> Callable[[Any], Any]:
+    def handle(request: Any) -> Any:
+        answer = relay.handle(dialect, request.read(), request.url.path, provider=provider)
+        if answer.stream is not None:
+            return httpx2.Response(answer.status, headers=answer.headers, content=answer.stream)
+        return httpx2.Response(answer.status, headers=answer.headers, content=answer.body)
+
+    return handle
+
+
+def _openai(relay: Relay) -> openai.OpenAI:
+    transport = httpx2.MockTransport(_handler(relay, "openai", "openai"))
+    return openai.OpenAI(
+        api_key="caller-key", http_client=httpx2.Client(transport=transport), max_retries=0
+    )
+
+
+def test_openai_sdk_call_is_answered_by_a_cheaper_model_in_openai_shape() -> None:
+    relay = Relay(LLMRoute(FAST, environ={}))
+    client = _openai(relay)
+    with route_hint(tier="cheap"):
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-5.4", messages=[{"role": "user", "content": "Summarize: printer jams."}]
+        )
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 0
+    served = raw.headers["x-llmroute-model"]
+    assert served != "openai/gpt-5.4"
+    assert completion.model == served.split("/", 1)[1]
+    assert float(raw.headers["x-llmroute-cost-usd"]) > 0
+    assert float(raw.headers["x-llmroute-requested-cost-usd"]) > float(
+        raw.headers["x-llmroute-cost-usd"]
+    )
+    assert "hint_tier" in raw.headers["x-llmroute-decision"]
+
+
+def test_openai_sdk_stream_with_usage() -> None:
+    relay = Relay(LLMRoute(FAST, environ={}))
+    client = _openai(relay)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hello"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_bad_input_gets_an_openai_error_naming_the_field() -> None:
+    relay = Relay(LLMRoute(FAST, environ={}))
+    answer = relay.handle("openai", b'{"model": "gpt-4o-mini", "messages": "hi"}')
+    assert answer.status == 400
+    error = json.loads(answer.body)["error"]
+    assert error["param"].startswith("messages")
+    assert answer.decision is None
+
+
+def test_anthropic_sdk_routed_to_an_openai_compatible_provider() -> None:
+    relay = Relay(LLMRoute(FAST, environ={}))
+    transport = httpx2.MockTransport(_handler(relay, "anthropic", "anthropic"))
+    client = anthropic.Anthropic(
+        api_key="caller-key", http_client=httpx2.Client(transport=transport), max_retries=0
+    )
+    with route_hint(tier="cheap", allow_providers=["deepseek", "openai"]):
+        raw = client.messages.with_raw_response.create(
+            model="claude-sonnet-4-6",
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Classify: refund request"}],
+        )
+    message = raw.parse()
+    assert raw.headers["x-llmroute-provider"] in {"deepseek", "openai"}
+    assert message.content[0].type == "text"
+    assert message.usage.output_tokens > 0
+    with (
+        route_hint(tier="cheap", allow_providers=["deepseek", "openai"]),
+        client.messages.stream(
+            model="claude-sonnet-4-6",
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Classify: refund request"}],
+        ) as stream,
+    ):
+        final = stream.get_final_message()
+    assert final.content[0].type == "text"
+    assert final.stop_reason == "end_turn"
+
+
+@pytest.mark.anyio
+async def test_async_relay_stream_records_on_close() -> None:
+    relay = Relay(LLMRoute(FAST, environ={}))
+    body = json.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    ).encode()
+    answer = await relay.ahandle("openai", body, provider="openai")
+    assert answer.astream is not None
+    data = b"".join([part async for part in answer.astream])
+    assert data.rstrip().endswith(b"data: [DONE]")
+    assert len(answer.records) == 1
+    assert answer.records[0].streamed
