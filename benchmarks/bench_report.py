@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +198,14 @@ def main() -> None:
                 cursor.fetchone()
 
         today = timezone.localdate()
-        month = LLMCall.objects.filter(created_at__year=today.year, created_at__month=today.month)
-        month_rollup = {"date__year": today.year, "date__month": today.month}
+        first = today.replace(day=1)
+        after = (first + timedelta(days=32)).replace(day=1)
+        # As the admin's date hierarchy filters: a range on the calls and the rollup.
+        month = LLMCall.objects.filter(
+            created_at__gte=datetime.combine(first, datetime.min.time(), tzinfo=UTC),
+            created_at__lt=datetime.combine(after, datetime.min.time(), tzinfo=UTC),
+        )
+        month_rollup = {"date__gte": first, "date__lt": after}
         filtered = LLMCall.objects.filter(feature="search", status="ok")
 
         admin, _ = get_user_model().objects.get_or_create(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -320,14 +320,20 @@ def _rollup_for(cl: Any) -> tuple[dict[str, Any], bool]:
             params.pop(spec.parameter_name, None)
             lookups.update(spec.rollup_lookup() or {})
     field = cl.date_hierarchy
-    parts = [params.pop(f"{field}__{unit}", None) for unit in ("year", "month", "day")]
-    for unit, value in zip(("year", "month", "day"), parts, strict=True):
-        if not value:
-            break
+    year, month, day = (params.pop(f"{field}__{unit}", None) for unit in ("year", "month", "day"))
+    if year:
+        # A range, as the date hierarchy filters the calls: indexes serve it.
         try:
-            lookups[f"date__{unit}"] = int(value[-1])
+            first = date(int(year[-1]), int(month[-1]) if month else 1, int(day[-1]) if day else 1)
         except ValueError:
             return {"pk__in": []}, False
+        if day:
+            after = first + timedelta(days=1)
+        elif month:
+            after = (first + timedelta(days=32)).replace(day=1)
+        else:
+            after = first.replace(year=first.year + 1)
+        lookups.update(date__gte=first, date__lt=after)
     exact = (
         not params and not cl.query and timezone.get_current_timezone_name() == settings.TIME_ZONE
     )
