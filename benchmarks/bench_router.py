@@ -263,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=1_000_000)
     parser.add_argument("--traced", type=int, default=50_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="move setup objects out of the GC's reach first (gc.freeze(), as servers do "
+        "after start-up), to see how much of the tail is collector pauses",
+    )
     args = parser.parse_args(argv)
 
     catalog, source = load_catalog()
@@ -304,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     timed(decide, 20_000)  # warm caches (plans, rule prefilters, budget lines)
     timed(decide_classified, 20_000)
     gc.collect()
+    if args.gc_freeze:
+        gc.freeze()
     refused[0] = 0
     rss_before = rss_mb()
     mixed = timed(decide, args.decisions)
@@ -329,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "rules": len(router.config.rules),
         "budgets": len(router.config.budgets),
         "decisions": args.decisions,
+        "gc_freeze": args.gc_freeze,
         "baselines": baselines,
         "decide_mixed": summary(mixed),
         "refused_share": round(refused_share, 4),
@@ -347,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"catalog: {source} ({len(catalog)} models), {result['rules']} rules, "
         f"{result['budgets']} budgets, stats for every deployment"
+        + (", gc.freeze() after setup" if args.gc_freeze else "")
     )
     print("baselines (same run):")
     for name, s in baselines.items():
