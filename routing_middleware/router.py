@@ -572,7 +572,7 @@ class Router:
                 reasons.append(Reason("default_tier", "no tier given → tier 2"))
 
         # Budgets
-        cheapest = False
+        cheapest = downgraded = False
         if self.budgets:
             for status in self.budgets.status(ctx, pressing=True):
                 action = status.action
@@ -594,7 +594,9 @@ class Router:
                     reasons.append(
                         Reason("budget_cheapest", f"budget '{name}' at {pct} → cheapest")
                     )
-                elif tier > 1 and not cheapest:
+                elif tier > 1 and not cheapest and not downgraded:
+                    # One tier down however many budgets ask: each is past a soft limit,
+                    # and stacking them would silently turn "downgrade" into "cheapest".
                     reasons.append(
                         Reason(
                             "budget_downgrade",
@@ -602,6 +604,7 @@ class Router:
                         )
                     )
                     tier -= 1
+                    downgraded = True
 
         # Constraints
         snapshot = self._stats_now()

@@ -728,3 +728,17 @@ def _assert_hard_constraints(
         assert _cost(chosen, decision.input_tokens, decision.output_tokens) <= _cost(
             requested, decision.input_tokens, decision.output_tokens
         )
+
+
+def test_several_soft_budgets_downgrade_only_once() -> None:
+    budgets = Budgets(
+        [
+            Budget(name="team", limit_usd=Decimal(1)),
+            Budget(name="mine", scope="user", limit_usd=Decimal(1)),
+        ]
+    )
+    ctx = RouteContext(user_id="u", tier=3)
+    budgets.settle(budgets.reserve(Decimal("0.85"), ctx), Decimal("0.85"))
+    decision = Router(_catalog(), _no_classifier(), budgets=budgets).decide(_request(), ctx)
+    assert decision.tier == 2
+    assert decision.reason_codes.count("budget_downgrade") == 1
