@@ -1,0 +1,524 @@
+"""The engine as an OpenAI- and Anthropic-compatible HTTP gateway (a Starlette app).
+
+::
+
+    keys = MemoryKeyStore()
+    plaintext, info = keys.create(owner="user-42")
+    app = gateway_app(engine, authenticator=keys, rate_limit=RateLimit.per_minute(600))
+    # mount it: Starlette(routes=[Mount("/llm", app=app)]) -> /llm/v1/chat/completions
+
+Endpoints: ``POST /v1/chat/completions`` (OpenAI dialect, streamed or not),
+``POST /v1/messages`` (Anthropic dialect), ``GET /v1/models`` and
+``GET /v1/models/{id}`` (the catalog with prices per 1M tokens, context window
+and tier). Every request needs an API key, sent as ``Authorization: Bearer`` or
+``x-api-key``; its calls are attributed to the key's owner and id, the key's
+budgets (``scope: api_key``) and rate limit apply, and only keys allowed to may
+steer routing with ``X-LLMRoute-Tier`` / ``X-LLMRoute-Feature``.
+
+Every failure answers in the caller's dialect: 401 (no, invalid or revoked key),
+400 (invalid input, naming the field), 404 (unknown model, with suggestions), 413
+(body over ``max_body_bytes``), 429 (rate limit, with ``Retry-After``), 402
+(budget), 502/503/504 (upstream). The handlers are plain ASGI callables: bodies
+are read once, answers are sent as they come, and streams are never buffered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .auth import ApiKeyInfo, KeyStore, RateLimit, RateLimiter
+from .context import RouteContext, current_context
+from .schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited, UnknownModel
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.types import Message, Receive, Scope, Send
+
+    from .catalog import ModelInfo
+    from .engine import LLMRoute
+    from .relay import Relay, RelayResponse
+
+__all__ = ["gateway_app"]
+
+_ASGIHandler = Callable[["Scope", "Receive", "Send"], Awaitable[None]]
+_MAX_HINT_LENGTH = 200
+_WANTED_HEADERS = frozenset(
+    {
+        b"authorization",
+        b"x-api-key",
+        b"content-length",
+        b"x-request-id",
+        b"x-llmroute-tier",
+        b"x-llmroute-feature",
+    }
+)
+
+
+class _Disconnected(Exception):
+    """The caller went away before its request body arrived."""
+
+
+class _Endpoint:
+    """A plain ASGI endpoint for a Starlette ``Route`` (not wrapped in a Request)."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: _ASGIHandler) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
+class _Gateway:
+    """The handlers and what they share; holds no per-request state."""
+
+    def __init__(
+        self,
+        engine: LLMRoute,
+        relay: Relay,
+        keys: KeyStore,
+        limiter: RateLimiter,
+        rate_limit: RateLimit | None,
+        max_body_bytes: int,
+    ) -> None:
+        self.engine = engine
+        self.relay = relay
+        self.keys = keys
+        self.aauthenticate: Callable[[str], Awaitable[ApiKeyInfo | None]] | None = getattr(
+            keys, "aauthenticate", None
+        )
+        self.limiter = limiter
+        self.rate_limit = rate_limit
+        self.max_body_bytes = max_body_bytes
+        self._models_cache: tuple[int, bytes, dict[str, bytes]] | None = None
+
+    # ------------------------------------------------------------------ calls
+
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._call("openai", "openai", scope, receive, send)
+
+    async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._call("anthropic", "anthropic", scope, receive, send)
+
+    async def _call(
+        self, dialect: str, provider: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        headers = _headers(scope)
+        try:
+            info = await self._authenticate(headers)
+            self._check_rate(info)
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise self._too_large()
+            body = await _read_body(receive, self.max_body_bytes)
+            if body is None:
+                raise self._too_large()
+            context, ignored = self._context(info, headers)
+            self._check_model(body, provider)
+        except LLMError as error:
+            await _send_answer(send, self.relay.error(dialect, error))
+            return
+        except _Disconnected:
+            return
+        answer = await self.relay.ahandle(
+            dialect, body, scope.get("path", ""), provider=provider, context=context
+        )
+        if ignored:
+            answer.headers["x-llmroute-ignored-hints"] = ignored
+        await _send_answer(send, answer, receive)
+
+    # ------------------------------------------------------------------ models
+
+    async def list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self._check_rate(await self._authenticate(_headers(scope)))
+        except LLMError as error:
+            await _send_answer(send, self.relay.error("openai", error))
+            return
+        await _send_json(send, 200, self._models()[0])
+
+    async def retrieve_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = str(scope.get("path_params", {}).get("model", ""))
+        try:
+            self._check_rate(await self._authenticate(_headers(scope)))
+            info = self.engine.catalog.get(name)  # UnknownModel with suggestions
+            body = self._models()[1].get(info.id)
+            if body is None:  # known, but at a provider this engine does not serve
+                raise UnknownModel(name)
+        except LLMError as error:
+            await _send_answer(send, self.relay.error("openai", error))
+            return
+        await _send_json(send, 200, body)
+
+    def _models(self) -> tuple[bytes, dict[str, bytes]]:
+        """The list body and each model's body, rebuilt when the catalog changes."""
+        catalog = self.engine.catalog
+        cached = self._models_cache
+        if cached is not None and cached[0] == catalog.generation:
+            return cached[1], cached[2]
+        served = self.engine.providers
+        entries = [_model_entry(m) for m in catalog if m.provider in served]
+        listing = json.dumps({"object": "list", "data": entries}).encode()
+        one = {e["id"]: json.dumps(e).encode() for e in entries}
+        self._models_cache = (catalog.generation, listing, one)
+        return listing, one
+
+    # ------------------------------------------------------------------ checks
+
+    async def _authenticate(self, headers: dict[bytes, bytes]) -> ApiKeyInfo:
+        plaintext = _presented_key(headers)
+        if plaintext is None:
+            raise AuthenticationFailed(
+                "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key'.",
+                retryable=False,
+            )
+        if self.aauthenticate is not None:
+            info = await self.aauthenticate(plaintext)
+        else:
+            info = self.keys.authenticate(plaintext)
+        if info is None:
+            raise AuthenticationFailed("Invalid or revoked API key.", retryable=False)
+        return info
+
+    def _check_rate(self, info: ApiKeyInfo) -> None:
+        limit = info.rate_limit or self.rate_limit
+        if limit is None:
+            return
+        wait = self.limiter.acquire(info.key_id, limit)
+        if wait > 0:
+            raise RateLimited(
+                f"Rate limit of API key {info.key_id} reached; retry in {wait:.1f}s.",
+                retry_after=wait,
+            )
+
+    def _too_large(self) -> InvalidRequest:
+        return InvalidRequest(
+            f"The request body exceeds the gateway's limit of {self.max_body_bytes} bytes.",
+            status_code=413,
+            code="request_too_large",
+            retryable=False,
+        )
+
+    def _check_model(self, body: bytes, provider: str) -> None:
+        """404 with suggestions for a model the catalog does not know.
+
+        Only a well-formed body naming a model is checked here; anything else is
+        left to the relay, which answers 400 naming the field.
+        """
+        try:
+            model = json.loads(body).get("model")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return
+        if not isinstance(model, str) or not model:
+            return
+        catalog = self.engine.catalog
+        if model in catalog or ("/" not in model and f"{provider}/{model}" in catalog):
+            return
+        raise UnknownModel(model, catalog.suggest(model))
+
+    def _context(self, info: ApiKeyInfo, headers: dict[bytes, bytes]) -> tuple[RouteContext, str]:
+        """The key's routing context, with hint headers when the key may set them;
+        also the names of hint headers that were ignored."""
+        request_id = headers.get(b"x-request-id")
+        fields: dict[str, Any] = {
+            "user_id": info.owner,
+            "api_key_id": info.key_id,
+            "tags": info.tags or None,
+            "request_id": request_id.decode("latin-1")[:_MAX_HINT_LENGTH] if request_id else None,
+        }
+        tier = headers.get(b"x-llmroute-tier")
+        feature = headers.get(b"x-llmroute-feature")
+        ignored: list[str] = []
+        if tier is not None:
+            if info.allow_hints:
+                fields["tier"] = _tier(tier)
+            else:
+                ignored.append("tier")
+        if feature is not None:
+            if info.allow_hints:
+                fields["feature"] = _text_hint(feature, "X-LLMRoute-Feature")
+            else:
+                ignored.append("feature")
+        try:
+            context = current_context().merged(**fields)
+        except ValueError as error:
+            raise InvalidRequest(
+                f"Invalid X-LLMRoute-Tier header: {error}", param="X-LLMRoute-Tier"
+            ) from None
+        return context, ",".join(ignored)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request headers the gateway reads (first value of each)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope.get("headers", ()):
+        lowered = name.lower()
+        if lowered in _WANTED_HEADERS and lowered not in found:
+            found[lowered] = value
+    return found
+
+
+def _presented_key(headers: dict[bytes, bytes]) -> str | None:
+    raw = headers.get(b"authorization")
+    if raw is not None:
+        scheme, _, token = raw.partition(b" ")
+        if scheme.lower() == b"bearer" and token.strip():
+            return token.strip().decode("latin-1")
+    raw = headers.get(b"x-api-key")
+    if raw is not None and raw.strip():
+        return raw.strip().decode("latin-1")
+    return None
+
+
+def _tier(raw: bytes) -> int | str:
+    text = _text_hint(raw, "X-LLMRoute-Tier")
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _text_hint(raw: bytes, header: str) -> str:
+    text = raw.decode("latin-1").strip()
+    if not text or len(text) > _MAX_HINT_LENGTH or not text.isprintable():
+        raise InvalidRequest(
+            f"Invalid {header} header: expected 1 to {_MAX_HINT_LENGTH} printable characters.",
+            param=header,
+        )
+    return text
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or ``None`` as soon as it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _raw_headers(headers: dict[str, str], length: int | None) -> list[tuple[bytes, bytes]]:
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    if length is not None:
+        raw.append((b"content-length", str(length).encode()))
+    return raw
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_answer(send: Send, answer: RelayResponse, receive: Receive | None = None) -> None:
+    stream = answer.astream
+    if stream is None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": _raw_headers(answer.headers, len(answer.body)),
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+        return
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": _raw_headers(answer.headers, None),
+            }
+        )
+        if receive is None:
+            await _pump(send, stream)
+        else:
+            await _pump_until_gone(send, receive, stream)
+    finally:
+        await _aclose(stream)
+
+
+async def _pump(send: Send, stream: AsyncIterator[bytes]) -> None:
+    async for chunk in stream:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _pump_until_gone(send: Send, receive: Receive, stream: AsyncIterator[bytes]) -> None:
+    """Send the stream, stopping it (and so the upstream call) if the caller leaves."""
+    import anyio
+
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while True:
+                message: Message = await receive()
+                if message["type"] == "http.disconnect":
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(watch)
+        await _pump(send, stream)
+        group.cancel_scope.cancel()
+
+
+async def _aclose(stream: AsyncIterator[bytes]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _money(amount: Decimal) -> str:
+    return format(amount.normalize(), "f")
+
+
+def _or(value: Decimal | None, default: Decimal) -> Decimal:
+    return default if value is None else value
+
+
+def _model_entry(info: ModelInfo) -> dict[str, Any]:
+    """One model in the OpenAI list shape, plus prices, context window and tier."""
+    price = info.price
+    created = 0
+    if info.as_of is not None:
+        from datetime import UTC, datetime, time
+
+        created = int(datetime.combine(info.as_of, time(), UTC).timestamp())
+    return {
+        "id": info.id,
+        "object": "model",
+        "created": created,
+        "owned_by": info.provider,
+        "provider": info.provider,
+        "name": info.name,
+        "mode": info.mode,
+        "tier": info.tier,
+        "quality": info.quality,
+        "context_window": info.context_window,
+        "max_output_tokens": info.max_output_tokens,
+        "capabilities": sorted(info.capabilities),
+        "aliases": list(info.aliases),
+        "pricing": {
+            "currency": "USD",
+            "unit": "1M tokens",
+            "input": _money(price.input),
+            "output": _money(price.output),
+            # Unset cache and reasoning prices mean "same as input / output".
+            "cached_input": _money(_or(price.cached_input, price.input)),
+            "cache_write": _money(_or(price.cache_write, price.input)),
+            "reasoning": _money(_or(price.reasoning, price.output)),
+        },
+    }
+
+
+def _not_found_handler(dialect_of: Callable[[str], str]) -> Callable[..., Awaitable[Any]]:
+    async def handle(request: Any, exc: Any) -> Any:
+        from starlette.responses import Response
+
+        from .providers.registry import caller_dialect
+
+        status = getattr(exc, "status_code", 404)
+        message = (
+            "Method not allowed." if status == 405 else f"No such endpoint: {request.url.path}"
+        )
+        error = InvalidRequest(message, status_code=status, retryable=False)
+        if status == 404:
+            error.code = "not_found"
+        dialect = dialect_of(request.url.path)
+        _, headers, body = caller_dialect(dialect).encode_error(error)
+        return Response(body, status_code=status, headers=headers)
+
+    return handle
+
+
+def gateway_app(
+    engine: LLMRoute | None = None,
+    *,
+    authenticator: KeyStore,
+    max_body_bytes: int = 1_000_000,
+    rate_limit: RateLimit | None = None,
+    limiter: RateLimiter | None = None,
+    response_headers: bool | None = None,
+) -> Starlette:
+    """The gateway as a Starlette app; mount it anywhere.
+
+    ``engine`` routes and meters the calls (a default :class:`LLMRoute` when
+    ``None``, closed at the app's shutdown). ``authenticator`` checks API keys
+    (:class:`~routing_middleware.auth.MemoryKeyStore` or any
+    :class:`~routing_middleware.auth.KeyStore`). ``rate_limit`` applies to keys
+    without their own; ``limiter`` holds the buckets (share one between apps to
+    share limits). ``max_body_bytes`` caps request bodies (413 beyond).
+    ``response_headers`` adds the ``x-llmroute-*`` headers (default: the engine
+    config's ``response_headers``).
+    """
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from .relay import Relay
+
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be at least 1")
+    if not callable(getattr(authenticator, "authenticate", None)):
+        raise TypeError("authenticator must be a KeyStore (with an authenticate(key) method)")
+    owned = engine is None
+    if engine is None:
+        from .engine import LLMRoute
+
+        engine = LLMRoute()
+    headers = engine.config.response_headers if response_headers is None else response_headers
+    gateway = _Gateway(
+        engine,
+        Relay(engine, response_headers=headers),
+        authenticator,
+        limiter if limiter is not None else RateLimiter(),
+        rate_limit,
+        max_body_bytes,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owned:
+                await gateway.engine.aclose()
+
+    def dialect_of(path: str) -> str:
+        return "anthropic" if path.rstrip("/").endswith("/messages") else "openai"
+
+    not_found = _not_found_handler(dialect_of)
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", _Endpoint(gateway.chat_completions), methods=["POST"]),
+            Route("/v1/messages", _Endpoint(gateway.messages), methods=["POST"]),
+            Route("/v1/models", _Endpoint(gateway.list_models), methods=["GET"]),
+            Route("/v1/models/{model:path}", _Endpoint(gateway.retrieve_model), methods=["GET"]),
+        ],
+        exception_handlers={404: not_found, 405: not_found},
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    return app
