@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-check test lint typecheck pytest format bench catalog clean
+COMPAT_VENV ?= .venv-compat
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+
+.PHONY: demo demo-check test lint typecheck pytest test-compat format bench catalog catalog-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,17 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Django 6 needs Python >= 3.12: the Django and core tests again on the newest Django.
+$(COMPAT_STAMP): pyproject.toml
+	$${COMPAT_PYTHON:-$$(scripts/find_python.sh 3.12)} -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COMPAT_VENV)/bin/python -m pip install -q -e '.[dev]' 'django>=6,<7'
+	touch $(COMPAT_STAMP)
+
+test-compat: $(COMPAT_STAMP)
+	$(COMPAT_VENV)/bin/python -c 'import django, sys; print("compat: Python", sys.version.split()[0], "Django", django.__version__)'
+	$(COMPAT_VENV)/bin/pytest -q -m 'not e2e' tests/core tests/django
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -42,5 +56,9 @@ bench: $(STAMP)
 catalog: $(STAMP)
 	$(BIN)/python scripts/build_catalog.py
 
+# Needs PyPI: rebuilds the snapshot from the pinned price file and diffs it.
+catalog-check: $(STAMP)
+	$(BIN)/python scripts/build_catalog.py --check
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT_VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -13,42 +13,88 @@ __version__ = "0.1.0"
 
 # Public name -> submodule that defines it.
 _EXPORTS: dict[str, str] = {
+    "Budget": "budgets",
+    "Budgets": "budgets",
     "Catalog": "catalog",
     "ChatRequest": "schema",
     "ChatResponse": "schema",
+    "Completion": "engine",
+    "Decision": "router",
+    "Deployment": "router",
+    "Dispatcher": "dispatch",
     "FeedError": "feeds",
     "LLMError": "schema",
+    "LLMRoute": "engine",
+    "LLMRouteConfig": "settings",
+    "MemorySink": "metering",
     "Message": "schema",
     "ModelInfo": "catalog",
     "Price": "catalog",
+    "Reason": "router",
+    "RecordSink": "metering",
+    "Relay": "relay",
+    "RouteContext": "context",
+    "Router": "router",
+    "RoutingConfig": "config",
     "StreamChunk": "schema",
     "UnknownModel": "schema",
     "Usage": "schema",
+    "UsageRecord": "metering",
     "cost_of": "pricing",
+    "current_context": "context",
     "default_catalog": "catalog",
+    "route_hint": "context",
+    "use_context": "context",
 }
 
 __all__ = [
+    "Budget",
+    "Budgets",
     "Catalog",
     "ChatRequest",
     "ChatResponse",
+    "Completion",
+    "Decision",
+    "Deployment",
+    "Dispatcher",
     "FeedError",
     "LLMError",
+    "LLMRoute",
+    "LLMRouteConfig",
+    "MemorySink",
     "Message",
     "ModelInfo",
     "Price",
+    "Reason",
+    "RecordSink",
+    "Relay",
+    "RouteContext",
+    "Router",
+    "RoutingConfig",
     "StreamChunk",
     "UnknownModel",
     "Usage",
+    "UsageRecord",
     "__version__",
     "cost_of",
+    "current_context",
     "default_catalog",
+    "route_hint",
+    "use_context",
 ]
 
 if TYPE_CHECKING:
+    from .budgets import Budget, Budgets
     from .catalog import Catalog, ModelInfo, Price, default_catalog
+    from .config import RoutingConfig
+    from .context import RouteContext, current_context, route_hint, use_context
+    from .dispatch import Dispatcher
+    from .engine import Completion, LLMRoute
     from .feeds import FeedError
+    from .metering import MemorySink, RecordSink, UsageRecord
     from .pricing import cost_of
+    from .relay import Relay
+    from .router import Decision, Deployment, Reason, Router
     from .schema import (
         ChatRequest,
         ChatResponse,
@@ -58,6 +104,7 @@ if TYPE_CHECKING:
         UnknownModel,
         Usage,
     )
+    from .settings import LLMRouteConfig
 
 
 def __getattr__(name: str) -> Any:
