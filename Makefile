@@ -4,10 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 COMPAT_VENV ?= .venv-compat
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
 
-.PHONY: demo demo-check test lint typecheck pytest test-compat format bench catalog catalog-check clean
+.PHONY: demo demo-check test lint typecheck pytest test-services test-compat format bench catalog catalog-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +36,12 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The database- and cache-backed tests against real PostgreSQL and Redis servers.
+test-services: $(STAMP)
+	LLMROUTE_TEST_DATABASE_URL=$(TEST_DATABASE_URL) LLMROUTE_TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		$(BIN)/pytest -q -m 'not e2e' tests/django
+	LLMROUTE_TEST_REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -q -m redis tests/core
 
 # Django 6 needs Python >= 3.12: the Django and core tests again on the newest Django.
 $(COMPAT_STAMP): pyproject.toml
