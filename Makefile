@@ -8,8 +8,12 @@ TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 COMPAT_VENV ?= .venv-compat
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
+# Browser tests: Playwright drives the system's Chromium (never a downloaded one).
+E2E_STAMP := $(VENV)/.e2e
+CHROMIUM ?= /usr/bin/chromium
+DEMO_PORT ?= 8000
 
-.PHONY: demo demo-check test lint typecheck pytest test-services test-compat format bench catalog catalog-check clean
+.PHONY: demo demo-check e2e e2e-deps screenshots test lint typecheck pytest test-services test-compat format bench catalog catalog-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +23,29 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Migrate and seed (idempotent), then serve the example site in the foreground.
 demo: $(STAMP)
-	@echo "demo lands with the example project; nothing to serve yet."
+	$(BIN)/python example_project/manage.py seed_demo --migrate --site http://127.0.0.1:$(DEMO_PORT)
+	$(BIN)/python example_project/manage.py runserver 127.0.0.1:$(DEMO_PORT)
 
+# The same setup in a temporary directory, served on a free port and checked over HTTP.
 demo-check: $(STAMP)
-	@echo "demo-check lands with the example project; nothing to check yet."
+	$(BIN)/python example_project/demo_check.py
+
+$(E2E_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q playwright
+	touch $(E2E_STAMP)
+
+# Playwright, and Chromium from apt-get when it is missing (needs root, as on CI).
+e2e-deps: $(E2E_STAMP)
+	@test -x $(CHROMIUM) || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+e2e: e2e-deps
+	LLMROUTE_E2E_REQUIRED=1 LLMROUTE_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -m e2e tests/e2e $(PYTEST_ARGS)
+
+# Regenerates the PNGs under docs/ from a freshly seeded demo.
+screenshots: e2e-deps
+	LLMROUTE_CHROMIUM=$(CHROMIUM) $(BIN)/python example_project/screenshots.py
 
 test: lint typecheck pytest
 

@@ -1,0 +1,1 @@
+"""A runnable support-desk site that shows llmroute at work (and a small Starlette app)."""
