@@ -1,0 +1,456 @@
+"""Budgets on Django's cache framework, and budgets edited in the admin.
+
+:class:`CacheBudgetStore` is a core :class:`~routing_middleware.budgets.BudgetStore`
+kept in a Django cache (``LLMROUTE["BUDGET_CACHE"]``, the ``default`` cache unless
+set). How atomic a reservation across several budget lines is depends on the backend:
+
+- ``django.core.cache.backends.redis.RedisCache``: each reserve, settle and read is
+  one Lua script on the cache's (first, writable) Redis server, through the core's
+  :class:`~routing_middleware.budgets.RedisBudgetStore`. Exact across every worker
+  and host sharing that Redis.
+- Any other backend (``LocMemCache``, memcached, database, file): every operation
+  takes a lock per budget line (``cache.add`` of a lock key, in a fixed order, held
+  at most ``BUDGET_LOCK_TIMEOUT_S``) and reads and writes the counters under it.
+  Exact among processes sharing the cache while no lock holder stalls past the lock
+  timeout. ``LocMemCache`` is per process: each worker then has its own counters,
+  so a limit holds per worker, not in total. Use Redis for many workers.
+- ``DummyCache`` stores nothing and cannot hold a budget (system check ``E004``).
+
+Counters live in the cache, which may evict or lose them. Every
+``BUDGET_RECONCILE_S`` seconds a line's settled spend is compared with the stored
+calls (:class:`~django_llmroute.models.LLMCall`) for its period and raised to it
+when the cache has less, so a restart or eviction cannot reopen a spent budget.
+
+:func:`database_budgets` is the bridge from the admin's :class:`~django_llmroute.models.Budget`
+rows to the core: the active rows as core budgets, kept in the cache and dropped
+when a row is saved or deleted (after commit, for every worker: a version number in
+the cache moves and each process looks at it at most every ``BUDGETS_REFRESH_S``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from django.core.cache import BaseCache, caches
+from django.db import connections, transaction
+
+from routing_middleware.budgets import Budget as CoreBudget
+from routing_middleware.budgets import BudgetLine, RedisBudgetStore, from_micros, to_micros
+
+__all__ = [
+    "BUDGETS_KEY",
+    "BUDGETS_VERSION_KEY",
+    "CacheBudgetStore",
+    "budgets_version",
+    "database_budgets",
+    "invalidate_database_budgets",
+    "line_spent_in_db",
+]
+
+logger = logging.getLogger("django_llmroute.budgets")
+
+#: Cache key of the active admin budgets (as core budget fields).
+BUDGETS_KEY = "llmroute:db-budgets"
+#: Cache key of a number that moves whenever an admin budget is saved or deleted.
+BUDGETS_VERSION_KEY = "llmroute:db-budgets-version"
+
+_PREFIX = "llmroute:budget:"
+
+
+def _is_redis(cache: BaseCache) -> bool:
+    from django.core.cache.backends.redis import RedisCache
+
+    return isinstance(cache, RedisCache)
+
+
+class CacheBudgetStore:
+    """Budget counters in a Django cache; see the module notes for atomicity per backend.
+
+    ``alias`` names the cache. ``lock_timeout_s`` bounds how long a lock may be
+    held (non-Redis backends). ``reconcile_s`` is how often a line is reconciled
+    with the stored calls (``0`` never). Async twins run the blocking operation in
+    a worker thread, as Django's own cache API does.
+    """
+
+    def __init__(
+        self,
+        alias: str = "default",
+        *,
+        lock_timeout_s: float = 5.0,
+        reconcile_s: float = 300.0,
+        database: str = "default",
+    ) -> None:
+        self.alias = alias
+        self.lock_timeout_s = lock_timeout_s
+        self.reconcile_s = reconcile_s
+        self.database = database
+        self._redis: RedisBudgetStore | None = None
+        self._redis_client: Any = None
+        self._init_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CacheBudgetStore(alias={self.alias!r}, atomic={self.atomicity})"
+
+    @property
+    def cache(self) -> BaseCache:
+        return caches[self.alias]
+
+    @property
+    def atomicity(self) -> str:
+        """``"redis-script"`` or ``"cache-lock"``: how reservations are made atomic."""
+        return "redis-script" if _is_redis(self.cache) else "cache-lock"
+
+    def close(self) -> None:
+        """Drop the Redis connections this store opened (Redis backend only)."""
+        if self._redis_client is not None:
+            self._redis_client.connection_pool.disconnect()
+            self._redis_client = None
+            self._redis = None
+
+    # ------------------------------------------------------------------ backends
+
+    def _redis_store(self) -> RedisBudgetStore | None:
+        cache = self.cache
+        if not _is_redis(cache):
+            return None
+        if self._redis is None:
+            with self._init_lock:
+                if self._redis is None:
+                    # The writable server of the cache; keys carry the cache's prefix
+                    # and version like the cache's own keys.
+                    client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+                    self._redis_client = client
+                    self._redis = RedisBudgetStore(client=client, prefix=cache.make_key(_PREFIX))
+        return self._redis
+
+    def _key(self, name: str) -> str:
+        return _PREFIX + name
+
+    def _lock_names(self, lines: Sequence[BudgetLine]) -> list[str]:
+        return sorted({f"{_PREFIX}lock:{line.budget.name}|{line.subject}" for line in lines})
+
+    def _acquire(self, names: list[str]) -> list[tuple[str, str]]:
+        cache = self.cache
+        held: list[tuple[str, str]] = []
+        timeout = max(1, int(self.lock_timeout_s + 0.999))
+        deadline = time.monotonic() + self.lock_timeout_s * 2
+        try:
+            for name in names:
+                token = uuid.uuid4().hex
+                delay = 0.0005
+                while not cache.add(name, token, timeout=timeout):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"llmroute: budget lock {name} is stuck")
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.01)
+                held.append((name, token))
+        except BaseException:
+            self._release(held)
+            raise
+        return held
+
+    def _release(self, held: list[tuple[str, str]]) -> None:
+        cache = self.cache
+        for name, token in reversed(held):
+            if cache.get(name) == token:
+                cache.delete(name)
+
+    def _read(self, keys: list[str]) -> dict[str, list[int]]:
+        found = self.cache.get_many([self._key(k) for k in keys])
+        return {k: list(found.get(self._key(k)) or (0, 0)) for k in keys}
+
+    def _write(self, line: BudgetLine, settled: int, held: int) -> None:
+        self.cache.set(self._key(line.charge_key), (settled, max(0, held)), timeout=line.ttl_s)
+
+    # ------------------------------------------------------------------ the protocol
+
+    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        """Hold ``amount`` on every line, or nothing; the index of a line that refused."""
+        if not lines:
+            return None
+        self._maybe_reconcile(lines)
+        redis = self._redis_store()
+        if redis is not None:
+            failed = redis.reserve(lines, amount)
+        else:
+            held = self._acquire(self._lock_names(lines))
+            try:
+                failed = self._reserve_locked(lines, amount)
+            finally:
+                self._release(held)
+        if failed is not None:
+            self._announce(lines[failed], amount)
+        return failed
+
+    def _reserve_locked(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        values = self._read([k for line in lines for k in line.window])
+        for index, line in enumerate(lines):
+            if line.limit is not None:
+                spent = sum(sum(values[k]) for k in line.window)
+                if spent + amount > line.limit:
+                    return index
+        for line in lines:
+            settled, held = values[line.charge_key]
+            values[line.charge_key] = [settled, held + amount]
+            self._write(line, settled, held + amount)
+        return None
+
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+        """Replace a hold of ``reserved`` with ``actual`` spend on every line."""
+        if not lines:
+            return
+        redis = self._redis_store()
+        if redis is not None:
+            redis.settle(lines, reserved, actual)
+            return
+        held_locks = self._acquire(self._lock_names(lines))
+        try:
+            values = self._read([line.charge_key for line in lines])
+            for line in lines:
+                settled, held = values[line.charge_key]
+                values[line.charge_key] = [settled + actual, max(0, held - reserved)]
+                self._write(line, settled + actual, held - reserved)
+        finally:
+            self._release(held_locks)
+
+    def totals(self, lines: Sequence[BudgetLine]) -> list[int]:
+        """Settled plus held spend per line."""
+        if not lines:
+            return []
+        self._maybe_reconcile(lines)
+        redis = self._redis_store()
+        if redis is not None:
+            return redis.totals(lines)
+        values = self._read([k for line in lines for k in line.window])
+        return [sum(sum(values[k]) for k in line.window) for line in lines]
+
+    def settled(self, lines: Sequence[BudgetLine]) -> list[int]:
+        """Settled spend only (no holds) per line."""
+        if not lines:
+            return []
+        redis = self._redis_store()
+        if redis is not None:
+            client = self._redis_client
+            out = []
+            for line in lines:
+                values = [client.hget(redis.prefix + k, "s") for k in line.window]
+                out.append(sum(int(v or 0) for v in values))
+            return out
+        values = self._read([k for line in lines for k in line.window])
+        return [sum(values[k][0] for k in line.window) for line in lines]
+
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        """Async twin of :meth:`reserve`."""
+        return await asyncio.to_thread(self.reserve, lines, amount)
+
+    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+        """Async twin of :meth:`settle`."""
+        await asyncio.to_thread(self.settle, lines, reserved, actual)
+
+    async def atotals(self, lines: Sequence[BudgetLine]) -> list[int]:
+        """Async twin of :meth:`totals`."""
+        return await asyncio.to_thread(self.totals, lines)
+
+    # ------------------------------------------------------------------ reconciliation
+
+    def reconcile(self, lines: Sequence[BudgetLine]) -> list[int]:
+        """Raise each line's settled spend to what the stored calls say; the amounts added.
+
+        Blocking, and it reads the database: call it from a thread that may.
+        """
+        added: list[int] = []
+        for line in lines:
+            stored = to_micros(line_spent_in_db(line, using=self.database))
+            current = self.settled([line])[0]
+            missing = stored - current
+            if missing > 0:
+                self.settle([line], 0, missing)
+                logger.info(
+                    "llmroute: budget %s|%s was %s below the stored calls; corrected",
+                    line.budget.name,
+                    line.subject,
+                    from_micros(missing),
+                )
+            added.append(max(0, missing))
+        return added
+
+    def _maybe_reconcile(self, lines: Sequence[BudgetLine]) -> None:
+        if self.reconcile_s <= 0:
+            return
+        cache = self.cache
+        due = [
+            line
+            for line in lines
+            if cache.add(
+                f"{_PREFIX}reconciled:{line.charge_key}",
+                1,
+                timeout=max(1, int(self.reconcile_s)),
+            )
+        ]
+        if not due:
+            return
+        # On a thread of its own: its own database connection, outside whatever
+        # transaction the request holds. Waits a little, never long.
+        worker = threading.Thread(
+            target=self._reconcile_in_thread, args=(due,), name="llmroute-budget-reconcile"
+        )
+        worker.daemon = True
+        worker.start()
+        worker.join(2.0)
+
+    def _reconcile_in_thread(self, lines: Sequence[BudgetLine]) -> None:
+        try:
+            self.reconcile(lines)
+        except Exception:
+            logger.warning("llmroute: budget reconciliation failed", exc_info=True)
+        finally:
+            connections.close_all()
+
+    # ------------------------------------------------------------------ signals
+
+    def _announce(self, line: BudgetLine, amount: int) -> None:
+        from .models import Budget
+        from .signals import budget_exceeded
+
+        if not budget_exceeded.has_listeners(Budget):
+            return
+        try:
+            spent = self._total_now(line)
+            budget_exceeded.send(
+                sender=Budget,
+                budget=line.budget,
+                spent=from_micros(spent),
+                limit=line.budget.limit_usd,
+                scope_value=None if line.subject == "*" else line.subject,
+                requested=from_micros(amount),
+            )
+        except Exception:
+            logger.exception("llmroute: a budget_exceeded receiver failed")
+
+    def _total_now(self, line: BudgetLine) -> int:
+        redis = self._redis_store()
+        if redis is not None:
+            return redis.totals([line])[0]
+        values = self._read(list(line.window))
+        return sum(sum(values[k]) for k in line.window)
+
+
+# ---------------------------------------------------------------------- stored spend
+
+
+def line_spent_in_db(line: BudgetLine, *, using: str = "default") -> Decimal:
+    """What the stored calls say ``line``'s subject spent in its current period."""
+    from .models import Budget
+    from .reports import budget_spent
+
+    core = line.budget
+    probe = Budget(
+        name=core.name,
+        scope=core.scope,
+        scope_value="" if core.scope == "global" else line.subject,
+        period=core.period,
+        hours=core.rolling_hours,
+        limit_usd=core.limit_usd,
+    )
+    probe._state.db = using
+    return budget_spent(probe)
+
+
+# ---------------------------------------------------------------------- admin budgets
+
+
+def _cache_for_budgets() -> BaseCache:
+    from .conf import get_settings
+
+    return caches[get_settings().django.BUDGET_CACHE]
+
+
+def budgets_version() -> int:
+    """The shared version number of the admin budgets (moves on every save/delete)."""
+    return int(_cache_for_budgets().get(BUDGETS_VERSION_KEY) or 0)
+
+
+def _load_rows(using: str) -> list[dict[str, Any]]:
+    from .models import Budget
+
+    out = []
+    for row in Budget.objects.using(using).filter(active=True).order_by("name"):
+        try:
+            row.to_core()
+        except (ValueError, TypeError):
+            logger.warning("llmroute: budget %r is invalid and ignored", row.name)
+            continue
+        fields = row.core_fields()
+        fields["limit_usd"] = str(fields["limit_usd"])
+        out.append(fields)
+    return out
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def database_budgets(using: str = "default") -> tuple[CoreBudget, ...]:
+    """The active admin budgets as core budgets (from the cache; the database on a miss).
+
+    Called from an event loop, the database is read on a worker thread.
+    """
+    cache = _cache_for_budgets()
+    rows = cache.get(BUDGETS_KEY)
+    if rows is None:
+        if _in_event_loop():
+            result: list[list[dict[str, Any]]] = []
+
+            def load() -> None:
+                try:
+                    result.append(_load_rows(using))
+                finally:
+                    connections.close_all()
+
+            worker = threading.Thread(target=load, name="llmroute-budget-load")
+            worker.start()
+            worker.join()
+            rows = result[0] if result else []
+        else:
+            rows = _load_rows(using)
+        cache.set(BUDGETS_KEY, rows, timeout=None)
+    return tuple(CoreBudget(**fields) for fields in rows)
+
+
+def invalidate_database_budgets() -> None:
+    """Forget the cached admin budgets everywhere (moves the shared version)."""
+    cache = _cache_for_budgets()
+    cache.delete(BUDGETS_KEY)
+    cache.add(BUDGETS_VERSION_KEY, 0, timeout=None)
+    try:
+        cache.incr(BUDGETS_VERSION_KEY)
+    except ValueError:  # evicted between add and incr
+        cache.set(BUDGETS_VERSION_KEY, 1, timeout=None)
+    from . import runtime
+
+    runtime.budgets_changed()
+
+
+def _on_budget_change(sender: Any, instance: Any, using: str = "default", **kwargs: Any) -> None:
+    transaction.on_commit(invalidate_database_budgets, using=using)
+
+
+def connect_budget_signals() -> None:
+    """Invalidate the cached admin budgets whenever a ``Budget`` row is saved or deleted."""
+    from django.db.models.signals import post_delete, post_save
+
+    from .models import Budget
+
+    post_save.connect(_on_budget_change, sender=Budget, dispatch_uid="llmroute-budget-save")
+    post_delete.connect(_on_budget_change, sender=Budget, dispatch_uid="llmroute-budget-delete")

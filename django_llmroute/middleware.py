@@ -1,0 +1,285 @@
+"""``LLMRouteMiddleware``: every LLM call a request makes knows who, where and what for.
+
+Put it after ``AuthenticationMiddleware``::
+
+    MIDDLEWARE = [
+        ...,
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django_llmroute.middleware.LLMRouteMiddleware",
+    ]
+
+For each request it makes a :class:`~routing_middleware.context.RouteContext` current:
+the user's id (``None`` when anonymous, or what ``LLMROUTE["USER_ID"]`` returns),
+their group names, ``LLMROUTE["TAGS"]``, a request id (the ``X-Request-ID`` header
+or a fresh one); then, once the URL is resolved, the view's name and the hints its
+``@llm_route`` / ``LLMRouteMixin`` declare. The context is reset when the response
+leaves; a streaming response's iterator gets it back around every step, so an LLM
+stream that ends after the middleware returned is still attributed to the view.
+
+With ``SERVER_TIMING`` the response carries ``Server-Timing: llm;dur=…;desc="…"``:
+the LLM calls the request made, their total time and cost.
+
+Sync and async: under ASGI with an async stack it never blocks the event loop
+(the user's groups are read on a worker thread, once).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import FileResponse, HttpRequest, HttpResponseBase, StreamingHttpResponse
+
+from routing_middleware.context import (
+    RouteContext,
+    current_context,
+    hints_of,
+    route_hint,
+    use_context,
+)
+
+from .conf import LLMRouteSettings, get_settings
+from .runtime import collect_records
+
+__all__ = ["LLMRouteMiddleware", "context_for_request", "view_hints"]
+
+_HEADER = "Server-Timing"
+
+
+def view_hints(view: Callable[..., Any]) -> dict[str, Any]:
+    """The routing hints a view declares (function view, class-based view, DRF view).
+
+    Read from ``@llm_route`` on the function (``__llmroute_hints__``), on the class's
+    ``dispatch`` (``method_decorator(llm_route(...), name="dispatch")``) and from the
+    class's ``llm_route`` attribute (:class:`~django_llmroute.decorators.LLMRouteMixin`);
+    the function's own hints win.
+    """
+    hints: dict[str, Any] = {}
+    view_class = getattr(view, "view_class", None) or getattr(view, "cls", None)
+    if view_class is not None:
+        declared = getattr(view_class, "llm_route", None)
+        if isinstance(declared, dict):
+            hints.update(declared)
+        dispatch = getattr(view_class, "dispatch", None)
+        if dispatch is not None:
+            hints.update(hints_of(dispatch))
+    hints.update(hints_of(view))
+    return hints
+
+
+def _request_id(request: HttpRequest, settings: LLMRouteSettings) -> str:
+    header = settings.django.REQUEST_ID_HEADER
+    if header:
+        given = request.headers.get(header)
+        if given:
+            return given[:128]
+    return uuid.uuid4().hex
+
+
+def context_for_request(request: HttpRequest) -> RouteContext:
+    """The routing context of ``request`` before its view is known (blocking: may query).
+
+    User id and groups come from ``request.user`` (or ``LLMROUTE["USER_ID"]``),
+    tags from ``LLMROUTE["TAGS"]``.
+    """
+    settings = get_settings()
+    user = getattr(request, "user", None)
+    user_id: str | None = None
+    groups: frozenset[str] | None = None
+    if settings.user_id is not None:
+        found = settings.user_id(request)
+        user_id = None if found is None else str(found)
+    elif user is not None and getattr(user, "is_authenticated", False):
+        user_id = str(user.pk)
+    if (
+        settings.django.GROUPS
+        and user is not None
+        and getattr(user, "is_authenticated", False)
+        and hasattr(user, "groups")
+    ):
+        groups = frozenset(user.groups.values_list("name", flat=True))
+    tags: frozenset[str] | None = None
+    if settings.tags is not None:
+        found_tags = settings.tags(request)
+        if found_tags:
+            tags = frozenset(
+                [found_tags] if isinstance(found_tags, str) else (str(t) for t in found_tags)
+            )
+    return current_context().merged(
+        user_id=user_id,
+        user_groups=groups or None,
+        tags=tags,
+        request_id=_request_id(request, settings),
+    )
+
+
+def _server_timing(records: list[Any]) -> str:
+    total_ms = sum(float(r.latency_ms or 0) for r in records)
+    cost = sum((r.cost for r in records), Decimal(0))
+    money = format(cost.normalize(), "f") if cost else "0"
+    calls = len(records)
+    return f'llm;dur={total_ms:.1f};desc="{calls} call{"" if calls == 1 else "s"}, ${money}"'
+
+
+class _RequestState:
+    """What one request's pass through the middleware keeps (never on ``self``)."""
+
+    __slots__ = ("base", "hints")
+
+    def __init__(self, base: RouteContext) -> None:
+        self.base = base
+        self.hints: list[Any] = []
+
+
+def _sync_stream(content: Iterable[bytes], context: RouteContext) -> Iterator[bytes]:
+    iterator = iter(content)
+    try:
+        while True:
+            with use_context(context):
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    return
+            yield chunk
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            with use_context(context):
+                close()
+
+
+async def _async_stream(
+    content: AsyncIterator[bytes], context: RouteContext
+) -> AsyncIterator[bytes]:
+    iterator = aiter(content)
+    try:
+        while True:
+            with use_context(context):
+                try:
+                    chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+            yield chunk
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            with use_context(context):
+                await aclose()
+
+
+class LLMRouteMiddleware:
+    """Sets the routing context for each request; sync and async capable."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+            # A coroutine process_view runs in the request's own task (no thread
+            # hop), so the hints it pushes are in the context the view runs in.
+            self.process_view = self._aprocess_view  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        return f"<LLMRouteMiddleware get_response={self.get_response!r}>"
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        base = context_for_request(request)
+        state = _RequestState(base)
+        request._llmroute_state = state  # type: ignore[attr-defined]
+        with use_context(base), collect_records() as records:
+            try:
+                response = self.get_response(request)
+                final = current_context()
+            finally:
+                self._pop_hints(state)
+        return self._finish(response, final, records)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        base = await self._acontext(request)
+        state = _RequestState(base)
+        request._llmroute_state = state  # type: ignore[attr-defined]
+        with use_context(base), collect_records() as records:
+            try:
+                response = await self.get_response(request)  # type: ignore[misc]
+                final = current_context()
+            finally:
+                self._pop_hints(state)
+        return self._finish(response, final, records)
+
+    async def _acontext(self, request: HttpRequest) -> RouteContext:
+        user = getattr(request, "auser", None)
+        if user is not None:
+            # Resolve the lazy user in async code first; then one thread hop reads
+            # groups (and runs the USER_ID / TAGS hooks, which may query).
+            request.user = await request.auser()  # type: ignore[attr-defined]
+        return await sync_to_async(context_for_request, thread_sensitive=True)(request)
+
+    # -- the view ---------------------------------------------------------------------
+
+    def _push_view(self, request: HttpRequest, view: Callable[..., Any]) -> None:
+        state: _RequestState | None = getattr(request, "_llmroute_state", None)
+        if state is None:
+            return
+        hints = view_hints(view)
+        match = getattr(request, "resolver_match", None)
+        route = match.view_name if match is not None and match.view_name else None
+        if route is not None:
+            hints.setdefault("route", route)
+        if hints:
+            hint = route_hint(**hints)
+            hint.__enter__()
+            state.hints.append(hint)
+
+    def process_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: Any,
+        view_kwargs: Any,
+    ) -> None:
+        """Add the resolved view's name and hints to the request's context."""
+        self._push_view(request, view_func)
+
+    async def _aprocess_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: Any,
+        view_kwargs: Any,
+    ) -> None:
+        self._push_view(request, view_func)
+
+    @staticmethod
+    def _pop_hints(state: _RequestState) -> None:
+        while state.hints:
+            state.hints.pop().__exit__(None, None, None)
+
+    # -- the response -----------------------------------------------------------------
+
+    def _finish(
+        self, response: HttpResponseBase, context: RouteContext, records: list[Any]
+    ) -> HttpResponseBase:
+        if isinstance(response, StreamingHttpResponse) and not isinstance(response, FileResponse):
+            content = response.streaming_content
+            if response.is_async:
+                response.streaming_content = _async_stream(content, context)  # type: ignore[arg-type]
+            else:
+                response.streaming_content = _sync_stream(content, context)  # type: ignore[arg-type]
+            return response
+        if records and get_settings().core.server_timing:
+            timing = _server_timing(records)
+            existing = response.headers.get(_HEADER)
+            response.headers[_HEADER] = f"{existing}, {timing}" if existing else timing
+        return response
+
+
+#: What ``get_response`` may be; exported for type checkers of custom stacks.
+GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
