@@ -35,6 +35,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_llmroute.middleware.LLMRouteMiddleware",
 ]
 
 TEMPLATES = [
@@ -100,4 +101,7 @@ else:
 
 LLMROUTE: dict[str, object] = {
     "SPOOL_PATH": os.path.join(tempfile.gettempdir(), f"llmroute-spool-{os.getpid()}.jsonl"),
+    # Every provider answered by FakeProvider, instantly: no network in tests.
+    "OFFLINE": "always",
+    "OFFLINE_LATENCY": "none",
 }
