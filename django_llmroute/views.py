@@ -1,0 +1,296 @@
+"""The gateway inside Django: OpenAI- and Anthropic-compatible endpoints over the engine.
+
+Include the URLs under any prefix::
+
+    urlpatterns = [path("llm/", include("django_llmroute.urls"))]
+
+which serves ``llm/v1/chat/completions``, ``llm/v1/messages`` and ``llm/v1/models``
+(sync views; :func:`django_llmroute.urls.gateway_urls` gives the async ones). A
+client authenticates with an :class:`~django_llmroute.models.ApiKey`
+(``Authorization: Bearer llmr_…`` or ``x-api-key: llmr_…``) or, unless
+``GATEWAY["SESSION_AUTH"]`` is off, as the signed-in session user (CSRF-checked).
+Calls are attributed to the key's owner (and the key id) or the session user.
+Every error answers in the caller's dialect, so its SDK reads it.
+
+The views only move bytes: parsing, routing, dispatch and encoding are the core's
+:class:`~routing_middleware.relay.Relay`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
+
+from routing_middleware.context import RouteContext, current_context
+from routing_middleware.relay import RelayResponse
+from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError
+
+from .conf import get_settings
+from .runtime import get_engine, get_relay
+
+__all__ = [
+    "Caller",
+    "achat_completions",
+    "amessages",
+    "amodels",
+    "authenticate",
+    "chat_completions",
+    "messages",
+    "models",
+]
+
+_HINT_HEADERS = {
+    "x-llmroute-feature": "feature",
+    "x-llmroute-tier": "tier",
+    "x-llmroute-max-latency-ms": "max_latency_ms",
+    "x-llmroute-min-quality": "min_quality",
+    "x-llmroute-tags": "tags",
+    "x-llmroute-mode": "mode",
+}
+
+
+class Caller:
+    """Who is calling the gateway: the user (and key) the calls are attributed to."""
+
+    __slots__ = ("api_key", "user")
+
+    def __init__(self, user: Any, api_key: Any = None) -> None:
+        self.user = user
+        self.api_key = api_key
+
+    def context(self, request: HttpRequest) -> RouteContext:
+        """The routing context for this caller's calls (blocking: reads groups, headers)."""
+        settings = get_settings()
+        groups = None
+        if settings.django.GROUPS and hasattr(self.user, "groups"):
+            groups = frozenset(self.user.groups.values_list("name", flat=True)) or None
+        fields: dict[str, Any] = {
+            "user_id": str(self.user.pk),
+            "user_groups": groups,
+            "api_key_id": None if self.api_key is None else str(self.api_key.pk),
+        }
+        if (
+            self.api_key is not None
+            and self.api_key.allow_hint_headers
+            and settings.django.GATEWAY.HINT_HEADERS
+        ):
+            fields.update(_header_hints(request))
+        base = current_context()
+        if base.request_id is None:
+            fields["request_id"] = request.headers.get("x-request-id") or None
+        return base.merged(**fields)
+
+
+def _header_hints(request: HttpRequest) -> dict[str, Any]:
+    hints: dict[str, Any] = {}
+    for header, name in _HINT_HEADERS.items():
+        value = request.headers.get(header)
+        if not value:
+            continue
+        if name in ("max_latency_ms",):
+            hints[name] = float(value)
+        elif name == "min_quality":
+            hints[name] = int(value)
+        elif name == "tags":
+            hints[name] = frozenset(t.strip() for t in value.split(",") if t.strip())
+        else:
+            hints[name] = value
+    return hints
+
+
+def _presented_key(request: HttpRequest) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key") or None
+
+
+def _csrf_ok(request: HttpRequest) -> bool:
+    check = CsrfViewMiddleware(lambda r: HttpResponse())
+    check.process_request(request)
+    return check.process_view(request, lambda r: HttpResponse(), (), {}) is None
+
+
+def authenticate(request: HttpRequest) -> Caller | None:
+    """The caller of ``request``: by API key when one is presented, else the session user.
+
+    A presented key that does not match an active key never falls back to the session.
+    """
+    from .models import ApiKey
+
+    presented = _presented_key(request)
+    if presented is not None:
+        key = ApiKey.objects.authenticate(presented)
+        if key is None or not key.owner.is_active:
+            return None
+        return Caller(key.owner, key)
+    if not get_settings().django.GATEWAY.SESSION_AUTH:
+        return None
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated or not _csrf_ok(request):
+        return None
+    return Caller(user)
+
+
+def _to_django(answer: RelayResponse) -> HttpResponseBase:
+    response: HttpResponseBase
+    if answer.stream is not None:
+        response = StreamingHttpResponse(answer.stream, status=answer.status)
+    elif answer.astream is not None:
+        response = StreamingHttpResponse(answer.astream, status=answer.status)
+    else:
+        response = HttpResponse(answer.body, status=answer.status)
+    for name, value in answer.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _error(dialect: str, error: LLMError) -> HttpResponseBase:
+    return _to_django(get_relay().error(dialect, error))
+
+
+def _refused(dialect: str) -> HttpResponseBase:
+    response = _error(
+        dialect,
+        AuthenticationFailed(
+            "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key'.",
+            code="invalid_api_key",
+        ),
+    )
+    response.headers["WWW-Authenticate"] = 'Bearer realm="llmroute"'
+    return response
+
+
+def _not_allowed(dialect: str, allowed: str) -> HttpResponseBase:
+    response = _error(
+        dialect, InvalidRequest(f"Use {allowed} here.", code="method_not_allowed", status_code=405)
+    )
+    response.headers["Allow"] = allowed
+    return response
+
+
+def _body(request: HttpRequest) -> bytes | None:
+    try:
+        return request.body
+    except RequestDataTooBig:
+        return None
+
+
+def _too_big(dialect: str) -> HttpResponseBase:
+    return _error(
+        dialect,
+        InvalidRequest(
+            "The request body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE allows.",
+            code="request_too_large",
+            status_code=413,
+        ),
+    )
+
+
+def _prepare(request: HttpRequest, dialect: str) -> tuple[HttpResponseBase | None, Any]:
+    """Method, authentication and body checks; ``(refusal, None)`` or ``(None, (body, ctx))``."""
+    if request.method != "POST":
+        return _not_allowed(dialect, "POST"), None
+    caller = authenticate(request)
+    if caller is None:
+        return _refused(dialect), None
+    try:
+        context = caller.context(request)
+    except (TypeError, ValueError) as exc:
+        return _error(dialect, InvalidRequest(f"Bad routing hint header: {exc}")), None
+    body = _body(request)
+    if body is None:
+        return _too_big(dialect), None
+    return None, (body, context)
+
+
+def _relay_sync(request: HttpRequest, dialect: str, provider: str | None) -> HttpResponseBase:
+    refused, prepared = _prepare(request, dialect)
+    if refused is not None:
+        return refused
+    body, context = prepared
+    answer = get_relay().handle(dialect, body, request.path, provider=provider, context=context)
+    return _to_django(answer)
+
+
+async def _relay_async(
+    request: HttpRequest, dialect: str, provider: str | None
+) -> HttpResponseBase:
+    if request.method == "POST":
+        # Resolve the lazy session user in async code before the thread hop.
+        auser = getattr(request, "auser", None)
+        if auser is not None and not _presented_key(request):
+            request.user = await auser()  # type: ignore[attr-defined]
+    refused, prepared = await sync_to_async(_prepare)(request, dialect)
+    if refused is not None:
+        return refused
+    body, context = prepared
+    relay = await sync_to_async(get_relay)()
+    answer = await relay.ahandle(dialect, body, request.path, provider=provider, context=context)
+    return _to_django(answer)
+
+
+@csrf_exempt
+def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    """``POST v1/chat/completions`` in the OpenAI dialect (streaming included)."""
+    return _relay_sync(request, "openai", "openai")
+
+
+@csrf_exempt
+def messages(request: HttpRequest) -> HttpResponseBase:
+    """``POST v1/messages`` in the Anthropic dialect (streaming included)."""
+    return _relay_sync(request, "anthropic", "anthropic")
+
+
+@csrf_exempt
+async def achat_completions(request: HttpRequest) -> HttpResponseBase:
+    """Async twin of :func:`chat_completions`."""
+    return await _relay_async(request, "openai", "openai")
+
+
+@csrf_exempt
+async def amessages(request: HttpRequest) -> HttpResponseBase:
+    """Async twin of :func:`messages`."""
+    return await _relay_async(request, "anthropic", "anthropic")
+
+
+def _model_list() -> bytes:
+    engine = get_engine()
+    served = set(engine.providers)
+    now = int(time.time())
+    data = [
+        {"id": model.id, "object": "model", "created": now, "owned_by": model.provider}
+        for model in engine.catalog
+        if model.provider in served and model.mode == "chat"
+    ]
+    return json.dumps({"object": "list", "data": data}).encode()
+
+
+def _models_response(request: HttpRequest) -> HttpResponseBase:
+    if request.method != "GET":
+        return _not_allowed("openai", "GET")
+    if authenticate(request) is None:
+        return _refused("openai")
+    return HttpResponse(_model_list(), content_type="application/json")
+
+
+@csrf_exempt
+def models(request: HttpRequest) -> HttpResponseBase:
+    """``GET v1/models``: the catalog models of the providers the engine serves."""
+    return _models_response(request)
+
+
+@csrf_exempt
+async def amodels(request: HttpRequest) -> HttpResponseBase:
+    """Async twin of :func:`models`."""
+    auser = getattr(request, "auser", None)
+    if auser is not None and not _presented_key(request):
+        request.user = await auser()  # type: ignore[attr-defined]
+    return await sync_to_async(_models_response)(request)
