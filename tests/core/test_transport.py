@@ -1,0 +1,429 @@
+"""The explicit levels of interception: RoutingTransport and instrument_client.
+
+Upstreams are FakeProviders: the engine's own (offline mode) answer routed calls;
+a separate "caller" fake stands behind the host the code addressed, so a call that
+is sent on unchanged (observe mode, fail-open, metered endpoints) lands there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+
+from routing_middleware.context import route_hint
+from routing_middleware.engine import LLMRoute
+from routing_middleware.metering import MemorySink
+from routing_middleware.testing import FakeModel, FakeNetwork, FakeProvider
+from routing_middleware.transport import (
+    AsyncRoutingTransport,
+    RoutingTransport,
+    get_engine,
+    instrument_client,
+    set_engine,
+    uninstrument_client,
+)
+
+FAST: dict[str, Any] = {"offline_latency": "none"}
+CALLER_KEY = "sk-caller-openai-0123456789"
+CHAT_URL = "https://api.openai.com/v1/chat/completions"
+PREMIUM = "gpt-5.4"
+
+
+def _engine(**config: Any) -> LLMRoute:
+    return LLMRoute({**FAST, **config}, sink=MemorySink(), environ={})
+
+
+def _records(engine: LLMRoute) -> list[Any]:
+    sink = engine.sink
+    assert isinstance(sink, MemorySink)
+    return sink.records
+
+
+def _caller_network() -> tuple[FakeNetwork, FakeProvider, FakeProvider]:
+    """Fakes behind the hosts the caller's code addresses (not the engine's upstreams)."""
+    oa = FakeProvider(default_model=FakeModel("default", output_tokens=12))
+    an = FakeProvider(default_model=FakeModel("default", output_tokens=12))
+    return FakeNetwork({"api.openai.com": oa, "api.anthropic.com": an}), oa, an
+
+
+def _chat_body(model: str = PREMIUM, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "Summarize: hi"}], **extra}
+
+
+def _offline_fake(engine: LLMRoute, host: str) -> FakeProvider:
+    provider: FakeProvider = engine.fake_network.providers[host]
+    return provider
+
+
+# ----------------------------------------------------------------------------- explicit
+
+
+def test_plain_httpx_chat_call_is_routed_to_a_cheaper_model() -> None:
+    engine = _engine()
+    network, caller_fake, _ = _caller_network()
+    transport = RoutingTransport(network.transport(), engine=engine)
+    with httpx.Client(transport=transport) as client, route_hint(tier=1):
+        response = client.post(
+            CHAT_URL, json=_chat_body(), headers={"authorization": f"Bearer {CALLER_KEY}"}
+        )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"]
+    served = response.headers["x-llmroute-model"]
+    assert served != f"openai/{PREMIUM}"
+    assert body["model"] == served.split("/", 1)[1]
+    assert response.headers["x-llmroute-provider"] == served.split("/", 1)[0]
+    assert float(response.headers["x-llmroute-cost-usd"]) > 0
+    assert "hint_tier" in response.headers["x-llmroute-decision"]
+    assert caller_fake.calls == []  # the addressed host never saw it
+    [record] = _records(engine)
+    assert record.chosen_model == served
+    assert record.requested_model == f"openai/{PREMIUM}"
+
+
+def test_httpx2_transport_serves_the_openai_sdk_streaming() -> None:
+    engine = _engine()
+    network, _, _ = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    with route_hint(tier=1):
+        stream = client.chat.completions.create(
+            model=PREMIUM,
+            messages=[{"role": "user", "content": "hello"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None
+    assert chunks[0].model != PREMIUM
+    [record] = _records(engine)
+    assert record.streamed
+    assert record.status == "ok"
+
+
+def test_default_inner_transport_is_made_for_the_requests_library() -> None:
+    for lib, module in (("httpx", httpx), ("httpx2", httpx2)):
+        transport = RoutingTransport(lib=lib)  # type: ignore[arg-type]
+        request = module.Request("GET", "http://127.0.0.1:9/")
+        assert isinstance(transport._inner_for(request), module.HTTPTransport)
+        transport.close()
+    with pytest.raises(ValueError, match="lib must be"):
+        RoutingTransport(lib="requests")  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_async_httpx2_transport_with_the_anthropic_sdk() -> None:
+    engine = _engine()
+    network, _, anthropic_fake = _caller_network()
+    transport = AsyncRoutingTransport(network.async_transport("httpx2"), engine=engine)
+    client = anthropic.AsyncAnthropic(
+        api_key="sk-ant-caller", http_client=httpx2.AsyncClient(transport=transport), max_retries=0
+    )
+    hint = route_hint(tier=1, allow_providers=["openai", "deepseek"])
+    async with hint:
+        raw = await client.messages.with_raw_response.create(
+            model="claude-sonnet-4-6",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "Classify: refund"}],
+        )
+    message = await raw.parse()
+    assert message.content[0].type == "text"
+    assert raw.headers["x-llmroute-provider"] in {"openai", "deepseek"}
+    async with (
+        hint,
+        client.messages.stream(
+            model="claude-sonnet-4-6",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "Classify: refund"}],
+        ) as stream,
+    ):
+        final = await stream.get_final_message()
+    assert final.stop_reason == "end_turn"
+    assert anthropic_fake.calls == []
+    assert len(_records(engine)) == 2
+
+
+@pytest.mark.anyio
+async def test_plain_async_httpx_stream_is_incremental() -> None:
+    engine = _engine()
+    network, _, _ = _caller_network()
+    transport = AsyncRoutingTransport(network.async_transport(), engine=engine)
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        route_hint(tier=1),
+        client.stream("POST", CHAT_URL, json=_chat_body(stream=True)) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        parts = [line async for line in response.aiter_lines() if line.startswith("data:")]
+    assert parts[-1] == "data: [DONE]"
+    assert len(parts) > 3
+    [record] = _records(engine)
+    assert record.streamed
+
+
+# ----------------------------------------------------------------------------- per client
+
+
+def test_instrument_client_is_idempotent_and_reversible() -> None:
+    engine = _engine()
+    network, _, _ = _caller_network()
+    inner = network.transport("httpx2")
+    mounted = network.transport("httpx2")
+    client = httpx2.Client(transport=inner, mounts={"all://api.anthropic.com": mounted})
+    assert instrument_client(client, engine=engine) is client
+    instrument_client(client, engine=engine)
+    assert isinstance(client._transport, RoutingTransport)
+    assert client._transport.inner is inner
+    assert all(isinstance(t, RoutingTransport) for t in client._mounts.values())
+    sdk = openai.OpenAI(api_key=CALLER_KEY, http_client=client, max_retries=0)
+    with route_hint(tier=1):
+        raw = sdk.chat.completions.with_raw_response.create(
+            model=PREMIUM, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert raw.headers["x-llmroute-model"] != f"openai/{PREMIUM}"
+    uninstrument_client(client)
+    assert client._transport is inner
+    assert list(client._mounts.values()) == [mounted]
+
+
+@pytest.mark.anyio
+async def test_instrument_client_async_httpx() -> None:
+    engine = _engine()
+    network, _, _ = _caller_network()
+    client = instrument_client(
+        httpx.AsyncClient(transport=network.async_transport()), engine=engine
+    )
+    assert isinstance(client._transport, AsyncRoutingTransport)
+    async with route_hint(tier=1):
+        response = await client.post(CHAT_URL, json=_chat_body())
+    assert response.headers["x-llmroute-model"] != f"openai/{PREMIUM}"
+    await client.aclose()
+    with pytest.raises(TypeError, match="not an httpx"):
+        instrument_client(object())
+
+
+def test_set_engine_is_the_default() -> None:
+    engine = _engine()
+    set_engine(engine)
+    try:
+        assert get_engine() is engine
+        network, _, _ = _caller_network()
+        transport = RoutingTransport(network.transport())
+        with httpx.Client(transport=transport) as client, route_hint(tier=1):
+            client.post(CHAT_URL, json=_chat_body())
+        assert len(_records(engine)) == 1
+    finally:
+        set_engine(None)
+
+
+# ----------------------------------------------------------------------------- never break
+
+
+class _Broken(Exception):
+    pass
+
+
+def _break_router(engine: LLMRoute) -> None:
+    def decide(*args: Any, **kwargs: Any) -> Any:
+        raise _Broken("router bug")
+
+    engine.router.decide = decide  # type: ignore[method-assign]
+
+
+def test_fail_open_sends_the_original_request_unchanged(caplog: pytest.LogCaptureFixture) -> None:
+    engine = _engine()
+    _break_router(engine)
+    network, caller_fake, _ = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    with caplog.at_level(logging.ERROR, logger="llmroute.transport"):
+        completion = client.chat.completions.create(
+            model=PREMIUM, messages=[{"role": "user", "content": "hi"}], temperature=0.25
+        )
+    assert completion.model == PREMIUM
+    [call] = caller_fake.calls
+    assert call.model == PREMIUM
+    assert call.api_key == CALLER_KEY
+    assert call.body["temperature"] == 0.25
+    assert any("sending it unchanged" in r.getMessage() for r in caplog.records)
+    assert CALLER_KEY not in caplog.text
+    assert _offline_fake(engine, "api.openai.com").calls == []
+
+
+def test_fail_closed_answers_with_a_clean_error_in_the_callers_dialect() -> None:
+    engine = _engine(fail_open=False)
+    _break_router(engine)
+    network, caller_fake, anthropic_fake = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=PREMIUM, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 500
+    assert "fail_open" in caught.value.message
+    claude = anthropic.Anthropic(api_key="sk-ant-caller", http_client=http, max_retries=0)
+    with pytest.raises(anthropic.InternalServerError):
+        claude.messages.create(
+            model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
+    assert caller_fake.calls == []
+    assert anthropic_fake.calls == []
+
+
+def test_unreadable_request_goes_to_the_provider_as_sent() -> None:
+    engine = _engine()
+    network, caller_fake, _ = _caller_network()
+    with httpx.Client(transport=RoutingTransport(network.transport(), engine=engine)) as client:
+        response = client.post(CHAT_URL, content=b'{"model": "gpt-4o-mini"}')
+    # the provider's own judgement of the request, not ours
+    assert response.status_code == caller_fake.calls[0].status
+    assert "x-llmroute-model" not in response.headers
+    assert _records(engine) == []
+
+
+def test_upstream_errors_reach_the_caller_in_its_dialect() -> None:
+    engine = _engine(retry={"max_retries": 0})
+    upstream = _offline_fake(engine, "api.openai.com")
+    from routing_middleware.testing import Failure
+
+    upstream.add_model(FakeModel("gpt-4o-mini"))
+    upstream.inject("gpt-4o-mini", always=Failure.insufficient_quota())
+    network, _, _ = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    with (
+        route_hint(allow_models=["openai/gpt-4o-mini"]),
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.status_code == 429
+    assert caught.value.code == "insufficient_quota"
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def test_the_callers_key_never_reaches_another_provider(caplog: pytest.LogCaptureFixture) -> None:
+    engine = _engine()
+    network, _, _ = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    with caplog.at_level(logging.DEBUG), route_hint(allow_providers=["anthropic"], tier=1):
+        raw = client.chat.completions.with_raw_response.create(
+            model=PREMIUM, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert raw.headers["x-llmroute-provider"] == "anthropic"
+    calls = _offline_fake(engine, "api.anthropic.com").calls
+    assert len(calls) == 1
+    seen = json.dumps([c.api_key for c in calls]) + json.dumps([dict(c.headers) for c in calls])
+    assert CALLER_KEY not in seen
+    assert CALLER_KEY not in repr(_records(engine)) + caplog.text
+    assert CALLER_KEY not in repr(http._transport)
+
+
+# ----------------------------------------------------------------------------- observe
+
+
+def test_observe_mode_sends_the_original_and_meters_it() -> None:
+    engine = _engine(mode="observe")
+    network, caller_fake, _ = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    with route_hint(tier=1):
+        raw = client.chat.completions.with_raw_response.create(
+            model=PREMIUM, messages=[{"role": "user", "content": "hi"}]
+        )
+    completion = raw.parse()
+    assert completion.model == PREMIUM
+    assert raw.headers["x-llmroute-mode"] == "observe"
+    [call] = caller_fake.calls
+    assert call.api_key == CALLER_KEY
+    [record] = _records(engine)
+    assert record.mode == "observe"
+    assert record.chosen_model == record.requested_model == f"openai/{PREMIUM}"
+    assert completion.usage is not None
+    assert record.usage.output_tokens == completion.usage.completion_tokens
+    assert record.cost > 0
+    assert record.requested_cost == record.cost
+    assert "observe" in dict(record.reasons)
+    assert record.extra["routed_model"] != record.chosen_model
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_observe_mode_meters_streams(include_usage: bool) -> None:
+    engine = _engine(mode="observe")
+    network, caller_fake, _ = _caller_network()
+    transport = AsyncRoutingTransport(network.async_transport("httpx2"), engine=engine)
+    client = openai.AsyncOpenAI(
+        api_key=CALLER_KEY, http_client=httpx2.AsyncClient(transport=transport), max_retries=0
+    )
+    extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
+    stream = await client.chat.completions.create(
+        model=PREMIUM, messages=[{"role": "user", "content": "hi"}], stream=True, **extra
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text
+    assert len(caller_fake.calls) == 1
+    [record] = _records(engine)
+    assert record.streamed
+    assert record.mode == "observe"
+    assert record.usage.output_tokens > 0
+    assert record.usage.estimated is (not include_usage)
+    assert record.ttft_ms is not None
+
+
+def test_unknown_model_in_enforce_mode_passes_through_metered() -> None:
+    engine = _engine()
+    network, caller_fake, _ = _caller_network()
+    with httpx.Client(transport=RoutingTransport(network.transport(), engine=engine)) as client:
+        response = client.post(CHAT_URL, json=_chat_body("gpt-brand-new"))
+    assert response.status_code == 200
+    assert response.json()["model"] == "gpt-brand-new"
+    assert len(caller_fake.calls) == 1
+    [record] = _records(engine)
+    assert record.chosen_model == "gpt-brand-new"
+
+
+# ----------------------------------------------------------------------------- hygiene
+
+
+def test_importing_the_module_imports_no_http_library() -> None:
+    code = (
+        "import sys, routing_middleware.transport as t; "
+        "print(sorted(m for m in ('httpx', 'httpx2', 'openai') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_public_names() -> None:
+    import routing_middleware.transport as transport
+
+    assert transport.__all__ == sorted(transport.__all__)
+    assert set(transport.__all__) == {
+        "AsyncRoutingTransport",
+        "RoutingTransport",
+        "get_engine",
+        "instrument",
+        "instrument_client",
+        "is_instrumented",
+        "set_engine",
+        "suppress_interception",
+        "uninstrument",
+        "uninstrument_client",
+    }
