@@ -24,6 +24,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
@@ -237,24 +238,28 @@ async def _relay_async(
     return _to_django(answer)
 
 
+@transaction.non_atomic_requests
 @csrf_exempt
 def chat_completions(request: HttpRequest) -> HttpResponseBase:
     """``POST v1/chat/completions`` in the OpenAI dialect (streaming included)."""
     return _relay_sync(request, "openai", "openai")
 
 
+@transaction.non_atomic_requests
 @csrf_exempt
 def messages(request: HttpRequest) -> HttpResponseBase:
     """``POST v1/messages`` in the Anthropic dialect (streaming included)."""
     return _relay_sync(request, "anthropic", "anthropic")
 
 
+@transaction.non_atomic_requests
 @csrf_exempt
 async def achat_completions(request: HttpRequest) -> HttpResponseBase:
     """Async twin of :func:`chat_completions`."""
     return await _relay_async(request, "openai", "openai")
 
 
+@transaction.non_atomic_requests
 @csrf_exempt
 async def amessages(request: HttpRequest) -> HttpResponseBase:
     """Async twin of :func:`messages`."""
@@ -281,12 +286,14 @@ def _models_response(request: HttpRequest) -> HttpResponseBase:
     return HttpResponse(_model_list(), content_type="application/json")
 
 
+@transaction.non_atomic_requests
 @csrf_exempt
 def models(request: HttpRequest) -> HttpResponseBase:
     """``GET v1/models``: the catalog models of the providers the engine serves."""
     return _models_response(request)
 
 
+@transaction.non_atomic_requests
 @csrf_exempt
 async def amodels(request: HttpRequest) -> HttpResponseBase:
     """Async twin of :func:`models`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from django.utils.decorators import method_decorator
@@ -71,11 +72,13 @@ def decorated_context_view(request: HttpRequest) -> JsonResponse:
     return JsonResponse(seen())
 
 
+@transaction.non_atomic_requests
 async def acontext_view(request: HttpRequest) -> JsonResponse:
     """Async twin of :func:`context_view`."""
     return JsonResponse(seen())
 
 
+@transaction.non_atomic_requests
 @llm_route(feature="async-summary", tier="cheap")
 async def adecorated_context_view(request: HttpRequest) -> JsonResponse:
     """Async twin of :func:`decorated_context_view`."""
@@ -93,11 +96,13 @@ def ask_decorated(request: HttpRequest) -> JsonResponse:
     return JsonResponse(_answer(get_engine().complete(question())))
 
 
+@transaction.non_atomic_requests
 async def aask(request: HttpRequest) -> JsonResponse:
     """One LLM call from an async view."""
     return JsonResponse(_answer(await get_engine().acomplete(question())))
 
 
+@transaction.non_atomic_requests
 @llm_route(feature="async-summary")
 async def aask_decorated(request: HttpRequest) -> JsonResponse:
     """One LLM call from a decorated async view."""
@@ -130,6 +135,7 @@ def stream_later(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks(), content_type="text/plain")
 
 
+@transaction.non_atomic_requests
 @llm_route(feature="astreamed-feature")
 async def astream_later(request: HttpRequest) -> StreamingHttpResponse:
     """Async twin of :func:`stream_later`."""
@@ -221,9 +227,15 @@ urlpatterns: list[Any] = [
     path("astream/", astream_later, name="astream"),
     path("budgeted/", budgeted, name="budgeted"),
     path("cbv/mixin/", MixinView.as_view(), name="cbv-mixin"),
-    path("cbv/amixin/", AsyncMixinView.as_view(), name="cbv-amixin"),
+    path(
+        "cbv/amixin/", transaction.non_atomic_requests(AsyncMixinView.as_view()), name="cbv-amixin"
+    ),
     path("cbv/decorated/", DecoratedView.as_view(), name="cbv-decorated"),
-    path("cbv/adecorated/", AsyncDecoratedView.as_view(), name="cbv-adecorated"),
+    path(
+        "cbv/adecorated/",
+        transaction.non_atomic_requests(AsyncDecoratedView.as_view()),
+        name="cbv-adecorated",
+    ),
     path("cbv/ask/", AskView.as_view(), name="cbv-ask"),
 ]
 
@@ -272,11 +284,5 @@ else:
     def ninja_hinted(request: HttpRequest, word: str = "none") -> dict[str, Any]:
         """A django-ninja operation with hints (and a query parameter ninja must still see)."""
         return {**seen(), "word": word}
-
-    @ninja_api.get("/ahinted")
-    @llm_route(feature="ninja-async-endpoint")
-    async def ninja_ahinted(request: HttpRequest) -> dict[str, Any]:
-        """An async django-ninja operation with hints."""
-        return seen()
 
     urlpatterns += [path("ninja/", ninja_api.urls)]
