@@ -83,6 +83,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 LOGIN_URL = "admin:login"
 
+# Running offline is this demo's default, and every page says so: no need to warn.
+SILENCED_SYSTEM_CHECKS = ["django_llmroute.W004"]
+
 # The whole llmroute configuration. The views below use the official SDKs as they
 # are; INSTRUMENT_HTTPX makes llmroute catch their calls.
 LLMROUTE = {

@@ -1,22 +1,24 @@
 """What the page shows after an LLM call: who answered, for how much, and why.
 
-llmroute adds ``x-llmroute-*`` headers to every response it intercepts; the SDKs
-expose them through ``with_raw_response``. The cost the requested model would
-have had is priced here from the same token usage, with the catalog's list prices.
+llmroute adds ``x-llmroute-*`` headers to every response it intercepts (model,
+provider, cost, the requested model's cost, the decision's reason codes); the SDKs
+expose them through ``with_raw_response``. The call's usage records, collected
+while it runs, add the decision's reasons in words. What a header leaves out (a
+stream's cost is known only at its end) is priced from the token usage with the
+catalog's list prices.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
+from routing_middleware.metering import UsageRecord
 from routing_middleware.pricing import cost_of
 from routing_middleware.schema import Usage
 
-__all__ = ["RoutedAnswer", "parse_reasons", "price"]
+__all__ = ["REASON_CODES", "RoutedAnswer", "parse_reasons", "price"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +57,40 @@ class RoutedAnswer:
         headers: Mapping[str, str],
         requested_model: str,
         usage: Usage,
+        records: Sequence[UsageRecord] = (),
         latency_ms: float | None = None,
         streamed: bool = False,
         answered_by: str | None = None,
     ) -> RoutedAnswer:
-        """Read llmroute's headers, and price what they leave out from ``usage``."""
+        """Read llmroute's headers and the call's usage records, and price what is missing.
+
+        ``records`` are the call's usage records (``collect_records()``); they carry
+        the decision's reasons as sentences, where the header has only their codes.
+        """
         model = headers.get("x-llmroute-model") or answered_by or requested_model
         cost = _decimal(headers.get("x-llmroute-cost-usd"))
+        requested_cost = _decimal(headers.get("x-llmroute-requested-cost-usd"))
+        if records:
+            if cost is None:
+                cost = sum((r.cost for r in records), Decimal(0))
+            if requested_cost is None and all(r.requested_cost is not None for r in records):
+                requested_cost = sum((r.requested_cost or Decimal(0) for r in records), Decimal(0))
         if cost is None:
             cost = price(usage, model)
+        if requested_cost is None:
+            requested_cost = price(usage, requested_model)
+        sentences = next((list(r.reasons) for r in reversed(records) if r.reasons), [])
+        reasons = [message for _, message in sentences] or parse_reasons(
+            headers.get("x-llmroute-decision")
+        )
         return cls(
             text=text,
             requested_model=requested_model,
             model=model,
             provider=headers.get("x-llmroute-provider") or "—",
             cost=cost,
-            requested_cost=price(usage, requested_model),
-            reasons=parse_reasons(headers.get("x-llmroute-decision")),
+            requested_cost=requested_cost,
+            reasons=reasons,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             latency_ms=latency_ms,
@@ -87,32 +106,28 @@ def price(usage: Usage, model: str) -> Decimal | None:
         return None
 
 
-def parse_reasons(header: str | None) -> list[str]:
-    """The decision's reasons from the ``x-llmroute-decision`` header, as sentences.
+#: What the reason codes of ``x-llmroute-decision`` mean, for when only the header is known.
+REASON_CODES = {
+    "hint_tier": "the view's tier hint chose the tier",
+    "classifier": "the complexity classifier chose the tier",
+    "requested_tier": "the tier of the requested model",
+    "default_tier": "no tier given: the balanced tier",
+    "rule": "a routing rule matched",
+    "budget_downgrade": "a budget near its limit downgraded the tier",
+    "budget_cheapest": "a budget near its limit sent it to the cheapest model",
+    "excluded_sla": "a model too slow for the latency SLA was excluded",
+    "excluded_unavailable": "an unavailable deployment was excluded",
+    "chosen": "the cheapest eligible model in the tier was chosen",
+    "observe": "observe mode: the requested model was kept",
+}
 
-    Accepts a JSON document (a list of reasons, or an object with ``reasons``;
-    each reason a string, a ``[code, sentence]`` pair or ``{"code", "message"}``)
-    and falls back to ``;``-separated text.
-    """
+
+def parse_reasons(header: str | None) -> list[str]:
+    """Explain the comma-separated reason codes of an ``x-llmroute-decision`` header."""
     if not header:
         return []
-    try:
-        data: Any = json.loads(header)
-    except ValueError:
-        return [part.strip() for part in header.split(";") if part.strip()]
-    if isinstance(data, dict):
-        data = data.get("reasons", [])
-    if not isinstance(data, list):
-        return [str(data)]
-    out: list[str] = []
-    for item in data:
-        if isinstance(item, list | tuple) and item:
-            out.append(str(item[-1]))
-        elif isinstance(item, dict):
-            out.append(str(item.get("message") or item.get("code") or item))
-        else:
-            out.append(str(item))
-    return out
+    codes = [code.strip() for code in header.split(",") if code.strip()]
+    return [f"{REASON_CODES.get(code, code)} ({code})" for code in codes]
 
 
 def _decimal(value: str | None) -> Decimal | None:

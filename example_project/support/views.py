@@ -18,9 +18,11 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
-from django_llmroute.decorators import llm_route
 from openai import OpenAI
 
+from django_llmroute.decorators import llm_route
+from django_llmroute.runtime import collect_records
+from routing_middleware.metering import UsageRecord
 from routing_middleware.schema import Usage
 
 from .models import Ticket
@@ -91,21 +93,23 @@ def summarize_ticket(request: HttpRequest, pk: int) -> HttpResponse:
     """A two-sentence summary: a cheap model is good enough."""
     ticket = get_object_or_404(Ticket, pk=pk)
     started = time.perf_counter()
-    raw = client.chat.completions.with_raw_response.create(
-        model=MODEL,
-        max_tokens=200,
-        messages=[
-            {"role": "system", "content": SYSTEM},
-            {
-                "role": "user",
-                "content": "Summarize this ticket in two sentences.\n\n" + _ticket_text(ticket),
-            },
-        ],
-    )
+    with collect_records() as records:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            max_tokens=200,
+            messages=[
+                {"role": "system", "content": SYSTEM},
+                {
+                    "role": "user",
+                    "content": "Summarize this ticket in two sentences.\n\n" + _ticket_text(ticket),
+                },
+            ],
+        )
     completion = raw.parse()
     answer = RoutedAnswer.build(
         text=completion.choices[0].message.content or "",
         headers=raw.headers,
+        records=records,
         requested_model=MODEL,
         usage=_openai_usage(completion.usage),
         latency_ms=(time.perf_counter() - started) * 1000,
@@ -120,21 +124,23 @@ def classify_ticket(request: HttpRequest, pk: int) -> HttpResponse:
     """A category for the ticket. No tier hint: llmroute's classifier decides."""
     ticket = get_object_or_404(Ticket, pk=pk)
     started = time.perf_counter()
-    raw = client.chat.completions.with_raw_response.create(
-        model=MODEL,
-        max_tokens=200,
-        messages=[
-            {
-                "role": "user",
-                "content": "Classify this support ticket as one of: billing, bug, how-to, "
-                "account, legal. Answer with the category only.\n\n" + _ticket_text(ticket),
-            }
-        ],
-    )
+    with collect_records() as records:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            max_tokens=200,
+            messages=[
+                {
+                    "role": "user",
+                    "content": "Classify this support ticket as one of: billing, bug, how-to, "
+                    "account, legal. Answer with the category only.\n\n" + _ticket_text(ticket),
+                }
+            ],
+        )
     completion = raw.parse()
     answer = RoutedAnswer.build(
         text=completion.choices[0].message.content or "",
         headers=raw.headers,
+        records=records,
         requested_model=MODEL,
         usage=_openai_usage(completion.usage),
         latency_ms=(time.perf_counter() - started) * 1000,
@@ -149,23 +155,25 @@ def legal_review(request: HttpRequest, pk: int) -> HttpResponse:
     """A compliance check with the Anthropic SDK: premium models, under an 8 s SLA."""
     ticket = get_object_or_404(Ticket, pk=pk)
     started = time.perf_counter()
-    raw = claude.messages.with_raw_response.create(
-        model=LEGAL_MODEL,
-        max_tokens=400,
-        system="You review customer replies for legal and compliance risk.",
-        messages=[
-            {
-                "role": "user",
-                "content": "List any legal or compliance risks in answering this ticket, "
-                "and what the reply must not promise.\n\n" + _ticket_text(ticket),
-            }
-        ],
-    )
+    with collect_records() as records:
+        raw = claude.messages.with_raw_response.create(
+            model=LEGAL_MODEL,
+            max_tokens=400,
+            system="You review customer replies for legal and compliance risk.",
+            messages=[
+                {
+                    "role": "user",
+                    "content": "List any legal or compliance risks in answering this ticket, "
+                    "and what the reply must not promise.\n\n" + _ticket_text(ticket),
+                }
+            ],
+        )
     message = raw.parse()
     text = "".join(block.text for block in message.content if block.type == "text")
     answer = RoutedAnswer.build(
         text=text,
         headers=raw.headers,
+        records=records,
         requested_model=LEGAL_MODEL,
         usage=_anthropic_usage(message.usage),
         latency_ms=(time.perf_counter() - started) * 1000,
@@ -202,17 +210,22 @@ def draft_reply(request: HttpRequest, pk: int) -> HttpResponse:
     stream = raw.parse()
     headers = raw.headers
 
+    records: list[UsageRecord] = []
+
     def pieces() -> Iterator[tuple[str, Usage | None, str | None]]:
-        with stream:
+        # The call's record is written when the stream closes: collect it then.
+        with collect_records() as collected, stream:
             for chunk in stream:
                 usage = _openai_usage(chunk.usage) if chunk.usage else None
                 text = "".join(c.delta.content or "" for c in chunk.choices if c.delta)
                 yield text, usage, chunk.model
+        records.extend(collected)
 
     def finish(text: str, usage: Usage | None, model: str | None) -> RoutedAnswer:
         return RoutedAnswer.build(
             text=text,
             headers=headers,
+            records=records,
             requested_model=MODEL,
             usage=usage or Usage(input_tokens=0, output_tokens=0, estimated=True),
             latency_ms=(time.perf_counter() - started) * 1000,

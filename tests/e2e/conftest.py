@@ -79,22 +79,43 @@ def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield Site(url, db_path)
 
 
+def _tab(browser: Browser, site: Site, storage_state: Path | None = None) -> Page:
+    context = browser.new_context(
+        base_url=site.url,
+        viewport={"width": 1280, "height": 900},
+        storage_state=storage_state,
+    )
+    context.set_default_timeout(15_000)
+    return context.new_page()
+
+
+@pytest.fixture(scope="session")
+def admin_session(browser: Browser, site: Site, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Cookies of an admin session, signed in once through the login form."""
+    tab = _tab(browser, site)
+    tab.goto("/admin/login/?next=/admin/")
+    tab.fill("#id_username", ADMIN_USERNAME)
+    tab.fill("#id_password", ADMIN_PASSWORD)
+    tab.click("input[type=submit]")
+    tab.wait_for_url("**/admin/")
+    assert "Log out" in tab.content() or tab.locator("#logout-form").count() == 1
+    state = tmp_path_factory.mktemp("auth") / "admin.json"
+    tab.context.storage_state(path=str(state))
+    tab.context.close()
+    return state
+
+
 @pytest.fixture
 def page(browser: Browser, site: Site) -> Iterator[Page]:
-    """A fresh browser tab (its own cookies) on the site."""
-    context = browser.new_context(base_url=site.url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
-    tab = context.new_page()
+    """A fresh, anonymous browser tab (its own cookies) on the site."""
+    tab = _tab(browser, site)
     yield tab
-    context.close()
+    tab.context.close()
 
 
 @pytest.fixture
-def admin_page(page: Page) -> Page:
+def admin_page(browser: Browser, site: Site, admin_session: Path) -> Iterator[Page]:
     """A tab signed in to the admin as the demo administrator."""
-    page.goto("/admin/login/?next=/admin/")
-    page.fill("#id_username", ADMIN_USERNAME)
-    page.fill("#id_password", ADMIN_PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url("**/admin/")
-    return page
+    tab = _tab(browser, site, admin_session)
+    yield tab
+    tab.context.close()
