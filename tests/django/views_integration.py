@@ -154,7 +154,7 @@ async def astream_later(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks(), content_type="text/plain")
 
 
-@llm_route(feature="budgeted")
+@llm_route(feature="budgeted", tier="premium")
 def budgeted(request: HttpRequest) -> JsonResponse:
     """One call under the budgets; 402 with the budget's name when one blocks."""
     try:
