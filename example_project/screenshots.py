@@ -12,12 +12,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from example_project.demo_login import ADMIN_PASSWORD, ADMIN_USERNAME
 from example_project.server import demo_env, prepare, serve
+
+if TYPE_CHECKING:
+    from playwright.sync_api import FloatRect
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 CHROMIUM = os.environ.get("LLMROUTE_CHROMIUM", "/usr/bin/chromium")
@@ -29,6 +33,10 @@ ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
 ]
+
+
+def _top(height: int) -> FloatRect:
+    return {"x": 0, "y": 0, "width": 1440, "height": height}
 
 
 def main() -> int:
@@ -43,7 +51,7 @@ def main() -> int:
         with serve(db_path, env=env) as base, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             context = browser.new_context(
-                base_url=base, viewport={"width": 1360, "height": 900}, device_scale_factor=1
+                base_url=base, viewport={"width": 1440, "height": 900}, device_scale_factor=1
             )
             page = context.new_page()
             page.set_default_timeout(20_000)
@@ -64,10 +72,13 @@ def main() -> int:
             page.wait_for_selector("#routing-panel #routing")
             page.screenshot(path=str(DOCS / "demo-draft-reply.png"), full_page=True)
 
+            # The admin reports are long: the top of each (totals, charts) tells the story.
             page.goto("/admin/django_llmroute/costreport/")
-            page.screenshot(path=str(DOCS / "cost-report.png"), full_page=True)
+            page.screenshot(path=str(DOCS / "cost-report.png"), full_page=True, clip=_top(1500))
             page.goto("/admin/django_llmroute/routingdecision/")
-            page.screenshot(path=str(DOCS / "routing-decisions.png"), full_page=True)
+            page.screenshot(
+                path=str(DOCS / "routing-decisions.png"), full_page=True, clip=_top(1250)
+            )
             page.goto("/admin/django_llmroute/budget/")
             page.screenshot(path=str(DOCS / "budgets.png"))
             browser.close()

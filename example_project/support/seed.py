@@ -137,7 +137,7 @@ FEATURES = (
     _Feature(
         "ticket-summary",
         0.36,
-        "gpt-5.4",
+        "openai/gpt-5.4",
         1,
         (_FLASH_LITE, _GPT5_MINI),
         (1500, 6000),
@@ -147,7 +147,7 @@ FEATURES = (
     _Feature(
         "ticket-reply",
         0.24,
-        "gpt-5.4",
+        "openai/gpt-5.4",
         2,
         (_FLASH, _GPT54_MINI),
         (2500, 9000),
@@ -157,7 +157,7 @@ FEATURES = (
     _Feature(
         "ticket-classify",
         0.22,
-        "gpt-5.4",
+        "openai/gpt-5.4",
         None,
         (_FLASH_LITE, _GPT5_MINI, _FLASH),
         (400, 1800),
@@ -165,12 +165,18 @@ FEATURES = (
         cacheable=True,
     ),
     _Feature(
-        "legal-review", 0.08, "claude-opus-4-7", 3, (_GPT54, _SONNET), (4000, 14000), (250, 800)
+        "legal-review",
+        0.08,
+        "anthropic/claude-opus-4-7",
+        3,
+        (_GPT54, _SONNET),
+        (4000, 14000),
+        (250, 800),
     ),
     _Feature(
         "help-center",
         0.10,
-        "gpt-5.4-mini",
+        "openai/gpt-5.4-mini",
         2,
         (_FLASH, _GPT54_MINI),
         (1200, 5000),
@@ -222,7 +228,7 @@ def _reasons(
         reasons.append(("hint_tier", f"hint → tier {tier}"))
     cost = cost_of(usage, route.model)
     requested = cost_of(usage, feature.requested)
-    if route.model.endswith("/" + feature.requested):
+    if route.model == feature.requested:
         reasons.append(("chosen", f"chose {route.model} (tier {tier}) at ~{_money(cost)}"))
     else:
         reasons.append(
