@@ -1,0 +1,418 @@
+"""What interception adds to an LLM call: latency, CPU and time to first chunk.
+
+Setup: a local fake OpenAI-compatible upstream in a subprocess
+(``benchmarks/_fake_upstream.py``: raw asyncio, canned answers, no delay). The
+engine is configured with ``openai`` at that server and a hint that keeps the
+requested model, so a routed call makes exactly one upstream round trip, like the
+raw call: the difference is llmroute's own work (parse, decide, dispatch, decode,
+re-encode, meter) plus its upstream client.
+
+Compared, per library (``httpx``, ``httpx2``) and per shape (JSON, stream):
+
+- ``raw``: a plain client;
+- ``explicit``: the same client with ``RoutingTransport`` around its default transport;
+- ``instrument``: a plain client under global :func:`instrument`.
+
+Sequential calls use the sync client; ``--concurrency`` calls in flight use the
+async client. Paths alternate in batches so drift hits all of them alike. Reported:
+p50/p99 latency and the amount added over raw, CPU per call (``time.process_time``
+of this process; the server runs elsewhere) and, for streams, time to the first
+``data:`` line. Targets (added over raw): p50 <= 0.25 ms, p99 <= 1 ms, CPU <= 0.3 ms
+per call, time to first chunk <= 0.5 ms.
+
+``--profile`` profiles routed calls (explicit, httpx2, JSON, sequential) and prints
+where their time goes, by module.
+
+Usage: ``python benchmarks/bench_interception.py [--calls N] [--concurrency C]
+[--rounds R] [--profile] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import httpx2  # noqa: E402
+
+from routing_middleware.context import route_hint  # noqa: E402
+from routing_middleware.engine import LLMRoute  # noqa: E402
+from routing_middleware.metering import MemorySink  # noqa: E402
+from routing_middleware.providers.registry import register_base_url  # noqa: E402
+from routing_middleware.transport import (  # noqa: E402
+    AsyncRoutingTransport,
+    RoutingTransport,
+    instrument,
+    uninstrument,
+)
+
+LIBS: dict[str, Any] = {"httpx": httpx, "httpx2": httpx2}
+PATHS = ("raw", "explicit", "instrument")
+MODEL = "gpt-4o-mini"
+BODY = json.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "Say hello to the benchmark."}]}
+).encode()
+STREAM_BODY = json.dumps(
+    {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+).encode()
+HEADERS = {"authorization": "Bearer sk-caller", "content-type": "application/json"}
+
+
+def start_upstream() -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_fake_upstream.py"))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith("PORT "):
+        process.kill()
+        raise RuntimeError("the fake upstream did not start")
+    return process, int(line.split()[1])
+
+
+def make_engine(base: str) -> LLMRoute:
+    register_base_url("openai", base)
+    return LLMRoute(
+        {
+            "providers": {"openai": {"api_key": "sk-engine", "base_url": base}},
+            "offline": "never",
+            "cache": {"enabled": False},
+            "mode": "enforce",
+        },
+        sink=MemorySink(maxlen=1000),
+    )
+
+
+# ----------------------------------------------------------------------------- one call
+
+
+def call_sync(client: Any, url: str, stream: bool) -> tuple[float, float | None]:
+    """One call; ``(latency, time to first data line or None)`` in seconds."""
+    start = time.perf_counter()
+    if not stream:
+        response = client.post(url, content=BODY, headers=HEADERS)
+        response.read()
+        assert response.status_code == 200, response.text
+        return time.perf_counter() - start, None
+    first = None
+    with client.stream("POST", url, content=STREAM_BODY, headers=HEADERS) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if first is None and line.startswith("data:"):
+                first = time.perf_counter() - start
+    return time.perf_counter() - start, first
+
+
+async def call_async(client: Any, url: str, stream: bool) -> tuple[float, float | None]:
+    start = time.perf_counter()
+    if not stream:
+        response = await client.post(url, content=BODY, headers=HEADERS)
+        await response.aread()
+        assert response.status_code == 200, response.text
+        return time.perf_counter() - start, None
+    first = None
+    async with client.stream("POST", url, content=STREAM_BODY, headers=HEADERS) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if first is None and line.startswith("data:"):
+                first = time.perf_counter() - start
+    return time.perf_counter() - start, first
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+class Samples:
+    def __init__(self) -> None:
+        self.latency: list[float] = []
+        self.ttft: list[float] = []
+        self.cpu = 0.0
+        self.calls = 0
+
+    def add(self, latency: float, ttft: float | None) -> None:
+        self.latency.append(latency)
+        if ttft is not None:
+            self.ttft.append(ttft)
+
+    def summary(self) -> dict[str, float | None]:
+        lat = sorted(self.latency)
+        ttft = sorted(self.ttft)
+        return {
+            "p50_ms": _pct(lat, 50) * 1000,
+            "p99_ms": _pct(lat, 99) * 1000,
+            "cpu_ms": self.cpu / self.calls * 1000,
+            "ttft_p50_ms": _pct(ttft, 50) * 1000 if ttft else None,
+        }
+
+
+def _pct(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    index = min(len(values) - 1, round(pct / 100 * (len(values) - 1)))
+    return values[index]
+
+
+def _client(lib: Any, path: str, engine: LLMRoute, is_async: bool) -> Any:
+    limits = lib.Limits(max_connections=200, max_keepalive_connections=200)
+    if path != "explicit":
+        return lib.AsyncClient(limits=limits) if is_async else lib.Client(limits=limits)
+    if is_async:
+        inner = lib.AsyncHTTPTransport(limits=limits)
+        return lib.AsyncClient(transport=AsyncRoutingTransport(inner, engine=engine))
+    inner = lib.HTTPTransport(limits=limits)
+    return lib.Client(transport=RoutingTransport(inner, engine=engine))
+
+
+def run_sequential(
+    lib: Any, stream: bool, url: str, engine: LLMRoute, calls: int, rounds: int
+) -> dict[str, Samples]:
+    samples = {path: Samples() for path in PATHS}
+    clients = {path: _client(lib, path, engine, False) for path in PATHS}
+    batch = max(1, calls // rounds)
+    try:
+        for path in PATHS:  # warm up connections and caches
+            with _instrumented(path, engine):
+                for _ in range(50):
+                    call_sync(clients[path], url, stream)
+        for _ in range(rounds):
+            for path in PATHS:
+                with _instrumented(path, engine):
+                    gc.collect()
+                    cpu = time.process_time()
+                    for _ in range(batch):
+                        samples[path].add(*call_sync(clients[path], url, stream))
+                    samples[path].cpu += time.process_time() - cpu
+                    samples[path].calls += batch
+    finally:
+        for client in clients.values():
+            client.close()
+    return samples
+
+
+def run_concurrent(
+    lib: Any, stream: bool, url: str, engine: LLMRoute, calls: int, rounds: int, width: int
+) -> dict[str, Samples]:
+    async def main() -> dict[str, Samples]:
+        samples = {path: Samples() for path in PATHS}
+        clients = {path: _client(lib, path, engine, True) for path in PATHS}
+        batch = max(width, calls // rounds)
+
+        async def wave(path: str, total: int, record: bool) -> None:
+            client = clients[path]
+            per_worker = max(1, total // width)
+
+            async def worker() -> None:
+                for _ in range(per_worker):
+                    result = await call_async(client, url, stream)
+                    if record:
+                        samples[path].add(*result)
+
+            await asyncio.gather(*(worker() for _ in range(width)))
+
+        try:
+            for path in PATHS:
+                with _instrumented(path, engine):
+                    await wave(path, width * 4, record=False)
+            for _ in range(rounds):
+                for path in PATHS:
+                    with _instrumented(path, engine):
+                        gc.collect()
+                        cpu = time.process_time()
+                        await wave(path, batch, record=True)
+                        samples[path].cpu += time.process_time() - cpu
+                        samples[path].calls += (batch // width) * width
+        finally:
+            for client in clients.values():
+                await client.aclose()
+            await engine.dispatcher.aclose()
+        return samples
+
+    with route_hint(allow_models=[f"openai/{MODEL}"]):
+        return asyncio.run(main())
+
+
+class _instrumented:  # noqa: N801 - used like a function
+    def __init__(self, path: str, engine: LLMRoute) -> None:
+        self.on = path == "instrument"
+        self.engine = engine
+
+    def __enter__(self) -> None:
+        if self.on:
+            instrument(self.engine)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.on:
+            uninstrument()
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def profile(url: str, engine: LLMRoute, calls: int) -> str:
+    client = _client(httpx2, "explicit", engine, False)
+    raw = _client(httpx2, "raw", engine, False)
+    for _ in range(100):
+        call_sync(client, url, False)
+        call_sync(raw, url, False)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        call_sync(client, url, False)
+    profiler.disable()
+    rawprof = cProfile.Profile()
+    rawprof.enable()
+    for _ in range(calls):
+        call_sync(raw, url, False)
+    rawprof.disable()
+    client.close()
+    raw.close()
+    lines = [f"profile of {calls} routed httpx2 JSON calls (explicit transport)"]
+    for title, prof in (("routed", profiler), ("raw", rawprof)):
+        stats = pstats.Stats(prof)
+        by_module: dict[str, float] = {}
+        for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+            by_module[_module(filename)] = by_module.get(_module(filename), 0.0) + tottime
+        total = sum(by_module.values())
+        lines.append(f"\n{title}: {total / calls * 1e6:.0f} us per call (profiled), own time by module:")
+        for name, seconds in sorted(by_module.items(), key=lambda kv: -kv[1])[:22]:
+            lines.append(f"  {seconds / calls * 1e6:8.1f} us  {name}")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("cumulative")
+    lines.append("\nrouted, top functions by cumulative time (us per call):")
+    rows = sorted(
+        stats.stats.items(),  # type: ignore[attr-defined]
+        key=lambda kv: -kv[1][3],
+    )
+    shown = 0
+    for (filename, line, name), (_, _, _, cumtime, _) in rows:
+        module = _module(filename)
+        if not module.startswith("routing_middleware") and shown > 3:
+            continue
+        lines.append(f"  {cumtime / calls * 1e6:8.1f}  {module}:{line} {name}")
+        shown += 1
+        if shown >= 30:
+            break
+    return "\n".join(lines)
+
+
+def _module(filename: str) -> str:
+    path = filename.replace("\\", "/")
+    for marker in ("site-packages/", "/routing_middleware/"):
+        if marker in path:
+            tail = path.split(marker, 1)[1]
+            if marker == "/routing_middleware/":
+                tail = "routing_middleware/" + tail
+            parts = tail.split("/")
+            return "/".join(parts[:2]) if parts[0] != "routing_middleware" else tail
+    if path.startswith("<"):
+        return "builtins"
+    return "stdlib/" + path.rsplit("/", 1)[-1]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _fmt(value: float | None) -> str:
+    return "    -" if value is None else f"{value:6.3f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=2000, help="calls per path and scenario")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    process, port = start_upstream()
+    base = f"http://127.0.0.1:{port}/v1"
+    url = f"{base}/chat/completions"
+    engine = make_engine(base)
+    try:
+        with route_hint(allow_models=[f"openai/{MODEL}"]):
+            check = httpx.Client(transport=RoutingTransport(engine=engine))
+            served = check.post(url, content=BODY, headers=HEADERS).headers["x-llmroute-model"]
+            check.close()
+            assert served == f"openai/{MODEL}", served
+            if args.profile:
+                print(profile(url, engine, min(args.calls, 2000)))
+                return
+            results: list[dict[str, Any]] = []
+            runs: list[tuple[str, Callable[[Any, bool], dict[str, Samples]]]] = [
+                (
+                    "sequential",
+                    lambda lib, s: run_sequential(lib, s, url, engine, args.calls, args.rounds),
+                ),
+                (
+                    f"{args.concurrency} concurrent",
+                    lambda lib, s: run_concurrent(
+                        lib, s, url, engine, args.calls, args.rounds, args.concurrency
+                    ),
+                ),
+            ]
+            for shape_name, run in runs:
+                for lib_name, lib in LIBS.items():
+                    for stream in (False, True):
+                        samples = run(lib, stream)
+                        base_summary = samples["raw"].summary()
+                        for path in PATHS:
+                            summary = samples[path].summary()
+                            row: dict[str, Any] = {
+                                "shape": shape_name,
+                                "lib": lib_name,
+                                "stream": stream,
+                                "path": path,
+                                **summary,
+                            }
+                            if path != "raw":
+                                for key in ("p50_ms", "p99_ms", "cpu_ms", "ttft_p50_ms"):
+                                    a, b = summary[key], base_summary[key]
+                                    row[f"added_{key}"] = None if a is None or b is None else a - b
+                            results.append(row)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        engine.close()
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"{'shape':<14} {'lib':<7} {'kind':<6} {'path':<10} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'cpu ms':>7} {'ttft ms':>7} | "
+        f"{'+p50':>7} {'+p99':>7} {'+cpu':>7} {'+ttft':>7}"
+    )
+    for row in results:
+        added = [row.get(f"added_{k}") for k in ("p50_ms", "p99_ms", "cpu_ms", "ttft_p50_ms")]
+        tail = " ".join(_fmt(a) for a in added) if row["path"] != "raw" else ""
+        print(
+            f"{row['shape']:<14} {row['lib']:<7} {'stream' if row['stream'] else 'json':<6} "
+            f"{row['path']:<10} {_fmt(row['p50_ms'])}  {_fmt(row['p99_ms'])}  "
+            f"{_fmt(row['cpu_ms'])}  {_fmt(row['ttft_p50_ms'])} | {tail}"
+        )
+
+
+if __name__ == "__main__":
+    main()
