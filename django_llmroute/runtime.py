@@ -270,7 +270,6 @@ def get_engine() -> LLMRoute:
         _state.budgets_version = version
         _state.checked_at = time.monotonic()
         _start_refresher(settings, engine)
-        _point_transport(engine)
         return engine
 
 
@@ -349,17 +348,6 @@ def reset(*, close_sink: bool = False) -> None:
 # ---------------------------------------------------------------------- interception
 
 
-def _point_transport(engine: LLMRoute) -> None:
-    if not _state.instrumented:
-        return
-    try:
-        from routing_middleware import transport
-
-        transport.set_engine(engine)  # type: ignore[attr-defined]
-    except Exception:
-        logger.exception("llmroute: could not hand the new engine to the interception")
-
-
 def _sync_instrumentation() -> None:
     """Install or remove httpx interception to match ``INSTRUMENT_HTTPX``."""
     try:
@@ -375,15 +363,15 @@ def _sync_instrumentation() -> None:
         return
     if wanted:
         # The engine is built on the first intercepted call, not now (no database
-        # access while apps load).
-        transport.instrument(engine=_LazyEngine())  # type: ignore[attr-defined]
+        # access while apps load), and followed through every rebuild.
+        transport.instrument(engine=_LazyEngine())  # type: ignore[arg-type]
     else:
-        transport.uninstrument()  # type: ignore[attr-defined]
+        transport.uninstrument()
     _state.instrumented = wanted
 
 
 class _LazyEngine:
-    """Stands for :func:`get_engine`'s engine until the first call needs it."""
+    """Stands for :func:`get_engine`'s engine: every attribute is read from the current one."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(get_engine(), name)
