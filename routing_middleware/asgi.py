@@ -1,0 +1,325 @@
+"""Pure ASGI middleware that gives every HTTP request its routing context.
+
+::
+
+    app = Starlette(routes=..., middleware=[Middleware(RoutingMiddleware, engine=engine)])
+    app.add_middleware(RoutingMiddleware, engine=engine)  # FastAPI the same
+
+For each HTTP request the middleware makes a :class:`RouteContext` current for
+the request's whole life, background tasks included, and restores the previous
+one when the request ends, even when the app raised:
+
+- ``user_id``: from ``user(scope)`` when given, else from ``scope["user"]`` as
+  an authentication middleware sets it (its ``identity``, ``id``, ``pk`` or
+  ``username``; an anonymous user is ``None``). Set it before or after this
+  middleware: a user that appears later is picked up when it does.
+- ``feature`` and the other hints: from the matched endpoint's
+  :func:`~routing_middleware.context.route_hint` annotation (for a class-based
+  endpoint, the class's and then the HTTP method handler's), and ``route``: the
+  matched path template. Starlette and FastAPI match the route *inside* the app,
+  writing ``scope["route"]`` and ``scope["endpoint"]``; the middleware hands the
+  app a copy of the scope that notices those writes (and passes every write on
+  to the original), so the endpoint's hints are current from the moment its
+  route is chosen: in dependencies, the endpoint, a streaming body and
+  background tasks.
+- ``tags``: from ``tags(scope)`` (or a fixed iterable).
+- ``request_id``: the ``x-request-id`` header when sent, else a fresh id.
+
+Lifespan and websocket scopes pass straight through; response bodies are never
+read or held back. With ``server_timing`` (default: the engine config's
+``server_timing``) the response gets ``Server-Timing: llm;dur=<ms>;desc="<n>
+calls, $<cost>"``. The header goes out with the response's start, so it covers
+the LLM calls (and streams) that finished before the response started; a call
+made while the body streams, or in a background task, still gets its record,
+but is not in the header. ``dur`` adds up each call attempt's latency, so calls
+made concurrently count in full.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import uuid
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from .context import HINTS_ATTRIBUTE, _current
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from .engine import LLMRoute
+    from .metering import UsageRecord
+
+__all__ = ["RoutingMiddleware", "request_records"]
+
+UserGetter = Callable[["Scope"], "str | None"]
+TagsGetter = Callable[["Scope"], "Iterable[str] | None"]
+
+_records: contextvars.ContextVar[list[UsageRecord] | None] = contextvars.ContextVar(
+    "llmroute_request_records", default=None
+)
+_MAX_REQUEST_ID = 200
+
+
+def request_records() -> list[UsageRecord]:
+    """The usage records of the current request's finished LLM calls so far.
+
+    Filled only for requests under a :class:`RoutingMiddleware` whose engine it
+    collects from (``server_timing`` on); empty elsewhere.
+    """
+    return list(_records.get() or ())
+
+
+class _Collecting:
+    """Wraps an engine's record sink: each record also goes to its request's list."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def emit(self, record: UsageRecord) -> None:
+        collected = _records.get()
+        if collected is not None:
+            collected.append(record)
+        if self.sink is not None:
+            self.sink.emit(record)
+
+
+def _collect_from(engine: LLMRoute) -> None:
+    """Make ``engine``'s dispatcher hand records to the request collector (once)."""
+    dispatcher = engine.dispatcher
+    if not isinstance(dispatcher.sink, _Collecting):
+        dispatcher.sink = _Collecting(dispatcher.sink)
+
+
+class RoutingMiddleware:
+    """Sets the request's :class:`RouteContext` around a Starlette/FastAPI app.
+
+    ``engine`` is the engine whose calls ``Server-Timing`` summarises (needed
+    only for that header). ``user`` maps the scope to a user id (overriding
+    ``scope["user"]``); ``tags`` maps it to tags or is a fixed set of tags.
+    ``server_timing`` turns the header on or off (default: the engine's config).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        engine: LLMRoute | None = None,
+        user: UserGetter | None = None,
+        tags: TagsGetter | Iterable[str] | None = None,
+        server_timing: bool | None = None,
+    ) -> None:
+        if user is not None and not callable(user):
+            raise TypeError("user must be a callable taking the ASGI scope")
+        if server_timing is None:
+            server_timing = engine.config.server_timing if engine is not None else False
+        if server_timing and engine is None:
+            raise ValueError("server_timing needs the engine whose calls it reports")
+        self.app = app
+        self.engine = engine
+        self.user = user
+        if tags is None or callable(tags):
+            self._tags: TagsGetter | None = tags
+            self._fixed_tags: frozenset[str] | None = None
+        else:
+            if isinstance(tags, str):
+                raise TypeError("tags must be an iterable of tags or a callable, not a string")
+            self._tags = None
+            self._fixed_tags = frozenset(tags) or None
+        self.server_timing = bool(server_timing)
+        if self.server_timing and engine is not None:
+            _collect_from(engine)
+
+    def __repr__(self) -> str:
+        return f"RoutingMiddleware(app={self.app!r}, server_timing={self.server_timing})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = _Request(self, scope)
+        inner = _WatchedScope(scope, request)
+        token = _current.set(request.base)
+        records_token = _records.set([]) if self.server_timing else None
+        try:
+            if records_token is not None:
+                send = partial(_send_with_timing, send)
+            await self.app(inner, receive, send)
+        finally:
+            if records_token is not None:
+                _records.reset(records_token)
+            _current.reset(token)
+            inner.request = None
+
+    # ------------------------------------------------------------------ pieces
+
+    def _user_id(self, scope: Scope) -> str | None:
+        if self.user is not None:
+            found = self.user(scope)
+            return None if found is None else str(found)
+        return _user_id(scope.get("user"))
+
+    def _tags_of(self, scope: Scope) -> frozenset[str] | None:
+        if self._tags is None:
+            return self._fixed_tags
+        found = self._tags(scope)
+        return frozenset(found) if found else None
+
+
+class _Request:
+    """One request's context: the base (who, tags, id) and what routing adds."""
+
+    __slots__ = ("base", "endpoint", "middleware", "route", "user")
+
+    def __init__(self, middleware: RoutingMiddleware, scope: Scope) -> None:
+        self.middleware = middleware
+        self.endpoint: Any = None
+        self.route: Any = None
+        self.user: Any = scope.get("user")
+        self.base = _current.get().merged(
+            user_id=middleware._user_id(scope),
+            tags=middleware._tags_of(scope),
+            request_id=_request_id(scope),
+        )
+
+    def changed(self, scope: _WatchedScope) -> None:
+        """The app wrote routing or user keys into the scope: refresh the context."""
+        endpoint = scope.get("endpoint")
+        route = scope.get("route")
+        user = scope.get("user")
+        if endpoint is self.endpoint and route is self.route and user is self.user:
+            return
+        if user is not self.user:
+            self.user = user
+            self.base = self.base.merged(user_id=self.middleware._user_id(scope))
+        self.endpoint = endpoint
+        self.route = route
+        context = self.base
+        if endpoint is not None:
+            hints = _endpoint_hints(endpoint, scope.get("method", "GET"))
+            context = context.merged(**{"route": _route_path(scope), **hints})
+        _current.set(context)
+
+
+_WATCHED = frozenset({"endpoint", "route", "user"})
+
+
+class _WatchedScope(dict[str, Any]):
+    """The scope the app sees: a copy of the caller's that writes through to it
+    and tells its request when the router (or an authentication middleware)
+    writes the keys the routing context comes from."""
+
+    __slots__ = ("outer", "request")
+
+    def __init__(self, outer: Scope, request: _Request) -> None:
+        dict.__init__(self, outer)
+        self.outer = outer
+        self.request: _Request | None = request
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        dict.__setitem__(self, key, value)
+        self.outer[key] = value
+        request = self.request
+        if request is not None and key in _WATCHED:
+            request.changed(self)
+
+    def __delitem__(self, key: str) -> None:
+        dict.__delitem__(self, key)
+        self.outer.pop(key, None)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        dict.update(self, *args, **kwargs)
+        self.outer.update(*args, **kwargs)
+        request = self.request
+        if request is not None:
+            request.changed(self)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.outer.pop(key, None)
+        return dict.pop(self, key, *default)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = str(value.decode("latin-1"))
+            if 0 < len(text) <= _MAX_REQUEST_ID and text.isprintable():
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+def _user_id(user: Any) -> str | None:
+    """The id of an authenticated user object (``None`` for none or anonymous)."""
+    if user is None:
+        return None
+    if isinstance(user, str):
+        return user or None
+    if getattr(user, "is_authenticated", True) is False or getattr(user, "is_anonymous", False):
+        return None
+    for name in ("identity", "id", "pk", "username"):
+        try:
+            value = getattr(user, name)
+        except (AttributeError, NotImplementedError):
+            continue
+        if value is not None and value != "":
+            return str(value)
+    return None
+
+
+def _endpoint_hints(endpoint: Any, method: str) -> dict[str, Any]:
+    while isinstance(endpoint, partial):
+        endpoint = endpoint.func
+    hints = dict(getattr(endpoint, HINTS_ATTRIBUTE, None) or {})
+    if inspect.isclass(endpoint):  # a class-based endpoint: its method's hints win
+        handler = getattr(endpoint, method.lower(), None)
+        if method == "HEAD" and handler is None:
+            handler = getattr(endpoint, "get", None)
+        hints.update(getattr(handler, HINTS_ATTRIBUTE, None) or {})
+    return hints
+
+
+def _route_path(scope: Scope) -> str | None:
+    """The matched path template (with the mount prefixes above it)."""
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None
+    root = scope.get("root_path", "")
+    top = scope.get("app_root_path", root)
+    prefix = root[len(top) :] if root.startswith(top) else ""
+    return prefix + path
+
+
+async def _send_with_timing(send: Send, message: Message) -> None:
+    if message["type"] == "http.response.start":
+        header = _server_timing(_records.get() or ())
+        if header is not None:
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+    await send(message)
+
+
+def _server_timing(records: Iterable[UsageRecord]) -> tuple[bytes, bytes] | None:
+    calls: set[str] = set()
+    duration = 0.0
+    cost = Decimal(0)
+    for record in records:
+        calls.add(record.call_id)
+        duration += record.latency_ms or 0.0
+        cost += record.cost
+    if not calls:
+        return None
+    money = format(cost.normalize(), "f") if cost else "0"
+    noun = "call" if len(calls) == 1 else "calls"
+    value = f'llm;dur={duration:.1f};desc="{len(calls)} {noun}, ${money}"'
+    return b"server-timing", value.encode("latin-1")
