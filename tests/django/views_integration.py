@@ -167,6 +167,29 @@ def budgeted(request: HttpRequest) -> JsonResponse:
     return JsonResponse(answer)
 
 
+@llm_route(feature="sdk-feature", tier="cheap")
+def sdk_call(request: HttpRequest) -> JsonResponse:
+    """The official OpenAI SDK, unchanged; interception (INSTRUMENT_HTTPX) routes the call."""
+    import openai
+
+    client = openai.OpenAI(api_key="sk-test-not-a-real-key", max_retries=0)
+    try:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-5.4",
+            messages=[{"role": "user", "content": "Summarise this ticket in one line."}],
+        )
+    finally:
+        client.close()
+    done = raw.parse()
+    return JsonResponse(
+        {
+            "context": seen(),
+            "content": done.choices[0].message.content,
+            "routed_to": raw.headers.get("x-llmroute-model"),
+        }
+    )
+
+
 # -- class-based views ---------------------------------------------------------------
 
 
@@ -226,6 +249,7 @@ urlpatterns: list[Any] = [
     path("stream/", stream_later, name="stream"),
     path("astream/", astream_later, name="astream"),
     path("budgeted/", budgeted, name="budgeted"),
+    path("sdk/", sdk_call, name="sdk"),
     path("cbv/mixin/", MixinView.as_view(), name="cbv-mixin"),
     path(
         "cbv/amixin/", transaction.non_atomic_requests(AsyncMixinView.as_view()), name="cbv-amixin"
