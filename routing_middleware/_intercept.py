@@ -112,11 +112,21 @@ class _CallEngine:
 
 
 def _relay(engine: LLMRoute) -> tuple[Any, _CallEngine]:
+    relay_class = _relay_class or _load_relay()
+    view = _CallEngine(engine)
+    relay = relay_class(cast("LLMRoute", view), response_headers=engine.config.response_headers)
+    return relay, view
+
+
+_relay_class: Any = None
+
+
+def _load_relay() -> Any:
+    global _relay_class
     from .relay import Relay
 
-    view = _CallEngine(engine)
-    relay = Relay(cast("LLMRoute", view), response_headers=engine.config.response_headers)
-    return relay, view
+    _relay_class = Relay
+    return Relay
 
 
 def _internal_error(engine: LLMRoute, dialect: str) -> RelayResponse:
@@ -454,7 +464,9 @@ class Kit:
         if answer.astream is not None:
             stream = self.arelay_stream(answer.astream)
             return self.lib.Response(answer.status, headers=answer.headers, stream=stream)
-        return self.lib.Response(answer.status, headers=answer.headers, content=answer.body)
+        body = answer.body
+        headers = [*answer.headers.items(), ("content-length", str(len(body)))]
+        return self.lib.Response(answer.status, headers=headers, stream=self.lib.ByteStream(body))
 
     def metered(self, response: Any, info: _CallInfo, *, is_async: bool) -> Any:
         """``response`` with its body wrapped by a :class:`Meter` (never raises)."""
