@@ -161,6 +161,8 @@ class _CallInfo:
     started: float
     decision: Decision | None = None
     request: ChatRequest | None = None
+    #: The wire dialect of the answer (a Gemini host's OpenAI-compatible path: ``openai``).
+    wire: str = "openai"
 
 
 class Meter:
@@ -204,7 +206,7 @@ class Meter:
         elif info.request is not None:
             from .providers.registry import dialect
 
-            self._decoder = dialect(info.provider).stream_decoder(
+            self._decoder = dialect(info.wire).stream_decoder(
                 _provider_config(info), info.request
             )
 
@@ -271,7 +273,7 @@ class Meter:
             from .providers.registry import dialect
 
             return (
-                dialect(info.provider)
+                dialect(info.wire)
                 .decode_response(bytes(self._body), _provider_config(info))
                 .usage
             )
@@ -440,6 +442,7 @@ def _observed_info(
         started=time.perf_counter(),
         decision=keep.decision,
         request=keep.request,
+        wire=match.dialect,
     )
 
 

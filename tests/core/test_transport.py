@@ -427,3 +427,55 @@ def test_public_names() -> None:
         "uninstrument",
         "uninstrument_client",
     }
+
+
+# ----------------------------------------------------------------------------- gemini
+
+GEMINI = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-pro"
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "Summarize: hi"}]}]}
+
+
+def test_gemini_generate_content_is_routed_and_answered_in_gemini_shape() -> None:
+    engine = _engine()
+    fake = FakeProvider(default_model=FakeModel("default", output_tokens=12))
+    network = FakeNetwork({"generativelanguage.googleapis.com": fake})
+    transport = RoutingTransport(network.transport(), engine=engine)
+    with (
+        httpx.Client(transport=transport) as client,
+        route_hint(tier=1, allow_providers=["openai", "deepseek"]),
+    ):
+        response = client.post(f"{GEMINI}:generateContent", json=GEMINI_BODY)
+        with client.stream(
+            "POST", f"{GEMINI}:streamGenerateContent", params={"alt": "sse"}, json=GEMINI_BODY
+        ) as streamed:
+            events = [line for line in streamed.iter_lines() if line.startswith("data:")]
+    assert response.status_code == 200
+    assert response.json()["candidates"][0]["content"]["parts"][0]["text"]
+    assert response.headers["x-llmroute-provider"] in {"openai", "deepseek"}
+    assert json.loads(events[-1][5:])["usageMetadata"]["candidatesTokenCount"] > 0
+    assert fake.calls == []
+    assert len(_records(engine)) == 2
+
+
+def test_gemini_observe_mode_is_metered_in_gemini_terms() -> None:
+    engine = _engine(mode="observe")
+    fake = FakeProvider(default_model=FakeModel("default", output_tokens=12))
+    network = FakeNetwork({"generativelanguage.googleapis.com": fake})
+    transport = RoutingTransport(network.transport(), engine=engine)
+    with httpx.Client(transport=transport) as client:
+        response = client.post(f"{GEMINI}:generateContent", json=GEMINI_BODY)
+        with client.stream(
+            "POST", f"{GEMINI}:streamGenerateContent", params={"alt": "sse"}, json=GEMINI_BODY
+        ) as streamed:
+            streamed.read()
+    assert response.status_code == 200
+    assert len(fake.calls) == 2
+    records = _records(engine)
+    assert [r.streamed for r in records] == [False, True]
+    for record, call in zip(records, fake.calls, strict=True):
+        assert record.provider == "gemini"
+        assert record.mode == "observe"
+        assert call.usage is not None
+        assert record.usage.output_tokens == call.usage.output_tokens
+        assert not record.usage.estimated
+        assert record.cost > 0
