@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import re
 import threading
 from collections import Counter
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-from .schema import ChatRequest
+from .schema import ChatRequest, Message
 
 __all__ = [
     "Classifier",
@@ -151,20 +152,44 @@ _LATEX = ("\\frac", "\\int", "\\sum", "\\sqrt")
 # Punctuation becomes spaces so ``str.split`` yields words (hyphens and '+#' stay).
 _PUNCTUATION = b'.,;:!?()[]{}"`*/=<>|\\~@$%&_'
 _SPLIT_TABLE = bytes.maketrans(_PUNCTUATION, b" " * len(_PUNCTUATION))
-_PHRASE_HEADS: dict[bytes, tuple[tuple[int, str], ...]] = {}
 _ARITHMETIC = re.compile(r"[=<>^]\s*\d|\d\s*[\^*/]\s*\d")
 _STEP = re.compile(r"\s*(?:\d+[.)]|[-*•])\s+\S")
-_word_classes: dict[bytes, int] = {}
 
 
 def _phrase_heads() -> dict[bytes, tuple[tuple[int, str], ...]]:
-    if not _PHRASE_HEADS:
-        heads: dict[bytes, list[tuple[int, str]]] = {}
-        for flag, phrases in _PHRASES:
-            for phrase in phrases:
-                heads.setdefault(phrase.split()[0].encode(), []).append((flag, phrase))
-        _PHRASE_HEADS.update({k: tuple(v) for k, v in heads.items()})
-    return _PHRASE_HEADS
+    heads: dict[bytes, list[tuple[int, str]]] = {}
+    for flag, phrases in _PHRASES:
+        for phrase in phrases:
+            heads.setdefault(phrase.split()[0].encode(), []).append((flag, phrase))
+    return {k: tuple(v) for k, v in heads.items()}
+
+
+#: Multi-word cues by their first word: a phrase is looked for only when its first
+#: word occurs in the text.
+_PHRASE_HEADS = _phrase_heads()
+# A set, not the dict: ``set.intersection`` walks a non-set argument whole.
+_PHRASE_HEAD_WORDS = frozenset(_PHRASE_HEADS)
+
+
+class _WordCache:
+    """What the word patterns said about every word met so far.
+
+    ``seen`` holds each word once classified; ``cues`` only the words in at least one
+    class, and ``flags`` their classes. Set operations in C then find a text's new
+    words and its cue words without a Python loop over every word. A full cache is
+    replaced, never cleared in place, so a thread holding one sees it consistent.
+    """
+
+    __slots__ = ("cues", "flags", "seen")
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self.cues: set[bytes] = set()
+        self.flags: dict[bytes, int] = {}
+
+
+_MAX_WORDS = 50_000
+_known = _WordCache()
 
 
 def _classes_of(word: bytes) -> int:
@@ -173,41 +198,75 @@ def _classes_of(word: bytes) -> int:
     for flag, pattern in _WORD_CLASSES:
         if pattern.fullmatch(text):
             found |= flag
-    if len(_word_classes) > 50_000:
-        _word_classes.clear()
-    _word_classes[word] = found
     return found
 
 
-def _cue_counts(text: str) -> tuple[list[int], str, bytes]:
-    """Distinct cue words and phrases per class in ``text`` (indexed by flag bit),
-    the lowered text and its first word."""
-    lowered = text.lower()
-    split = lowered.encode("utf-8", "replace").translate(_SPLIT_TABLE).split()
-    words = set(split)
-    counts = [0] * 17
-    known = _word_classes
-    for word in words:
-        flags = known.get(word)
-        if flags is None:
-            flags = _classes_of(word)
+def _learn(words: set[bytes]) -> _WordCache:
+    """The word cache with every word of ``words`` classified."""
+    global _known
+    cache = _known
+    new = words - cache.seen
+    if len(cache.seen) + len(new) > _MAX_WORDS:
+        cache, new = _WordCache(), words
+        _known = cache
+    for word in new:
+        flags = _classes_of(word)
         if flags:
-            if flags & _REASONING:
-                counts[_REASONING] += 1
-            if flags & _TASK:
-                counts[_TASK] += 1
-            if flags & _DOMAIN:
-                counts[_DOMAIN] += 1
-            if flags & _MATH:
-                counts[_MATH] += 1
-            if flags & _SIMPLE:
-                counts[_SIMPLE] += 1
-    heads = _phrase_heads()
-    for head in words.intersection(heads):
-        for flag, phrase in heads[head]:
+            cache.flags[word] = flags
+            cache.cues.add(word)
+        cache.seen.add(word)  # last: a word in ``seen`` always has its classes recorded
+    return cache
+
+
+def _words(lowered: str) -> list[bytes]:
+    return lowered.encode("utf-8", "replace").translate(_SPLIT_TABLE).split()
+
+
+def _cue_counts(lowered: str, split: list[bytes]) -> list[int]:
+    """Distinct cue words and phrases per class in the ``lowered`` text whose words
+    are ``split``, indexed by flag bit."""
+    words = set(split)
+    cache = _known
+    if not words.issubset(cache.seen):
+        cache = _learn(words)
+    known = cache.flags
+    counts = [0] * 17
+    for word in words.intersection(cache.cues):
+        flags = known[word]
+        if flags & _REASONING:
+            counts[_REASONING] += 1
+        if flags & _TASK:
+            counts[_TASK] += 1
+        if flags & _DOMAIN:
+            counts[_DOMAIN] += 1
+        if flags & _MATH:
+            counts[_MATH] += 1
+        if flags & _SIMPLE:
+            counts[_SIMPLE] += 1
+    for head in words.intersection(_PHRASE_HEAD_WORDS):
+        for flag, phrase in _PHRASE_HEADS[head]:
             if phrase in lowered:
                 counts[flag] += 1
-    return counts, lowered, split[0] if split else b""
+    return counts
+
+
+# Reasoning and domain cue counts of system prompts. Apps send a handful of fixed
+# system prompts again and again, so they are scored once; the cache is bounded and
+# starts over when full (a prompt templated per user just keeps missing it).
+_MAX_SYSTEM_PROMPTS = 256
+_system_cues: dict[str, tuple[int, int]] = {}
+
+
+def _system_counts(system: str) -> tuple[int, int]:
+    found = _system_cues.get(system)
+    if found is None:
+        lowered = system.lower()
+        counts = _cue_counts(lowered, _words(lowered))
+        found = (counts[_REASONING], counts[_DOMAIN])
+        if len(_system_cues) >= _MAX_SYSTEM_PROMPTS:
+            _system_cues.clear()
+        _system_cues[system] = found
+    return found
 
 
 def prompt_text(request: ChatRequest) -> str:
@@ -236,17 +295,45 @@ class Features:
 _LOG_SPAN = math.log10(50)
 
 
+def _texts(request: ChatRequest) -> tuple[str, str, int]:
+    """``last_user_text``, ``system_text`` and the number of turns, in one pass."""
+    messages = request.messages
+    last: Message | None = None
+    system: list[Message] = []
+    users = 0
+    for message in messages:
+        role = message.role
+        if role == "user":
+            users += 1
+            last = message
+        elif role == "system" or role == "developer":
+            system.append(message)
+    text = "" if last is None else last.text
+    if not system:
+        instructions = ""
+    elif len(system) == 1:
+        instructions = system[0].text
+    else:
+        instructions = "\n\n".join(m.text for m in system)
+    return text, instructions, len(messages) if len(messages) == 1 else users
+
+
 def _vector(request: ChatRequest) -> tuple[float, ...]:
     """Feature values in :class:`Features` field order."""
-    text = request.last_user_text[-4000:]
-    system = request.system_text[-4000:]
+    text, system, turns = _texts(request)
+    text = text[-4000:]
+    system = system[-4000:]
     chars = len(text)
     # log-scaled: ~40 chars → 0, ~2,000 chars → 1
     length = math.log10(chars / 40) / _LOG_SPAN if chars > 40 else 0.0
-    cues, _, first = _cue_counts(text)
-    context = _cue_counts(system)[0] if system else cues
-    messages = request.messages
-    turns = len(messages) if len(messages) == 1 else sum(1 for m in messages if m.role == "user")
+    lowered = text.lower()
+    split = _words(lowered)
+    cues = _cue_counts(lowered, split)
+    if system:
+        reasoning, domain = _system_counts(system)
+    else:
+        reasoning, domain = cues[_REASONING], cues[_DOMAIN]
+    first = split[0] if split else b""
     simple = chars < 400 and (cues[_SIMPLE] > 0 or first in _GREETINGS)
     code = 0
     for marker in _CODE_MARKERS:
@@ -254,7 +341,7 @@ def _vector(request: ChatRequest) -> tuple[float, ...]:
             code += 1
     math_hits = cues[_MATH]
     if "\\" in text:
-        math_hits += sum(1 for marker in _LATEX if marker in text)
+        math_hits += sum(map(text.__contains__, _LATEX))
     if ("=" in text or "^" in text or "*" in text or "/" in text) and _ARITHMETIC.search(text):
         math_hits += 1
     steps = text.count("?")
@@ -264,8 +351,8 @@ def _vector(request: ChatRequest) -> tuple[float, ...]:
         length if length < 1 else 1.0,
         min(1.0, code / 2),
         min(1.0, math_hits / 2),
-        min(1.0, max(cues[_REASONING], context[_REASONING]) / 3),
-        min(1.0, max(cues[_DOMAIN], context[_DOMAIN]) / 2),
+        min(1.0, max(cues[_REASONING], reasoning) / 3),
+        min(1.0, max(cues[_DOMAIN], domain) / 2),
         min(1.0, steps / 4),
         min(1.0, cues[_TASK] / 4),
         min(1.0, (turns - 1) / 6) if turns > 1 else 0.0,
@@ -317,7 +404,7 @@ class ComplexityScorer:
 
     def score(self, request: ChatRequest) -> float:
         """The complexity of ``request`` in [0, 1]."""
-        total = sum(w * x for w, x in zip(self._weights, _vector(request), strict=True))
+        total = sum(map(operator.mul, self._weights, _vector(request)))
         return 0.0 if total < 0 else 1.0 if total > 1 else total
 
     def tier_of(self, score: float) -> int:

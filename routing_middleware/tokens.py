@@ -33,8 +33,8 @@ def estimate_text_tokens(text: str) -> int:
     Dense scripts (CJK) and symbols cost roughly a token per character in every
     current tokenizer, so non-ASCII characters count one each.
     """
-    if not text:
-        return 0
+    if text.isascii():  # O(1) in CPython: a string knows whether it is pure ASCII
+        return (len(text) + 3) // 4
     ascii_chars = len(text.encode("ascii", "ignore"))
     other = len(text) - ascii_chars
     return (ascii_chars + 3) // 4 + other
@@ -56,10 +56,24 @@ def estimate_message_tokens(message: Message) -> int:
     return tokens
 
 
+# ``json.dumps`` with non-default separators builds a new encoder on every call; this
+# one is built once (encoding keeps no state between calls). Its output is pure ASCII
+# (``ensure_ascii``), so its token count is simply a quarter of its length.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def estimate_request_tokens(request: ChatRequest) -> int:
     """Input tokens of ``request``: messages, framing and tool definitions."""
-    tokens = _REPLY_PRIMER_TOKENS + sum(estimate_message_tokens(m) for m in request.messages)
+    tokens = _REPLY_PRIMER_TOKENS
+    for message in request.messages:
+        content = message.content
+        # The common message, plain ASCII text and no tool calls, counted inline: this
+        # runs on every routing decision.
+        if isinstance(content, str) and content.isascii() and not message.tool_calls:
+            tokens += MESSAGE_OVERHEAD_TOKENS + (len(content) + 3) // 4
+        else:
+            tokens += estimate_message_tokens(message)
     for tool in request.tools or ():
         tokens += 8 + estimate_text_tokens(tool.name) + estimate_text_tokens(tool.description or "")
-        tokens += estimate_text_tokens(json.dumps(tool.parameters, separators=(",", ":")))
+        tokens += (len(_COMPACT_JSON.encode(tool.parameters)) + 3) // 4
     return tokens
