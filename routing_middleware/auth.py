@@ -183,7 +183,7 @@ class MemoryKeyStore:
         entry = self._keys.get(key_id)
         return entry[1] if entry is not None else None
 
-    def keys(self) -> list[ApiKeyInfo]:
+    def list_keys(self) -> list[ApiKeyInfo]:
         """Every key's info, oldest first."""
         with self._lock:
             return [info for _, info in self._keys.values()]

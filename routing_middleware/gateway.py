@@ -359,27 +359,32 @@ async def _send_answer(send: Send, answer: RelayResponse, receive: Receive | Non
         await _aclose(stream)
 
 
-async def _pump(send: Send, stream: AsyncIterator[bytes]) -> None:
+async def _pump(send: Send, stream: AsyncIterator[bytes], gone: list[bool] | None = None) -> None:
     async for chunk in stream:
+        if gone:
+            return
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _pump_until_gone(send: Send, receive: Receive, stream: AsyncIterator[bytes]) -> None:
-    """Send the stream, stopping it (and so the upstream call) if the caller leaves."""
+    """Send the stream, stopping it (and so the upstream call) if the caller leaves:
+    at once when waiting for the upstream, else before the next event."""
     import anyio
 
+    gone: list[bool] = []
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
             while True:
                 message: Message = await receive()
                 if message["type"] == "http.disconnect":
+                    gone.append(True)
                     group.cancel_scope.cancel()
                     return
 
         group.start_soon(watch)
-        await _pump(send, stream)
+        await _pump(send, stream, gone)
         group.cancel_scope.cancel()
 
 

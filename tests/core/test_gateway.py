@@ -1,0 +1,487 @@
+"""The gateway judged by the official SDKs, and every failure in the caller's dialect."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import anyio
+import httpx2
+import openai
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from routing_middleware.auth import ApiKeyInfo, MemoryKeyStore, RateLimit, RateLimiter
+from routing_middleware.engine import LLMRoute
+from routing_middleware.gateway import gateway_app
+from routing_middleware.metering import MemorySink
+from routing_middleware.testing import Failure
+
+pytestmark = pytest.mark.anyio
+
+FAST: dict[str, Any] = {"offline_latency": "none"}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarize: jams."}]}
+MESSAGE = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 100,
+    "messages": [{"role": "user", "content": "Classify: refund request"}],
+}
+
+
+class Gateway:
+    """A gateway over an offline engine, with one plain key and one hint-setting key."""
+
+    def __init__(self, config: dict[str, Any] | None = None, **options: Any) -> None:
+        self.sink = MemorySink()
+        self.engine = LLMRoute({**FAST, **(config or {})}, sink=self.sink, environ={})
+        self.keys = MemoryKeyStore()
+        self.key, self.info = self.keys.create(owner="user-1", name="plain")
+        self.hint_key, self.hint_info = self.keys.create(owner="user-2", allow_hints=True)
+        self.app = gateway_app(self.engine, authenticator=self.keys, **options)
+
+    def client(self) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(transport=httpx2.ASGITransport(self.app), base_url="http://gw")
+
+    async def post(
+        self, path: str, body: Any, key: str | None = "default", **headers: str
+    ) -> httpx2.Response:
+        sent = dict(headers)
+        if key is not None:
+            sent["authorization"] = f"Bearer {self.key if key == 'default' else key}"
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        async with self.client() as client:
+            return await client.post(path, content=content, headers=sent)
+
+    def openai(self, key: str | None = None) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            api_key=key or self.key,
+            base_url="http://gw/v1",
+            http_client=self.client(),
+            max_retries=0,
+        )
+
+    def anthropic(self, key: str | None = None) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            api_key=key or self.key, base_url="http://gw", http_client=self.client(), max_retries=0
+        )
+
+
+def _openai_error(response: httpx2.Response) -> dict[str, Any]:
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    return error  # type: ignore[no-any-return]
+
+
+def _anthropic_error(response: httpx2.Response) -> dict[str, Any]:
+    body = response.json()
+    assert body["type"] == "error"
+    return body["error"]  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- SDKs
+
+
+async def test_openai_sdk_completion_is_attributed_to_the_keys_owner() -> None:
+    gw = Gateway()
+    raw = await gw.openai().chat.completions.with_raw_response.create(**CHAT)
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 0
+    assert raw.headers["x-llmroute-model"].endswith(completion.model)
+    (record,) = gw.sink.records
+    assert (record.user_id, record.api_key_id) == ("user-1", gw.info.key_id)
+    assert gw.key not in repr(record)
+
+
+async def test_openai_sdk_stream_with_usage() -> None:
+    gw = Gateway()
+    stream = await gw.openai().chat.completions.create(
+        **CHAT, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+    (record,) = gw.sink.records
+    assert record.streamed
+    assert record.api_key_id == gw.info.key_id
+
+
+async def test_anthropic_sdk_on_messages_streamed_and_not() -> None:
+    gw = Gateway()
+    client = gw.anthropic()
+    message = await client.messages.create(**MESSAGE)
+    assert message.content[0].type == "text"
+    assert message.usage.output_tokens > 0
+    async with client.messages.stream(**MESSAGE) as stream:
+        final = await stream.get_final_message()
+    assert final.stop_reason == "end_turn"
+    assert [r.user_id for r in gw.sink.records] == ["user-1", "user-1"]
+
+
+async def test_x_api_key_is_accepted_by_the_openai_endpoint_too() -> None:
+    gw = Gateway()
+    response = await gw.post("/v1/chat/completions", CHAT, key=None, **{"x-api-key": gw.key})
+    assert response.status_code == 200
+
+
+async def test_models_lists_the_catalog_with_prices_context_and_tier() -> None:
+    gw = Gateway()
+    client = gw.openai()
+    models = await client.models.list()
+    assert len(models.data) >= 171
+    by_id = {m.id: m for m in models.data}
+    mini = by_id["openai/gpt-4o-mini"]
+    assert mini.owned_by == "openai"
+    extra = mini.model_dump()
+    assert extra["pricing"]["input"] == "0.15"
+    assert extra["pricing"]["output"] == "0.6"
+    assert extra["context_window"] == 128_000
+    assert extra["tier"] == 1
+    one = await client.models.retrieve("openai/gpt-4o-mini")
+    assert one.id == "openai/gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError, match="Did you mean"):
+        await client.models.retrieve("openai/gpt-4o-mni")
+
+
+async def test_mounted_under_a_prefix() -> None:
+    gw = Gateway()
+    outer = Starlette(routes=[Mount("/llm", app=gw.app)])
+    transport = httpx2.ASGITransport(outer)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://site") as client:
+        response = await client.post(
+            "/llm/v1/chat/completions", json=CHAT, headers={"x-api-key": gw.key}
+        )
+    assert response.status_code == 200
+
+
+# --------------------------------------------------------------------------- 401
+
+
+@pytest.mark.parametrize("key", [None, "not-a-key", "lrk_0123456789ab_" + "x" * 43])
+async def test_no_or_invalid_key_is_401_in_both_dialects(key: str | None) -> None:
+    gw = Gateway()
+    response = await gw.post("/v1/chat/completions", CHAT, key=key)
+    assert response.status_code == 401
+    assert _openai_error(response)["code"] == "invalid_api_key"
+    assert response.headers["x-should-retry"] == "false"
+    response = await gw.post("/v1/messages", MESSAGE, key=key)
+    assert response.status_code == 401
+    assert _anthropic_error(response)["type"] == "authentication_error"
+    async with gw.client() as client:
+        assert (await client.get("/v1/models")).status_code == 401
+    assert gw.sink.records == []
+
+
+async def test_revoked_key_is_refused_and_the_sdks_see_their_own_errors() -> None:
+    gw = Gateway()
+    assert gw.keys.revoke(gw.info.key_id)
+    with pytest.raises(openai.AuthenticationError):
+        await gw.openai().chat.completions.create(**CHAT)
+    with pytest.raises(anthropic.AuthenticationError):
+        await gw.anthropic().messages.create(**MESSAGE)
+    response = await gw.post("/v1/chat/completions", CHAT)
+    assert gw.key not in response.text
+
+
+# --------------------------------------------------------------------------- 400 / 404
+
+
+async def test_invalid_field_is_400_naming_it() -> None:
+    gw = Gateway()
+    response = await gw.post("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": "hi"})
+    assert response.status_code == 400
+    assert _openai_error(response)["param"].startswith("messages")
+    response = await gw.post("/v1/chat/completions", b"{not json")
+    assert response.status_code == 400
+    response = await gw.post("/v1/messages", {**MESSAGE, "max_tokens": "many"})
+    assert response.status_code == 400
+    assert _anthropic_error(response)["type"] == "invalid_request_error"
+
+
+async def test_unknown_model_is_404_with_suggestions() -> None:
+    gw = Gateway()
+    response = await gw.post("/v1/chat/completions", {**CHAT, "model": "gpt-4o-mni"})
+    assert response.status_code == 404
+    error = _openai_error(response)
+    assert error["code"] == "model_not_found"
+    assert "openai/gpt-4o-mini" in error["message"]
+    response = await gw.post("/v1/messages", {**MESSAGE, "model": "claude-sonet-4-6"})
+    assert response.status_code == 404
+    assert _anthropic_error(response)["type"] == "not_found_error"
+    assert "claude-sonnet-4-6" in _anthropic_error(response)["message"]
+
+
+async def test_unknown_path_and_wrong_method_answer_in_the_dialect() -> None:
+    gw = Gateway()
+    async with gw.client() as client:
+        missing = await client.post("/v1/completions", json=CHAT)
+        wrong = await client.get("/v1/chat/completions")
+        wrong_messages = await client.get("/v1/messages")
+    assert missing.status_code == 404
+    assert _openai_error(missing)["code"] == "not_found"
+    assert wrong.status_code == 405
+    assert _openai_error(wrong)
+    assert wrong_messages.status_code == 405
+    assert _anthropic_error(wrong_messages)
+
+
+# --------------------------------------------------------------------------- 413
+
+
+async def test_declared_body_over_the_limit_is_413_before_reading_it() -> None:
+    gw = Gateway(max_body_bytes=200)
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 500}]}
+    response = await gw.post("/v1/chat/completions", big)
+    assert response.status_code == 413
+    assert _openai_error(response)["code"] == "request_too_large"
+    response = await gw.post("/v1/messages", {**MESSAGE, "system": "y" * 500})
+    assert response.status_code == 413
+    assert _anthropic_error(response)["type"] == "request_too_large"
+    assert (await gw.post("/v1/chat/completions", CHAT)).status_code == 200
+
+
+async def test_streamed_body_over_the_limit_is_413_without_reading_the_rest() -> None:
+    gw = Gateway(max_body_bytes=100)
+    pieces = [b"{", b'"model": "gpt-4o-mini", ', b'"messages": ' + b"[" * 80, b"never read"]
+    delivered: list[bytes] = []
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        piece = pieces[len(delivered)]
+        delivered.append(piece)
+        return {"type": "http.request", "body": piece, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _scope("POST", "/v1/chat/completions", [(b"x-api-key", gw.key.encode())])
+    await gw.app(scope, receive, send)
+    assert sent[0]["status"] == 413
+    assert b"never read" not in delivered
+
+
+# --------------------------------------------------------------------------- 429
+
+
+async def test_rate_limit_is_429_with_retry_after_per_key() -> None:
+    now = [100.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    gw = Gateway(rate_limit=RateLimit(rate=0.5, burst=2), limiter=limiter)
+    statuses = [(await gw.post("/v1/chat/completions", CHAT)).status_code for _ in range(2)]
+    assert statuses == [200, 200]
+    refused = await gw.post("/v1/chat/completions", CHAT)
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "2"
+    assert _openai_error(refused)["type"]
+    refused = await gw.post("/v1/messages", MESSAGE)
+    assert refused.status_code == 429
+    assert _anthropic_error(refused)["type"] == "rate_limit_error"
+    other = await gw.post("/v1/chat/completions", CHAT, key=gw.hint_key)
+    assert other.status_code == 200  # buckets are per key
+    now[0] += 2.0
+    assert (await gw.post("/v1/chat/completions", CHAT)).status_code == 200
+    assert len(gw.sink.records) == 4
+
+
+async def test_a_keys_own_rate_limit_overrides_the_default() -> None:
+    gw = Gateway(rate_limit=RateLimit(rate=1000, burst=1000))
+    strict, _ = gw.keys.create(owner="user-3", rate_limit=RateLimit(rate=0.001, burst=1))
+    assert (await gw.post("/v1/chat/completions", CHAT, key=strict)).status_code == 200
+    assert (await gw.post("/v1/chat/completions", CHAT, key=strict)).status_code == 429
+    assert (await gw.post("/v1/chat/completions", CHAT)).status_code == 200
+
+
+# --------------------------------------------------------------------------- 402
+
+
+async def test_a_keys_budget_blocks_that_key_with_402() -> None:
+    gw = Gateway()
+    budget = {"name": "key-cap", "scope": "api_key", "value": gw.info.key_id}
+    config = {"routing": {"budgets": [{**budget, "limit_usd": "0.0000001"}]}}
+    engine = LLMRoute({**FAST, **config}, sink=gw.sink, environ={})
+    gw.app = gateway_app(engine, authenticator=gw.keys)
+    blocked = await gw.post("/v1/chat/completions", CHAT)
+    assert blocked.status_code == 402
+    assert _openai_error(blocked)["code"] == "budget_exceeded"
+    blocked = await gw.post("/v1/messages", MESSAGE)
+    assert blocked.status_code == 402
+    assert _anthropic_error(blocked)["type"] == "billing_error"
+    assert (await gw.post("/v1/chat/completions", CHAT, key=gw.hint_key)).status_code == 200
+
+
+# --------------------------------------------------------------------------- 5xx
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"),
+    [
+        (Failure(kind="malformed"), 502),
+        (Failure(kind="reset"), 503),
+        (Failure(kind="timeout", hang=30), 504),
+    ],
+)
+async def test_upstream_failures_are_502_503_504(failure: Failure, status: int) -> None:
+    config = {
+        "mode": "observe",  # send the call where the caller sent it
+        "retry": {"max_retries": 0, "attempt_timeout_s": 0.2},
+        "breaker": {"enabled": False},
+    }
+    gw = Gateway(config)
+    gw.engine.fake_network.providers["api.openai.com"].inject("gpt-4o-mini", always=failure)
+    response = await gw.post("/v1/chat/completions", CHAT)
+    assert response.status_code == status
+    assert _openai_error(response)
+    with anyio.fail_after(30):  # a hang guard, not a timing assertion
+        response = await gw.post("/v1/messages", {**MESSAGE, "model": "openai/gpt-4o-mini"})
+    assert response.status_code == status
+    assert _anthropic_error(response)
+
+
+# --------------------------------------------------------------------------- hints
+
+
+async def test_hint_headers_are_honoured_only_for_keys_allowed_to_set_them() -> None:
+    gw = Gateway()
+    hints = {"x-llmroute-tier": "cheap", "x-llmroute-feature": "search"}
+    body = {**CHAT, "model": "gpt-5.4"}
+    allowed = await gw.post("/v1/chat/completions", body, key=gw.hint_key, **hints)
+    assert allowed.status_code == 200
+    assert "hint_tier" in allowed.headers["x-llmroute-decision"]
+    assert "x-llmroute-ignored-hints" not in allowed.headers
+    plain = await gw.post("/v1/chat/completions", body, **hints)
+    assert plain.status_code == 200
+    assert "hint_tier" not in plain.headers["x-llmroute-decision"]
+    assert plain.headers["x-llmroute-ignored-hints"] == "tier,feature"
+    first, second = gw.sink.records
+    assert (first.feature, first.tier, first.user_id) == ("search", 1, "user-2")
+    assert (second.feature, second.user_id) == (None, "user-1")
+
+
+async def test_invalid_hint_header_is_400_naming_it() -> None:
+    gw = Gateway()
+    response = await gw.post(
+        "/v1/chat/completions", CHAT, key=gw.hint_key, **{"x-llmroute-tier": "0"}
+    )
+    assert response.status_code == 400
+    assert _openai_error(response)["param"] == "X-LLMRoute-Tier"
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+async def test_stream_goes_out_event_by_event_and_records_on_close() -> None:
+    gw = Gateway()
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    sent: list[dict[str, Any]] = []
+    events = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+    async def receive() -> dict[str, Any]:
+        for message in events:
+            return message
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _scope(
+        "POST", "/v1/chat/completions", [(b"authorization", f"Bearer {gw.key}".encode())]
+    )
+    with anyio.fail_after(30):  # a hang guard, not a timing assertion
+        await gw.app(scope, receive, send)
+    start, *bodies = sent
+    assert start["status"] == 200
+    assert (b"content-type", b"text/event-stream") in start["headers"]
+    assert not any(name == b"content-length" for name, _ in start["headers"])
+    assert len(bodies) > 3
+    assert all(m["more_body"] for m in bodies[:-1])
+    assert bodies[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    (record,) = gw.sink.records
+    assert record.streamed
+
+
+async def test_caller_leaving_mid_stream_stops_it_and_still_records() -> None:
+    gw = Gateway()
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    gone = anyio.Event()
+    sent: list[dict[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) == 3:
+            gone.set()
+            await anyio.wait_all_tasks_blocked()  # the disconnect is seen
+
+    scope = _scope("POST", "/v1/chat/completions", [(b"x-api-key", gw.key.encode())])
+    with anyio.fail_after(30):  # a hang guard, not a timing assertion
+        await gw.app(scope, receive, send)
+    # The stream stopped when the caller left: no further events, no clean end.
+    assert len(sent) == 3
+    assert all(m.get("more_body") for m in sent[1:])
+    (record,) = gw.sink.records
+    assert record.streamed
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def test_gateway_needs_a_key_store_and_a_positive_body_limit() -> None:
+    engine = LLMRoute(FAST, environ={})
+    with pytest.raises(TypeError, match="KeyStore"):
+        gateway_app(engine, authenticator=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        gateway_app(engine, authenticator=MemoryKeyStore(), max_body_bytes=0)
+
+
+async def test_async_key_stores_are_awaited() -> None:
+    class AsyncStore:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def authenticate(self, plaintext: str) -> ApiKeyInfo | None:
+            raise AssertionError("the async method should be used")
+
+        async def aauthenticate(self, plaintext: str) -> ApiKeyInfo | None:
+            self.seen.append(plaintext)
+            return ApiKeyInfo(key_id="k-async", owner="db-user") if plaintext == "ok" else None
+
+    store = AsyncStore()
+    sink = MemorySink()
+    app = gateway_app(LLMRoute(FAST, sink=sink, environ={}), authenticator=store)
+    transport = httpx2.ASGITransport(app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://gw") as client:
+        good = await client.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": "ok"})
+        bad = await client.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": "no"})
+    assert (good.status_code, bad.status_code) == (200, 401)
+    assert [r.api_key_id for r in sink.records] == ["k-async"]
+
+
+def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }
