@@ -7,12 +7,15 @@ The only llmroute-specific lines are the ``@llm_route`` hints.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import anthropic
+import openai
 from anthropic import Anthropic
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -68,13 +71,38 @@ def _anthropic_usage(usage: Any) -> Usage:
 
 
 def _page(
-    request: HttpRequest, ticket: Ticket, *, action: str = "", answer: RoutedAnswer | None = None
+    request: HttpRequest,
+    ticket: Ticket,
+    *,
+    action: str = "",
+    answer: RoutedAnswer | None = None,
+    error: str = "",
+    status: int = 200,
 ) -> HttpResponse:
-    return render(
-        request,
-        "support/ticket_detail.html",
-        {"ticket": ticket, "action": action, "answer": answer},
-    )
+    context = {"ticket": ticket, "action": action, "answer": answer, "error": error}
+    return render(request, "support/ticket_detail.html", context, status=status)
+
+
+_View = Callable[..., HttpResponse]
+
+
+def _shows_llm_errors(action: str) -> Callable[[_View], _View]:
+    """Turn an SDK error (a budget's 402, a provider outage) into a message on the page."""
+
+    def decorate(view: _View) -> _View:
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, pk: int) -> HttpResponse:
+            try:
+                return view(request, pk)
+            except (openai.APIError, anthropic.APIError) as exc:
+                status = getattr(exc, "status_code", None) or 502
+                ticket = get_object_or_404(Ticket, pk=pk)
+                message = f"The assistant could not answer ({type(exc).__name__}, {status})."
+                return _page(request, ticket, action=action, error=message, status=502)
+
+        return wrapper
+
+    return decorate
 
 
 def ticket_list(request: HttpRequest) -> HttpResponse:
@@ -88,6 +116,7 @@ def ticket_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
+@_shows_llm_errors("Summary")
 @llm_route(tier="cheap", feature="ticket-summary")
 def summarize_ticket(request: HttpRequest, pk: int) -> HttpResponse:
     """A two-sentence summary: a cheap model is good enough."""
@@ -119,6 +148,7 @@ def summarize_ticket(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
+@_shows_llm_errors("Category")
 @llm_route(feature="ticket-classify")
 def classify_ticket(request: HttpRequest, pk: int) -> HttpResponse:
     """A category for the ticket. No tier hint: llmroute's classifier decides."""
@@ -150,6 +180,7 @@ def classify_ticket(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
+@_shows_llm_errors("Legal review")
 @llm_route(tier="premium", feature="legal-review", max_latency_ms=8000)
 def legal_review(request: HttpRequest, pk: int) -> HttpResponse:
     """A compliance check with the Anthropic SDK: premium models, under an 8 s SLA."""
@@ -187,6 +218,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 @require_POST
+@_shows_llm_errors("Reply draft")
 @llm_route(tier="balanced", feature="ticket-reply")
 def draft_reply(request: HttpRequest, pk: int) -> HttpResponse:
     """A reply draft, streamed token by token (Server-Sent Events) to the page's script.

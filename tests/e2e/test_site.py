@@ -83,3 +83,24 @@ def test_draft_reply_streams_tokens_into_the_page(page: Page) -> None:
     assert len(page.inner_text("#answer-text")) > 40
     assert "Streamed in" in page.inner_text("#routing")
     assert page.inner_text('[data-field="requested-model"]') == "gpt-5.4"
+
+
+def test_a_blocking_budget_stops_the_call_and_the_page_says_so(admin_page: Page) -> None:
+    page = admin_page
+    page.goto("/admin/django_llmroute/budget/add/")
+    page.fill("#id_name", "e2e-classify-cap")
+    page.select_option("#id_scope", "feature")
+    page.fill("#id_scope_value", "ticket-classify")
+    page.select_option("#id_period", "rolling")
+    page.fill("#id_hours", "720")
+    page.fill("#id_limit_usd", "0.01")
+    page.select_option("#id_action", "block")
+    page.click("input[name=_save]")
+    page.wait_for_selector("#result_list")
+
+    _open_first_ticket(page)
+    page.click("#action-classify")
+    page.wait_for_selector("#result")
+    error = page.inner_text("#result .error")
+    assert "402" in error, error
+    assert page.locator("#routing").count() == 0
