@@ -419,6 +419,125 @@ def stages(repeats: int = 30, batch: int = 100) -> str:
                 best[name] = min(best[name], (time.process_time() - start) / batch)
     lines = ["CPU per call by stage (in process, mock upstream; min of batch means):"]
     lines += [f"  {best[name] * 1e6:8.1f} us  {name}" for name in fns]
+    other = httpx2.Client()
+    target = httpx2.URL("https://example.com/v1/chat/completions")
+    hook: dict[bool, float] = {False: float("inf"), True: float("inf")}
+    for _ in range(repeats):
+        for on in (False, True):
+            with _instrumented("instrument" if on else "raw", engine):
+                start = time.process_time()
+                for _ in range(batch * 10):
+                    other._transport_for_url(target)
+                hook[on] = min(hook[on], (time.process_time() - start) / (batch * 10))
+    lines.append(
+        f"  {(hook[True] - hook[False]) * 1e6:8.2f} us  instrument() on a non-LLM request "
+        f"(transport lookup {hook[False] * 1e6:.2f} -> {hook[True] * 1e6:.2f} us)"
+    )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- LiteLLM
+
+_LITELLM_DRIVER = """
+import asyncio, json, os, sys, time
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+import litellm
+from litellm import Router
+litellm.telemetry = False
+port, calls, width = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+router = Router(model_list=[{"model_name": "gpt-4o-mini", "litellm_params": {
+    "model": "openai/gpt-4o-mini", "api_key": "sk-x",
+    "api_base": f"http://127.0.0.1:{port}/v1"}}])
+messages = [{"role": "user", "content": "Say hello to the benchmark."}]
+
+async def one():
+    start = time.perf_counter()
+    await router.acompletion(model="gpt-4o-mini", messages=messages)
+    return time.perf_counter() - start
+
+async def run(width, total):
+    lat = []
+    async def worker():
+        for _ in range(max(1, total // width)):
+            lat.append(await one())
+    cpu = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return lat, time.process_time() - cpu
+
+async def main():
+    await run(1, 50)
+    out = {}
+    for name, w in (("sequential", 1), ("concurrent", width)):
+        lat, cpu = await run(w, calls)
+        out[name] = (sorted(lat), cpu / len(lat))
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def sdk_comparison(port: int, engine: LLMRoute, calls: int, width: int, python: str) -> str:
+    """The openai SDK raw, the openai SDK under instrument(), and LiteLLM's Router."""
+    import openai
+
+    base = f"http://127.0.0.1:{port}/v1"
+    messages = [{"role": "user", "content": "Say hello to the benchmark."}]
+
+    async def measure(instrumented: bool) -> dict[str, tuple[list[float], float]]:
+        client = openai.AsyncOpenAI(api_key="sk-caller", base_url=base, max_retries=0)
+
+        async def one() -> float:
+            start = time.perf_counter()
+            await client.chat.completions.create(model=MODEL, messages=messages)  # type: ignore[arg-type]
+            return time.perf_counter() - start
+
+        async def run(w: int, total: int) -> tuple[list[float], float]:
+            lat: list[float] = []
+
+            async def worker() -> None:
+                for _ in range(max(1, total // w)):
+                    lat.append(await one())
+
+            cpu = time.process_time()
+            await asyncio.gather(*(worker() for _ in range(w)))
+            return sorted(lat), (time.process_time() - cpu) / len(lat)
+
+        with _instrumented("instrument" if instrumented else "raw", engine):
+            await run(1, 50)
+            out = {"sequential": await run(1, calls), "concurrent": await run(width, calls)}
+        await client.close()
+        return out
+
+    with route_hint(allow_models=[f"openai/{MODEL}"]):
+        rows = {
+            "openai SDK, raw": asyncio.run(measure(False)),
+            "openai SDK, instrument()": asyncio.run(measure(True)),
+        }
+    env = {"PATH": "/usr/bin:/bin", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    done = subprocess.run(
+        [python, "-c", _LITELLM_DRIVER, str(port), str(calls), str(width)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
+    if done.returncode == 0:
+        data = json.loads(done.stdout.strip().splitlines()[-1])
+        rows["LiteLLM Router.acompletion"] = {k: (v[0], v[1]) for k, v in data.items()}
+    else:
+        print(done.stderr[-2000:], file=sys.stderr)
+    lines = [
+        f"{'':28} {'seq p50':>8} {'seq p99':>8} {'seq cpu':>8} | "
+        f"{width} conc: {'p50':>8} {'p99':>8} {'cpu':>8}   (ms)"
+    ]
+    for name, shapes in rows.items():
+        cells = []
+        for shape in ("sequential", "concurrent"):
+            lat, cpu = shapes[shape]
+            cells += [_pct(lat, 50) * 1000, _pct(lat, 99) * 1000, cpu * 1000]
+        seq = " ".join(f"{c:8.3f}" for c in cells[:3])
+        conc = " ".join(f"{c:8.3f}" for c in cells[3:])
+        lines.append(f"{name:28} {seq} | {'':9}{conc}")
     return "\n".join(lines)
 
 
@@ -436,6 +555,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--stages", action="store_true", help="CPU per stage, in process")
+    parser.add_argument(
+        "--litellm",
+        metavar="PYTHON",
+        help="compare the openai SDK (raw, instrumented) with LiteLLM's Router.acompletion, "
+        "run by this interpreter (a venv with litellm installed)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.stages:
@@ -455,6 +580,9 @@ def main(argv: list[str] | None = None) -> None:
             assert served == f"openai/{MODEL}", served
             if args.profile:
                 print(profile(url, engine, min(args.calls, 2000)))
+                return
+            if args.litellm:
+                print(sdk_comparison(port, engine, args.calls, args.concurrency, args.litellm))
                 return
             results: list[dict[str, Any]] = []
             runs: list[tuple[str, Callable[[Any, bool], dict[str, Samples]]]] = [

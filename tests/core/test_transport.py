@@ -479,3 +479,50 @@ def test_gemini_observe_mode_is_metered_in_gemini_terms() -> None:
         assert record.usage.output_tokens == call.usage.output_tokens
         assert not record.usage.estimated
         assert record.cost > 0
+
+
+# ----------------------------------------------------------------------------- more edges
+
+
+@pytest.mark.anyio
+async def test_async_fail_open_sends_the_original_request() -> None:
+    engine = _engine()
+    _break_router(engine)
+    network, caller_fake, _ = _caller_network()
+    transport = AsyncRoutingTransport(network.async_transport("httpx2"), engine=engine)
+    client = anthropic.AsyncAnthropic(
+        api_key="sk-ant-caller", http_client=httpx2.AsyncClient(transport=transport), max_retries=0
+    )
+    message = await client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+    )
+    assert message.model == "claude-sonnet-4-6"
+    assert caller_fake.calls == []
+    anthropic_fake = network.providers["api.anthropic.com"]
+    assert [c.api_key for c in anthropic_fake.calls] == ["sk-ant-caller"]
+
+
+def test_a_responses_stream_closed_early_is_recorded_once_as_such() -> None:
+    engine = _engine()
+    network, caller_fake, _ = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    stream = client.responses.create(model="gpt-4o-mini", input="hi", stream=True)
+    for _ in stream:
+        break
+    stream.close()
+    [record] = _records(engine)
+    assert record.endpoint == "responses"
+    assert record.extra.get("closed_early") is True
+    assert len(caller_fake.calls) == 1
+
+
+def test_other_endpoints_of_a_provider_are_untouched() -> None:
+    engine = _engine()
+    network, caller_fake, _ = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    models = client.models.list()
+    assert list(models)
+    assert [c.endpoint for c in caller_fake.calls] == ["models"]
+    assert _records(engine) == []
