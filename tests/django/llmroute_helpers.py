@@ -7,14 +7,18 @@ dropped at teardown so no flusher thread outlives the test database.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import caches
+from django.db import connections
 from django.test import override_settings
 
 from django_llmroute import runtime
@@ -98,3 +102,38 @@ def make_user(django_user_model: Any) -> Callable[..., Any]:
         return user
 
     return build
+
+
+async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run blocking ORM code from an async test on a worker thread, closing its connection."""
+
+    def run() -> Any:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    return await asyncio.to_thread(run)
+
+
+async def close_async_connections() -> None:
+    """Close the connections the async test client's sync parts opened.
+
+    The test client keeps connections open between requests (so a test's transaction
+    survives); an async test's requests run their sync parts on asgiref's shared
+    thread, whose connection must be closed before the test database goes away.
+    """
+    await sync_to_async(connections.close_all)()
+
+
+def closing_connections(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate an async test so it ends with :func:`close_async_connections`."""
+
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await test(*args, **kwargs)
+        finally:
+            await close_async_connections()
+
+    return run

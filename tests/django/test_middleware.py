@@ -17,7 +17,12 @@ from django_llmroute.middleware import LLMRouteMiddleware, view_hints
 from django_llmroute.models import Budget
 from routing_middleware.context import RouteContext, current_context
 
-from .llmroute_helpers import llmroute, make_user  # noqa: F401
+from .llmroute_helpers import (  # noqa: F401
+    closing_connections,
+    in_thread,
+    llmroute,
+    make_user,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -82,8 +87,9 @@ def test_user_id_and_tags_hooks(client, llmroute):
 
 
 @pytest.mark.anyio
+@closing_connections
 async def test_async_views_get_the_context(async_client, llmroute, make_user):
-    user = await asyncio.to_thread(make_user, "dora", groups=("ops",))
+    user = await in_thread(make_user, "dora", groups=("ops",))
     await async_client.aforce_login(user)
     plain = (await async_client.get("/it/acontext/")).json()
     assert plain["user_id"] == str(user.pk)
@@ -155,12 +161,13 @@ def test_records_carry_user_feature_route_and_request_id(client, llmroute, make_
 
 
 @pytest.mark.anyio
+@closing_connections
 async def test_async_view_records_are_attributed(async_client, llmroute, make_user):
-    user = await asyncio.to_thread(make_user, "fay")
+    user = await in_thread(make_user, "fay")
     await async_client.aforce_login(user)
     plain = (await async_client.get("/it/aask/")).json()
     hinted = (await async_client.get("/it/aask/decorated/")).json()
-    calls = await asyncio.to_thread(llmroute.calls, user_ref=str(user.pk))
+    calls = await in_thread(llmroute.calls, user_ref=str(user.pk))
     by_call = {c.call_id: c for c in calls}
     assert by_call[plain["call_id"]].feature is None
     assert by_call[plain["call_id"]].route == "it:aask"
@@ -217,10 +224,11 @@ def test_stream_that_ends_after_the_middleware_returned(client, llmroute, make_u
 
 
 @pytest.mark.anyio
+@closing_connections
 async def test_async_stream_that_ends_after_the_middleware_returned(
     async_client, llmroute, make_user
 ):
-    user = await asyncio.to_thread(make_user, "hal")
+    user = await in_thread(make_user, "hal")
     await async_client.aforce_login(user)
     response = await async_client.get("/it/astream/")
     assert response.is_async
@@ -229,6 +237,6 @@ async def test_async_stream_that_ends_after_the_middleware_returned(
     for seen in (before, after):
         assert seen["feature"] == "astreamed-feature"
         assert seen["user_id"] == str(user.pk)
-    calls = await asyncio.to_thread(llmroute.wait_for_calls, 1, feature="astreamed-feature")
+    calls = await in_thread(llmroute.wait_for_calls, 1, feature="astreamed-feature")
     assert [c.user_ref for c in calls] == [str(user.pk)]
     assert calls[0].streamed

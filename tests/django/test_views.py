@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -13,7 +12,12 @@ from django.test import Client
 
 from django_llmroute.models import ApiKey
 
-from .llmroute_helpers import llmroute, make_user  # noqa: F401
+from .llmroute_helpers import (  # noqa: F401
+    closing_connections,
+    in_thread,
+    llmroute,
+    make_user,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -206,6 +210,7 @@ def test_streaming(client, llmroute, key):
 
 
 @pytest.mark.anyio
+@closing_connections
 async def test_async_gateway_views(async_client, llmroute, key):
     api_key, plaintext = key
     auth = {"authorization": f"Bearer {plaintext}"}
@@ -232,7 +237,7 @@ async def test_async_gateway_views(async_client, llmroute, key):
         "/llm-async/v1/chat/completions", chat_body(), content_type="application/json"
     )
     assert refused.status_code == 401
-    calls = await asyncio.to_thread(llmroute.wait_for_calls, 2)
+    calls = await in_thread(llmroute.wait_for_calls, 2)
     assert {c.user_id for c in calls} == {api_key.owner_id}
 
 
