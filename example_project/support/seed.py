@@ -428,10 +428,10 @@ def _users() -> tuple[dict[str, str], int]:
     return ids, created
 
 
-def _tickets() -> int:
+def _tickets(now: datetime) -> int:
     created = 0
-    for subject, body, customer, email, status in TICKETS:
-        _, made = Ticket.objects.get_or_create(
+    for n, (subject, body, customer, email, status) in enumerate(TICKETS):
+        ticket, made = Ticket.objects.get_or_create(
             subject=subject,
             defaults={
                 "body": body,
@@ -440,6 +440,9 @@ def _tickets() -> int:
                 "status": status,
             },
         )
+        if made:  # opened over the last few days, the first one first
+            opened = now - timedelta(hours=9 * (len(TICKETS) - n), minutes=17 * n)
+            Ticket.objects.filter(pk=ticket.pk).update(created_at=opened)
         created += made
     return created
 
@@ -481,7 +484,7 @@ def seed(*, days: int = 30, now: datetime | None = None) -> SeedResult:
     now = now or timezone.now()
     with transaction.atomic():
         users, created_users = _users()
-        created_tickets = _tickets()
+        created_tickets = _tickets(now)
     already = LLMCall.objects.filter(record_id__startswith=RECORD_PREFIX).exists()
     created_calls = 0
     if not already:
