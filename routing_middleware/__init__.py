@@ -13,15 +13,18 @@ __version__ = "0.1.0"
 
 # Public name -> submodule that defines it.
 _EXPORTS: dict[str, str] = {
+    "BreakerPolicy": "breaker",
     "Budget": "budgets",
     "Budgets": "budgets",
     "Catalog": "catalog",
     "ChatRequest": "schema",
     "ChatResponse": "schema",
+    "CircuitBreaker": "breaker",
     "Completion": "engine",
     "Decision": "router",
     "Deployment": "router",
     "Dispatcher": "dispatch",
+    "FakeProvider": "testing",
     "FeedError": "feeds",
     "LLMError": "schema",
     "LLMRoute": "engine",
@@ -33,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "Reason": "router",
     "RecordSink": "metering",
     "Relay": "relay",
+    "ResponseCache": "cache",
+    "RetryPolicy": "retry",
     "RouteContext": "context",
     "Router": "router",
     "RoutingConfig": "config",
@@ -48,15 +53,18 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "BreakerPolicy",
     "Budget",
     "Budgets",
     "Catalog",
     "ChatRequest",
     "ChatResponse",
+    "CircuitBreaker",
     "Completion",
     "Decision",
     "Deployment",
     "Dispatcher",
+    "FakeProvider",
     "FeedError",
     "LLMError",
     "LLMRoute",
@@ -68,6 +76,8 @@ __all__ = [
     "Reason",
     "RecordSink",
     "Relay",
+    "ResponseCache",
+    "RetryPolicy",
     "RouteContext",
     "Router",
     "RoutingConfig",
@@ -84,7 +94,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .breaker import BreakerPolicy, CircuitBreaker
     from .budgets import Budget, Budgets
+    from .cache import ResponseCache
     from .catalog import Catalog, ModelInfo, Price, default_catalog
     from .config import RoutingConfig
     from .context import RouteContext, current_context, route_hint, use_context
@@ -94,6 +106,7 @@ if TYPE_CHECKING:
     from .metering import MemorySink, RecordSink, UsageRecord
     from .pricing import cost_of
     from .relay import Relay
+    from .retry import RetryPolicy
     from .router import Decision, Deployment, Reason, Router
     from .schema import (
         ChatRequest,
@@ -105,6 +118,7 @@ if TYPE_CHECKING:
         Usage,
     )
     from .settings import LLMRouteConfig
+    from .testing import FakeProvider
 
 
 def __getattr__(name: str) -> Any:
