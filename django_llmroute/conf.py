@@ -100,6 +100,10 @@ class GatewayOptions(_Options):
     SESSION_AUTH: bool = True
     #: Allow ``x-llmroute-*`` hint headers from keys with ``allow_hint_headers``.
     HINT_HEADERS: bool = True
+    #: Requests per minute per API key (or session user), per process; ``None``: no limit.
+    RATE_LIMIT_PER_MINUTE: float | None = Field(default=None, gt=0)
+    #: Requests allowed at once above the rate (default: a tenth of a minute's worth).
+    RATE_LIMIT_BURST: int | None = Field(default=None, ge=1)
 
 
 class DjangoOptions(_Options):

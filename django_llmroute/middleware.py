@@ -25,6 +25,7 @@ Sync and async: under ASGI with an async stack it never blocks the event loop
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from decimal import Decimal
@@ -47,6 +48,8 @@ from .runtime import collect_records
 __all__ = ["LLMRouteMiddleware", "context_for_request", "view_hints"]
 
 _HEADER = "Server-Timing"
+
+logger = logging.getLogger("django_llmroute")
 
 
 def view_hints(view: Callable[..., Any]) -> dict[str, Any]:
@@ -79,6 +82,15 @@ def _request_id(request: HttpRequest, settings: LLMRouteSettings) -> str:
     return uuid.uuid4().hex
 
 
+def _hook(func: Callable[..., Any], request: HttpRequest, key: str) -> Any:
+    try:
+        return func(request)
+    except Exception:
+        # A failing hook costs the attribution, never the request.
+        logger.exception("llmroute: the LLMROUTE[%r] hook failed", key)
+        return None
+
+
 def context_for_request(request: HttpRequest) -> RouteContext:
     """The routing context of ``request`` before its view is known (blocking: may query).
 
@@ -90,7 +102,7 @@ def context_for_request(request: HttpRequest) -> RouteContext:
     user_id: str | None = None
     groups: frozenset[str] | None = None
     if settings.user_id is not None:
-        found = settings.user_id(request)
+        found = _hook(settings.user_id, request, "USER_ID")
         user_id = None if found is None else str(found)
     elif user is not None and getattr(user, "is_authenticated", False):
         user_id = str(user.pk)
@@ -103,7 +115,7 @@ def context_for_request(request: HttpRequest) -> RouteContext:
         groups = frozenset(user.groups.values_list("name", flat=True))
     tags: frozenset[str] | None = None
     if settings.tags is not None:
-        found_tags = settings.tags(request)
+        found_tags = _hook(settings.tags, request, "TAGS")
         if found_tags:
             tags = frozenset(
                 [found_tags] if isinstance(found_tags, str) else (str(t) for t in found_tags)

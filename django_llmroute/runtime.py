@@ -43,6 +43,7 @@ __all__ = [
     "budgets_changed",
     "collect_records",
     "get_engine",
+    "get_rate_limiter",
     "get_relay",
     "get_sink",
     "install",
@@ -132,6 +133,7 @@ class _State:
     retired: list[LLMRoute] = dataclasses.field(default_factory=list)
     refresher: Any = None
     instrumented: bool = False
+    limiter: Any = None
 
 
 _lock = threading.RLock()
@@ -287,6 +289,19 @@ def get_relay() -> Relay:
         return relay
 
 
+def get_rate_limiter() -> Any:
+    """The gateway's per-process token buckets (a core ``RateLimiter``), made on first use."""
+    limiter = _state.limiter
+    if limiter is None:
+        from routing_middleware.auth import RateLimiter
+
+        with _lock:
+            if _state.limiter is None:
+                _state.limiter = RateLimiter()
+            limiter = _state.limiter
+    return limiter
+
+
 def budgets_changed() -> None:
     """The admin budgets changed: rebuild the engine on its next use."""
     _state.dirty = True
@@ -334,6 +349,7 @@ def reset(*, close_sink: bool = False) -> None:
         _state.settings = None
         _state.dirty = False
         _state.checked_at = 0.0
+        _state.limiter = None
         if _state.refresher is not None:
             _state.refresher.stop()
             _state.refresher = None

@@ -19,6 +19,7 @@ The views only move bytes: parsing, routing, dispatch and encoding are the core'
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -31,10 +32,10 @@ from django.views.decorators.csrf import csrf_exempt
 
 from routing_middleware.context import RouteContext, current_context
 from routing_middleware.relay import RelayResponse
-from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError
+from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited
 
 from .conf import get_settings
-from .runtime import get_engine, get_relay
+from .runtime import get_engine, get_rate_limiter, get_relay
 
 __all__ = [
     "Caller",
@@ -195,6 +196,31 @@ def _too_big(dialect: str) -> HttpResponseBase:
     )
 
 
+def _rate_limited(caller: Caller, dialect: str) -> HttpResponseBase | None:
+    gateway = get_settings().django.GATEWAY
+    if gateway.RATE_LIMIT_PER_MINUTE is None:
+        return None
+    from routing_middleware.auth import RateLimit
+
+    limit = RateLimit.per_minute(gateway.RATE_LIMIT_PER_MINUTE, gateway.RATE_LIMIT_BURST)
+    who = f"key:{caller.api_key.pk}" if caller.api_key is not None else f"user:{caller.user.pk}"
+    wait = get_rate_limiter().acquire(who, limit)
+    if wait <= 0:
+        return None
+    seconds = max(1, math.ceil(wait))
+    response = _error(
+        dialect,
+        RateLimited(
+            f"Rate limit of {gateway.RATE_LIMIT_PER_MINUTE:g} requests per minute reached; "
+            f"retry in {seconds}s.",
+            code="rate_limit_exceeded",
+            retry_after=seconds,
+        ),
+    )
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
 def _prepare(request: HttpRequest, dialect: str) -> tuple[HttpResponseBase | None, Any]:
     """Method, authentication and body checks; ``(refusal, None)`` or ``(None, (body, ctx))``."""
     if request.method != "POST":
@@ -202,6 +228,9 @@ def _prepare(request: HttpRequest, dialect: str) -> tuple[HttpResponseBase | Non
     caller = authenticate(request)
     if caller is None:
         return _refused(dialect), None
+    limited = _rate_limited(caller, dialect)
+    if limited is not None:
+        return limited, None
     try:
         context = caller.context(request)
     except (TypeError, ValueError) as exc:

@@ -240,3 +240,52 @@ async def test_async_stream_that_ends_after_the_middleware_returned(
     calls = await in_thread(llmroute.wait_for_calls, 1, feature="astreamed-feature")
     assert [c.user_ref for c in calls] == [str(user.pk)]
     assert calls[0].streamed
+
+
+def failing_hook(request: HttpRequest) -> str:
+    """A ``USER_ID`` hook with a bug."""
+    raise KeyError("tenant")
+
+
+def test_a_failing_hook_costs_the_attribution_not_the_request(client, llmroute, caplog):
+    llmroute(USER_ID="tests.django.test_middleware.failing_hook")
+    response = client.get("/it/context/")
+    assert response.status_code == 200
+    assert response.json()["user_id"] is None
+    assert "LLMROUTE['USER_ID'] hook failed" in caplog.text
+
+
+# -- what is stored of the content ----------------------------------------------------
+
+
+def _redact(text: str) -> str:
+    return text.replace("secret", "[redacted]")
+
+
+def _boom(text: str) -> str:
+    raise RuntimeError("redaction bug")
+
+
+def test_record_filter_content_policy():
+    from django_llmroute.runtime import RecordFilter, collect_records
+    from routing_middleware.metering import MemorySink
+
+    from .factories import make_record
+
+    record = make_record(prompt="my secret prompt", completion="a secret answer")
+    kept = MemorySink()
+    RecordFilter(kept).emit(record)
+    RecordFilter(kept, store_content=True).emit(record)
+    RecordFilter(kept, store_content=True, redact=_redact).emit(record)
+    RecordFilter(kept, store_content=True, redact=_boom).emit(record)
+    stored = [(r.prompt, r.completion) for r in kept.records]
+    assert stored == [
+        (None, None),
+        ("my secret prompt", "a secret answer"),
+        ("my [redacted] prompt", "a [redacted] answer"),
+        (None, None),
+    ]
+    assert record.prompt == "my secret prompt"  # the caller's record is left alone
+    with collect_records() as seen:
+        RecordFilter(kept).emit(record)
+    assert seen == [record]

@@ -328,3 +328,19 @@ def test_anthropic_sdk_through_the_gateway(client, llmroute, key):
     http.close()
     [call] = llmroute.wait_for_calls(1)
     assert call.user == api_key.owner
+
+
+def test_rate_limit_per_key(client, llmroute, key):
+    llmroute(GATEWAY={"RATE_LIMIT_PER_MINUTE": 6, "RATE_LIMIT_BURST": 2})
+    api_key, plaintext = key
+    auth = {"authorization": f"Bearer {plaintext}"}
+    assert post(client, CHAT, chat_body(), **auth).status_code == 200
+    assert post(client, CHAT, chat_body(), **auth).status_code == 200
+    limited = post(client, CHAT, chat_body(), **auth)
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 10
+    # Another key has its own bucket.
+    _, other = ApiKey.objects.create_key(api_key.owner, "second")
+    assert post(client, CHAT, chat_body(), authorization=f"Bearer {other}").status_code == 200
+    assert len(llmroute.calls()) == 3
