@@ -1,0 +1,201 @@
+"""Per-library pieces of interception: response streams that must subclass the
+library's own stream types, built once per library (``httpx`` or ``httpx2``) from
+the same code."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from ._intercept_meter import CallInfo, Meter
+
+if TYPE_CHECKING:
+    from .relay import RelayResponse
+
+__all__ = ["Kit", "kit_for"]
+
+logger = logging.getLogger("llmroute.transport")
+
+
+@dataclass(frozen=True, slots=True)
+class Kit:
+    """One HTTP library's classes, and the response builders that need them."""
+
+    lib: Any
+    relay_stream: type[Any]
+    arelay_stream: type[Any]
+    metered_stream: type[Any]
+    ametered_stream: type[Any]
+
+    def relay_response(self, answer: RelayResponse) -> Any:
+        """The relay's answer as the library's response."""
+        if answer.stream is not None:
+            stream = self.relay_stream(answer.stream)
+            return self.lib.Response(answer.status, headers=answer.headers, stream=stream)
+        if answer.astream is not None:
+            stream = self.arelay_stream(answer.astream)
+            return self.lib.Response(answer.status, headers=answer.headers, stream=stream)
+        body = answer.body
+        headers = [*answer.headers.items(), ("content-length", str(len(body)))]
+        return self.lib.Response(answer.status, headers=headers, stream=self.lib.ByteStream(body))
+
+    def metered(self, response: Any, info: CallInfo, *, is_async: bool) -> Any:
+        """``response`` with its body wrapped by a :class:`Meter` (never raises)."""
+        try:
+            meter = Meter(info, response.status_code, response.headers.get("content-type", ""))
+            cls = self.ametered_stream if is_async else self.metered_stream
+            response.stream = cls(response.stream, meter)
+            decision = info.decision
+            if decision is not None and info.engine.config.response_headers:
+                from .relay import decision_headers
+
+                response.headers.update(decision_headers(decision, info.requested, info.provider))
+        except Exception:
+            logger.exception("llmroute could not meter a call to %s", info.provider)
+        return response
+
+
+_kits: dict[type[Any], Kit] = {}
+
+
+def kit_for(request: Any) -> Kit:
+    """The kit of the library ``request`` belongs to."""
+    kind = type(request)
+    kit = _kits.get(kind)
+    if kit is None:
+        kit = _kits[kind] = _build_kit(kind.__module__.partition(".")[0])
+    return kit
+
+
+@functools.cache
+def _build_kit(lib_name: str) -> Kit:
+    lib: Any = importlib.import_module(lib_name)
+
+    class RelayStream(lib.SyncByteStream):  # type: ignore[misc]
+        """The relay's answer bytes, incrementally; closing ends the routed call."""
+
+        __slots__ = ("_chunks", "_closed", "_started")
+
+        def __init__(self, chunks: Iterator[bytes]) -> None:
+            self._chunks = chunks
+            self._started = self._closed = False
+
+        def __iter__(self) -> Iterator[bytes]:
+            return self
+
+        def __next__(self) -> bytes:
+            self._started = True
+            return next(self._chunks)
+
+        def close(self) -> None:
+            if self._closed:
+                return
+            self._closed = True
+            chunks = cast("Any", self._chunks)
+            if not self._started:  # a generator's cleanup only runs once it started
+                self._started = True
+                try:
+                    next(chunks)
+                except StopIteration:
+                    pass
+            chunks.close()
+
+    class AsyncRelayStream(lib.AsyncByteStream):  # type: ignore[misc]
+        """Async twin of ``RelayStream``."""
+
+        __slots__ = ("_chunks", "_closed", "_started")
+
+        def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+            self._chunks = chunks
+            self._started = self._closed = False
+
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            return self
+
+        async def __anext__(self) -> bytes:
+            self._started = True
+            return await self._chunks.__anext__()
+
+        async def aclose(self) -> None:
+            if self._closed:
+                return
+            self._closed = True
+            chunks = cast("Any", self._chunks)
+            try:
+                if not self._started:
+                    self._started = True
+                    try:
+                        await chunks.__anext__()
+                    except StopAsyncIteration:
+                        pass
+                await chunks.aclose()
+            except RuntimeError:  # closed while another task is reading it
+                logger.debug("llmroute stream closed while being read", exc_info=True)
+
+    class MeteredStream(lib.SyncByteStream):  # type: ignore[misc]
+        """Passes an upstream body through untouched, feeding a :class:`Meter`."""
+
+        __slots__ = ("_complete", "_inner", "_iter", "_meter")
+
+        def __init__(self, inner: Any, meter: Meter) -> None:
+            self._inner, self._meter = inner, meter
+            self._iter: Iterator[bytes] | None = None
+            self._complete = False
+
+        def __iter__(self) -> Iterator[bytes]:
+            self._iter = iter(self._inner)
+            return self
+
+        def __next__(self) -> bytes:
+            assert self._iter is not None
+            try:
+                data: bytes = next(self._iter)
+            except StopIteration:
+                self._complete = True
+                raise
+            self._meter.feed(data)
+            return data
+
+        def close(self) -> None:
+            try:
+                self._inner.close()
+            finally:
+                self._meter.finish(self._complete)
+
+    class AsyncMeteredStream(lib.AsyncByteStream):  # type: ignore[misc]
+        """Async twin of ``MeteredStream``."""
+
+        __slots__ = ("_complete", "_inner", "_iter", "_meter")
+
+        def __init__(self, inner: Any, meter: Meter) -> None:
+            self._inner, self._meter = inner, meter
+            self._iter: AsyncIterator[bytes] | None = None
+            self._complete = False
+
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            self._iter = self._inner.__aiter__()
+            return self
+
+        async def __anext__(self) -> bytes:
+            assert self._iter is not None
+            try:
+                data: bytes = await self._iter.__anext__()
+            except StopAsyncIteration:
+                self._complete = True
+                raise
+            self._meter.feed(data)
+            return data
+
+        async def aclose(self) -> None:
+            try:
+                await self._inner.aclose()
+            finally:
+                await self._meter.afinish(self._complete)
+
+    for cls in (RelayStream, AsyncRelayStream, MeteredStream, AsyncMeteredStream):
+        cls.__qualname__ = cls.__name__ = f"{cls.__name__}[{lib_name}]"
+    return Kit(lib, RelayStream, AsyncRelayStream, MeteredStream, AsyncMeteredStream)
