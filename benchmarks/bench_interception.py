@@ -550,7 +550,7 @@ def _fmt(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=2000, help="calls per path and scenario")
+    parser.add_argument("--calls", type=int, default=1000, help="calls per path and scenario")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--profile", action="store_true")
