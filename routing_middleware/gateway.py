@@ -45,6 +45,7 @@ __all__ = ["gateway_app"]
 
 _ASGIHandler = Callable[["Scope", "Receive", "Send"], Awaitable[None]]
 _MAX_HINT_LENGTH = 200
+_EMPTY = RouteContext()
 _WANTED_HEADERS = frozenset(
     {
         b"authorization",
@@ -243,8 +244,13 @@ class _Gateway:
                 fields["feature"] = _text_hint(feature, "X-LLMRoute-Feature")
             else:
                 ignored.append("feature")
+        outer = current_context()
         try:
-            context = current_context().merged(**fields)
+            if outer == _EMPTY and len(fields) == 4:
+                # The usual case (no outer context, no hints): nothing to merge or check.
+                context = RouteContext(**fields)
+            else:
+                context = outer.merged(**fields)
         except ValueError as error:
             raise InvalidRequest(
                 f"Invalid X-LLMRoute-Tier header: {error}", param="X-LLMRoute-Tier"
