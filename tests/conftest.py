@@ -9,6 +9,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check correctness, not speed: no per-example deadline (a loaded CI
+# machine would make timing flaky), and failures print the example to replay.
+settings.register_profile(
+    "llmroute", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("llmroute")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
