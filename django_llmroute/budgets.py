@@ -240,8 +240,8 @@ class CacheBudgetStore:
             client = self._redis_client
             out = []
             for line in lines:
-                values = [client.hget(redis.prefix + k, "s") for k in line.window]
-                out.append(sum(int(v or 0) for v in values))
+                fields = [client.hget(redis.prefix + k, "s") for k in line.window]
+                out.append(sum(int(v or 0) for v in fields))
             return out
         values = self._read([k for line in lines for k in line.window])
         return [sum(values[k][0] for k in line.window) for line in lines]

@@ -195,7 +195,7 @@ class LLMRouteMiddleware:
             markcoroutinefunction(self)
             # A coroutine process_view runs in the request's own task (no thread
             # hop), so the hints it pushes are in the context the view runs in.
-            self.process_view = self._aprocess_view  # type: ignore[method-assign]
+            self.process_view = self._aprocess_view  # type: ignore[method-assign,assignment]
 
     def __repr__(self) -> str:
         return f"<LLMRouteMiddleware get_response={self.get_response!r}>"

@@ -70,9 +70,10 @@ class Caller:
     def context(self, request: HttpRequest) -> RouteContext:
         """The routing context for this caller's calls (blocking: reads groups, headers)."""
         settings = get_settings()
-        groups = None
+        # Always set (empty included): a session user's groups must not stick to a key's owner.
+        groups: frozenset[str] = frozenset()
         if settings.django.GROUPS and hasattr(self.user, "groups"):
-            groups = frozenset(self.user.groups.values_list("name", flat=True)) or None
+            groups = frozenset(self.user.groups.values_list("name", flat=True))
         fields: dict[str, Any] = {
             "user_id": str(self.user.pk),
             "user_groups": groups,
