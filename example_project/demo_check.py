@@ -157,10 +157,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="llmroute-demo-check-") as tmp:
         db_path = Path(tmp) / "demo.sqlite3"
         env = demo_env(db_path)
-        print(prepare(db_path, env=env).strip())
         log = Path(tmp) / "server.log"
         try:
-            with serve(db_path, env=env, log_path=log) as base:
+            # Seeding runs while the server boots; it answers once the data is there.
+            def seed() -> None:
+                print(prepare(db_path, env=env).strip())
+
+            with serve(db_path, env=env, log_path=log, while_starting=seed) as base:
                 print(f"serving on {base}")
                 web = Browser(base)
                 checks: list[Callable[[], str]] = [

@@ -8,6 +8,7 @@ system's Chromium (``/usr/bin/chromium`` or ``LLMROUTE_CHROMIUM``).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -47,8 +48,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="llmroute-screenshots-") as tmp:
         db_path = Path(tmp) / "demo.sqlite3"
         env = demo_env(db_path)
-        prepare(db_path, env=env)
-        with serve(db_path, env=env) as base, sync_playwright() as playwright:
+        seeding = functools.partial(prepare, db_path, env=env)
+        with (
+            serve(db_path, env=env, while_starting=seeding) as base,
+            sync_playwright() as playwright,
+        ):
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             context = browser.new_context(
                 base_url=base, viewport={"width": 1440, "height": 900}, device_scale_factor=1

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,8 +92,13 @@ def serve(
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
     timeout: float = 30.0,
+    while_starting: Callable[[], object] | None = None,
 ) -> Iterator[str]:
-    """Serve the site on 127.0.0.1 in a child process; yields its base URL."""
+    """Serve the site on 127.0.0.1 in a child process; yields its base URL.
+
+    ``while_starting`` runs while the server boots (say, :func:`prepare`: the
+    server answers once the database is ready, and both take seconds).
+    """
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -104,6 +109,8 @@ def serve(
         stderr=subprocess.STDOUT,
     )
     try:
+        if while_starting is not None:
+            while_starting()
         _wait_until_up(base, process, timeout)
         yield base
     finally:

@@ -9,6 +9,7 @@ browser. Without Playwright or Chromium the tests are skipped, unless
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,8 +75,8 @@ def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     tmp = tmp_path_factory.mktemp("site")
     db_path = tmp / "demo.sqlite3"
     env = demo_env(db_path)
-    prepare(db_path, env=env)
-    with serve(db_path, env=env, log_path=tmp / "server.log") as url:
+    seeding = functools.partial(prepare, db_path, env=env)
+    with serve(db_path, env=env, log_path=tmp / "server.log", while_starting=seeding) as url:
         yield Site(url, db_path)
 
 
