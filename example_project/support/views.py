@@ -2,7 +2,9 @@
 exactly as any app would; llmroute intercepts those calls (``INSTRUMENT_HTTPX``),
 routes each to the cheapest good-enough model and records its cost.
 
-The only llmroute-specific lines are the ``@llm_route`` hints.
+Routing needs nothing here but the ``@llm_route`` hints. The rest of the
+llmroute-specific code is for the demo page: ``with_raw_response`` and
+``collect_records()`` read what happened to each call, to show it.
 """
 
 from __future__ import annotations
