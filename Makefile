@@ -38,7 +38,8 @@ $(E2E_STAMP): $(STAMP)
 
 # Playwright, and Chromium from apt-get when it is missing (needs root, as on CI).
 e2e-deps: $(E2E_STAMP)
-	@test -x $(CHROMIUM) || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@test -x $(CHROMIUM) || { echo "No Chromium at $(CHROMIUM): installing it with apt-get (needs root)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 e2e: e2e-deps
 	LLMROUTE_E2E_REQUIRED=1 LLMROUTE_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -m e2e tests/e2e $(PYTEST_ARGS)
