@@ -94,6 +94,7 @@ class CacheBudgetStore:
         self._redis: RedisBudgetStore | None = None
         self._redis_client: Any = None
         self._init_lock = threading.Lock()
+        self._next_reconcile: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"CacheBudgetStore(alias={self.alias!r}, atomic={self.atomicity})"
@@ -284,16 +285,23 @@ class CacheBudgetStore:
     def _maybe_reconcile(self, lines: Sequence[BudgetLine]) -> None:
         if self.reconcile_s <= 0:
             return
+        # A process-local note keeps the cache out of it between reconciliations;
+        # the cache key makes one worker (not every worker) do each one.
+        now = time.monotonic()
+        local = self._next_reconcile
+        pending = [line for line in lines if local.get(line.charge_key, 0.0) <= now]
+        if not pending:
+            return
+        if len(local) > 4096:
+            local.clear()
         cache = self.cache
-        due = [
-            line
-            for line in lines
+        due = []
+        for line in pending:
+            local[line.charge_key] = now + self.reconcile_s
             if cache.add(
-                f"{_PREFIX}reconciled:{line.charge_key}",
-                1,
-                timeout=max(1, int(self.reconcile_s)),
-            )
-        ]
+                f"{_PREFIX}reconciled:{line.charge_key}", 1, timeout=max(1, int(self.reconcile_s))
+            ):
+                due.append(line)
         if not due:
             return
         # On a thread of its own: its own database connection, outside whatever
