@@ -2,9 +2,10 @@
 
 Runs offline in a temporary directory: migrates and seeds a fresh SQLite database,
 starts the site on a free port, then requests the home page, a ticket, the
-"summarize" action, the streamed "draft reply", the admin login and, signed in,
-the cost report; finally checks that the two LLM calls were recorded. Exits 0
-when every check passes, 1 otherwise.
+"summarize" action, the streamed "draft reply", the gateway (which must refuse a
+call without a key), the admin login and, signed in, the cost report; finally
+checks that the two LLM calls were recorded. Exits 0 when every check passes, 1
+otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -136,6 +138,22 @@ def check_admin(web: Browser) -> str:
     return f"admin sign-in works; cost report shows ${spend.group(1)} over seeded traffic"
 
 
+def check_gateway(base: str) -> str:
+    request = urllib.request.Request(
+        base + "/v1/chat/completions",
+        data=b'{"model": "gpt-5.4", "messages": [{"role": "user", "content": "Hi"}]}',
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, body = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read().decode(errors="replace")
+    expect(status == 401, f"the gateway answered {status} to a call without an API key")
+    expect('"error"' in body, "the gateway's refusal is not an OpenAI-style error body")
+    return "the gateway at /v1 refuses a call without an API key, in the OpenAI dialect"
+
+
 def check_recorded(db_path: Path, wanted: int = 2, timeout: float = 10.0) -> str:
     deadline = time.monotonic() + timeout
     found = 0
@@ -170,6 +188,7 @@ def main() -> int:
                     lambda: check_home(web),
                     lambda: check_summarize(web),
                     lambda: check_draft_stream(web),
+                    lambda: check_gateway(base),
                     lambda: check_admin(web),
                     lambda: check_recorded(db_path),
                 ]
