@@ -163,6 +163,8 @@ class _Cand:
     order: int = 0
     #: Long-context bands as (above_tokens, input, output), ascending.
     bands: tuple[tuple[int, float, float], ...] = ()
+    #: ``Deployment.key`` of each deployment (a property that formats on every read).
+    keys: tuple[str, ...] = ()
 
     def unit(self, w: float, input_tokens: int) -> float:
         """Price per 1M tokens at output share ``w``, long-context bands applied."""
@@ -183,6 +185,26 @@ class _Plan:
     sorted_cache: dict[tuple[int, int], tuple[list[float], list[_Cand]]] = field(
         default_factory=dict
     )
+    #: Requested model name as sent -> its candidate (``None``: not a known chat model).
+    resolved: dict[str, _Cand | None] = field(default_factory=dict)
+
+    def requested(self, model: str, catalog: Catalog) -> _Cand | None:
+        """The candidate for the requested ``model`` (id or alias), remembered per name:
+        the plan lives for one catalog generation, and so does the answer."""
+        resolved = self.resolved
+        try:
+            return resolved[model]
+        except KeyError:
+            pass
+        found = self.by_id.get(model.lower())
+        if found is None:
+            info = catalog.find(model)
+            if info is not None:
+                found = self.by_id.get(info.id.lower())
+        if len(resolved) >= 4096:
+            resolved.clear()
+        resolved[model] = found
+        return found
 
     def by_bound(self, level: int, bucket: int) -> tuple[list[float], list[_Cand]]:
         """Candidates of ``level`` sorted by their per-token cost lower bound in ``bucket``."""
@@ -204,6 +226,71 @@ class _Plan:
         return found
 
 
+class _Latency:
+    """One candidate's latency in one stats snapshot, for plain or for streamed calls.
+
+    ``best`` is the lowest p95 over its deployments, whatever their sample count
+    (``inf`` when none is known): cost ties break on it. ``p95s`` holds, per
+    deployment, the p95 an SLA is checked against (``None`` below
+    ``sla_min_samples``) and ``worst`` the highest of those (``-inf`` for none), so
+    an SLA at or above ``worst`` is met by every deployment without a loop.
+    """
+
+    __slots__ = ("best", "p95s", "texts", "worst")
+
+    def __init__(self, best: float, p95s: tuple[float | None, ...], worst: float) -> None:
+        self.best = best
+        self.p95s = p95s
+        self.worst = worst
+        #: Start of each deployment's ``excluded_sla`` message, made when first needed.
+        self.texts: dict[int, str] = {}
+
+
+_UNKNOWN_LATENCY = _Latency(math.inf, (), -math.inf)
+
+
+class _StatsView:
+    """A stats snapshot plus the per-candidate figures decisions read from it.
+
+    Built when the router takes a snapshot and dropped with it (or when the plan
+    changes), so each candidate's latency is looked up once per snapshot instead
+    of once per decision.
+    """
+
+    __slots__ = ("_by_stream", "_min_samples", "snapshot")
+
+    def __init__(self, snapshot: StatsSnapshot, min_samples: int) -> None:
+        self.snapshot = snapshot
+        self._min_samples = min_samples
+        # Indexed by ``stream`` (False, True); keyed by candidate identity.
+        self._by_stream: tuple[dict[_Cand, _Latency], dict[_Cand, _Latency]] = ({}, {})
+
+    def of(self, cand: _Cand, stream: bool) -> _Latency:
+        known = self._by_stream[stream]
+        found = known.get(cand)
+        if found is None:
+            found = known[cand] = self._compute(cand, stream)
+        return found
+
+    def _compute(self, cand: _Cand, stream: bool) -> _Latency:
+        deployments = self.snapshot.deployments
+        if not deployments:
+            return _UNKNOWN_LATENCY
+        best, worst = math.inf, -math.inf
+        p95s: list[float | None] = []
+        for key in cand.keys:
+            st = deployments.get(key)
+            p95 = _p95(st, stream, self._min_samples)
+            p95s.append(p95)
+            if p95 is not None and p95 > worst:  # (NaN compares false: never the worst)
+                worst = p95
+            if st is not None:
+                value = st.ttft_p95_ms if stream else st.p95_ms
+                if value == value and value < best:  # skip NaN (no samples)
+                    best = value
+        return _Latency(best, tuple(p95s), worst)
+
+
 @dataclass(slots=True)
 class _Constraints:
     needs: frozenset[str]
@@ -217,6 +304,10 @@ class _Constraints:
     sla_ms: float | None
     stream: bool
     input_tokens: int
+    w: float  # output share of this request's tokens
+    limit: float = math.inf  # min(ceiling, max_cost): no candidate's unit may exceed it
+    lists: bool = False  # whether allow, deny or providers is set
+    sla_text: str = ""  # ``sla_ms`` as exclusion messages show it, made when first needed
 
 
 @dataclass(slots=True)
@@ -236,17 +327,34 @@ class _RuleOutcome:
     mode: Mode | None = None
     reasons: list[Reason] = field(default_factory=list)
 
+    def copy(self) -> _RuleOutcome:
+        return _RuleOutcome(
+            self.tier,
+            self.model,
+            self.min_quality,
+            self.max_latency_ms,
+            self.mode,
+            list(self.reasons),
+        )
+
+
+#: The outcome when no rule matches. Shared: outcomes returned to ``decide`` are read only.
+_NO_RULES = _RuleOutcome()
+
 
 class _CompiledRule:
     """A rule flattened into plain attributes, read on every decision."""
 
     __slots__ = (
+        "alone",
+        "conditional",
         "continue_",
         "features",
         "groups",
         "has_images",
         "has_tools",
         "json_schema",
+        "keyword_hints",
         "keywords",
         "max_latency_ms",
         "max_tokens",
@@ -278,11 +386,58 @@ class _CompiledRule:
         self.json_schema = when.json_schema
         self.pattern = rule.pattern
         self.keywords = rule.keyword_pattern
+        # ``keywords`` compile to one case-insensitive whole-word pattern, slow to search.
+        # In ASCII text, ASCII keywords can only match where the lowered text contains
+        # one of them lowered (case folding pairs no ASCII letter with another ASCII
+        # character but its other case), so that substring test rules most texts out
+        # first. ``None`` when a keyword is not ASCII: then the pattern always runs.
+        self.keyword_hints: tuple[str, ...] | None = None
+        if self.keywords is not None and when.keywords and all(k.isascii() for k in when.keywords):
+            self.keyword_hints = tuple(k.lower() for k in when.keywords)
         self.tier: int | None = level(then.tier) if then.tier is not None else None
         self.model = then.model
         self.min_quality = then.min_quality
         self.max_latency_ms = then.max_latency_ms
         self.mode: Mode | None = then.mode
+        #: Whether anything beyond feature/route/model (prefiltered per decision) is checked.
+        self.conditional = any(
+            v is not None
+            for v in (
+                self.groups,
+                self.tags,
+                self.min_tokens,
+                self.max_tokens,
+                self.has_tools,
+                self.has_images,
+                self.json_schema,
+                self.pattern,
+                self.keywords,
+            )
+        )
+        #: What this rule yields when it is the first to match: the usual case, made once.
+        self.alone = _RuleOutcome()
+        self.apply(self.alone)
+
+    def apply(self, outcome: _RuleOutcome) -> None:
+        """Set the fields of ``outcome`` this rule sets and no earlier rule did."""
+        applied = []
+        if self.tier is not None and outcome.tier is None and outcome.model is None:
+            outcome.tier = self.tier
+            applied.append(f"tier {self.tier}")
+        if self.model is not None and outcome.model is None and outcome.tier is None:
+            outcome.model = self.model
+            applied.append(f"model {self.model}")
+        if self.min_quality is not None and outcome.min_quality is None:
+            outcome.min_quality = self.min_quality
+            applied.append(f"quality ≥ {self.min_quality}")
+        if self.max_latency_ms is not None and outcome.max_latency_ms is None:
+            outcome.max_latency_ms = self.max_latency_ms
+            applied.append(f"SLA {_seconds(self.max_latency_ms)}")
+        if self.mode is not None and outcome.mode is None:
+            outcome.mode = self.mode
+            applied.append(f"mode {self.mode}")
+        if applied:
+            outcome.reasons.append(Reason("rule", f"rule '{self.name}' → {', '.join(applied)}"))
 
 
 _DEFAULT_CONFIG: RoutingConfig | None = None
@@ -330,7 +485,7 @@ class Router:
         self.classifier = classifier
         self._rng = rng or random.Random()
         self._plan: _Plan | None = None
-        self._snapshot: StatsSnapshot = _EMPTY_SNAPSHOT
+        self._view = _StatsView(_EMPTY_SNAPSHOT, self.config.sla_min_samples)
         self._snapshot_at = -math.inf
         self._tier_names = {k.lower(): v for k, v in self.config.all_tier_names.items()}
         self._rules = tuple(_CompiledRule(rule, self._level) for rule in self.config.rules)
@@ -346,6 +501,8 @@ class Router:
         if plan is None or plan.generation != generation:
             plan = self._build_plan(generation)
             self._plan = plan
+            # The view caches figures per candidate object: start it over for the new ones.
+            self._view = _StatsView(self._view.snapshot, self.config.sla_min_samples)
         return plan
 
     def refresh(self) -> None:
@@ -392,6 +549,7 @@ class Router:
                     (b.above_tokens, float(b.input), float(b.output))
                     for b in sorted(info.price.bands, key=lambda b: b.above_tokens)
                 ),
+                keys=tuple(d.key for d in deployments),
             )
         everything = tuple(by_id.values())
         tiers: dict[int, tuple[_Cand, ...]] = {}
@@ -437,14 +595,14 @@ class Router:
             out.append(c)
         return tuple(out)
 
-    def _stats_now(self) -> StatsSnapshot:
+    def _stats_now(self) -> _StatsView:
         if self.stats is None:
-            return _EMPTY_SNAPSHOT
+            return self._view
         now = time.monotonic()
         if now - self._snapshot_at >= self.config.stats_refresh_s:
-            self._snapshot = self.stats.snapshot()
+            self._view = _StatsView(self.stats.snapshot(), self.config.sla_min_samples)
             self._snapshot_at = now
-        return self._snapshot
+        return self._view
 
     # ------------------------------------------------------------------ rules
 
@@ -465,54 +623,51 @@ class Router:
         return found
 
     def _apply_rules(
-        self, request: ChatRequest, ctx: RouteContext, input_tokens: int
+        self, request: ChatRequest, ctx: RouteContext, input_tokens: int, needs: int
     ) -> _RuleOutcome:
-        outcome = _RuleOutcome()
-        rules = self._rules_for(ctx, request.model) if self._rules else ()
+        """The outcome of the rules for this request; read only (it may be shared)."""
+        outcome: _RuleOutcome | None = None
         text: str | None = None
-        for rule in rules:
-            if rule.groups is not None and rule.groups.isdisjoint(ctx.user_groups or ()):
-                continue
-            if rule.tags is not None and rule.tags.isdisjoint(ctx.tags or ()):
-                continue
-            if rule.min_tokens is not None and input_tokens < rule.min_tokens:
-                continue
-            if rule.max_tokens is not None and input_tokens > rule.max_tokens:
-                continue
-            if rule.has_tools is not None and bool(request.tools) != rule.has_tools:
-                continue
-            if rule.has_images is not None and request.has_images != rule.has_images:
-                continue
-            if rule.json_schema is not None and _wants_schema(request) != rule.json_schema:
-                continue
-            if rule.pattern is not None or rule.keywords is not None:
-                if text is None:
-                    text = request.last_user_text
-                if rule.pattern is not None and rule.pattern.search(text) is None:
+        lowered: str | None = None
+        for rule in self._rules_for(ctx, request.model):
+            if rule.conditional:
+                if rule.groups is not None and rule.groups.isdisjoint(ctx.user_groups or ()):
                     continue
-                if rule.keywords is not None and rule.keywords.search(text) is None:
+                if rule.tags is not None and rule.tags.isdisjoint(ctx.tags or ()):
                     continue
-            applied = []
-            if rule.tier is not None and outcome.tier is None and outcome.model is None:
-                outcome.tier = rule.tier
-                applied.append(f"tier {rule.tier}")
-            if rule.model is not None and outcome.model is None and outcome.tier is None:
-                outcome.model = rule.model
-                applied.append(f"model {rule.model}")
-            if rule.min_quality is not None and outcome.min_quality is None:
-                outcome.min_quality = rule.min_quality
-                applied.append(f"quality ≥ {rule.min_quality}")
-            if rule.max_latency_ms is not None and outcome.max_latency_ms is None:
-                outcome.max_latency_ms = rule.max_latency_ms
-                applied.append(f"SLA {_seconds(rule.max_latency_ms)}")
-            if rule.mode is not None and outcome.mode is None:
-                outcome.mode = rule.mode
-                applied.append(f"mode {rule.mode}")
-            if applied:
-                outcome.reasons.append(Reason("rule", f"rule '{rule.name}' → {', '.join(applied)}"))
+                if rule.min_tokens is not None and input_tokens < rule.min_tokens:
+                    continue
+                if rule.max_tokens is not None and input_tokens > rule.max_tokens:
+                    continue
+                if rule.has_tools is not None and bool(needs & _TOOLS) != rule.has_tools:
+                    continue
+                if rule.has_images is not None and bool(needs & _VISION) != rule.has_images:
+                    continue
+                if rule.json_schema is not None and bool(needs & _SCHEMA) != rule.json_schema:
+                    continue
+                if rule.pattern is not None or rule.keywords is not None:
+                    if text is None:
+                        text = request.last_user_text
+                    if rule.pattern is not None and rule.pattern.search(text) is None:
+                        continue
+                    if rule.keywords is not None:
+                        hints = rule.keyword_hints
+                        if hints is not None and text.isascii():
+                            if lowered is None:
+                                lowered = text.lower()
+                            if not _contains_any(lowered, hints):
+                                continue
+                        if rule.keywords.search(text) is None:
+                            continue
+            if outcome is None:
+                if not rule.continue_:
+                    return rule.alone
+                outcome = rule.alone.copy()
+            else:
+                rule.apply(outcome)
             if not rule.continue_:
                 break
-        return outcome
+        return _NO_RULES if outcome is None else outcome
 
     def _level(self, tier: int | str) -> int:
         if isinstance(tier, int):
@@ -537,13 +692,10 @@ class Router:
         plan = self._plan_now()
         config = self.config
         reasons: list[Reason] = []
-        requested = plan.by_id.get(request.model.lower())
-        if requested is None:
-            info = self.catalog.find(request.model)
-            if info is not None:
-                requested = plan.by_id.get(info.id.lower())
+        requested = plan.requested(request.model, self.catalog)
         input_tokens = estimate_request_tokens(request)
-        rules = self._apply_rules(request, ctx, input_tokens)
+        needs = _needs(request)
+        rules = self._apply_rules(request, ctx, input_tokens, needs) if self._rules else _NO_RULES
         reasons.extend(rules.reasons)
         mode: Mode = ctx.mode or rules.mode or config.mode
 
@@ -551,7 +703,7 @@ class Router:
         tier: int | None = None
         if ctx.tier is not None:
             tier = self._level(ctx.tier)
-            reasons.append(Reason("hint_tier", f"hint → tier {tier}"))
+            reasons.append(_shared_reason("hint_tier", "hint → tier {}", tier))
         elif rules.tier is not None:
             tier = rules.tier
         min_quality = max(ctx.min_quality or 0, rules.min_quality or 0)
@@ -562,7 +714,7 @@ class Router:
         if tier is None and rules.model is None and self.classifier is not None:
             tier = self.classifier(request)
             if tier is not None:
-                reasons.append(Reason("classifier", f"classifier → tier {tier}"))
+                reasons.append(_shared_reason("classifier", "classifier → tier {}", tier))
         if tier is None:
             if requested is not None:
                 tier = requested.info.tier
@@ -607,8 +759,8 @@ class Router:
                     downgraded = True
 
         # Constraints
-        snapshot = self._stats_now()
-        expected_out = snapshot.output_tokens.get(ctx.feature or "")
+        view = self._stats_now()
+        expected_out = view.snapshot.output_tokens.get(ctx.feature or "")
         output_tokens = int(expected_out) if expected_out else config.default_output_tokens
         if request.max_tokens is not None:
             output_tokens = min(output_tokens, request.max_tokens)
@@ -617,23 +769,31 @@ class Router:
         ceiling = math.inf
         if requested is not None and not ctx.allow_upgrade:
             ceiling = requested.unit(w, input_tokens)
-        sla = _min_opt(ctx.max_latency_ms, rules.max_latency_ms)
+        max_cost = (
+            float(ctx.max_cost_per_call) * 1_000_000 / total
+            if ctx.max_cost_per_call is not None and total
+            else math.inf
+        )
+        lists = (
+            ctx.allow_models is not None
+            or ctx.deny_models is not None
+            or ctx.allow_providers is not None
+        )
         cons = _Constraints(
-            needs=_needs(request),
+            needs=_NEEDS[needs],
             window=input_tokens + (request.max_tokens or output_tokens),
             min_quality=min_quality,
             ceiling=ceiling,
-            max_cost=(
-                float(ctx.max_cost_per_call) * 1_000_000 / total
-                if ctx.max_cost_per_call is not None and total
-                else math.inf
-            ),
-            allow=_lower(ctx.allow_models),
-            deny=_lower(ctx.deny_models),
-            providers=_lower(ctx.allow_providers),
-            sla_ms=sla,
+            max_cost=max_cost,
+            allow=_lower(ctx.allow_models) if lists else None,
+            deny=_lower(ctx.deny_models) if lists else None,
+            providers=_lower(ctx.allow_providers) if lists else None,
+            sla_ms=_min_opt(ctx.max_latency_ms, rules.max_latency_ms),
             stream=request.stream,
             input_tokens=input_tokens,
+            w=w,
+            limit=min(ceiling, max_cost),
+            lists=lists,
         )
 
         # Selection
@@ -642,7 +802,7 @@ class Router:
         chosen_level = tier
         if rules.model is not None:
             pinned = plan.by_id.get(rules.model.lower()) or _by_name(plan, rules.model)
-            pick = self._check(pinned, cons, w, snapshot, reasons) if pinned else None
+            pick = self._check(pinned, cons, view, reasons) if pinned else None
             if pick is not None:
                 picks.append(pick)
                 reasons.append(Reason("pinned", f"rule pins {pinned.id}"))  # type: ignore[union-attr]
@@ -652,14 +812,11 @@ class Router:
         if not picks:
             level_order = [0] if cheapest else self._level_order(tier)
             for level in level_order:
-                picks = self._rank(plan, level, cons, w, snapshot, want, reasons)
+                picks = self._rank(plan, level, cons, view, want, reasons)
                 if picks:
                     if level != tier and not cheapest:
-                        reasons.append(
-                            Reason(
-                                "tier_widened", f"no eligible model in tier {tier} → tier {level}"
-                            )
-                        )
+                        widened = "no eligible model in tier {} → tier {}"
+                        reasons.append(_shared_reason("tier_widened", widened, tier, level))
                     chosen_level = level if level else picks[0].cand.info.tier
                     break
         if not picks:
@@ -674,11 +831,15 @@ class Router:
 
         best = picks[0]
         primary = self._deployment(best)
-        fallbacks = self._fallbacks(plan, primary, best, picks[1:], chosen_level, cons, w, snapshot)
+        fallbacks = self._fallbacks(plan, primary, best, picks[1:], chosen_level, cons, view)
         estimated = _expected_cost(best.cand.info, input_tokens, output_tokens)
-        requested_cost = (
-            _expected_cost(requested.info, input_tokens, output_tokens) if requested else None
-        )
+        requested_cost: Decimal | None = None
+        if requested is not None:
+            requested_cost = (
+                estimated
+                if requested.info is best.cand.info
+                else _expected_cost(requested.info, input_tokens, output_tokens)
+            )
         message = f"chose {best.cand.id} (tier {chosen_level}) at ~{_usd(estimated)}"
         if requested_cost is not None and requested is not best.cand:
             message += f" vs {_usd(requested_cost)} on {requested.id}"  # type: ignore[union-attr]
@@ -752,29 +913,23 @@ class Router:
     # ------------------------------------------------------------------ candidates
 
     def _deployments_ok(
-        self, cand: _Cand, cons: _Constraints, snapshot: StatsSnapshot, reasons: list[Reason] | None
+        self, cand: _Cand, cons: _Constraints, view: _StatsView, reasons: list[Reason] | None
     ) -> tuple[Deployment, ...]:
-        if not self._check_health and cons.sla_ms is None:
-            return cand.deployments
+        sla = cons.sla_ms
+        latency = view.of(cand, cons.stream) if sla is not None else None
+        if not self._check_health and (latency is None or latency.worst <= sla):  # type: ignore[operator]
+            return cand.deployments  # every deployment meets the SLA
         out = []
-        for d in cand.deployments:
+        for i, d in enumerate(cand.deployments):
             if self._check_health and not self.health.is_available(d):
                 if reasons is not None:
                     reasons.append(Reason("excluded_unavailable", f"{d.key} excluded: unavailable"))
                 continue
-            if cons.sla_ms is not None:
-                st = snapshot.deployments.get(d.key)
-                p95 = _p95(st, cons.stream, self.config.sla_min_samples)
-                if p95 is not None and p95 > cons.sla_ms:
+            if latency is not None:
+                p95 = latency.p95s[i]
+                if p95 is not None and p95 > sla:  # type: ignore[operator]
                     if reasons is not None:
-                        what = "TTFT p95" if cons.stream else "p95"
-                        reasons.append(
-                            Reason(
-                                "excluded_sla",
-                                f"{cand.id} excluded: {what} {_seconds(p95)} > SLA "
-                                f"{_seconds(cons.sla_ms)}",
-                            )
-                        )
+                        reasons.append(Reason("excluded_sla", _sla_message(cand, cons, latency, i)))
                     continue
             out.append(d)
         return tuple(out)
@@ -783,8 +938,7 @@ class Router:
         self,
         cand: _Cand,
         cons: _Constraints,
-        w: float,
-        snapshot: StatsSnapshot,
+        view: _StatsView,
         reasons: list[Reason] | None,
         latency: bool = True,
     ) -> _Pick | None:
@@ -795,34 +949,31 @@ class Router:
         """
         if cand.context_window < cons.window or cand.quality < cons.min_quality:
             return None
-        if not cons.needs <= cand.caps:
+        if cons.needs and not cons.needs <= cand.caps:
             return None
-        if cons.allow is not None and not (cand.names & cons.allow):
+        if cons.lists and not _listed(cand, cons):
             return None
-        if cons.deny is not None and cand.names & cons.deny:
-            return None
-        if cons.providers is not None and cand.provider not in cons.providers:
-            return None
+        w = cons.w
         unit = cand.unit(w, cons.input_tokens) if cand.bands else (1 - w) * cand.pin + w * cand.pout
-        if unit > cons.ceiling or unit > cons.max_cost:
+        if unit > cons.limit:
             return None
         if cons.sla_ms is None and not self._check_health:
             deployments = cand.deployments
         else:
-            deployments = self._deployments_ok(cand, cons, snapshot, reasons)
+            deployments = self._deployments_ok(cand, cons, view, reasons)
             if not deployments:
                 return None
-        if not latency:
-            return _Pick(cand, unit, math.inf, deployments)
-        return _Pick(cand, unit, _latency(snapshot, deployments, cons.stream), deployments)
+        pick = _Pick(cand, unit, math.inf, deployments)
+        if latency:
+            pick.latency = _latency_of(pick, view, cons.stream)
+        return pick
 
     def _rank(
         self,
         plan: _Plan,
         level: int,
         cons: _Constraints,
-        w: float,
-        snapshot: StatsSnapshot,
+        view: _StatsView,
         want: int,
         reasons: list[Reason],
     ) -> list[_Pick]:
@@ -830,18 +981,16 @@ class Router:
         if level in plan.ordered:
             picks = []
             for cand in plan.tiers.get(level, ()):
-                pick = self._check(cand, cons, w, snapshot, reasons)
+                pick = self._check(cand, cons, view, reasons)
                 if pick is not None:
                     picks.append(pick)
                     if len(picks) >= want:
                         break
             return picks
         if strategy == "cheapest":
-            return self._cheapest(plan, level, cons, w, snapshot, want, reasons)
+            return self._cheapest(plan, level, cons, view, want, reasons)
         members = plan.everything if level == 0 else plan.tiers.get(level, ())
-        picks = [
-            p for c in members if (p := self._check(c, cons, w, snapshot, reasons)) is not None
-        ]
+        picks = [p for c in members if (p := self._check(c, cons, view, reasons)) is not None]
         if not picks:
             return picks
         if strategy == "fastest":
@@ -866,15 +1015,21 @@ class Router:
         plan: _Plan,
         level: int,
         cons: _Constraints,
-        w: float,
-        snapshot: StatsSnapshot,
+        view: _StatsView,
         want: int,
         reasons: list[Reason],
     ) -> list[_Pick]:
-        bucket = min(_BUCKETS - 1, int(w * _BUCKETS))
+        bucket = min(_BUCKETS - 1, int(cons.w * _BUCKETS))
         bounds, cands = plan.by_bound(level, bucket)
-        limit = min(cons.ceiling, cons.max_cost)
+        limit = cons.limit
         stop = bisect.bisect_right(bounds, limit) if limit != math.inf else len(bounds)
+        # The usual request sets no lists, SLA or health check: then a candidate is
+        # checked right here (what ``_check`` would do, minus the calls). This loop is
+        # the largest part of a decision.
+        inline = not (cons.lists or cons.sla_ms is not None or self._check_health)
+        window, min_quality, needs = cons.window, cons.min_quality, cons.needs
+        w = cons.w
+        share_in = 1 - w
         picks: list[_Pick] = []
         units: list[float] = []
         worst = math.inf
@@ -883,26 +1038,37 @@ class Router:
             # ``want`` cheapest so far all beat that, nothing later can enter.
             if bounds[i] > worst:
                 break
-            pick = self._check(cands[i], cons, w, snapshot, reasons, latency=False)
-            if pick is None:
-                continue
-            picks.append(pick)
-            bisect.insort(units, pick.unit)
-            if len(units) >= want:
-                del units[want:]
-                worst = units[-1]
+            cand = cands[i]
+            if inline and not cand.bands:
+                if cand.context_window < window or cand.quality < min_quality:
+                    continue
+                if needs and not needs <= cand.caps:
+                    continue
+                unit = share_in * cand.pin + w * cand.pout
+                if unit > limit:
+                    continue
+                pick: _Pick | None = _Pick(cand, unit, math.inf, cand.deployments)
+            else:
+                pick = self._check(cand, cons, view, reasons, False)
+                if pick is None:
+                    continue
+            picks.append(pick)  # type: ignore[arg-type]
+            unit = pick.unit  # type: ignore[union-attr]
+            if len(units) < want or unit < worst:
+                bisect.insort(units, unit)
+                if len(units) >= want:
+                    del units[want:]
+                    worst = units[-1]
         if len(picks) > 1:
-            picks.sort(key=_unit_key)
-            if snapshot.deployments:
-                # Latency only breaks ties on cost: look it up for tied picks alone.
-                tied = False
-                for a, b in itertools.pairwise(picks):
-                    if a.unit == b.unit:
-                        tied = True
-                        for p in (a, b):
-                            p.latency = _latency(snapshot, p.deployments, cons.stream)
-                if tied:
-                    picks.sort(key=_cheap_key)
+            if view.snapshot.deployments:
+                # Ties on cost break on latency. Taking it for every pick (one lookup
+                # each) orders exactly as taking it for tied picks only would.
+                stream = cons.stream
+                for pick in picks:
+                    pick.latency = _latency_of(pick, view, stream)
+                picks.sort(key=_cheap_key)
+            else:
+                picks.sort(key=_unit_key)
         return picks[:want]
 
     def _deployment(self, pick: _Pick) -> Deployment:
@@ -927,8 +1093,7 @@ class Router:
         rest: list[_Pick],
         level: int,
         cons: _Constraints,
-        w: float,
-        snapshot: StatsSnapshot,
+        view: _StatsView,
     ) -> tuple[Deployment, ...]:
         """Same tier at other providers, other deployments of the primary's model,
         same tier at the same provider, then the neighbouring tier."""
@@ -936,13 +1101,14 @@ class Router:
         if limit == 0:
             return ()
         out = [p.deployments[0] for p in rest if p.cand.provider != best.cand.provider]
-        out += [d for d in best.deployments if d != primary]
+        if len(best.deployments) > 1:
+            out += [d for d in best.deployments if d != primary]
         out += [p.deployments[0] for p in rest if p.cand.provider == best.cand.provider]
         if len(out) < limit:
             neighbour = next((lv for lv in self._level_order(level) if lv != level), None)
             if neighbour is not None:
                 seen = {p.cand.id for p in rest} | {best.cand.id}
-                for p in self._rank(plan, neighbour, cons, w, snapshot, limit, []):
+                for p in self._rank(plan, neighbour, cons, view, limit, []):
                     if p.cand.id not in seen:
                         out.append(p.deployments[0])
         return tuple(out[:limit])
@@ -971,12 +1137,17 @@ def _copy(cand: _Cand, order: int) -> _Cand:
         cumulative=cand.cumulative,
         order=order,
         bands=cand.bands,
+        keys=cand.keys,
     )
 
 
 def _by_name(plan: _Plan, name: str) -> _Cand | None:
     lowered = name.lower()
     return next((c for c in plan.everything if lowered in c.names), None)
+
+
+def _contains_any(text: str, parts: tuple[str, ...]) -> bool:
+    return any(map(text.__contains__, parts))
 
 
 def _glob_ok(patterns: Any, value: str | None) -> bool:
@@ -992,17 +1163,54 @@ def _wants_schema(request: ChatRequest) -> bool:
     return fmt is not None and fmt.type == "json_schema"
 
 
-def _needs(request: ChatRequest) -> frozenset[str]:
-    needs = []
+_TOOLS, _VISION, _SCHEMA, _REASONING = 1, 2, 4, 8
+#: The capability set for each combination of the bits above.
+_NEEDS = tuple(
+    frozenset(
+        name
+        for bit, name in (
+            (_TOOLS, "tools"),
+            (_VISION, "vision"),
+            (_SCHEMA, "json_schema"),
+            (_REASONING, "reasoning"),
+        )
+        if mask & bit
+    )
+    for mask in range(16)
+)
+
+
+def _needs(request: ChatRequest) -> int:
+    """The capabilities ``request`` needs, as bits (see :data:`_NEEDS`)."""
+    needs = 0
     if request.tools:
-        needs.append("tools")
+        needs |= _TOOLS
     if request.has_images:
-        needs.append("vision")
+        needs |= _VISION
     if _wants_schema(request):
-        needs.append("json_schema")
+        needs |= _SCHEMA
     if request.reasoning_effort:
-        needs.append("reasoning")
-    return frozenset(needs)
+        needs |= _REASONING
+    return needs
+
+
+#: Reasons that recur with only a tier or two changing, made once each: a ``Reason``
+#: is immutable, so one object can sit in any number of decisions. Bounded.
+_SHARED_REASONS: dict[tuple[str, int, int], Reason] = {}
+
+
+def _shared_reason(code: str, template: str, a: int, b: int = 0) -> Reason:
+    """``Reason(code, template.format(a, b))``, shared when ``a`` and ``b`` are ints."""
+    if type(a) is not int or type(b) is not int:  # True == 1 must not find tier 1's
+        return Reason(code, template.format(a, b))
+    key = (code, a, b)
+    found = _SHARED_REASONS.get(key)
+    if found is None:
+        found = Reason(code, template.format(a, b))
+        if len(_SHARED_REASONS) >= 1024:
+            _SHARED_REASONS.clear()
+        _SHARED_REASONS[key] = found
+    return found
 
 
 def _lower(values: frozenset[str] | None) -> frozenset[str] | None:
@@ -1023,6 +1231,33 @@ def _p95(stats: DeploymentStats | None, stream: bool, min_samples: int) -> float
     if stream:
         return stats.ttft_p95_ms if stats.ttft_samples >= min_samples else None
     return stats.p95_ms if stats.samples >= min_samples else None
+
+
+def _latency_of(pick: _Pick, view: _StatsView, stream: bool) -> float:
+    """What :func:`_latency` says for ``pick``'s deployments, from the view when it can."""
+    if pick.deployments is pick.cand.deployments:
+        return view.of(pick.cand, stream).best
+    return _latency(view.snapshot, pick.deployments, stream)
+
+
+def _listed(cand: _Cand, cons: _Constraints) -> bool:
+    """Whether ``cand`` passes the allow/deny lists and the provider list."""
+    if cons.allow is not None and not (cand.names & cons.allow):
+        return False
+    if cons.deny is not None and cand.names & cons.deny:
+        return False
+    return cons.providers is None or cand.provider in cons.providers
+
+
+def _sla_message(cand: _Cand, cons: _Constraints, latency: _Latency, index: int) -> str:
+    head = latency.texts.get(index)
+    if head is None:
+        what = "TTFT p95" if cons.stream else "p95"
+        head = f"{cand.id} excluded: {what} {_seconds(latency.p95s[index])} > SLA "  # type: ignore[arg-type]
+        latency.texts[index] = head
+    if not cons.sla_text:
+        cons.sla_text = _seconds(cons.sla_ms)  # type: ignore[arg-type]
+    return head + cons.sla_text
 
 
 def _latency(snapshot: StatsSnapshot, deployments: tuple[Deployment, ...], stream: bool) -> float:
