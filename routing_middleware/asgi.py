@@ -38,14 +38,15 @@ made concurrently count in full.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import inspect
-import uuid
+import os
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
-from .context import HINTS_ATTRIBUTE, _current
+from .context import HINTS_ATTRIBUTE, RouteContext, _current
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -62,6 +63,7 @@ _records: contextvars.ContextVar[list[UsageRecord] | None] = contextvars.Context
     "llmroute_request_records", default=None
 )
 _MAX_REQUEST_ID = 200
+_EMPTY = RouteContext()
 
 
 def request_records() -> list[UsageRecord]:
@@ -181,11 +183,13 @@ class _Request:
         self.endpoint: Any = None
         self.route: Any = None
         self.user: Any = scope.get("user")
-        self.base = _current.get().merged(
-            user_id=middleware._user_id(scope),
-            tags=middleware._tags_of(scope),
-            request_id=_request_id(scope),
-        )
+        outer = _current.get()
+        user_id = middleware._user_id(scope)
+        tags = middleware._tags_of(scope)
+        if outer == _EMPTY:  # the usual case: nothing to merge with
+            self.base = RouteContext(user_id=user_id, tags=tags, request_id=_request_id(scope))
+        else:
+            self.base = outer.merged(user_id=user_id, tags=tags, request_id=_request_id(scope))
 
     def changed(self, scope: _WatchedScope) -> None:
         """The app wrote routing or user keys into the scope: refresh the context."""
@@ -202,7 +206,11 @@ class _Request:
         context = self.base
         if endpoint is not None:
             hints = _endpoint_hints(endpoint, scope.get("method", "GET"))
-            context = context.merged(**{"route": _route_path(scope), **hints})
+            route_path = _route_path(scope)
+            if route_path is not None and "route" not in hints:
+                hints = {**hints, "route": route_path}
+            if hints:  # already checked by route_hint: no need to go through merged()
+                context = dataclasses.replace(context, **hints)
         _current.set(context)
 
 
@@ -256,7 +264,7 @@ def _request_id(scope: Scope) -> str:
             if 0 < len(text) <= _MAX_REQUEST_ID and text.isprintable():
                 return text
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _user_id(user: Any) -> str | None:
@@ -278,15 +286,27 @@ def _user_id(user: Any) -> str | None:
 
 
 def _endpoint_hints(endpoint: Any, method: str) -> dict[str, Any]:
+    """The set hints of ``endpoint`` (for a class-based one, its ``method`` handler's
+    on top of the class's); cached per endpoint, as an endpoint's hints are fixed."""
+    try:
+        return _cached_hints(endpoint, method)
+    except TypeError:  # an unhashable endpoint object
+        return _read_hints(endpoint, method)
+
+
+def _read_hints(endpoint: Any, method: str) -> dict[str, Any]:
     while isinstance(endpoint, partial):
         endpoint = endpoint.func
     hints = dict(getattr(endpoint, HINTS_ATTRIBUTE, None) or {})
-    if inspect.isclass(endpoint):  # a class-based endpoint: its method's hints win
+    if inspect.isclass(endpoint):
         handler = getattr(endpoint, method.lower(), None)
         if method == "HEAD" and handler is None:
             handler = getattr(endpoint, "get", None)
         hints.update(getattr(handler, HINTS_ATTRIBUTE, None) or {})
-    return hints
+    return {name: value for name, value in hints.items() if value is not None}
+
+
+_cached_hints = lru_cache(maxsize=1024)(_read_hints)
 
 
 def _route_path(scope: Scope) -> str | None:
