@@ -14,18 +14,26 @@ Measured in the same run:
   ``httpx.AsyncClient``, ``httpx2.AsyncClient`` or httpx with ``httpx-aiohttp``'s
   aiohttp transport (every client allows ``--concurrency`` pooled connections);
 - ``gateway/offline``: the engine's in-process FakeProvider (``offline: always``,
-  ``offline_latency: none``): the gateway and engine alone, no upstream socket.
+  ``offline_latency: none``): the gateway and engine alone, no upstream socket;
+- ``gateway/floor``: a trivial ASGI app under the same uvicorn setup (what the
+  server alone costs on this machine).
 
-Reported: requests per second, p50 and p99 latency, and the p50 the gateway adds over
-the baseline. ``--profile`` instead drives the gateway app in-process (no server, no
-load generator) against the upstream with ``--client`` and prints cProfile's top
-functions by own time.
+Reported: requests per second, p50 and p99 latency, the p50 the gateway adds over
+the baseline, and the gateway process's CPU time per request (user + system, from
+``/proc``) with the requests per second one core could serve at that cost: on a
+shared machine that figure is steadier than wall-clock throughput.
+
+``--profile`` instead drives the gateway app in-process (no server, no load
+generator) against the upstream with ``--client`` and prints cProfile's top functions;
+``--breakdown`` prints the CPU time per request of each layer (router, engine, relay,
+the gateway's own work), in process, one request at a time.
 
 Usage::
 
     python benchmarks/bench_gateway.py [--seconds 10] [--concurrency 50]
-        [--clients httpx,httpx2,aiohttp,offline] [--upstream raw|uvicorn] [--json]
+        [--clients floor,httpx,httpx2,aiohttp,offline] [--upstream raw|uvicorn] [--json]
     python benchmarks/bench_gateway.py --profile [--client aiohttp] [--requests 3000]
+    python benchmarks/bench_gateway.py --breakdown [--requests 3000]
 
 Needs ``wrk`` on the PATH for the load runs; ``uvloop`` and ``httptools`` are used by
 uvicorn when installed (the report says which loop and parser ran).
@@ -53,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 BODY = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi in one word."}]}
 )
-CLIENTS = ("httpx", "httpx2", "aiohttp", "offline")
+CLIENTS = ("floor", "httpx", "httpx2", "aiohttp", "offline")
 
 
 # --------------------------------------------------------------------------- servers
@@ -164,10 +172,26 @@ def build_gateway(
     return gateway_app(engine, authenticator=keys), plaintext
 
 
+async def _floor_app(scope: Any, receive: Any, send: Any) -> None:
+    """The least an ASGI app can do: read the body, answer a fixed JSON."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    body = b'{"object": "chat.completion", "choices": []}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def serve_gateway(args: argparse.Namespace) -> None:
-    """Child process: the gateway under one uvicorn worker."""
+    """Child process: the gateway under one uvicorn worker (``floor``: a trivial app)."""
     import uvicorn
 
+    if args.client == "floor":
+        uvicorn.run(_floor_app, host="127.0.0.1", port=args.port, log_level="warning")
+        return
     key = os.environ["LLMROUTE_BENCH_KEY"]
     app, _ = build_gateway(args.client, args.upstream_url, args.concurrency, key)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
