@@ -1,0 +1,379 @@
+"""The drivers: perform the logic's effects with blocking or async I/O.
+
+Both drivers share the effect table and the pure helpers; only the awaiting differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+from ._dispatch_state import (
+    _Acquire,
+    _CacheGet,
+    _CachePut,
+    _Close,
+    _Deliver,
+    _End,
+    _Read,
+    _Reply,
+    _Report,
+    _Reserve,
+    _Send,
+    _Settle,
+    _Sleep,
+    _StatsEnd,
+    _StatsStart,
+)
+from .cache import CacheEntry
+from .schema import ChatResponse, LLMError, UpstreamTimeout, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from .budgets import Budgets, Reservation
+    from .context import RouteContext
+    from .dispatch import Dispatcher
+
+#: Marks requests the dispatcher itself sends upstream, so interception leaves them alone.
+UPSTREAM_EXTENSION = "llmroute_upstream"
+
+_ERROR_TYPES: dict[type, str | None] = {}
+
+
+def _transport_kind(exc: BaseException) -> str | None:
+    """``timeout``/``transport`` for httpx and httpx2 transport errors, else ``None``."""
+    kind = _ERROR_TYPES.get(type(exc), "?")
+    if kind == "?":
+        kind = None
+        for cls in type(exc).__mro__:
+            if not cls.__module__.startswith("httpx"):
+                continue
+            if cls.__name__ == "TimeoutException":
+                kind = "timeout"
+                break
+            if cls.__name__ == "TransportError":
+                kind = "transport"
+                break
+        _ERROR_TYPES[type(exc)] = kind
+    return kind
+
+
+def _upstream_error(exc: Exception, provider: str) -> Exception:
+    """An httpx(2) transport error as an LLMError; other exceptions unchanged.
+
+    Only the exception's class name is kept: messages can carry URLs with keys.
+    """
+    kind = _transport_kind(exc)
+    if kind == "timeout":
+        return UpstreamTimeout(
+            f"{provider} did not answer in time ({type(exc).__name__})", provider=provider
+        )
+    if kind == "transport":
+        return UpstreamUnavailable(
+            f"connection to {provider} failed ({type(exc).__name__})", provider=provider
+        )
+    return exc
+
+
+def _build_request(client: Any, effect: _Send) -> Any:
+    """The upstream request of ``effect``, marked as the dispatcher's own."""
+    req = effect.request
+    return client.build_request(
+        req.method,
+        req.url,
+        headers=req.headers,
+        json=req.json,
+        timeout=effect.timeout,
+        extensions={UPSTREAM_EXTENSION: True},
+    )
+
+
+def _result(outcome: _Deliver | _End) -> ChatResponse | None:
+    """The answer of a non-streamed call run to its end."""
+    if isinstance(outcome, _End):
+        return outcome.value
+    raise RuntimeError("a non-streamed call produced stream chunks")
+
+
+def _charge_only(budgets: Budgets, context: RouteContext) -> Reservation:
+    """A hold of nothing: in ``observe`` mode budgets count spend but never block."""
+    from .budgets import Reservation
+
+    return Reservation(budgets.lines(context), 0)
+
+
+class _SyncDriver:
+    """Performs effects with blocking I/O."""
+
+    __slots__ = ("_d", "_table")
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._d = dispatcher
+        self._table: dict[type, Callable[[Any], Any]] = {
+            _Send: self._send,
+            _Read: self._read,
+            _Close: self._close,
+            _Sleep: lambda e: dispatcher.clock.sleep(e.seconds),
+            _Reserve: self._reserve,
+            _Settle: self._settle,
+            _Acquire: self._acquire,
+            _Report: self._report,
+            _CacheGet: lambda e: dispatcher.cache.get(e.key) if dispatcher.cache else None,
+            _CachePut: self._cache_put,
+            _StatsStart: self._stats_start,
+            _StatsEnd: self._stats_end,
+        }
+
+    def step(
+        self, machine: Generator[Any, Any, Any], throw: BaseException | None = None
+    ) -> _Deliver | _End:
+        """Advance ``machine`` to its next delivery or its end."""
+        value: Any = None
+        error = throw
+        table = self._table
+        while True:
+            try:
+                effect = machine.throw(error) if error is not None else machine.send(value)
+            except StopIteration as stop:
+                return _End(stop.value)
+            if type(effect) is _Deliver:
+                return effect
+            error = None
+            try:
+                value = table[type(effect)](effect)
+            except Exception as exc:
+                value = None
+                error = exc
+
+    def run(self, machine: Generator[Any, Any, ChatResponse | None]) -> ChatResponse | None:
+        return _result(self.step(machine))
+
+    def _send(self, effect: _Send) -> _Reply:
+        client = self._d.sync_client()
+        try:
+            response = client.send(_build_request(client, effect), stream=True)
+        except Exception as exc:
+            raise _upstream_error(exc, effect.provider) from None
+        try:
+            if effect.stream and response.status_code < 400:
+                return _Reply(
+                    response.status_code, response.headers, handle=(response, response.iter_bytes())
+                )
+            body = response.read()
+        except Exception as exc:
+            response.close()
+            raise _upstream_error(exc, effect.provider) from None
+        response.close()
+        return _Reply(response.status_code, response.headers, body)
+
+    def _read(self, effect: _Read) -> bytes:
+        try:
+            for data in effect.handle[1]:
+                if data:
+                    return bytes(data)
+        except Exception as exc:
+            raise _upstream_error(exc, effect.provider) from None
+        return b""
+
+    def _close(self, effect: _Close) -> None:
+        try:
+            effect.handle[0].close()
+        except Exception:
+            return
+
+    def _reserve(self, effect: _Reserve) -> Reservation | None:
+        budgets = self._d.budgets
+        if budgets is None:
+            return None
+        try:
+            if not effect.enforce:
+                return _charge_only(budgets, effect.context)
+            return budgets.reserve(effect.amount, effect.context)
+        except LLMError:
+            raise
+        except Exception:
+            return None  # a budget store outage must not take calls down
+
+    def _settle(self, effect: _Settle) -> None:
+        if self._d.budgets is not None:
+            try:
+                self._d.budgets.settle(effect.reservation, effect.amount)
+            except Exception:
+                return
+
+    def _acquire(self, effect: _Acquire) -> bool:
+        breaker = self._d.breaker
+        try:
+            return breaker is None or breaker.acquire(effect.deployment)
+        except Exception:
+            return True
+
+    def _report(self, effect: _Report) -> None:
+        if self._d.breaker is not None:
+            try:
+                self._d.breaker.record(effect.deployment, effect.ok)
+            except Exception:
+                return
+
+    def _cache_put(self, effect: _CachePut) -> None:
+        if self._d.cache is not None:
+            self._d.cache.set(effect.key, effect.entry)
+
+    def _stats_start(self, effect: _StatsStart) -> None:
+        if self._d.stats is not None:
+            with contextlib.suppress(Exception):
+                self._d.stats.started(effect.key)
+
+    def _stats_end(self, effect: _StatsEnd) -> None:
+        stats = self._d.stats
+        if stats is not None:
+            with contextlib.suppress(Exception):
+                stats.finished(effect.key)
+                if effect.sample is not None:
+                    stats.record(effect.key, **effect.sample)
+
+
+class _AsyncDriver:
+    """Performs effects with async I/O; cleanup after a cancellation is shielded."""
+
+    __slots__ = ("_d", "_table")
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._d = dispatcher
+        self._table: dict[type, Callable[[Any], Any]] = {
+            _Send: self._send,
+            _Read: self._read,
+            _Close: self._close,
+            _Sleep: lambda e: dispatcher.clock.asleep(e.seconds),
+            _Reserve: self._reserve,
+            _Settle: self._settle,
+            _Acquire: self._acquire,
+            _Report: self._report,
+            _CacheGet: self._cache_get,
+            _CachePut: self._cache_put,
+            _StatsStart: self._stats_start,
+            _StatsEnd: self._stats_end,
+        }
+
+    async def step(
+        self, machine: Generator[Any, Any, Any], throw: BaseException | None = None
+    ) -> _Deliver | _End:
+        value: Any = None
+        error = throw
+        table = self._table
+        shielded = throw is not None
+        while True:
+            try:
+                effect = machine.throw(error) if error is not None else machine.send(value)
+            except StopIteration as stop:
+                return _End(stop.value)
+            if type(effect) is _Deliver:
+                return effect
+            error = None
+            try:
+                if shielded:
+                    import anyio
+
+                    with anyio.CancelScope(shield=True):
+                        value = await table[type(effect)](effect)
+                else:
+                    value = await table[type(effect)](effect)
+            except Exception as exc:
+                value = None
+                error = exc
+            except BaseException as exc:  # cancelled: let the logic clean up, shielded
+                value = None
+                error = exc
+                shielded = True
+
+    async def run(self, machine: Generator[Any, Any, ChatResponse | None]) -> ChatResponse | None:
+        return _result(await self.step(machine))
+
+    async def _send(self, effect: _Send) -> _Reply:
+        client = self._d.async_client()
+        try:
+            response = await client.send(_build_request(client, effect), stream=True)
+        except Exception as exc:
+            raise _upstream_error(exc, effect.provider) from None
+        try:
+            if effect.stream and response.status_code < 400:
+                return _Reply(
+                    response.status_code,
+                    response.headers,
+                    handle=(response, response.aiter_bytes()),
+                )
+            body = await response.aread()
+        except Exception as exc:
+            await response.aclose()
+            raise _upstream_error(exc, effect.provider) from None
+        await response.aclose()
+        return _Reply(response.status_code, response.headers, body)
+
+    async def _read(self, effect: _Read) -> bytes:
+        try:
+            async for data in effect.handle[1]:
+                if data:
+                    return bytes(data)
+        except Exception as exc:
+            raise _upstream_error(exc, effect.provider) from None
+        return b""
+
+    async def _close(self, effect: _Close) -> None:
+        try:
+            await effect.handle[0].aclose()
+        except Exception:
+            return
+
+    async def _reserve(self, effect: _Reserve) -> Reservation | None:
+        budgets = self._d.budgets
+        if budgets is None:
+            return None
+        try:
+            if not effect.enforce:
+                return _charge_only(budgets, effect.context)
+            return await budgets.areserve(effect.amount, effect.context)
+        except LLMError:
+            raise
+        except Exception:
+            return None
+
+    async def _settle(self, effect: _Settle) -> None:
+        if self._d.budgets is not None:
+            try:
+                await self._d.budgets.asettle(effect.reservation, effect.amount)
+            except Exception:
+                return
+
+    async def _acquire(self, effect: _Acquire) -> bool:
+        breaker = self._d.breaker
+        try:
+            return breaker is None or await breaker.aacquire(effect.deployment)
+        except Exception:
+            return True
+
+    async def _report(self, effect: _Report) -> None:
+        if self._d.breaker is not None:
+            try:
+                await self._d.breaker.arecord(effect.deployment, effect.ok)
+            except Exception:
+                return
+
+    async def _cache_get(self, effect: _CacheGet) -> CacheEntry | None:
+        return await self._d.cache.aget(effect.key) if self._d.cache is not None else None
+
+    async def _cache_put(self, effect: _CachePut) -> None:
+        if self._d.cache is not None:
+            await self._d.cache.aset(effect.key, effect.entry)
+
+    async def _stats_start(self, effect: _StatsStart) -> None:
+        if self._d.stats is not None:
+            with contextlib.suppress(Exception):
+                await self._d.stats.astarted(effect.key)
+
+    async def _stats_end(self, effect: _StatsEnd) -> None:
+        stats = self._d.stats
+        if stats is not None:
+            with contextlib.suppress(Exception):
+                await stats.afinished(effect.key)
+                if effect.sample is not None:
+                    await stats.arecord(effect.key, **effect.sample)

@@ -1,0 +1,673 @@
+"""The dispatcher's logic as one generator of effects: no I/O of its own.
+
+:class:`_Machine` holds everything :class:`~routing_middleware.dispatch.Dispatcher`
+decides: the cache, the attempts, retries and fallbacks, stream failover and
+metering. Its :meth:`_Machine._run` yields effects (see :mod:`._dispatch_state`)
+that a driver performs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import uuid
+from collections.abc import Callable, Generator
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._dispatch_state import (
+    StreamFailover,
+    _Acquire,
+    _Attempt,
+    _CacheGet,
+    _CachePut,
+    _Call,
+    _Close,
+    _Closed,
+    _Deliver,
+    _Read,
+    _Reply,
+    _Report,
+    _Reserve,
+    _Send,
+    _Settle,
+    _Sleep,
+    _StatsEnd,
+    _StatsStart,
+)
+from .breaker import CircuitBreaker
+from .cache import CacheEntry, ResponseCache, assemble, is_cacheable, replay_chunks
+from .catalog import Catalog, ModelInfo, default_catalog
+from .context import RouteContext, current_context
+from .metering import RecordSink, UsageRecord
+from .retry import Clock, RetryPolicy, Verdict, counts_against_deployment
+from .schema import (
+    BudgetExceeded,
+    ChatRequest,
+    ChatResponse,
+    InvalidRequest,
+    LLMError,
+    Message,
+    NoRouteAvailable,
+    StreamChunk,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    Usage,
+)
+from .tokens import estimate_request_tokens, estimate_text_tokens
+
+if TYPE_CHECKING:
+    from .budgets import Budgets
+    from .providers.base import Dialect, ProviderConfig
+    from .router import Decision, Deployment
+    from .stats import StatsStore
+
+_ZERO = Decimal(0)
+_EMPTY_USAGE = Usage()
+
+
+def _has_content(chunk: StreamChunk) -> bool:
+    return bool(
+        chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason is not None
+    )
+
+
+class _Machine:
+    """The dispatcher's decisions; per-call state lives in the :class:`_Call`."""
+
+    providers: dict[str, ProviderConfig]
+    catalog: Catalog | None
+    retry: RetryPolicy
+    breaker: CircuitBreaker | None
+    stats: StatsStore | None
+    budgets: Budgets | None
+    cache: ResponseCache | None
+    sink: RecordSink | None
+    clock: Clock
+    stream_failover: StreamFailover
+    stream_holdback: int
+    _dialects: dict[str, Dialect]
+    _pricer: Callable[[Usage, ModelInfo], Decimal] | None
+    _rng: random.Random
+
+    # ------------------------------------------------------------------ helpers
+
+    def _catalog(self) -> Catalog:
+        if self.catalog is None:
+            self.catalog = default_catalog()
+        return self.catalog
+
+    def _dialect(self, name: str) -> Dialect:
+        found = self._dialects.get(name)
+        if found is None:
+            from .providers.registry import dialect
+
+            found = self._dialects[name] = dialect(name)
+        return found
+
+    def _call(
+        self,
+        request: ChatRequest,
+        decision: Decision,
+        context: RouteContext | None,
+        stream: bool,
+        cache: bool | None,
+    ) -> _Call:
+        if request.stream != stream:
+            request = request.model_copy(update={"stream": stream})
+        key = None
+        if self.cache is not None and is_cacheable(request, cache):
+            key = self.cache.key(request, decision.primary.model)
+        started = self.clock.monotonic()
+        deadline = self.retry.deadline
+        return _Call(
+            request=request,
+            decision=decision,
+            context=context if context is not None else current_context(),
+            stream=stream,
+            cache_key=key,
+            call_id=uuid.uuid4().hex,
+            started=started,
+            deadline_at=None if deadline is None else started + deadline,
+            reasons=tuple((r.code, r.message) for r in decision.reasons),
+        )
+
+    def _price(self, usage: Usage, info: ModelInfo | None) -> Decimal:
+        if info is None:
+            return usage.provider_cost if usage.provider_cost is not None else _ZERO
+        if self._pricer is not None:
+            return self._pricer(usage, info)
+        from .pricing import billed_cost
+
+        return billed_cost(usage, info, catalog=self._catalog())
+
+    def _requested_cost(
+        self, call: _Call, usage: Usage, record: UsageRecord | None = None
+    ) -> Decimal | None:
+        """List-price cost of ``usage`` on the requested model (``record``: its own
+        attempt's record, whose cost is reused when it ran on that very model)."""
+        info = self._catalog().find(call.decision.requested_model)
+        if info is None:
+            return call.decision.requested_cost
+        if usage.provider_cost is not None:
+            usage = usage.model_copy(update={"provider_cost": None})
+        elif record is not None and info.id == record.chosen_model and self._pricer is None:
+            return record.cost
+        return self._price(usage, info)
+
+    def _record(
+        self,
+        call: _Call,
+        attempt: _Attempt | None,
+        deployment: Deployment,
+        *,
+        usage: Usage,
+        cost: Decimal,
+        status: Literal["ok", "error", "blocked", "cache_hit"],
+        error_kind: str | None,
+        now: float,
+    ) -> UsageRecord:
+        ctx = call.context
+        decision = call.decision
+        record = UsageRecord(
+            requested_model=call.request.model,
+            chosen_model=deployment.model,
+            provider=deployment.provider,
+            usage=usage,
+            cost=cost,
+            call_id=call.call_id,
+            request_id=ctx.request_id,
+            user_id=ctx.user_id,
+            api_key_id=ctx.api_key_id,
+            feature=ctx.feature,
+            route=ctx.route,
+            tags=tuple(sorted(ctx.tags)) if ctx.tags else (),
+            tier=decision.tier,
+            mode=decision.mode,
+            deployment=deployment.key,
+            status=status,
+            error_kind=error_kind,
+            attempt=attempt.number if attempt is not None else 0,
+            fallback_from=attempt.fallback_from if attempt is not None else None,
+            latency_ms=(now - (attempt.started if attempt else call.started)) * 1000,
+            ttft_ms=(
+                (attempt.ttft - attempt.started) * 1000
+                if attempt is not None and attempt.ttft is not None
+                else None
+            ),
+            streamed=call.stream,
+            stitched=call.stitched and status == "ok",
+            reasons=call.reasons,
+        )
+        call.records.append(record)
+        return record
+
+    def _finish(self, call: _Call) -> None:
+        """Number the records and hand them to the sink (once; never raises)."""
+        if call.finished:
+            return
+        call.finished = True
+        total = len(call.records)
+        for record in call.records:
+            record.attempts = total
+        if self.sink is None:
+            return
+        for record in call.records:
+            try:
+                self.sink.emit(record)
+            except Exception:
+                continue
+
+    def _stats_sample(
+        self, call: _Call, attempt: _Attempt, now: float, health: bool | None, usage: Usage | None
+    ) -> dict[str, Any] | None:
+        """The latency/error sample of an attempt, or ``None`` when its outcome says
+        nothing about the deployment (a stream the consumer cut is no latency sample)."""
+        if health is None:
+            return None
+        return {
+            "latency_ms": (now - attempt.started) * 1000,
+            "ttft_ms": None if attempt.ttft is None else (attempt.ttft - attempt.started) * 1000,
+            "error": not health,
+            "feature": call.context.feature,
+            "output_tokens": usage.output_tokens if health and usage is not None else None,
+        }
+
+    def _partial_usage(self, call: _Call, attempt: _Attempt, request: ChatRequest) -> Usage | None:
+        """What an attempt that ended early probably consumed (``None``: nothing known)."""
+        reported = attempt.decoder.usage if attempt.decoder is not None else None
+        if not attempt.answered and reported is None:
+            return None
+        out = estimate_text_tokens("".join(attempt.text))
+        if reported is not None and reported.output_tokens >= out and reported.input_tokens:
+            return reported
+        if reported is not None:
+            return reported.model_copy(
+                update={
+                    "input_tokens": reported.input_tokens or estimate_request_tokens(request),
+                    "output_tokens": max(reported.output_tokens, out),
+                    "estimated": True,
+                }
+            )
+        return Usage(
+            input_tokens=estimate_request_tokens(request), output_tokens=out, estimated=True
+        )
+
+    def _continuation(self, call: _Call) -> ChatRequest:
+        """The original request with the delivered text as the assistant's prefix.
+
+        Trailing whitespace is left out of the prefix (Anthropic rejects a final
+        assistant turn ending in whitespace); the continuation's leading whitespace
+        is dropped in turn (see :meth:`_adapt`).
+        """
+        text = "".join(call.text)
+        original = call.request
+        update: dict[str, Any] = {
+            "messages": [*original.messages, Message(role="assistant", content=text.rstrip())]
+        }
+        if original.max_tokens:
+            update["max_tokens"] = max(1, original.max_tokens - estimate_text_tokens(text))
+        return original.model_copy(update=update)
+
+    # ------------------------------------------------------------------ the logic
+
+    def _run(self, call: _Call) -> Generator[Any, Any, ChatResponse | None]:
+        """The whole call as effects: cache, attempts, fallbacks, metering."""
+        try:
+            result = yield from self._serve(call)
+        except BaseException as exc:
+            live = call.live
+            if live is not None:
+                request = self._continuation(call) if call.stitched else call.request
+                kind = "ConsumerClosed" if isinstance(exc, _Closed) else type(exc).__name__
+                usage = self._partial_usage(call, live, request)
+                if isinstance(exc, GeneratorExit):
+                    # Garbage-collected without close(): no more effects can run here,
+                    # but what was used still gets recorded.
+                    call.live = None
+                    if self.stats is not None:
+                        with contextlib.suppress(Exception):
+                            self.stats.finished(live.deployment.key)
+                    now = self.clock.monotonic()
+                    cost = self._price(usage, live.info) if usage is not None else _ZERO
+                    self._record(
+                        call,
+                        live,
+                        live.deployment,
+                        usage=usage or _EMPTY_USAGE,
+                        cost=cost,
+                        status="error",
+                        error_kind=kind,
+                        now=now,
+                    )
+                else:
+                    yield from self._end_attempt(call, live, usage, None, kind)
+            self._finish(call)
+            raise
+        self._finish(call)
+        return result
+
+    def _serve(self, call: _Call) -> Generator[Any, Any, ChatResponse | None]:
+        if call.cache_key is not None:
+            entry = yield _CacheGet(call.cache_key)
+            if entry is not None:
+                return (yield from self._serve_hit(call, entry))
+        decision = call.decision
+        chain = (decision.primary, *decision.fallbacks)
+        policy = self.retry
+        catalog = self._catalog()
+        last_error: LLMError | None = None
+        rerouted: LLMError | None = None  # the upstream failure that sent the call onwards
+        skip_providers: set[str] = set()
+        min_context = 0
+        previous: Deployment | None = None
+        fallback_from: str | None = None
+        number = 0
+        request = call.request
+        for deployment in chain:
+            info = catalog.find(deployment.model)
+            if deployment.provider in skip_providers:
+                continue
+            if min_context and info is not None and info.context_window <= min_context:
+                continue
+            config = self.providers.get(deployment.provider)
+            if config is None:
+                last_error = last_error or NoRouteAvailable(
+                    f"no provider configured for {deployment.provider!r}",
+                    provider=deployment.provider,
+                )
+                continue
+            if previous is not None and previous.model != deployment.model:
+                fallback_from = previous.model
+            previous = deployment
+            retries = 0
+            while True:
+                now = self.clock.monotonic()
+                remaining = None if call.deadline_at is None else call.deadline_at - now
+                if remaining is not None and remaining <= 0:
+                    raise last_error or UpstreamTimeout("the call's deadline passed")
+                if self.breaker is not None and not (yield _Acquire(deployment)):
+                    last_error = last_error or NoRouteAvailable(
+                        f"circuit open for {deployment.key}", provider=deployment.provider
+                    )
+                    break
+                reservation = None
+                if self.budgets is not None and info is not None:
+                    try:
+                        reservation = yield _Reserve(
+                            self._worst_case(call, request, info),
+                            call.context,
+                            decision.mode != "observe",
+                        )
+                    except LLMError as blocked:  # BudgetExceeded: a cheaper fallback may fit
+                        if self.breaker is not None:
+                            yield _Report(deployment, None)
+                        last_error = blocked
+                        break
+                number += 1
+                attempt = _Attempt(
+                    number, deployment, info, self.clock.monotonic(), fallback_from, reservation
+                )
+                call.live = attempt
+                if self.stats is not None:
+                    yield _StatsStart(deployment.key)
+                if call.stream:
+                    error = yield from self._stream_attempt(
+                        call, attempt, config, request, policy.timeout_for(remaining)
+                    )
+                    if error is None:
+                        return None
+                else:
+                    outcome = yield from self._plain_attempt(
+                        call, attempt, config, request, policy.timeout_for(remaining)
+                    )
+                    if isinstance(outcome, ChatResponse):
+                        return outcome
+                    error = outcome
+                last_error = error
+                if call.delivered:
+                    if self.stream_failover != "continue" or call.tool_delta:
+                        raise error
+                    call.stitched = True
+                    spent = call.records[-1].usage
+                    call.carried = spent if call.carried is None else call.carried + spent
+                    request = self._continuation(call)
+                if attempt.sent:
+                    verdict = policy.verdict(error, retries)
+                else:  # this deployment's dialect cannot express the request; others may
+                    verdict = Verdict.FAIL if error.retryable else Verdict.NEXT
+                if verdict is Verdict.RETRY:
+                    delay = policy.delay(error, retries, self._rng)
+                    now = self.clock.monotonic()
+                    if call.deadline_at is not None and now + delay >= call.deadline_at:
+                        rerouted = rerouted or error
+                        break
+                    retries += 1
+                    if delay > 0:
+                        yield _Sleep(delay)
+                    continue
+                if verdict is Verdict.FAIL:
+                    if rerouted is not None and isinstance(error, InvalidRequest):
+                        # A fallback rejecting what the first choice accepted (a parameter
+                        # its API lacks): pass it over; the caller hears the original failure.
+                        last_error = rerouted
+                        break
+                    raise error
+                if verdict is Verdict.NEXT_PROVIDER:
+                    skip_providers.add(deployment.provider)
+                elif verdict is Verdict.LARGER_CONTEXT:
+                    window = info.context_window if info is not None else 0
+                    min_context = max(min_context, window)
+                rerouted = rerouted or error
+                break
+        if number == 0 and isinstance(last_error, BudgetExceeded):
+            self._record(
+                call,
+                None,
+                decision.primary,
+                usage=_EMPTY_USAGE,
+                cost=_ZERO,
+                status="blocked",
+                error_kind=last_error.kind,
+                now=self.clock.monotonic(),
+            )
+        raise last_error or NoRouteAvailable("no deployment to try")
+
+    def _worst_case(self, call: _Call, request: ChatRequest, info: ModelInfo) -> Decimal:
+        from .budgets import worst_case_cost
+
+        if request is call.request:
+            if call.input_tokens is None:
+                call.input_tokens = estimate_request_tokens(request)
+            return worst_case_cost(request, info, input_tokens=call.input_tokens)
+        return worst_case_cost(request, info)
+
+    def _serve_hit(
+        self, call: _Call, entry: CacheEntry
+    ) -> Generator[Any, Any, ChatResponse | None]:
+        response = entry.response
+        usage = response.usage or _EMPTY_USAGE
+        record = self._record(
+            call,
+            None,
+            call.decision.primary,
+            usage=_EMPTY_USAGE,
+            cost=_ZERO,
+            status="cache_hit",
+            error_kind=None,
+            now=self.clock.monotonic(),
+        )
+        record.attempt = 1
+        record.cache_saved_cost = entry.cost
+        record.requested_cost = self._requested_cost(call, usage)
+        call.served = call.decision.primary
+        call.usage = usage
+        self._finish(call)
+        if not call.stream:
+            return response
+        for chunk in replay_chunks(response):
+            call.delivered = True
+            yield _Deliver(chunk)
+        return None
+
+    def _end_attempt(
+        self,
+        call: _Call,
+        attempt: _Attempt,
+        usage: Usage | None,
+        error: LLMError | None,
+        error_kind: str | None = None,
+    ) -> Generator[Any, Any, UsageRecord]:
+        """Close, settle, report and record one attempt."""
+        call.live = None
+        if attempt.handle is not None:
+            handle, attempt.handle = attempt.handle, None
+            yield _Close(handle)
+        now = self.clock.monotonic()
+        cost = self._price(usage, attempt.info) if usage is not None else _ZERO
+        if attempt.reservation is not None:
+            yield _Settle(attempt.reservation, cost)
+        failed = error is not None or error_kind is not None
+        # True: healthy, False: the deployment failed, None: says nothing about it
+        # (a bad request, the consumer leaving).
+        health: bool | None = True
+        if error is not None:
+            health = False if counts_against_deployment(error) else None
+        elif error_kind is not None:
+            health = None
+        if self.breaker is not None:
+            yield _Report(attempt.deployment, health)
+        if self.stats is not None:
+            sample = self._stats_sample(call, attempt, now, health, usage)
+            yield _StatsEnd(attempt.deployment.key, sample)
+        kind = error.kind if error is not None else error_kind
+        return self._record(
+            call,
+            attempt,
+            attempt.deployment,
+            usage=usage or _EMPTY_USAGE,
+            cost=cost,
+            status="error" if failed else "ok",
+            error_kind=kind,
+            now=now,
+        )
+
+    def _plain_attempt(
+        self,
+        call: _Call,
+        attempt: _Attempt,
+        config: ProviderConfig,
+        request: ChatRequest,
+        timeout: float | None,
+    ) -> Generator[Any, Any, ChatResponse | LLMError]:
+        dialect = self._dialect(config.dialect)
+        try:
+            encoded = dialect.encode_request(request, config, attempt.deployment.name)
+            attempt.sent = True
+            reply: _Reply = yield _Send(encoded, timeout, False, config.name)
+            body = reply.body or b""
+            if reply.status >= 400:
+                raise dialect.decode_error(reply.status, reply.headers, body, config)
+            attempt.answered = True
+            response = dialect.decode_response(body, config)
+        except LLMError as error:
+            usage = self._partial_usage(call, attempt, request)
+            yield from self._end_attempt(call, attempt, usage, error)
+            return error
+        usage = response.usage
+        if usage is None:
+            out = "".join(c.message.text for c in response.choices)
+            usage = Usage(
+                input_tokens=estimate_request_tokens(request),
+                output_tokens=estimate_text_tokens(out),
+                estimated=True,
+            )
+            response.usage = usage
+        record = yield from self._end_attempt(call, attempt, usage, None)
+        record.requested_cost = self._requested_cost(call, usage, record)
+        call.served = attempt.deployment
+        call.usage = usage
+        if response.provider is None:
+            response.provider = config.name
+        if call.cache_key is not None and self.cache is not None:
+            key = self.cache.key(call.request, attempt.deployment.model)
+            yield _CachePut(key, CacheEntry(response, record.cost))
+        return response
+
+    def _adapt(self, call: _Call, chunk: StreamChunk) -> StreamChunk | None:
+        """A chunk as the consumer sees it: stitched continuations lose their role
+        chunk and report the usage of every stitched attempt."""
+        if not call.stitched:
+            return chunk
+        if chunk.role is not None:
+            if not (_has_content(chunk) or chunk.usage is not None):
+                return None
+            chunk = chunk.model_copy(update={"role": None})
+        if call.trim and chunk.text:
+            text = chunk.text.lstrip()
+            call.trim = not text
+            chunk = chunk.model_copy(update={"text": text or None})
+            if not (_has_content(chunk) or chunk.usage is not None):
+                return None
+        if chunk.usage is not None and call.carried is not None:
+            chunk = chunk.model_copy(update={"usage": call.carried + chunk.usage})
+        return chunk
+
+    def _deliver(self, call: _Call, chunk: StreamChunk) -> Generator[Any, Any, None]:
+        out = self._adapt(call, chunk)
+        if out is None:
+            return
+        if _has_content(out):
+            call.delivered = True
+            if out.text:
+                call.text.append(out.text)
+            if out.tool_calls:
+                call.tool_delta = True
+        yield _Deliver(out)
+
+    def _stream_attempt(
+        self,
+        call: _Call,
+        attempt: _Attempt,
+        config: ProviderConfig,
+        request: ChatRequest,
+        timeout: float | None,
+    ) -> Generator[Any, Any, LLMError | None]:
+        dialect = self._dialect(config.dialect)
+        held: list[StreamChunk] = []
+        flowing = finished = False
+        content = 0
+        keep: list[StreamChunk] | None = (
+            [] if call.cache_key is not None and not call.stitched else None
+        )
+        if call.stitched:
+            delivered = "".join(call.text)
+            call.trim = delivered != delivered.rstrip()
+        try:
+            encoded = dialect.encode_request(request, config, attempt.deployment.name)
+            decoder = attempt.decoder = dialect.stream_decoder(config, request)
+            attempt.sent = True
+            reply: _Reply = yield _Send(encoded, timeout, True, config.name)
+            if reply.status >= 400:
+                raise dialect.decode_error(reply.status, reply.headers, reply.body or b"", config)
+            attempt.answered = True
+            attempt.handle = reply.handle
+            while True:
+                data = yield _Read(reply.handle, config.name)
+                chunks = decoder.feed(data) if data else decoder.close()
+                if keep is not None:
+                    keep.extend(chunks)
+                for chunk in chunks:
+                    if chunk.finish_reason is not None:
+                        finished = True
+                    if chunk.text:
+                        attempt.text.append(chunk.text)
+                    if attempt.ttft is None and _has_content(chunk):
+                        attempt.ttft = self.clock.monotonic()
+                    if flowing:
+                        yield from self._deliver(call, chunk)
+                        continue
+                    held.append(chunk)
+                    if _has_content(chunk):
+                        content += 1
+                    if content > self.stream_holdback:
+                        flowing = True
+                        for early in held:
+                            yield from self._deliver(call, early)
+                        held.clear()
+                if not data:
+                    if not finished:
+                        # An end marker without any finish reason is a cut, not an answer.
+                        raise UpstreamProtocolError(
+                            "the stream ended without a finish reason", provider=config.name
+                        )
+                    break
+        except LLMError as error:
+            usage = self._partial_usage(call, attempt, request)
+            yield from self._end_attempt(call, attempt, usage, error)
+            return error
+        for early in held:
+            yield from self._deliver(call, early)
+        usage = decoder.usage
+        reported = usage is not None
+        if usage is None:
+            usage = self._partial_usage(call, attempt, request)
+            assert usage is not None
+        record = yield from self._end_attempt(call, attempt, usage, None)
+        if not reported:  # the provider sent none: the consumer gets the estimate
+            yield from self._deliver(call, StreamChunk(usage=usage))
+        total = usage if call.carried is None else call.carried + usage
+        record.requested_cost = self._requested_cost(
+            call, total, record if call.carried is None else None
+        )
+        call.served = attempt.deployment
+        call.usage = total
+        if keep is not None and self.cache is not None:
+            response = assemble(
+                keep, response_id=call.call_id, model=attempt.deployment.model, provider=config.name
+            )
+            if response.usage is None:
+                response.usage = usage
+            key = self.cache.key(call.request, attempt.deployment.model)
+            yield _CachePut(key, CacheEntry(response, record.cost))
+        return None

@@ -1,0 +1,164 @@
+"""What the dispatcher's logic and its drivers share: the effects and the per-call state.
+
+The logic (:mod:`._dispatch_machine`) yields *effects*; a driver
+(:mod:`._dispatch_drivers`) performs them and sends back their results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from .cache import CacheEntry
+from .catalog import ModelInfo
+from .context import RouteContext
+from .metering import UsageRecord
+from .schema import ChatRequest, ChatResponse, StreamChunk, Usage
+
+if TYPE_CHECKING:
+    from .budgets import Reservation
+    from .providers.base import EncodedRequest, StreamDecoder
+    from .router import Decision, Deployment
+
+StreamFailover = Literal["error", "continue"]
+
+
+# ----------------------------------------------------------------------------- effects
+
+
+@dataclass(slots=True)
+class _Send:
+    request: EncodedRequest
+    timeout: float | None
+    stream: bool
+    provider: str
+
+
+@dataclass(slots=True)
+class _Read:
+    handle: Any
+    provider: str
+
+
+@dataclass(slots=True)
+class _Close:
+    handle: Any
+
+
+@dataclass(slots=True)
+class _Sleep:
+    seconds: float
+
+
+@dataclass(slots=True)
+class _Deliver:
+    chunk: StreamChunk
+
+
+@dataclass(slots=True)
+class _Reserve:
+    amount: Decimal
+    context: RouteContext
+    enforce: bool = True
+
+
+@dataclass(slots=True)
+class _Settle:
+    reservation: Reservation
+    amount: Decimal
+
+
+@dataclass(slots=True)
+class _Acquire:
+    deployment: Deployment
+
+
+@dataclass(slots=True)
+class _Report:
+    deployment: Deployment
+    ok: bool | None
+
+
+@dataclass(slots=True)
+class _StatsStart:
+    key: str
+
+
+@dataclass(slots=True)
+class _StatsEnd:
+    key: str
+    sample: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class _CacheGet:
+    key: str
+
+
+@dataclass(slots=True)
+class _CachePut:
+    key: str
+    entry: CacheEntry
+
+
+@dataclass(slots=True)
+class _Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes | None = None
+    handle: Any = None
+
+
+@dataclass(slots=True)
+class _End:
+    value: ChatResponse | None
+
+
+class _Closed(BaseException):
+    """Thrown into the logic when the consumer closes a stream before its end."""
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    number: int
+    deployment: Deployment
+    info: ModelInfo | None
+    started: float
+    fallback_from: str | None
+    reservation: Reservation | None = None
+    handle: Any = None
+    decoder: StreamDecoder | None = None
+    sent: bool = False  # the request was encoded and went upstream
+    answered: bool = False  # got a 2xx: the provider likely billed something
+    ttft: float | None = None
+    text: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    request: ChatRequest
+    decision: Decision
+    context: RouteContext
+    stream: bool
+    cache_key: str | None
+    call_id: str
+    started: float
+    deadline_at: float | None
+    reasons: tuple[tuple[str, str], ...] = ()
+    input_tokens: int | None = None
+    records: list[UsageRecord] = field(default_factory=list)
+    live: _Attempt | None = None
+    delivered: bool = False
+    tool_delta: bool = False
+    stitched: bool = False
+    trim: bool = False  # drop the continuation's leading whitespace (the prefix had it)
+    text: list[str] = field(default_factory=list)
+    carried: Usage | None = None
+    served: Deployment | None = None
+    usage: Usage | None = None
+    finished: bool = False
