@@ -232,6 +232,15 @@ class LLMRouteMiddleware:
             # Resolve the lazy user in async code first; then one thread hop reads
             # groups (and runs the USER_ID / TAGS hooks, which may query).
             request.user = await request.auser()  # type: ignore[attr-defined]
+        settings = get_settings()
+        user = getattr(request, "user", None)
+        blocking = (
+            settings.user_id is not None
+            or settings.tags is not None
+            or (settings.django.GROUPS and getattr(user, "is_authenticated", False))
+        )
+        if not blocking:
+            return context_for_request(request)  # nothing to query: no thread hop
         return await sync_to_async(context_for_request, thread_sensitive=True)(request)
 
     # -- the view ---------------------------------------------------------------------
