@@ -16,7 +16,8 @@ budgets (``scope: api_key``) and rate limit apply, and only keys allowed to may
 steer routing with ``X-LLMRoute-Tier`` / ``X-LLMRoute-Feature``.
 
 Every failure answers in the caller's dialect: 401 (no, invalid or revoked key),
-400 (invalid input, naming the field), 404 (unknown model, with suggestions), 413
+400 (invalid input, naming the field), 404 (a model the catalog does not know, with
+suggestions: the gateway serves catalog models only, as it must price them), 413
 (body over ``max_body_bytes``), 429 (rate limit, with ``Retry-After``), 402
 (budget), 502/503/504 (upstream). The handlers are plain ASGI callables: bodies
 are read once, answers are sent as they come, and streams are never buffered.
