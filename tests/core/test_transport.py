@@ -525,3 +525,26 @@ def test_other_endpoints_of_a_provider_are_untouched() -> None:
     client.models.list()
     assert [c.endpoint for c in caller_fake.calls] == ["models"]
     assert _records(engine) == []
+
+
+def test_observe_mode_with_the_anthropic_sdk_meters_in_anthropic_terms() -> None:
+    engine = _engine(mode="observe")
+    network, _, anthropic_fake = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = anthropic.Anthropic(api_key="sk-ant-caller", http_client=http, max_retries=0)
+    message = client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    )
+    with client.messages.stream(
+        model="claude-sonnet-4-6", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        final = stream.get_final_message()
+    assert message.model == final.model == "claude-sonnet-4-6"
+    assert [c.api_key for c in anthropic_fake.calls] == ["sk-ant-caller"] * 2
+    records = _records(engine)
+    assert [r.streamed for r in records] == [False, True]
+    for record in records:
+        assert record.provider == "anthropic"
+        assert record.chosen_model == "anthropic/claude-sonnet-4-6"
+        assert record.usage.output_tokens == message.usage.output_tokens
+        assert not record.usage.estimated
