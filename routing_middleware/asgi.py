@@ -37,7 +37,6 @@ made concurrently count in full.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import inspect
 import os
@@ -46,7 +45,8 @@ from decimal import Decimal
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
-from .context import HINTS_ATTRIBUTE, RouteContext, _current
+from .context import HINTS_ATTRIBUTE, RouteContext, current_context, reset_context, set_context
+from .engine import collect_records, collected_records
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,9 +59,6 @@ __all__ = ["RoutingMiddleware", "request_records"]
 UserGetter = Callable[["Scope"], "str | None"]
 TagsGetter = Callable[["Scope"], "Iterable[str] | None"]
 
-_records: contextvars.ContextVar[list[UsageRecord] | None] = contextvars.ContextVar(
-    "llmroute_request_records", default=None
-)
 _MAX_REQUEST_ID = 200
 _EMPTY = RouteContext()
 
@@ -69,33 +66,10 @@ _EMPTY = RouteContext()
 def request_records() -> list[UsageRecord]:
     """The usage records of the current request's finished LLM calls so far.
 
-    Filled only for requests under a :class:`RoutingMiddleware` whose engine it
-    collects from (``server_timing`` on); empty elsewhere.
+    Filled only under a :class:`RoutingMiddleware` with ``server_timing`` on;
+    empty elsewhere.
     """
-    return list(_records.get() or ())
-
-
-class _Collecting:
-    """Wraps an engine's record sink: each record also goes to its request's list."""
-
-    __slots__ = ("sink",)
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-
-    def emit(self, record: UsageRecord) -> None:
-        collected = _records.get()
-        if collected is not None:
-            collected.append(record)
-        if self.sink is not None:
-            self.sink.emit(record)
-
-
-def _collect_from(engine: LLMRoute) -> None:
-    """Make ``engine``'s dispatcher hand records to the request collector (once)."""
-    dispatcher = engine.dispatcher
-    if not isinstance(dispatcher.sink, _Collecting):
-        dispatcher.sink = _Collecting(dispatcher.sink)
+    return list(collected_records() or ())
 
 
 class RoutingMiddleware:
@@ -120,8 +94,6 @@ class RoutingMiddleware:
             raise TypeError("user must be a callable taking the ASGI scope")
         if server_timing is None:
             server_timing = engine.config.server_timing if engine is not None else False
-        if server_timing and engine is None:
-            raise ValueError("server_timing needs the engine whose calls it reports")
         self.app = app
         self.engine = engine
         self.user = user
@@ -134,8 +106,6 @@ class RoutingMiddleware:
             self._tags = None
             self._fixed_tags = frozenset(tags) or None
         self.server_timing = bool(server_timing)
-        if self.server_timing and engine is not None:
-            _collect_from(engine)
 
     def __repr__(self) -> str:
         return f"RoutingMiddleware(app={self.app!r}, server_timing={self.server_timing})"
@@ -146,16 +116,15 @@ class RoutingMiddleware:
             return
         request = _Request(self, scope)
         inner = _WatchedScope(scope, request)
-        token = _current.set(request.base)
-        records_token = _records.set([]) if self.server_timing else None
+        token = set_context(request.base)
         try:
-            if records_token is not None:
-                send = partial(_send_with_timing, send)
-            await self.app(inner, receive, send)
+            if self.server_timing:
+                with collect_records():
+                    await self.app(inner, receive, partial(_send_with_timing, send))
+            else:
+                await self.app(inner, receive, send)
         finally:
-            if records_token is not None:
-                _records.reset(records_token)
-            _current.reset(token)
+            reset_context(token)
             inner.request = None
 
     # ------------------------------------------------------------------ pieces
@@ -183,7 +152,7 @@ class _Request:
         self.endpoint: Any = None
         self.route: Any = None
         self.user: Any = scope.get("user")
-        outer = _current.get()
+        outer = current_context()
         user_id = middleware._user_id(scope)
         tags = middleware._tags_of(scope)
         if outer == _EMPTY:  # the usual case: nothing to merge with
@@ -211,7 +180,7 @@ class _Request:
                 hints = {**hints, "route": route_path}
             if hints:  # already checked by route_hint: no need to go through merged()
                 context = dataclasses.replace(context, **hints)
-        _current.set(context)
+        set_context(context)  # undone by the middleware's reset_context
 
 
 _WATCHED = frozenset({"endpoint", "route", "user"})
@@ -323,7 +292,7 @@ def _route_path(scope: Scope) -> str | None:
 
 async def _send_with_timing(send: Send, message: Message) -> None:
     if message["type"] == "http.response.start":
-        header = _server_timing(_records.get() or ())
+        header = _server_timing(collected_records() or ())
         if header is not None:
             message = {**message, "headers": [*message.get("headers", ()), header]}
     await send(message)

@@ -30,7 +30,9 @@ __all__ = [
     "RouteHint",
     "current_context",
     "hints_of",
+    "reset_context",
     "route_hint",
+    "set_context",
     "use_context",
 ]
 
@@ -125,6 +127,20 @@ def current_context() -> RouteContext:
     return _current.get()
 
 
+def set_context(context: RouteContext) -> contextvars.Token[RouteContext]:
+    """Make ``context`` current; pass the token to :func:`reset_context` afterwards.
+
+    For middleware whose request spans several callbacks (ASGI ``receive``/``send``),
+    where a ``with`` block cannot hold; prefer :func:`use_context` elsewhere.
+    """
+    return _current.set(context)
+
+
+def reset_context(token: contextvars.Token[RouteContext]) -> None:
+    """Restore the context that was current before :func:`set_context`."""
+    _current.reset(token)
+
+
 @contextmanager
 def use_context(context: RouteContext) -> Iterator[RouteContext]:
     """Make ``context`` current inside the block, restoring the previous one after."""
@@ -181,6 +197,12 @@ class RouteHint:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: _F) -> _F:
+        if inspect.isclass(func):
+            # A class-based endpoint (Starlette's HTTPEndpoint, a Django view class) must
+            # stay a class: annotate it for the middleware that reads hints, don't wrap it.
+            outer = getattr(func, HINTS_ATTRIBUTE, {})
+            setattr(func, HINTS_ATTRIBUTE, {**self.hints, **outer})
+            return func
         wrapper: Callable[..., Any]
         if inspect.isasyncgenfunction(func):
             wrapper = self._wrap_async_gen(func)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextvars
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -39,11 +40,34 @@ from .schema import ChatRequest, ChatResponse
 from .settings import LLMRouteConfig
 from .stats import MemoryStatsStore, RedisStatsStore, StatsStore
 
-__all__ = ["Completion", "LLMRoute"]
+__all__ = ["Completion", "LLMRoute", "collect_records", "collected_records"]
 
 _collector: contextvars.ContextVar[list[UsageRecord] | None] = contextvars.ContextVar(
     "llmroute_records", default=None
 )
+
+
+@contextmanager
+def collect_records() -> Iterator[list[UsageRecord]]:
+    """Gather the usage records of every call finished inside the block, by any engine.
+
+    Middleware uses it to summarise a request's LLM calls (``Server-Timing``);
+    blocks nest, and an inner block's records also reach the outer one's list.
+    """
+    records: list[UsageRecord] = []
+    outer = _collector.get()
+    token = _collector.set(records)
+    try:
+        yield records
+    finally:
+        _collector.reset(token)
+        if outer is not None:
+            outer.extend(records)
+
+
+def collected_records() -> list[UsageRecord] | None:
+    """The list the innermost :func:`collect_records` block is filling, if any."""
+    return _collector.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,12 +201,9 @@ class LLMRoute:
         """Decide, dispatch and meter a non-streamed call."""
         ctx = current_context() if context is None else context
         decision = decision if decision is not None else self.router.decide(request, ctx)
-        token = _collector.set([])
-        try:
+        with collect_records() as records:
             response = self.dispatcher.dispatch(request, decision, ctx, cache=cache)
-            return Completion(response, decision, tuple(_collector.get() or ()))
-        finally:
-            _collector.reset(token)
+        return Completion(response, decision, tuple(records))
 
     async def acomplete(
         self,
@@ -195,12 +216,9 @@ class LLMRoute:
         """Async twin of :meth:`complete`."""
         ctx = current_context() if context is None else context
         decision = decision if decision is not None else self.router.decide(request, ctx)
-        token = _collector.set([])
-        try:
+        with collect_records() as records:
             response = await self.dispatcher.adispatch(request, decision, ctx, cache=cache)
-            return Completion(response, decision, tuple(_collector.get() or ()))
-        finally:
-            _collector.reset(token)
+        return Completion(response, decision, tuple(records))
 
     def stream(
         self,

@@ -331,9 +331,10 @@ async def test_server_timing_sums_the_requests_calls() -> None:
     assert request_records() == []
 
 
-def test_server_timing_needs_an_engine_and_tags_are_not_a_string() -> None:
-    with pytest.raises(ValueError, match="engine"):
-        RoutingMiddleware(_discard, server_timing=True)
+def test_server_timing_follows_the_engine_config_and_tags_are_not_a_string() -> None:
+    # Records are collected from any engine, so Server-Timing needs none of its own.
+    assert RoutingMiddleware(_discard, server_timing=True).server_timing
+    assert not RoutingMiddleware(_discard).server_timing
     with pytest.raises(TypeError, match="string"):
         RoutingMiddleware(_discard, tags="beta")
     engine, _ = _engine(server_timing=True)

@@ -186,3 +186,26 @@ def test_overlay_prefers_inner_set_fields() -> None:
     inner = RouteContext(tier=1)
     merged = outer.overlay(inner)
     assert (merged.user_id, merged.tier, merged.feature) == ("u", 1, "a")
+
+
+def test_route_hint_on_a_class_annotates_it_and_keeps_it_a_class() -> None:
+    from routing_middleware.context import hints_of
+
+    @route_hint(tier="cheap", feature="endpoint")
+    class Endpoint:
+        def get(self) -> str:
+            return "ok"
+
+    assert isinstance(Endpoint, type)
+    assert Endpoint().get() == "ok"
+    assert hints_of(Endpoint) == {"tier": "cheap", "feature": "endpoint"}
+
+
+def test_set_and_reset_context_restore_the_previous_one() -> None:
+    from routing_middleware.context import RouteContext, reset_context, set_context
+
+    before = current_context()
+    token = set_context(RouteContext(feature="inside"))
+    assert current_context().feature == "inside"
+    reset_context(token)
+    assert current_context() == before

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from routing_middleware.context import route_hint
-from routing_middleware.engine import LLMRoute
+from routing_middleware.engine import LLMRoute, collect_records, collected_records
 from routing_middleware.metering import MemorySink
 from routing_middleware.schema import ChatRequest, Message
 from routing_middleware.settings import LLMRouteConfig
@@ -112,3 +112,16 @@ async def test_async_complete_and_stream() -> None:
     await stream.aclose()
     assert "".join(parts) == done.response.text
     await engine.aclose()
+
+
+def test_collect_records_nests_and_outer_blocks_see_inner_calls() -> None:
+    engine = LLMRoute(FAST, environ={})
+    assert collected_records() is None
+    with collect_records() as outer:
+        first = engine.complete(_request())
+        with collect_records() as inner:
+            second = engine.complete(_request())
+            assert collected_records() is inner
+        assert inner == list(second.records)
+    assert outer == [*first.records, *second.records]
+    assert collected_records() is None
