@@ -42,10 +42,11 @@ _REJECTED = ".rejected"
 
 
 def default_spool_path() -> Path:
-    """``LLMROUTE["SPOOL_PATH"]`` when set, else ``llmroute-spool.jsonl`` in the temp dir."""
-    from django.conf import settings
+    """The configured spool file (``LLMROUTE["SINK"]["SPOOL_PATH"]``, else
+    ``LLMROUTE["SPOOL_PATH"]``), else ``llmroute-spool.jsonl`` in the temp dir."""
+    from .conf import get_settings
 
-    configured = getattr(settings, "LLMROUTE", {}).get("SPOOL_PATH")
+    configured = get_settings().spool_path
     if configured:
         return Path(configured)
     import tempfile
