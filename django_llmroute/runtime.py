@@ -228,10 +228,7 @@ def _build(settings: LLMRouteSettings) -> tuple[LLMRoute, int | None]:
         store_content=core.store_content,
         redact=settings.redact,
     )
-    engine = LLMRoute(core, catalog=catalog, sink=sink)
-    # The engine shares one Budgets object between its router and dispatcher;
-    # its store is the Django one.
-    engine.budgets.store = _budget_store(settings)
+    engine = LLMRoute(core, catalog=catalog, sink=sink, budget_store=_budget_store(settings))
     return engine, version
 
 

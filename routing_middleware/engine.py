@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .breaker import BreakerPolicy, CircuitBreaker, MemoryBreakerStore, RedisBreakerStore
-from .budgets import Budgets, MemoryBudgetStore, RedisBudgetStore
+from .budgets import Budgets, BudgetStore, MemoryBudgetStore, RedisBudgetStore
 from .cache import MemoryCacheStore, RedisCacheStore, ResponseCache
 from .catalog import Catalog, default_catalog
 from .context import RouteContext, current_context
@@ -114,7 +114,8 @@ class LLMRoute:
     every usage record (default: an in-memory ring of recent records). ``client``
     and ``async_client`` are the upstream httpx clients (made on first use when
     not given). ``environ`` is where API-key variables are read, once, here
-    (default: ``os.environ``).
+    (default: ``os.environ``). ``budget_store`` replaces the budget counters'
+    store (default: in-process, or Redis with ``redis_url``).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class LLMRoute:
         client: Any = None,
         async_client: Any = None,
         environ: Mapping[str, str] | None = None,
+        budget_store: BudgetStore | None = None,
     ) -> None:
         self.config = LLMRouteConfig.coerce(config)
         self.catalog = catalog if catalog is not None else default_catalog()
@@ -136,7 +138,8 @@ class LLMRoute:
         cfg = self.config
         self.stats = self._stats_store()
         self.breaker = self._breaker() if cfg.breaker.enabled else None
-        self.budgets = Budgets(cfg.routing.budgets, self._budget_store())
+        store = budget_store if budget_store is not None else self._budget_store()
+        self.budgets = Budgets(cfg.routing.budgets, store)
         routing = cfg.routing
         if cfg.mode is not None and cfg.mode != routing.mode:
             routing = routing.model_copy(update={"mode": cfg.mode})
@@ -272,9 +275,11 @@ class LLMRoute:
             return self._shared(RedisStatsStore(url))  # type: ignore[no-any-return]
         return MemoryStatsStore()
 
-    def _budget_store(self) -> Any:
+    def _budget_store(self) -> BudgetStore:
         url = self.config.redis_url
-        return self._shared(RedisBudgetStore(url)) if url else MemoryBudgetStore()
+        if url:
+            return self._shared(RedisBudgetStore(url))  # type: ignore[no-any-return]
+        return MemoryBudgetStore()
 
     def _breaker(self) -> CircuitBreaker:
         b = self.config.breaker

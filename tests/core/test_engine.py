@@ -125,3 +125,17 @@ def test_collect_records_nests_and_outer_blocks_see_inner_calls() -> None:
         assert inner == list(second.records)
     assert outer == [*first.records, *second.records]
     assert collected_records() is None
+
+
+def test_a_given_budget_store_counts_the_engines_spend() -> None:
+    from routing_middleware.budgets import MemoryBudgetStore
+
+    store = MemoryBudgetStore()
+    budget = {"name": "all", "scope": "global", "limit_usd": "5"}
+    config = {**FAST, "routing": {"budgets": [budget]}}
+    engine = LLMRoute(config, environ={}, budget_store=store)
+    assert engine.budgets.store is store
+    done = engine.complete(_request())
+    spent = engine.budgets.store.totals(engine.budgets.lines())
+    assert sum(spent) > 0
+    assert done.cost > 0
