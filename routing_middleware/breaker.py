@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from ._redis import RedisClients
+
 __all__ = [
     "BreakerPolicy",
     "BreakerState",
@@ -261,48 +263,21 @@ class RedisBreakerStore:
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisBreakerStore needs a url or a client")
-        self._url = url
-        self._client = client
-        self._async_client = async_client
-        self._made_sync = self._made_async = False
+        self._redis = RedisClients("RedisBreakerStore", url, client, async_client)
         self.prefix = prefix
         self.refresh_s = refresh_s
         self.ttl_s = ttl_s
         self._clock = clock
         self._local: dict[str, tuple[float, BreakerState]] = {}
 
-    def _sync(self) -> Any:
-        if self._client is None:
-            import redis
-
-            if self._url is None:
-                raise RuntimeError("RedisBreakerStore got no sync client and no url")
-            self._client = redis.Redis.from_url(self._url)
-            self._made_sync = True
-        return self._client
-
     def close(self) -> None:
         """Close the sync client this store opened itself (not one it was given)."""
-        if self._made_sync and self._client is not None:
-            self._client.close()
-            self._client = None
+        self._redis.close()
 
     async def aclose(self) -> None:
         """Close the clients this store opened itself (not ones it was given)."""
         self.close()
-        if self._made_async and self._async_client is not None:
-            await self._async_client.aclose()
-            self._async_client = None
-
-    def _async(self) -> Any:
-        if self._async_client is None:
-            import redis.asyncio
-
-            if self._url is None:
-                raise RuntimeError("RedisBreakerStore got no async client and no url")
-            self._async_client = redis.asyncio.Redis.from_url(self._url)
-            self._made_async = True
-        return self._async_client
+        await self._redis.aclose()
 
     def _remember(self, key: str, state: BreakerState) -> None:
         if len(self._local) > 4096:
@@ -313,7 +288,7 @@ class RedisBreakerStore:
         cached = self._local.get(key)
         if cached is not None and cached[0] > self._clock():
             return cached[1]
-        state = BreakerState.from_json(self._sync().get(self.prefix + key))
+        state = BreakerState.from_json(self._redis.sync_client().get(self.prefix + key))
         self._remember(key, state)
         return state
 
@@ -321,7 +296,7 @@ class RedisBreakerStore:
         cached = self._local.get(key)
         if cached is not None and cached[0] > self._clock():
             return cached[1]
-        state = BreakerState.from_json(await self._async().get(self.prefix + key))
+        state = BreakerState.from_json(await self._redis.async_client().get(self.prefix + key))
         self._remember(key, state)
         return state
 
@@ -331,7 +306,7 @@ class RedisBreakerStore:
         import redis
 
         name = self.prefix + key
-        with self._sync().pipeline() as pipe:
+        with self._redis.sync_client().pipeline() as pipe:
             old = _CLOSED
             for _ in range(_MAX_CONFLICTS):
                 try:
@@ -358,7 +333,7 @@ class RedisBreakerStore:
         import redis
 
         name = self.prefix + key
-        async with self._async().pipeline() as pipe:
+        async with self._redis.async_client().pipeline() as pipe:
             old = _CLOSED
             for _ in range(_MAX_CONFLICTS):
                 try:

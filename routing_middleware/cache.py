@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
+from ._redis import RedisClients
 from .schema import (
     ChatRequest,
     ChatResponse,
@@ -131,59 +132,32 @@ class RedisCacheStore:
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisCacheStore needs a url or a client")
-        self._url = url
-        self._client = client
-        self._async_client = async_client
-        self._made_sync = self._made_async = False
+        self._redis = RedisClients("RedisCacheStore", url, client, async_client)
         self.prefix = prefix
         self.ttl_s = ttl_s
 
-    def _sync(self) -> Any:
-        if self._client is None:
-            import redis
-
-            if self._url is None:
-                raise RuntimeError("RedisCacheStore got no sync client and no url")
-            self._client = redis.Redis.from_url(self._url)
-            self._made_sync = True
-        return self._client
-
     def close(self) -> None:
         """Close the sync client this store opened itself (not one it was given)."""
-        if self._made_sync and self._client is not None:
-            self._client.close()
-            self._client = None
+        self._redis.close()
 
     async def aclose(self) -> None:
         """Close the clients this store opened itself (not ones it was given)."""
         self.close()
-        if self._made_async and self._async_client is not None:
-            await self._async_client.aclose()
-            self._async_client = None
-
-    def _async(self) -> Any:
-        if self._async_client is None:
-            import redis.asyncio
-
-            if self._url is None:
-                raise RuntimeError("RedisCacheStore got no async client and no url")
-            self._async_client = redis.asyncio.Redis.from_url(self._url)
-            self._made_async = True
-        return self._async_client
+        await self._redis.aclose()
 
     def get(self, key: str) -> CacheEntry | None:
-        raw = self._sync().get(self.prefix + key)
+        raw = self._redis.sync_client().get(self.prefix + key)
         return None if raw is None else CacheEntry.from_json(raw)
 
     def set(self, key: str, entry: CacheEntry) -> None:
-        self._sync().set(self.prefix + key, entry.to_json(), ex=self.ttl_s)
+        self._redis.sync_client().set(self.prefix + key, entry.to_json(), ex=self.ttl_s)
 
     async def aget(self, key: str) -> CacheEntry | None:
-        raw = await self._async().get(self.prefix + key)
+        raw = await self._redis.async_client().get(self.prefix + key)
         return None if raw is None else CacheEntry.from_json(raw)
 
     async def aset(self, key: str, entry: CacheEntry) -> None:
-        await self._async().set(self.prefix + key, entry.to_json(), ex=self.ttl_s)
+        await self._redis.async_client().set(self.prefix + key, entry.to_json(), ex=self.ttl_s)
 
 
 class ResponseCache:

@@ -170,7 +170,7 @@ def redis_store() -> Iterator[RedisCacheStore]:
     prefix = f"llmroute-test:{uuid.uuid4().hex}:cache:"
     store = RedisCacheStore(url, prefix=prefix, ttl_s=30)
     yield store
-    client = store._sync()
+    client = store._redis.sync_client()
     for key in client.scan_iter(match=prefix + "*"):
         client.delete(key)
     store.close()
@@ -186,7 +186,7 @@ def test_redis_store_round_trip(redis_store: RedisCacheStore) -> None:
     assert hit is not None
     assert hit.response.text == "four"
     assert hit.cost == Decimal("0.5")
-    ttl = redis_store._sync().ttl(redis_store.prefix + key)
+    ttl = redis_store._redis.sync_client().ttl(redis_store.prefix + key)
     assert 0 < ttl <= 30
 
 

@@ -664,7 +664,7 @@ def redis_breaker_store() -> Any:
     prefix = f"llmroute-test:{uuid.uuid4().hex}:breaker:"
     store = RedisBreakerStore(url, prefix=prefix, refresh_s=0)
     yield store
-    client = store._sync()
+    client = store._redis.sync_client()
     for key in client.scan_iter(match=prefix + "*"):
         client.delete(key)
     store.close()
