@@ -129,15 +129,16 @@ async def test_async_openai_sdk_is_routed(engine: LLMRoute, caller: Any) -> None
 
 
 def test_default_sdk_client_and_plain_httpx_are_covered(engine: LLMRoute) -> None:
-    # The SDK's own default client, and an old-style plain httpx client: both reach
-    # no network at all, because routing answers them.
-    client = openai.OpenAI(api_key=CALLER_KEY, max_retries=0)
+    # The SDK's own default client, and an old-style plain httpx client, addressed to
+    # the (local) Ollama host: routing answers them; were they not intercepted, a
+    # closed local port would refuse them, nothing would be sent anywhere else.
+    local = "http://127.0.0.1:11434/v1"
+    client = openai.OpenAI(api_key=CALLER_KEY, base_url=local, max_retries=0)
     with route_hint(tier=1):
         completion = client.chat.completions.create(model=PREMIUM, messages=MESSAGES)
         with httpx.Client() as plain:
             response = plain.post(
-                "https://api.openai.com/v1/chat/completions",
-                json={"model": PREMIUM, "messages": MESSAGES},
+                f"{local}/chat/completions", json={"model": PREMIUM, "messages": MESSAGES}
             )
     assert completion.model != PREMIUM
     assert response.headers["x-llmroute-model"] != f"openai/{PREMIUM}"
