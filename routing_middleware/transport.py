@@ -44,8 +44,8 @@ An internal failure (a bug, not an upstream error) is logged on
 ``llmroute.transport`` and the original request goes out unchanged through the
 inner transport, unless the engine's config says ``fail_open: false``, in which
 case the caller gets a clean error in its own dialect. A request llmroute cannot
-parse is also sent unchanged (the provider's own answer is the authoritative
-one). Upstream errors reach the caller in its dialect with their status (the relay
+parse is also sent unchanged when failing open (the provider's own answer is the
+authoritative one), and answered with a 400 in the caller's dialect otherwise. Upstream errors reach the caller in its dialect with their status (the relay
 does that). A key the caller's SDK sent is never forwarded anywhere but where the
 caller sent it: routed calls use the engine's configured keys; no key appears in
 records, logs, errors or reprs. Only hosts in the provider table are acted on.
