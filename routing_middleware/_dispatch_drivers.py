@@ -102,27 +102,39 @@ def _charge_only(budgets: Budgets, context: RouteContext) -> Reservation:
     return Reservation(budgets.lines(context), 0)
 
 
-class _SyncDriver:
-    """Performs effects with blocking I/O."""
+#: The driver method that performs each kind of effect (``_Deliver`` is the consumer's).
+_PERFORMERS: dict[type, str] = {
+    _Send: "_send",
+    _Read: "_read",
+    _Close: "_close",
+    _Sleep: "_sleep",
+    _Reserve: "_reserve",
+    _Settle: "_settle",
+    _Acquire: "_acquire",
+    _Report: "_report",
+    _CacheGet: "_cache_get",
+    _CachePut: "_cache_put",
+    _StatsStart: "_stats_start",
+    _StatsEnd: "_stats_end",
+}
+
+
+class _Driver:
+    """What both drivers share: the dispatcher and the table of effect performers."""
 
     __slots__ = ("_d", "_table")
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._d = dispatcher
         self._table: dict[type, Callable[[Any], Any]] = {
-            _Send: self._send,
-            _Read: self._read,
-            _Close: self._close,
-            _Sleep: lambda e: dispatcher.clock.sleep(e.seconds),
-            _Reserve: self._reserve,
-            _Settle: self._settle,
-            _Acquire: self._acquire,
-            _Report: self._report,
-            _CacheGet: lambda e: dispatcher.cache.get(e.key) if dispatcher.cache else None,
-            _CachePut: self._cache_put,
-            _StatsStart: self._stats_start,
-            _StatsEnd: self._stats_end,
+            kind: getattr(self, name) for kind, name in _PERFORMERS.items()
         }
+
+
+class _SyncDriver(_Driver):
+    """Performs effects with blocking I/O."""
+
+    __slots__ = ()
 
     def step(
         self, machine: Generator[Any, Any, Any], throw: BaseException | None = None
@@ -181,6 +193,13 @@ class _SyncDriver:
         except Exception:
             return
 
+    def _sleep(self, effect: _Sleep) -> None:
+        self._d.clock.sleep(effect.seconds)
+
+    def _cache_get(self, effect: _CacheGet) -> CacheEntry | None:
+        cache = self._d.cache
+        return cache.get(effect.key) if cache else None
+
     def _reserve(self, effect: _Reserve) -> Reservation | None:
         budgets = self._d.budgets
         if budgets is None:
@@ -233,27 +252,10 @@ class _SyncDriver:
                     stats.record(effect.key, **effect.sample)
 
 
-class _AsyncDriver:
+class _AsyncDriver(_Driver):
     """Performs effects with async I/O; cleanup after a cancellation is shielded."""
 
-    __slots__ = ("_d", "_table")
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self._d = dispatcher
-        self._table: dict[type, Callable[[Any], Any]] = {
-            _Send: self._send,
-            _Read: self._read,
-            _Close: self._close,
-            _Sleep: lambda e: dispatcher.clock.asleep(e.seconds),
-            _Reserve: self._reserve,
-            _Settle: self._settle,
-            _Acquire: self._acquire,
-            _Report: self._report,
-            _CacheGet: self._cache_get,
-            _CachePut: self._cache_put,
-            _StatsStart: self._stats_start,
-            _StatsEnd: self._stats_end,
-        }
+    __slots__ = ()
 
     async def step(
         self, machine: Generator[Any, Any, Any], throw: BaseException | None = None
@@ -323,6 +325,9 @@ class _AsyncDriver:
             await effect.handle[0].aclose()
         except Exception:
             return
+
+    async def _sleep(self, effect: _Sleep) -> None:
+        await self._d.clock.asleep(effect.seconds)
 
     async def _reserve(self, effect: _Reserve) -> Reservation | None:
         budgets = self._d.budgets

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +22,7 @@ from routing_middleware.breaker import (
     transition,
 )
 from routing_middleware.router import Deployment
+from tests.core.redis_helpers import drop_keys, redis_url_or_skip
 
 POLICY = BreakerPolicy(
     consecutive_failures=3,
@@ -162,10 +162,8 @@ def test_deployment_keys() -> None:
 
 @pytest.fixture
 def redis_url() -> str:
-    url = os.environ.get("LLMROUTE_TEST_REDIS_URL")
-    if not url:  # the marker skips first; this keeps the fixture honest on its own
-        pytest.skip("set LLMROUTE_TEST_REDIS_URL to run")
-    return url
+    # the marker skips first; this keeps the fixture honest on its own
+    return redis_url_or_skip()
 
 
 @pytest.fixture
@@ -175,8 +173,7 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"llmroute-test:{uuid.uuid4().hex}:breaker:"
     yield prefix
     client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=prefix + "*"):
-        client.delete(key)
+    drop_keys(client, prefix)
     client.close()
 
 

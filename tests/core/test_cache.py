@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -28,6 +27,7 @@ from routing_middleware.schema import (
     ToolCall,
     Usage,
 )
+from tests.core.redis_helpers import drop_keys, redis_url_or_skip
 
 
 def request(**kw: object) -> ChatRequest:
@@ -164,15 +164,11 @@ def test_replay_then_assemble_gives_back_the_response() -> None:
 
 @pytest.fixture
 def redis_store() -> Iterator[RedisCacheStore]:
-    url = os.environ.get("LLMROUTE_TEST_REDIS_URL")
-    if not url:
-        pytest.skip("set LLMROUTE_TEST_REDIS_URL to run")
+    url = redis_url_or_skip()
     prefix = f"llmroute-test:{uuid.uuid4().hex}:cache:"
     store = RedisCacheStore(url, prefix=prefix, ttl_s=30)
     yield store
-    client = store._redis.sync_client()
-    for key in client.scan_iter(match=prefix + "*"):
-        client.delete(key)
+    drop_keys(store._redis.sync_client(), prefix)
     store.close()
 
 

@@ -27,6 +27,7 @@ from routing_middleware.providers.openai_caller import OPENAI_CALLER, wants_stre
 from routing_middleware.providers.registry import provider_config
 from routing_middleware.schema import ChatRequest, FinishReason, LLMError, RateLimited, Usage
 from routing_middleware.testing import Failure, FakeModel, FakeProvider, FakeToolCall
+from tests.core.sdk_helpers import sdk
 
 DIALECTS = ("openai", "anthropic", "gemini")
 PAIRS = [(a, b) for a in DIALECTS for b in DIALECTS]
@@ -385,13 +386,11 @@ TEXT_SCENARIO = SCENARIOS[0]
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_openai_sdk_reads_any_provider(upstream: str, scenario: Scenario, stream: bool) -> None:
     fake = fake_for(scenario)
-    client = openai.OpenAI(
+    client = sdk(
+        openai.OpenAI,
+        sdk_handler("openai", upstream, fake),
         api_key="caller-key",
         base_url="https://gateway.test/v1",
-        max_retries=0,
-        http_client=httpx2.Client(
-            transport=httpx2.MockTransport(sdk_handler("openai", upstream, fake))
-        ),
     )
     kwargs: Any = {
         "model": CALLER_MODEL,
@@ -451,13 +450,11 @@ def test_openai_sdk_reads_any_provider(upstream: str, scenario: Scenario, stream
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_anthropic_sdk_reads_any_provider(upstream: str, scenario: Scenario, stream: bool) -> None:
     fake = fake_for(scenario)
-    client = anthropic.Anthropic(
+    client = sdk(
+        anthropic.Anthropic,
+        sdk_handler("anthropic", upstream, fake),
         api_key="caller-key",
         base_url="https://gateway.test",
-        max_retries=0,
-        http_client=httpx2.Client(
-            transport=httpx2.MockTransport(sdk_handler("anthropic", upstream, fake))
-        ),
     )
     kwargs: Any = {
         "model": CALLER_MODEL,

@@ -41,6 +41,7 @@ from routing_middleware.schema import (
 )
 from routing_middleware.stats import MemoryStatsStore
 from routing_middleware.testing import Failure, FakeModel, FakeProvider
+from tests.core.redis_helpers import drop_keys, redis_url_or_skip
 
 T = TypeVar("T")
 Flavor = Literal["sync", "async"]
@@ -653,20 +654,15 @@ def test_works_with_httpx2_clients(env: Env) -> None:
 
 @pytest.fixture
 def redis_breaker_store() -> Any:
-    import os
     import uuid
 
-    url = os.environ.get("LLMROUTE_TEST_REDIS_URL")
-    if not url:
-        pytest.skip("set LLMROUTE_TEST_REDIS_URL to run")
+    url = redis_url_or_skip()
     from routing_middleware.breaker import RedisBreakerStore
 
     prefix = f"llmroute-test:{uuid.uuid4().hex}:breaker:"
     store = RedisBreakerStore(url, prefix=prefix, refresh_s=0)
     yield store
-    client = store._redis.sync_client()
-    for key in client.scan_iter(match=prefix + "*"):
-        client.delete(key)
+    drop_keys(store._redis.sync_client(), prefix)
     store.close()
 
 

@@ -7,7 +7,6 @@ judged by the real ``anthropic`` SDK reading our bytes through a mock transport.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -60,6 +59,8 @@ from routing_middleware.schema import (
 )
 from routing_middleware.testing import Failure, FakeModel, FakeProvider, FakeToolCall
 from routing_middleware.tokens import estimate_request_tokens, estimate_text_tokens
+from tests.core.sdk_helpers import Handler
+from tests.core.sdk_helpers import sdk as make_sdk
 
 SECRET = "sk-ant-test-SECRET-0123456789"
 
@@ -1261,8 +1262,6 @@ def test_encode_response_round_trips_through_the_upstream_decoder() -> None:
 
 # --------------------------------------------------- caller: the real SDK as the judge
 
-Handler = Callable[[httpx2.Request], httpx2.Response]
-
 
 def gateway(
     response: ChatResponse | None = None,
@@ -1302,20 +1301,18 @@ def gateway(
 
 
 def sdk(handler: Handler, max_retries: int = 0) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
+    return make_sdk(
+        anthropic.Anthropic,
+        handler,
         api_key="test-key",
         base_url="http://gateway.test",
         max_retries=max_retries,
-        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
     )
 
 
 def async_sdk(handler: Handler) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(
-        api_key="test-key",
-        base_url="http://gateway.test",
-        max_retries=0,
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
+    return make_sdk(
+        anthropic.AsyncAnthropic, handler, api_key="test-key", base_url="http://gateway.test"
     )
 
 

@@ -49,6 +49,7 @@ from routing_middleware.schema import (
 )
 from routing_middleware.testing import Failure, FakeModel, FakeProvider, FakeToolCall
 from routing_middleware.tokens import estimate_request_tokens
+from tests.core.sdk_helpers import feed
 
 KEY = "AIzaSy-test-secret-key"
 PROVIDER = ProviderConfig(name="gemini", dialect="gemini", base_url="", api_key=KEY)
@@ -79,14 +80,7 @@ def stream(
     data: bytes, req: ChatRequest | None = None, step: int = 0
 ) -> tuple[list[StreamChunk], Any]:
     decoder = GEMINI_DIALECT.stream_decoder(PROVIDER, req or request(user("hi"), stream=True))
-    chunks: list[StreamChunk] = []
-    if step:
-        for i in range(0, len(data), step):
-            chunks += decoder.feed(data[i : i + step])
-    else:
-        chunks += decoder.feed(data)
-    chunks += decoder.close()
-    return chunks, decoder
+    return feed(decoder, data, step), decoder
 
 
 # --------------------------------------------------------------------------- encode: HTTP

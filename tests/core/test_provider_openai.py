@@ -45,6 +45,8 @@ from routing_middleware.schema import (
     Usage,
 )
 from tests.core.fixtures.openai.wire import DONE, chunk, completion, hello_request, sse
+from tests.core.sdk_helpers import feed
+from tests.core.sdk_helpers import sdk as make_sdk
 
 KEY = "sk-test-SECRET-123"
 OPENAI = ProviderConfig(
@@ -54,14 +56,7 @@ OPENAI = ProviderConfig(
 
 def decode_stream(body: bytes, request: ChatRequest | None = None, step: int = 0):
     decoder = OPENAI_DIALECT.stream_decoder(OPENAI, request or hello_request(stream=True))
-    chunks: list[StreamChunk] = []
-    if step:
-        for start in range(0, len(body), step):
-            chunks += decoder.feed(body[start : start + step])
-    else:
-        chunks += decoder.feed(body)
-    chunks += decoder.close()
-    return chunks, decoder
+    return feed(decoder, body, step), decoder
 
 
 # ------------------------------------------------------------------------- encode
@@ -687,23 +682,13 @@ USAGE = Usage(input_tokens=120, output_tokens=40, cached_input_tokens=100, reaso
 
 
 def sdk(handler, *, retries: int = 0) -> openai.OpenAI:
-    transport = httpx2.MockTransport(handler)
-    return openai.OpenAI(
-        api_key="k",
-        base_url="https://llm.test/v1",
-        max_retries=retries,
-        http_client=httpx2.Client(transport=transport),
+    return make_sdk(
+        openai.OpenAI, handler, api_key="k", base_url="https://llm.test/v1", max_retries=retries
     )
 
 
 def async_sdk(handler) -> openai.AsyncOpenAI:
-    transport = httpx2.MockTransport(handler)
-    return openai.AsyncOpenAI(
-        api_key="k",
-        base_url="https://llm.test/v1",
-        max_retries=0,
-        http_client=httpx2.AsyncClient(transport=transport),
-    )
+    return make_sdk(openai.AsyncOpenAI, handler, api_key="k", base_url="https://llm.test/v1")
 
 
 def answer(body: bytes, status: int = 200, headers: dict[str, str] | None = None):

@@ -23,6 +23,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response as OpenAIResponse
 
 from routing_middleware.testing import Failure, FakeModel, FakeProvider, FakeToolCall
+from tests.core.sdk_helpers import sdk
 
 BASE = "https://fake.invalid"
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -75,27 +76,27 @@ def fake() -> FakeProvider:
 
 
 def oai(fake: FakeProvider, **kw: Any) -> openai.OpenAI:
-    http = httpx2.Client(transport=fake.transport(lib="httpx2"))
-    kw.setdefault("max_retries", 0)
-    return openai.OpenAI(api_key="sk-test", base_url=f"{BASE}/v1", http_client=http, **kw)
+    transport = fake.transport(lib="httpx2")
+    return sdk(openai.OpenAI, transport=transport, api_key="sk-test", base_url=f"{BASE}/v1", **kw)
 
 
 def aoai(fake: FakeProvider, **kw: Any) -> openai.AsyncOpenAI:
-    http = httpx2.AsyncClient(transport=fake.async_transport(lib="httpx2"))
-    kw.setdefault("max_retries", 0)
-    return openai.AsyncOpenAI(api_key="sk-test", base_url=f"{BASE}/v1", http_client=http, **kw)
+    transport = fake.async_transport(lib="httpx2")
+    return sdk(
+        openai.AsyncOpenAI, transport=transport, api_key="sk-test", base_url=f"{BASE}/v1", **kw
+    )
 
 
 def ant(fake: FakeProvider, **kw: Any) -> anthropic.Anthropic:
-    http = httpx2.Client(transport=fake.transport(lib="httpx2"))
-    kw.setdefault("max_retries", 0)
-    return anthropic.Anthropic(api_key="sk-test", base_url=BASE, http_client=http, **kw)
+    transport = fake.transport(lib="httpx2")
+    return sdk(anthropic.Anthropic, transport=transport, api_key="sk-test", base_url=BASE, **kw)
 
 
 def aant(fake: FakeProvider, **kw: Any) -> anthropic.AsyncAnthropic:
-    http = httpx2.AsyncClient(transport=fake.async_transport(lib="httpx2"))
-    kw.setdefault("max_retries", 0)
-    return anthropic.AsyncAnthropic(api_key="sk-test", base_url=BASE, http_client=http, **kw)
+    transport = fake.async_transport(lib="httpx2")
+    return sdk(
+        anthropic.AsyncAnthropic, transport=transport, api_key="sk-test", base_url=BASE, **kw
+    )
 
 
 # --------------------------------------------------------------------------- chat completions
