@@ -82,32 +82,66 @@ class _KeepOriginal(Exception):
 
 
 class _CallEngine:
-    """The engine as one relayed call sees it: decisions in ``observe`` mode stop the
-    relay (the original request goes out instead), and it remembers whether the
-    request got as far as the router (i.e. parsed)."""
+    """The engine as one relayed call sees it.
 
-    __slots__ = ("_engine", "acomplete", "astream", "catalog", "complete", "reached", "stream")
+    Some decisions stop the relay so the caller's original request goes out instead:
+    ``observe`` mode, and a call carrying the caller's own credentials for a provider
+    llmroute holds no key for — a real call is never answered by FakeProvider just
+    because llmroute was not given that key. Only ``offline: always`` (tests, demos)
+    lets the fake answer those. It also remembers whether the request got as far as
+    the router (i.e. parsed).
+    """
 
-    def __init__(self, engine: LLMRoute) -> None:
+    __slots__ = (
+        "_engine",
+        "acomplete",
+        "addressed",
+        "astream",
+        "caller_keyed",
+        "catalog",
+        "complete",
+        "reached",
+        "stream",
+    )
+
+    def __init__(self, engine: LLMRoute, addressed: str, caller_keyed: bool) -> None:
         self._engine = engine
         self.catalog = engine.catalog
         self.complete = engine.complete
         self.acomplete = engine.acomplete
         self.stream = engine.stream
         self.astream = engine.astream
+        self.addressed = addressed
+        self.caller_keyed = caller_keyed
         self.reached = False
 
     def decide(self, request: ChatRequest, context: RouteContext | None = None) -> Decision:
         self.reached = True
-        decision = self._engine.decide(request, context)
+        engine = self._engine
+        decision = engine.decide(request, context)
+        offline = engine.offline_providers
+        # llmroute holds no key for the provider the code addressed: its FakeProvider
+        # may stand in only when told to (offline: always) or for a keyless call.
+        no_key = self.addressed in offline and engine.config.offline != "always"
         if decision.mode == "observe":
+            if no_key or decision.primary.provider not in offline:
+                raise _KeepOriginal(request, decision)
+        elif no_key and self.caller_keyed:
             raise _KeepOriginal(request, decision)
         return decision
 
 
-def _relay(engine: LLMRoute) -> tuple[Any, _CallEngine]:
+_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+
+
+def _caller_keyed(request: Any) -> bool:
+    headers = request.headers
+    return any(headers.get(name) for name in _CREDENTIAL_HEADERS)
+
+
+def _relay(engine: LLMRoute, addressed: str, caller_keyed: bool) -> tuple[Any, _CallEngine]:
     relay_class = _relay_class or _load_relay()
-    view = _CallEngine(engine)
+    view = _CallEngine(engine, addressed, caller_keyed)
     relay = relay_class(cast("LLMRoute", view), response_headers=engine.config.response_headers)
     return relay, view
 
@@ -196,7 +230,7 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
         if match.kind in _METERED:
             info = metered_info(engine, match, body)
         else:
-            relay, view = _relay(engine)
+            relay, view = _relay(engine, match.provider, _caller_keyed(request))
             context = current_context()
             try:
                 answer = relay.handle(
@@ -230,7 +264,7 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
         if match.kind in _METERED:
             info = metered_info(engine, match, body)
         else:
-            relay, view = _relay(engine)
+            relay, view = _relay(engine, match.provider, _caller_keyed(request))
             context = current_context()
             try:
                 answer = await relay.ahandle(

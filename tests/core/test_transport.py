@@ -32,7 +32,7 @@ from routing_middleware.transport import (
     uninstrument_client,
 )
 
-FAST: dict[str, Any] = {"offline_latency": "none"}
+FAST: dict[str, Any] = {"offline": "always", "offline_latency": "none"}
 CALLER_KEY = "sk-caller-openai-0123456789"
 CHAT_URL = "https://api.openai.com/v1/chat/completions"
 PREMIUM = "gpt-5.4"
@@ -337,7 +337,7 @@ def test_the_callers_key_never_reaches_another_provider(caplog: pytest.LogCaptur
 
 
 def test_observe_mode_sends_the_original_and_meters_it() -> None:
-    engine = _engine(mode="observe")
+    engine = _engine(mode="observe", offline="auto")
     network, caller_fake, _ = _caller_network()
     http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
     client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
@@ -364,7 +364,7 @@ def test_observe_mode_sends_the_original_and_meters_it() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("include_usage", [True, False])
 async def test_observe_mode_meters_streams(include_usage: bool) -> None:
-    engine = _engine(mode="observe")
+    engine = _engine(mode="observe", offline="auto")
     network, caller_fake, _ = _caller_network()
     transport = AsyncRoutingTransport(network.async_transport("httpx2"), engine=engine)
     client = openai.AsyncOpenAI(
@@ -458,7 +458,7 @@ def test_gemini_generate_content_is_routed_and_answered_in_gemini_shape() -> Non
 
 
 def test_gemini_observe_mode_is_metered_in_gemini_terms() -> None:
-    engine = _engine(mode="observe")
+    engine = _engine(mode="observe", offline="auto")
     fake = FakeProvider(default_model=FakeModel("default", output_tokens=12))
     network = FakeNetwork({"generativelanguage.googleapis.com": fake})
     transport = RoutingTransport(network.transport(), engine=engine)
@@ -528,7 +528,7 @@ def test_other_endpoints_of_a_provider_are_untouched() -> None:
 
 
 def test_observe_mode_with_the_anthropic_sdk_meters_in_anthropic_terms() -> None:
-    engine = _engine(mode="observe")
+    engine = _engine(mode="observe", offline="auto")
     network, _, anthropic_fake = _caller_network()
     http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
     client = anthropic.Anthropic(api_key="sk-ant-caller", http_client=http, max_retries=0)
@@ -548,3 +548,41 @@ def test_observe_mode_with_the_anthropic_sdk_meters_in_anthropic_terms() -> None
         assert record.chosen_model == "anthropic/claude-sonnet-4-6"
         assert record.usage.output_tokens == message.usage.output_tokens
         assert not record.usage.estimated
+
+
+# ----------------------------------------------------------------------------- no fake answers
+
+
+def test_a_keyed_call_is_never_answered_by_the_fake_unless_offline_is_always() -> None:
+    """llmroute holds no OpenAI key (offline: auto) but the caller's SDK carries one:
+    the original request goes where the code sent it, and is metered."""
+    engine = _engine(offline="auto")
+    network, caller_fake, _ = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    with route_hint(tier=1):
+        completion = client.chat.completions.create(
+            model=PREMIUM, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert completion.model == PREMIUM
+    [call] = caller_fake.calls
+    assert call.api_key == CALLER_KEY
+    assert _offline_fake(engine, "api.openai.com").calls == []
+    [record] = _records(engine)
+    assert record.chosen_model == f"openai/{PREMIUM}"
+    assert record.cost > 0
+
+
+def test_offline_always_lets_the_fake_answer_observed_calls() -> None:
+    engine = _engine(mode="observe", offline="always")
+    network, caller_fake, _ = _caller_network()
+    http = httpx2.Client(transport=RoutingTransport(network.transport("httpx2"), engine=engine))
+    client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+    completion = client.chat.completions.create(
+        model=PREMIUM, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert completion.choices[0].message.content
+    assert caller_fake.calls == []
+    assert len(_offline_fake(engine, "api.openai.com").calls) == 1
+    [record] = _records(engine)
+    assert record.mode == "observe"
