@@ -88,9 +88,14 @@ SILENCED_SYSTEM_CHECKS = ["django_llmroute.W004"]
 
 # The whole llmroute configuration. The views below use the official SDKs as they
 # are; INSTRUMENT_HTTPX makes llmroute catch their calls.
+_KEY_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")
+
 LLMROUTE = {
     "INSTRUMENT_HTTPX": True,
     "PROVIDERS": {"openai": {}, "anthropic": {}, "gemini": {}},
+    # No key at all: FakeProvider answers everything, whatever key the SDKs carry.
+    # With keys, llmroute never answers a call made with a real key by a fake.
+    "OFFLINE": "auto" if any(os.environ.get(v) for v in _KEY_VARIABLES) else "always",
     "OFFLINE_LATENCY": "none" if os.environ.get("LLMROUTE_DEMO_FAST") == "1" else "realistic",
     "ROUTING": {
         "tiers": {
