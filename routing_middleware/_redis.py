@@ -9,6 +9,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+#: A blocking pool of 64 connections: bursts wait (up to 20 s) for a free one instead
+#: of failing. The stores on the hot path of every call (budgets, stats) use it.
+BLOCKING_POOL: Mapping[str, Any] = {"max_connections": 64, "timeout": 20}
+
 
 class RedisClients:
     """The sync and async Redis clients of one store.
