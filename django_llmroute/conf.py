@@ -75,7 +75,7 @@ _DOTTED_KEYS = ("USER_ID", "TAGS", "REDACT", "BUDGET_STORE")
 
 
 class _Options(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 class SinkSettings(_Options):

@@ -78,7 +78,7 @@ class Budget(BaseModel):
     with the cheapest model.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     name: str = Field(min_length=1, pattern=r"^[^|{}\s]+$")
     scope: Literal["global", "user", "feature", "tag", "api_key"] = "global"

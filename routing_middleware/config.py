@@ -49,7 +49,7 @@ DEFAULT_TIER_NAMES: dict[str, int] = {"cheap": 1, "balanced": 2, "premium": 3}
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 class TierSpec(_Frozen):
@@ -161,7 +161,9 @@ class Rule(_Frozen):
     set (the earlier rule's fields stay).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, hide_input_in_errors=True
+    )
 
     name: str = Field(min_length=1)
     when: RuleMatch = Field(default_factory=RuleMatch)

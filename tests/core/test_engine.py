@@ -59,6 +59,10 @@ def test_config_errors_name_the_bad_key() -> None:
         LLMRouteConfig.model_validate({"not_a_setting": 1})
     secret = LLMRouteConfig.model_validate({"providers": {"openai": {"api_key": "sk-hidden"}}})
     assert "sk-hidden" not in repr(secret)
+    # A key put where a dict belongs must not be echoed by the error either.
+    with pytest.raises(ValidationError) as caught:
+        LLMRouteConfig.model_validate({"providers": {"openai": "sk-misplaced-secret"}})
+    assert "sk-misplaced-secret" not in str(caught.value)
 
 
 def test_complete_routes_a_cheap_hint_down_and_meters_it() -> None:
