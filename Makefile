@@ -48,7 +48,7 @@ e2e: e2e-deps
 screenshots: e2e-deps
 	LLMROUTE_CHROMIUM=$(CHROMIUM) $(BIN)/python example_project/screenshots.py
 
-test: lint typecheck pytest
+test: lint typecheck pytest e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -58,7 +58,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
 
 # The database- and cache-backed tests against real PostgreSQL and Redis servers.
 test-services: $(STAMP)

@@ -29,8 +29,12 @@ from routing_middleware.gateway import gateway_app
 from routing_middleware.transport import instrument, uninstrument
 
 #: The same routing as the Django site's ``LLMROUTE``, in the core's own spelling.
+_KEY_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")
+
 CONFIG: dict[str, Any] = {
     "providers": {"openai": {}, "anthropic": {}, "gemini": {}},
+    # No key at all: FakeProvider answers everything, whatever key the SDK carries.
+    "offline": "auto" if any(os.environ.get(v) for v in _KEY_VARIABLES) else "always",
     "offline_latency": "none" if os.environ.get("LLMROUTE_DEMO_FAST") == "1" else "realistic",
     "server_timing": True,
     "routing": {
