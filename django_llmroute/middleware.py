@@ -11,8 +11,9 @@ Put it after ``AuthenticationMiddleware``::
 For each request it makes a :class:`~routing_middleware.context.RouteContext` current:
 the user's id (``None`` when anonymous, or what ``LLMROUTE["USER_ID"]`` returns),
 their group names, ``LLMROUTE["TAGS"]``, a request id (the ``X-Request-ID`` header
-or a fresh one); then, once the URL is resolved, the view's name and the hints its
-``@llm_route`` / ``LLMRouteMixin`` declare. The context is reset when the response
+when it is 1 to 128 printable ASCII characters without spaces, else a fresh one);
+then, once the URL is resolved, the view's name and the hints its ``@llm_route`` /
+``LLMRouteMixin`` declare. The context is reset when the response
 leaves; a streaming response's iterator gets it back around every step, so an LLM
 stream that ends after the middleware returned is still attributed to the view.
 
@@ -38,7 +39,7 @@ from routing_middleware.context import (
     RouteContext,
     current_context,
     hints_of,
-    route_hint,
+    set_context,
     use_context,
 )
 
@@ -73,12 +74,22 @@ def view_hints(view: Callable[..., Any]) -> dict[str, Any]:
     return hints
 
 
+#: The longest request id taken from a header (``LLMCall.request_id`` holds 128).
+_MAX_REQUEST_ID = 128
+
+
+def _valid_request_id(text: str) -> bool:
+    """1 to 128 printable ASCII characters, no spaces (``!`` to ``~``)."""
+    return 0 < len(text) <= _MAX_REQUEST_ID and all("!" <= char <= "~" for char in text)
+
+
 def _request_id(request: HttpRequest, settings: LLMRouteSettings) -> str:
     header = settings.django.REQUEST_ID_HEADER
     if header:
         given = request.headers.get(header)
-        if given:
-            return given[:128]
+        if given and _valid_request_id(given):
+            return given
+    # None sent, or one that is not safe to log and store: a fresh one.
     return uuid.uuid4().hex
 
 
@@ -137,13 +148,16 @@ def _server_timing(records: list[Any]) -> str:
 
 
 class _RequestState:
-    """What one request's pass through the middleware keeps (never on ``self``)."""
+    """What one request's pass through the middleware keeps (never on ``self``).
 
-    __slots__ = ("base", "hints")
+    Never a ``ContextVar`` token: ``process_view`` may run in another copy of the
+    request's context than ``__call__`` (see :meth:`LLMRouteMiddleware._push_view`).
+    """
+
+    __slots__ = ("base",)
 
     def __init__(self, base: RouteContext) -> None:
         self.base = base
-        self.hints: list[Any] = []
 
 
 def _sync_stream(content: Iterable[bytes], context: RouteContext) -> Iterator[bytes]:
@@ -206,12 +220,11 @@ class LLMRouteMiddleware:
         base = context_for_request(request)
         state = _RequestState(base)
         request._llmroute_state = state  # type: ignore[attr-defined]
+        # The one token of the request is made and reset here, in __call__'s own
+        # context; its reset also undoes what process_view set.
         with use_context(base), collect_records() as records:
-            try:
-                response = self.get_response(request)
-                final = current_context()
-            finally:
-                self._pop_hints(state)
+            response = self.get_response(request)
+            final = current_context()
         return self._finish(response, final, records)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
@@ -219,11 +232,8 @@ class LLMRouteMiddleware:
         state = _RequestState(base)
         request._llmroute_state = state  # type: ignore[attr-defined]
         with use_context(base), collect_records() as records:
-            try:
-                response = await self.get_response(request)  # type: ignore[misc]
-                final = current_context()
-            finally:
-                self._pop_hints(state)
+            response = await self.get_response(request)  # type: ignore[misc]
+            final = current_context()
         return self._finish(response, final, records)
 
     async def _acontext(self, request: HttpRequest) -> RouteContext:
@@ -255,9 +265,12 @@ class LLMRouteMiddleware:
         if route is not None:
             hints.setdefault("route", route)
         if hints:
-            hint = route_hint(**hints)
-            hint.__enter__()
-            state.hints.append(hint)
+            # No token is kept: under ASGI with a sync-only middleware after this one,
+            # Django runs process_view through sync_to_async, in a copy of the context
+            # __call__ runs in, and a token made here could not be reset there. The
+            # value still reaches the view (asgiref carries context changes back), and
+            # __call__'s own reset of the base context restores what came before.
+            set_context(current_context().merged(**hints))
 
     def process_view(
         self,
@@ -266,7 +279,11 @@ class LLMRouteMiddleware:
         view_args: Any,
         view_kwargs: Any,
     ) -> None:
-        """Add the resolved view's name and hints to the request's context."""
+        """Add the resolved view's name and hints to the request's context.
+
+        Sync or async, wherever Django calls it from: it only sets the context (until
+        the request's base context is reset when the response leaves).
+        """
         self._push_view(request, view_func)
 
     async def _aprocess_view(
@@ -277,11 +294,6 @@ class LLMRouteMiddleware:
         view_kwargs: Any,
     ) -> None:
         self._push_view(request, view_func)
-
-    @staticmethod
-    def _pop_hints(state: _RequestState) -> None:
-        while state.hints:
-            state.hints.pop().__exit__(None, None, None)
 
     # -- the response -----------------------------------------------------------------
 

@@ -76,6 +76,48 @@ def test_request_id_header_is_kept(client, llmroute):
     assert seen["request_id"] == "req-42"
 
 
+@pytest.mark.parametrize(
+    "given",
+    ["A" * 128, "0f8e-4b2a_9c:1/x.y=z", "!~"],
+    ids=["128-chars", "punctuation", "edges-of-printable-ascii"],
+)
+def test_request_id_header_of_printable_ascii_is_kept(client, llmroute, given):
+    seen = client.get("/it/context/", headers={"x-request-id": given}).json()
+    assert seen["request_id"] == given
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "A" * 129,
+        "has space",
+        " leading",
+        "tab\there",
+        "line\nbreak",
+        "esc\x1b[31m",
+        "del\x7f",
+        "caf\xe9",
+        "nbsp\xa0id",
+    ],
+    ids=[
+        "too-long",
+        "space",
+        "leading-space",
+        "tab",
+        "newline",
+        "escape",
+        "del",
+        "latin-1",
+        "nbsp",
+    ],
+)
+def test_request_id_header_that_is_not_printable_ascii_is_replaced(client, llmroute, given):
+    seen = client.get("/it/context/", headers={"x-request-id": given}).json()
+    assert seen["request_id"] != given
+    assert len(seen["request_id"]) == 32  # a fresh one
+    int(seen["request_id"], 16)
+
+
 def test_user_id_and_tags_hooks(client, llmroute):
     llmroute(
         USER_ID="tests.django.test_middleware.user_from_header",
