@@ -387,3 +387,9 @@ def test_build_selects_folds_and_aliases() -> None:
     assert by_id["together/org/Model-A"].quality is None  # no rule: no made-up score
     assert by_id["openai/text-embedding-x"].mode == "embedding"
     assert header["source"] == "litellm 9.9.9 prices.json (sha256 abc)"
+
+
+def test_chat_candidates_exclude_audio_only_models() -> None:
+    # Audio models take and give audio; routing a text call to one would be wrong.
+    chat = default_catalog().filter(mode="chat")
+    assert not [m.id for m in chat if "audio" in m.id or "realtime" in m.id]
