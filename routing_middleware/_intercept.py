@@ -6,23 +6,29 @@ are built once per library (:mod:`._intercept_kit`). The sync and async shells
 (:func:`handle` / :func:`ahandle`) differ only in how they read bodies and call the
 inner transport; routing is the relay's, metering of calls sent on unchanged is
 :mod:`._intercept_meter`'s.
+
+A chat call that goes out as the caller sent it because llmroute could not read it
+or failed on it (``fail_open``) is still metered and still held to budgets: a
+blocking budget at its limit answers ``BudgetExceeded`` in the caller's dialect
+instead of sending it.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from ._intercept_kit import kit_for
-from ._intercept_meter import CallInfo, metered_info, observed_info
+from ._intercept_meter import CallInfo, metered_info, observed_info, passthrough_info
 from .context import RouteContext, current_context
 from .dispatch import UPSTREAM_EXTENSION
 from .providers.registry import EndpointMatch, match_endpoint
-from .schema import LLMError
+from .schema import BudgetExceeded, LLMError
 
 if TYPE_CHECKING:
+    from .budgets import BudgetStatus
     from .engine import LLMRoute
     from .relay import RelayResponse
     from .router import Decision
@@ -207,10 +213,90 @@ def _failed(engine: LLMRoute | None, match: EndpointMatch) -> RelayResponse | No
 
 def _unparsed(match: EndpointMatch) -> None:
     logger.warning(
-        "llmroute could not read a %s call to %s; sent it unchanged and unmetered",
+        "llmroute could not read a %s call to %s; sending it unchanged",
         match.kind,
         match.provider,
     )
+
+
+def _blocking(statuses: Iterable[BudgetStatus]) -> BudgetExceeded | None:
+    """The error for the first blocking budget at its limit among ``statuses``."""
+    for status in statuses:
+        if status.action == "block":
+            budget = status.budget
+            scope = "" if budget.scope == "global" else f" {status.subject}"
+            return BudgetExceeded(
+                f"budget {budget.name!r} ({budget.scope}{scope}) is spent: "
+                f"limit ${budget.limit_usd} per {budget.period}",
+                budget=budget.name,
+            )
+    return None
+
+
+def _pass_info(
+    engine: LLMRoute | None, match: EndpointMatch, body: bytes | None
+) -> CallInfo | None:
+    """The meter's info for a chat call going out as the caller sent it (``None``:
+    not JSON naming a model, or not a chat call). Never raises."""
+    if engine is None or body is None or match.kind not in _ROUTED:
+        return None
+    try:
+        info = passthrough_info(engine, match, body, current_context())
+    except Exception:
+        logger.exception("llmroute could not meter a call to %s sent unchanged", match.provider)
+        return None
+    if info is None:
+        logger.warning(
+            "llmroute cannot meter a %s call to %s: its body names no model",
+            match.kind,
+            match.provider,
+        )
+    return info
+
+
+def _refusal(info: CallInfo, match: EndpointMatch, blocked: BudgetExceeded) -> RelayResponse | None:
+    try:
+        from .relay import Relay
+
+        return Relay(info.engine, response_headers=False).error(match.dialect, blocked)
+    except Exception:
+        logger.exception("llmroute could not encode a budget error")
+        return None
+
+
+def _pass_through(
+    engine: LLMRoute | None, match: EndpointMatch, body: bytes | None
+) -> tuple[CallInfo | None, RelayResponse | None]:
+    """Meter and budget-check a chat call about to go out as the caller sent it.
+
+    Returns the meter's info and, when a blocking budget is spent, the answer to
+    give instead of sending (``BudgetExceeded`` in the caller's dialect). Never
+    raises: a failing budget store logs and lets the call go out, metered.
+    """
+    info = _pass_info(engine, match, body)
+    if info is None or not info.engine.budgets:
+        return info, None
+    try:
+        blocked = _blocking(info.engine.budgets.status(info.context, pressing=True))
+    except Exception:
+        logger.exception("llmroute could not read budgets for a call sent unchanged")
+        return info, None
+    return info, None if blocked is None else _refusal(info, match, blocked)
+
+
+async def _apass_through(
+    engine: LLMRoute | None, match: EndpointMatch, body: bytes | None
+) -> tuple[CallInfo | None, RelayResponse | None]:
+    """Async twin of :func:`_pass_through` (budgets read through the async store)."""
+    info = _pass_info(engine, match, body)
+    if info is None or not info.engine.budgets:
+        return info, None
+    try:
+        blocked = _blocking(await info.engine.budgets.astatus(info.context))
+    except Exception:
+        logger.exception("llmroute could not read budgets for a call sent unchanged")
+        return info, None
+    return info, None if blocked is None else _refusal(info, match, blocked)
 
 
 def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
@@ -224,6 +310,7 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
         return inner.handle_request(request)
     engine: LLMRoute | None = None
     info: CallInfo | None = None
+    body: bytes | None = None
     try:
         engine = engine_of()
         body = request.read()
@@ -242,11 +329,17 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
                 if view.reached or not engine.config.fail_open:
                     return kit_for(request).relay_response(answer)
                 _unparsed(match)
+                info, blocked = _pass_through(engine, match, body)
+                if blocked is not None:
+                    return kit_for(request).relay_response(blocked)
     except Exception:
         error = _failed(engine, match)
         if error is not None:
             return kit_for(request).relay_response(error)
-        info = None
+        if info is None:
+            info, blocked = _pass_through(engine, match, body)
+            if blocked is not None:
+                return kit_for(request).relay_response(blocked)
     response = _send_sync(inner, request)
     return response if info is None else kit_for(request).metered(response, info, is_async=False)
 
@@ -258,6 +351,7 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
         return await inner.handle_async_request(request)
     engine: LLMRoute | None = None
     info: CallInfo | None = None
+    body: bytes | None = None
     try:
         engine = engine_of()
         body = await request.aread()
@@ -276,10 +370,16 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
                 if view.reached or not engine.config.fail_open:
                     return kit_for(request).relay_response(answer)
                 _unparsed(match)
+                info, blocked = await _apass_through(engine, match, body)
+                if blocked is not None:
+                    return kit_for(request).relay_response(blocked)
     except Exception:
         error = _failed(engine, match)
         if error is not None:
             return kit_for(request).relay_response(error)
-        info = None
+        if info is None:
+            info, blocked = await _apass_through(engine, match, body)
+            if blocked is not None:
+                return kit_for(request).relay_response(blocked)
     response = await _send_async(inner, request)
     return response if info is None else kit_for(request).metered(response, info, is_async=True)

@@ -286,8 +286,21 @@ def test_unreadable_request_goes_to_the_provider_as_sent() -> None:
     with httpx.Client(transport=RoutingTransport(network.transport(), engine=engine)) as client:
         response = client.post(CHAT_URL, content=b'{"model": "gpt-4o-mini"}')
     # the provider's own judgement of the request, not ours
-    assert response.status_code == caller_fake.calls[0].status
+    [call] = caller_fake.calls
+    assert response.status_code == call.status
     assert "x-llmroute-model" not in response.headers
+    # still metered: it named a model, so it costs what the provider answered
+    [record] = _records(engine)
+    assert record.requested_model == "openai/gpt-4o-mini"
+    assert record.status == ("ok" if call.status < 400 else "error")
+
+
+def test_unreadable_request_without_a_model_is_sent_unmetered() -> None:
+    engine = _engine()
+    network, caller_fake, _ = _caller_network()
+    with httpx.Client(transport=RoutingTransport(network.transport(), engine=engine)) as client:
+        client.post(CHAT_URL, content=b"not json at all")
+    assert len(caller_fake.calls) == 1
     assert _records(engine) == []
 
 
