@@ -41,14 +41,19 @@ other hosts) goes to the inner transport untouched, byte for byte.
 Never break the caller
 ----------------------
 An internal failure (a bug, not an upstream error) is logged on
-``llmroute.transport`` and the original request goes out unchanged through the
-inner transport, unless the engine's config says ``fail_open: false``, in which
-case the caller gets a clean error in its own dialect. A request llmroute cannot
-parse is also sent unchanged when failing open (the provider's own answer is the
-authoritative one), and answered with a 400 in the caller's dialect otherwise. Upstream errors reach the caller in its dialect with their status (the relay
-does that). A key the caller's SDK sent is never forwarded anywhere but where the
-caller sent it: routed calls use the engine's configured keys; no key appears in
-records, logs, errors or reprs. Only hosts in the provider table are acted on.
+``llmroute.transport`` and the original request goes out unchanged through the inner
+transport, unless the engine's config says ``fail_open: false``, in which case the
+caller gets a clean error in its own dialect. A request llmroute cannot parse is
+also sent unchanged when failing open (the provider's own answer is the
+authoritative one), and answered with a 400 in the caller's dialect otherwise. A
+chat call sent on unchanged this way (unreadable, or after an internal failure) is
+still metered when its body names a model, its usage read from the answer in the
+wire dialect, and still held to budgets: a blocking budget at its limit answers it
+with ``BudgetExceeded`` (402) in the caller's dialect instead. Upstream errors reach
+the caller in its dialect with their status (the relay does that). A key the
+caller's SDK sent is never forwarded anywhere but where the caller sent it: routed
+calls use the engine's configured keys; no key appears in records, logs, errors or
+reprs. Only hosts in the provider table are acted on.
 
 Where the global hook sits
 --------------------------

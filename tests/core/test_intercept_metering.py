@@ -454,3 +454,25 @@ def test_an_embeddings_answer_closed_unread_estimates_its_input(given: Any, toke
     assert record.extra.get("closed_early") is True
     assert record.usage.estimated
     assert record.usage.input_tokens == tokens
+
+
+def test_a_gemini_stream_sent_on_after_an_internal_error_is_metered() -> None:
+    engine = _engine()
+    _break_router(engine)
+    network, _ = _network()
+    body = {"contents": [{"role": "user", "parts": [{"text": "Summarize: hi"}]}]}
+    transport = RoutingTransport(network.transport(), engine=engine)
+    with (
+        httpx.Client(transport=transport) as client,
+        client.stream(
+            "POST", f"{GEMINI}:streamGenerateContent", params={"alt": "sse"}, json=body
+        ) as response,
+    ):
+        response.read()
+    assert response.status_code == 200
+    [call] = network.providers["generativelanguage.googleapis.com"].calls
+    [record] = _records(engine)
+    assert record.streamed
+    assert call.usage is not None
+    assert record.usage.output_tokens == call.usage.output_tokens
+    assert not record.usage.estimated
