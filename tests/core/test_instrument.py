@@ -43,7 +43,9 @@ HOOKED = [
 
 @pytest.fixture
 def engine() -> Iterator[LLMRoute]:
-    engine = LLMRoute({"offline": "always", "offline_latency": "none"}, sink=MemorySink(), environ={})
+    engine = LLMRoute(
+        {"offline": "always", "offline_latency": "none"}, sink=MemorySink(), environ={}
+    )
     instrument(engine)
     try:
         yield engine
@@ -78,7 +80,9 @@ def test_openai_sdk_made_before_instrument_is_routed(caller: Any) -> None:
         http_client=httpx2.Client(transport=network.transport("httpx2")),
         max_retries=0,
     )
-    engine = LLMRoute({"offline": "always", "offline_latency": "none"}, sink=MemorySink(), environ={})
+    engine = LLMRoute(
+        {"offline": "always", "offline_latency": "none"}, sink=MemorySink(), environ={}
+    )
     instrument(engine)
     try:
         with route_hint(tier=1):
@@ -385,7 +389,9 @@ async def test_non_llm_requests_are_byte_identical_and_uninstrument_restores() -
         plain = {lib.__name__: _exercise(lib, url) for lib in (httpx, httpx2)}
         before = list(server.received)
         server.received.clear()
-        engine = LLMRoute({"offline": "always", "offline_latency": "none"}, sink=MemorySink(), environ={})
+        engine = LLMRoute(
+            {"offline": "always", "offline_latency": "none"}, sink=MemorySink(), environ={}
+        )
         instrument(engine)
         instrument(engine)  # idempotent
         assert is_instrumented()
