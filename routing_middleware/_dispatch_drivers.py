@@ -6,6 +6,7 @@ Both drivers share the effect table and the pure helpers; only the awaiting diff
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from .budgets import Budgets, Reservation
     from .context import RouteContext
     from .dispatch import Dispatcher
+
+_log = logging.getLogger("llmroute.dispatch")
 
 #: Marks requests the dispatcher itself sends upstream, so interception leaves them alone.
 UPSTREAM_EXTENSION = "llmroute_upstream"
@@ -100,6 +103,31 @@ def _charge_only(budgets: Budgets, context: RouteContext) -> Reservation:
     from .budgets import Reservation
 
     return Reservation(budgets.lines(context), 0)
+
+
+def _settle_failed(reservation: Reservation, amount: Any, error: Exception) -> None:
+    _log.warning(
+        "settling a budget hold of $%s to $%s failed twice (%s): the hold stays counted "
+        "until its period key expires",
+        reservation.amount_usd,
+        amount,
+        type(error).__name__,
+    )
+
+
+def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
+    """Settle ``reservation`` to ``amount`` (blocking); one retry, then a warning.
+
+    A store hiccup (a Redis blip, a cache lock timeout) must not leave the worst-case
+    hold counted until the period key expires, nor take the call down.
+    """
+    for _ in range(2):
+        try:
+            budgets.settle(reservation, amount)
+            return
+        except Exception as exc:
+            error = exc
+    _settle_failed(reservation, amount, error)
 
 
 #: The driver method that performs each kind of effect (``_Deliver`` is the consumer's).
@@ -215,10 +243,7 @@ class _SyncDriver(_Driver):
 
     def _settle(self, effect: _Settle) -> None:
         if self._d.budgets is not None:
-            try:
-                self._d.budgets.settle(effect.reservation, effect.amount)
-            except Exception:
-                return
+            settle_now(self._d.budgets, effect.reservation, effect.amount)
 
     def _acquire(self, effect: _Acquire) -> bool:
         breaker = self._d.breaker
@@ -343,11 +368,16 @@ class _AsyncDriver(_Driver):
             return None
 
     async def _settle(self, effect: _Settle) -> None:
-        if self._d.budgets is not None:
+        budgets = self._d.budgets
+        if budgets is None:
+            return
+        for _ in range(2):
             try:
-                await self._d.budgets.asettle(effect.reservation, effect.amount)
-            except Exception:
+                await budgets.asettle(effect.reservation, effect.amount)
                 return
+            except Exception as exc:
+                error = exc
+        _settle_failed(effect.reservation, effect.amount, error)
 
     async def _acquire(self, effect: _Acquire) -> bool:
         breaker = self._d.breaker

@@ -9,6 +9,7 @@ that a driver performs.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import uuid
 from collections.abc import Callable, Generator
@@ -64,12 +65,19 @@ if TYPE_CHECKING:
 
 _ZERO = Decimal(0)
 _EMPTY_USAGE = Usage()
+_log = logging.getLogger("llmroute.dispatch")
+#: Models already warned about as missing from the catalog (one warning per model).
+_UNPRICED_WARNED: set[str] = set()
 
 
 def _has_content(chunk: StreamChunk) -> bool:
     return bool(
         chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason is not None
     )
+
+
+def _dearness(model: ModelInfo) -> tuple[Decimal, Decimal]:
+    return model.price.output, model.price.input
 
 
 class _Machine:
@@ -146,14 +154,22 @@ class _Machine:
     ) -> Decimal | None:
         """List-price cost of ``usage`` on the requested model (``record``: its own
         attempt's record, whose cost is reused when it ran on that very model)."""
-        info = self._catalog().find(call.decision.requested_model)
+        catalog = self._catalog()
+        info = catalog.find(call.decision.requested_model)
         if info is None:
             return call.decision.requested_cost
-        if usage.provider_cost is not None:
-            usage = usage.model_copy(update={"provider_cost": None})
-        elif record is not None and info.id == record.chosen_model and self._pricer is None:
-            return record.cost
-        return self._price(usage, info)
+        chosen = catalog.find(record.chosen_model) if record is not None else None
+        if record is not None and chosen is not None and chosen.id == info.id:
+            return record.cost  # served by the requested model: no saving, whatever billed
+        if usage.provider_cost is None:
+            return self._price(usage, info)
+        # A provider-reported (billed) cost is not comparable with a list price: the
+        # saving is the list-price difference, added to what was billed.
+        listed = usage.model_copy(update={"provider_cost": None})
+        requested = self._price(listed, info)
+        if record is None or chosen is None:
+            return requested
+        return record.cost + requested - self._price(listed, chosen)
 
     def _record(
         self,
@@ -166,6 +182,7 @@ class _Machine:
         status: Literal["ok", "error", "blocked", "cache_hit"],
         error_kind: str | None,
         now: float,
+        extra: dict[str, Any] | None = None,
     ) -> UsageRecord:
         ctx = call.context
         decision = call.decision
@@ -199,6 +216,8 @@ class _Machine:
             stitched=call.stitched and status == "ok",
             reasons=call.reasons,
         )
+        if extra:
+            record.extra = extra
         call.records.append(record)
         return record
 
@@ -289,7 +308,13 @@ class _Machine:
                         with contextlib.suppress(Exception):
                             self.stats.finished(live.deployment.key)
                     now = self.clock.monotonic()
-                    cost = self._price(usage, live.info) if usage is not None else _ZERO
+                    cost, charge, extra = self._costs(live, usage)
+                    if live.reservation is not None and self.budgets is not None:
+                        # The effect loop is gone: settle directly, never raising here.
+                        from ._dispatch_drivers import settle_now
+
+                        with contextlib.suppress(Exception):
+                            settle_now(self.budgets, live.reservation, charge)
                     self._record(
                         call,
                         live,
@@ -299,6 +324,7 @@ class _Machine:
                         status="error",
                         error_kind=kind,
                         now=now,
+                        extra=extra,
                     )
                 else:
                     yield from self._end_attempt(call, live, usage, None, kind)
@@ -352,10 +378,11 @@ class _Machine:
                     )
                     break
                 reservation = None
-                if self.budgets is not None and info is not None:
+                budget_info = info if info is not None else self._unpriced(deployment)
+                if self.budgets is not None and budget_info is not None:
                     try:
                         reservation = yield _Reserve(
-                            self._worst_case(call, request, info),
+                            self._worst_case(call, request, budget_info),
                             call.context,
                             decision.mode != "observe",
                         )
@@ -366,7 +393,13 @@ class _Machine:
                         break
                 number += 1
                 attempt = _Attempt(
-                    number, deployment, info, self.clock.monotonic(), fallback_from, reservation
+                    number,
+                    deployment,
+                    info,
+                    self.clock.monotonic(),
+                    fallback_from,
+                    reservation,
+                    budget_info,
                 )
                 call.live = attempt
                 if self.stats is not None:
@@ -390,7 +423,10 @@ class _Machine:
                         raise error
                     call.stitched = True
                     spent = call.records[-1].usage
+                    if call.carried is None:
+                        call.origin = spent
                     call.carried = spent if call.carried is None else call.carried + spent
+                    call.carried_cost += call.records[-1].cost
                     request = self._continuation(call)
                 if attempt.sent:
                     verdict = policy.verdict(error, retries)
@@ -433,6 +469,45 @@ class _Machine:
             )
         raise last_error or NoRouteAvailable("no deployment to try")
 
+    def _unpriced(self, deployment: Deployment) -> ModelInfo | None:
+        """The stand-in price for a model missing from the catalog (warned once).
+
+        Its calls cost $0 in the records (marked ``extra["unpriced"]``) unless the
+        provider reports a cost, but budgets still bind: they hold and charge at the
+        list price of the dearest chat model of the same provider in the catalog
+        (else the catalog's dearest model).
+        """
+        models = list(self._catalog())
+        chat = [m for m in models if m.mode == "chat"] or models
+        pool = [m for m in chat if m.provider == deployment.provider] or chat
+        if deployment.model not in _UNPRICED_WARNED:
+            _UNPRICED_WARNED.add(deployment.model)
+            _log.warning(
+                "model %r is not in the catalog: its calls are recorded at $0 (unpriced) "
+                "and budgets charge them at the price of %s",
+                deployment.model,
+                max(pool, key=_dearness).id if pool else "nothing (no catalog)",
+            )
+        return max(pool, key=_dearness) if pool else None
+
+    def _costs(
+        self, attempt: _Attempt, usage: Usage | None
+    ) -> tuple[Decimal, Decimal, dict[str, Any] | None]:
+        """An attempt's recorded cost, what budgets are charged, and record extras."""
+        if usage is None:
+            return _ZERO, _ZERO, None
+        cost = self._price(usage, attempt.info)
+        if attempt.info is not None:
+            return cost, cost, None
+        extra: dict[str, Any] = {}
+        charge = cost
+        if usage.provider_cost is None:
+            extra["unpriced"] = True
+            if attempt.budget_info is not None:
+                charge = self._price(usage, attempt.budget_info)
+                extra["budget_price_model"] = attempt.budget_info.id
+        return cost, charge, extra or None
+
     def _worst_case(self, call: _Call, request: ChatRequest, info: ModelInfo) -> Decimal:
         from .budgets import worst_case_cost
 
@@ -459,7 +534,8 @@ class _Machine:
         )
         record.attempt = 1
         record.cache_saved_cost = entry.cost
-        record.requested_cost = self._requested_cost(call, usage)
+        # The saving is the cache's (cache_saved_cost), not routing's.
+        record.requested_cost = None
         call.served = call.decision.primary
         call.usage = usage
         self._finish(call)
@@ -484,9 +560,9 @@ class _Machine:
             handle, attempt.handle = attempt.handle, None
             yield _Close(handle)
         now = self.clock.monotonic()
-        cost = self._price(usage, attempt.info) if usage is not None else _ZERO
+        cost, charge, extra = self._costs(attempt, usage)
         if attempt.reservation is not None:
-            yield _Settle(attempt.reservation, cost)
+            yield _Settle(attempt.reservation, charge)
         failed = error is not None or error_kind is not None
         # True: healthy, False: the deployment failed, None: says nothing about it
         # (a bad request, the consumer leaving).
@@ -510,6 +586,7 @@ class _Machine:
             status="error" if failed else "ok",
             error_kind=kind,
             now=now,
+            extra=extra,
         )
 
     def _plain_attempt(
@@ -550,8 +627,8 @@ class _Machine:
         if response.provider is None:
             response.provider = config.name
         if call.cache_key is not None and self.cache is not None:
-            key = self.cache.key(call.request, attempt.deployment.model)
-            yield _CachePut(key, CacheEntry(response, record.cost))
+            # Stored under the key lookups use (the primary's), whoever served it.
+            yield _CachePut(call.cache_key, CacheEntry(response, record.cost))
         return response
 
     def _adapt(self, call: _Call, chunk: StreamChunk) -> StreamChunk | None:
@@ -657,9 +734,22 @@ class _Machine:
         if not reported:  # the provider sent none: the consumer gets the estimate
             yield from self._deliver(call, StreamChunk(usage=usage))
         total = usage if call.carried is None else call.carried + usage
-        record.requested_cost = self._requested_cost(
-            call, total, record if call.carried is None else None
-        )
+        if call.carried is None or call.origin is None:
+            record.requested_cost = self._requested_cost(call, total, record)
+        else:
+            # The requested model would have read the original input once and written
+            # the delivered output; the earlier parts' costs are taken off here so the
+            # final record's saving is the whole call's.
+            whole = call.origin.model_copy(
+                update={
+                    "output_tokens": total.output_tokens,
+                    "reasoning_tokens": total.reasoning_tokens,
+                    "estimated": total.estimated,
+                    "provider_cost": None,
+                }
+            )
+            requested = self._requested_cost(call, whole)
+            record.requested_cost = None if requested is None else requested - call.carried_cost
         call.served = attempt.deployment
         call.usage = total
         if keep is not None and self.cache is not None:
@@ -668,6 +758,6 @@ class _Machine:
             )
             if response.usage is None:
                 response.usage = usage
-            key = self.cache.key(call.request, attempt.deployment.model)
-            yield _CachePut(key, CacheEntry(response, record.cost))
+            if call.cache_key is not None:  # the key lookups use, whoever served it
+                yield _CachePut(call.cache_key, CacheEntry(response, record.cost))
         return None

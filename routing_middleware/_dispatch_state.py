@@ -131,6 +131,8 @@ class _Attempt:
     started: float
     fallback_from: str | None
     reservation: Reservation | None = None
+    #: the model whose list price the budgets charge when ``info`` is unknown
+    budget_info: ModelInfo | None = None
     handle: Any = None
     decoder: StreamDecoder | None = None
     sent: bool = False  # the request was encoded and went upstream
@@ -159,6 +161,8 @@ class _Call:
     trim: bool = False  # drop the continuation's leading whitespace (the prefix had it)
     text: list[str] = field(default_factory=list)
     carried: Usage | None = None
+    origin: Usage | None = None  # the first stitched part's usage (the original input)
+    carried_cost: Decimal = Decimal(0)  # what the earlier stitched parts cost
     served: Deployment | None = None
     usage: Usage | None = None
     finished: bool = False

@@ -8,6 +8,13 @@ against the limit, settled spend can exceed a limit only by what calls cost
 beyond their own worst case.
 
 Amounts are ``Decimal`` USD at the API and integer micro-dollars in the stores.
+Holds and limits are rounded *up* to the micro-dollar (a hold must never undercount);
+settled spend is rounded *half-even* to the nearest micro-dollar
+(:func:`settle_micros`): each call is off by at most 0.5 µ$ either way instead of
+being charged up to 1 µ$ extra (rounding up, 20 calls of $0.00000324 were charged
+80 µ$ for 64.8 µ$ of spend; to the nearest they are charged 60 µ$). The usage
+records keep the exact costs (1e-10 USD). Micro-dollars stay the unit so counters already in a
+Redis or Django cache store keep their meaning across an upgrade.
 Two stores ship: :class:`MemoryBudgetStore` (one process, thread-safe) and
 :class:`RedisBudgetStore` (many workers, atomic Lua scripts). Counter keys expire
 after their period.
@@ -20,13 +27,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .context import RouteContext, current_context
+from .pricing import rates_for
 from .schema import BudgetExceeded, ChatRequest
 from .tokens import estimate_request_tokens
 
@@ -44,6 +52,7 @@ __all__ = [
     "RedisBudgetStore",
     "Reservation",
     "from_micros",
+    "settle_micros",
     "to_micros",
     "worst_case_cost",
 ]
@@ -56,6 +65,11 @@ _DAY = 86_400
 def to_micros(amount: Decimal) -> int:
     """USD to integer micro-dollars, rounded up (holds must never undercount)."""
     return int((amount * _MICROS).to_integral_value(rounding=ROUND_CEILING))
+
+
+def settle_micros(amount: Decimal) -> int:
+    """USD spent to integer micro-dollars, rounded half-even (unbiased for settled spend)."""
+    return int((amount * _MICROS).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
 def from_micros(micros: int) -> Decimal:
@@ -513,17 +527,20 @@ def worst_case_cost(
 ) -> Decimal:
     """The most ``request`` can cost on ``model``: estimated input plus the output cap.
 
-    The cap is ``max_tokens`` when the request sets it, else ``default_max_output``
-    (lowered to the model's own output limit when it has one).
+    Input is priced at the dearest of the input and cache-write rates, output at the
+    dearer of the output and reasoning rates, both from the long-context band that
+    the estimated input falls in (:func:`~routing_middleware.pricing.rates_for`).
+    The cap is ``max_tokens`` when the request sets it, else the model's own output
+    limit when the catalog knows it, else ``default_max_output``.
     """
     tokens_in = estimate_request_tokens(request) if input_tokens is None else input_tokens
     cap = request.max_tokens
     if cap is None:
-        cap = default_max_output
-        if model.max_output_tokens:
-            cap = min(cap, model.max_output_tokens)
-    price = model.price
-    return (tokens_in * price.input + cap * price.output) / _MICROS
+        cap = model.max_output_tokens or default_max_output
+    rates = rates_for(model.price, tokens_in)
+    rate_in = max(rates.input, rates.cache_write, rates.cache_write_long)
+    rate_out = max(rates.output, rates.reasoning)
+    return (tokens_in * rate_in + cap * rate_out) / _MICROS
 
 
 class Budgets:
@@ -625,11 +642,11 @@ class Budgets:
 
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
         """Replace the hold with the call's ``actual`` cost."""
-        self.store.settle(reservation.lines, reservation.amount, to_micros(actual))
+        self.store.settle(reservation.lines, reservation.amount, settle_micros(actual))
 
     async def asettle(self, reservation: Reservation, actual: Decimal) -> None:
         """Async twin of :meth:`settle`."""
-        await self.store.asettle(reservation.lines, reservation.amount, to_micros(actual))
+        await self.store.asettle(reservation.lines, reservation.amount, settle_micros(actual))
 
     def release(self, reservation: Reservation) -> None:
         """Drop the hold of a call that did not happen or failed without cost."""

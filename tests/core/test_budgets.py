@@ -328,3 +328,60 @@ async def test_redis_store_concurrent_asyncio_never_overspend(store: RedisBudget
         await budgets.arelease(free)
     finally:
         await store.aclose()
+
+
+def test_settled_spend_is_rounded_to_the_nearest_micro_dollar_not_up() -> None:
+    budgets = Budgets([_budget()], clock=Clock(T0))
+    cost = Decimal("0.00000324")  # 3.24 micro-dollars: 20 calls spend 64.8
+    for _ in range(20):
+        reservation = budgets.reserve(Decimal("0.00001"))
+        budgets.settle(reservation, cost)
+    spent = budgets.status()[0].spent
+    assert spent == Decimal("0.00006")  # rounding up charged 80 micro-dollars (+23%)
+    assert abs(spent - 20 * cost) <= 20 * Decimal("0.0000005")
+    # holds still round up: a fraction of a micro-dollar is held as a whole one
+    assert budgets.reserve(Decimal("0.0000001")).amount == 1
+    assert budgets.status()[0].spent == Decimal("0.000061")
+
+
+def test_worst_case_cost_uses_the_band_cache_write_reasoning_and_output_limit() -> None:
+    from routing_middleware.catalog import PriceBand
+
+    model = ModelInfo(
+        id="p/r",
+        provider="p",
+        name="r",
+        price=Price(
+            Decimal("1"),
+            Decimal("4"),
+            cache_write=Decimal("1.25"),
+            cache_write_long=Decimal("2"),
+            reasoning=Decimal("6"),
+            bands=(PriceBand(above_tokens=1000, input=Decimal("3"), output=Decimal("8")),),
+        ),
+        context_window=1_000_000,
+        max_output_tokens=32_000,
+    )
+    short = ChatRequest(model="p/r", messages=[Message(role="user", content="x")])
+    # below the band: input at the long cache-write rate, output at the reasoning rate,
+    # and the cap is the model's 32k output limit, not 4096
+    assert (
+        worst_case_cost(short, model, input_tokens=500)
+        == (Decimal(500) * 2 + Decimal(32_000) * 6) / 1_000_000
+    )
+    # above the band: the band's input/output (dearer than the writes and reasoning)
+    assert (
+        worst_case_cost(short, model, input_tokens=2000)
+        == (Decimal(2000) * 3 + Decimal(32_000) * 8) / 1_000_000
+    )
+    unknown_limit = ModelInfo(
+        id="p/u",
+        provider="p",
+        name="u",
+        price=Price(Decimal("1"), Decimal("4")),
+        context_window=8000,
+    )
+    assert (
+        worst_case_cost(short, unknown_limit, input_tokens=10)
+        == (Decimal(10) + Decimal(4096) * 4) / 1_000_000
+    )

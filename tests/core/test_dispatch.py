@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from routing_middleware.breaker import BreakerPolicy, CircuitBreaker
-from routing_middleware.budgets import Budget, Budgets
+from routing_middleware.budgets import Budget, Budgets, MemoryBudgetStore
 from routing_middleware.cache import ResponseCache
 from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.context import RouteContext
@@ -38,6 +38,7 @@ from routing_middleware.schema import (
     Message,
     NoRouteAvailable,
     Overloaded,
+    Usage,
 )
 from routing_middleware.stats import MemoryStatsStore
 from routing_middleware.testing import Failure, FakeModel, FakeProvider
@@ -735,3 +736,114 @@ def test_a_cancelled_async_call_is_recorded_and_releases_its_hold() -> None:
     (record,) = sink.records
     assert (record.status, record.error_kind, record.cost) == ("error", "CancelledError", 0)
     assert budgets.status(RouteContext())[0].spent == 0  # the hold was released
+
+
+# ------------------------------------------------------------------ money: savings and prices
+
+
+def test_a_cache_hit_is_no_routing_saving(env: Env) -> None:
+    d = env.dispatcher(cache=ResponseCache())
+    env.dispatch(d, chat(temperature=0), decision())
+    env.dispatch(d, chat(temperature=0), decision())
+    paid, hit = env.records
+    assert hit.requested_cost is None
+    assert hit.saved_cost == 0
+    assert hit.cache_saved_cost == paid.cost
+
+
+def test_an_answer_served_by_a_fallback_is_found_in_the_cache(env: Env) -> None:
+    env.fa.inject("gpt-a", always=Failure.overloaded())
+    d = env.dispatcher(cache=ResponseCache(), retry=RetryPolicy(max_retries=0))
+    first = env.dispatch(d, chat(temperature=0), decision())
+    second = env.dispatch(d, chat(temperature=0), decision())
+    assert first.text == second.text == TEXT_B
+    assert len(env.fb.calls) == 1
+    assert env.records[-1].status == "cache_hit"
+
+
+def test_a_provider_reported_cost_shows_no_fake_saving() -> None:
+    from routing_middleware.pricing import cost_of
+
+    d = Env().dispatcher()
+    call = d._call(chat(), decision(), RouteContext(), False, None)
+    usage = Usage(input_tokens=1000, output_tokens=100, provider_cost=Decimal("0.0009"))
+    same = UsageRecord("openai/gpt-a", "openai/gpt-a", "openai", usage, Decimal("0.0009"))
+    assert d._requested_cost(call, usage, same) == Decimal("0.0009")
+    other = UsageRecord("openai/gpt-a", "anthropic/claude-b", "anthropic", usage, Decimal("0.004"))
+    listed = usage.model_copy(update={"provider_cost": None})
+    requested = d._requested_cost(call, usage, other)
+    assert requested is not None
+    saving = cost_of(listed, CATALOG.get("openai/gpt-a")) - cost_of(
+        listed, CATALOG.get("anthropic/claude-b")
+    )
+    assert requested - other.cost == saving  # the list-price difference, cost as billed
+
+
+def test_a_model_missing_from_the_catalog_is_marked_and_still_bound_by_budgets(
+    env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from routing_middleware import _dispatch_machine
+    from routing_middleware.pricing import cost_of
+
+    monkeypatch.setattr(_dispatch_machine, "_UNPRICED_WARNED", set())
+    dear = ModelInfo("openai/gpt-dear", "openai", "gpt-dear", Price(Decimal(5), Decimal(20)), 8000)
+    catalog = Catalog([dear, *(m for m in CATALOG if m.id != "openai/gpt-a")])
+    budgets = Budgets([Budget(name="daily", limit_usd=Decimal("10"))])
+    d = env.dispatcher(catalog=catalog, budgets=budgets)
+    with caplog.at_level(logging.WARNING, logger="llmroute.dispatch"):
+        env.dispatch(d, chat(), decision())
+        env.dispatch(d, chat(), decision())
+    first, second = env.records
+    assert first.cost == 0
+    assert first.extra["unpriced"] is True
+    warnings = [r for r in caplog.records if "not in the catalog" in r.getMessage()]
+    assert len(warnings) == 1
+    spent = budgets.status(RouteContext())[0].spent
+    expected = cost_of(first.usage, dear) + cost_of(second.usage, dear)
+    assert spent > 0
+    assert abs(spent - expected) <= Decimal("0.000001")
+    tiny = Budgets([Budget(name="tiny", limit_usd=Decimal("0.000001"))])
+    with pytest.raises(BudgetExceeded):
+        env.dispatch(env.dispatcher(catalog=catalog, budgets=tiny), chat(), decision())
+
+
+class FlakyStore(MemoryBudgetStore):
+    """Fails the first ``failures`` settles."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def settle(self, lines: Any, reserved: int, actual: int) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store blip")
+        super().settle(lines, reserved, actual)
+
+    async def asettle(self, lines: Any, reserved: int, actual: int) -> None:
+        self.settle(lines, reserved, actual)
+
+
+def held(budgets: Budgets) -> int:
+    store = budgets.store
+    assert isinstance(store, MemoryBudgetStore)
+    return sum(int(entry[1]) for entry in store._counters.values())
+
+
+def test_a_settle_that_fails_once_is_retried(env: Env) -> None:
+    budgets = Budgets([Budget(name="daily", limit_usd=Decimal("10"))], FlakyStore(1))
+    env.dispatch(env.dispatcher(budgets=budgets), chat(), decision())
+    assert held(budgets) == 0
+    assert budgets.status(RouteContext())[0].spent == metered(env.records)
+
+
+def test_a_settle_that_keeps_failing_is_logged(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    budgets = Budgets([Budget(name="daily", limit_usd=Decimal("10"))], FlakyStore(2))
+    with caplog.at_level(logging.WARNING, logger="llmroute.dispatch"):
+        answer = env.dispatch(env.dispatcher(budgets=budgets), chat(), decision())
+    assert answer.text == TEXT_A
+    assert any("failed twice" in r.getMessage() for r in caplog.records)

@@ -15,11 +15,12 @@ import anyio
 import httpx
 import pytest
 
-from routing_middleware.budgets import Budget, Budgets
+from routing_middleware.budgets import Budget, Budgets, MemoryBudgetStore
 from routing_middleware.cache import ResponseCache
 from routing_middleware.context import RouteContext
 from routing_middleware.dispatch import AsyncDispatchStream, Dispatcher, DispatchStream
 from routing_middleware.metering import MemorySink
+from routing_middleware.pricing import cost_of
 from routing_middleware.providers.registry import provider_config
 from routing_middleware.retry import RetryPolicy
 from routing_middleware.schema import (
@@ -395,3 +396,51 @@ def test_a_stream_without_usage_ends_with_an_estimate(env: Env) -> None:
     (record,) = env.records
     assert record.usage == last
     assert record.cost > 0
+
+
+# ------------------------------------------------------------------ money: holds and savings
+
+
+def _held(budgets: Budgets) -> int:
+    store = budgets.store
+    assert isinstance(store, MemoryBudgetStore)
+    return sum(int(entry[1]) for entry in store._counters.values())
+
+
+@pytest.mark.parametrize("how", ["close", "gc"])
+def test_a_dropped_stream_settles_its_hold_to_the_recorded_cost(how: str) -> None:
+    import gc
+
+    env = Env()
+    budgets = Budgets([Budget(name="daily", limit_usd=Decimal("10"))])
+    stream = env.dispatcher(budgets=budgets).stream(chat(), decision())
+    next(stream)
+    assert _held(budgets) > 0
+    if how == "close":
+        stream.close()
+    else:
+        del stream
+        gc.collect()
+    (record,) = env.records
+    assert record.error_kind == ("ConsumerClosed" if how == "close" else "GeneratorExit")
+    assert _held(budgets) == 0
+    assert budgets.status(RouteContext())[0].spent == record.cost
+    assert record.cost > 0
+
+
+def test_continue_mode_prices_the_requested_model_on_the_input_once(env: Env) -> None:
+    from routing_middleware.schema import Usage
+
+    env.fa.inject("gpt-a", Failure.cut(after=3))
+    d = env.dispatcher(stream_failover="continue", retry=RetryPolicy(max_retries=0))
+    consume(env, d, chat(), decision())
+    first, second = env.records
+    whole = Usage(
+        input_tokens=first.usage.input_tokens,
+        output_tokens=first.usage.output_tokens + second.usage.output_tokens,
+    )
+    requested = cost_of(whole, CATALOG.get("openai/gpt-a"))
+    assert first.requested_cost is None
+    assert second.requested_cost == requested - first.cost
+    saved = sum((r.saved_cost for r in env.records), Decimal(0))
+    assert saved == requested - (first.cost + second.cost)

@@ -143,3 +143,22 @@ def test_a_given_budget_store_counts_the_engines_spend() -> None:
     spent = engine.budgets.store.totals(engine.budgets.lines())
     assert sum(spent) > 0
     assert done.cost > 0
+
+
+def test_a_stream_dropped_from_the_engine_releases_its_budget_hold() -> None:
+    import gc
+
+    from routing_middleware.budgets import MemoryBudgetStore
+
+    store = MemoryBudgetStore()
+    budget = {"name": "all", "scope": "global", "limit_usd": "5"}
+    engine = LLMRoute({**FAST, "routing": {"budgets": [budget]}}, environ={}, budget_store=store)
+    _, stream = engine.stream(_request())
+    next(stream)
+    assert sum(int(e[1]) for e in store._counters.values()) > 0
+    del stream
+    gc.collect()
+    assert sum(int(e[1]) for e in store._counters.values()) == 0
+    records = [r for r in engine.sink.records if r.streamed]  # type: ignore[attr-defined]
+    assert len(records) == 1
+    assert store.totals(engine.budgets.lines()) == [round(records[0].cost * 1_000_000)]
