@@ -22,9 +22,12 @@ calls (:class:`~django_llmroute.models.LLMCall`) for its period and raised to it
 when the cache has less, so a restart or eviction cannot reopen a spent budget.
 
 :func:`database_budgets` is the bridge from the admin's :class:`~django_llmroute.models.Budget`
-rows to the core: the active rows as core budgets, kept in the cache and dropped
-when a row is saved or deleted (after commit, for every worker: a version number in
-the cache moves and each process looks at it at most every ``BUDGETS_REFRESH_S``).
+rows to the core: the active rows as core budgets, kept in the cache (for
+``BUDGETS_CACHE_TIMEOUT_S`` at most) and dropped when a row is saved or deleted
+(after commit, for every worker: a version number in the cache moves and each
+process looks at it at most every ``BUDGETS_REFRESH_S``). A failed load is never
+cached. Called from an event loop it never waits for the database: it answers with
+the last budgets the process saw and loads them on a background thread.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ logger = logging.getLogger("django_llmroute.budgets")
 BUDGETS_KEY = "llmroute:db-budgets"
 #: Cache key of a number that moves whenever an admin budget is saved or deleted.
 BUDGETS_VERSION_KEY = "llmroute:db-budgets-version"
+#: How long the admin budgets stay in the cache. Changes travel by the version number,
+#: not by expiry; this only bounds how long an entry that went wrong can last.
+BUDGETS_CACHE_TIMEOUT_S = 600
 
 _PREFIX = "llmroute:budget:"
 
@@ -409,30 +415,101 @@ def _in_event_loop() -> bool:
     return True
 
 
+#: Seconds between the attempts of a background load that keeps failing (the last repeats).
+_RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class _Loads:
+    """This process's last good admin budgets (per database) and its background loads.
+
+    ``stop`` is set, and replaced, when the settings change: loads started under the
+    old ones give up, and what they knew is forgotten.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last_good: dict[str, list[dict[str, Any]]] = {}
+        self.workers: dict[str, threading.Thread] = {}
+        self.stop = threading.Event()
+
+    def forget(self) -> None:
+        with self.lock:
+            self.stop.set()
+            self.stop = threading.Event()
+            self.workers.clear()
+            self.last_good.clear()
+
+
+_loads = _Loads()
+
+
+def _load_and_cache(using: str, stop: threading.Event | None = None) -> list[dict[str, Any]]:
+    """Read the rows and cache them; raises, caching nothing, when the read fails."""
+    rows = _load_rows(using)
+    if stop is not None and stop.is_set():
+        return rows  # the settings changed meanwhile: keep it out of the new ones' cache
+    _cache_for_budgets().set(BUDGETS_KEY, rows, timeout=BUDGETS_CACHE_TIMEOUT_S)
+    _loads.last_good[using] = rows
+    return rows
+
+
+def _load_in_background(using: str, served: list[dict[str, Any]]) -> None:
+    with _loads.lock:
+        running = _loads.workers.get(using)
+        if running is not None and running.is_alive():
+            return
+        worker = threading.Thread(
+            target=_load_until_done,
+            args=(using, served, _loads.stop),
+            name="llmroute-budget-load",
+            daemon=True,
+        )
+        _loads.workers[using] = worker
+        worker.start()
+
+
+def _load_until_done(using: str, served: list[dict[str, Any]], stop: threading.Event) -> None:
+    delays = iter(_RETRY_DELAYS_S)
+    delay = 0.0
+    while True:
+        try:
+            rows = _load_and_cache(using, stop)
+            break
+        except Exception:
+            delay = next(delays, delay)
+            logger.warning(
+                "llmroute: loading the admin budgets failed; retrying in %ss", delay, exc_info=True
+            )
+        finally:
+            connections.close_all()  # this thread's own, broken or not
+        if stop.wait(delay):
+            return
+    if rows != served and not stop.is_set():
+        # Whatever was built with what the event loop got (maybe nothing) is rebuilt.
+        from . import runtime
+
+        runtime.budgets_changed()
+
+
 def database_budgets(using: str = "default") -> tuple[CoreBudget, ...]:
     """The active admin budgets as core budgets (from the cache; the database on a miss).
 
-    Called from an event loop, the database is read on a worker thread.
+    Outside an event loop a miss reads the database here; a failed read raises and
+    caches nothing. In an event loop (the engine built from async code) the database
+    is never waited for: a miss answers with the last budgets this process read (none
+    before its first read) and loads them on a background thread, retrying while that
+    fails; once they are in, the engine is rebuilt if they differ. Async code that
+    must have them first calls this through ``sync_to_async``.
     """
     cache = _cache_for_budgets()
     rows = cache.get(BUDGETS_KEY)
-    if rows is None:
-        if _in_event_loop():
-            result: list[list[dict[str, Any]]] = []
-
-            def load() -> None:
-                try:
-                    result.append(_load_rows(using))
-                finally:
-                    connections.close_all()
-
-            worker = threading.Thread(target=load, name="llmroute-budget-load")
-            worker.start()
-            worker.join()
-            rows = result[0] if result else []
-        else:
-            rows = _load_rows(using)
-        cache.set(BUDGETS_KEY, rows, timeout=None)
+    if rows is not None:
+        _loads.last_good[using] = rows
+    elif _in_event_loop():
+        rows = _loads.last_good.get(using, [])
+        _load_in_background(using, rows)
+    else:
+        rows = _load_and_cache(using)
     return tuple(CoreBudget(**fields) for fields in rows)
 
 
@@ -454,11 +531,21 @@ def _on_budget_change(sender: Any, instance: Any, using: str = "default", **kwar
     transaction.on_commit(invalidate_database_budgets, using=using)
 
 
+def _on_setting_changed(setting: str, **kwargs: Any) -> None:
+    if setting in ("LLMROUTE", "CACHES", "DATABASES"):
+        _loads.forget()
+
+
 def connect_budget_signals() -> None:
-    """Invalidate the cached admin budgets whenever a ``Budget`` row is saved or deleted."""
+    """Invalidate the cached admin budgets whenever a ``Budget`` row is saved or deleted.
+
+    And forget this process's last good budgets when the settings they came from change.
+    """
+    from django.core.signals import setting_changed
     from django.db.models.signals import post_delete, post_save
 
     from .models import Budget
 
     post_save.connect(_on_budget_change, sender=Budget, dispatch_uid="llmroute-budget-save")
     post_delete.connect(_on_budget_change, sender=Budget, dispatch_uid="llmroute-budget-delete")
+    setting_changed.connect(_on_setting_changed, dispatch_uid="llmroute-budget-settings")

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -14,10 +16,13 @@ from decimal import Decimal
 import pytest
 from django.conf import settings
 from django.core.cache import caches
+from django.db import DatabaseError
 from django.test import override_settings
 
+from django_llmroute import budgets as budgets_module
 from django_llmroute import runtime
 from django_llmroute.budgets import (
+    BUDGETS_KEY,
     BUDGETS_VERSION_KEY,
     CacheBudgetStore,
     database_budgets,
@@ -269,6 +274,150 @@ def test_engine_uses_the_django_cache_store(llmroute):
     store = runtime.get_engine().budgets.store
     assert isinstance(store, CacheBudgetStore)
     assert store.alias == "default"
+
+
+# -- admin budgets loaded from an event loop ------------------------------------------
+
+
+class FlakyLoader:
+    """Stands for ``_load_rows``: fails (or waits) until allowed, then reads the database."""
+
+    def __init__(self, *, block: bool = False) -> None:
+        self.real = budgets_module._load_rows
+        self.allowed = threading.Event()
+        self.block = block
+        self.attempts = 0
+
+    def __call__(self, using: str) -> list[dict]:
+        self.attempts += 1
+        if self.block:
+            self.allowed.wait(5)
+        elif not self.allowed.is_set():
+            raise DatabaseError("the database went away")
+        return self.real(using)
+
+    def wait_for_attempts(self, count: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.attempts < count:
+            assert time.monotonic() < deadline, f"{self.attempts} load attempts"
+            time.sleep(0.005)
+
+
+@pytest.fixture
+def flaky_loader(monkeypatch):
+    loader = FlakyLoader()
+    monkeypatch.setattr(budgets_module, "_load_rows", loader)
+    monkeypatch.setattr(budgets_module, "_RETRY_DELAYS_S", (0.01,))
+    yield loader
+    loader.allowed.set()
+    _wait_for_background_loads()
+
+
+def _wait_for_background_loads(timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name == "llmroute-budget-load":
+            thread.join(max(0.0, deadline - time.monotonic()))
+            assert not thread.is_alive(), "the background budget load did not finish"
+
+
+def _from_an_event_loop(func, *args):
+    async def call():
+        return func(*args)
+
+    return asyncio.run(call())
+
+
+def _names(budgets) -> list[str]:
+    return [b.name for b in budgets]
+
+
+def _expires_in(key: str) -> float | None:
+    """Seconds until ``key`` leaves the default cache (``None``: never)."""
+    cache = caches["default"]
+    full_key = cache.make_key(key)
+    if hasattr(cache, "_expire_info"):  # LocMemCache
+        expiry = cache._expire_info[full_key]
+        return None if expiry is None else expiry - time.time()
+    ttl = cache._cache.get_client(full_key).ttl(full_key)  # RedisCache
+    assert ttl != -2, "no such key"
+    return None if ttl == -1 else float(ttl)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_load_in_an_event_loop_caches_nothing_and_is_retried(llmroute, flaky_loader):
+    BudgetRow.objects.create(name="kept", limit_usd=1)
+    # Nothing loaded yet in this process: an event loop gets no admin budgets for now...
+    assert _from_an_event_loop(database_budgets) == ()
+    flaky_loader.wait_for_attempts(2)  # ...the load failed, and is being retried
+    # The failure was not cached: no empty list standing for "no budgets".
+    assert caches["default"].get(BUDGETS_KEY) is None
+    flaky_loader.allowed.set()  # the database is back
+    _wait_for_background_loads()
+    assert [row["name"] for row in caches["default"].get(BUDGETS_KEY)] == ["kept"]
+    assert _names(database_budgets()) == ["kept"]
+    assert _names(_from_an_event_loop(database_budgets)) == ["kept"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_loop_keeps_the_last_good_budgets_while_a_load_fails(llmroute, flaky_loader):
+    BudgetRow.objects.create(name="kept", limit_usd=1)
+    flaky_loader.allowed.set()
+    assert _names(database_budgets()) == ["kept"]
+    flaky_loader.allowed.clear()
+    caches["default"].delete(BUDGETS_KEY)  # evicted, or another worker invalidated it
+    assert _names(_from_an_event_loop(database_budgets)) == ["kept"]
+    flaky_loader.wait_for_attempts(3)
+    assert caches["default"].get(BUDGETS_KEY) is None
+    assert _names(_from_an_event_loop(database_budgets)) == ["kept"]  # still, while it fails
+    BudgetRow.objects.create(name="added", limit_usd=1)
+    flaky_loader.allowed.set()
+    _wait_for_background_loads()
+    assert _names(database_budgets()) == ["added", "kept"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_budgets_loaded_in_the_background_reach_the_engine(llmroute, flaky_loader):
+    BudgetRow.objects.bulk_create([BudgetRow(name="late", limit_usd=1)])  # no invalidation
+    flaky_loader.allowed.set()
+    engine = _from_an_event_loop(runtime.get_engine)
+    _wait_for_background_loads()
+    rebuilt = runtime.get_engine()
+    assert _names(rebuilt.budgets.budgets) == ["late"]
+    if engine.budgets.budgets == ():  # built before the load finished: rebuilt since
+        assert rebuilt is not engine
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_loop_never_waits_for_the_database(llmroute, monkeypatch):
+    slow = FlakyLoader(block=True)
+    monkeypatch.setattr(budgets_module, "_load_rows", slow)
+    started = time.monotonic()
+    try:
+        assert _from_an_event_loop(database_budgets) == ()
+        assert time.monotonic() - started < 2  # the loader blocks for up to 5 s
+        slow.wait_for_attempts(1)
+    finally:
+        slow.allowed.set()
+        _wait_for_background_loads()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_load_outside_an_event_loop_raises_and_caches_nothing(llmroute, flaky_loader):
+    with pytest.raises(DatabaseError, match="went away"):
+        database_budgets()
+    assert caches["default"].get(BUDGETS_KEY) is None
+    flaky_loader.allowed.set()
+    BudgetRow.objects.create(name="kept", limit_usd=1)
+    assert _names(database_budgets()) == ["kept"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cached_admin_budgets_expire(llmroute):
+    database_budgets()
+    expires_in = _expires_in(BUDGETS_KEY)
+    assert expires_in is not None
+    assert 0 < expires_in <= budgets_module.BUDGETS_CACHE_TIMEOUT_S
 
 
 # -- end to end: a view's budget downgrades, then blocks --------------------------------
