@@ -548,7 +548,8 @@ class Budgets:
 
     ``status_ttl_s`` caches :meth:`status` reads per counter for that many seconds,
     which keeps the router off the network on every decision with a Redis store
-    (reservations are always exact).
+    (reservations are always exact). This instance's own reserves and settles are
+    applied to the cached totals at once, so only other workers' spend can lag.
     """
 
     def __init__(
@@ -617,6 +618,7 @@ class Budgets:
         failed = self.store.reserve(lines, micros)
         if failed is not None:
             raise self._blocked(lines, failed, micros)
+        self._bump(lines, micros)
         return Reservation(lines, micros)
 
     async def areserve(self, amount: Decimal, context: RouteContext | None = None) -> Reservation:
@@ -626,6 +628,7 @@ class Budgets:
         failed = await self.store.areserve(lines, micros)
         if failed is not None:
             raise self._blocked(lines, failed, micros)
+        self._bump(lines, micros)
         return Reservation(lines, micros)
 
     def reserve_for(
@@ -642,19 +645,35 @@ class Budgets:
 
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
         """Replace the hold with the call's ``actual`` cost."""
-        self.store.settle(reservation.lines, reservation.amount, settle_micros(actual))
+        micros = settle_micros(actual)
+        self.store.settle(reservation.lines, reservation.amount, micros)
+        self._bump(reservation.lines, micros - reservation.amount)
 
     async def asettle(self, reservation: Reservation, actual: Decimal) -> None:
         """Async twin of :meth:`settle`."""
-        await self.store.asettle(reservation.lines, reservation.amount, settle_micros(actual))
+        micros = settle_micros(actual)
+        await self.store.asettle(reservation.lines, reservation.amount, micros)
+        self._bump(reservation.lines, micros - reservation.amount)
 
     def release(self, reservation: Reservation) -> None:
         """Drop the hold of a call that did not happen or failed without cost."""
         self.store.settle(reservation.lines, reservation.amount, 0)
+        self._bump(reservation.lines, -reservation.amount)
 
     async def arelease(self, reservation: Reservation) -> None:
         """Async twin of :meth:`release`."""
         await self.store.asettle(reservation.lines, reservation.amount, 0)
+        self._bump(reservation.lines, -reservation.amount)
+
+    def _bump(self, lines: Sequence[BudgetLine], delta: int) -> None:
+        """Apply this instance's own change to the cached totals (see ``status_ttl_s``)."""
+        if self._status_ttl <= 0 or not delta:
+            return
+        cache = self._status_cache
+        for line in lines:
+            hit = cache.get(line.charge_key)
+            if hit is not None:
+                cache[line.charge_key] = (hit[0], max(0, hit[1] + delta))
 
     def _statuses(
         self, lines: tuple[BudgetLine, ...], totals: Sequence[int], pressing: bool = False

@@ -139,7 +139,7 @@ class LLMRoute:
         self.stats = self._stats_store()
         self.breaker = self._breaker() if cfg.breaker.enabled else None
         store = budget_store if budget_store is not None else self._budget_store()
-        self.budgets = Budgets(cfg.routing.budgets, store)
+        self.budgets = Budgets(cfg.routing.budgets, store, status_ttl_s=1.0)
         routing = cfg.routing
         if cfg.mode is not None and cfg.mode != routing.mode:
             routing = routing.model_copy(update={"mode": cfg.mode})

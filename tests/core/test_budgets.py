@@ -385,3 +385,32 @@ def test_worst_case_cost_uses_the_band_cache_write_reasoning_and_output_limit() 
         worst_case_cost(short, unknown_limit, input_tokens=10)
         == (Decimal(10) + Decimal(4096) * 4) / 1_000_000
     )
+
+
+def test_cached_status_sees_its_own_reserves_and_settles_at_once() -> None:
+    store = MemoryBudgetStore()
+    cached = Budgets([_budget()], store, status_ttl_s=60)
+    other = Budgets([_budget()], store)
+    assert cached.status()[0].spent == 0
+    reservation = cached.reserve(Decimal("0.5"))
+    assert cached.status()[0].spent == Decimal("0.5")
+    cached.settle(reservation, Decimal("0.2"))
+    assert cached.status()[0].spent == Decimal("0.2")
+    cached.release(cached.reserve(Decimal("0.1")))
+    assert cached.status()[0].spent == Decimal("0.2")
+    other.settle(other.reserve(Decimal("0.3")), Decimal("0.3"))
+    assert cached.status()[0].spent == Decimal("0.2")  # another worker's spend lags
+    assert other.status()[0].spent == Decimal("0.5")
+
+
+def test_cached_status_sees_its_own_async_reserves_and_settles() -> None:
+    cached = Budgets([_budget()], MemoryBudgetStore(), status_ttl_s=60)
+
+    async def run() -> None:
+        assert (await cached.astatus())[0].spent == 0
+        reservation = await cached.areserve(Decimal("0.5"))
+        assert (await cached.astatus())[0].spent == Decimal("0.5")
+        await cached.asettle(reservation, Decimal("0.25"))
+        assert (await cached.astatus())[0].spent == Decimal("0.25")
+
+    asyncio.run(run())

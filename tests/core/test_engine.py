@@ -145,6 +145,11 @@ def test_a_given_budget_store_counts_the_engines_spend() -> None:
     assert done.cost > 0
 
 
+def test_the_engine_caches_budget_status_for_a_second() -> None:
+    engine = LLMRoute(FAST, environ={})
+    assert engine.budgets._status_ttl == 1.0
+
+
 def test_a_stream_dropped_from_the_engine_releases_its_budget_hold() -> None:
     import gc
 
