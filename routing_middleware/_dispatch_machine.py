@@ -152,13 +152,20 @@ class _Machine:
     def _requested_cost(
         self, call: _Call, usage: Usage, record: UsageRecord | None = None
     ) -> Decimal | None:
-        """List-price cost of ``usage`` on the requested model (``record``: its own
-        attempt's record, whose cost is reused when it ran on that very model)."""
+        """What ``usage`` would have cost on the requested model, for the saving
+        ``requested_cost - cost`` (``record``: its own attempt's record).
+
+        Served by the requested model: the record's own cost (no saving). A billed
+        (provider-reported) cost: that cost plus the list-price difference between
+        the two models. A chosen model without list prices: ``None`` (no saving).
+        """
         catalog = self._catalog()
+        chosen = catalog.find(record.chosen_model) if record is not None else None
+        if record is not None and chosen is None:
+            return None  # unpriced or billed off-catalog: any saving shown would be made up
         info = catalog.find(call.decision.requested_model)
         if info is None:
             return call.decision.requested_cost
-        chosen = catalog.find(record.chosen_model) if record is not None else None
         if record is not None and chosen is not None and chosen.id == info.id:
             return record.cost  # served by the requested model: no saving, whatever billed
         if usage.provider_cost is None:

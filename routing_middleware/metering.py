@@ -42,6 +42,17 @@ class UsageRecord:
     attempt (1-based) and ``attempts`` is set on the final record of a call.
     ``reasons`` are ``(code, sentence)`` pairs from the routing decision. Prompt and
     completion text are kept only when the host enables content storage.
+
+    Savings, so that summing ``saved_cost`` over records never invents money: a cache
+    hit has ``requested_cost=None`` (its saving is ``cache_saved_cost``); when the
+    provider reported the billed cost, ``requested_cost`` is that cost plus the
+    list-price difference between the requested and the chosen model (the cost
+    itself when they are the same model); on a stitched stream the final record
+    carries the whole call's saving (the requested model priced on the original
+    input and the delivered output, less what the earlier parts cost). A model
+    missing from the catalog is recorded at ``cost=0`` with ``extra["unpriced"]``
+    true and no ``requested_cost``; budgets charged it at the list price of
+    ``extra["budget_price_model"]``.
     """
 
     requested_model: str

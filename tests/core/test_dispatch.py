@@ -798,6 +798,7 @@ def test_a_model_missing_from_the_catalog_is_marked_and_still_bound_by_budgets(
     first, second = env.records
     assert first.cost == 0
     assert first.extra["unpriced"] is True
+    assert first.requested_cost is None  # no made-up saving against a $0 cost
     warnings = [r for r in caplog.records if "not in the catalog" in r.getMessage()]
     assert len(warnings) == 1
     spent = budgets.status(RouteContext())[0].spent
