@@ -381,11 +381,13 @@ def test_budgets_loaded_in_the_background_reach_the_engine(llmroute, flaky_loade
     BudgetRow.objects.bulk_create([BudgetRow(name="late", limit_usd=1)])  # no invalidation
     flaky_loader.allowed.set()
     engine = _from_an_event_loop(runtime.get_engine)
+    # Built from the event loop before anything was read: without the admin budgets...
+    assert engine.budgets.budgets == ()
     _wait_for_background_loads()
+    # ...and rebuilt with them once the background load brought them in.
     rebuilt = runtime.get_engine()
+    assert rebuilt is not engine
     assert _names(rebuilt.budgets.budgets) == ["late"]
-    if engine.budgets.budgets == ():  # built before the load finished: rebuilt since
-        assert rebuilt is not engine
 
 
 @pytest.mark.django_db(transaction=True)

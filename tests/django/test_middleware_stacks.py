@@ -3,8 +3,9 @@
 Under ASGI, a sync-only middleware after ``LLMRouteMiddleware`` makes Django run
 ``LLMRouteMiddleware`` synchronously, in a worker thread, and call its
 ``process_view`` through ``sync_to_async`` in another copy of the request's
-context. The view's hints must still reach the view (and the response must not
-fail) in each combination, and a streaming response must still see them.
+context; one before it runs it asynchronously under ``async_to_sync``. The view's
+hints must still reach the view (and the response must not fail) in each
+combination, under WSGI and ASGI, and a streaming response must still see them.
 """
 
 # ruff: noqa: F811  (fixtures imported from llmroute_helpers are test arguments)
@@ -50,10 +51,14 @@ LLMROUTE_MIDDLEWARE = "django_llmroute.middleware.LLMRouteMiddleware"
 def _stacks() -> dict[str, list[str]]:
     base = list(settings.MIDDLEWARE)
     assert base[-1] == LLMROUTE_MIDDLEWARE
-    return {"async-capable": base, "sync-only-after": [*base, SYNC_ONLY]}
+    return {
+        "async-capable": base,
+        "sync-only-after": [*base, SYNC_ONLY],
+        "sync-only-before": [*base[:-1], SYNC_ONLY, LLMROUTE_MIDDLEWARE],
+    }
 
 
-@pytest.fixture(params=["async-capable", "sync-only-after"])
+@pytest.fixture(params=["async-capable", "sync-only-after", "sync-only-before"])
 def stack(request: pytest.FixtureRequest):
     """The test project's middleware, alone or followed by a sync-only middleware."""
     middleware = _stacks()[request.param]
@@ -63,7 +68,7 @@ def stack(request: pytest.FixtureRequest):
 
 def _check_stack(stack: str, response: Any) -> None:
     assert response.status_code == 200, response.content
-    if stack == "sync-only-after":
+    if stack.startswith("sync-only"):
         assert response["X-Sync-Only"] == "passed"  # the sync-only middleware ran
     else:
         assert "X-Sync-Only" not in response
