@@ -48,6 +48,7 @@ from routing_middleware.budgets import Budget as CoreBudget
 from routing_middleware.budgets import BudgetLine, RedisBudgetStore, from_micros, to_micros
 
 __all__ = [
+    "BUDGETS_CACHE_TIMEOUT_S",
     "BUDGETS_KEY",
     "BUDGETS_VERSION_KEY",
     "CacheBudgetStore",
