@@ -39,6 +39,7 @@ from routing_middleware.context import (
     RouteContext,
     current_context,
     hints_of,
+    is_valid_request_id,
     set_context,
     use_context,
 )
@@ -75,19 +76,11 @@ def view_hints(view: Callable[..., Any]) -> dict[str, Any]:
 
 
 #: The longest request id taken from a header (``LLMCall.request_id`` holds 128).
-_MAX_REQUEST_ID = 128
-
-
-def _valid_request_id(text: str) -> bool:
-    """1 to 128 printable ASCII characters, no spaces (``!`` to ``~``)."""
-    return 0 < len(text) <= _MAX_REQUEST_ID and all("!" <= char <= "~" for char in text)
-
-
 def _request_id(request: HttpRequest, settings: LLMRouteSettings) -> str:
     header = settings.django.REQUEST_ID_HEADER
     if header:
         given = request.headers.get(header)
-        if given and _valid_request_id(given):
+        if given and is_valid_request_id(given):
             return given
     # None sent, or one that is not safe to log and store: a fresh one.
     return uuid.uuid4().hex

@@ -45,7 +45,14 @@ from decimal import Decimal
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
-from .context import HINTS_ATTRIBUTE, RouteContext, current_context, reset_context, set_context
+from .context import (
+    HINTS_ATTRIBUTE,
+    RouteContext,
+    current_context,
+    is_valid_request_id,
+    reset_context,
+    set_context,
+)
 from .engine import collect_records, collected_records
 
 if TYPE_CHECKING:
@@ -59,7 +66,6 @@ __all__ = ["RoutingMiddleware", "request_records"]
 UserGetter = Callable[["Scope"], "str | None"]
 TagsGetter = Callable[["Scope"], "Iterable[str] | None"]
 
-_MAX_REQUEST_ID = 200
 _EMPTY = RouteContext()
 
 
@@ -230,7 +236,7 @@ def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             text = str(value.decode("latin-1"))
-            if 0 < len(text) <= _MAX_REQUEST_ID and text.isprintable():
+            if is_valid_request_id(text):
                 return text
             break
     return os.urandom(16).hex()

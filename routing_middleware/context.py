@@ -25,11 +25,13 @@ from typing import Any, Literal, TypeVar, cast
 
 __all__ = [
     "HINTS_ATTRIBUTE",
+    "MAX_REQUEST_ID",
     "Mode",
     "RouteContext",
     "RouteHint",
     "current_context",
     "hints_of",
+    "is_valid_request_id",
     "reset_context",
     "route_hint",
     "set_context",
@@ -125,6 +127,16 @@ def _normalise(fields: dict[str, Any]) -> dict[str, Any]:
 def current_context() -> RouteContext:
     """The routing context of the running request (empty when none was set)."""
     return _current.get()
+
+
+#: Longest request id kept from a caller's header (the size of the stored column).
+MAX_REQUEST_ID = 128
+
+
+def is_valid_request_id(text: str) -> bool:
+    """Whether a caller-sent request id is safe to log and store as is:
+    1 to 128 printable ASCII characters, no spaces (``!`` to ``~``)."""
+    return 0 < len(text) <= MAX_REQUEST_ID and all("!" <= char <= "~" for char in text)
 
 
 def set_context(context: RouteContext) -> contextvars.Token[RouteContext]:

@@ -379,3 +379,16 @@ def _receive_once() -> Any:
 
 async def _discard(*args: Any) -> None:
     return None
+
+
+def test_request_ids_from_headers_are_kept_only_when_safe_to_store() -> None:
+    from routing_middleware.asgi import _request_id
+
+    def scope(value: bytes) -> dict[str, Any]:
+        return {"headers": [(b"x-request-id", value)]}
+
+    assert _request_id(scope(b"req-123_ABC")) == "req-123_ABC"
+    for bad in (b"x" * 129, b"has space", b"tab\there", "caf\u00e9".encode("latin-1"), b""):
+        generated = _request_id(scope(bad))
+        assert generated != bad.decode("latin-1")
+        assert len(generated) == 32
