@@ -94,6 +94,7 @@ class _Machine:
     clock: Clock
     stream_failover: StreamFailover
     stream_holdback: int
+    store_content: bool
     _dialects: dict[str, Dialect]
     _pricer: Callable[[Usage, ModelInfo], Decimal] | None
     _rng: random.Random
@@ -236,6 +237,8 @@ class _Machine:
         total = len(call.records)
         for record in call.records:
             record.attempts = total
+        if self.store_content:
+            _store_content(call)
         if self.sink is None:
             return
         for record in call.records:
@@ -545,6 +548,7 @@ class _Machine:
         record.requested_cost = None
         call.served = call.decision.primary
         call.usage = usage
+        call.answer = response.text
         self._finish(call)
         if not call.stream:
             return response
@@ -631,6 +635,7 @@ class _Machine:
         record.requested_cost = self._requested_cost(call, usage, record)
         call.served = attempt.deployment
         call.usage = usage
+        call.answer = response.text
         if response.provider is None:
             response.provider = config.name
         if call.cache_key is not None and self.cache is not None:
@@ -768,3 +773,12 @@ class _Machine:
             if call.cache_key is not None:  # the key lookups use, whoever served it
                 yield _CachePut(call.cache_key, CacheEntry(response, record.cost))
         return None
+
+
+def _store_content(call: _Call) -> None:
+    """Put the prompt and the answer on the record of the attempt that answered."""
+    for record in reversed(call.records):
+        if record.status in ("ok", "cache_hit"):
+            record.prompt = "\n\n".join(f"{m.role}: {m.text}" for m in call.request.messages)
+            record.completion = call.answer if call.answer is not None else "".join(call.text)
+            return

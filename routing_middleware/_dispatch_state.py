@@ -160,6 +160,7 @@ class _Call:
     stitched: bool = False
     trim: bool = False  # drop the continuation's leading whitespace (the prefix had it)
     text: list[str] = field(default_factory=list)
+    answer: str | None = None  # a non-streamed answer's text (for content storage)
     carried: Usage | None = None
     origin: Usage | None = None  # the first stitched part's usage (the original input)
     carried_cost: Decimal = Decimal(0)  # what the earlier stitched parts cost

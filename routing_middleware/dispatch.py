@@ -74,7 +74,9 @@ class Dispatcher(_Machine):
     content chunks back at the start of a stream, widening the window in which a
     failure can still fall back transparently (at the cost of time to first
     token). ``pricer`` computes an attempt's cost (default: the provider-reported
-    cost when given, else list prices from ``catalog``).
+    cost when given, else list prices from ``catalog``). ``store_content`` puts
+    the prompt and the answer's text on the record of the attempt that answered
+    (off by default: records carry no content unless the host asks).
 
     One dispatcher serves any number of concurrent calls; per-call state lives in
     the call, never on the instance.
@@ -99,6 +101,7 @@ class Dispatcher(_Machine):
         stream_holdback: int = 0,
         pricer: Callable[[Usage, ModelInfo], Decimal] | None = None,
         rng: random.Random | None = None,
+        store_content: bool = False,
     ) -> None:
         if stream_failover not in ("error", "continue"):
             raise ValueError("stream_failover must be 'error' or 'continue'")
@@ -121,6 +124,7 @@ class Dispatcher(_Machine):
         self.stream_holdback = stream_holdback
         self._pricer = pricer
         self._rng = rng or random.Random()
+        self.store_content = store_content
 
     def __repr__(self) -> str:
         return f"Dispatcher(providers={sorted(self.providers)})"

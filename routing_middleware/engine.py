@@ -176,6 +176,7 @@ class LLMRoute:
             cache=self._cache() if cfg.cache.enabled else None,
             sink=_FanOutSink(self.sink),
             stream_failover=cfg.stream_failover,
+            store_content=cfg.store_content,
         )
 
     def __repr__(self) -> str:

@@ -167,3 +167,23 @@ def test_a_stream_dropped_from_the_engine_releases_its_budget_hold() -> None:
     records = [r for r in engine.sink.records if r.streamed]  # type: ignore[attr-defined]
     assert len(records) == 1
     assert store.totals(engine.budgets.lines()) == [round(records[0].cost * 1_000_000)]
+
+
+def test_content_is_stored_only_when_the_config_says_so() -> None:
+    plain = LLMRoute(FAST, environ={})
+    done = plain.complete(_request())
+    assert done.records[0].prompt is None
+    assert done.records[0].completion is None
+
+    keeping = LLMRoute({**FAST, "store_content": True}, environ={})
+    done = keeping.complete(_request())
+    record = done.records[0]
+    assert record.prompt == "user: Summarize: the printer jams on page two."
+    assert record.completion == done.response.text
+
+    _, stream = keeping.stream(_request(stream=True))
+    with stream:
+        text = "".join(chunk.text or "" for chunk in stream)
+    [streamed] = stream.records
+    assert streamed.completion == text
+    assert streamed.prompt == record.prompt
