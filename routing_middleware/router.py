@@ -182,8 +182,8 @@ class _Plan:
     tiers: dict[int, tuple[_Cand, ...]]
     ordered: frozenset[int]
     everything: tuple[_Cand, ...]
-    sorted_cache: dict[tuple[int, int], tuple[list[float], list[_Cand]]] = field(
-        default_factory=dict
+    sorted_cache: dict[tuple[int, int, frozenset[str], int], tuple[list[float], list[_Cand]]] = (
+        field(default_factory=dict)
     )
     #: Requested model name as sent -> its candidate (``None``: not a known chat model).
     resolved: dict[str, _Cand | None] = field(default_factory=dict)
@@ -206,13 +206,21 @@ class _Plan:
         resolved[model] = found
         return found
 
-    def by_bound(self, level: int, bucket: int) -> tuple[list[float], list[_Cand]]:
-        """Candidates of ``level`` sorted by their per-token cost lower bound in ``bucket``."""
-        key = (level, bucket)
+    def by_bound(
+        self, level: int, bucket: int, needs: frozenset[str], min_quality: int
+    ) -> tuple[list[float], list[_Cand]]:
+        """Candidates of ``level`` with the capabilities ``needs`` and at least
+        ``min_quality``, sorted by their per-token cost lower bound in ``bucket``.
+
+        Leaving out here what fails those two request-independent checks keeps a
+        search from walking, say, a whole tier below a quality floor.
+        """
+        key = (level, bucket, needs, min_quality)
         found = self.sorted_cache.get(key)
         if found is None:
             lo, hi = bucket / _BUCKETS, (bucket + 1) / _BUCKETS
             members = self.everything if level == 0 else self.tiers.get(level, ())
+            members = tuple(c for c in members if c.quality >= min_quality and needs <= c.caps)
             pairs = []
             for i, c in enumerate(members):
                 # The cheapest prices the model can have, bands included, so the bound holds.
@@ -222,6 +230,8 @@ class _Plan:
                 pairs.append((bound, c.order, i))
             pairs.sort()
             found = ([p[0] for p in pairs], [members[p[2]] for p in pairs])
+            if len(self.sorted_cache) >= 4096:  # many distinct quality floors: start over
+                self.sorted_cache.clear()
             self.sorted_cache[key] = found
         return found
 
@@ -236,14 +246,14 @@ class _Latency:
     an SLA at or above ``worst`` is met by every deployment without a loop.
     """
 
-    __slots__ = ("best", "p95s", "texts", "worst")
+    __slots__ = ("best", "excluded", "p95s", "worst")
 
     def __init__(self, best: float, p95s: tuple[float | None, ...], worst: float) -> None:
         self.best = best
         self.p95s = p95s
         self.worst = worst
-        #: Start of each deployment's ``excluded_sla`` message, made when first needed.
-        self.texts: dict[int, str] = {}
+        #: The ``excluded_sla`` reason per (deployment index, SLA), made when first needed.
+        self.excluded: dict[tuple[int, float], Reason] = {}
 
 
 _UNKNOWN_LATENCY = _Latency(math.inf, (), -math.inf)
@@ -305,9 +315,8 @@ class _Constraints:
     stream: bool
     input_tokens: int
     w: float  # output share of this request's tokens
-    limit: float = math.inf  # min(ceiling, max_cost): no candidate's unit may exceed it
-    lists: bool = False  # whether allow, deny or providers is set
-    sla_text: str = ""  # ``sla_ms`` as exclusion messages show it, made when first needed
+    limit: float  # min(ceiling, max_cost): no candidate's unit may exceed it
+    lists: bool  # whether allow, deny or providers is set
 
 
 @dataclass(slots=True)
@@ -779,21 +788,22 @@ class Router:
             or ctx.deny_models is not None
             or ctx.allow_providers is not None
         )
+        # (Positional: keyword arguments cost a measurable share of a decision.)
         cons = _Constraints(
-            needs=_NEEDS[needs],
-            window=input_tokens + (request.max_tokens or output_tokens),
-            min_quality=min_quality,
-            ceiling=ceiling,
-            max_cost=max_cost,
-            allow=_lower(ctx.allow_models) if lists else None,
-            deny=_lower(ctx.deny_models) if lists else None,
-            providers=_lower(ctx.allow_providers) if lists else None,
-            sla_ms=_min_opt(ctx.max_latency_ms, rules.max_latency_ms),
-            stream=request.stream,
-            input_tokens=input_tokens,
-            w=w,
-            limit=min(ceiling, max_cost),
-            lists=lists,
+            _NEEDS[needs],  # needs
+            input_tokens + (request.max_tokens or output_tokens),  # window
+            min_quality,
+            ceiling,
+            max_cost,
+            _lower(ctx.allow_models) if lists else None,  # allow
+            _lower(ctx.deny_models) if lists else None,  # deny
+            _lower(ctx.allow_providers) if lists else None,  # providers
+            _min_opt(ctx.max_latency_ms, rules.max_latency_ms),  # sla_ms
+            request.stream,
+            input_tokens,
+            w,
+            min(ceiling, max_cost),  # limit
+            lists,
         )
 
         # Selection
@@ -849,18 +859,18 @@ class Router:
             keep = requested.deployments[0] if requested else _unknown_deployment(request.model)
             reasons.append(Reason("observe", f"observe mode: keeping {request.model}"))
             primary, fallbacks = keep, ()
-        return Decision(
-            primary=primary,
-            fallbacks=fallbacks,
-            tier=chosen_level,
-            estimated_cost=estimated,
-            requested_model=request.model,
-            requested_cost=requested_cost,
-            mode=mode,
-            reasons=tuple(reasons),
-            routed=routed,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
+        return Decision(  # in field order, positional: see _Constraints above
+            primary,
+            fallbacks,
+            chosen_level,  # tier
+            estimated,  # estimated_cost
+            request.model,  # requested_model
+            requested_cost,
+            mode,
+            tuple(reasons),
+            routed,
+            input_tokens,
+            output_tokens,
         )
 
     def _passthrough(
@@ -929,7 +939,7 @@ class Router:
                 p95 = latency.p95s[i]
                 if p95 is not None and p95 > sla:  # type: ignore[operator]
                     if reasons is not None:
-                        reasons.append(Reason("excluded_sla", _sla_message(cand, cons, latency, i)))
+                        reasons.append(_sla_reason(cand, cons, latency, i))
                     continue
             out.append(d)
         return tuple(out)
@@ -1020,16 +1030,18 @@ class Router:
         reasons: list[Reason],
     ) -> list[_Pick]:
         bucket = min(_BUCKETS - 1, int(cons.w * _BUCKETS))
-        bounds, cands = plan.by_bound(level, bucket)
+        bounds, cands = plan.by_bound(level, bucket, cons.needs, cons.min_quality)
         limit = cons.limit
         stop = bisect.bisect_right(bounds, limit) if limit != math.inf else len(bounds)
         # The usual request sets no lists, SLA or health check: then a candidate is
         # checked right here (what ``_check`` would do, minus the calls). This loop is
         # the largest part of a decision.
-        inline = not (cons.lists or cons.sla_ms is not None or self._check_health)
-        window, min_quality, needs = cons.window, cons.min_quality, cons.needs
+        inline = not (cons.lists or self._check_health)
+        window = cons.window
         w = cons.w
         share_in = 1 - w
+        input_tokens = cons.input_tokens
+        sla, stream = cons.sla_ms, cons.stream
         picks: list[_Pick] = []
         units: list[float] = []
         worst = math.inf
@@ -1039,15 +1051,21 @@ class Router:
             if bounds[i] > worst:
                 break
             cand = cands[i]
-            if inline and not cand.bands:
-                if cand.context_window < window or cand.quality < min_quality:
+            if inline:
+                if cand.context_window < window:  # (capabilities and quality: see by_bound)
                     continue
-                if needs and not needs <= cand.caps:
-                    continue
-                unit = share_in * cand.pin + w * cand.pout
+                if cand.bands:
+                    unit = cand.unit(w, input_tokens)
+                else:
+                    unit = share_in * cand.pin + w * cand.pout
                 if unit > limit:
                     continue
-                pick: _Pick | None = _Pick(cand, unit, math.inf, cand.deployments)
+                deployments = cand.deployments
+                if sla is not None and view.of(cand, stream).worst > sla:
+                    deployments = self._deployments_ok(cand, cons, view, reasons)
+                    if not deployments:
+                        continue
+                pick: _Pick | None = _Pick(cand, unit, math.inf, deployments)
             else:
                 pick = self._check(cand, cons, view, reasons, False)
                 if pick is None:
@@ -1180,12 +1198,21 @@ _NEEDS = tuple(
 )
 
 
+def _has_images(request: ChatRequest) -> bool:
+    """``request.has_images``, minus a property call per message: only a list content
+    can hold an image."""
+    for message in request.messages:
+        if isinstance(message.content, list) and message.has_images:
+            return True
+    return False
+
+
 def _needs(request: ChatRequest) -> int:
     """The capabilities ``request`` needs, as bits (see :data:`_NEEDS`)."""
     needs = 0
     if request.tools:
         needs |= _TOOLS
-    if request.has_images:
+    if _has_images(request):
         needs |= _VISION
     if _wants_schema(request):
         needs |= _SCHEMA
@@ -1249,15 +1276,21 @@ def _listed(cand: _Cand, cons: _Constraints) -> bool:
     return cons.providers is None or cand.provider in cons.providers
 
 
-def _sla_message(cand: _Cand, cons: _Constraints, latency: _Latency, index: int) -> str:
-    head = latency.texts.get(index)
-    if head is None:
+def _sla_reason(cand: _Cand, cons: _Constraints, latency: _Latency, index: int) -> Reason:
+    """Why deployment ``index`` of ``cand`` is out: the same few per snapshot, made once."""
+    sla: float = cons.sla_ms  # type: ignore[assignment]
+    key = (index, sla)
+    found = latency.excluded.get(key)
+    if found is None:
         what = "TTFT p95" if cons.stream else "p95"
-        head = f"{cand.id} excluded: {what} {_seconds(latency.p95s[index])} > SLA "  # type: ignore[arg-type]
-        latency.texts[index] = head
-    if not cons.sla_text:
-        cons.sla_text = _seconds(cons.sla_ms)  # type: ignore[arg-type]
-    return head + cons.sla_text
+        p95: float = latency.p95s[index]  # type: ignore[assignment]
+        found = Reason(
+            "excluded_sla", f"{cand.id} excluded: {what} {_seconds(p95)} > SLA {_seconds(sla)}"
+        )
+        if len(latency.excluded) >= 64:  # SLAs computed per request: keep it bounded
+            latency.excluded.clear()
+        latency.excluded[key] = found
+    return found
 
 
 def _latency(snapshot: StatsSnapshot, deployments: tuple[Deployment, ...], stream: bool) -> float:
