@@ -62,7 +62,7 @@ from routing_middleware.tokens import estimate_request_tokens, estimate_text_tok
 from tests.core.sdk_helpers import Handler
 from tests.core.sdk_helpers import sdk as make_sdk
 
-SECRET = "sk-ant-test-SECRET-0123456789"
+SECRET = "sk-ant-test_SECRET_0123456789"
 
 
 def provider(**options: Any) -> ProviderConfig:
