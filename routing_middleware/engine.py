@@ -17,6 +17,7 @@ production with them; :attr:`LLMRoute.offline_providers` says which are fake.
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,11 +37,13 @@ from .providers.base import ProviderConfig
 from .providers.registry import PROVIDERS, provider_config
 from .retry import RetryPolicy
 from .router import Decision, Router
-from .schema import ChatRequest, ChatResponse
+from .schema import BudgetExceeded, ChatRequest, ChatResponse, Usage
 from .settings import LLMRouteConfig
 from .stats import MemoryStatsStore, RedisStatsStore, StatsStore
 
 __all__ = ["Completion", "LLMRoute", "collect_records", "collected_records"]
+
+logger = logging.getLogger("llmroute.engine")
 
 _collector: contextvars.ContextVar[list[UsageRecord] | None] = contextvars.ContextVar(
     "llmroute_records", default=None
@@ -191,8 +194,43 @@ class LLMRoute:
     # ------------------------------------------------------------------ calls
 
     def decide(self, request: ChatRequest, context: RouteContext | None = None) -> Decision:
-        """Where ``request`` would go under ``context`` (the current one by default)."""
-        return self.router.decide(request, current_context() if context is None else context)
+        """Where ``request`` would go under ``context`` (the current one by default).
+
+        A call a budget blocks raises :class:`BudgetExceeded` and is recorded
+        (``status="blocked"``, zero cost), so blocked calls show in the reports.
+        """
+        ctx = current_context() if context is None else context
+        try:
+            return self.router.decide(request, ctx)
+        except BudgetExceeded as error:
+            self._record_blocked(request, ctx, error)
+            raise
+
+    def _record_blocked(
+        self, request: ChatRequest, context: RouteContext, error: BudgetExceeded
+    ) -> None:
+        model = self.catalog.find(request.model)
+        record = UsageRecord(
+            requested_model=request.model,
+            chosen_model=model.id if model is not None else request.model,
+            provider=model.provider if model is not None else "",
+            usage=Usage(),
+            cost=Decimal(0),
+            request_id=context.request_id,
+            user_id=context.user_id,
+            api_key_id=context.api_key_id,
+            feature=context.feature,
+            route=context.route,
+            tags=tuple(sorted(context.tags)) if context.tags else (),
+            status="blocked",
+            error_kind=error.kind,
+            streamed=request.stream,
+            reasons=(("budget_blocked", error.message),),
+        )
+        try:
+            _FanOutSink(self.sink).emit(record)
+        except Exception:
+            logger.exception("llmroute: recording a blocked call failed")
 
     def complete(
         self,
@@ -204,7 +242,7 @@ class LLMRoute:
     ) -> Completion:
         """Decide, dispatch and meter a non-streamed call."""
         ctx = current_context() if context is None else context
-        decision = decision if decision is not None else self.router.decide(request, ctx)
+        decision = decision if decision is not None else self.decide(request, ctx)
         with collect_records() as records:
             response = self.dispatcher.dispatch(request, decision, ctx, cache=cache)
         return Completion(response, decision, tuple(records))
@@ -219,7 +257,7 @@ class LLMRoute:
     ) -> Completion:
         """Async twin of :meth:`complete`."""
         ctx = current_context() if context is None else context
-        decision = decision if decision is not None else self.router.decide(request, ctx)
+        decision = decision if decision is not None else self.decide(request, ctx)
         with collect_records() as records:
             response = await self.dispatcher.adispatch(request, decision, ctx, cache=cache)
         return Completion(response, decision, tuple(records))
@@ -234,7 +272,7 @@ class LLMRoute:
     ) -> tuple[Decision, DispatchStream]:
         """Decide and start a streamed call; the stream's ``records`` fill as it ends."""
         ctx = current_context() if context is None else context
-        decision = decision if decision is not None else self.router.decide(request, ctx)
+        decision = decision if decision is not None else self.decide(request, ctx)
         return decision, self.dispatcher.stream(request, decision, ctx, cache=cache)
 
     async def astream(
@@ -247,7 +285,7 @@ class LLMRoute:
     ) -> tuple[Decision, AsyncDispatchStream]:
         """Async twin of :meth:`stream`."""
         ctx = current_context() if context is None else context
-        decision = decision if decision is not None else self.router.decide(request, ctx)
+        decision = decision if decision is not None else self.decide(request, ctx)
         return decision, await self.dispatcher.astream(request, decision, ctx, cache=cache)
 
     def close(self) -> None:

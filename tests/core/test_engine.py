@@ -187,3 +187,22 @@ def test_content_is_stored_only_when_the_config_says_so() -> None:
     [streamed] = stream.records
     assert streamed.completion == text
     assert streamed.prompt == record.prompt
+
+
+def test_a_call_the_router_blocks_is_recorded_as_blocked() -> None:
+    from routing_middleware.schema import BudgetExceeded
+
+    sink = MemorySink()
+    budget = {"name": "tiny", "scope": "global", "limit_usd": "0.01"}
+    engine = LLMRoute({**FAST, "routing": {"budgets": [budget]}}, environ={}, sink=sink)
+    spent = engine.budgets.reserve(Decimal("0.01"))
+    engine.budgets.settle(spent, Decimal("0.01"))  # the whole budget is spent
+    with route_hint(feature="reports"), pytest.raises(BudgetExceeded):
+        engine.complete(_request())
+    [record] = sink.records
+    assert record.status == "blocked"
+    assert record.error_kind == "BudgetExceeded"
+    assert record.feature == "reports"
+    assert record.cost == 0
+    assert record.chosen_model == "openai/gpt-5.4"
+    assert record.reasons[0][0] == "budget_blocked"
