@@ -23,7 +23,7 @@ from .metering import UsageRecord
 from .providers.base import CallerDialect, CallerStreamEncoder
 from .providers.registry import caller_dialect
 from .router import Decision
-from .schema import ChatRequest, LLMError, UpstreamUnavailable
+from .schema import AuthenticationFailed, ChatRequest, LLMError, UpstreamUnavailable
 
 __all__ = ["Relay", "RelayResponse", "decision_headers"]
 
@@ -94,7 +94,24 @@ class Relay:
         return request
 
     def error(self, dialect: str, error: LLMError) -> RelayResponse:
-        """``error`` as the caller's SDK expects to see it."""
+        """``error`` as the caller's SDK expects to see it.
+
+        A provider rejecting *llmroute's* configured key is llmroute's problem, not
+        the caller's: it answers 502 with a generic message (details go to the log),
+        so the caller's SDK does not report its own, valid key as wrong.
+        """
+        if isinstance(error, AuthenticationFailed) and error.provider:
+            logger.warning(
+                "llmroute: provider %s rejected the configured credentials: %s",
+                error.provider,
+                error.message,
+            )
+            error = UpstreamUnavailable(
+                f"the upstream provider {error.provider!r} rejected llmroute's credentials",
+                provider=error.provider,
+                code="upstream_auth_failed",
+                status_code=502,
+            )
         status, headers, body = caller_dialect(dialect).encode_error(error)
         return RelayResponse(status, {"content-type": _JSON, **headers}, body)
 

@@ -122,3 +122,24 @@ async def test_async_relay_stream_records_on_close() -> None:
     assert data.rstrip().endswith(b"data: [DONE]")
     assert len(answer.records) == 1
     assert answer.records[0].streamed
+
+
+def test_a_provider_rejecting_llmroutes_own_key_is_a_502_not_the_callers_401() -> None:
+    import httpx
+
+    from routing_middleware.testing import FakeNetwork, FakeProvider
+
+    upstream = FakeProvider(require_key="the-right-key")
+    network = FakeNetwork({"api.openai.com": upstream})
+    engine = LLMRoute(
+        {**FAST, "providers": {"openai": {"api_key": "a-revoked-key"}}},
+        environ={},
+        client=httpx.Client(transport=network.transport()),
+    )
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    answer = Relay(engine).handle("openai", body.encode(), provider="openai")
+    assert answer.status == 502
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "upstream_auth_failed"
+    assert "a-revoked-key" not in answer.body.decode()
+    assert len(upstream.calls) >= 1
