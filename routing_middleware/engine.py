@@ -296,9 +296,10 @@ class LLMRoute:
         self._redis_stores.clear()
 
     async def aclose(self) -> None:
-        """Async twin of :meth:`close`."""
+        """Async twin of :meth:`close`; also closes the stores' async Redis clients."""
         await self.dispatcher.aclose()
         for store in self._redis_stores:
+            await store.aclose()
             store.close()
         self._redis_stores.clear()
 

@@ -206,3 +206,21 @@ def test_a_call_the_router_blocks_is_recorded_as_blocked() -> None:
     assert record.cost == 0
     assert record.chosen_model == "openai/gpt-5.4"
     assert record.reasons[0][0] == "budget_blocked"
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_aclose_closes_the_async_redis_clients_the_engine_opened() -> None:
+    import os
+
+    from routing_middleware.stats import RedisStatsStore
+
+    url = os.environ["LLMROUTE_TEST_REDIS_URL"]
+    engine = LLMRoute({**FAST, "redis_url": url}, environ={})
+    done = await engine.acomplete(_request())
+    assert done.cost > 0
+    [stats] = [s for s in engine._redis_stores if isinstance(s, RedisStatsStore)]
+    assert stats._async_client is not None  # the async call path opened one
+    await engine.aclose()
+    assert stats._async_client is None
+    assert engine._redis_stores == []
