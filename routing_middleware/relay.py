@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from .context import RouteContext, current_context
+from .dispatch import AsyncDispatchStream, DispatchStream
 from .engine import Completion, LLMRoute
 from .metering import UsageRecord
-from .providers.base import CallerDialect, CallerStreamEncoder
+from .providers.base import CallerStreamEncoder
 from .providers.registry import caller_dialect
-from .router import Decision
+from .router import Decision, Deployment
 from .schema import AuthenticationFailed, ChatRequest, LLMError, UpstreamUnavailable
 
 __all__ = ["Relay", "RelayResponse", "decision_headers"]
@@ -183,33 +184,30 @@ class Relay:
             headers["x-llmroute-requested-cost-usd"] = _money(requested)
         return RelayResponse(200, headers, body, decision=done.decision, records=list(done.records))
 
-    def _stream_head(
-        self, dialect: str, request: ChatRequest, decision: Decision, deployment_model: str
-    ) -> tuple[CallerDialect, CallerStreamEncoder, dict[str, str]]:
-        caller = caller_dialect(dialect)
+    def _stream_start(
+        self, dialect: str, request: ChatRequest, decision: Decision, served: Deployment
+    ) -> tuple[CallerStreamEncoder, RelayResponse]:
+        """The caller's stream encoder and a 200 answer with SSE headers, body to come."""
         include_usage = False
         if dialect == "openai":
             from .providers.openai_caller import wants_stream_usage
 
             include_usage = wants_stream_usage(request)
-        name = deployment_model.split("/", 1)[-1]
-        encoder = caller.stream_encoder(name, _response_id(dialect), include_usage=include_usage)
+        name = served.model.split("/", 1)[-1]
+        encoder = caller_dialect(dialect).stream_encoder(
+            name, _response_id(dialect), include_usage=include_usage
+        )
         headers = dict(_SSE_HEADERS)
         if self.response_headers:
-            headers.update(decision_headers(decision, deployment_model, decision.primary.provider))
-        return caller, encoder, headers
+            headers.update(decision_headers(decision, served.model, served.provider))
+        return encoder, RelayResponse(200, headers, decision=decision)
 
     def _stream_response(
-        self, dialect: str, request: ChatRequest, decision: Decision, stream: object
+        self, dialect: str, request: ChatRequest, decision: Decision, stream: DispatchStream
     ) -> RelayResponse:
-        from .dispatch import DispatchStream
-
-        assert isinstance(stream, DispatchStream)
-        served = stream.deployment or decision.primary
-        _, encoder, headers = self._stream_head(dialect, request, decision, served.model)
-        if self.response_headers:
-            headers["x-llmroute-provider"] = served.provider
-        response = RelayResponse(200, headers, decision=decision)
+        encoder, response = self._stream_start(
+            dialect, request, decision, stream.deployment or decision.primary
+        )
 
         def chunks() -> Iterator[bytes]:
             try:
@@ -217,12 +215,8 @@ class Relay:
                 try:
                     for chunk in stream:
                         yield encoder.chunk(chunk)
-                except LLMError as error:
-                    yield encoder.error(error)
-                    return
-                except Exception:
-                    logger.exception("llmroute stream failed")
-                    yield encoder.error(UpstreamUnavailable("the upstream stream failed"))
+                except Exception as exc:
+                    yield _failure(encoder, exc)
                     return
                 yield encoder.finish(stream.usage)
             finally:
@@ -233,16 +227,11 @@ class Relay:
         return response
 
     def _astream_response(
-        self, dialect: str, request: ChatRequest, decision: Decision, stream: object
+        self, dialect: str, request: ChatRequest, decision: Decision, stream: AsyncDispatchStream
     ) -> RelayResponse:
-        from .dispatch import AsyncDispatchStream
-
-        assert isinstance(stream, AsyncDispatchStream)
-        served = stream.deployment or decision.primary
-        _, encoder, headers = self._stream_head(dialect, request, decision, served.model)
-        if self.response_headers:
-            headers["x-llmroute-provider"] = served.provider
-        response = RelayResponse(200, headers, decision=decision)
+        encoder, response = self._stream_start(
+            dialect, request, decision, stream.deployment or decision.primary
+        )
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -250,12 +239,8 @@ class Relay:
                 try:
                     async for chunk in stream:
                         yield encoder.chunk(chunk)
-                except LLMError as error:
-                    yield encoder.error(error)
-                    return
-                except Exception:
-                    logger.exception("llmroute stream failed")
-                    yield encoder.error(UpstreamUnavailable("the upstream stream failed"))
+                except Exception as exc:
+                    yield _failure(encoder, exc)
                     return
                 yield encoder.finish(stream.usage)
             finally:
@@ -264,6 +249,14 @@ class Relay:
 
         response.astream = chunks()
         return response
+
+
+def _failure(encoder: CallerStreamEncoder, exc: Exception) -> bytes:
+    """The error event ending a stream that failed after it started."""
+    if isinstance(exc, LLMError):
+        return encoder.error(exc)
+    logger.exception("llmroute stream failed", exc_info=exc)
+    return encoder.error(UpstreamUnavailable("the upstream stream failed"))
 
 
 def _response_id(dialect: str) -> str:

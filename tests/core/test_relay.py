@@ -143,3 +143,17 @@ def test_a_provider_rejecting_llmroutes_own_key_is_a_502_not_the_callers_401() -
     assert error["code"] == "upstream_auth_failed"
     assert "a-revoked-key" not in answer.body.decode()
     assert len(upstream.calls) >= 1
+
+
+def test_a_stream_failing_after_it_started_ends_with_an_error_event() -> None:
+    from routing_middleware.providers.registry import caller_dialect
+    from routing_middleware.relay import _failure
+    from routing_middleware.schema import RateLimited
+
+    encoder = caller_dialect("openai").stream_encoder("m", "chatcmpl-1")
+    encoder.start()
+    bug = _failure(encoder, RuntimeError("boom")).decode()
+    assert "the upstream stream failed" in bug
+    assert "boom" not in bug  # internal details stay in the log
+    limited = _failure(encoder, RateLimited("slow down")).decode()
+    assert "slow down" in limited
