@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("llmroute.dispatch")
 
-#: Marks requests the dispatcher itself sends upstream, so interception leaves them alone.
-UPSTREAM_EXTENSION = "llmroute_upstream"
 
 _ERROR_TYPES: dict[type, str | None] = {}
 
@@ -76,19 +74,6 @@ def _upstream_error(exc: Exception, provider: str) -> Exception:
             f"connection to {provider} failed ({type(exc).__name__})", provider=provider
         )
     return exc
-
-
-def _build_request(client: Any, effect: _Send) -> Any:
-    """The upstream request of ``effect``, marked as the dispatcher's own."""
-    req = effect.request
-    return client.build_request(
-        req.method,
-        req.url,
-        headers=req.headers,
-        json=req.json,
-        timeout=effect.timeout,
-        extensions={UPSTREAM_EXTENSION: True},
-    )
 
 
 def _result(outcome: _Deliver | _End) -> ChatResponse | None:
@@ -189,9 +174,9 @@ class _SyncDriver(_Driver):
         return _result(self.step(machine))
 
     def _send(self, effect: _Send) -> _Reply:
-        client = self._d.sync_client()
+        sender = self._d.sync_sender()
         try:
-            response = client.send(_build_request(client, effect), stream=True)
+            response = sender.send(sender.build(effect.request, effect.timeout))
         except Exception as exc:
             raise _upstream_error(exc, effect.provider) from None
         try:
@@ -317,9 +302,9 @@ class _AsyncDriver(_Driver):
         return _result(await self.step(machine))
 
     async def _send(self, effect: _Send) -> _Reply:
-        client = self._d.async_client()
+        sender = self._d.async_sender()
         try:
-            response = await client.send(_build_request(client, effect), stream=True)
+            response = await sender.asend(sender.build(effect.request, effect.timeout))
         except Exception as exc:
             raise _upstream_error(exc, effect.provider) from None
         try:

@@ -35,10 +35,11 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ._dispatch_drivers import UPSTREAM_EXTENSION, _AsyncDriver, _SyncDriver
+from ._dispatch_drivers import _AsyncDriver, _SyncDriver
 from ._dispatch_machine import _Machine
 from ._dispatch_state import StreamFailover
 from ._dispatch_streams import AsyncDispatchStream, DispatchStream
+from ._upstream import UPSTREAM_EXTENSION, UpstreamSender
 from .breaker import CircuitBreaker
 from .cache import ResponseCache
 from .catalog import Catalog, ModelInfo
@@ -112,6 +113,7 @@ class Dispatcher(_Machine):
         self._client = client
         self._async_client = async_client
         self._made_clients: set[str] = set()
+        self._senders: tuple[UpstreamSender | None, UpstreamSender | None] = (None, None)
         self._dialects: dict[str, Dialect] = dict(dialects or {})
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
@@ -214,6 +216,24 @@ class Dispatcher(_Machine):
             self._async_client = httpx.AsyncClient()
             self._made_clients.add("async")
         return self._async_client
+
+    def sync_sender(self) -> UpstreamSender:
+        """The sender for :meth:`sync_client` (made once per client)."""
+        client = self.sync_client()
+        sender = self._senders[0]
+        if sender is None or sender.client is not client:
+            sender = UpstreamSender(client)
+            self._senders = (sender, self._senders[1])
+        return sender
+
+    def async_sender(self) -> UpstreamSender:
+        """The sender for :meth:`async_client` (made once per client)."""
+        client = self.async_client()
+        sender = self._senders[1]
+        if sender is None or sender.client is not client:
+            sender = UpstreamSender(client)
+            self._senders = (self._senders[0], sender)
+        return sender
 
     def close(self) -> None:
         """Close the sync client the dispatcher made itself (given clients are yours)."""
