@@ -22,6 +22,7 @@ after their period.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -212,6 +213,9 @@ class MemoryBudgetStore:
         self._counters: dict[str, list[float]] = {}
         self._clock = clock
         self._ops = 0
+        #: Bumped by every change to a counter (reserve, settle). Totals read at one
+        #: version hold until the next, or until one of the counters read expires.
+        self.version = 0
 
     def _value(self, key: str, now: float) -> int:
         entry = self._counters.get(key)
@@ -239,6 +243,7 @@ class MemoryBudgetStore:
                         return index
             for line in lines:
                 self._add(line, now, held=amount, spent=0)
+            self.version += 1
         return None
 
     def _add(self, line: BudgetLine, now: float, *, held: int, spent: int) -> None:
@@ -254,11 +259,18 @@ class MemoryBudgetStore:
         with self._lock:
             for line in lines:
                 self._add(line, now, held=-reserved, spent=actual)
+            self.version += 1
 
     def totals(self, lines: Sequence[BudgetLine]) -> list[int]:
+        return self.totals_until(lines)[0]
+
+    def totals_until(self, lines: Sequence[BudgetLine]) -> tuple[list[int], float]:
+        """:meth:`totals`, and the store time until which they hold unless
+        :attr:`version` changes (when the first counter read expires)."""
         now = self._clock()
         counters = self._counters
         out = []
+        until = math.inf
         with self._lock:
             for line in lines:
                 total = 0.0
@@ -266,8 +278,14 @@ class MemoryBudgetStore:
                     entry = counters.get(key)
                     if entry is not None and entry[2] > now:
                         total += entry[0] + entry[1]
+                        if entry[2] < until:
+                            until = entry[2]
                 out.append(int(total))
-        return out
+        return out, until
+
+    def now(self) -> float:
+        """The store's clock (the one counter expiry is measured on)."""
+        return self._clock()
 
     async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
         return self.reserve(lines, amount)
@@ -567,6 +585,13 @@ class Budgets:
         self._line_cache: dict[tuple[int, str, int], BudgetLine] = {}
         self._lines_by_context: dict[tuple[Any, ...], tuple[BudgetLine, ...]] = {}
         self._status_cache: dict[str, tuple[float, int]] = {}
+        #: Bumped whenever ``_status_cache`` changes.
+        self._epoch = 0
+        #: ``pressing`` answers by id of the lines they are for:
+        #: (lines, version or epoch, valid from, valid until, statuses).
+        self._pressing: dict[
+            int, tuple[tuple[BudgetLine, ...], int, float, float, tuple[BudgetStatus, ...]]
+        ] = {}
 
     def __bool__(self) -> bool:
         return bool(self.budgets)
@@ -674,6 +699,7 @@ class Budgets:
             hit = cache.get(line.charge_key)
             if hit is not None:
                 cache[line.charge_key] = (hit[0], max(0, hit[1] + delta))
+        self._epoch += 1
 
     def _statuses(
         self, lines: tuple[BudgetLine, ...], totals: Sequence[int], pressing: bool = False
@@ -700,6 +726,7 @@ class Budgets:
             self._status_cache.clear()
         for line, total in zip(lines, totals, strict=True):
             self._status_cache[line.charge_key] = (now + self._status_ttl, total)
+        self._epoch += 1
 
     def status(
         self, context: RouteContext | None = None, *, pressing: bool = False
@@ -722,6 +749,48 @@ class Budgets:
             it = iter(fresh)
             cached = [next(it) if total is None else total for total in cached]
         return self._statuses(lines, [int(t or 0) for t in cached], pressing)
+
+    def pressing(self, context: RouteContext | None = None) -> tuple[BudgetStatus, ...]:
+        """``status(context, pressing=True)`` as a tuple, remembered while it cannot change.
+
+        The router reads this on every decision. With ``status_ttl_s`` the answer
+        holds until this instance's cached totals change or the first of them
+        expires; on a :class:`MemoryBudgetStore` without it, until the store's
+        ``version`` changes or a counter read expires. Other stores are read each time.
+        """
+        lines = self.lines(context)
+        if not lines:
+            return ()
+        store = self.store
+        ttl = self._status_ttl > 0
+        if not ttl and type(store) is not MemoryBudgetStore:
+            return tuple(self.status(context, pressing=True))
+        clock = time.monotonic if ttl else store.now  # type: ignore[attr-defined]
+        found = self._pressing.get(id(lines))
+        if found is not None and found[0] is lines:
+            version = self._epoch if ttl else store.version  # type: ignore[attr-defined]
+            if found[1] == version and found[2] <= clock() < found[3]:
+                return found[4]
+        # The version is read before the totals: a change while reading leaves the
+        # answer remembered under an older version than the store's, so it is not reused.
+        since = clock()
+        if ttl:
+            epoch = self._epoch
+            statuses = tuple(self.status(context, pressing=True))
+            cache = self._status_cache
+            until = math.inf
+            for line in lines:
+                hit = cache.get(line.charge_key)
+                until = min(until, hit[0]) if hit is not None else -math.inf
+        else:
+            memory: MemoryBudgetStore = store  # type: ignore[assignment]
+            epoch = memory.version
+            totals, until = memory.totals_until(lines)
+            statuses = tuple(self._statuses(lines, totals, True))
+        if len(self._pressing) > 4096:
+            self._pressing.clear()
+        self._pressing[id(lines)] = (lines, epoch, since, until, statuses)
+        return statuses
 
     async def astatus(self, context: RouteContext | None = None) -> list[BudgetStatus]:
         """Async twin of :meth:`status`."""

@@ -293,6 +293,8 @@ class Features:
 
 
 _LOG_SPAN = math.log10(50)
+#: Texts whose tier a :class:`ComplexityScorer` remembers.
+_MAX_TIERS = 2048
 
 
 def _texts(request: ChatRequest) -> tuple[str, str, int]:
@@ -321,6 +323,11 @@ def _texts(request: ChatRequest) -> tuple[str, str, int]:
 def _vector(request: ChatRequest) -> tuple[float, ...]:
     """Feature values in :class:`Features` field order."""
     text, system, turns = _texts(request)
+    return _vector_of(text, system, turns, len(request.tools) if request.tools else 0)
+
+
+def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, ...]:
+    """:func:`_vector` of a request with these texts, turns and number of tools."""
     text = text[-4000:]
     system = system[-4000:]
     chars = len(text)
@@ -356,7 +363,7 @@ def _vector(request: ChatRequest) -> tuple[float, ...]:
         min(1.0, steps / 4),
         min(1.0, cues[_TASK] / 4),
         min(1.0, (turns - 1) / 6) if turns > 1 else 0.0,
-        min(1.0, len(request.tools) / 4) if request.tools else 0.0,
+        min(1.0, tools / 4),
         1.0 if simple else 0.0,
     )
 
@@ -397,6 +404,10 @@ class ComplexityScorer:
         if unknown:
             raise ValueError(f"unknown feature weight(s): {', '.join(sorted(unknown))}")
         self._weights = tuple(merged.get(name, 0.0) for name in Features.__slots__)
+        #: Tiers by everything the score reads: the last 4,000 characters of the last
+        #: user text and of the system text, the turns and the number of tools.
+        #: Bounded; starts over when full.
+        self._tiers: dict[tuple[str, str, int, int], int] = {}
 
     def features(self, request: ChatRequest) -> Features:
         """The feature values of ``request``."""
@@ -412,7 +423,19 @@ class ComplexityScorer:
         return 1 if score < low else 2 if score < high else 3
 
     def __call__(self, request: ChatRequest) -> int:
-        return self.tier_of(self.score(request))
+        """The tier of ``request``; a text seen recently is not scored again."""
+        text, system, turns = _texts(request)
+        tools = len(request.tools) if request.tools else 0
+        key = (text[-4000:], system[-4000:], turns, tools)
+        tiers = self._tiers
+        found = tiers.get(key)
+        if found is None:
+            total = sum(map(operator.mul, self._weights, _vector_of(*key)))
+            found = self.tier_of(0.0 if total < 0 else 1.0 if total > 1 else total)
+            if len(tiers) >= _MAX_TIERS:
+                tiers.clear()
+            tiers[key] = found
+        return found
 
 
 _JUDGE_PROMPT = (

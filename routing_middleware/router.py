@@ -267,13 +267,24 @@ class _StatsView:
     of once per decision.
     """
 
-    __slots__ = ("_by_stream", "_min_samples", "snapshot")
+    __slots__ = ("_by_stream", "_min_samples", "selections", "snapshot")
 
     def __init__(self, snapshot: StatsSnapshot, min_samples: int) -> None:
         self.snapshot = snapshot
         self._min_samples = min_samples
         # Indexed by ``stream`` (False, True); keyed by candidate identity.
         self._by_stream: tuple[dict[_Cand, _Latency], dict[_Cand, _Latency]] = ({}, {})
+        #: Selections made under this view and plan, by everything that decides them
+        #: (see ``Router._selection_key``). Dropped with the view. Bounded.
+        self.selections: dict[tuple[Any, ...], _Selection] = {}
+
+    def same_figures(self, snapshot: StatsSnapshot) -> bool:
+        """Whether ``snapshot`` holds what this view's snapshot holds, for the router:
+        the same deployment figures and output sizes (in-flight counts are read live)."""
+        old = self.snapshot
+        return snapshot.deployments == old.deployments and (
+            snapshot.output_tokens == old.output_tokens
+        )
 
     def of(self, cand: _Cand, stream: bool) -> _Latency:
         known = self._by_stream[stream]
@@ -317,6 +328,9 @@ class _Constraints:
     w: float  # output share of this request's tokens
     limit: float  # min(ceiling, max_cost): no candidate's unit may exceed it
     lists: bool  # whether allow, deny or providers is set
+    #: Every health answer the selection was made on, in order, while it is made
+    #: (``None`` when health is not checked or the selection is done).
+    seen: list[tuple[Deployment, bool]] | None = None
 
 
 @dataclass(slots=True)
@@ -325,6 +339,58 @@ class _Pick:
     unit: float  # USD per 1M tokens at this request's input/output mix
     latency: float
     deployments: tuple[Deployment, ...]
+
+
+class _Selection:
+    """What a decision's constraints select: the ranked picks, the level they came
+    from, the reasons the search gave, the costs and the ``chosen`` reason.
+
+    Remembered per stats view (hence per plan) under a key of every input the
+    selection reads, so a decision whose inputs recur skips the search. With a
+    health check, ``seen`` holds the answers it was made on: it is reused only while
+    each deployment still answers the same, since then the search would retrace
+    the same steps.
+    """
+
+    __slots__ = (
+        "best",
+        "chosen",
+        "cons",
+        "estimated",
+        "fallbacks",
+        "level",
+        "reasons",
+        "requested_cost",
+        "rest",
+        "seen",
+    )
+
+    def __init__(
+        self,
+        best: _Pick,
+        rest: list[_Pick],
+        level: int,
+        reasons: tuple[Reason, ...],
+        cons: _Constraints,
+        estimated: Decimal,
+        requested_cost: Decimal | None,
+        chosen: Reason,
+    ) -> None:
+        self.best = best
+        self.rest = rest
+        self.level = level
+        self.reasons = reasons
+        self.cons = cons
+        self.estimated = estimated
+        self.requested_cost = requested_cost
+        self.chosen = chosen
+        #: Fallbacks when the best pick has one deployment (the primary is then fixed).
+        self.fallbacks: tuple[Deployment, ...] | None = None
+        self.seen: tuple[tuple[Deployment, bool], ...] | None = None
+
+
+#: Selections remembered per stats view before the memo starts over.
+_MAX_SELECTIONS = 4096
 
 
 @dataclass(slots=True)
@@ -609,7 +675,10 @@ class Router:
             return self._view
         now = time.monotonic()
         if now - self._snapshot_at >= self.config.stats_refresh_s:
-            self._view = _StatsView(self.stats.snapshot(), self.config.sla_min_samples)
+            snapshot = self.stats.snapshot()
+            # Unchanged figures keep the view, and with it what was derived from them.
+            if not self._view.same_figures(snapshot):
+                self._view = _StatsView(snapshot, self.config.sla_min_samples)
             self._snapshot_at = now
         return self._view
 
@@ -735,7 +804,7 @@ class Router:
         # Budgets
         cheapest = downgraded = False
         if self.budgets:
-            for status in self.budgets.status(ctx, pressing=True):
+            for status in self.budgets.pressing(ctx):
                 action = status.action
                 if action is None:
                     continue
@@ -771,54 +840,153 @@ class Router:
         view = self._stats_now()
         expected_out = view.snapshot.output_tokens.get(ctx.feature or "")
         output_tokens = int(expected_out) if expected_out else config.default_output_tokens
-        if request.max_tokens is not None:
-            output_tokens = min(output_tokens, request.max_tokens)
-        total = input_tokens + output_tokens
-        w = output_tokens / total if total else 0.0
-        ceiling = math.inf
-        if requested is not None and not ctx.allow_upgrade:
-            ceiling = requested.unit(w, input_tokens)
-        max_cost = (
-            float(ctx.max_cost_per_call) * 1_000_000 / total
-            if ctx.max_cost_per_call is not None and total
-            else math.inf
-        )
+        max_tokens = request.max_tokens
+        if max_tokens is not None:
+            output_tokens = min(output_tokens, max_tokens)
         lists = (
             ctx.allow_models is not None
             or ctx.deny_models is not None
             or ctx.allow_providers is not None
         )
-        # (Positional: keyword arguments cost a measurable share of a decision.)
-        cons = _Constraints(
-            _NEEDS[needs],  # needs
-            input_tokens + (request.max_tokens or output_tokens),  # window
-            min_quality,
-            ceiling,
-            max_cost,
-            _lower(ctx.allow_models) if lists else None,  # allow
-            _lower(ctx.deny_models) if lists else None,  # deny
-            _lower(ctx.allow_providers) if lists else None,  # providers
-            _min_opt(ctx.max_latency_ms, rules.max_latency_ms),  # sla_ms
-            request.stream,
+        sla = _min_opt(ctx.max_latency_ms, rules.max_latency_ms)
+
+        # Selection: remembered under every input it reads (the plan and the stats
+        # figures through the view that holds the memo). Only an int tier is a key:
+        # ``True == 1``, yet the reasons would spell them differently.
+        key: tuple[Any, ...] | None = None
+        selection: _Selection | None = None
+        if type(tier) is int:
+            key = (
+                tier,
+                cheapest,
+                rules.model,
+                requested,
+                needs,
+                min_quality,
+                input_tokens,
+                output_tokens,
+                max_tokens,
+                ctx.allow_upgrade,
+                ctx.max_cost_per_call,
+                (ctx.allow_models, ctx.deny_models, ctx.allow_providers) if lists else None,
+                sla,
+                request.stream,
+            )
+            try:
+                selection = view.selections.get(key)
+            except TypeError:  # an unhashable value in the context: not remembered
+                key = None
+            if selection is not None and selection.seen is not None:
+                health = self.health
+                for deployment, available in selection.seen:
+                    if bool(health.is_available(deployment)) is not available:
+                        selection = None
+                        break
+        if selection is None:
+            cons = _Constraints(  # (positional: keyword arguments cost a measurable share)
+                _NEEDS[needs],  # needs
+                input_tokens + (max_tokens or output_tokens),  # window
+                min_quality,
+                math.inf,  # ceiling, below
+                math.inf,  # max_cost, below
+                _lower(ctx.allow_models) if lists else None,  # allow
+                _lower(ctx.deny_models) if lists else None,  # deny
+                _lower(ctx.allow_providers) if lists else None,  # providers
+                sla,  # sla_ms
+                request.stream,
+                input_tokens,
+                0.0,  # w, below
+                math.inf,  # limit, below
+                lists,
+                [] if self._check_health else None,  # seen
+            )
+            total = input_tokens + output_tokens
+            w = cons.w = output_tokens / total if total else 0.0
+            if requested is not None and not ctx.allow_upgrade:
+                cons.ceiling = requested.unit(w, input_tokens)
+            if ctx.max_cost_per_call is not None and total:
+                cons.max_cost = float(ctx.max_cost_per_call) * 1_000_000 / total
+            cons.limit = min(cons.ceiling, cons.max_cost)
+            selection, found = self._select(
+                plan, view, cons, tier, cheapest, rules.model, requested, output_tokens
+            )
+            if selection is None:
+                reasons.extend(found)
+                if mode == "observe":
+                    reasons.append(
+                        Reason("no_route", "no eligible model; observe keeps the request")
+                    )
+                    return self._passthrough(request, input_tokens, reasons, observed=True)
+                raise NoRouteAvailable(
+                    f"no model satisfies the constraints for {request.model!r}: "
+                    + "; ".join(r.message for r in reasons[-5:]),
+                    model=request.model,
+                )
+            if key is not None and selection.cons.seen is None:
+                selections = view.selections
+                if len(selections) >= _MAX_SELECTIONS:
+                    selections.clear()
+                selections[key] = selection
+
+        best = selection.best
+        primary = self._deployment(best)
+        fallbacks = selection.fallbacks
+        if fallbacks is None:
+            fallbacks = self._fallbacks(
+                plan, primary, best, selection.rest, selection.level, selection.cons, view
+            )
+        reasons.extend(selection.reasons)
+        reasons.append(selection.chosen)
+        routed = primary
+        if mode == "observe":
+            keep = requested.deployments[0] if requested else _unknown_deployment(request.model)
+            reasons.append(Reason("observe", f"observe mode: keeping {request.model}"))
+            primary, fallbacks = keep, ()
+        return Decision(  # in field order, positional: see _Constraints above
+            primary,
+            fallbacks,
+            selection.level,  # tier
+            selection.estimated,  # estimated_cost
+            request.model,  # requested_model
+            selection.requested_cost,
+            mode,
+            tuple(reasons),
+            routed,
             input_tokens,
-            w,
-            min(ceiling, max_cost),  # limit
-            lists,
+            output_tokens,
         )
 
-        # Selection
-        want = config.max_fallbacks + 1
+    def _select(
+        self,
+        plan: _Plan,
+        view: _StatsView,
+        cons: _Constraints,
+        tier: int,
+        cheapest: bool,
+        pin: str | None,
+        requested: _Cand | None,
+        output_tokens: int,
+    ) -> tuple[_Selection | None, list[Reason]]:
+        """The ranked picks for ``cons`` at ``tier`` (or the ``cheapest`` of all, or the
+        model a rule ``pin`` names), with the reasons the search gave; ``None`` and
+        those reasons when nothing is eligible.
+
+        Reads only its arguments, the plan, the view and the health check, so its
+        result can be remembered (see ``decide``).
+        """
+        reasons: list[Reason] = []
+        want = self.config.max_fallbacks + 1
         picks: list[_Pick] = []
         chosen_level = tier
-        if rules.model is not None:
-            pinned = plan.by_id.get(rules.model.lower()) or _by_name(plan, rules.model)
+        if pin is not None:
+            pinned = plan.by_id.get(pin.lower()) or _by_name(plan, pin)
             pick = self._check(pinned, cons, view, reasons) if pinned else None
             if pick is not None:
                 picks.append(pick)
                 reasons.append(Reason("pinned", f"rule pins {pinned.id}"))  # type: ignore[union-attr]
                 chosen_level = pinned.info.tier  # type: ignore[union-attr]
             else:
-                reasons.append(Reason("pin_failed", f"pinned model {rules.model} not eligible"))
+                reasons.append(Reason("pin_failed", f"pinned model {pin} not eligible"))
         if not picks:
             level_order = [0] if cheapest else self._level_order(tier)
             for level in level_order:
@@ -830,18 +998,9 @@ class Router:
                     chosen_level = level if level else picks[0].cand.info.tier
                     break
         if not picks:
-            if mode == "observe":
-                reasons.append(Reason("no_route", "no eligible model; observe keeps the request"))
-                return self._passthrough(request, input_tokens, reasons, observed=True)
-            raise NoRouteAvailable(
-                f"no model satisfies the constraints for {request.model!r}: "
-                + "; ".join(r.message for r in reasons[-5:]),
-                model=request.model,
-            )
-
+            return None, reasons
         best = picks[0]
-        primary = self._deployment(best)
-        fallbacks = self._fallbacks(plan, primary, best, picks[1:], chosen_level, cons, view)
+        input_tokens = cons.input_tokens
         estimated = _expected_cost(best.cand.info, input_tokens, output_tokens)
         requested_cost: Decimal | None = None
         if requested is not None:
@@ -853,25 +1012,29 @@ class Router:
         message = f"chose {best.cand.id} (tier {chosen_level}) at ~{_usd(estimated)}"
         if requested_cost is not None and requested is not best.cand:
             message += f" vs {_usd(requested_cost)} on {requested.id}"  # type: ignore[union-attr]
-        reasons.append(Reason("chosen", message))
-        routed = primary
-        if mode == "observe":
-            keep = requested.deployments[0] if requested else _unknown_deployment(request.model)
-            reasons.append(Reason("observe", f"observe mode: keeping {request.model}"))
-            primary, fallbacks = keep, ()
-        return Decision(  # in field order, positional: see _Constraints above
-            primary,
-            fallbacks,
-            chosen_level,  # tier
-            estimated,  # estimated_cost
-            request.model,  # requested_model
-            requested_cost,
-            mode,
+        selection = _Selection(
+            best,
+            picks[1:],
+            chosen_level,
             tuple(reasons),
-            routed,
-            input_tokens,
-            output_tokens,
+            cons,
+            estimated,
+            requested_cost,
+            Reason("chosen", message),
         )
+        if len(best.deployments) == 1:  # the primary is that one: so are the fallbacks
+            selection.fallbacks = self._fallbacks(
+                plan, best.deployments[0], best, selection.rest, chosen_level, cons, view
+            )
+        seen = cons.seen
+        if seen is not None:
+            answers: dict[Deployment, bool] = {}
+            for deployment, available in seen:
+                if answers.setdefault(deployment, available) is not available:
+                    return selection, reasons  # health changed meanwhile: not remembered
+            selection.seen = tuple(answers.items())
+            cons.seen = None
+        return selection, reasons
 
     def _passthrough(
         self,
@@ -930,11 +1093,18 @@ class Router:
         if not self._check_health and (latency is None or latency.worst <= sla):  # type: ignore[operator]
             return cand.deployments  # every deployment meets the SLA
         out = []
+        seen = cons.seen
         for i, d in enumerate(cand.deployments):
-            if self._check_health and not self.health.is_available(d):
-                if reasons is not None:
-                    reasons.append(Reason("excluded_unavailable", f"{d.key} excluded: unavailable"))
-                continue
+            if self._check_health:
+                available = bool(self.health.is_available(d))
+                if seen is not None:
+                    seen.append((d, available))
+                if not available:
+                    if reasons is not None:
+                        reasons.append(
+                            Reason("excluded_unavailable", f"{d.key} excluded: unavailable")
+                        )
+                    continue
             if latency is not None:
                 p95 = latency.p95s[i]
                 if p95 is not None and p95 > sla:  # type: ignore[operator]
