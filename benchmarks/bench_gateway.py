@@ -11,8 +11,10 @@ Measured in the same run:
 
 - ``baseline``: the upstream hit directly;
 - ``gateway/<client>``: through the gateway, the engine's upstream client being
-  ``httpx.AsyncClient``, ``httpx2.AsyncClient`` or httpx with ``httpx-aiohttp``'s
-  aiohttp transport (every client allows ``--concurrency`` pooled connections);
+  ``httpx.AsyncClient``, ``httpx2.AsyncClient``, httpx with ``httpx-aiohttp``'s
+  aiohttp transport (``httpx-aiohttp``), or aiohttp itself (``aiohttp``, the
+  default when it is installed; every client allows ``--concurrency`` pooled
+  connections or more);
 - ``gateway/offline``: the engine's in-process FakeProvider (``offline: always``,
   ``offline_latency: none``): the gateway and engine alone, no upstream socket;
 - ``gateway/floor``: a trivial ASGI app under the same uvicorn setup (what the
@@ -31,7 +33,7 @@ the gateway's own work), in process, one request at a time.
 Usage::
 
     python benchmarks/bench_gateway.py [--seconds 10] [--concurrency 50]
-        [--clients floor,httpx,httpx2,aiohttp,offline] [--upstream raw|uvicorn] [--json]
+        [--clients floor,httpx,httpx2,httpx-aiohttp,aiohttp,offline] [--upstream raw|uvicorn] [--json]
     python benchmarks/bench_gateway.py --profile [--client aiohttp] [--requests 3000]
     python benchmarks/bench_gateway.py --breakdown [--requests 3000]
 
@@ -61,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 BODY = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi in one word."}]}
 )
-CLIENTS = ("floor", "httpx", "httpx2", "aiohttp", "offline")
+CLIENTS = ("floor", "httpx", "httpx2", "httpx-aiohttp", "aiohttp", "offline")
 
 
 # --------------------------------------------------------------------------- servers
@@ -125,6 +127,8 @@ def make_client(name: str, concurrency: int) -> Any:
 
         return httpx2.AsyncClient(limits=_limits(httpx2, concurrency), timeout=30)
     if name == "aiohttp":
+        return "aiohttp"  # the engine's own aiohttp sender, a session per loop
+    if name == "httpx-aiohttp":
         import httpx
         from httpx_aiohttp import AiohttpTransport
 

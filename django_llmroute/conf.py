@@ -60,6 +60,7 @@ CORE_KEYS = frozenset(
         "RESPONSE_HEADERS",
         "SERVER_TIMING",
         "STREAM_FAILOVER",
+        "ASYNC_CLIENT",
         "RETRY",
         "BREAKER",
         "CACHE",

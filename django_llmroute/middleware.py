@@ -27,7 +27,6 @@ Sync and async: under ASGI with an async stack it never blocks the event loop
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import FileResponse, HttpRequest, HttpResponseBase, StreamingHttpResponse
 
+from routing_middleware._ids import new_id
 from routing_middleware.context import (
     RouteContext,
     current_context,
@@ -83,7 +83,7 @@ def _request_id(request: HttpRequest, settings: LLMRouteSettings) -> str:
         if given and is_valid_request_id(given):
             return given
     # None sent, or one that is not safe to log and store: a fresh one.
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def _hook(func: Callable[..., Any], request: HttpRequest, key: str) -> Any:

@@ -42,11 +42,17 @@ _ERROR_TYPES: dict[type, str | None] = {}
 
 
 def _transport_kind(exc: BaseException) -> str | None:
-    """``timeout``/``transport`` for httpx and httpx2 transport errors, else ``None``."""
+    """``timeout``/``transport`` for httpx, httpx2 and aiohttp transport errors, else ``None``."""
     kind = _ERROR_TYPES.get(type(exc), "?")
     if kind == "?":
         kind = None
-        for cls in type(exc).__mro__:
+        mro = type(exc).__mro__
+        if TimeoutError in mro:  # asyncio's and aiohttp's timeouts
+            kind = "timeout"
+        for cls in mro if kind is None else ():
+            if cls.__module__.startswith("aiohttp") and cls.__name__ == "ClientError":
+                kind = "transport"
+                break
             if not cls.__module__.startswith("httpx"):
                 continue
             if cls.__name__ == "TimeoutException":
@@ -174,22 +180,10 @@ class _SyncDriver(_Driver):
         return _result(self.step(machine))
 
     def _send(self, effect: _Send) -> _Reply:
-        sender = self._d.sync_sender()
         try:
-            response = sender.send(sender.build(effect.request, effect.timeout))
+            return self._d.sync_sender().exchange(effect.request, effect.timeout, effect.stream)
         except Exception as exc:
             raise _upstream_error(exc, effect.provider) from None
-        try:
-            if effect.stream and response.status_code < 400:
-                return _Reply(
-                    response.status_code, response.headers, handle=(response, response.iter_bytes())
-                )
-            body = response.read()
-        except Exception as exc:
-            response.close()
-            raise _upstream_error(exc, effect.provider) from None
-        response.close()
-        return _Reply(response.status_code, response.headers, body)
 
     def _read(self, effect: _Read) -> bytes:
         try:
@@ -304,22 +298,9 @@ class _AsyncDriver(_Driver):
     async def _send(self, effect: _Send) -> _Reply:
         sender = self._d.async_sender()
         try:
-            response = await sender.asend(sender.build(effect.request, effect.timeout))
+            return await sender.aexchange(effect.request, effect.timeout, effect.stream)
         except Exception as exc:
             raise _upstream_error(exc, effect.provider) from None
-        try:
-            if effect.stream and response.status_code < 400:
-                return _Reply(
-                    response.status_code,
-                    response.headers,
-                    handle=(response, response.aiter_bytes()),
-                )
-            body = await response.aread()
-        except Exception as exc:
-            await response.aclose()
-            raise _upstream_error(exc, effect.provider) from None
-        await response.aclose()
-        return _Reply(response.status_code, response.headers, body)
 
     async def _read(self, effect: _Read) -> bytes:
         try:

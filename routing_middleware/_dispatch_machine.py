@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import uuid
 from collections.abc import Callable, Generator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,6 +35,7 @@ from ._dispatch_state import (
     _StatsEnd,
     _StatsStart,
 )
+from ._ids import new_id
 from .breaker import CircuitBreaker
 from .cache import CacheEntry, ResponseCache, assemble, is_cacheable, replay_chunks
 from .catalog import Catalog, ModelInfo, default_catalog
@@ -135,7 +135,7 @@ class _Machine:
             context=context if context is not None else current_context(),
             stream=stream,
             cache_key=key,
-            call_id=uuid.uuid4().hex,
+            call_id=new_id(),
             started=started,
             deadline_at=None if deadline is None else started + deadline,
             reasons=tuple((r.code, r.message) for r in decision.reasons),

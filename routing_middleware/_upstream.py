@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from ._dispatch_state import _Reply as Reply
 from .providers.base import EncodedRequest
 
 #: Marks requests the dispatcher itself sends upstream, so interception leaves them alone.
@@ -105,3 +106,32 @@ class UpstreamSender:
         response = await transport.handle_async_request(request)
         response.request = request
         return response
+
+    def exchange(self, encoded: EncodedRequest, timeout: float | None, stream: bool) -> Reply:
+        """Send ``encoded``: the whole body, or for a successful ``stream`` a handle of
+        ``(response, chunk iterator)``. Errors are the client's own exceptions."""
+        response = self.send(self.build(encoded, timeout))
+        if stream and response.status_code < 400:
+            return Reply(
+                response.status_code, response.headers, None, (response, response.iter_bytes())
+            )
+        try:
+            body = response.read()
+        finally:
+            response.close()
+        return Reply(response.status_code, response.headers, body)
+
+    async def aexchange(
+        self, encoded: EncodedRequest, timeout: float | None, stream: bool
+    ) -> Reply:
+        """Async twin of :meth:`exchange`."""
+        response = await self.asend(self.build(encoded, timeout))
+        if stream and response.status_code < 400:
+            return Reply(
+                response.status_code, response.headers, None, (response, response.aiter_bytes())
+            )
+        try:
+            body = await response.aread()
+        finally:
+            await response.aclose()
+        return Reply(response.status_code, response.headers, body)

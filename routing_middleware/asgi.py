@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
+from ._ids import new_id
 from .context import (
     HINTS_ATTRIBUTE,
     RouteContext,
@@ -239,7 +239,7 @@ def _request_id(scope: Scope) -> str:
             if is_valid_request_id(text):
                 return text
             break
-    return os.urandom(16).hex()
+    return new_id()
 
 
 def _user_id(user: Any) -> str | None:

@@ -49,6 +49,7 @@ from .retry import Clock, RetryPolicy, SystemClock
 from .schema import ChatRequest, ChatResponse, Usage
 
 if TYPE_CHECKING:
+    from ._aiohttp_sender import AiohttpSender
     from .budgets import Budgets
     from .providers.base import Dialect, ProviderConfig
     from .router import Decision
@@ -69,7 +70,9 @@ class Dispatcher(_Machine):
     ``providers`` maps a provider name to its :class:`ProviderConfig` (with *its*
     key); a deployment at a provider missing from it is skipped. ``client`` /
     ``async_client`` are the httpx (or httpx2) clients used upstream, created on
-    first use when not given. ``dialects`` overrides the registry's dialects by
+    first use when not given; ``async_client`` may also be an
+    ``aiohttp.ClientSession`` or ``"aiohttp"`` (a session per event loop, made on
+    first use; extra ``aiohttp``). ``dialects`` overrides the registry's dialects by
     name. ``stream_failover`` picks what a stream that fails after delivering
     content does (``error`` or ``continue``); ``stream_holdback`` holds that many
     content chunks back at the start of a stream, widening the window in which a
@@ -111,6 +114,12 @@ class Dispatcher(_Machine):
         self.providers = dict(providers)
         self.catalog = catalog
         self._client = client
+        self._aiohttp: AiohttpSender | None = None
+        if async_client == "aiohttp" or _is_aiohttp_session(async_client):
+            from ._aiohttp_sender import AiohttpSender
+
+            self._aiohttp = AiohttpSender(None if isinstance(async_client, str) else async_client)
+            async_client = None
         self._async_client = async_client
         self._made_clients: set[str] = set()
         self._senders: tuple[UpstreamSender | None, UpstreamSender | None] = (None, None)
@@ -226,8 +235,11 @@ class Dispatcher(_Machine):
             self._senders = (sender, self._senders[1])
         return sender
 
-    def async_sender(self) -> UpstreamSender:
-        """The sender for :meth:`async_client` (made once per client)."""
+    def async_sender(self) -> UpstreamSender | AiohttpSender:
+        """The sender of async calls: aiohttp's when configured, else the one for
+        :meth:`async_client` (made once per client)."""
+        if self._aiohttp is not None:
+            return self._aiohttp
         client = self.async_client()
         sender = self._senders[1]
         if sender is None or sender.client is not client:
@@ -245,7 +257,13 @@ class Dispatcher(_Machine):
     async def aclose(self) -> None:
         """Close the clients the dispatcher made itself."""
         self.close()
+        if self._aiohttp is not None:
+            await self._aiohttp.aclose()
         if "async" in self._made_clients and self._async_client is not None:
             await self._async_client.aclose()
             self._async_client = None
             self._made_clients.discard("async")
+
+
+def _is_aiohttp_session(client: Any) -> bool:
+    return type(client).__module__.startswith("aiohttp") and hasattr(client, "request")

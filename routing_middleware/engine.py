@@ -158,6 +158,8 @@ class LLMRoute:
             offline_client, offline_async = self._offline_clients()
             client = client if client is not None else offline_client
             async_client = async_client if async_client is not None else offline_async
+        if async_client is None:
+            async_client = _default_async_client(cfg.async_client)
         r = cfg.retry
         self.dispatcher = Dispatcher(
             self.providers,
@@ -408,3 +410,16 @@ def _resolve_providers(
 def _any_key(environ: Mapping[str, str]) -> bool:
     """True when any provider's key variable is set (then keyless providers are skipped)."""
     return any(environ.get(spec.api_key_env) for spec in PROVIDERS.values() if spec.key_required)
+
+
+def _default_async_client(choice: str) -> str | None:
+    """``"aiohttp"`` when the async path should use it, else ``None`` (httpx)."""
+    from ._aiohttp_sender import available
+
+    if choice == "httpx":
+        return None
+    if available():
+        return "aiohttp"
+    if choice == "aiohttp":
+        raise ValueError("async_client 'aiohttp' needs aiohttp: pip install 'llmroute[aiohttp]'")
+    return None

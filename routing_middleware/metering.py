@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
+from ._ids import new_id
 from .pricing import cost_of
 from .schema import Usage
 
@@ -26,10 +26,6 @@ Status = Literal["ok", "error", "blocked", "cache_hit"]
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
 
 
 @dataclass(slots=True)
@@ -61,8 +57,8 @@ class UsageRecord:
     usage: Usage
     cost: Decimal
     requested_cost: Decimal | None = None
-    id: str = field(default_factory=_new_id)
-    call_id: str = field(default_factory=_new_id)
+    id: str = field(default_factory=new_id)
+    call_id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=_now)
     request_id: str | None = None
     user_id: str | None = None

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from ._ids import new_id
 from .context import RouteContext, current_context
 from .dispatch import AsyncDispatchStream, DispatchStream
 from .engine import Completion, LLMRoute
@@ -261,4 +261,4 @@ def _failure(encoder: CallerStreamEncoder, exc: Exception) -> bytes:
 
 def _response_id(dialect: str) -> str:
     prefix = {"openai": "chatcmpl-", "anthropic": "msg_"}.get(dialect, "")
-    return prefix + uuid.uuid4().hex
+    return prefix + new_id()

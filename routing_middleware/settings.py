@@ -106,6 +106,9 @@ class LLMRouteConfig(_Frozen):
     - ``stream_failover``: what a stream failing after content was sent does:
       ``error`` ends it with an error event; ``continue`` asks the fallback to
       continue the answer.
+    - ``async_client``: what sends async upstream calls: ``auto`` uses aiohttp when
+      it is installed (extra ``aiohttp``; a fraction of httpx's CPU per call), else
+      httpx; ``aiohttp`` and ``httpx`` pick one.
     """
 
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
@@ -120,6 +123,7 @@ class LLMRouteConfig(_Frozen):
     response_headers: bool = True
     server_timing: bool = False
     stream_failover: Literal["error", "continue"] = "error"
+    async_client: Literal["auto", "aiohttp", "httpx"] = "auto"
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
