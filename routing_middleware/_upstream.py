@@ -33,7 +33,7 @@ def encode_json(body: Any) -> bytes:
 class UpstreamSender:
     """Builds and sends upstream requests for one httpx or httpx2 client."""
 
-    __slots__ = ("_defaults", "_lib", "_timeouts", "_urls", "client", "direct")
+    __slots__ = ("_defaults", "_headers", "_lib", "_timeouts", "_urls", "client", "direct")
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -46,6 +46,7 @@ class UpstreamSender:
             and hasattr(self._lib, "Request")
         )
         self._urls: dict[str, Any] = {}
+        self._headers: dict[tuple[tuple[str, str], ...], Any] = {}
         self._timeouts: dict[float | None, dict[str, Any]] = {}
         # The client's default headers (user agent, accept-encoding, ...), lowercased.
         self._defaults: dict[str, str] = dict(client.headers.items()) if self.direct else {}
@@ -66,9 +67,17 @@ class UpstreamSender:
             if len(self._urls) >= _URL_CACHE_MAX:
                 self._urls.clear()
             url = self._urls[encoded.url] = self._lib.URL(encoded.url)
-        headers = self._defaults.copy()
-        for key, value in encoded.headers.items():
-            headers[key.lower()] = value
+        # The same few header sets recur (one per provider and stream flag): build
+        # each merged set once and let the request copy it.
+        key = tuple(encoded.headers.items())
+        headers = self._headers.get(key)
+        if headers is None:
+            merged = self._defaults.copy()
+            for name, value in encoded.headers.items():
+                merged[name.lower()] = value
+            if len(self._headers) >= _URL_CACHE_MAX:
+                self._headers.clear()
+            headers = self._headers[key] = self._lib.Headers(merged)
         return self._lib.Request(
             encoded.method,
             url,
