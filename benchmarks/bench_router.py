@@ -10,11 +10,16 @@ Measured in the same run:
 - baselines, to read the other figures against this machine's speed and load: a
   dict lookup, building a small ``ChatRequest`` with pydantic,
   ``estimate_request_tokens`` (which every decision runs) and the built-in
-  classifier alone;
+  classifier alone, on the pool's texts (it remembers tiers of texts it has seen)
+  and on texts it has never seen;
 - ``Router.decide`` on (a) calls with a tier hint (the classifier never runs; rules
   and budgets still do), (b) calls the classifier decides (no hints, no rules
   matching), (c) mixed traffic: hints, rules and the classifier where neither gives
-  a tier, as in production. (c) is the long run;
+  a tier, as in production. (c) is the long run. (a)-(c) draw from a pool of 4,096
+  requests, so the router's memos (selections by their inputs, classifier tiers,
+  budget answers) mostly hit; (d) is (c) with every text sent once and lengths
+  spread (``--unique`` requests, a fresh router warmed on the pool only): what
+  traffic that never repeats costs;
 - the classifier's confusion matrix on the labelled prompts.
 
 Per-call wall-clock and thread CPU times go into fixed histograms (0.1 µs buckets),
@@ -23,7 +28,7 @@ shared machine is most of the wall-clock tail. Memory: RSS before and after the 
 run, and tracemalloc's traced size over a further stretch of decisions. Targets
 (wall clock, mixed traffic): p50 <= 20 µs, p99 <= 100 µs, flat memory.
 
-Usage: ``python benchmarks/bench_router.py [--decisions N] [--json] [--gc-freeze]``
+Usage: ``python benchmarks/bench_router.py [--decisions N] [--unique N] [--json] [--gc-freeze]``
 """
 
 from __future__ import annotations
@@ -171,6 +176,57 @@ def make_traffic(n: int, rng: random.Random) -> list[tuple[ChatRequest, RouteCon
     return traffic
 
 
+FILLER = [
+    "please",
+    "order",
+    "account",
+    "the",
+    "a",
+    "of",
+    "to",
+    "in",
+    "and",
+    "for",
+    "with",
+    "on",
+    "this",
+    "that",
+    "it",
+    "customer",
+    "report",
+    "team",
+    "week",
+    "data",
+    "page",
+    "update",
+    "issue",
+    "question",
+    "note",
+    "client",
+    "project",
+    "service",
+    "today",
+    "thanks",
+]
+
+
+def make_unique(
+    traffic: list[tuple[ChatRequest, RouteContext]], n: int, rng: random.Random
+) -> list[tuple[ChatRequest, RouteContext]]:
+    """``n`` requests like ``traffic``, each with a last user message no other has: a
+    reference number and 0-80 filler words appended. Texts never repeat (no cache
+    keyed by text can help) and lengths, hence token counts, spread as in production."""
+    out = []
+    for i in range(n):
+        request, ctx = traffic[rng.randrange(len(traffic))]
+        last = request.messages[-1]
+        words = " ".join(rng.choice(FILLER) for _ in range(rng.randrange(81)))
+        text = f"{last.content} (ref {i:06d}{rng.randrange(10**6):06d}) {words}"
+        messages = [*request.messages[:-1], Message(role="user", content=text)]
+        out.append((request.model_copy(update={"messages": messages}), ctx))
+    return out
+
+
 def build_router(catalog: Catalog, *, rules: bool) -> Router:
     config = RoutingConfig.model_validate(
         {
@@ -269,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decisions", type=int, default=1_000_000)
     parser.add_argument("--traced", type=int, default=50_000)
+    parser.add_argument(
+        "--unique", type=int, default=50_000, help="requests with texts sent once, for (d)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--gc-freeze",
@@ -290,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     tiers = random.Random(7)
     hinted = [(r, dataclasses.replace(c, tier=tiers.choice([1, 2, 3]))) for r, c in pool]
 
+    # Every request once, for the runs that no cache keyed by content can help.
+    unique = make_unique(pool, args.unique, random.Random(11))
+    unique_scored = make_unique(pool, 30_000, random.Random(13))
+    cold = build_router(catalog, rules=True)
+    cold_refused = [0]
+
     lookup = {f"k{i}": i for i in range(1000)}
     small = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
     scorer = ComplexityScorer()
@@ -308,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
         request, ctx = unhinted[i & mask]
         return plain.decide(request, ctx)
 
+    def decide_unique(i: int) -> object:
+        request, ctx = unique[i]
+        try:
+            return cold.decide(request, ctx)
+        except (NoRouteAvailable, BudgetExceeded):
+            cold_refused[0] += 1
+            return None
+
     def decide_hinted(i: int) -> object:
         request, ctx = hinted[i & mask]
         try:
@@ -322,7 +395,11 @@ def main(argv: list[str] | None = None) -> int:
             timed(lambda i: estimate_request_tokens(pool[i & mask][0]), 100_000)
         ),
         "classifier_only": summary(timed(lambda i: scorer(pool[i & mask][0]), 100_000)),
+        "classifier_only_unique": summary(
+            timed(lambda i: scorer(unique_scored[i][0]), len(unique_scored))
+        ),
     }
+    unique_scored.clear()
 
     timed(decide, 20_000)  # warm caches (plans, rule prefilters, budget lines)
     timed(decide_classified, 20_000)
@@ -333,6 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     short = min(args.decisions, 200_000)
     hinted_calls = summary(timed(decide_hinted, short))
     classified = summary(timed(decide_classified, short))
+    # Warm what does not depend on content (plans, rule prefilters, budget lines) on
+    # the shared pool, then run each unique request once.
+    for i in range(20_000):
+        request, ctx = pool[i & mask]
+        try:
+            cold.decide(request, ctx)
+        except (NoRouteAvailable, BudgetExceeded):
+            pass
+    gc.collect()
+    unique_calls = summary(timed(decide_unique, len(unique)))
     refused[0] = 0
     gc.collect()
     rss_before = rss_mb()
@@ -363,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         "decide_hinted": hinted_calls,
         "decide_classifier_every_call": classified,
         "decide_mixed": summary(mixed),
+        "decide_mixed_unique": unique_calls,
+        "unique_requests": len(unique),
+        "unique_refused_share": round(cold_refused[0] / max(1, len(unique)), 4),
         "refused_share": round(refused_share, 4),
         "load_average": round(load, 2),
         "cpus": os.cpu_count(),
@@ -389,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"(a) decide, tier hint [{short:,}]", result["decide_hinted"]),
         (f"(b) decide, classifier [{short:,}]", result["decide_classifier_every_call"]),
         (f"(c) decide, mixed [{args.decisions:,}]", result["decide_mixed"]),
+        (f"(d) mixed, unique texts [{len(unique):,}]", result["decide_mixed_unique"]),
     ]
     for name, s in rows:
         print(
@@ -396,12 +487,25 @@ def main(argv: list[str] | None = None) -> int:
             f"       {s['cpu_p50_us']:7.2f}{s['cpu_p90_us']:7.2f}{s['cpu_p99_us']:7.2f}"
         )
     print(f"  (refused with NoRouteAvailable/BudgetExceeded: {refused_share:.1%} of mixed calls)")
+    print(
+        "  (a)-(c) draw from a pool of 4,096 requests over ~150 prompts, so texts and token\n"
+        "  counts repeat and the router's memos (selections by their inputs, classifier\n"
+        "  tiers and budget answers) mostly hit; (d) sends every text once, with spread\n"
+        "  lengths: the classifier always scores and selections repeat only where token\n"
+        "  counts and the other inputs do, as with production traffic."
+    )
     s = result["decide_mixed"]
     print(f"load average while running: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(
         f"targets (wall clock): p50 <= {TARGET_P50_US} µs: "
         f"{'met' if s['p50_us'] <= TARGET_P50_US else 'MISSED'}"
         f"; p99 <= {TARGET_P99_US} µs: {'met' if s['p99_us'] <= TARGET_P99_US else 'MISSED'}"
+    )
+    u = result["decide_mixed_unique"]
+    print(
+        f"  same targets on unique texts (d): p50 "
+        f"{'met' if u['p50_us'] <= TARGET_P50_US else 'MISSED'} ({u['p50_us']:.1f} µs), p99 "
+        f"{'met' if u['p99_us'] <= TARGET_P99_US else 'MISSED'} ({u['p99_us']:.1f} µs)"
     )
     print(
         f"memory: RSS {rss_before:.1f} MB before, {rss_after:.1f} MB after "

@@ -587,10 +587,11 @@ class Budgets:
         self._status_cache: dict[str, tuple[float, int]] = {}
         #: Bumped whenever ``_status_cache`` changes.
         self._epoch = 0
-        #: ``pressing`` answers by id of the lines they are for:
+        #: ``pressing`` answers by the context key of :meth:`lines`:
         #: (lines, version or epoch, valid from, valid until, statuses).
         self._pressing: dict[
-            int, tuple[tuple[BudgetLine, ...], int, float, float, tuple[BudgetStatus, ...]]
+            tuple[Any, ...],
+            tuple[tuple[BudgetLine, ...], int, float, float, tuple[BudgetStatus, ...]],
         ] = {}
 
     def __bool__(self) -> bool:
@@ -599,7 +600,9 @@ class Budgets:
     def lines(self, context: RouteContext | None = None) -> tuple[BudgetLine, ...]:
         """The counters a call under ``context`` is charged to, now."""
         ctx = current_context() if context is None else context
-        now = self._clock()
+        return self._lines(ctx, self._clock())
+
+    def _lines(self, ctx: RouteContext, now: float) -> tuple[BudgetLine, ...]:
         slot = int(now // 3600)
         whole = (slot, ctx.user_id, ctx.feature, ctx.api_key_id, ctx.tags)
         found = self._lines_by_context.get(whole)
@@ -736,7 +739,9 @@ class Budgets:
         With ``pressing=True`` only budgets past a threshold are returned (what the
         router reads on every decision).
         """
-        lines = self.lines(context)
+        return self._status_of(self.lines(context), pressing)
+
+    def _status_of(self, lines: tuple[BudgetLine, ...], pressing: bool) -> list[BudgetStatus]:
         if not lines:
             return []
         if self._status_ttl <= 0:
@@ -758,25 +763,29 @@ class Budgets:
         expires; on a :class:`MemoryBudgetStore` without it, until the store's
         ``version`` changes or a counter read expires. Other stores are read each time.
         """
-        lines = self.lines(context)
-        if not lines:
-            return ()
+        ctx = current_context() if context is None else context
         store = self.store
         ttl = self._status_ttl > 0
         if not ttl and type(store) is not MemoryBudgetStore:
-            return tuple(self.status(context, pressing=True))
+            return tuple(self._status_of(self.lines(ctx), True))
+        # The key ``lines`` files its answer under: the same key, the same lines.
+        now = self._clock()
+        whole = (int(now // 3600), ctx.user_id, ctx.feature, ctx.api_key_id, ctx.tags)
         clock = time.monotonic if ttl else store.now  # type: ignore[attr-defined]
-        found = self._pressing.get(id(lines))
-        if found is not None and found[0] is lines:
+        found = self._pressing.get(whole)
+        if found is not None:
             version = self._epoch if ttl else store.version  # type: ignore[attr-defined]
             if found[1] == version and found[2] <= clock() < found[3]:
                 return found[4]
+        lines = self._lines(ctx, now)
+        if not lines:
+            return ()
         # The version is read before the totals: a change while reading leaves the
         # answer remembered under an older version than the store's, so it is not reused.
         since = clock()
         if ttl:
             epoch = self._epoch
-            statuses = tuple(self.status(context, pressing=True))
+            statuses = tuple(self._status_of(lines, True))
             cache = self._status_cache
             until = math.inf
             for line in lines:
@@ -789,7 +798,7 @@ class Budgets:
             statuses = tuple(self._statuses(lines, totals, True))
         if len(self._pressing) > 4096:
             self._pressing.clear()
-        self._pressing[id(lines)] = (lines, epoch, since, until, statuses)
+        self._pressing[whole] = (lines, epoch, since, until, statuses)
         return statuses
 
     async def astatus(self, context: RouteContext | None = None) -> list[BudgetStatus]:

@@ -442,6 +442,7 @@ class _CompiledRule:
         "pattern",
         "routes",
         "tags",
+        "text_bit",
         "tier",
     )
 
@@ -470,6 +471,8 @@ class _CompiledRule:
         if self.keywords is not None and when.keywords and all(k.isascii() for k in when.keywords):
             self.keyword_hints = tuple(k.lower() for k in when.keywords)
         self.tier: int | None = level(then.tier) if then.tier is not None else None
+        #: This rule's bit in the router's per-text memo (``0``: reads no text).
+        self.text_bit = 0
         self.model = then.model
         self.min_quality = then.min_quality
         self.max_latency_ms = then.max_latency_ms
@@ -564,6 +567,13 @@ class Router:
         self._snapshot_at = -math.inf
         self._tier_names = {k.lower(): v for k, v in self.config.all_tier_names.items()}
         self._rules = tuple(_CompiledRule(rule, self._level) for rule in self.config.rules)
+        bit = 1
+        for compiled in self._rules:
+            if compiled.pattern is not None or compiled.keywords is not None:
+                compiled.text_bit = bit
+                bit <<= 1
+        #: Per last user text: (rules whose text test ran, those that matched), as bits.
+        self._text_memo: dict[str, tuple[int, int]] = {}
         self._rule_cache: dict[tuple[str | None, str | None, str], tuple[_CompiledRule, ...]] = {}
         self._levels: tuple[int, ...] = ()
         self._level_orders: dict[int, list[int]] = {}
@@ -706,7 +716,7 @@ class Router:
         """The outcome of the rules for this request; read only (it may be shared)."""
         outcome: _RuleOutcome | None = None
         text: str | None = None
-        lowered: str | None = None
+        tested = matched = 0
         for rule in self._rules_for(ctx, request.model):
             if rule.conditional:
                 if rule.groups is not None and rule.groups.isdisjoint(ctx.user_groups or ()):
@@ -723,20 +733,23 @@ class Router:
                     continue
                 if rule.json_schema is not None and bool(needs & _SCHEMA) != rule.json_schema:
                     continue
-                if rule.pattern is not None or rule.keywords is not None:
+                bit = rule.text_bit
+                if bit:
                     if text is None:
                         text = request.last_user_text
-                    if rule.pattern is not None and rule.pattern.search(text) is None:
+                        tested, matched = self._text_memo.get(text, (0, 0))
+                    if not tested & bit:
+                        tested |= bit
+                        if _text_matches(rule, text):
+                            matched |= bit
+                        if len(text) <= _MAX_MEMO_TEXT:
+                            memo = self._text_memo
+                            if len(memo) >= 4096:
+                                memo.clear()
+                            # One tuple, replaced whole: a reader never sees half of it.
+                            memo[text] = (tested, matched)
+                    if not matched & bit:
                         continue
-                    if rule.keywords is not None:
-                        hints = rule.keyword_hints
-                        if hints is not None and text.isascii():
-                            if lowered is None:
-                                lowered = text.lower()
-                            if not _contains_any(lowered, hints):
-                                continue
-                        if rule.keywords.search(text) is None:
-                            continue
             if outcome is None:
                 if not rule.continue_:
                     return rule.alone
@@ -1336,6 +1349,23 @@ def _by_name(plan: _Plan, name: str) -> _Cand | None:
 
 def _contains_any(text: str, parts: tuple[str, ...]) -> bool:
     return any(map(text.__contains__, parts))
+
+
+#: Texts longer than this are not kept in the per-text rule memo (memory stays bounded).
+_MAX_MEMO_TEXT = 4096
+
+
+def _text_matches(rule: _CompiledRule, text: str) -> bool:
+    """Whether ``text`` passes ``rule``'s regex and keyword tests (those it has)."""
+    if rule.pattern is not None and rule.pattern.search(text) is None:
+        return False
+    if rule.keywords is not None:
+        hints = rule.keyword_hints
+        if hints is not None and text.isascii() and not _contains_any(text.lower(), hints):
+            return False
+        if rule.keywords.search(text) is None:
+            return False
+    return True
 
 
 def _glob_ok(patterns: Any, value: str | None) -> bool:
