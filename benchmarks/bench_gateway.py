@@ -18,12 +18,17 @@ Measured in the same run:
 - ``gateway/offline``: the engine's in-process FakeProvider (``offline: always``,
   ``offline_latency: none``): the gateway and engine alone, no upstream socket;
 - ``gateway/floor``: a trivial ASGI app under the same uvicorn setup (what the
-  server alone costs on this machine).
+  server alone costs on this machine);
+- with ``--litellm PYTHON``: the LiteLLM proxy (one worker, its master key, no
+  database) on the same upstream and load, run by that interpreter.
 
 Reported: requests per second, p50 and p99 latency, the p50 the gateway adds over
 the baseline, and the gateway process's CPU time per request (user + system, from
 ``/proc``) with the requests per second one core could serve at that cost: on a
-shared machine that figure is steadier than wall-clock throughput.
+shared machine that figure is steadier than wall-clock throughput. At 50 concurrent
+a single saturated worker queues requests, so its p50 is mostly waiting; the
+latency the gateway adds to one request is measured again with one connection
+("added p50, 1 conn").
 
 ``--profile`` instead drives the gateway app in-process (no server, no load
 generator) against the upstream with ``--client`` and prints cProfile's top functions;
@@ -33,7 +38,8 @@ the gateway's own work), in process, one request at a time.
 Usage::
 
     python benchmarks/bench_gateway.py [--seconds 10] [--concurrency 50]
-        [--clients floor,httpx,httpx2,httpx-aiohttp,aiohttp,offline] [--upstream raw|uvicorn] [--json]
+        [--clients floor,httpx,httpx2,httpx-aiohttp,aiohttp,offline]
+        [--upstream raw|uvicorn] [--litellm PYTHON] [--json]
     python benchmarks/bench_gateway.py --profile [--client aiohttp] [--requests 3000]
     python benchmarks/bench_gateway.py --breakdown [--requests 3000]
 
@@ -89,17 +95,21 @@ def _wait_for(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
 
 
 def _spawn(
-    args: list[str], port: int, env: dict[str, str] | None = None
+    args: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    python: str | None = None,
+    wait: float = 30.0,
 ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, *args],
+        [python or sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_for(port, proc)
+        _wait_for(port, proc, wait)
     except Exception:
         proc.kill()
         _, err = proc.communicate()
@@ -280,6 +290,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["baseline"] = _wrk(
             f"{upstream_url}/v1/chat/completions", None, args.seconds, args.concurrency
         )
+        results["baseline"]["p50_1conn_ms"] = _wrk(
+            f"{upstream_url}/v1/chat/completions", None, args.seconds / 2, 1
+        )["p50_ms"]
         for client in args.clients:
             port = _free_port()
             gateway = _spawn(
@@ -305,15 +318,67 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row = _wrk(url, key, args.seconds, args.concurrency)
                 used = _cpu_seconds(gateway.pid) - before
                 row["gateway_cpu_us_per_req"] = used / (row["rps"] * args.seconds) * 1e6
+                row["p50_1conn_ms"] = _wrk(url, key, args.seconds / 2, 1)["p50_ms"]
                 results[f"gateway/{client}"] = row
             finally:
                 _stop(gateway)
+        if args.litellm:
+            results["litellm proxy"] = _litellm_proxy(args, upstream_url)
     finally:
         _stop(upstream)
     base = results["baseline"]["p50_ms"]
+    alone = results["baseline"]["p50_1conn_ms"]
     for name, row in results.items():
         row["added_p50_ms"] = 0.0 if name == "baseline" else row["p50_ms"] - base
+        row["added_p50_1conn_ms"] = 0.0 if name == "baseline" else row["p50_1conn_ms"] - alone
     return results
+
+
+_LITELLM_CONFIG = """
+model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_key: sk-bench
+      api_base: {upstream}/v1
+litellm_settings:
+  telemetry: false
+"""
+
+
+def _litellm_proxy(args: argparse.Namespace, upstream_url: str) -> dict[str, float]:
+    """The LiteLLM proxy (one worker, no database, its master key) on the same upstream
+    and load."""
+    import secrets
+
+    port = _free_port()
+    master = f"sk-{secrets.token_hex(32)}"
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(_LITELLM_CONFIG.format(upstream=upstream_url))
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_MASTER_KEY": master,
+    }
+    proxy = _spawn(
+        ["-m", "litellm.proxy.proxy_cli", "--config", handle.name, "--port", str(port)],
+        port,
+        env=env,
+        python=args.litellm,
+        wait=180.0,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        _wrk(url, master, 2, args.concurrency)  # warm up
+        before = _cpu_seconds(proxy.pid)
+        row = _wrk(url, master, args.seconds, args.concurrency)
+        used = _cpu_seconds(proxy.pid) - before
+        row["gateway_cpu_us_per_req"] = used / max(row["rps"] * args.seconds, 1) * 1e6
+        row["p50_1conn_ms"] = _wrk(url, master, args.seconds / 2, 1)["p50_ms"]
+        return row
+    finally:
+        _stop(proxy)
+        os.unlink(handle.name)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -506,6 +571,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--upstream", choices=("raw", "uvicorn"), default="raw")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--litellm",
+        metavar="PYTHON",
+        help="also run the LiteLLM proxy on the same upstream and load, with this "
+        "interpreter (a venv with 'litellm[proxy]' installed)",
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--client", default="aiohttp", choices=CLIENTS)
@@ -543,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"{'run':<20} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} "
-        f"{'non-2xx':>8} {'CPU us/req':>11} {'req/s per core':>15}"
+        f"{'non-2xx':>8} {'CPU us/req':>11} {'req/s per core':>15} {'added p50, 1 conn':>18}"
     )
     for name, row in results.items():
         cpu = row.get("gateway_cpu_us_per_req")
@@ -551,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{name:<20} {row['rps']:>9.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
             f"{row['added_p50_ms']:>10.2f} {row['non_2xx']:>8.0f} "
-            f"{cpu if cpu else 0:>11.0f} {per_core}"
+            f"{cpu if cpu else 0:>11.0f} {per_core} {row['added_p50_1conn_ms']:>18.2f}"
         )
 
 
