@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from routing_middleware.budgets import (
     Budget,
     Budgets,
+    BudgetStatus,
     MemoryBudgetStore,
     RedisBudgetStore,
     from_micros,
@@ -414,3 +416,65 @@ def test_cached_status_sees_its_own_async_reserves_and_settles() -> None:
         assert (await cached.astatus())[0].spent == Decimal("0.25")
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------------ pressing (the router's read)
+
+
+def _ratios(statuses: tuple[BudgetStatus, ...]) -> list[tuple[str, float, str | None]]:
+    return [(s.budget.name, s.ratio, s.action) for s in statuses]
+
+
+def test_pressing_answers_like_status_and_sees_every_spend_at_once() -> None:
+    store = MemoryBudgetStore(Clock(T0))
+    budgets = Budgets([_budget(), _budget(name="u", scope="user")], store, clock=Clock(T0))
+    other = Budgets(budgets.budgets, store, clock=Clock(T0))  # another instance, same store
+    ctx = RouteContext(user_id="ann")
+    assert budgets.pressing(ctx) == ()
+    assert budgets.pressing(ctx) == ()  # remembered
+    # Spend through another instance crosses the soft threshold of both budgets.
+    other.settle(other.reserve(Decimal("0.01"), ctx), Decimal("0.85"))
+    assert _ratios(budgets.pressing(ctx)) == [("b", 0.85, "downgrade"), ("u", 0.85, "downgrade")]
+    assert budgets.pressing(ctx) == tuple(budgets.status(ctx, pressing=True))
+    # A hold alone counts too, and so does its release.
+    held = other.reserve(Decimal("0.12"), RouteContext(user_id="bob"))
+    assert _ratios(budgets.pressing(ctx)) == [("b", 0.97, "cheapest"), ("u", 0.85, "downgrade")]
+    other.release(held)
+    assert _ratios(budgets.pressing(ctx))[0] == ("b", 0.85, "downgrade")
+
+
+def test_pressing_forgets_counters_that_expire() -> None:
+    clock = Clock(T0)
+    budgets = Budgets([_budget(period="rolling", rolling_hours=2)], clock=clock)
+    budgets.settle(budgets.reserve(Decimal("0.01")), Decimal("0.9"))
+    assert _ratios(budgets.pressing()) == [("b", 0.9, "downgrade")]
+    # Within the hour slot the counter outlives, but its TTL (3 h) runs out 3 h later.
+    clock.now += 3 * 3600 + 1
+    assert budgets.pressing() == ()
+    assert budgets.status(pressing=True) == []
+
+
+def test_pressing_rereads_once_a_counter_it_read_expires() -> None:
+    # The store's clock runs ahead of the budgets' (still in the same hour slot, so the
+    # same lines): only the counter's own expiry can tell the remembered answer is stale.
+    store_clock = Clock(T0)
+    budgets = Budgets([_budget()], MemoryBudgetStore(store_clock), clock=Clock(T0))
+    budgets.settle(budgets.reserve(Decimal("0.01")), Decimal("0.9"))
+    assert budgets.pressing() != ()
+    store_clock.now += 2 * 86_400 + 1  # the day's counter expired (2-day TTL) unwritten
+    assert budgets.pressing() == ()
+    store_clock.now = T0 - 60  # a clock set back: the answer is not trusted either
+    assert budgets.pressing() != ()
+
+
+def test_pressing_with_status_ttl_follows_own_spend_and_the_ttl() -> None:
+    store = MemoryBudgetStore()
+    cached = Budgets([_budget()], store, status_ttl_s=0.05)
+    other = Budgets([_budget()], store)
+    assert cached.pressing() == ()
+    cached.settle(cached.reserve(Decimal("0.01")), Decimal("0.85"))
+    assert _ratios(cached.pressing()) == [("b", 0.85, "downgrade")]  # own spend: at once
+    other.settle(other.reserve(Decimal("0.01")), Decimal("0.11"))
+    assert _ratios(cached.pressing()) == [("b", 0.85, "downgrade")]  # others': after the TTL
+    time.sleep(0.06)
+    assert _ratios(cached.pressing()) == [("b", 0.96, "cheapest")]

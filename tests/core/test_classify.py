@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from routing_middleware import classify
 from routing_middleware.classify import (
     ComplexityScorer,
     EmbeddingKNNClassifier,
@@ -211,3 +212,34 @@ def test_knn_validates_inputs() -> None:
     zero = EmbeddingKNNClassifier([("a", 2)], lambda t: [0.0, 0.0], k=1)
     assert zero(_request("anything")) == 2
     assert math.isfinite(zero.neighbours("x")[0][0])
+
+
+def test_scorer_remembers_tiers_by_everything_it_reads() -> None:
+    scorer = ComplexityScorer()
+    text = "Please write the summary"
+
+    def request(tools: int = 0, system: str | None = None, turns: int = 1) -> ChatRequest:
+        messages = [] if system is None else [Message(role="system", content=system)]
+        for _ in range(turns - 1):
+            messages += [Message(role="user", content="ok"), Message(role="assistant", content=".")]
+        messages.append(Message(role="user", content=text))
+        return ChatRequest(
+            model="m",
+            messages=messages,
+            tools=[Tool(name=f"t{i}") for i in range(tools)] or None,
+        )
+
+    plain = request()
+    assert scorer(plain) == scorer.tier_of(scorer.score(plain)) == 1
+    assert scorer(plain) == 1  # remembered
+    # Tools, turns and the system text change the score, so each is its own entry.
+    for other in (request(tools=4), request(turns=7), request(system="Analyze the risks.")):
+        assert scorer(other) == scorer.tier_of(scorer.score(other)) > 1
+    assert scorer(plain) == 1
+
+
+def test_scorer_memory_is_bounded() -> None:
+    scorer = ComplexityScorer()
+    for i in range(classify._MAX_TIERS + 10):
+        scorer(ChatRequest(model="m", messages=[Message(role="user", content=f"hello {i}")]))
+    assert len(scorer._tiers) <= classify._MAX_TIERS

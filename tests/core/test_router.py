@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import random
 from decimal import Decimal
 from typing import Any
@@ -742,3 +743,215 @@ def test_several_soft_budgets_downgrade_only_once() -> None:
     decision = Router(_catalog(), _no_classifier(), budgets=budgets).decide(_request(), ctx)
     assert decision.tier == 2
     assert decision.reason_codes.count("budget_downgrade") == 1
+
+
+# ------------------------------------------------------------------ remembered selections
+
+
+def _count_selections(router: Router, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the searches ``router`` runs (a remembered selection runs none)."""
+    calls = [0]
+    select = router._select
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        return select(*args)
+
+    monkeypatch.setattr(router, "_select", counting)
+    return calls
+
+
+def _same(a: Decision, b: Decision) -> None:
+    assert (a.primary, a.fallbacks, a.routed, a.tier, a.mode) == (
+        b.primary,
+        b.fallbacks,
+        b.routed,
+        b.tier,
+        b.mode,
+    )
+    assert (a.estimated_cost, a.requested_cost) == (b.estimated_cost, b.requested_cost)
+    assert (a.input_tokens, a.output_tokens) == (b.input_tokens, b.output_tokens)
+    assert a.reasons == b.reasons
+
+
+def test_a_repeated_decision_reuses_its_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    router = Router(_catalog(), _no_classifier())
+    calls = _count_selections(router, monkeypatch)
+    ctx = RouteContext(tier=2)
+    first = router.decide(_request(), ctx)
+    _same(router.decide(_request(), ctx), first)
+    assert calls[0] == 1
+    # Any input the selection reads makes another one.
+    router.decide(_request(max_tokens=100), ctx)
+    router.decide(_request(stream=True), ctx)
+    router.decide(_request("hi there, how are you"), ctx)
+    router.decide(_request(), RouteContext(tier=2, allow_upgrade=True))
+    router.decide(_request(), RouteContext(tier=2, max_latency_ms=900))
+    router.decide(_request(), RouteContext(tier=2, deny_models=frozenset({"openai/mid"})))
+    router.decide(_request(), RouteContext(tier=2, max_cost_per_call=Decimal("0.001")))
+    assert calls[0] == 8
+
+
+def test_remembered_selection_is_dropped_with_the_catalog_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    catalog = _catalog()
+    router = Router(catalog, _no_classifier())
+    calls = _count_selections(router, monkeypatch)
+    ctx = RouteContext(tier=1)
+    assert router.decide(_request(), ctx).model == "google/flash"
+    assert router.decide(_request(), ctx).model == "google/flash"
+    assert calls[0] == 1
+    catalog.replace(
+        [
+            _model("openai/mini", "0.05", "0.20", tier=1, quality=60)
+            if m.id == "openai/mini"
+            else m
+            for m in _models()
+        ]
+    )
+    decision = router.decide(_request(), ctx)
+    assert decision.model == "openai/mini"
+    assert decision.estimated_cost == _cost(
+        catalog.get("openai/mini"), decision.input_tokens, decision.output_tokens
+    )
+    assert calls[0] == 2
+
+
+def test_remembered_selection_follows_the_stats_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stats = MemoryStatsStore()
+    for _ in range(30):
+        stats.record("google/flash", latency_ms=300.0)
+    router = Router(_catalog(), _no_classifier(stats_refresh_s=0), stats=stats)
+    calls = _count_selections(router, monkeypatch)
+    ctx = RouteContext(tier=1, max_latency_ms=800)
+    assert router.decide(_request(), ctx).model == "google/flash"
+    # A new snapshot with the same figures keeps what was derived from them.
+    assert router.decide(_request(), ctx).model == "google/flash"
+    assert calls[0] == 1
+    for _ in range(30):
+        stats.record("google/flash", latency_ms=2500.0)
+    decision = router.decide(_request(), ctx)
+    assert decision.model == "openai/mini"
+    assert "excluded_sla" in decision.reason_codes
+    assert calls[0] == 2
+
+
+def test_remembered_selection_follows_expected_output_per_feature() -> None:
+    stats = MemoryStatsStore()
+    router = Router(_catalog(), _no_classifier(stats_refresh_s=0), stats=stats)
+    ctx = RouteContext(tier=1, feature="summaries")
+    before = router.decide(_request(), ctx)
+    stats.record("x/y", latency_ms=1.0, feature="summaries", output_tokens=900)
+    after = router.decide(_request(), ctx)
+    assert (before.output_tokens, after.output_tokens) == (256, 900)
+    assert after.estimated_cost != before.estimated_cost
+
+
+def test_remembered_selection_is_checked_against_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    breaker = _Breaker(set())
+    router = Router(_catalog(), _no_classifier(), health=breaker)
+    calls = _count_selections(router, monkeypatch)
+    ctx = RouteContext(tier=1)
+    healthy = router.decide(_request(), ctx)
+    assert healthy.model == "google/flash"
+    _same(router.decide(_request(), ctx), healthy)
+    assert calls[0] == 1
+    breaker.down = {"google/flash"}
+    down = router.decide(_request(), ctx)
+    assert down.model == "openai/mini"
+    assert "excluded_unavailable" in down.reason_codes
+    breaker.down = {"openai/mid"}  # a fallback-tier deployment the search consulted
+    assert router.decide(_request(), ctx).model == "google/flash"
+    breaker.down = set()
+    _same(router.decide(_request(), ctx), healthy)
+    calls_now = calls[0]
+    router.decide(_request(), ctx)
+    assert calls[0] == calls_now
+
+
+def test_budget_spend_crossing_a_threshold_reaches_the_next_decision() -> None:
+    router, budgets = _budget_router()
+    for _ in range(2):
+        assert router.decide(_request(), SUPPORT).tier == 3
+    other = Budgets(budgets.budgets, budgets.store)  # e.g. the dispatcher's instance
+    other.settle(other.reserve(Decimal("0.01"), SUPPORT), Decimal("0.81"))
+    assert router.decide(_request(), SUPPORT).tier == 2
+    other.settle(other.reserve(Decimal("0.01"), SUPPORT), Decimal("0.15"))
+    assert router.decide(_request(), SUPPORT).model == "google/flash"
+    other.settle(other.reserve(Decimal("0.01"), SUPPORT), Decimal("0.04"))
+    with pytest.raises(BudgetExceeded):
+        router.decide(_request(), SUPPORT)
+
+
+def test_rule_text_tests_are_remembered_per_text() -> None:
+    router = _rule_router(
+        {"name": "sql", "when": {"regex": r"\bSQL\b"}, "then": {"tier": 1}},
+        {"name": "refund", "when": {"keywords": ["refund"]}, "then": {"tier": 3}},
+    )
+    texts = ["write SQL", "a refund!", "sql or so", "write SQL", "a refund!", "sql or so"]
+    tiers = [router.decide(_request(text), RouteContext()).tier for text in texts]
+    assert tiers == [1, 3, 3, 1, 3, 3]  # (no rule: the requested model's tier 3)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from(["hi", "write SQL for the report", "w " * 40, "x" * 3000]),
+            st.sampled_from(["openai/big", "openai/mini", "google/pro", "nope/none"]),
+            st.none() | st.sampled_from([16, 300, 4000]),
+            st.booleans(),
+            st.none() | st.integers(1, 3),
+            st.none() | st.sampled_from([65.0, 400.0, 900.0]),
+            st.sampled_from(["support", "chat", None]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    strategy=st.sampled_from(["cheapest", "fastest", "balanced"]),
+    down=st.frozensets(st.sampled_from(["google/flash", "openai/mid", "anthropic/sonnet"])),
+)
+def test_remembering_router_decides_like_a_fresh_one(
+    calls: list[tuple[str, str, int | None, bool, int | None, float | None, str | None, bool]],
+    strategy: str,
+    down: frozenset[str],
+) -> None:
+    stats = MemoryStatsStore()
+    for key, latency in [("google/flash", 700.0), ("openai/mini", 300.0), ("google/pro", 50.0)]:
+        for _ in range(25):
+            stats.record(key, latency_ms=latency, ttft_ms=latency / 10)
+    stats.record("x/y", latency_ms=1.0, feature="support", output_tokens=700)
+    config = _config(
+        strategy=strategy,
+        stats_refresh_s=0,
+        rules=[{"name": "sql", "when": {"regex": r"\bSQL\b"}, "then": {"tier": 2}}],
+        budgets=[{"name": "chat", "scope": "feature", "value": "chat", "limit_usd": "0.0005"}],
+    )
+    budgets = Budgets(config.budgets)
+    breaker = _Breaker(set())
+    router = Router(_catalog(), config, stats=stats, budgets=budgets, health=breaker)
+    # Twice through: the second time round most selections are remembered ones.
+    for i, (text, model, max_tokens, stream, tier, sla, feature, flip) in enumerate(calls * 2):
+        if flip:
+            breaker.down = set(down) if not breaker.down else set()
+        request = _request(text, model=model, max_tokens=max_tokens, stream=stream)
+        ctx = RouteContext(tier=tier, max_latency_ms=sla, feature=feature)
+        fresh = Router(_catalog(), config, stats=stats, budgets=budgets, health=breaker)
+        outcomes = []
+        for each in (router, fresh):
+            try:
+                outcomes.append(each.decide(request, ctx))
+            except (NoRouteAvailable, BudgetExceeded) as exc:
+                outcomes.append(repr(exc))  # type: ignore[arg-type]
+        if isinstance(outcomes[0], Decision) and isinstance(outcomes[1], Decision):
+            _same(outcomes[0], outcomes[1])
+        else:
+            assert outcomes[0] == outcomes[1]
+        if i % 4 == 3:  # spend moves the chat budget through its thresholds
+            with contextlib.suppress(BudgetExceeded):  # (once it is spent)
+                spend = RouteContext(feature="chat")
+                budgets.settle(budgets.reserve(Decimal("0.000001"), spend), Decimal("0.00012"))
