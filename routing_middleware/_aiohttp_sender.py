@@ -101,7 +101,7 @@ class AiohttpSender:
         return found
 
     async def aexchange(
-        self, encoded: EncodedRequest, timeout: float | None, stream: bool
+        self, encoded: EncodedRequest, timeout: float | None, stream: bool, provider: str = ""
     ) -> Reply:
         """Send ``encoded``: the whole body, or for a successful ``stream`` a handle of
         ``(response, chunk iterator)``."""

@@ -39,6 +39,8 @@ _log = logging.getLogger("llmroute.dispatch")
 
 
 _ERROR_TYPES: dict[type, str | None] = {}
+#: httpcore's (and httpcore2's) failures of the connection itself.
+_CORE_TRANSPORT = frozenset({"NetworkError", "ProtocolError", "ProxyError", "UnsupportedProtocol"})
 
 
 def _transport_kind(exc: BaseException) -> str | None:
@@ -53,7 +55,10 @@ def _transport_kind(exc: BaseException) -> str | None:
             if cls.__module__.startswith("aiohttp") and cls.__name__ == "ClientError":
                 kind = "transport"
                 break
-            if not cls.__module__.startswith("httpx"):
+            if cls.__module__.startswith("httpcore") and cls.__name__ in _CORE_TRANSPORT:
+                kind = "transport"
+                break
+            if not cls.__module__.startswith(("httpx", "httpcore")):
                 continue
             if cls.__name__ == "TimeoutException":
                 kind = "timeout"
@@ -181,7 +186,9 @@ class _SyncDriver(_Driver):
 
     def _send(self, effect: _Send) -> _Reply:
         try:
-            return self._d.sync_sender().exchange(effect.request, effect.timeout, effect.stream)
+            return self._d.sync_sender().exchange(
+                effect.request, effect.timeout, effect.stream, effect.provider
+            )
         except Exception as exc:
             raise _upstream_error(exc, effect.provider) from None
 
@@ -298,7 +305,9 @@ class _AsyncDriver(_Driver):
     async def _send(self, effect: _Send) -> _Reply:
         sender = self._d.async_sender()
         try:
-            return await sender.aexchange(effect.request, effect.timeout, effect.stream)
+            return await sender.aexchange(
+                effect.request, effect.timeout, effect.stream, effect.provider
+            )
         except Exception as exc:
             raise _upstream_error(exc, effect.provider) from None
 

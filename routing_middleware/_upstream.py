@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from ._core_send import CoreSender
 from ._dispatch_state import _Reply as Reply
 from .providers.base import EncodedRequest
 
@@ -33,7 +34,16 @@ def encode_json(body: Any) -> bytes:
 class UpstreamSender:
     """Builds and sends upstream requests for one httpx or httpx2 client."""
 
-    __slots__ = ("_defaults", "_headers", "_lib", "_timeouts", "_urls", "client", "direct")
+    __slots__ = (
+        "_core",
+        "_defaults",
+        "_headers",
+        "_lib",
+        "_timeouts",
+        "_urls",
+        "client",
+        "direct",
+    )
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -50,6 +60,7 @@ class UpstreamSender:
         self._timeouts: dict[float | None, dict[str, Any]] = {}
         # The client's default headers (user agent, accept-encoding, ...), lowercased.
         self._defaults: dict[str, str] = dict(client.headers.items()) if self.direct else {}
+        self._core: CoreSender | None = None
 
     def build(self, encoded: EncodedRequest, timeout: float | None) -> Any:
         """The request for ``encoded``; ``timeout`` in seconds (``None``: the client's)."""
@@ -62,11 +73,7 @@ class UpstreamSender:
                 timeout=timeout if timeout is not None else self.client.timeout,
                 extensions={UPSTREAM_EXTENSION: True},
             )
-        url = self._urls.get(encoded.url)
-        if url is None:
-            if len(self._urls) >= _URL_CACHE_MAX:
-                self._urls.clear()
-            url = self._urls[encoded.url] = self._lib.URL(encoded.url)
+        url = self._url(encoded.url)
         # The same few header sets recur (one per provider and stream flag): build
         # each merged set once and let the request copy it.
         key = tuple(encoded.headers.items())
@@ -85,6 +92,43 @@ class UpstreamSender:
             content=encode_json(encoded.json),
             extensions={"timeout": self._timeout(timeout), UPSTREAM_EXTENSION: True},
         )
+
+    def _url(self, text: str) -> Any:
+        url = self._urls.get(text)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_MAX:
+                self._urls.clear()
+            url = self._urls[text] = self._lib.URL(text)
+        return url
+
+    def _pool(self, url: Any) -> Any:
+        """The connection pool behind the library's own transport for ``url``, if that
+        is the transport the client picks (else ``None``: send through the transport)."""
+        if self.client.is_closed:
+            raise RuntimeError("the upstream client has been closed")
+        transport = self.client._transport_for_url(url)
+        if type(transport).__module__ == "routing_middleware.transport":
+            transport = transport.inner  # interception passes our own requests through
+        kind = type(transport)
+        if kind is not self._lib.HTTPTransport and kind is not self._lib.AsyncHTTPTransport:
+            return None
+        pool = getattr(transport, "_pool", None)
+        if pool is not None and self._core is None:
+            self._core = CoreSender(type(pool).__module__.partition(".")[0], self._defaults)
+        return pool
+
+    def _pooled(
+        self, encoded: EncodedRequest, timeout: float | None
+    ) -> tuple[CoreSender, Any, Any] | None:
+        """``(sender, pool, pool request)`` when ``encoded`` can go straight to a pool."""
+        if not self.direct:
+            return None
+        url = self._url(encoded.url)
+        pool = self._pool(url)
+        if pool is None or self._core is None:
+            return None
+        body = encode_json(encoded.json)
+        return self._core, pool, self._core.request(url, encoded, body, self._timeout(timeout))
 
     def _timeout(self, seconds: float | None) -> dict[str, Any]:
         found = self._timeouts.get(seconds)
@@ -116,9 +160,15 @@ class UpstreamSender:
         response.request = request
         return response
 
-    def exchange(self, encoded: EncodedRequest, timeout: float | None, stream: bool) -> Reply:
+    def exchange(
+        self, encoded: EncodedRequest, timeout: float | None, stream: bool, provider: str = ""
+    ) -> Reply:
         """Send ``encoded``: the whole body, or for a successful ``stream`` a handle of
-        ``(response, chunk iterator)``. Errors are the client's own exceptions."""
+        ``(response, chunk iterator)``. Errors are the client's (or its pool's) own."""
+        pooled = self._pooled(encoded, timeout)
+        if pooled is not None:
+            core, pool, request = pooled
+            return core.exchange(pool, request, stream, provider)
         response = self.send(self.build(encoded, timeout))
         if stream and response.status_code < 400:
             return Reply(
@@ -131,9 +181,13 @@ class UpstreamSender:
         return Reply(response.status_code, response.headers, body)
 
     async def aexchange(
-        self, encoded: EncodedRequest, timeout: float | None, stream: bool
+        self, encoded: EncodedRequest, timeout: float | None, stream: bool, provider: str = ""
     ) -> Reply:
         """Async twin of :meth:`exchange`."""
+        pooled = self._pooled(encoded, timeout)
+        if pooled is not None:
+            core, pool, request = pooled
+            return await core.aexchange(pool, request, stream, provider)
         response = await self.asend(self.build(encoded, timeout))
         if stream and response.status_code < 400:
             return Reply(
