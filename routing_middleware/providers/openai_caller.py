@@ -288,6 +288,19 @@ class OpenAIStreamEncoder:
     def chunk(self, chunk: StreamChunk) -> bytes:
         """One decoded chunk as zero or one SSE events (usage waits for ``finish``)."""
         opening = self.start()
+        text = chunk.text
+        if (
+            text
+            and chunk.reasoning is None
+            and chunk.tool_calls is None
+            and chunk.finish_reason is None
+        ):
+            # Most chunks of a stream: one text delta, serialized without a dict.
+            content = json.dumps(text, ensure_ascii=False)
+            return opening + self._event(
+                f',"choices":[{{"index":{chunk.index},"delta":{{"content":{content}}},'
+                '"logprobs":null,"finish_reason":null}]}'
+            )
         delta: dict[str, Any] = {}
         if chunk.text:
             delta["content"] = chunk.text

@@ -1222,3 +1222,28 @@ def test_relay_upstream_stream_to_the_sdk() -> None:
     assert [(c.id, c.function.name) for c in message.tool_calls or []] == [("a", "f"), ("b", "g")]
     assert final.usage is not None
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (11, 7)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(min_size=1), index=st.integers(min_value=0, max_value=3))
+def test_text_chunks_encode_as_the_general_path_would(text: str, index: int) -> None:
+    """The text-only shortcut of the caller's stream encoder says what the general
+    path says: same JSON, parsed back to the same text by the openai SDK's model."""
+    from openai.types.chat import ChatCompletionChunk
+
+    encoder = OPENAI_CALLER.stream_encoder("m", "chatcmpl-1")
+    encoder.start()
+    fast = encoder.chunk(StreamChunk(text=text, index=index))
+    # The same chunk through the general path: a reasoning-free tool-less delta
+    # with a finish reason of None is what it builds, as a dict.
+    general = {
+        "index": index,
+        "delta": {"content": text},
+        "logprobs": None,
+        "finish_reason": None,
+    }
+    payload = json.loads(fast.removeprefix(b"data: ").strip())
+    assert payload["choices"] == [general]
+    parsed = ChatCompletionChunk.model_validate(payload)
+    assert parsed.choices[0].delta.content == text
+    assert parsed.choices[0].index == index
