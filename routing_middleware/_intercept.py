@@ -10,7 +10,8 @@ inner transport; routing is the relay's, metering of calls sent on unchanged is
 A chat call that goes out as the caller sent it because llmroute could not read it
 or failed on it (``fail_open``) is still metered and still held to budgets: a
 blocking budget at its limit answers ``BudgetExceeded`` in the caller's dialect
-instead of sending it.
+instead of sending it. Calls llmroute meters but does not route (the Responses API,
+embeddings) are held to budgets the same way.
 """
 
 from __future__ import annotations
@@ -273,7 +274,14 @@ def _pass_through(
     give instead of sending (``BudgetExceeded`` in the caller's dialect). Never
     raises: a failing budget store logs and lets the call go out, metered.
     """
-    info = _pass_info(engine, match, body)
+    return _checked(_pass_info(engine, match, body), match)
+
+
+def _checked(
+    info: CallInfo | None, match: EndpointMatch
+) -> tuple[CallInfo | None, RelayResponse | None]:
+    """``info`` and, when a blocking budget of its context is spent, the refusal to
+    answer instead of sending. Never raises."""
     if info is None or not info.engine.budgets:
         return info, None
     try:
@@ -288,7 +296,13 @@ async def _apass_through(
     engine: LLMRoute | None, match: EndpointMatch, body: bytes | None
 ) -> tuple[CallInfo | None, RelayResponse | None]:
     """Async twin of :func:`_pass_through` (budgets read through the async store)."""
-    info = _pass_info(engine, match, body)
+    return await _achecked(_pass_info(engine, match, body), match)
+
+
+async def _achecked(
+    info: CallInfo | None, match: EndpointMatch
+) -> tuple[CallInfo | None, RelayResponse | None]:
+    """Async twin of :func:`_checked` (budgets read through the async store)."""
     if info is None or not info.engine.budgets:
         return info, None
     try:
@@ -315,7 +329,9 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
         engine = engine_of()
         body = request.read()
         if match.kind in _METERED:
-            info = metered_info(engine, match, body)
+            info, blocked = _checked(metered_info(engine, match, body), match)
+            if blocked is not None:
+                return kit_for(request).relay_response(blocked)
         else:
             relay, view = _relay(engine, match.provider, _caller_keyed(request))
             context = current_context()
@@ -356,7 +372,9 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
         engine = engine_of()
         body = await request.aread()
         if match.kind in _METERED:
-            info = metered_info(engine, match, body)
+            info, blocked = await _achecked(metered_info(engine, match, body), match)
+            if blocked is not None:
+                return kit_for(request).relay_response(blocked)
         else:
             relay, view = _relay(engine, match.provider, _caller_keyed(request))
             context = current_context()

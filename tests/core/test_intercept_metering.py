@@ -220,6 +220,53 @@ def test_a_budget_with_room_lets_the_unreadable_call_through_and_charges_it() ->
     assert record.cost > 0
 
 
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        (RESPONSES_URL, {"model": "gpt-4o-mini", "input": "Summarize the ticket."}),
+        (EMBEDDINGS_URL, {"model": "text-embedding-3-small", "input": "printer jam"}),
+    ],
+    ids=["responses", "embeddings"],
+)
+def test_spent_budget_blocks_metered_calls_too(url: str, body: dict[str, Any]) -> None:
+    """Calls llmroute meters without routing are held to budgets like the rest."""
+    engine = _spent_budget_engine()
+    network, fake = _network()
+    with httpx.Client(transport=RoutingTransport(network.transport(), engine=engine)) as client:
+        response = client.post(url, json=body)
+    assert response.status_code == 402
+    assert response.json()["error"]["code"] == "budget_exceeded"
+    assert fake.calls == []
+    assert _records(engine) == []
+
+
+@pytest.mark.anyio
+async def test_spent_budget_blocks_an_embeddings_call_async() -> None:
+    engine = _spent_budget_engine()
+    network, fake = _network()
+    transport = AsyncRoutingTransport(network.async_transport(), engine=engine)
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.post(
+            EMBEDDINGS_URL, json={"model": "text-embedding-3-small", "input": "printer jam"}
+        )
+    assert response.status_code == 402
+    assert fake.calls == []
+
+
+def test_the_official_sdk_sees_a_blocked_responses_call_as_an_api_error() -> None:
+    engine = _spent_budget_engine()
+    network, fake = _network()
+    client = openai.OpenAI(
+        api_key=CALLER_KEY,
+        http_client=httpx.Client(transport=RoutingTransport(network.transport(), engine=engine)),
+        max_retries=0,
+    )
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.responses.create(model="gpt-4o-mini", input="Summarize the ticket.")
+    assert caught.value.status_code == 402
+    assert fake.calls == []
+
+
 # ----------------------------------------------------------------------------- internal errors
 
 
