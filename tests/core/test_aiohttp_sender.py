@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -13,30 +12,22 @@ import pytest
 from routing_middleware import _aiohttp_sender
 from routing_middleware._aiohttp_sender import AiohttpSender
 from routing_middleware._upstream import UpstreamSender
-from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.dispatch import Dispatcher
 from routing_middleware.engine import LLMRoute
 from routing_middleware.metering import MemorySink
-from routing_middleware.providers.registry import provider_config
 from routing_middleware.retry import RetryPolicy
-from routing_middleware.router import Decision, Deployment
-from routing_middleware.schema import ChatRequest, Message, UpstreamTimeout, UpstreamUnavailable
-from routing_middleware.testing import Failure, FakeModel, FakeProvider
+from routing_middleware.schema import UpstreamTimeout, UpstreamUnavailable
+from routing_middleware.testing import Failure, FakeProvider
+from tests.core.served_upstream import KEY, TEXT, chat, decision, served_fake
+from tests.core.served_upstream import dispatcher as make_dispatcher
 
 aiohttp = pytest.importorskip("aiohttp")
-
-KEY = "sk-test-aio-0001"
-TEXT = "Four, said the socket."
-PRICE = Price(Decimal("1"), Decimal("2"))
-CATALOG = Catalog([ModelInfo("openai/gpt-a", "openai", "gpt-a", PRICE, 16_000)])
-A = Deployment("openai/gpt-a", "openai", "gpt-a")
 
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[FakeProvider, str]]:
-    fake = FakeProvider([FakeModel("gpt-a", content=TEXT, price=PRICE)], require_key=KEY)
-    with fake.serve() as url:
-        yield fake, url
+    with served_fake() as found:
+        yield found
 
 
 @pytest.fixture(autouse=True)
@@ -44,33 +35,8 @@ def _clean(served: tuple[FakeProvider, str]) -> None:
     served[0].clear_failures()
 
 
-def chat(stream: bool = False) -> ChatRequest:
-    return ChatRequest(
-        model="openai/gpt-a",
-        messages=[Message(role="user", content="What is two plus two?")],
-        max_tokens=32,
-        stream=stream,
-    )
-
-
-def decision() -> Decision:
-    return Decision(
-        primary=A,
-        fallbacks=(),
-        tier=1,
-        estimated_cost=None,
-        requested_model="openai/gpt-a",
-        requested_cost=None,
-        mode="enforce",
-        reasons=(),
-    )
-
-
-def dispatcher(url: str, sink: MemorySink, **kw: Any) -> Dispatcher:
-    providers = {"openai": provider_config("openai", api_key=KEY, base_url=f"{url}/v1")}
-    options: dict[str, Any] = {"catalog": CATALOG, "sink": sink, "async_client": "aiohttp"}
-    options.update(kw)
-    return Dispatcher(providers, **options)
+def dispatcher(url: str, sink: MemorySink | None = None, **kw: Any) -> Dispatcher:
+    return make_dispatcher(url, sink, **{"async_client": "aiohttp", **kw})
 
 
 def test_a_call_and_a_stream_over_aiohttp(served: tuple[FakeProvider, str]) -> None:

@@ -11,7 +11,6 @@ import gzip
 import json
 import socket
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -21,67 +20,28 @@ import pytest
 
 from routing_middleware import transport as routing_transport
 from routing_middleware._fake_asgi import serve
-from routing_middleware.catalog import Catalog, ModelInfo, Price
-from routing_middleware.dispatch import Dispatcher
 from routing_middleware.engine import LLMRoute
 from routing_middleware.metering import MemorySink
-from routing_middleware.providers.registry import provider_config
 from routing_middleware.retry import RetryPolicy
-from routing_middleware.router import Decision, Deployment
 from routing_middleware.schema import (
-    ChatRequest,
     InvalidRequest,
-    Message,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from routing_middleware.testing import Failure, FakeModel, FakeProvider
-
-KEY = "sk-test-core-0001"
-TEXT = "Four, from the pool."
-PRICE = Price(Decimal("1"), Decimal("2"))
-CATALOG = Catalog([ModelInfo("openai/gpt-a", "openai", "gpt-a", PRICE, 16_000)])
-A = Deployment("openai/gpt-a", "openai", "gpt-a")
+from routing_middleware.testing import Failure, FakeProvider
+from tests.core.served_upstream import CATALOG, KEY, TEXT, chat, decision, dispatcher, served_fake
 
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[FakeProvider, str]]:
-    fake = FakeProvider([FakeModel("gpt-a", content=TEXT, price=PRICE)], require_key=KEY)
-    with fake.serve() as url:
-        yield fake, url
+    with served_fake() as found:
+        yield found
 
 
 @pytest.fixture(autouse=True)
 def _clean(served: tuple[FakeProvider, str]) -> None:
     served[0].clear_failures()
-
-
-def chat(stream: bool = False) -> ChatRequest:
-    return ChatRequest(
-        model="openai/gpt-a",
-        messages=[Message(role="user", content="What is two plus two?")],
-        max_tokens=32,
-        stream=stream,
-    )
-
-
-def decision() -> Decision:
-    return Decision(
-        primary=A,
-        fallbacks=(),
-        tier=1,
-        estimated_cost=None,
-        requested_model="openai/gpt-a",
-        requested_cost=None,
-        mode="enforce",
-        reasons=(),
-    )
-
-
-def dispatcher(url: str, sink: MemorySink | None = None, **kw: Any) -> Dispatcher:
-    providers = {"openai": provider_config("openai", api_key=KEY, base_url=f"{url}/v1")}
-    return Dispatcher(providers, catalog=CATALOG, sink=sink or MemorySink(), **kw)
 
 
 @pytest.mark.parametrize("lib", [None, httpx, httpx2], ids=["default", "httpx", "httpx2"])
