@@ -312,14 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 env={"LLMROUTE_BENCH_KEY": key},
             )
             try:
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                _wrk(url, key, 2, args.concurrency)  # warm up
-                before = _cpu_seconds(gateway.pid)
-                row = _wrk(url, key, args.seconds, args.concurrency)
-                used = _cpu_seconds(gateway.pid) - before
-                row["gateway_cpu_us_per_req"] = used / (row["rps"] * args.seconds) * 1e6
-                row["p50_1conn_ms"] = _wrk(url, key, args.seconds / 2, 1)["p50_ms"]
-                results[f"gateway/{client}"] = row
+                results[f"gateway/{client}"] = _measure(args, gateway, port, key)
             finally:
                 _stop(gateway)
         if args.litellm:
@@ -332,6 +325,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["added_p50_ms"] = 0.0 if name == "baseline" else row["p50_ms"] - base
         row["added_p50_1conn_ms"] = 0.0 if name == "baseline" else row["p50_1conn_ms"] - alone
     return results
+
+
+def _measure(
+    args: argparse.Namespace, server: subprocess.Popen[bytes], port: int, key: str
+) -> dict[str, float]:
+    """Load the server on ``port``: throughput and latency at ``--concurrency``, its CPU
+    per request, then the p50 of one connection alone."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    _wrk(url, key, 2, args.concurrency)  # warm up
+    before = _cpu_seconds(server.pid)
+    row = _wrk(url, key, args.seconds, args.concurrency)
+    used = _cpu_seconds(server.pid) - before
+    row["gateway_cpu_us_per_req"] = used / max(row["rps"] * args.seconds, 1) * 1e6
+    row["p50_1conn_ms"] = _wrk(url, key, args.seconds / 2, 1)["p50_ms"]
+    return row
 
 
 _LITELLM_CONFIG = """
@@ -368,14 +376,7 @@ def _litellm_proxy(args: argparse.Namespace, upstream_url: str) -> dict[str, flo
         wait=180.0,
     )
     try:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        _wrk(url, master, 2, args.concurrency)  # warm up
-        before = _cpu_seconds(proxy.pid)
-        row = _wrk(url, master, args.seconds, args.concurrency)
-        used = _cpu_seconds(proxy.pid) - before
-        row["gateway_cpu_us_per_req"] = used / max(row["rps"] * args.seconds, 1) * 1e6
-        row["p50_1conn_ms"] = _wrk(url, master, args.seconds / 2, 1)["p50_ms"]
-        return row
+        return _measure(args, proxy, port, master)
     finally:
         _stop(proxy)
         os.unlink(handle.name)
