@@ -245,7 +245,7 @@ def _wrk(url: str, key: str | None, seconds: float, concurrency: int) -> dict[st
                 "wrk",
                 "-t1",
                 f"-c{concurrency}",
-                f"-d{seconds:g}s",
+                f"-d{max(1, round(seconds))}s",  # wrk takes whole seconds
                 "--timeout",
                 "10s",
                 "-s",
