@@ -56,7 +56,8 @@ class AiohttpSender:
     here); without one, a session per event loop is made on first use. Proxy
     settings come from the environment, as with httpx: when a proxy variable is
     set the session honours them (``trust_env``); when none is, it skips the
-    per-request proxy and netrc lookups that ``trust_env`` costs.
+    per-request proxy and netrc lookups that ``trust_env`` costs. TLS certificates
+    are checked against the same bundle httpx uses.
     """
 
     direct = True
@@ -83,7 +84,8 @@ class AiohttpSender:
         if found is None or found[0].closed:
             aiohttp = self._aiohttp
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit), trust_env=_proxies_set()
+                connector=aiohttp.TCPConnector(limit=self._limit, ssl=_ssl_context()),
+                trust_env=_proxies_set(),
             )
             guard = _close_at_loop_shutdown(session)
             await guard.__anext__()
@@ -133,6 +135,15 @@ class AiohttpSender:
         found = self._sessions.pop(asyncio.get_running_loop(), None)
         if found is not None:
             await found[0].close()
+
+
+def _ssl_context() -> Any:
+    """Certificates verified as httpx verifies them (certifi's bundle, or the
+    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` the environment names), not only the
+    system's store, which slim container images often lack."""
+    import httpx
+
+    return httpx.create_ssl_context()
 
 
 def _proxies_set() -> bool:

@@ -188,3 +188,26 @@ def test_proxy_variables_are_honoured_only_when_set(monkeypatch: pytest.MonkeyPa
     assert anyio.run(trusts_env) is False
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     assert anyio.run(trusts_env) is True
+
+
+def test_tls_is_verified_against_the_bundle_httpx_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    import certifi
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+    async def context() -> ssl.SSLContext:
+        sender = AiohttpSender()
+        session = await sender.session()
+        found = session.connector._ssl
+        await sender.aclose()
+        return found  # type: ignore[no-any-return]
+
+    found = anyio.run(context)
+    assert isinstance(found, ssl.SSLContext)
+    assert found.verify_mode == ssl.CERT_REQUIRED
+    assert found.check_hostname
+    bundle = ssl.create_default_context(cafile=certifi.where())
+    assert len(found.get_ca_certs()) == len(bundle.get_ca_certs()) > 0
