@@ -11,9 +11,11 @@ process, built on first use (never at import or in ``AppConfig.ready``) with:
   :class:`~django_llmroute.models.Budget` rows;
 - the catalog file ``CATALOG_PATH`` when it exists (``llmroute_sync_prices`` writes it).
 
-The engine is dropped when ``LLMROUTE`` or ``CACHES`` changes (``setting_changed``)
-and rebuilt when the admin budgets change (in this process at once, in others
-within ``BUDGETS_REFRESH_S``). The sink survives rebuilds unless its options changed.
+The engine is dropped when ``LLMROUTE`` or ``CACHES`` changes (``setting_changed``).
+When only the admin budgets change, the engine takes the new budgets in place (in
+this process at once, in others within ``BUDGETS_REFRESH_S``) and keeps its circuit
+breakers, latency stats and response cache. The sink survives rebuilds unless its
+options changed.
 """
 
 from __future__ import annotations
@@ -260,6 +262,15 @@ def get_engine() -> LLMRoute:
         current = _state.engine
         if current is not None and current is not engine and _state.settings is settings:
             return current  # another thread rebuilt it meanwhile
+        if current is not None and _state.settings is settings:
+            # Only the admin's budgets changed: swap them in, keeping the breakers,
+            # latency stats and response cache this engine has built up.
+            _state.dirty = False
+            budgets, version = _all_budgets(settings)
+            current.replace_budgets(budgets)
+            _state.budgets_version = version
+            _state.checked_at = time.monotonic()
+            return current
         if _state.engine is not None:
             _retire(_state.engine)
         _state.dirty = False

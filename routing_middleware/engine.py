@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .breaker import BreakerPolicy, CircuitBreaker, MemoryBreakerStore, RedisBreakerStore
-from .budgets import Budgets, BudgetStore, MemoryBudgetStore, RedisBudgetStore
+from .budgets import Budget, Budgets, BudgetStore, MemoryBudgetStore, RedisBudgetStore
 from .cache import MemoryCacheStore, RedisCacheStore, ResponseCache
 from .catalog import Catalog, default_catalog
 from .context import RouteContext, current_context
@@ -192,6 +192,22 @@ class LLMRoute:
     def is_offline(self) -> bool:
         """True when every provider is served by FakeProvider."""
         return bool(self.providers) and self.offline_providers == set(self.providers)
+
+    def replace_budgets(self, budgets: Iterable[Budget]) -> None:
+        """Enforce ``budgets`` from now on, keeping everything else this engine learned.
+
+        Spend lives in the budget store, so counters of budgets that stay carry on;
+        circuit breakers, latency stats and the response cache are untouched (a
+        rebuilt engine would start them over). Calls already under way settle
+        against the budgets they reserved from.
+        """
+        budgets = tuple(budgets)
+        replaced = Budgets(budgets, self.budgets.store, status_ttl_s=1.0)
+        routing = self.config.routing.model_copy(update={"budgets": budgets})
+        self.config = self.config.model_copy(update={"routing": routing})
+        self.budgets = replaced
+        self.router.budgets = replaced
+        self.dispatcher.budgets = replaced if replaced else None
 
     # ------------------------------------------------------------------ calls
 

@@ -224,3 +224,32 @@ async def test_aclose_closes_the_async_redis_clients_the_engine_opened() -> None
     await engine.aclose()
     assert stats._async_client is None
     assert engine._redis_stores == []
+
+
+def test_replacing_budgets_keeps_spend_and_what_the_engine_learned() -> None:
+    from routing_middleware.budgets import Budget
+    from routing_middleware.schema import BudgetExceeded
+
+    config = {
+        "offline": "always",
+        "offline_latency": "none",
+        "routing": {"budgets": [{"name": "team", "limit_usd": "1"}]},
+    }
+    engine = LLMRoute(config, sink=MemorySink(), environ={})
+    request = ChatRequest(model="openai/gpt-4o-mini", messages=[Message(role="user", content="hi")])
+    engine.complete(request)
+    [spent] = engine.budgets.store.totals(engine.budgets.lines())
+    assert spent > 0
+    stats, breaker, cache = engine.stats, engine.breaker, engine.dispatcher.cache
+
+    # A lower limit under the same name: the spend so far counts against it.
+    engine.replace_budgets([Budget(name="team", limit_usd=Decimal("0.0000001"))])
+    assert engine.budgets.store.totals(engine.budgets.lines()) == [spent]
+    assert engine.config.routing.budgets[0].limit_usd == Decimal("0.0000001")
+    with pytest.raises(BudgetExceeded):
+        engine.decide(request)
+    assert (engine.stats, engine.breaker, engine.dispatcher.cache) == (stats, breaker, cache)
+
+    engine.replace_budgets([])
+    assert engine.dispatcher.budgets is None
+    assert engine.decide(request).model  # nothing blocks it any more

@@ -235,11 +235,15 @@ def test_admin_budgets_are_read_cached_and_invalidated(llmroute):
     assert budget.limit_usd == Decimal(2)
     engine = runtime.get_engine()
     assert [b.name for b in engine.budgets.budgets] == ["support"]
+    stats, breaker = engine.stats, engine.breaker
     row.limit_usd = 3
     row.save()
-    rebuilt = runtime.get_engine()
-    assert rebuilt is not engine
-    assert [b.limit_usd for b in rebuilt.budgets.budgets] == [Decimal(3)]
+    # The same engine, with the new budget: what it learned is kept.
+    assert runtime.get_engine() is engine
+    assert [b.limit_usd for b in engine.budgets.budgets] == [Decimal(3)]
+    assert engine.router.budgets is engine.budgets
+    assert engine.dispatcher.budgets is engine.budgets
+    assert (engine.stats, engine.breaker) == (stats, breaker)
     row.active = False
     row.save()
     assert runtime.get_engine().budgets.budgets == ()
@@ -258,7 +262,7 @@ def test_other_workers_notice_a_budget_change_through_the_cache(llmroute):
     caches["default"].add(BUDGETS_VERSION_KEY, 0)
     caches["default"].incr(BUDGETS_VERSION_KEY)
     fresh = runtime.get_engine()
-    assert fresh is not engine
+    assert fresh is engine
     assert [b.name for b in fresh.budgets.budgets] == ["elsewhere"]
 
 
@@ -386,7 +390,7 @@ def test_budgets_loaded_in_the_background_reach_the_engine(llmroute, flaky_loade
     _wait_for_background_loads()
     # ...and rebuilt with them once the background load brought them in.
     rebuilt = runtime.get_engine()
-    assert rebuilt is not engine
+    assert rebuilt is engine
     assert _names(rebuilt.budgets.budgets) == ["late"]
 
 
