@@ -267,7 +267,7 @@ class _StatsView:
     of once per decision.
     """
 
-    __slots__ = ("_by_stream", "_min_samples", "selections", "snapshot")
+    __slots__ = ("_by_stream", "_min_samples", "once", "selections", "snapshot")
 
     def __init__(self, snapshot: StatsSnapshot, min_samples: int) -> None:
         self.snapshot = snapshot
@@ -277,6 +277,8 @@ class _StatsView:
         #: Selections made under this view and plan, by everything that decides them
         #: (see ``Router._selection_key``). Dropped with the view. Bounded.
         self.selections: dict[tuple[Any, ...], _Selection] = {}
+        #: Hashes of the keys met once so far (a selection is kept on the second).
+        self.once: set[int] = set()
 
     def same_figures(self, snapshot: StatsSnapshot) -> bool:
         """Whether ``snapshot`` holds what this view's snapshot holds, for the router:
@@ -936,10 +938,19 @@ class Router:
                     model=request.model,
                 )
             if key is not None and selection.cons.seen is None:
-                selections = view.selections
-                if len(selections) >= _MAX_SELECTIONS:
-                    selections.clear()
-                selections[key] = selection
+                # Kept the second time its key comes: what traffic never repeats then
+                # costs a hash in a set, not live objects for the collector to walk.
+                digest = hash(key)
+                once = view.once
+                if digest in once:
+                    selections = view.selections
+                    if len(selections) >= _MAX_SELECTIONS:
+                        selections.clear()
+                    selections[key] = selection
+                else:
+                    if len(once) >= 4 * _MAX_SELECTIONS:
+                        once.clear()
+                    once.add(digest)
 
         best = selection.best
         primary = self._deployment(best)
