@@ -138,12 +138,12 @@ class _CallEngine:
         return decision
 
 
-_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
 
 
 def _caller_keyed(request: Any) -> bool:
-    headers = request.headers
-    return any(headers.get(name) for name in _CREDENTIAL_HEADERS)
+    """Whether ``request`` carries a credential of its own (one pass over raw headers)."""
+    return any(value and name.lower() in _CREDENTIAL_HEADERS for name, value in request.headers.raw)
 
 
 def _relay(engine: LLMRoute, addressed: str, caller_keyed: bool) -> tuple[Any, _CallEngine]:
