@@ -15,6 +15,7 @@ the same transaction, so replaying a batch twice never counts it twice.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import logging
@@ -406,6 +407,22 @@ def store_records(
 # --------------------------------------------------------------------------- the sink
 
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@functools.cache
+def _warn_sync_in_event_loop() -> None:
+    logger.warning(
+        "llmroute: SINK DURABILITY 'sync' is not waited for inside an event loop (async "
+        "views, ASGI): records are queued and written by the flusher as with 'async'"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SinkOptions:
     """How :class:`DjangoSink` buffers and writes.
@@ -416,6 +433,8 @@ class SinkOptions:
     - ``spool_path``: the JSONL spool (default :func:`~django_llmroute.spool.default_spool_path`).
     - ``durability``: ``"async"`` (``emit`` returns at once) or ``"sync"`` (``emit``
       returns once the record is in the database or the spool, or after ``sync_timeout_s``).
+      On a thread running an event loop ``emit`` never waits, whatever the durability:
+      blocking there would stall every request the loop serves (logged once).
     - ``retries`` / ``retry_backoff_ms``: write attempts after the first, with doubling
       backoff, before a batch goes to the spool.
     - ``database``: the connection alias to write through.
@@ -534,7 +553,10 @@ class DjangoSink:
                 self._replay_wanted = True
             elif ticket.done is not None and threading.current_thread() is not self._thread:
                 # (The flusher itself, e.g. a signal receiver emitting, must not wait on itself.)
-                ticket.done.wait(self.options.sync_timeout_s)
+                if _in_event_loop():
+                    _warn_sync_in_event_loop()  # queued; waiting would stall every request
+                else:
+                    ticket.done.wait(self.options.sync_timeout_s)
         except Exception:
             logger.exception("llmroute: could not queue a usage record; spooling it")
             try:

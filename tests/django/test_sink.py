@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -297,3 +298,29 @@ def test_sync_emit_from_the_flusher_thread_does_not_wait_on_itself(make_sink):
     finally:
         llm_call_recorded.disconnect(receiver)
     assert LLMCall.objects.filter(record_id=inner.id).exists()
+
+
+def test_sync_durability_never_blocks_an_event_loop(make_sink, monkeypatch):
+    import asyncio
+
+    sink = make_sink(durability="sync", flush_interval_ms=20, sync_timeout_s=30)
+    written = threading.Event()
+    original = sink._write
+
+    def slow_write(*args, **kwargs):
+        written.wait(5)  # the database is slow until the loop has moved on
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sink, "_write", slow_write)
+    record = make_record()
+
+    async def view() -> float:
+        started = time.monotonic()
+        sink.emit(record)
+        return time.monotonic() - started
+
+    waited = asyncio.run(view())
+    written.set()
+    assert waited < 2  # queued, not waited for (the write takes until `written` is set)
+    assert sink.flush(timeout=10)
+    assert LLMCall.objects.filter(record_id=record.id).exists()
