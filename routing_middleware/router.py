@@ -56,7 +56,7 @@ from .context import Mode, RouteContext, current_context
 from .pricing import COST_QUANTUM, estimate_cost
 from .schema import BudgetExceeded, ChatRequest, NoRouteAvailable
 from .stats import AlwaysAvailable, DeploymentStats, HealthCheck, StatsSnapshot, StatsStore
-from .tokens import estimate_request_tokens
+from .tokens import request_tokens_and_images
 
 __all__ = ["Decision", "Deployment", "Reason", "Router"]
 
@@ -498,6 +498,25 @@ class _CompiledRule:
         self.alone = _RuleOutcome()
         self.apply(self.alone)
 
+    def holds(self, ctx: RouteContext, input_tokens: int, needs: int) -> bool:
+        """Whether every condition but the feature/route/model globs (prefiltered) and
+        the regex and keywords (tested per text) holds."""
+        if not self.conditional:
+            return True
+        if self.groups is not None and self.groups.isdisjoint(ctx.user_groups or ()):
+            return False
+        if self.tags is not None and self.tags.isdisjoint(ctx.tags or ()):
+            return False
+        if self.min_tokens is not None and input_tokens < self.min_tokens:
+            return False
+        if self.max_tokens is not None and input_tokens > self.max_tokens:
+            return False
+        if self.has_tools is not None and bool(needs & _TOOLS) != self.has_tools:
+            return False
+        if self.has_images is not None and bool(needs & _VISION) != self.has_images:
+            return False
+        return not (self.json_schema is not None and bool(needs & _SCHEMA) != self.json_schema)
+
     def apply(self, outcome: _RuleOutcome) -> None:
         """Set the fields of ``outcome`` this rule sets and no earlier rule did."""
         applied = []
@@ -518,6 +537,25 @@ class _CompiledRule:
             applied.append(f"mode {self.mode}")
         if applied:
             outcome.reasons.append(Reason("rule", f"rule '{self.name}' → {', '.join(applied)}"))
+
+
+class _RuleSet:
+    """The rules whose feature, route and model globs match one (feature, route, model).
+
+    ``thresholds`` cut input token counts into bands within which every token
+    condition of these rules holds alike: ``min_input_tokens`` m starts a band at m,
+    ``max_input_tokens`` M at M + 1. ``by_request`` remembers which rules the other
+    non-text conditions let through, per groups, tags, needs and band.
+    """
+
+    __slots__ = ("by_request", "rules", "thresholds")
+
+    def __init__(self, rules: tuple[_CompiledRule, ...]) -> None:
+        self.rules = rules
+        cuts = {r.min_tokens for r in rules if r.min_tokens is not None}
+        cuts |= {r.max_tokens + 1 for r in rules if r.max_tokens is not None}
+        self.thresholds = tuple(sorted(cuts))
+        self.by_request: dict[tuple[Any, ...], tuple[_CompiledRule, ...]] = {}
 
 
 _DEFAULT_CONFIG: RoutingConfig | None = None
@@ -576,7 +614,7 @@ class Router:
                 bit <<= 1
         #: Per last user text: (rules whose text test ran, those that matched), as bits.
         self._text_memo: dict[str, tuple[int, int]] = {}
-        self._rule_cache: dict[tuple[str | None, str | None, str], tuple[_CompiledRule, ...]] = {}
+        self._rule_cache: dict[tuple[str | None, str | None, str], _RuleSet] = {}
         self._levels: tuple[int, ...] = ()
         self._level_orders: dict[int, list[int]] = {}
 
@@ -696,16 +734,18 @@ class Router:
 
     # ------------------------------------------------------------------ rules
 
-    def _rules_for(self, ctx: RouteContext, model: str) -> tuple[_CompiledRule, ...]:
+    def _rules_for(self, ctx: RouteContext, model: str) -> _RuleSet:
         key = (ctx.feature, ctx.route, model)
         found = self._rule_cache.get(key)
         if found is None:
-            found = tuple(
-                r
-                for r in self._rules
-                if _glob_ok(r.features, ctx.feature)
-                and _glob_ok(r.routes, ctx.route)
-                and _glob_ok(r.models, model)
+            found = _RuleSet(
+                tuple(
+                    r
+                    for r in self._rules
+                    if _glob_ok(r.features, ctx.feature)
+                    and _glob_ok(r.routes, ctx.route)
+                    and _glob_ok(r.models, model)
+                )
             )
             if len(self._rule_cache) > 4096:
                 self._rule_cache.clear()
@@ -716,42 +756,46 @@ class Router:
         self, request: ChatRequest, ctx: RouteContext, input_tokens: int, needs: int
     ) -> _RuleOutcome:
         """The outcome of the rules for this request; read only (it may be shared)."""
+        rule_set = self._rules_for(ctx, request.model)
+        if rule_set.thresholds:
+            band = bisect.bisect_right(rule_set.thresholds, input_tokens)
+        else:
+            band = 0
+        # The rules whose every condition but the text ones holds, per everything
+        # those conditions read (token counts by band: see ``_RuleSet``).
+        key = (ctx.user_groups, ctx.tags, needs, band)
+        try:
+            candidates = rule_set.by_request.get(key)
+        except TypeError:  # unhashable groups or tags: worked out, not remembered
+            key = None
+            candidates = None
+        if candidates is None:
+            candidates = tuple(r for r in rule_set.rules if r.holds(ctx, input_tokens, needs))
+            if key is not None:
+                if len(rule_set.by_request) >= 1024:
+                    rule_set.by_request.clear()
+                rule_set.by_request[key] = candidates
         outcome: _RuleOutcome | None = None
         text: str | None = None
         tested = matched = 0
-        for rule in self._rules_for(ctx, request.model):
-            if rule.conditional:
-                if rule.groups is not None and rule.groups.isdisjoint(ctx.user_groups or ()):
+        for rule in candidates:
+            bit = rule.text_bit
+            if bit:
+                if text is None:
+                    text = request.last_user_text
+                    tested, matched = self._text_memo.get(text, (0, 0))
+                if not tested & bit:
+                    tested |= bit
+                    if _text_matches(rule, text):
+                        matched |= bit
+                    if len(text) <= _MAX_MEMO_TEXT:
+                        memo = self._text_memo
+                        if len(memo) >= 4096:
+                            memo.clear()
+                        # One tuple, replaced whole: a reader never sees half of it.
+                        memo[text] = (tested, matched)
+                if not matched & bit:
                     continue
-                if rule.tags is not None and rule.tags.isdisjoint(ctx.tags or ()):
-                    continue
-                if rule.min_tokens is not None and input_tokens < rule.min_tokens:
-                    continue
-                if rule.max_tokens is not None and input_tokens > rule.max_tokens:
-                    continue
-                if rule.has_tools is not None and bool(needs & _TOOLS) != rule.has_tools:
-                    continue
-                if rule.has_images is not None and bool(needs & _VISION) != rule.has_images:
-                    continue
-                if rule.json_schema is not None and bool(needs & _SCHEMA) != rule.json_schema:
-                    continue
-                bit = rule.text_bit
-                if bit:
-                    if text is None:
-                        text = request.last_user_text
-                        tested, matched = self._text_memo.get(text, (0, 0))
-                    if not tested & bit:
-                        tested |= bit
-                        if _text_matches(rule, text):
-                            matched |= bit
-                        if len(text) <= _MAX_MEMO_TEXT:
-                            memo = self._text_memo
-                            if len(memo) >= 4096:
-                                memo.clear()
-                            # One tuple, replaced whole: a reader never sees half of it.
-                            memo[text] = (tested, matched)
-                    if not matched & bit:
-                        continue
             if outcome is None:
                 if not rule.continue_:
                     return rule.alone
@@ -786,8 +830,8 @@ class Router:
         config = self.config
         reasons: list[Reason] = []
         requested = plan.requested(request.model, self.catalog)
-        input_tokens = estimate_request_tokens(request)
-        needs = _needs(request)
+        input_tokens, images = request_tokens_and_images(request)
+        needs = _needs(request, images)
         rules = self._apply_rules(request, ctx, input_tokens, needs) if self._rules else _NO_RULES
         reasons.extend(rules.reasons)
         mode: Mode = ctx.mode or rules.mode or config.mode
@@ -1409,21 +1453,13 @@ _NEEDS = tuple(
 )
 
 
-def _has_images(request: ChatRequest) -> bool:
-    """``request.has_images``, minus a property call per message: only a list content
-    can hold an image."""
-    for message in request.messages:
-        if isinstance(message.content, list) and message.has_images:
-            return True
-    return False
-
-
-def _needs(request: ChatRequest) -> int:
-    """The capabilities ``request`` needs, as bits (see :data:`_NEEDS`)."""
+def _needs(request: ChatRequest, images: bool) -> int:
+    """The capabilities ``request`` needs, as bits (see :data:`_NEEDS`); ``images``:
+    whether a message holds one."""
     needs = 0
     if request.tools:
         needs |= _TOOLS
-    if _has_images(request):
+    if images:
         needs |= _VISION
     if _wants_schema(request):
         needs |= _SCHEMA

@@ -18,6 +18,7 @@ __all__ = [
     "estimate_message_tokens",
     "estimate_request_tokens",
     "estimate_text_tokens",
+    "request_tokens_and_images",
 ]
 
 #: Framing per message (role, separators), after OpenAI's published heuristic.
@@ -64,16 +65,24 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 def estimate_request_tokens(request: ChatRequest) -> int:
     """Input tokens of ``request``: messages, framing and tool definitions."""
+    return request_tokens_and_images(request)[0]
+
+
+def request_tokens_and_images(request: ChatRequest) -> tuple[int, bool]:
+    """:func:`estimate_request_tokens`, and whether a message holds an image, in one
+    pass over the messages (the router needs both on every decision)."""
     tokens = _REPLY_PRIMER_TOKENS
+    images = False
     for message in request.messages:
         content = message.content
-        # The common message, plain ASCII text and no tool calls, counted inline: this
-        # runs on every routing decision.
+        # The common message, plain ASCII text and no tool calls, counted inline.
         if isinstance(content, str) and content.isascii() and not message.tool_calls:
             tokens += MESSAGE_OVERHEAD_TOKENS + (len(content) + 3) // 4
         else:
             tokens += estimate_message_tokens(message)
+            if not images and isinstance(content, list):
+                images = any(isinstance(part, ImagePart) for part in content)
     for tool in request.tools or ():
         tokens += 8 + estimate_text_tokens(tool.name) + estimate_text_tokens(tool.description or "")
         tokens += (len(_COMPACT_JSON.encode(tool.parameters)) + 3) // 4
-    return tokens
+    return tokens, images
