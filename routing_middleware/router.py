@@ -757,10 +757,8 @@ class Router:
     ) -> _RuleOutcome:
         """The outcome of the rules for this request; read only (it may be shared)."""
         rule_set = self._rules_for(ctx, request.model)
-        if rule_set.thresholds:
-            band = bisect.bisect_right(rule_set.thresholds, input_tokens)
-        else:
-            band = 0
+        cuts = rule_set.thresholds
+        band = bisect.bisect_right(cuts, input_tokens) if cuts else 0
         # The rules whose every condition but the text ones holds, per everything
         # those conditions read (token counts by band: see ``_RuleSet``).
         key = (ctx.user_groups, ctx.tags, needs, band)
