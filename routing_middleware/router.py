@@ -761,7 +761,7 @@ class Router:
         band = bisect.bisect_right(cuts, input_tokens) if cuts else 0
         # The rules whose every condition but the text ones holds, per everything
         # those conditions read (token counts by band: see ``_RuleSet``).
-        key = (ctx.user_groups, ctx.tags, needs, band)
+        key: tuple[Any, ...] | None = (ctx.user_groups, ctx.tags, needs, band)
         try:
             candidates = rule_set.by_request.get(key)
         except TypeError:  # unhashable groups or tags: worked out, not remembered
