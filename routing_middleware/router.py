@@ -761,15 +761,16 @@ class Router:
         band = bisect.bisect_right(cuts, input_tokens) if cuts else 0
         # The rules whose every condition but the text ones holds, per everything
         # those conditions read (token counts by band: see ``_RuleSet``).
-        key: tuple[Any, ...] | None = (ctx.user_groups, ctx.tags, needs, band)
+        key = (ctx.user_groups, ctx.tags, needs, band)
+        remember = True
         try:
             candidates = rule_set.by_request.get(key)
         except TypeError:  # unhashable groups or tags: worked out, not remembered
-            key = None
+            remember = False
             candidates = None
         if candidates is None:
             candidates = tuple(r for r in rule_set.rules if r.holds(ctx, input_tokens, needs))
-            if key is not None:
+            if remember:
                 if len(rule_set.by_request) >= 1024:
                     rule_set.by_request.clear()
                 rule_set.by_request[key] = candidates
