@@ -958,3 +958,25 @@ def test_remembering_router_decides_like_a_fresh_one(
             with contextlib.suppress(BudgetExceeded):  # (once it is spent)
                 spend = RouteContext(feature="chat")
                 budgets.settle(budgets.reserve(Decimal("0.000001"), spend), Decimal("0.00012"))
+
+
+def test_rules_remembered_per_token_band_groups_and_tags() -> None:
+    router = _rule_router(
+        {"name": "short", "when": {"max_input_tokens": 10}, "then": {"tier": 1}},
+        {"name": "long", "when": {"min_input_tokens": 12}, "then": {"tier": 3}},
+        {"name": "staff", "when": {"user_groups": ["staff"]}, "then": {"min_quality": 85}},
+    )
+
+    def decide(chars: int, groups: frozenset[str] | None = None) -> Decision:
+        request = _request("x" * chars, model="openai/mid")  # tier 2 when no rule sets one
+        return router.decide(request, RouteContext(user_groups=groups, allow_upgrade=True))
+
+    # 7 tokens of framing plus a quarter of the characters, rounded up: 10, 11, 12 tokens.
+    cases = [(12, 1), (13, 2), (17, 3), (9, 1), (16, 2), (40, 3), (12, 1), (13, 2), (17, 3)]
+    for chars, tier in cases:
+        decision = decide(chars)
+        assert (decision.input_tokens, decision.tier) == (7 + (chars + 3) // 4, tier)
+    staff = frozenset({"staff"})
+    assert decide(13, staff).reason_codes[0] == "rule"
+    assert decide(13).reason_codes[0] != "rule"
+    assert decide(13, staff).reason_codes[0] == "rule"
