@@ -980,3 +980,22 @@ def test_rules_remembered_per_token_band_groups_and_tags() -> None:
     assert decide(13, staff).reason_codes[0] == "rule"
     assert decide(13).reason_codes[0] != "rule"
     assert decide(13, staff).reason_codes[0] == "rule"
+
+
+def test_max_tokens_beyond_the_expected_output_still_sizes_the_window() -> None:
+    # The expected output (256) is the same with max_tokens 10,000 as without, but the
+    # context window needed is not: a kept selection must not be reused across them.
+    router = Router(
+        Catalog(
+            [
+                _model("a/small", "0.1", "0.4", tier=1, quality=60, window=8_000),
+                _model("b/large", "0.2", "0.8", tier=1, quality=60, window=128_000),
+            ]
+        ),
+        _no_classifier(),
+    )
+    ctx = RouteContext(tier=1)
+    for _ in range(3):
+        assert router.decide(_request(model="b/large"), ctx).model == "a/small"
+    wide = router.decide(_request(model="b/large", max_tokens=10_000), ctx)
+    assert (wide.model, wide.output_tokens) == ("b/large", 256)
