@@ -130,6 +130,10 @@ class Decision:
         return tuple(r.code for r in self.reasons)
 
 
+_new = object.__new__
+_set = object.__setattr__  # (``Decision`` is frozen: its own ``__setattr__`` refuses)
+
+
 def _expected_cost(model: ModelInfo, input_tokens: int, output_tokens: int) -> Decimal:
     price = model.price
     if price.bands:
@@ -1009,19 +1013,21 @@ class Router:
             keep = requested.deployments[0] if requested else _unknown_deployment(request.model)
             reasons.append(Reason("observe", f"observe mode: keeping {request.model}"))
             primary, fallbacks = keep, ()
-        return Decision(  # in field order, positional: see _Constraints above
-            primary,
-            fallbacks,
-            selection.level,  # tier
-            selection.estimated,  # estimated_cost
-            request.model,  # requested_model
-            selection.requested_cost,
-            mode,
-            tuple(reasons),
-            routed,
-            input_tokens,
-            output_tokens,
-        )
+        # What ``Decision(...)`` does, minus the generated ``__init__``'s lookups
+        # per field (a tenth of a remembered decision).
+        decision: Decision = _new(Decision)
+        _set(decision, "primary", primary)
+        _set(decision, "fallbacks", fallbacks)
+        _set(decision, "tier", selection.level)
+        _set(decision, "estimated_cost", selection.estimated)
+        _set(decision, "requested_model", request.model)
+        _set(decision, "requested_cost", selection.requested_cost)
+        _set(decision, "mode", mode)
+        _set(decision, "reasons", tuple(reasons))
+        _set(decision, "routed", routed)
+        _set(decision, "input_tokens", input_tokens)
+        _set(decision, "output_tokens", output_tokens)
+        return decision
 
     def _select(
         self,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from decimal import Decimal
 from typing import Any
@@ -999,3 +1000,18 @@ def test_max_tokens_beyond_the_expected_output_still_sizes_the_window() -> None:
         assert router.decide(_request(model="b/large"), ctx).model == "a/small"
     wide = router.decide(_request(model="b/large", max_tokens=10_000), ctx)
     assert (wide.model, wide.output_tokens) == ("b/large", 256)
+
+
+def test_decision_is_built_whole() -> None:
+    # decide() fills a Decision field by field: every field must be set, and the
+    # result must be what the dataclass constructor makes of the same values.
+    router = Router(_catalog(), _no_classifier())
+    for mode in ("enforce", "observe"):
+        decision = router.decide(_request(), RouteContext(tier=2, mode=mode))  # type: ignore[arg-type]
+        values = {f.name: getattr(decision, f.name) for f in dataclasses.fields(Decision)}
+        rebuilt = Decision(**values)
+        assert decision == rebuilt
+        assert hash(decision) == hash(rebuilt)
+        assert repr(decision) == repr(rebuilt)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            decision.tier = 1  # type: ignore[misc]
