@@ -771,7 +771,7 @@ class Budgets:
         # The key ``lines`` files its answer under: the same key, the same lines.
         now = self._clock()
         whole = (int(now // 3600), ctx.user_id, ctx.feature, ctx.api_key_id, ctx.tags)
-        clock = time.monotonic if ttl else store.now  # type: ignore[attr-defined]
+        clock = time.monotonic if ttl else store._clock  # type: ignore[attr-defined]
         found = self._pressing.get(whole)
         if found is not None:
             version = self._epoch if ttl else store.version  # type: ignore[attr-defined]

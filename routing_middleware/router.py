@@ -271,11 +271,13 @@ class _StatsView:
     of once per decision.
     """
 
-    __slots__ = ("_by_stream", "_min_samples", "once", "selections", "snapshot")
+    __slots__ = ("_by_stream", "_min_samples", "config", "once", "selections", "snapshot")
 
-    def __init__(self, snapshot: StatsSnapshot, min_samples: int) -> None:
+    def __init__(self, snapshot: StatsSnapshot, config: RoutingConfig) -> None:
         self.snapshot = snapshot
-        self._min_samples = min_samples
+        #: The router config the selections below were made under.
+        self.config = config
+        self._min_samples = config.sla_min_samples
         # Indexed by ``stream`` (False, True); keyed by candidate identity.
         self._by_stream: tuple[dict[_Cand, _Latency], dict[_Cand, _Latency]] = ({}, {})
         #: Selections made under this view and plan, by everything that decides them
@@ -607,7 +609,7 @@ class Router:
         self.classifier = classifier
         self._rng = rng or random.Random()
         self._plan: _Plan | None = None
-        self._view = _StatsView(_EMPTY_SNAPSHOT, self.config.sla_min_samples)
+        self._view = _StatsView(_EMPTY_SNAPSHOT, self.config)
         self._snapshot_at = -math.inf
         self._tier_names = {k.lower(): v for k, v in self.config.all_tier_names.items()}
         self._rules = tuple(_CompiledRule(rule, self._level) for rule in self.config.rules)
@@ -631,7 +633,7 @@ class Router:
             plan = self._build_plan(generation)
             self._plan = plan
             # The view caches figures per candidate object: start it over for the new ones.
-            self._view = _StatsView(self._view.snapshot, self.config.sla_min_samples)
+            self._view = _StatsView(self._view.snapshot, self.config)
         return plan
 
     def refresh(self) -> None:
@@ -725,6 +727,8 @@ class Router:
         return tuple(out)
 
     def _stats_now(self) -> _StatsView:
+        if self._view.config is not self.config:  # a config swapped in: start over
+            self._view = _StatsView(self._view.snapshot, self.config)
         if self.stats is None:
             return self._view
         now = time.monotonic()
@@ -732,7 +736,7 @@ class Router:
             snapshot = self.stats.snapshot()
             # Unchanged figures keep the view, and with it what was derived from them.
             if not self._view.same_figures(snapshot):
-                self._view = _StatsView(snapshot, self.config.sla_min_samples)
+                self._view = _StatsView(snapshot, self.config)
             self._snapshot_at = now
         return self._view
 
@@ -865,8 +869,9 @@ class Router:
 
         # Budgets
         cheapest = downgraded = False
-        if self.budgets:
-            for status in self.budgets.pressing(ctx):
+        budgets = self.budgets
+        if budgets is not None and budgets.budgets:  # (what ``bool(budgets)`` says)
+            for status in budgets.pressing(ctx):
                 action = status.action
                 if action is None:
                     continue

@@ -1015,3 +1015,12 @@ def test_decision_is_built_whole() -> None:
         assert repr(decision) == repr(rebuilt)
         with pytest.raises(dataclasses.FrozenInstanceError):
             decision.tier = 1  # type: ignore[misc]
+
+
+def test_a_swapped_config_drops_kept_selections() -> None:
+    router = Router(_catalog(), _no_classifier())
+    ctx = RouteContext(tier=1)
+    for _ in range(3):
+        assert len(router.decide(_request(), ctx).fallbacks) == 3
+    router.config = _no_classifier(max_fallbacks=1)
+    assert len(router.decide(_request(), ctx).fallbacks) == 1
