@@ -228,6 +228,9 @@ class Meter:
             extra["routed_model"] = decision.routed.model
             if decision.estimated_cost is not None:
                 extra["routed_estimated_cost"] = str(decision.estimated_cost)
+            routed_cost = _routed_cost(info, decision.routed.model, usage) if ok else None
+            if routed_cost is not None:
+                extra["routed_cost"] = str(routed_cost)
         if not complete:
             extra["closed_early"] = True
         if self._unreadable:
@@ -471,6 +474,19 @@ def _costs(info: CallInfo, usage: Usage) -> tuple[Decimal, Decimal | None]:
     billed = billed_cost(usage, model, catalog=catalog)
     listed = billed if usage.provider_cost is None else cost_of(usage, model, catalog=catalog)
     return billed, listed
+
+
+def _routed_cost(info: CallInfo, routed: str, usage: Usage) -> Decimal | None:
+    """What this call's usage would have cost on the model routing picked (list prices;
+    the routed model's tokenizer would count somewhat differently). ``None`` when the
+    model is not in the catalog."""
+    catalog = info.engine.catalog
+    model = catalog.find(routed)
+    if model is None:
+        return None
+    from .pricing import cost_of
+
+    return cost_of(usage.model_copy(update={"provider_cost": None}), model, catalog=catalog)
 
 
 def _charge_budgets(info: CallInfo, cost: Decimal) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import subprocess
 import sys
+from decimal import Decimal
 from typing import Any
 
 import anthropic
@@ -372,6 +373,13 @@ def test_observe_mode_sends_the_original_and_meters_it() -> None:
     assert record.requested_cost == record.cost
     assert "observe" in dict(record.reasons)
     assert record.extra["routed_model"] != record.chosen_model
+    # What the same usage would have cost where routing would have sent it: the
+    # saving observe mode reports before anything is rerouted.
+    from routing_middleware.pricing import cost_of
+
+    routed = cost_of(record.usage, record.extra["routed_model"], catalog=engine.catalog)
+    assert Decimal(record.extra["routed_cost"]) == routed
+    assert routed < record.cost
 
 
 @pytest.mark.anyio
