@@ -34,6 +34,7 @@ from ._dispatch_state import (
     _Sleep,
     _StatsEnd,
     _StatsStart,
+    forward_bytes,
 )
 from ._ids import new_id
 from .breaker import CircuitBreaker
@@ -127,6 +128,15 @@ class _Machine:
         key = None
         if self.cache is not None and is_cacheable(request, cache):
             key = self.cache.key(request, decision.primary.model)
+        forward = None
+        if (
+            stream
+            and key is None
+            and self.stream_failover == "error"
+            and self.stream_holdback == 0
+            and not self.store_content
+        ):
+            forward = forward_bytes.get()
         started = self.clock.monotonic()
         deadline = self.retry.deadline
         return _Call(
@@ -139,6 +149,7 @@ class _Machine:
             started=started,
             deadline_at=None if deadline is None else started + deadline,
             reasons=tuple((r.code, r.message) for r in decision.reasons),
+            forward=forward,
         )
 
     def _price(self, usage: Usage, info: ModelInfo | None) -> Decimal:
@@ -264,6 +275,10 @@ class _Machine:
 
     def _partial_usage(self, call: _Call, attempt: _Attempt, request: ChatRequest) -> Usage | None:
         """What an attempt that ended early probably consumed (``None``: nothing known)."""
+        forward = attempt.forward
+        if forward is not None:  # decode what was forwarded, as the decoded path would have
+            attempt.forward = None
+            attempt.decoder, attempt.text = forward.replay()
         reported = attempt.decoder.usage if attempt.decoder is not None else None
         if not attempt.answered and reported is None:
             return None
@@ -683,6 +698,8 @@ class _Machine:
         timeout: float | None,
     ) -> Generator[Any, Any, LLMError | None]:
         dialect = self._dialect(config.dialect)
+        if call.forward is not None and dialect.name == "openai" and not call.stitched:
+            return (yield from self._forward_attempt(call, attempt, config, request, timeout))
         held: list[StreamChunk] = []
         flowing = finished = False
         content = 0
@@ -772,6 +789,71 @@ class _Machine:
                 response.usage = usage
             if call.cache_key is not None:  # the key lookups use, whoever served it
                 yield _CachePut(call.cache_key, CacheEntry(response, record.cost))
+        return None
+
+    def _forward_attempt(
+        self,
+        call: _Call,
+        attempt: _Attempt,
+        config: ProviderConfig,
+        request: ChatRequest,
+        timeout: float | None,
+    ) -> Generator[Any, Any, LLMError | None]:
+        """A streamed attempt whose events go to an OpenAI caller as bytes.
+
+        Up to the first content it reads through effects and fails over like any
+        attempt. Then it delivers what :class:`~.providers.openai_forward.OpenAIForwarder`
+        let through so far, and hands the consumer the rest of the stream to read
+        itself (a :class:`~._dispatch_drivers._Pipe`: no effect per read); once that
+        ended, it meters the attempt as the decoded path does and delivers the end
+        (the usage event when owed, ``[DONE]``).
+        """
+        from ._dispatch_drivers import _Pipe
+        from .providers.openai_forward import OpenAIForwarder
+
+        dialect = self._dialect(config.dialect)
+        tail = b""
+        try:
+            encoded = dialect.encode_request(request, config, attempt.deployment.name)
+            forward = attempt.forward = OpenAIForwarder(config, request, bool(call.forward))
+            attempt.sent = True
+            reply: _Reply = yield _Send(encoded, timeout, True, config.name)
+            if reply.status >= 400:
+                raise dialect.decode_error(reply.status, reply.headers, reply.body or b"", config)
+            attempt.answered = True
+            attempt.handle = reply.handle
+            while True:
+                data = yield _Read(reply.handle, config.name)
+                if not data:
+                    tail = forward.close()
+                    break
+                out = forward.feed(data)
+                if out:  # the answer started: the consumer reads the rest itself
+                    attempt.ttft = self.clock.monotonic()
+                    call.delivered = call.forwarding = True
+                    yield _Deliver(out)
+                    pipe = _Pipe(reply.handle, forward, config.name)
+                    yield _Deliver(pipe)
+                    if pipe.error is not None:
+                        raise pipe.error
+                    tail = forward.close()
+                    break
+            if attempt.ttft is None:
+                attempt.ttft = self.clock.monotonic()
+        except LLMError as error:
+            usage = self._partial_usage(call, attempt, request)
+            yield from self._end_attempt(call, attempt, usage, error)
+            return error
+        usage = forward.usage
+        if usage is None:
+            usage = self._partial_usage(call, attempt, request)
+            assert usage is not None
+        record = yield from self._end_attempt(call, attempt, usage, None)
+        record.requested_cost = self._requested_cost(call, usage, record)
+        call.served = attempt.deployment
+        call.usage = usage
+        call.delivered = call.forwarding = True
+        yield _Deliver(tail)
         return None
 
 

@@ -7,6 +7,7 @@ The logic (:mod:`._dispatch_machine`) yields *effects*; a driver
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,11 +19,18 @@ from .metering import UsageRecord
 from .schema import ChatRequest, ChatResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
+    from ._dispatch_drivers import _Pipe
     from .budgets import Reservation
     from .providers.base import EncodedRequest, StreamDecoder
+    from .providers.openai_forward import OpenAIForwarder
     from .router import Decision, Deployment
 
 StreamFailover = Literal["error", "continue"]
+
+#: Set by the relay around starting a stream for an OpenAI chat-completions caller:
+#: whether that caller asked for the usage event. Streams started meanwhile may
+#: forward an OpenAI-compatible upstream's events as bytes (see ``_forward_attempt``).
+forward_bytes: ContextVar[bool | None] = ContextVar("llmroute_forward_bytes", default=None)
 
 
 # ----------------------------------------------------------------------------- effects
@@ -54,7 +62,9 @@ class _Sleep:
 
 @dataclass(slots=True)
 class _Deliver:
-    chunk: StreamChunk
+    #: bytes: the caller's own wire format, forwarded; an iterable of them: the rest
+    #: of the stream, for the consumer to read (see ``_dispatch_drivers._Pipe``)
+    chunk: StreamChunk | bytes | _Pipe
 
 
 @dataclass(slots=True)
@@ -135,6 +145,7 @@ class _Attempt:
     budget_info: ModelInfo | None = None
     handle: Any = None
     decoder: StreamDecoder | None = None
+    forward: OpenAIForwarder | None = None  # forwarding the upstream's bytes
     sent: bool = False  # the request was encoded and went upstream
     answered: bool = False  # got a 2xx: the provider likely billed something
     ttft: float | None = None
@@ -155,6 +166,10 @@ class _Call:
     input_tokens: int | None = None
     records: list[UsageRecord] = field(default_factory=list)
     live: _Attempt | None = None
+    #: the caller takes OpenAI stream bytes (the value: whether it wants the usage
+    #: event) and nothing here needs decoded chunks; ``None``: chunks only
+    forward: bool | None = None
+    forwarding: bool = False  # what was delivered is bytes
     delivered: bool = False
     tool_delta: bool = False
     stitched: bool = False

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from ._dispatch_drivers import _AsyncDriver, _SyncDriver
+from ._dispatch_drivers import _AsyncDriver, _Pipe, _SyncDriver
 from ._dispatch_state import _Call, _Closed, _Deliver, _End
 from .metering import UsageRecord
 from .schema import StreamChunk, Usage
+
+#: What a driver step hands the consumer: a chunk, forwarded bytes, or the rest of a
+#: forwarded stream; ``None`` at the end.
+_Item = StreamChunk | bytes | _Pipe | None
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
@@ -21,21 +25,27 @@ class _StreamInfo:
     bookkeeping they share (the chunk held from priming, the end of the stream)."""
 
     _call: _Call
-    _pending: StreamChunk | None
+    _pending: _Item
     _done: bool
 
-    def _take(self) -> StreamChunk | None:
+    def _take(self) -> _Item:
         """The chunk held since :meth:`_prime`, once."""
         pending = self._pending
         self._pending = None
         return pending
 
-    def _chunk(self, outcome: _Deliver | _End) -> StreamChunk | None:
+    def _chunk(self, outcome: _Deliver | _End) -> _Item:
         """The chunk a driver step delivered, or ``None`` at the end of the stream."""
         if isinstance(outcome, _End):
             self._done = True
             return None
         return outcome.chunk
+
+    @property
+    def forwarding(self) -> bool:
+        """Whether the stream delivers an OpenAI caller's SSE bytes rather than chunks
+        (only when the relay asked for them; read them with ``forwarded``)."""
+        return self._call.forwarding
 
     @property
     def call_id(self) -> str:
@@ -71,10 +81,10 @@ class DispatchStream(_StreamInfo):
         self._call = call
         self._driver = _SyncDriver(dispatcher)
         self._machine = dispatcher._run(call)
-        self._pending: StreamChunk | None = None
+        self._pending: _Item = None
         self._done = False
 
-    def _advance(self, throw: BaseException | None = None) -> StreamChunk | None:
+    def _advance(self, throw: BaseException | None = None) -> _Item:
         try:
             outcome = self._driver.step(self._machine, throw)
         except BaseException:
@@ -91,13 +101,29 @@ class DispatchStream(_StreamInfo):
     def __next__(self) -> StreamChunk:
         pending = self._take()
         if pending is not None:
-            return pending
+            return cast("StreamChunk", pending)
         if self._done:
             raise StopIteration
         chunk = self._advance()
         if chunk is None:
             raise StopIteration
-        return chunk
+        return cast("StreamChunk", chunk)
+
+    def forwarded(self) -> Iterator[bytes]:
+        """The caller's bytes, when :attr:`forwarding`."""
+        item = self._take()
+        while True:
+            if item is None:
+                if self._done:
+                    return
+                item = self._advance()
+                if item is None:
+                    return
+            if type(item) is bytes:
+                yield item
+            else:  # the rest of the stream, straight off the upstream
+                yield from cast("_Pipe", item)
+            item = None
 
     def close(self) -> None:
         """Stop early: close the upstream response, settle and record (idempotent)."""
@@ -128,10 +154,10 @@ class AsyncDispatchStream(_StreamInfo):
         self._call = call
         self._driver = _AsyncDriver(dispatcher)
         self._machine = dispatcher._run(call)
-        self._pending: StreamChunk | None = None
+        self._pending: _Item = None
         self._done = False
 
-    async def _advance(self, throw: BaseException | None = None) -> StreamChunk | None:
+    async def _advance(self, throw: BaseException | None = None) -> _Item:
         try:
             outcome = await self._driver.step(self._machine, throw)
         except BaseException:
@@ -148,13 +174,30 @@ class AsyncDispatchStream(_StreamInfo):
     async def __anext__(self) -> StreamChunk:
         pending = self._take()
         if pending is not None:
-            return pending
+            return cast("StreamChunk", pending)
         if self._done:
             raise StopAsyncIteration
         chunk = await self._advance()
         if chunk is None:
             raise StopAsyncIteration
-        return chunk
+        return cast("StreamChunk", chunk)
+
+    async def forwarded(self) -> AsyncIterator[bytes]:
+        """The caller's bytes, when :attr:`forwarding`."""
+        item = self._take()
+        while True:
+            if item is None:
+                if self._done:
+                    return
+                item = await self._advance()
+                if item is None:
+                    return
+            if type(item) is bytes:
+                yield item
+            else:  # the rest of the stream, straight off the upstream
+                async for data in cast("_Pipe", item):
+                    yield data
+            item = None
 
     async def aclose(self) -> None:
         """Stop early: close the upstream response, settle and record (idempotent)."""

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
+from contextvars import Token
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from ._dispatch_state import forward_bytes
 from ._ids import new_id
 from .context import RouteContext, current_context
 from .dispatch import AsyncDispatchStream, DispatchStream
@@ -133,7 +135,12 @@ class Relay:
             request = self.parse(dialect, body, path, provider)
             decision = self.engine.decide(request, ctx)
             if request.stream:
-                _, stream = self.engine.stream(request, ctx, decision=decision)
+                token = _offer_bytes(dialect, request)
+                try:
+                    _, stream = self.engine.stream(request, ctx, decision=decision)
+                finally:
+                    if token is not None:
+                        forward_bytes.reset(token)
                 return self._stream_response(dialect, request, decision, stream)
             done = self.engine.complete(request, ctx, decision=decision)
         except LLMError as error:
@@ -157,7 +164,12 @@ class Relay:
             request = self.parse(dialect, body, path, provider)
             decision = self.engine.decide(request, ctx)
             if request.stream:
-                _, stream = await self.engine.astream(request, ctx, decision=decision)
+                token = _offer_bytes(dialect, request)
+                try:
+                    _, stream = await self.engine.astream(request, ctx, decision=decision)
+                finally:
+                    if token is not None:
+                        forward_bytes.reset(token)
                 return self._astream_response(dialect, request, decision, stream)
             done = await self.engine.acomplete(request, ctx, decision=decision)
         except LLMError as error:
@@ -209,6 +221,20 @@ class Relay:
             dialect, request, decision, stream.deployment or decision.primary
         )
 
+        def forwarded() -> Iterator[bytes]:
+            try:
+                try:
+                    yield from stream.forwarded()
+                except Exception as exc:
+                    yield _failure(encoder, exc)
+            finally:
+                stream.close()
+                response.records[:] = stream.records
+
+        if stream.forwarding:
+            response.stream = forwarded()
+            return response
+
         def chunks() -> Iterator[bytes]:
             try:
                 yield encoder.start()
@@ -233,6 +259,21 @@ class Relay:
             dialect, request, decision, stream.deployment or decision.primary
         )
 
+        async def forwarded() -> AsyncIterator[bytes]:
+            try:
+                try:
+                    async for data in stream.forwarded():
+                        yield data
+                except Exception as exc:
+                    yield _failure(encoder, exc)
+            finally:
+                await stream.aclose()
+                response.records[:] = stream.records
+
+        if stream.forwarding:
+            response.astream = forwarded()
+            return response
+
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 yield encoder.start()
@@ -249,6 +290,16 @@ class Relay:
 
         response.astream = chunks()
         return response
+
+
+def _offer_bytes(dialect: str, request: ChatRequest) -> Token[bool | None] | None:
+    """Let the stream about to start forward an OpenAI-compatible upstream's bytes
+    when the caller speaks chat completions (see ``_Machine._forward_attempt``)."""
+    if dialect != "openai":
+        return None
+    from .providers.openai_caller import wants_stream_usage
+
+    return forward_bytes.set(wants_stream_usage(request))
 
 
 def _failure(encoder: CallerStreamEncoder, exc: Exception) -> bytes:

@@ -1,0 +1,308 @@
+"""An OpenAI-compatible stream forwarded to an OpenAI caller as bytes.
+
+When the caller and the provider both speak chat completions, most events of a
+stream can reach the caller exactly as they came. :class:`OpenAIForwarder` splits
+the upstream bytes into events and passes plain text deltas through untouched;
+only the events the dispatcher must act on (usage, an in-band error, a finish
+reason) or that the caller's encoder would reshape (tool calls, reasoning, content
+parts, usage riding on a choice) are decoded — by the same
+:class:`~.openai_stream.OpenAIStreamDecoder` the decoded path uses, so errors and
+usage map identically. Until the first content event everything is decoded, so
+the dispatcher learns exactly when the answer starts.
+
+What the caller gets: the upstream's events (``data: ...`` lines, blank-line
+separated), the usage-only event only when it asked for usage, reshaped events
+under the upstream's own id and model, and one ``data: [DONE]`` at the end —
+preceded, when the caller asked for usage and the upstream sent no usage-only
+event, by one carrying the reported (or estimated) usage.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING
+
+from ..schema import LLMError, UpstreamProtocolError, Usage
+from .openai_caller import OpenAIStreamEncoder
+from .openai_stream import OpenAIStreamDecoder
+
+if TYPE_CHECKING:
+    from ..schema import ChatRequest, StreamChunk
+    from .base import ProviderConfig
+
+__all__ = ["OpenAIForwarder"]
+
+#: An event worth decoding once the answer flows: a non-null usage, error, finish
+#: reason, tool calls or reasoning, a Groq usage carrier, or content that is not a
+#: string. A quoted key in an event is a key (quotes inside strings are escaped); a
+#: false alarm costs a decode, never the caller's bytes.
+_NOTABLE = re.compile(
+    rb'"(?:usage|error|finish_reason|tool_calls|reasoning|reasoning_content|x_groq)"'
+    rb"\s*:\s*(?!\s|null)"
+    rb'|"content"\s*:\s*(?!\s|null|")'
+)
+_LISTED = re.compile(rb'"content"\s*:\s*(?!\s|null|")')
+#: The inside of a JSON string on one line: no bare quote, every backslash escaping.
+_TEXT = re.compile(rb'[^"\\\r\n]*(?:\\[^\r\n][^"\\\r\n]*)*')
+_CONTENT = (b'"content":"', b'"content": "')
+_SEP = b"\n\n"
+_DONE = b"data: [DONE]\n\n"
+
+
+def _has_content(chunk: StreamChunk) -> bool:
+    return bool(
+        chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason is not None
+    )
+
+
+def _data_of(block: bytes) -> bytes | None:
+    """The ``data`` of one event block that is not a lone ``data: ...`` line."""
+    lines: list[bytes] = []
+    for line in block.split(b"\n"):
+        if not line or line[:1] == b":":
+            continue
+        name, sep, value = line.partition(b":")
+        if name != b"data":
+            continue
+        lines.append(value[1:] if sep and value[:1] == b" " else value)
+    return b"\n".join(lines) if lines else None
+
+
+def _event(data: bytes) -> bytes:
+    """``data`` as one event (a ``data:`` line per line of it)."""
+    if b"\n" not in data:
+        return b"data: " + data + _SEP
+    return b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"
+
+
+class OpenAIForwarder:
+    """Forwards one ``chat.completion.chunk`` stream to an OpenAI caller.
+
+    :meth:`feed` takes bytes as they arrive (any split, ``\\r\\n`` line ends
+    included) and returns what the caller gets now — nothing until the first
+    content event, then everything held so far. It raises the mapped
+    :class:`LLMError` on an in-band error. :meth:`close` ends the input: a missing
+    ``[DONE]`` or finish reason raises :class:`UpstreamProtocolError`, as decoding
+    does. :meth:`replay` decodes everything received, for estimates after a failure.
+    """
+
+    __slots__ = (
+        "_encoder",
+        "_ended",
+        "_estimate",
+        "_first",
+        "_head",
+        "_held",
+        "_include_usage",
+        "_provider",
+        "_reads",
+        "_request",
+        "_rest",
+        "_side",
+        "_tail",
+        "_usage_sent",
+        "done",
+        "finished",
+        "started",
+    )
+
+    def __init__(self, provider: ProviderConfig, request: ChatRequest, include_usage: bool) -> None:
+        self._provider = provider
+        self._request = request
+        self._include_usage = include_usage
+        self._side = OpenAIStreamDecoder(provider, request)
+        self._reads: list[bytes] = []
+        self._rest = b""
+        self._held: list[bytes] = []
+        self._first: bytes | None = None
+        self._encoder: OpenAIStreamEncoder | None = None
+        self._estimate: Usage | None = None
+        self._usage_sent = False
+        self._ended = False
+        # A plain text event seen, split around its text: events that differ from it
+        # only in the text are plain too, known without a search.
+        self._head = b""
+        self._tail = b""
+        #: the answer started (content or a finish reason arrived)
+        self.started = False
+        #: ``[DONE]`` arrived
+        self.done = False
+        #: a finish reason arrived
+        self.finished = False
+
+    @property
+    def usage(self) -> Usage | None:
+        """The last usage the upstream reported, or the estimate made at the end."""
+        usage = self._side.usage
+        return self._estimate if usage is None else usage
+
+    def feed(self, data: bytes) -> bytes:
+        """Take ``data``; the bytes the caller gets now."""
+        self._reads.append(data)
+        if self.done:
+            return b""
+        head = self._head
+        if (
+            head
+            and not self._rest
+            and data.startswith(head)
+            and data.endswith(self._tail)
+            and _TEXT.fullmatch(data, len(head), len(data) - len(self._tail)) is not None
+        ):
+            return data  # one event like the last plain one but for its text: as it is
+        buf = self._rest + data if self._rest else data
+        carry = b""
+        if b"\r" in buf:
+            if buf[-1:] == b"\r":  # maybe half of a \r\n: decide with the next read
+                buf, carry = buf[:-1], b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        blocks = buf.split(_SEP)
+        self._rest = blocks.pop() + carry
+        return self._events(blocks)
+
+    def close(self) -> bytes:
+        """End of input: the rest for the caller, ``[DONE]`` last."""
+        self._ended = True
+        rest = self._rest.replace(b"\r", b"\n").strip(b"\n")
+        self._rest = b""
+        out = self._events([rest] if rest and not self.done else [])
+        provider = self._provider.name
+        if not self.done:
+            raise UpstreamProtocolError(
+                "the stream ended before its [DONE] marker (cut short)", provider=provider
+            )
+        if not self.finished:
+            raise UpstreamProtocolError(
+                "the stream sent [DONE] without a finish reason (cut short)", provider=provider
+            )
+        usage = self._side.usage
+        if usage is None:
+            usage = self._estimate = self.replay()[0].usage
+        if self._include_usage and not self._usage_sent and usage is not None:
+            return out + self._encoder_for(None).finish(usage)
+        return out + _DONE
+
+    def replay(self) -> tuple[OpenAIStreamDecoder, list[str]]:
+        """Everything received, decoded as the decoded path would have: the decoder
+        (its usage reported or estimated) and the texts of the chunks it returned."""
+        decoder = OpenAIStreamDecoder(self._provider, self._request)
+        texts: list[str] = []
+        try:
+            for data in self._reads:
+                texts.extend(chunk.text for chunk in decoder.feed(data) if chunk.text)
+            if self._ended:
+                texts.extend(chunk.text for chunk in decoder.close() if chunk.text)
+        except LLMError:
+            pass
+        return decoder, texts
+
+    # ------------------------------------------------------------------ events
+
+    def _events(self, blocks: list[bytes]) -> bytes:
+        out = self._held
+        started = self.started
+        for block in blocks:
+            if block[:6] == b"data: " and b"\n" not in block:
+                data = block[6:]
+                if (
+                    started
+                    and data[:1] == b"{"
+                    and data[-1:] == b"}"
+                    and _NOTABLE.search(data) is None
+                ):
+                    out.append(block)
+                    out.append(_SEP)
+                    if not self._head:
+                        self._learn(block)
+                    continue
+            else:
+                block = block.lstrip(b"\n")
+                found = _data_of(block)
+                if found is None:
+                    continue  # comments, or nothing at all
+                data = found
+            self._decode(block, data, out)
+            started = self.started
+            if self.done:
+                break
+        if not self.started or not out:
+            return b""
+        self._held = []
+        return b"".join(out)
+
+    def _learn(self, block: bytes) -> None:
+        """Remember a plain event's bytes around its text (see :meth:`feed`)."""
+        for key in _CONTENT:
+            at = block.find(key)
+            if at >= 0:
+                break
+        else:
+            return
+        start = at + len(key)
+        if block.find(b'"content"', start) >= 0:
+            return  # several choices: not one shape
+        text = _TEXT.match(block, start)
+        if text is None or block[text.end() : text.end() + 1] != b'"':
+            return
+        self._head = block[:start]
+        self._tail = block[text.end() :] + _SEP
+
+    def _decode(self, block: bytes, data: bytes, out: list[bytes]) -> None:
+        """An event that needs decoding: acted on, then forwarded, reshaped or dropped."""
+        side = self._side
+        before = side.usage
+        chunks = side.feed(block + _SEP)  # raises the provider's in-band error, mapped
+        if side.done:
+            self.done = True
+            return
+        if self._first is None and data[:1] == b"{":
+            self._first = data
+        reshape = _LISTED.search(data) is not None
+        for chunk in chunks:
+            if chunk.finish_reason is not None:
+                self.finished = True
+            if _has_content(chunk):
+                self.started = True
+            if chunk.reasoning or chunk.tool_calls or chunk.usage is not None:
+                reshape = True
+        if not chunks:
+            return  # nothing the caller would see (e.g. a prompt-filter event)
+        only = chunks[0]
+        usage_only = len(chunks) == 1 and only.role is None and not _has_content(only)
+        if usage_only and side.usage is not before:
+            if self._include_usage:
+                self._usage_sent = True
+                out.append(_event(data))
+            return
+        if not reshape:
+            out.append(_event(data))
+            return
+        encoder = self._encoder_for(data)
+        for chunk in chunks:
+            encoded = encoder.chunk(chunk)
+            if encoded:
+                out.append(encoded)
+
+    def _encoder_for(self, data: bytes | None) -> OpenAIStreamEncoder:
+        """The encoder of events the upstream did not send as such, under its id and model."""
+        if self._encoder is None:
+            head: object = None
+            source = self._first or data
+            if source is not None:
+                try:
+                    head = json.loads(source)
+                except ValueError:
+                    head = None
+            fields = head if isinstance(head, dict) else {}
+            response_id = fields.get("id")
+            model = fields.get("model")
+            created = fields.get("created")
+            self._encoder = OpenAIStreamEncoder(
+                model if isinstance(model, str) else "",
+                response_id if isinstance(response_id, str) else "",
+                include_usage=self._include_usage,
+                created=created if isinstance(created, int) else None,
+            )
+            self._encoder.start()  # the upstream's own events carry the role
+        return self._encoder
