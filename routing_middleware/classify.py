@@ -294,7 +294,7 @@ class Features:
 
 _LOG_SPAN = math.log10(50)
 #: Texts whose tier a :class:`ComplexityScorer` remembers.
-_MAX_TIERS = 2048
+_MAX_TIERS = 1024
 
 
 def _texts(request: ChatRequest) -> tuple[str, str, int]:

@@ -797,7 +797,7 @@ class Router:
                         matched |= bit
                     if len(text) <= _MAX_MEMO_TEXT:
                         memo = self._text_memo
-                        if len(memo) >= 4096:
+                        if len(memo) >= _MAX_MEMO_TEXTS:
                             memo.clear()
                         # One tuple, replaced whole: a reader never sees half of it.
                         memo[text] = (tested, matched)
@@ -1416,8 +1416,10 @@ def _contains_any(text: str, parts: tuple[str, ...]) -> bool:
     return any(map(text.__contains__, parts))
 
 
-#: Texts longer than this are not kept in the per-text rule memo (memory stays bounded).
-_MAX_MEMO_TEXT = 4096
+#: The per-text rule memo keeps at most this many texts of at most this many
+#: characters (at most ~4M characters held, whatever the traffic).
+_MAX_MEMO_TEXTS = 2048
+_MAX_MEMO_TEXT = 2048
 
 
 def _text_matches(rule: _CompiledRule, text: str) -> bool:
