@@ -1327,12 +1327,16 @@ class Router:
                     worst = units[-1]
         if len(picks) > 1:
             if view.snapshot.deployments:
-                # Ties on cost break on latency. Taking it for every pick (one lookup
-                # each) orders exactly as taking it for tied picks only would.
-                stream = cons.stream
-                for pick in picks:
-                    pick.latency = _latency_of(pick, view, stream)
-                picks.sort(key=_cheap_key)
+                # Ties on cost break on latency: it is looked up only when two picks
+                # cost the same (then for every pick, which orders exactly as taking
+                # it for the tied ones only would).
+                picks.sort(key=_unit_only)
+                units = [p.unit for p in picks]
+                if any(map(float.__eq__, units, units[1:])):
+                    stream = cons.stream
+                    for pick in picks:
+                        pick.latency = _latency_of(pick, view, stream)
+                    picks.sort(key=_cheap_key)
             else:
                 picks.sort(key=_unit_key)
         return picks[:want]
@@ -1382,6 +1386,10 @@ class Router:
 
 def _cheap_key(p: _Pick) -> tuple[float, float, int, int]:
     return (p.unit, p.latency, -p.cand.quality, p.cand.order)
+
+
+def _unit_only(p: _Pick) -> float:
+    return p.unit
 
 
 def _unit_key(p: _Pick) -> tuple[float, int, int]:
