@@ -731,3 +731,23 @@ def test_forwarding_over_a_real_socket(
     assert facts(fsink.records) == facts(psink.records)
     assert fsink.records[0].status == "ok"
     assert fsink.records[0].cost > 0
+
+
+def test_closing_early_records_what_was_forwarded_async() -> None:
+    relay, sink = make_relay(Upstream(fake_provider()))
+
+    async def main() -> None:
+        answer = await relay.ahandle("openai", body(), provider="openai")
+        assert answer.astream is not None
+        got = b""
+        async for piece in answer.astream:
+            got += piece
+            if "That" in seen(got)["text"]:
+                break
+        await answer.astream.aclose()  # type: ignore[attr-defined]
+
+    anyio.run(main)
+    [record] = sink.records
+    assert (record.status, record.error_kind) == ("error", "ConsumerClosed")
+    assert record.usage.estimated
+    assert record.usage.output_tokens > 5
