@@ -235,10 +235,25 @@ class _Machine:
             stitched=call.stitched and status == "ok",
             reasons=call.reasons,
         )
+        routed = decision.routed
+        if decision.mode == "observe" and routed is not None and status == "ok":
+            extra = {**(extra or {}), **self._routed_extra(routed, usage)}
         if extra:
             record.extra = extra
         call.records.append(record)
         return record
+
+    def _routed_extra(self, routed: Deployment, usage: Usage) -> dict[str, str]:
+        """Where observe mode would have sent the call, and what the same usage would
+        have cost there (list prices)."""
+        found = {"routed_model": routed.model}
+        info = self._catalog().find(routed.model)
+        if info is not None:
+            from .pricing import cost_of
+
+            unbilled = usage.model_copy(update={"provider_cost": None})
+            found["routed_cost"] = str(cost_of(unbilled, info))
+        return found
 
     def _finish(self, call: _Call) -> None:
         """Number the records and hand them to the sink (once; never raises)."""

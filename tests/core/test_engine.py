@@ -253,3 +253,23 @@ def test_replacing_budgets_keeps_spend_and_what_the_engine_learned() -> None:
     engine.replace_budgets([])
     assert engine.dispatcher.budgets is None
     assert engine.decide(request).model  # nothing blocks it any more
+
+
+def test_observe_mode_records_the_routed_model_and_its_cost() -> None:
+    from routing_middleware.pricing import cost_of
+
+    config = {"offline": "always", "offline_latency": "none", "mode": "observe"}
+    sink = MemorySink()
+    engine = LLMRoute(config, sink=sink, environ={})
+    request = ChatRequest(
+        model="openai/gpt-4o", messages=[Message(role="user", content="Summarize: ok.")]
+    )
+    with route_hint(tier="cheap"):
+        done = engine.complete(request)
+    assert done.decision.mode == "observe"
+    [record] = sink.records
+    assert record.chosen_model == "openai/gpt-4o"  # sent where the code sent it
+    routed = record.extra["routed_model"]
+    assert routed != record.chosen_model
+    assert Decimal(record.extra["routed_cost"]) == cost_of(record.usage, routed)
+    assert Decimal(record.extra["routed_cost"]) < record.cost
