@@ -15,7 +15,6 @@ the same transaction, so replaying a batch twice never counts it twice.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import functools
 import logging
@@ -38,6 +37,7 @@ from django.utils import timezone
 
 from routing_middleware.metering import UsageRecord
 
+from .budgets import _in_event_loop
 from .models import NO_TIER, DailySummary, DailyUsage, LLMCall, RollupSums
 from .signals import llm_call_recorded
 from .spool import ReplayResult, Spool, default_spool_path
@@ -405,14 +405,6 @@ def store_records(
 
 
 # --------------------------------------------------------------------------- the sink
-
-
-def _in_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 @functools.cache

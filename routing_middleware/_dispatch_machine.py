@@ -60,7 +60,7 @@ from .tokens import estimate_request_tokens, estimate_text_tokens
 
 if TYPE_CHECKING:
     from .budgets import Budgets
-    from .providers.base import Dialect, ProviderConfig
+    from .providers.base import Dialect, EncodedRequest, ProviderConfig
     from .router import Decision, Deployment
     from .stats import StatsStore
 
@@ -704,6 +704,23 @@ class _Machine:
                 call.tool_delta = True
         yield _Deliver(out)
 
+    def _open_stream(
+        self,
+        attempt: _Attempt,
+        config: ProviderConfig,
+        dialect: Dialect,
+        encoded: EncodedRequest,
+        timeout: float | None,
+    ) -> Generator[Any, Any, _Reply]:
+        """Send a stream's request; an error status raises the provider's error."""
+        attempt.sent = True
+        reply: _Reply = yield _Send(encoded, timeout, True, config.name)
+        if reply.status >= 400:
+            raise dialect.decode_error(reply.status, reply.headers, reply.body or b"", config)
+        attempt.answered = True
+        attempt.handle = reply.handle
+        return reply
+
     def _stream_attempt(
         self,
         call: _Call,
@@ -727,12 +744,7 @@ class _Machine:
         try:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
             decoder = attempt.decoder = dialect.stream_decoder(config, request)
-            attempt.sent = True
-            reply: _Reply = yield _Send(encoded, timeout, True, config.name)
-            if reply.status >= 400:
-                raise dialect.decode_error(reply.status, reply.headers, reply.body or b"", config)
-            attempt.answered = True
-            attempt.handle = reply.handle
+            reply = yield from self._open_stream(attempt, config, dialect, encoded, timeout)
             while True:
                 data = yield _Read(reply.handle, config.name)
                 chunks = decoder.feed(data) if data else decoder.close()
@@ -831,12 +843,7 @@ class _Machine:
         try:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
             forward = attempt.forward = OpenAIForwarder(config, request, bool(call.forward))
-            attempt.sent = True
-            reply: _Reply = yield _Send(encoded, timeout, True, config.name)
-            if reply.status >= 400:
-                raise dialect.decode_error(reply.status, reply.headers, reply.body or b"", config)
-            attempt.answered = True
-            attempt.handle = reply.handle
+            reply = yield from self._open_stream(attempt, config, dialect, encoded, timeout)
             while True:
                 data = yield _Read(reply.handle, config.name)
                 if not data:
