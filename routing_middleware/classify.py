@@ -189,11 +189,23 @@ class _WordCache:
 
 
 _MAX_WORDS = 50_000
+#: The class flags set in each combination of them.
+_FLAG_BITS = tuple(
+    tuple(flag for flag in (_REASONING, _TASK, _DOMAIN, _MATH, _SIMPLE) if flags & flag)
+    for flags in range(32)
+)
 _known = _WordCache()
+
+
+#: Matches a word in at least one class: most words are in none, and one match
+#: then settles them instead of one per class.
+_ANY_CLASS = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _WORD_CLASSES))
 
 
 def _classes_of(word: bytes) -> int:
     text = word.decode("utf-8", "replace")
+    if not _ANY_CLASS.fullmatch(text):
+        return 0
     found = 0
     for flag, pattern in _WORD_CLASSES:
         if pattern.fullmatch(text):
@@ -201,11 +213,10 @@ def _classes_of(word: bytes) -> int:
     return found
 
 
-def _learn(words: set[bytes]) -> _WordCache:
-    """The word cache with every word of ``words`` classified."""
+def _learn(cache: _WordCache, words: set[bytes], new: set[bytes]) -> _WordCache:
+    """A word cache with every word of ``words`` classified: ``cache`` with the
+    words ``new`` to it added, or a fresh one when ``cache`` would outgrow its bound."""
     global _known
-    cache = _known
-    new = words - cache.seen
     if len(cache.seen) + len(new) > _MAX_WORDS:
         cache, new = _WordCache(), words
         _known = cache
@@ -227,22 +238,17 @@ def _cue_counts(lowered: str, split: list[bytes]) -> list[int]:
     are ``split``, indexed by flag bit."""
     words = set(split)
     cache = _known
-    if not words.issubset(cache.seen):
-        cache = _learn(words)
-    known = cache.flags
+    # One pass finds the words not classified yet (texts never seen mostly have some).
+    new = words.difference(cache.seen)
+    if new:
+        cache = _learn(cache, words, new)
     counts = [0] * 17
-    for word in words.intersection(cache.cues):
-        flags = known[word]
-        if flags & _REASONING:
-            counts[_REASONING] += 1
-        if flags & _TASK:
-            counts[_TASK] += 1
-        if flags & _DOMAIN:
-            counts[_DOMAIN] += 1
-        if flags & _MATH:
-            counts[_MATH] += 1
-        if flags & _SIMPLE:
-            counts[_SIMPLE] += 1
+    cues = words.intersection(cache.cues)
+    if cues:
+        known = cache.flags
+        for word in cues:
+            for flag in _FLAG_BITS[known[word]]:
+                counts[flag] += 1
     for head in words.intersection(_PHRASE_HEAD_WORDS):
         for flag, phrase in _PHRASE_HEADS[head]:
             if phrase in lowered:
@@ -293,6 +299,16 @@ class Features:
 
 
 _LOG_SPAN = math.log10(50)
+#: The length feature by number of characters (at most 4,000 are read): log-scaled,
+#: ~40 chars → 0, ~2,000 chars → 1.
+_LENGTH = tuple(
+    min(1.0, math.log10(chars / 40) / _LOG_SPAN) if chars > 40 else 0.0 for chars in range(4001)
+)
+# Counts below the one that saturates a feature, divided as the feature divides them.
+_HALVES = (0 / 2, 1 / 2)
+_THIRDS = (0 / 3, 1 / 3, 2 / 3)
+_QUARTERS = (0 / 4, 1 / 4, 2 / 4, 3 / 4)
+_SIXTHS = (0 / 6, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6)
 #: Texts whose tier a :class:`ComplexityScorer` remembers.
 _MAX_TIERS = 1024
 
@@ -331,21 +347,19 @@ def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, .
     text = text[-4000:]
     system = system[-4000:]
     chars = len(text)
-    # log-scaled: ~40 chars → 0, ~2,000 chars → 1
-    length = math.log10(chars / 40) / _LOG_SPAN if chars > 40 else 0.0
     lowered = text.lower()
     split = _words(lowered)
     cues = _cue_counts(lowered, split)
     if system:
         reasoning, domain = _system_counts(system)
+        if reasoning < cues[_REASONING]:
+            reasoning = cues[_REASONING]
+        if domain < cues[_DOMAIN]:
+            domain = cues[_DOMAIN]
     else:
         reasoning, domain = cues[_REASONING], cues[_DOMAIN]
-    first = split[0] if split else b""
-    simple = chars < 400 and (cues[_SIMPLE] > 0 or first in _GREETINGS)
-    code = 0
-    for marker in _CODE_MARKERS:
-        if marker in text:
-            code += 1
+    simple = chars < 400 and (cues[_SIMPLE] > 0 or (split[0] in _GREETINGS if split else False))
+    code = sum(map(text.__contains__, _CODE_MARKERS))
     math_hits = cues[_MATH]
     if "\\" in text:
         math_hits += sum(map(text.__contains__, _LATEX))
@@ -355,15 +369,15 @@ def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, .
     if "\n" in text:
         steps += sum(1 for line in text.splitlines() if _STEP.match(line))
     return (
-        length if length < 1 else 1.0,
-        min(1.0, code / 2),
-        min(1.0, math_hits / 2),
-        min(1.0, max(cues[_REASONING], reasoning) / 3),
-        min(1.0, max(cues[_DOMAIN], domain) / 2),
-        min(1.0, steps / 4),
-        min(1.0, cues[_TASK] / 4),
-        min(1.0, (turns - 1) / 6) if turns > 1 else 0.0,
-        min(1.0, tools / 4),
+        _LENGTH[chars],
+        _HALVES[code] if code < 2 else 1.0,
+        _HALVES[math_hits] if math_hits < 2 else 1.0,
+        _THIRDS[reasoning] if reasoning < 3 else 1.0,
+        _HALVES[domain] if domain < 2 else 1.0,
+        _QUARTERS[steps] if steps < 4 else 1.0,
+        _QUARTERS[cues[_TASK]] if cues[_TASK] < 4 else 1.0,
+        _SIXTHS[turns - 1] if 1 < turns < 7 else 0.0 if turns <= 1 else 1.0,
+        _QUARTERS[tools] if tools < 4 else 1.0,
         1.0 if simple else 0.0,
     )
 

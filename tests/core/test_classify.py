@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routing_middleware import classify
 from routing_middleware.classify import (
@@ -243,3 +245,135 @@ def test_scorer_memory_is_bounded() -> None:
     for i in range(classify._MAX_TIERS + 10):
         scorer(ChatRequest(model="m", messages=[Message(role="user", content=f"hello {i}")]))
     assert len(scorer._tiers) <= classify._MAX_TIERS
+
+
+def _reference_vector(text: str, system: str, turns: int, tools: int) -> tuple[float, ...]:
+    """The feature values computed the plain way: no caches, no tables, every word
+    matched against every class. The scorer's fast path must agree exactly."""
+
+    def words(lowered: str) -> list[bytes]:
+        return lowered.encode("utf-8", "replace").translate(classify._SPLIT_TABLE).split()
+
+    def counts(lowered: str) -> dict[int, int]:
+        found = dict.fromkeys((1, 2, 4, 8, 16), 0)
+        split = set(words(lowered))
+        for word in split:
+            decoded = word.decode("utf-8", "replace")
+            for flag, pattern in classify._WORD_CLASSES:
+                if pattern.fullmatch(decoded):
+                    found[flag] += 1
+        for flag, phrases in classify._PHRASES:
+            for phrase in phrases:
+                # a phrase counts when it occurs and its first word is one of the text's
+                if phrase.split()[0].encode() in split and phrase in lowered:
+                    found[flag] += 1
+        return found
+
+    text, system = text[-4000:], system[-4000:]
+    lowered = text.lower()
+    cues = counts(lowered)
+    system_cues = counts(system.lower()) if system else cues
+    chars = len(text)
+    length = math.log10(chars / 40) / math.log10(50) if chars > 40 else 0.0
+    split = words(lowered)
+    simple = chars < 400 and (cues[16] > 0 or (bool(split) and split[0] in classify._GREETINGS))
+    code = sum(1 for marker in classify._CODE_MARKERS if marker in text)
+    math_hits = cues[8] + sum(1 for latex in classify._LATEX if latex in text)
+    # arithmetic is looked for only where one of '=^*/' occurs; list steps only in
+    # texts of more than one line
+    if any(sign in text for sign in "=^*/") and classify._ARITHMETIC.search(text):
+        math_hits += 1
+    steps = text.count("?")
+    if "\n" in text:
+        steps += sum(1 for line in text.splitlines() if classify._STEP.match(line))
+    return (
+        min(1.0, length),
+        min(1.0, code / 2),
+        min(1.0, math_hits / 2),
+        min(1.0, max(cues[1], system_cues[1]) / 3),
+        min(1.0, max(cues[4], system_cues[4]) / 2),
+        min(1.0, steps / 4),
+        min(1.0, cues[2] / 4),
+        min(1.0, (turns - 1) / 6) if turns > 1 else 0.0,
+        min(1.0, tools / 4),
+        1.0 if simple else 0.0,
+    )
+
+
+_CUES = sorted(
+    {
+        *(phrase for _, phrases in classify._PHRASES for phrase in phrases),
+        *(marker.strip() for marker in classify._CODE_MARKERS),
+        *classify._LATEX,
+        "hi",
+        "thanks",
+        "Prove",
+        "derivatives",
+        "analyzé",
+        "diagnosis",
+        "trade-off",
+        "tl;dr",
+        "big-O",
+        "EBITDA",
+        "lock-free",
+        "scaling",
+        "evaluate",
+        "summarise",
+        "explain",
+        "?",
+        "1.",
+        "2)",
+        "- x",
+        "• y",
+        "x = 2",
+        "x > 3",
+        "3^4",
+        "6 / 3",
+        "\n",
+        "\t",
+        "\u00a0",
+        "\u2028",
+        "\x85",
+    }
+)
+_PIECES = st.one_of(
+    st.sampled_from(_CUES),
+    st.sampled_from([prompt for prompt, _ in _labelled()]),
+    st.text(max_size=12),
+    st.text(alphabet="ab01 -=^*/\\\n?.()`{};#", max_size=20),
+)
+_TEXTS = st.one_of(
+    st.lists(_PIECES, max_size=40).flatmap(
+        lambda parts: st.sampled_from([" ", "\n", "", ", "]).map(lambda sep: sep.join(parts))
+    ),
+    # longer than the 4,000 characters read
+    st.tuples(st.sampled_from([prompt for prompt, _ in _labelled()]), st.integers(10, 60)).map(
+        lambda pair: "\n".join([pair[0]] * pair[1])
+    ),
+    st.sampled_from(["", " ", "\n\n", "\t \r\n"]),
+)
+
+
+@settings(max_examples=400)
+@given(
+    _TEXTS,
+    st.one_of(st.just(""), _TEXTS),
+    st.integers(0, 12),
+    st.integers(0, 7),
+)
+def test_fast_features_equal_the_plain_reference(
+    text: str, system: str, turns: int, tools: int
+) -> None:
+    assert classify._vector_of(text, system, turns, tools) == _reference_vector(
+        text, system, turns, tools
+    )
+
+
+def test_fast_features_equal_the_plain_reference_on_labelled_prompts() -> None:
+    prompts = [prompt for prompt, _ in _labelled()]
+    for i, prompt in enumerate(prompts):
+        system = prompts[i - 1] if i % 2 else ""
+        for turns, tools in ((1, 0), (3, 2), (9, 5)):
+            assert classify._vector_of(prompt, system, turns, tools) == _reference_vector(
+                prompt, system, turns, tools
+            )
