@@ -63,14 +63,16 @@ class UpstreamSender:
         self._core: CoreSender | None = None
 
     def build(self, encoded: EncodedRequest, timeout: float | None) -> Any:
-        """The request for ``encoded``; ``timeout`` in seconds (``None``: the client's)."""
+        """The request for ``encoded``; ``timeout`` in seconds for connect, read, write and
+        pool each (``None``: no limit, as the retry policy's ``attempt_timeout=None``
+        asks — never the client's own default)."""
         if not self.direct:
             return self.client.build_request(
                 encoded.method,
                 encoded.url,
                 headers=encoded.headers,
                 json=encoded.json,
-                timeout=timeout if timeout is not None else self.client.timeout,
+                timeout=timeout,
                 extensions={UPSTREAM_EXTENSION: True},
             )
         url = self._url(encoded.url)
@@ -135,8 +137,7 @@ class UpstreamSender:
         if found is None:
             if len(self._timeouts) >= _URL_CACHE_MAX:
                 self._timeouts.clear()
-            timeout = self.client.timeout if seconds is None else self._lib.Timeout(seconds)
-            found = self._timeouts[seconds] = timeout.as_dict()
+            found = self._timeouts[seconds] = self._lib.Timeout(seconds).as_dict()
         return found
 
     def send(self, request: Any) -> Any:

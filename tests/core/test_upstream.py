@@ -71,9 +71,9 @@ def test_direct_send_matches_what_the_client_would_send(lib: Any) -> None:
     assert sent.extensions[UPSTREAM_EXTENSION] is True
     assert sent.extensions["timeout"] == lib.Timeout(3.5).as_dict()
 
-    # No timeout given: the client's own, as ``client.send`` would apply.
+    # No timeout given (attempt_timeout=None): no limit, not the client's 7 s.
     sender.send(sender.build(encoded(), None)).read()
-    assert recorder.seen[1].extensions["timeout"] == lib.Timeout(7).as_dict()
+    assert recorder.seen[1].extensions["timeout"] == lib.Timeout(None).as_dict()
 
 
 def test_headers_from_the_request_override_the_clients_defaults() -> None:
@@ -93,6 +93,15 @@ def test_the_transport_the_client_would_mount_is_used() -> None:
     sender.send(sender.build(encoded(), 1.0)).read()
     assert len(mounted.seen) == 1
     assert not default.seen
+
+
+def test_no_timeout_means_none_through_the_client_too() -> None:
+    recorder = Recorder(httpx)
+    hooked = httpx.Client(transport=recorder.sync(), auth=("u", "p"), timeout=7)
+    sender = UpstreamSender(hooked)
+    assert not sender.direct
+    sender.send(sender.build(encoded(), None)).read()
+    assert recorder.seen[0].extensions["timeout"] == httpx.Timeout(None).as_dict()
 
 
 def test_a_client_with_event_hooks_sends_through_the_client() -> None:
