@@ -124,8 +124,14 @@ class _CallEngine:
 
     def decide(self, request: ChatRequest, context: RouteContext | None = None) -> Decision:
         self.reached = True
+        return self._checked(request, self._engine.decide(request, context))
+
+    async def adecide(self, request: ChatRequest, context: RouteContext | None = None) -> Decision:
+        self.reached = True
+        return self._checked(request, await self._engine.adecide(request, context))
+
+    def _checked(self, request: ChatRequest, decision: Decision) -> Decision:
         engine = self._engine
-        decision = engine.decide(request, context)
         offline = engine.offline_providers
         # llmroute holds no key for the provider the code addressed: its FakeProvider
         # may stand in only when told to (offline: always) or for a keyless call.

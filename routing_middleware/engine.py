@@ -224,6 +224,24 @@ class LLMRoute:
             self._record_blocked(request, ctx, error)
             raise
 
+    async def adecide(self, request: ChatRequest, context: RouteContext | None = None) -> Decision:
+        """Async twin of :meth:`decide`.
+
+        The router reads budget totals synchronously. With a shared budget store
+        (Redis, a Django cache) that read is network I/O, so here the totals are read
+        first through the store's async client; the router then finds them in memory
+        (they stay fresh for ``status_ttl_s``, one second) and the event loop never
+        waits on the store.
+        """
+        ctx = current_context() if context is None else context
+        budgets = self.budgets
+        if budgets and type(budgets.store) is not MemoryBudgetStore:
+            try:
+                await budgets.astatus(ctx)
+            except Exception:
+                logger.warning("llmroute: reading budget totals failed", exc_info=True)
+        return self.decide(request, ctx)
+
     def _record_blocked(
         self, request: ChatRequest, context: RouteContext, error: BudgetExceeded
     ) -> None:
@@ -275,7 +293,7 @@ class LLMRoute:
     ) -> Completion:
         """Async twin of :meth:`complete`."""
         ctx = current_context() if context is None else context
-        decision = decision if decision is not None else self.decide(request, ctx)
+        decision = decision if decision is not None else await self.adecide(request, ctx)
         with collect_records() as records:
             response = await self.dispatcher.adispatch(request, decision, ctx, cache=cache)
         return Completion(response, decision, tuple(records))
@@ -303,7 +321,7 @@ class LLMRoute:
     ) -> tuple[Decision, AsyncDispatchStream]:
         """Async twin of :meth:`stream`."""
         ctx = current_context() if context is None else context
-        decision = decision if decision is not None else self.decide(request, ctx)
+        decision = decision if decision is not None else await self.adecide(request, ctx)
         return decision, await self.dispatcher.astream(request, decision, ctx, cache=cache)
 
     def close(self) -> None:

@@ -162,7 +162,7 @@ class Relay:
         ctx = current_context() if context is None else context
         try:
             request = self.parse(dialect, body, path, provider)
-            decision = self.engine.decide(request, ctx)
+            decision = await self.engine.adecide(request, ctx)
             if request.stream:
                 token = _offer_bytes(dialect, request)
                 try:

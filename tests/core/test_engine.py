@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -273,3 +274,44 @@ def test_observe_mode_records_the_routed_model_and_its_cost() -> None:
     assert routed != record.chosen_model
     assert Decimal(record.extra["routed_cost"]) == cost_of(record.usage, routed)
     assert Decimal(record.extra["routed_cost"]) < record.cost
+
+
+def test_async_calls_read_shared_budget_totals_without_blocking_the_loop() -> None:
+    """With a shared budget store, the async path reads totals through the store's
+    async client; the router's synchronous read then finds them in memory."""
+    import asyncio
+
+    from routing_middleware.budgets import MemoryBudgetStore
+
+    class SharedStore(MemoryBudgetStore):
+        """Stands in for a networked store: a sync read on the event loop is a bug."""
+
+        sync_reads_in_loop = 0
+
+        def totals(self, lines: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                SharedStore.sync_reads_in_loop += 1
+            return super().totals(lines)
+
+        async def atotals(self, lines: Any) -> Any:
+            return MemoryBudgetStore.totals(self, lines)  # the "network" read, awaited
+
+    budget = {"name": "team", "scope": "global", "limit_usd": "5"}
+    config = {**FAST, "routing": {"budgets": [budget]}}
+    engine = LLMRoute(config, environ={}, budget_store=SharedStore())
+    request = ChatRequest(model="openai/gpt-4o-mini", messages=[Message(role="user", content="hi")])
+
+    async def calls() -> None:
+        for _ in range(3):
+            await engine.acomplete(request)
+            _, stream = await engine.astream(request.model_copy(update={"stream": True}))
+            async for _chunk in stream:
+                pass
+
+    asyncio.run(calls())
+    assert SharedStore.sync_reads_in_loop == 0
+    assert engine.budgets.store.totals(engine.budgets.lines())[0] > 0

@@ -137,6 +137,9 @@ class Engine:
     def decide(self, request: ChatRequest, context: Any = None) -> Decision:
         return self.decision
 
+    async def adecide(self, request: ChatRequest, context: Any = None) -> Decision:
+        return self.decision
+
     def stream(self, request: ChatRequest, context: Any = None, **kw: Any) -> Any:
         return self.decision, self.dispatcher.stream(request, self.decision, context)
 
