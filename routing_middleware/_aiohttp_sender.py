@@ -25,12 +25,10 @@ CONNECTION_LIMIT = 256
 
 
 def available() -> bool:
-    """Whether aiohttp can be imported."""
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether aiohttp is installed (without importing it: that takes ~0.2 s)."""
+    import importlib.util
+
+    return importlib.util.find_spec("aiohttp") is not None
 
 
 class _Response:
@@ -63,9 +61,8 @@ class AiohttpSender:
     direct = True
 
     def __init__(self, session: Any = None, *, limit: int = CONNECTION_LIMIT) -> None:
-        import aiohttp
-
-        self._aiohttp = aiohttp
+        # aiohttp is imported on the first async call, not when an engine is built.
+        self._aiohttp: Any = None
         self._given = session
         self._limit = limit
         # Per loop: the session and the generator that closes it when the loop ends
@@ -75,6 +72,13 @@ class AiohttpSender:
         ] = weakref.WeakKeyDictionary()
         self._timeouts: dict[float | None, Any] = {}
 
+    def _module(self) -> Any:
+        if self._aiohttp is None:
+            import aiohttp
+
+            self._aiohttp = aiohttp
+        return self._aiohttp
+
     async def session(self) -> Any:
         """The session for the running loop (made on first use)."""
         if self._given is not None:
@@ -82,7 +86,7 @@ class AiohttpSender:
         loop = asyncio.get_running_loop()
         found = self._sessions.get(loop)
         if found is None or found[0].closed:
-            aiohttp = self._aiohttp
+            aiohttp = self._module()
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit, ssl=_ssl_context()),
                 trust_env=_proxies_set(),
@@ -97,7 +101,7 @@ class AiohttpSender:
         if found is None:
             if len(self._timeouts) >= 512:
                 self._timeouts.clear()
-            found = self._timeouts[seconds] = self._aiohttp.ClientTimeout(
+            found = self._timeouts[seconds] = self._module().ClientTimeout(
                 total=None, connect=seconds, sock_read=seconds
             )
         return found

@@ -211,3 +211,22 @@ def test_tls_is_verified_against_the_bundle_httpx_uses(monkeypatch: pytest.Monke
     assert found.check_hostname
     bundle = ssl.create_default_context(cafile=certifi.where())
     assert len(found.get_ca_certs()) == len(bundle.get_ca_certs()) > 0
+
+
+def test_building_an_engine_does_not_import_aiohttp() -> None:
+    """aiohttp takes ~0.2 s to import: it loads on the first async call, not before."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from routing_middleware.engine import LLMRoute\n"
+        "engine = LLMRoute({'providers': {'openai': {'api_key': 'sk-test-x'}},"
+        " 'offline': 'never'}, environ={})\n"
+        "assert type(engine.dispatcher.async_sender()).__name__ == 'AiohttpSender'\n"
+        "print('aiohttp' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
