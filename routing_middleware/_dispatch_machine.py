@@ -41,7 +41,7 @@ from .breaker import CircuitBreaker
 from .cache import CacheEntry, ResponseCache, assemble, is_cacheable, replay_chunks
 from .catalog import Catalog, ModelInfo, default_catalog
 from .context import RouteContext, current_context
-from .metering import RecordSink, UsageRecord
+from .metering import RecordSink, UsageRecord, routed_extra
 from .retry import Clock, RetryPolicy, Verdict, counts_against_deployment
 from .schema import (
     BudgetExceeded,
@@ -237,23 +237,11 @@ class _Machine:
         )
         routed = decision.routed
         if decision.mode == "observe" and routed is not None and status == "ok":
-            extra = {**(extra or {}), **self._routed_extra(routed, usage)}
+            extra = {**(extra or {}), **routed_extra(self._catalog(), routed.model, usage)}
         if extra:
             record.extra = extra
         call.records.append(record)
         return record
-
-    def _routed_extra(self, routed: Deployment, usage: Usage) -> dict[str, str]:
-        """Where observe mode would have sent the call, and what the same usage would
-        have cost there (list prices)."""
-        found = {"routed_model": routed.model}
-        info = self._catalog().find(routed.model)
-        if info is not None:
-            from .pricing import cost_of
-
-            unbilled = usage.model_copy(update={"provider_cost": None})
-            found["routed_cost"] = str(cost_of(unbilled, info))
-        return found
 
     def _finish(self, call: _Call) -> None:
         """Number the records and hand them to the sink (once; never raises)."""

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .context import RouteContext, current_context
-from .metering import UsageRecord
+from .metering import UsageRecord, routed_extra
 from .schema import LLMError, Usage
 
 if TYPE_CHECKING:
@@ -135,29 +135,28 @@ class Meter:
 
     def finish(self, complete: bool) -> None:
         """The body closed (``complete``: read to its end); emit the record once."""
-        if self._done:
-            return
-        self._done = True
-        try:
-            record = self._record(complete)
-            self.info.engine.sink.emit(record)
-        except Exception:
-            logger.exception("llmroute could not record a %s call", self.info.endpoint)
-            return
-        _charge_budgets(self.info, record.cost)
+        cost = self._emit(complete)
+        if cost:
+            _charge_budgets(self.info, cost)
 
     async def afinish(self, complete: bool) -> None:
         """Async twin of :meth:`finish` (budgets charged through the async store)."""
+        cost = self._emit(complete)
+        if cost:
+            await _acharge_budgets(self.info, cost)
+
+    def _emit(self, complete: bool) -> Decimal | None:
+        """Record the call the first time it ends; the cost to charge to budgets."""
         if self._done:
-            return
+            return None
         self._done = True
         try:
             record = self._record(complete)
             self.info.engine.sink.emit(record)
         except Exception:
             logger.exception("llmroute could not record a %s call", self.info.endpoint)
-            return
-        await _acharge_budgets(self.info, record.cost)
+            return None
+        return record.cost
 
     def _usage(self, complete: bool) -> Usage | None:
         info = self.info
@@ -225,12 +224,12 @@ class Meter:
         decision = info.decision
         extra: dict[str, Any] = {}
         if decision is not None and decision.routed is not None:
-            extra["routed_model"] = decision.routed.model
+            if ok:
+                extra.update(routed_extra(info.engine.catalog, decision.routed.model, usage))
+            else:
+                extra["routed_model"] = decision.routed.model
             if decision.estimated_cost is not None:
                 extra["routed_estimated_cost"] = str(decision.estimated_cost)
-            routed_cost = _routed_cost(info, decision.routed.model, usage) if ok else None
-            if routed_cost is not None:
-                extra["routed_cost"] = str(routed_cost)
         if not complete:
             extra["closed_early"] = True
         if self._unreadable:
@@ -474,19 +473,6 @@ def _costs(info: CallInfo, usage: Usage) -> tuple[Decimal, Decimal | None]:
     billed = billed_cost(usage, model, catalog=catalog)
     listed = billed if usage.provider_cost is None else cost_of(usage, model, catalog=catalog)
     return billed, listed
-
-
-def _routed_cost(info: CallInfo, routed: str, usage: Usage) -> Decimal | None:
-    """What this call's usage would have cost on the model routing picked (list prices;
-    the routed model's tokenizer would count somewhat differently). ``None`` when the
-    model is not in the catalog."""
-    catalog = info.engine.catalog
-    model = catalog.find(routed)
-    if model is None:
-        return None
-    from .pricing import cost_of
-
-    return cost_of(usage.model_copy(update={"provider_cost": None}), model, catalog=catalog)
 
 
 def _charge_budgets(info: CallInfo, cost: Decimal) -> None:

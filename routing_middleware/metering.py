@@ -8,11 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._ids import new_id
 from .pricing import cost_of
 from .schema import Usage
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 __all__ = [
     "MemorySink",
@@ -22,6 +25,18 @@ __all__ = [
 ]
 
 Status = Literal["ok", "error", "blocked", "cache_hit"]
+
+
+def routed_extra(catalog: Catalog, routed_model: str, usage: Usage) -> dict[str, str]:
+    """A record's ``extra`` for a call observe mode kept where the code sent it: the
+    model routing picked and, when the catalog prices it, what this call's usage would
+    have cost there (list prices; that model's tokenizer would count a little
+    differently)."""
+    found = {"routed_model": routed_model}
+    model = catalog.find(routed_model)
+    if model is not None:
+        found["routed_cost"] = str(cost_of(usage, model))
+    return found
 
 
 def _now() -> datetime:
