@@ -35,6 +35,7 @@ from ._dispatch_state import (
     _StatsEnd,
     _StatsStart,
     forward_bytes,
+    forward_json,
 )
 from ._ids import new_id
 from .breaker import CircuitBreaker
@@ -61,6 +62,7 @@ from .tokens import estimate_request_tokens, estimate_text_tokens
 if TYPE_CHECKING:
     from .budgets import Budgets
     from .providers.base import Dialect, EncodedRequest, ProviderConfig
+    from .providers.openai import OpenAIDialect
     from .router import Decision, Deployment
     from .stats import StatsStore
 
@@ -128,7 +130,7 @@ class _Machine:
         key = None
         if self.cache is not None and is_cacheable(request, cache):
             key = self.cache.key(request, decision.primary.model)
-        forward = None
+        forward = offer = None
         if (
             stream
             and key is None
@@ -137,6 +139,13 @@ class _Machine:
             and not self.store_content
         ):
             forward = forward_bytes.get()
+        elif not stream and key is None and not self.store_content:
+            offer = forward_json.get()
+            if offer is not None:
+                if offer.taken:
+                    offer = None
+                else:
+                    offer.taken = True
         started = self.clock.monotonic()
         deadline = self.retry.deadline
         return _Call(
@@ -150,6 +159,7 @@ class _Machine:
             deadline_at=None if deadline is None else started + deadline,
             reasons=tuple((r.code, r.message) for r in decision.reasons),
             forward=forward,
+            offer=offer,
         )
 
     def _price(self, usage: Usage, info: ModelInfo | None) -> Decimal:
@@ -627,6 +637,13 @@ class _Machine:
         timeout: float | None,
     ) -> Generator[Any, Any, ChatResponse | LLMError]:
         dialect = self._dialect(config.dialect)
+        forwarder: OpenAIDialect | None = None
+        forwarded = False
+        if call.offer is not None:
+            from .providers.openai import OpenAIDialect
+
+            if isinstance(dialect, OpenAIDialect):
+                forwarder = dialect
         try:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
             attempt.sent = True
@@ -635,7 +652,10 @@ class _Machine:
             if reply.status >= 400:
                 raise dialect.decode_error(reply.status, reply.headers, body, config)
             attempt.answered = True
-            response = dialect.decode_response(body, config)
+            if forwarder is not None:  # the same parse and errors; plain bodies kept
+                response, forwarded = forwarder.forward_response(body, config)
+            else:
+                response = dialect.decode_response(body, config)
         except LLMError as error:
             usage = self._partial_usage(call, attempt, request)
             yield from self._end_attempt(call, attempt, usage, error)
@@ -659,6 +679,8 @@ class _Machine:
         if call.cache_key is not None and self.cache is not None:
             # Stored under the key lookups use (the primary's), whoever served it.
             yield _CachePut(call.cache_key, CacheEntry(response, record.cost))
+        if forwarded and call.offer is not None:
+            call.offer.body = body
         return response
 
     def _adapt(self, call: _Call, chunk: StreamChunk) -> StreamChunk | None:

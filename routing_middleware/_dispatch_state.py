@@ -33,6 +33,22 @@ StreamFailover = Literal["error", "continue"]
 forward_bytes: ContextVar[bool | None] = ContextVar("llmroute_forward_bytes", default=None)
 
 
+class JsonOffer:
+    """Set (as :data:`forward_json`) by the relay around a non-streamed call for an
+    OpenAI chat-completions caller: the first such call started meanwhile takes it,
+    and when an OpenAI-compatible upstream's answer can reach the caller as it came,
+    leaves that body in ``body`` (see ``_Machine._plain_attempt``)."""
+
+    __slots__ = ("body", "taken")
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+        self.taken = False
+
+
+forward_json: ContextVar[JsonOffer | None] = ContextVar("llmroute_forward_json", default=None)
+
+
 # ----------------------------------------------------------------------------- effects
 
 
@@ -170,6 +186,8 @@ class _Call:
     #: event) and nothing here needs decoded chunks; ``None``: chunks only
     forward: bool | None = None
     forwarding: bool = False  # what was delivered is bytes
+    #: a non-streamed call whose caller takes an OpenAI body as it came
+    offer: JsonOffer | None = None
     delivered: bool = False
     tool_delta: bool = False
     stitched: bool = False

@@ -17,7 +17,7 @@ from contextvars import Token
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from ._dispatch_state import forward_bytes
+from ._dispatch_state import JsonOffer, forward_bytes, forward_json
 from ._ids import new_id
 from .context import RouteContext, current_context
 from .dispatch import AsyncDispatchStream, DispatchStream
@@ -142,10 +142,16 @@ class Relay:
                     if token is not None:
                         forward_bytes.reset(token)
                 return self._stream_response(dialect, request, decision, stream)
-            done = self.engine.complete(request, ctx, decision=decision)
+            offer = JsonOffer() if dialect == "openai" else None
+            json_token = forward_json.set(offer) if offer is not None else None
+            try:
+                done = self.engine.complete(request, ctx, decision=decision)
+            finally:
+                if json_token is not None:
+                    forward_json.reset(json_token)
         except LLMError as error:
             return self.error(dialect, error)
-        return self._complete_response(dialect, done)
+        return self._complete_response(dialect, done, offer.body if offer is not None else None)
 
     # ------------------------------------------------------------------ async
 
@@ -171,20 +177,32 @@ class Relay:
                     if token is not None:
                         forward_bytes.reset(token)
                 return self._astream_response(dialect, request, decision, stream)
-            done = await self.engine.acomplete(request, ctx, decision=decision)
+            offer = JsonOffer() if dialect == "openai" else None
+            json_token = forward_json.set(offer) if offer is not None else None
+            try:
+                done = await self.engine.acomplete(request, ctx, decision=decision)
+            finally:
+                if json_token is not None:
+                    forward_json.reset(json_token)
         except LLMError as error:
             return self.error(dialect, error)
-        return self._complete_response(dialect, done)
+        return self._complete_response(dialect, done, offer.body if offer is not None else None)
 
     # ------------------------------------------------------------------ encoding
 
-    def _complete_response(self, dialect: str, done: Completion) -> RelayResponse:
-        caller = caller_dialect(dialect)
+    def _complete_response(
+        self, dialect: str, done: Completion, forwarded: bytes | None = None
+    ) -> RelayResponse:
+        """The caller's answer: ``forwarded``, the upstream's own body when it can go
+        as it came (see ``JsonOffer``), else ``done.response`` encoded."""
         served = done.served_by
         model = served.chosen_model if served else done.decision.model
         provider = served.provider if served else done.decision.primary.provider
-        name = model.split("/", 1)[-1]
-        body = json.dumps(caller.encode_response(done.response, name)).encode()
+        if forwarded is not None:
+            body = forwarded
+        else:
+            name = model.split("/", 1)[-1]
+            body = json.dumps(caller_dialect(dialect).encode_response(done.response, name)).encode()
         headers = {"content-type": _JSON}
         if self.response_headers:
             headers.update(decision_headers(done.decision, model, provider))

@@ -50,6 +50,7 @@ from ..schema import (
 from .base import EncodedRequest, ProviderConfig
 from .errors import parse_json_body
 from .openai_errors import decode_openai_error, error_from_stream_payload
+from .openai_forward_json import forwardable_usage
 from .openai_stream import OpenAIStreamDecoder, ToolCallAssembler
 from .openai_wire import (
     data_url,
@@ -280,40 +281,30 @@ class OpenAIDialect:
 
     def decode_response(self, body: bytes, provider: ProviderConfig) -> ChatResponse:
         """A ``chat.completion`` body as ChatResponse; garbage raises UpstreamProtocolError."""
-        payload = parse_json_body(body, provider.name)
-        if not isinstance(payload, dict):
-            raise UpstreamProtocolError(
-                "provider returned JSON that is not an object", provider=provider.name
-            )
-        if isinstance(payload.get("error"), dict | str) and not payload.get("choices"):
-            raise error_from_stream_payload(payload, provider.name, provider.api_key)
-        choices: list[Choice] = []
-        raw_choices = payload.get("choices")
-        for position, raw in enumerate(raw_choices if isinstance(raw_choices, list) else ()):
-            if not isinstance(raw, dict):
-                continue
-            mapped, native = finish_reason(raw.get("finish_reason"))
-            message = decode_message(raw.get("message"))
-            if mapped is None:
-                mapped = _implied_finish(message)
-            index = raw.get("index")
-            choices.append(
-                Choice.model_construct(
-                    index=index if isinstance(index, int) else position,
-                    message=message,
-                    finish_reason=mapped,
-                    native_finish_reason=native,
-                )
-            )
-        created = payload.get("created")
-        return ChatResponse.model_construct(
-            id=str(payload.get("id") or ""),
-            model=str(payload.get("model") or ""),
+        return _decode(_payload(body, provider), provider)
+
+    def forward_response(self, body: bytes, provider: ProviderConfig) -> tuple[ChatResponse, bool]:
+        """:meth:`decode_response` for a chat-completions caller that can take ``body``
+        as it came (its errors are the same).
+
+        ``(response, True)`` when ``body`` is a plain completion (see
+        :func:`~.openai_forward_json.forwardable_usage`): ``response`` has its id,
+        model and usage but no choices, the caller reading ``body`` itself.
+        ``(response, False)``: decoded in full, for the caller's encoder.
+        """
+        payload = _payload(body, provider)
+        usage = forwardable_usage(payload)
+        if usage is None:
+            return _decode(payload, provider), False
+        response = ChatResponse.model_construct(
+            id=payload["id"],
+            model=payload["model"],
             provider=provider.name,
-            created=created if isinstance(created, int) else 0,
-            choices=choices,
-            usage=decode_usage(payload.get("usage")),
+            created=payload["created"],
+            choices=[],
+            usage=usage,
         )
+        return response, True
 
     def stream_decoder(self, provider: ProviderConfig, request: ChatRequest) -> OpenAIStreamDecoder:
         """A decoder for one ``chat.completion.chunk`` stream answering ``request``."""
@@ -324,6 +315,48 @@ class OpenAIDialect:
     ) -> LLMError:
         """Map a non-2xx answer to the LLMError family (see :mod:`.openai_errors`)."""
         return decode_openai_error(status, headers, body, provider.name, provider.api_key)
+
+
+def _payload(body: bytes, provider: ProviderConfig) -> dict[str, Any]:
+    """A ``chat.completion`` body's object; garbage and error objects raise."""
+    payload = parse_json_body(body, provider.name)
+    if not isinstance(payload, dict):
+        raise UpstreamProtocolError(
+            "provider returned JSON that is not an object", provider=provider.name
+        )
+    if isinstance(payload.get("error"), dict | str) and not payload.get("choices"):
+        raise error_from_stream_payload(payload, provider.name, provider.api_key)
+    return payload
+
+
+def _decode(payload: dict[str, Any], provider: ProviderConfig) -> ChatResponse:
+    choices: list[Choice] = []
+    raw_choices = payload.get("choices")
+    for position, raw in enumerate(raw_choices if isinstance(raw_choices, list) else ()):
+        if not isinstance(raw, dict):
+            continue
+        mapped, native = finish_reason(raw.get("finish_reason"))
+        message = decode_message(raw.get("message"))
+        if mapped is None:
+            mapped = _implied_finish(message)
+        index = raw.get("index")
+        choices.append(
+            Choice.model_construct(
+                index=index if isinstance(index, int) else position,
+                message=message,
+                finish_reason=mapped,
+                native_finish_reason=native,
+            )
+        )
+    created = payload.get("created")
+    return ChatResponse.model_construct(
+        id=str(payload.get("id") or ""),
+        model=str(payload.get("model") or ""),
+        provider=provider.name,
+        created=created if isinstance(created, int) else 0,
+        choices=choices,
+        usage=decode_usage(payload.get("usage")),
+    )
 
 
 def _implied_finish(message: Message) -> FinishReason:
