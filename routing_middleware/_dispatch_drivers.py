@@ -291,17 +291,22 @@ class _SyncDriver(_Driver):
             self._d.cache.set(effect.key, effect.entry)
 
     def _stats_start(self, effect: _StatsStart) -> None:
-        if self._d.stats is not None:
-            with contextlib.suppress(Exception):
-                self._d.stats.started(effect.key)
+        stats = self._d.stats
+        if stats is not None:
+            try:
+                stats.started(effect.key)
+            except Exception:
+                return
 
     def _stats_end(self, effect: _StatsEnd) -> None:
         stats = self._d.stats
         if stats is not None:
-            with contextlib.suppress(Exception):
+            try:
                 stats.finished(effect.key)
                 if effect.sample is not None:
                     stats.record(effect.key, **effect.sample)
+            except Exception:
+                return
 
 
 class _AsyncDriver(_Driver):

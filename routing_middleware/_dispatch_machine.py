@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Callable, Generator
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ._dispatch_state import (
     StreamFailover,
@@ -43,6 +43,7 @@ from .cache import CacheEntry, ResponseCache, assemble, is_cacheable, replay_chu
 from .catalog import Catalog, ModelInfo, default_catalog
 from .context import RouteContext, current_context
 from .metering import RecordSink, UsageRecord, routed_extra
+from .pricing import billed_cost
 from .retry import Clock, RetryPolicy, Verdict, counts_against_deployment
 from .schema import (
     BudgetExceeded,
@@ -71,6 +72,19 @@ _EMPTY_USAGE = Usage()
 _log = logging.getLogger("llmroute.dispatch")
 #: Models already warned about as missing from the catalog (one warning per model).
 _UNPRICED_WARNED: set[str] = set()
+
+
+_openai_class: type | None = None
+
+
+def _openai_dialect() -> type:
+    """The OpenAI dialect's class (imported on first use)."""
+    global _openai_class
+    if _openai_class is None:
+        from .providers.openai import OpenAIDialect
+
+        _openai_class = OpenAIDialect
+    return _openai_class
 
 
 def _has_content(chunk: StreamChunk) -> bool:
@@ -167,8 +181,6 @@ class _Machine:
             return usage.provider_cost if usage.provider_cost is not None else _ZERO
         if self._pricer is not None:
             return self._pricer(usage, info)
-        from .pricing import billed_cost
-
         return billed_cost(usage, info, catalog=self._catalog())
 
     def _requested_cost(
@@ -185,6 +197,8 @@ class _Machine:
         chosen = catalog.find(record.chosen_model) if record is not None else None
         if record is not None and chosen is None:
             return None  # unpriced or billed off-catalog: any saving shown would be made up
+        if record is not None and record.chosen_model == call.decision.requested_model:
+            return record.cost  # served by the requested model: no saving, whatever billed
         info = catalog.find(call.decision.requested_model)
         if info is None:
             return call.decision.requested_cost
@@ -639,11 +653,8 @@ class _Machine:
         dialect = self._dialect(config.dialect)
         forwarder: OpenAIDialect | None = None
         forwarded = False
-        if call.offer is not None:
-            from .providers.openai import OpenAIDialect
-
-            if isinstance(dialect, OpenAIDialect):
-                forwarder = dialect
+        if call.offer is not None and isinstance(dialect, _openai_dialect()):
+            forwarder = cast("OpenAIDialect", dialect)
         try:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
             attempt.sent = True

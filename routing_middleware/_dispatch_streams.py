@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
-from ._dispatch_drivers import _AsyncDriver, _Pipe, _SyncDriver
+from ._dispatch_drivers import _Pipe
 from ._dispatch_state import _Call, _Closed, _Deliver, _End
 from .metering import UsageRecord
 from .schema import StreamChunk, Usage
@@ -79,7 +79,7 @@ class DispatchStream(_StreamInfo):
 
     def __init__(self, dispatcher: Dispatcher, call: _Call) -> None:
         self._call = call
-        self._driver = _SyncDriver(dispatcher)
+        self._driver = dispatcher._sync_driver
         self._machine = dispatcher._run(call)
         self._pending: _Item = None
         self._done = False
@@ -152,7 +152,7 @@ class AsyncDispatchStream(_StreamInfo):
 
     def __init__(self, dispatcher: Dispatcher, call: _Call) -> None:
         self._call = call
-        self._driver = _AsyncDriver(dispatcher)
+        self._driver = dispatcher._async_driver
         self._machine = dispatcher._run(call)
         self._pending: _Item = None
         self._done = False

@@ -136,6 +136,9 @@ class Dispatcher(_Machine):
         self._pricer = pricer
         self._rng = rng or random.Random()
         self.store_content = store_content
+        # Drivers hold no per-call state: one of each serves every call.
+        self._sync_driver = _SyncDriver(self)
+        self._async_driver = _AsyncDriver(self)
 
     def __repr__(self) -> str:
         return f"Dispatcher(providers={sorted(self.providers)})"
@@ -157,7 +160,7 @@ class Dispatcher(_Machine):
         :class:`LLMError` when every attempt failed.
         """
         call = self._call(request, decision, context, False, cache)
-        result = _SyncDriver(self).run(self._run(call))
+        result = self._sync_driver.run(self._run(call))
         assert result is not None
         return result
 
@@ -171,7 +174,7 @@ class Dispatcher(_Machine):
     ) -> ChatResponse:
         """Async twin of :meth:`dispatch`."""
         call = self._call(request, decision, context, False, cache)
-        result = await _AsyncDriver(self).run(self._run(call))
+        result = await self._async_driver.run(self._run(call))
         assert result is not None
         return result
 

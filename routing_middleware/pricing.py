@@ -16,6 +16,9 @@ when ``at`` falls in one of the model's windows; ``at=None`` means the standard 
 price, so pass the call's time to get the discount.
 
 Every amount is ``Decimal`` USD quantized to 1e-10 (:data:`COST_QUANTUM`), half-even.
+When a model's prices are whole multiples of 1e-4 USD per 1M tokens (1e-10 per token;
+every listed price is), :func:`cost_of` at list price adds integer 1e-10 units instead:
+the same amount, exactly, in a fraction of the time.
 
 :func:`cost_of` always computes from list prices. :func:`billed_cost` prefers the
 cost the provider itself reported (``Usage.provider_cost``, e.g. OpenRouter's
@@ -45,6 +48,12 @@ __all__ = [
 #: Costs are rounded to this many USD (1e-10: far below any token's price).
 COST_QUANTUM = Decimal("1e-10")
 _PER_M = Decimal("1e-6")
+#: Per-token rates in 1e-10 USD units, by ``id(price)`` (with the price, to check it is
+#: the same object): ``None`` for prices that take the Decimal path.
+_UNITS: dict[int, tuple[Price, tuple[int, ...] | None]] = {}
+_UNITS_MAX = 1024
+#: Integer totals at or above this go the Decimal path (its precision limits apply).
+_UNITS_LIMIT = 10**18
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +152,58 @@ def cost_breakdown(
     return lines, total
 
 
+def _units(price: Price) -> tuple[int, ...] | None:
+    """The base rates (input, cached input, cache write, long cache write, output,
+    reasoning) of ``price`` in 1e-10 USD per token, when they are all whole numbers of
+    such units and no band can apply; else ``None``."""
+    found = _UNITS.get(id(price))
+    if found is not None and found[0] is price:
+        return found[1]
+    units: tuple[int, ...] | None = None
+    if not price.bands:
+        r = rates_for(price, 0)
+        scaled = [
+            rate.scaleb(4)
+            for rate in (
+                r.input,
+                r.cached_input,
+                r.cache_write,
+                r.cache_write_long,
+                r.output,
+                r.reasoning,
+            )
+        ]
+        if all(x.is_finite() and x == x.to_integral_value() for x in scaled):
+            units = tuple(int(x) for x in scaled)
+    if len(_UNITS) >= _UNITS_MAX:
+        _UNITS.clear()
+    _UNITS[id(price)] = (price, units)
+    return units
+
+
+def _cost_in_units(usage: Usage, units: tuple[int, ...]) -> Decimal | None:
+    """:func:`cost_of` at base rates in integer arithmetic (``None``: not applicable)."""
+    long_writes = usage.cache_write_long_tokens
+    reasoning = usage.reasoning_tokens
+    counts = (
+        usage.uncached_input_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_tokens - long_writes,
+        long_writes,
+        usage.output_tokens - reasoning,
+        reasoning,
+    )
+    if min(counts) < 0:
+        return None
+    total = 0
+    for tokens, rate in zip(counts, units, strict=True):
+        if tokens:
+            total += tokens * rate
+    if total >= _UNITS_LIMIT:
+        return None
+    return Decimal(total).scaleb(-10)
+
+
 def cost_of(
     usage: Usage,
     model: ModelInfo | str,
@@ -157,6 +218,12 @@ def cost_of(
     :func:`billed_cost`.
     """
     info = _resolve(model, catalog)
+    if at is None or info.price.off_peak is None:
+        units = _units(info.price)
+        if units is not None:
+            found = _cost_in_units(usage, units)
+            if found is not None:
+                return found
     r = rates_for(info.price, usage.input_tokens, at)
     long_writes = usage.cache_write_long_tokens
     reasoning = usage.reasoning_tokens

@@ -53,6 +53,7 @@ from .openai_errors import decode_openai_error, error_from_stream_payload
 from .openai_forward_json import forwardable_usage
 from .openai_stream import OpenAIStreamDecoder, ToolCallAssembler
 from .openai_wire import (
+    constructor,
     data_url,
     decode_message,
     decode_usage,
@@ -296,13 +297,15 @@ class OpenAIDialect:
         usage = forwardable_usage(payload)
         if usage is None:
             return _decode(payload, provider), False
-        response = ChatResponse.model_construct(
-            id=payload["id"],
-            model=payload["model"],
-            provider=provider.name,
-            created=payload["created"],
-            choices=[],
-            usage=usage,
+        response = _new_response(
+            {
+                "id": payload["id"],
+                "model": payload["model"],
+                "provider": provider.name,
+                "created": payload["created"],
+                "choices": [],
+                "usage": usage,
+            }
         )
         return response, True
 
@@ -315,6 +318,9 @@ class OpenAIDialect:
     ) -> LLMError:
         """Map a non-2xx answer to the LLMError family (see :mod:`.openai_errors`)."""
         return decode_openai_error(status, headers, body, provider.name, provider.api_key)
+
+
+_new_response = constructor(ChatResponse)
 
 
 def _payload(body: bytes, provider: ProviderConfig) -> dict[str, Any]:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from ..schema import (
     FinishReason,
@@ -90,9 +93,49 @@ def to_int(value: object) -> int:
     return 0
 
 
+_M = TypeVar("_M", bound=BaseModel)
+_NO_DETAILS: dict[str, Any] = {}
+
+
 def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
     value = usage.get(key)
-    return value if isinstance(value, dict) else {}
+    return value if isinstance(value, dict) else _NO_DETAILS
+
+
+def constructor(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
+    """A builder of ``cls`` instances from a dict of *every* field's value, unvalidated:
+    what ``cls.model_construct(**values)`` makes, in a third of the time.
+
+    It sets the instance state as pydantic's ``model_construct`` does, checked here
+    against ``model_construct`` once; should a pydantic version build differently,
+    the builder is ``model_construct`` itself.
+    """
+    fields = frozenset(cls.model_fields)
+    new, put = object.__new__, object.__setattr__
+
+    def fast(values: dict[str, Any]) -> _M:
+        made = new(cls)
+        put(made, "__dict__", values)
+        put(made, "__pydantic_fields_set__", set(fields))
+        put(made, "__pydantic_extra__", None)
+        put(made, "__pydantic_private__", None)
+        return made
+
+    def slow(values: dict[str, Any]) -> _M:
+        return cls.model_construct(**values)
+
+    sample = dict.fromkeys(fields)
+    made, expected = fast(dict(sample)), slow(dict(sample))
+    state = ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+    if all(getattr(made, name, 0) == getattr(expected, name, 1) for name in state):
+        return fast
+    return slow
+
+
+def _count(usage: dict[str, Any], key: str) -> int:
+    """``to_int(usage.get(key))``, without a call for the usual plain count."""
+    value = usage.get(key)
+    return value if type(value) is int and value >= 0 else to_int(value)
 
 
 def _cost(value: object) -> Decimal | None:
@@ -118,22 +161,22 @@ def decode_usage(usage: object) -> Usage | None:
     """
     if not isinstance(usage, dict):
         return None
-    prompt = to_int(usage.get("prompt_tokens"))
-    completion = to_int(usage.get("completion_tokens"))
-    total = to_int(usage.get("total_tokens"))
+    prompt = _count(usage, "prompt_tokens")
+    completion = _count(usage, "completion_tokens")
+    total = _count(usage, "total_tokens")
     prompt_details = _details(usage, "prompt_tokens_details")
     completion_details = _details(usage, "completion_tokens_details")
 
-    if "cached_tokens" in prompt_details and prompt_details["cached_tokens"] is not None:
-        cached = to_int(prompt_details["cached_tokens"])
+    if prompt_details.get("cached_tokens") is not None:
+        cached = _count(prompt_details, "cached_tokens")
     elif "prompt_cache_hit_tokens" in usage:
-        cached = to_int(usage["prompt_cache_hit_tokens"])
+        cached = _count(usage, "prompt_cache_hit_tokens")
     else:
-        cached = to_int(usage.get("cached_tokens"))
+        cached = _count(usage, "cached_tokens")
     if not prompt and "prompt_cache_hit_tokens" in usage:
-        prompt = cached + to_int(usage.get("prompt_cache_miss_tokens"))
-    cache_write = to_int(prompt_details.get("cache_write_tokens"))
-    reasoning = to_int(completion_details.get("reasoning_tokens"))
+        prompt = cached + _count(usage, "prompt_cache_miss_tokens")
+    cache_write = _count(prompt_details, "cache_write_tokens")
+    reasoning = _count(completion_details, "reasoning_tokens")
 
     output = completion
     if total > prompt + completion:
@@ -144,16 +187,22 @@ def decode_usage(usage: object) -> Usage | None:
     cached = min(cached, prompt)
     cache_write = min(cache_write, prompt - cached)
     reasoning = min(reasoning, output)
-    return Usage.model_construct(
-        input_tokens=prompt,
-        output_tokens=output,
-        cached_input_tokens=cached,
-        cache_write_tokens=cache_write,
-        cache_write_long_tokens=0,
-        reasoning_tokens=reasoning,
-        estimated=False,
-        provider_cost=_cost(usage.get("cost")),
+    cost = usage.get("cost")
+    return _new_usage(
+        {
+            "input_tokens": prompt,
+            "output_tokens": output,
+            "cached_input_tokens": cached,
+            "cache_write_tokens": cache_write,
+            "cache_write_long_tokens": 0,
+            "reasoning_tokens": reasoning,
+            "estimated": False,
+            "provider_cost": None if cost is None else _cost(cost),
+        }
     )
+
+
+_new_usage = constructor(Usage)
 
 
 def encode_usage(usage: Usage) -> dict[str, Any]:

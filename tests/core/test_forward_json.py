@@ -690,3 +690,51 @@ class _SinkEngine(Engine):
     def __init__(self, dispatcher: Dispatcher, decision: Decision, sink: MemorySink) -> None:
         super().__init__(dispatcher, decision)
         dispatcher.sink = sink
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def test_the_fast_constructor_builds_what_model_construct_builds() -> None:
+    from pydantic import BaseModel, PrivateAttr
+
+    from routing_middleware.providers.openai_wire import constructor
+    from routing_middleware.schema import ChatResponse, Usage
+
+    values: dict[str, Any] = {
+        "input_tokens": 8,
+        "output_tokens": 40,
+        "cached_input_tokens": 2,
+        "cache_write_tokens": 1,
+        "cache_write_long_tokens": 0,
+        "reasoning_tokens": 3,
+        "estimated": False,
+        "provider_cost": Decimal("0.5"),
+    }
+    made, expected = constructor(Usage)(dict(values)), Usage.model_construct(**values)
+    assert made == expected
+    assert made.__pydantic_fields_set__ == expected.__pydantic_fields_set__
+    assert made.model_dump(exclude_unset=True) == expected.model_dump(exclude_unset=True)
+    assert repr(made) == repr(expected)
+    built = constructor(ChatResponse)(
+        {
+            "id": "x",
+            "model": "m",
+            "provider": "p",
+            "created": 1,
+            "choices": [],
+            "usage": made,
+        }
+    )
+    assert built.usage is made
+    assert built.text == ""
+
+    class Private(BaseModel):
+        value: int = 0
+        _seen: list[int] = PrivateAttr(default_factory=list)
+
+    # A model pydantic builds with more state: model_construct itself is used.
+    build = constructor(Private)
+    thing = build({"value": 3})
+    assert thing.value == 3
+    assert thing._seen == []

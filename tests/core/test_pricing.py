@@ -261,11 +261,15 @@ def test_price_fallbacks() -> None:
     # no cached or write price listed: both cost plain input; no long-TTL price: the write price
     price = Price(input=Decimal(2), output=Decimal(4), cache_write=Decimal(3))
     rates = rates_for(price, 10)
-    assert (rates.cached_input, rates.cache_write, rates.cache_write_long) == (2, 3, 3)
+    assert (rates.cached_input, rates.cache_write, rates.cache_write_long) == (
+        Decimal(2),
+        Decimal(3),
+        Decimal(3),
+    )
     assert rates.reasoning == 4
     band = PriceBand(above_tokens=5, input=Decimal(5), output=Decimal(6))
     banded = rates_for(Price(Decimal(2), Decimal(4), bands=(band,)), 10)
-    assert (banded.input, banded.output, banded.band) == (5, 6, 5)
+    assert (banded.input, banded.output, banded.band) == (Decimal(5), Decimal(6), 5)
 
 
 # ---------------------------------------------------------------------- properties
@@ -325,3 +329,81 @@ def test_cost_is_non_negative_and_monotonic(
 @given(model=st.sampled_from(CHAT_MODELS), usage=usages())
 def test_off_peak_never_costs_more(model: ModelInfo, usage: Usage) -> None:
     assert cost_of(usage, model, WEDNESDAY_1200) <= cost_of(usage, model)
+
+
+# --------------------------------------------------------------------------- integer path
+
+
+def _decimal_cost(usage: Usage, price: Price, at: datetime | None = None) -> Decimal:
+    """The Decimal formula of the module docs, term by term."""
+    r = rates_for(price, usage.input_tokens, at)
+    short_writes = usage.cache_write_tokens - usage.cache_write_long_tokens
+    total = (
+        usage.uncached_input_tokens * r.input
+        + usage.cached_input_tokens * r.cached_input
+        + short_writes * r.cache_write
+        + usage.cache_write_long_tokens * r.cache_write_long
+        + (usage.output_tokens - usage.reasoning_tokens) * r.output
+        + usage.reasoning_tokens * r.reasoning
+    )
+    return (total * Decimal("1e-6")).quantize(COST_QUANTUM)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=st.sampled_from([m for m in CATALOG if m.mode == "chat"]),
+    inp=st.integers(0, 3_000_000),
+    out=st.integers(0, 200_000),
+    cached=st.integers(0, 3_000_000),
+    write=st.integers(0, 3_000_000),
+    long_share=st.integers(0, 100),
+    reasoning_share=st.integers(0, 100),
+)
+def test_integer_arithmetic_gives_the_decimal_amount_exactly(
+    model: ModelInfo,
+    inp: int,
+    out: int,
+    cached: int,
+    write: int,
+    long_share: int,
+    reasoning_share: int,
+) -> None:
+    cached = min(cached, inp)
+    write = min(write, inp - cached)
+    usage = u(
+        inp,
+        out,
+        cached=cached,
+        write=write,
+        write_long=write * long_share // 100,
+        reasoning=out * reasoning_share // 100,
+    )
+    got = cost_of(usage, model)
+    expected = _decimal_cost(usage, model.price)
+    assert got == expected
+    assert str(got) == str(expected)  # the same Decimal, exponent included
+    assert got.as_tuple().exponent == -10
+
+
+def test_prices_finer_than_the_quantum_and_bands_take_the_decimal_path() -> None:
+    fine = Price(Decimal("0.123456"), Decimal("1.0000001"))
+    banded = Price(
+        Decimal("1"), Decimal("2"), bands=(PriceBand(200_000, Decimal("2"), Decimal("4")),)
+    )
+    for price in (fine, banded):
+        info = ModelInfo("x/fine", "x", "fine", price, 1_000_000)
+        for usage in (u(7, 3), u(300_000, 11), u(0, 0)):
+            assert cost_of(usage, info) == _decimal_cost(usage, price)
+            assert str(cost_of(usage, info)) == str(_decimal_cost(usage, price))
+    zero = cost_of(u(0, 0), CATALOG.get("openai/gpt-4o-mini"))
+    assert str(zero) == str(Decimal(0).quantize(COST_QUANTUM))
+
+
+def test_off_peak_prices_still_apply_at_their_hours() -> None:
+    model = next(m for m in CATALOG if m.price.off_peak is not None)
+    usage = u(1000, 1000)
+    assert cost_of(usage, model, WEDNESDAY_1200) == _decimal_cost(
+        usage, model.price, WEDNESDAY_1200
+    )
+    assert cost_of(usage, model) == _decimal_cost(usage, model.price)
+    assert cost_of(usage, model, WEDNESDAY_1200) != cost_of(usage, model)
