@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from ._literals import prefilter
 from .budgets import Budgets
 from .catalog import Catalog, ModelInfo
 from .classify import Classifier, ComplexityScorer
@@ -448,6 +449,7 @@ class _CompiledRule:
         "models",
         "name",
         "pattern",
+        "pattern_hint",
         "routes",
         "tags",
         "text_bit",
@@ -469,6 +471,8 @@ class _CompiledRule:
         self.has_images = when.has_images
         self.json_schema = when.json_schema
         self.pattern = rule.pattern
+        #: Literals every match of ``pattern`` contains, tested first (see ``_literals``).
+        self.pattern_hint = prefilter(self.pattern) if self.pattern is not None else None
         self.keywords = rule.keyword_pattern
         # ``keywords`` compile to one case-insensitive whole-word pattern, slow to search.
         # In ASCII text, ASCII keywords can only match where the lowered text contains
@@ -1432,8 +1436,13 @@ _MAX_MEMO_TEXT = 2048
 
 def _text_matches(rule: _CompiledRule, text: str) -> bool:
     """Whether ``text`` passes ``rule``'s regex and keyword tests (those it has)."""
-    if rule.pattern is not None and rule.pattern.search(text) is None:
-        return False
+    pattern = rule.pattern
+    if pattern is not None:
+        hint = rule.pattern_hint
+        if hint is not None and not hint.might_match(text):
+            return False
+        if pattern.search(text) is None:
+            return False
     if rule.keywords is not None:
         hints = rule.keyword_hints
         if hints is not None and text.isascii() and not _contains_any(text.lower(), hints):

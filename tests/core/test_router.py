@@ -900,6 +900,25 @@ def test_rule_text_tests_are_remembered_per_text() -> None:
     assert tiers == [1, 3, 3, 1, 3, 3]  # (no rule: the requested model's tier 3)
 
 
+@pytest.mark.parametrize(
+    ("text", "matched"),
+    [
+        ("write SQL for me", True),
+        ("SELECT * FROM t", True),
+        ("write sql for me", False),  # the regex is case-sensitive
+        ("NoSQL stores", False),  # the literal is there, the word boundary is not
+        ("nothing relevant", False),
+    ],
+)
+def test_rule_regex_behind_its_literal_prefilter_matches_as_the_regex_does(
+    text: str, matched: bool
+) -> None:
+    router = _rule_router(
+        {"name": "sql", "when": {"regex": r"\bSELECT\b|\bSQL\b"}, "then": {"tier": 1}}
+    )
+    assert (router.decide(_request(text), RouteContext()).tier == 1) is matched
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     calls=st.lists(
