@@ -24,17 +24,74 @@ _CACHE_MAX = 512
 _SKIPPED = frozenset({"accept-encoding", "content-length", "host", "connection"})
 
 
+def _direct_builder(core: Any) -> Any:
+    """A function making ``core.Request(method, url, headers=..., content=body,
+    extensions=...)`` from values already in the types the pool uses (method and
+    headers as bytes, ``url`` the pool's URL) without checking them again, or
+    ``None`` when ``core``'s requests are not built the way this knows.
+
+    The check: a request built by the library holds exactly what this sets (a
+    ``__dict__`` of method, url, headers, stream, extensions), its body in a stream
+    type that this makes the same way."""
+    url = core.URL(scheme=b"http", host=b"example.invalid", port=None, target=b"/")
+    headers = [(b"host", b"example.invalid"), (b"content-length", b"2")]
+    extensions: dict[str, Any] = {"timeout": {}}
+    try:
+        reference = core.Request(
+            b"POST", url, headers=headers, content=b"{}", extensions=extensions
+        )
+        state = vars(reference)
+        stream_type = type(reference.stream)
+        same = (
+            set(state) == {"method", "url", "headers", "stream", "extensions"}
+            and type(reference) is core.Request
+            and reference.method == b"POST"
+            and reference.url is url
+            and reference.headers == headers
+            and reference.extensions is extensions
+            and list(stream_type(b"{}")) == [b"{}"]
+            and list(reference.stream) == [b"{}"]
+        )
+    except Exception:
+        return None
+    if not same:
+        return None
+    request_type = core.Request
+    new = object.__new__
+
+    def build(
+        method: bytes, url: Any, headers: list[tuple[bytes, bytes]], body: bytes, extensions: Any
+    ) -> Any:
+        request = new(request_type)
+        request.__dict__ = {
+            "method": method,
+            "url": url,
+            "headers": headers,
+            "stream": stream_type(body),
+            "extensions": extensions,
+        }
+        return request
+
+    return build
+
+
 class CoreSender:
     """Requests for one client's pool library (``httpcore`` for httpx, ``httpcore2``
-    for httpx2); ``defaults`` are the client's default headers, lowercased."""
+    for httpx2); ``defaults`` are the client's default headers, lowercased.
 
-    __slots__ = ("_core", "_defaults", "_headers", "_targets")
+    Everything in a request is prepared here as the pool's own types (bytes
+    headers, the pool's URL), so the request is made without the library checking
+    and converting it all again, when the library's requests are built as
+    :func:`_direct_builder` knows; otherwise through its constructor."""
+
+    __slots__ = ("_build", "_core", "_defaults", "_headers", "_targets")
 
     def __init__(self, core_module: str, defaults: dict[str, str]) -> None:
         self._core = sys.modules[core_module]
         self._defaults = {k: v for k, v in defaults.items() if k not in _SKIPPED}
         self._targets: dict[str, tuple[Any, tuple[bytes, bytes]]] = {}
         self._headers: dict[tuple[tuple[str, str], ...], list[tuple[bytes, bytes]]] = {}
+        self._build = _direct_builder(self._core)
 
     def _target(self, url: Any, text: str) -> tuple[Any, tuple[bytes, bytes]]:
         found = self._targets.get(text)
@@ -73,6 +130,8 @@ class CoreSender:
             *self._header_list(encoded),
             (b"content-length", b"%d" % len(body)),
         ]
+        if self._build is not None and encoded.method == "POST":
+            return self._build(b"POST", core_url, headers, body, {"timeout": timeout})
         return self._core.Request(
             encoded.method, core_url, headers=headers, content=body, extensions={"timeout": timeout}
         )

@@ -26,9 +26,13 @@ UPSTREAM_EXTENSION = "llmroute_upstream"
 _URL_CACHE_MAX = 512
 
 
+#: ``json.dumps`` with these options makes a new encoder per call; one serves all.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode_json(body: Any) -> bytes:
     """``body`` as httpx encodes ``json=``: compact, UTF-8, no NaN."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(body).encode()
 
 
 class UpstreamSender:

@@ -186,3 +186,81 @@ def test_under_instrument_the_engines_own_calls_still_take_the_pool(
     assert engine.dispatcher.sync_sender()._core is not None
     assert fake.ledger.calls[-1].api_key == KEY
     engine.close()
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@pytest.mark.parametrize("core_name", ["httpcore", "httpcore2"])
+def test_the_pool_request_is_what_the_library_would_build(core_name: str) -> None:
+    import importlib
+
+    from routing_middleware._core_send import CoreSender
+    from routing_middleware.providers.base import EncodedRequest
+
+    core: Any = importlib.import_module(core_name)
+    sender = CoreSender(core_name, {"user-agent": "test/1", "accept-encoding": "gzip"})
+    assert sender._build is not None  # the direct path applies to the installed library
+    encoded = EncodedRequest(
+        "POST",
+        "http://127.0.0.1:9/v1/chat/completions",
+        {"Authorization": "Bearer sk-x", "content-type": "application/json"},
+        {"model": "m"},
+    )
+    url = httpx2.URL(encoded.url)
+    timeout = {"connect": 1.0, "read": 2.0, "write": 3.0, "pool": 4.0}
+    made = sender.request(url, encoded, b'{"model":"m"}', timeout)
+    expected = core.Request(
+        "POST",
+        made.url,
+        headers=[
+            ("host", "127.0.0.1:9"),
+            ("user-agent", "test/1"),
+            ("authorization", "Bearer sk-x"),
+            ("content-type", "application/json"),
+            ("content-length", "13"),
+        ],
+        content=b'{"model":"m"}',
+        extensions={"timeout": timeout},
+    )
+    assert type(made) is core.Request
+    assert type(made.stream) is type(expected.stream)
+    assert list(made.stream) == list(expected.stream) == [b'{"model":"m"}']
+    state, wanted = vars(made).copy(), vars(expected).copy()
+    state.pop("stream")
+    wanted.pop("stream")
+    assert state == wanted
+    assert bytes(made.url) == b"http://127.0.0.1:9/v1/chat/completions"
+
+
+def test_a_library_building_requests_otherwise_gets_its_constructor() -> None:
+    import types
+
+    from routing_middleware._core_send import CoreSender, _direct_builder
+    from routing_middleware.providers.base import EncodedRequest
+
+    class Request:
+        """Like httpcore's, but keeping one more attribute."""
+
+        def __init__(self, method: Any, url: Any, **kw: Any) -> None:
+            self.method, self.url = method, url
+            self.headers, self.extensions = kw["headers"], kw["extensions"]
+            self.stream = [kw["content"]]
+            self.trace = None
+
+    real: Any = __import__("httpcore")
+    fake = types.ModuleType("fake_core")
+    fake.Request = Request  # type: ignore[attr-defined]
+    fake.URL = real.URL  # type: ignore[attr-defined]
+    assert _direct_builder(fake) is None
+    import sys
+
+    sys.modules["fake_core"] = fake
+    try:
+        sender = CoreSender("fake_core", {})
+        encoded = EncodedRequest("POST", "http://127.0.0.1:9/v1/x", {}, {})
+        made = sender.request(httpx2.URL(encoded.url), encoded, b"{}", {})
+    finally:
+        del sys.modules["fake_core"]
+    assert type(made) is Request
+    assert made.trace is None
