@@ -279,8 +279,15 @@ class LLMRoute:
         """Decide, dispatch and meter a non-streamed call."""
         ctx = current_context() if context is None else context
         decision = decision if decision is not None else self.decide(request, ctx)
-        with collect_records() as records:
+        records: list[UsageRecord] = []
+        outer = _collector.get()
+        token = _collector.set(records)  # collect_records(), inlined on the hot path
+        try:
             response = self.dispatcher.dispatch(request, decision, ctx, cache=cache)
+        finally:
+            _collector.reset(token)
+            if outer is not None:
+                outer.extend(records)
         return Completion(response, decision, tuple(records))
 
     async def acomplete(
@@ -294,8 +301,15 @@ class LLMRoute:
         """Async twin of :meth:`complete`."""
         ctx = current_context() if context is None else context
         decision = decision if decision is not None else await self.adecide(request, ctx)
-        with collect_records() as records:
+        records: list[UsageRecord] = []
+        outer = _collector.get()
+        token = _collector.set(records)
+        try:
             response = await self.dispatcher.adispatch(request, decision, ctx, cache=cache)
+        finally:
+            _collector.reset(token)
+            if outer is not None:
+                outer.extend(records)
         return Completion(response, decision, tuple(records))
 
     def stream(

@@ -183,22 +183,21 @@ def _units(price: Price) -> tuple[int, ...] | None:
 
 def _cost_in_units(usage: Usage, units: tuple[int, ...]) -> Decimal | None:
     """:func:`cost_of` at base rates in integer arithmetic (``None``: not applicable)."""
+    cached = usage.cached_input_tokens
+    writes = usage.cache_write_tokens
     long_writes = usage.cache_write_long_tokens
     reasoning = usage.reasoning_tokens
-    counts = (
-        usage.uncached_input_tokens,
-        usage.cached_input_tokens,
-        usage.cache_write_tokens - long_writes,
-        long_writes,
-        usage.output_tokens - reasoning,
-        reasoning,
-    )
-    if min(counts) < 0:
+    uncached = usage.input_tokens - cached - writes
+    output = usage.output_tokens - reasoning
+    if min(uncached, output, cached, writes - long_writes, long_writes, reasoning) < 0:
         return None
-    total = 0
-    for tokens, rate in zip(counts, units, strict=True):
-        if tokens:
-            total += tokens * rate
+    total = uncached * units[0] + output * units[4]
+    if cached:
+        total += cached * units[1]
+    if writes:
+        total += (writes - long_writes) * units[2] + long_writes * units[3]
+    if reasoning:
+        total += reasoning * units[5]
     if total >= _UNITS_LIMIT:
         return None
     return Decimal(total).scaleb(-10)

@@ -93,7 +93,7 @@ class Relay:
         if provider and "/" not in request.model:
             qualified = f"{provider}/{request.model}"
             if qualified in self.engine.catalog:
-                request = request.model_copy(update={"model": qualified})
+                request.model = qualified  # a request of its own, just parsed: no copy
         return request
 
     def error(self, dialect: str, error: LLMError) -> RelayResponse:
