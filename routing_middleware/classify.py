@@ -167,65 +167,103 @@ def _phrase_heads() -> dict[bytes, tuple[tuple[int, str], ...]]:
 #: Multi-word cues by their first word: a phrase is looked for only when its first
 #: word occurs in the text.
 _PHRASE_HEADS = _phrase_heads()
-# A set, not the dict: ``set.intersection`` walks a non-set argument whole.
-_PHRASE_HEAD_WORDS = frozenset(_PHRASE_HEADS)
 
+# Code markers are looked for only where a text's words point to them, instead of
+# scanning every text once per marker. A marker made of word characters leaves a
+# trace on the words of the lowered text: "def " in the text means a word ending in
+# "def", "function" a word holding "function". One holding a separator is looked
+# for when the text has that separator.
+_MARKER_WORD_ENDS = (
+    ("def", "def "),
+    ("class", "class "),
+    ("import", "import "),
+    ("const", "const "),
+    ("select", "SELECT "),
+    ("public", "public static"),
+)
+_MARKER_WORD_PARTS = (
+    ("function", "function"),
+    ("traceback", "Traceback"),
+    ("#include", "#include"),
+)
+_MARKER_SEPARATORS = (("`", "```"), ("=", "=>"), (";", ";\n"), ("{", "{\n"))
+_MARKER_ENDINGS = tuple(end for end, _ in _MARKER_WORD_ENDS)
 
-class _WordCache:
-    """What the word patterns said about every word met so far.
-
-    ``seen`` holds each word once classified; ``cues`` only the words in at least one
-    class, and ``flags`` their classes. Set operations in C then find a text's new
-    words and its cue words without a Python loop over every word. A full cache is
-    replaced, never cleared in place, so a thread holding one sees it consistent.
-    """
-
-    __slots__ = ("cues", "flags", "seen")
-
-    def __init__(self) -> None:
-        self.seen: set[bytes] = set()
-        self.cues: set[bytes] = set()
-        self.flags: dict[bytes, int] = {}
-
-
-_MAX_WORDS = 50_000
 #: The class flags set in each combination of them.
 _FLAG_BITS = tuple(
     tuple(flag for flag in (_REASONING, _TASK, _DOMAIN, _MATH, _SIMPLE) if flags & flag)
     for flags in range(32)
 )
-_known = _WordCache()
-
-
 #: Matches a word in at least one class: most words are in none, and one match
 #: then settles them instead of one per class.
 _ANY_CLASS = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _WORD_CLASSES))
 
 
-def _classes_of(word: bytes) -> int:
+class _Cue:
+    """What a word brings to a text: the classes it is in, the phrases it starts and
+    the code markers it may be part of."""
+
+    __slots__ = ("flags", "markers", "phrases")
+
+    def __init__(
+        self, flags: tuple[int, ...], phrases: tuple[tuple[int, str], ...], markers: tuple[str, ...]
+    ) -> None:
+        self.flags = flags
+        self.phrases = phrases
+        self.markers = markers
+
+
+def _cue_of(word: bytes) -> _Cue | None:
+    """The cue ``word`` is, or ``None`` for a word that adds nothing."""
     text = word.decode("utf-8", "replace")
-    if not _ANY_CLASS.fullmatch(text):
-        return 0
-    found = 0
-    for flag, pattern in _WORD_CLASSES:
-        if pattern.fullmatch(text):
-            found |= flag
-    return found
+    flags = 0
+    if _ANY_CLASS.fullmatch(text):
+        for flag, pattern in _WORD_CLASSES:
+            if pattern.fullmatch(text):
+                flags |= flag
+    markers = [marker for part, marker in _MARKER_WORD_PARTS if part in text]
+    if text.endswith(_MARKER_ENDINGS):
+        markers += [marker for end, marker in _MARKER_WORD_ENDS if text.endswith(end)]
+    phrases = _PHRASE_HEADS.get(word, ())
+    if not (flags or markers or phrases):
+        return None
+    return _Cue(_FLAG_BITS[flags], phrases, tuple(markers))
+
+
+class _WordCache:
+    """What every word met so far brings to a text.
+
+    ``seen`` holds each word once looked at; ``cues`` only the words that bring
+    something, and ``found`` what they bring. Set operations in C then find a text's
+    new words and its cue words without a Python loop over every word. A full cache
+    is replaced, never cleared in place, so a thread holding one sees it consistent.
+    """
+
+    __slots__ = ("cues", "found", "seen")
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self.cues: set[bytes] = set()
+        self.found: dict[bytes, _Cue] = {}
+
+
+_MAX_WORDS = 50_000
+_known = _WordCache()
 
 
 def _learn(cache: _WordCache, words: set[bytes], new: set[bytes]) -> _WordCache:
-    """A word cache with every word of ``words`` classified: ``cache`` with the
-    words ``new`` to it added, or a fresh one when ``cache`` would outgrow its bound."""
+    """A word cache with every word of ``words`` looked at: ``cache`` with the words
+    ``new`` to it added, or a fresh one when ``cache`` would outgrow its bound."""
     global _known
     if len(cache.seen) + len(new) > _MAX_WORDS:
         cache, new = _WordCache(), words
         _known = cache
     for word in new:
-        flags = _classes_of(word)
-        if flags:
-            cache.flags[word] = flags
+        cue = _cue_of(word)
+        if cue is not None:
+            cache.found[word] = cue
             cache.cues.add(word)
-        cache.seen.add(word)  # last: a word in ``seen`` always has its classes recorded
+        cache.seen.add(word)  # last: a word in ``seen`` always has its cue recorded
     return cache
 
 
@@ -233,27 +271,38 @@ def _words(lowered: str) -> list[bytes]:
     return lowered.encode("utf-8", "replace").translate(_SPLIT_TABLE).split()
 
 
-def _cue_counts(lowered: str, split: list[bytes]) -> list[int]:
-    """Distinct cue words and phrases per class in the ``lowered`` text whose words
-    are ``split``, indexed by flag bit."""
+def _cues(split: list[bytes]) -> list[_Cue]:
+    """The cues among the words ``split``, each distinct word once."""
     words = set(split)
     cache = _known
-    # One pass finds the words not classified yet (texts never seen mostly have some).
+    # One pass finds the words not looked at yet (texts never seen mostly have some).
     new = words.difference(cache.seen)
     if new:
         cache = _learn(cache, words, new)
+    found = cache.found
+    return [found[word] for word in words.intersection(cache.cues)]
+
+
+def _cue_counts(lowered: str, cues: list[_Cue]) -> list[int]:
+    """Distinct cue words and phrases per class in the ``lowered`` text holding
+    ``cues``, indexed by flag bit."""
     counts = [0] * 17
-    cues = words.intersection(cache.cues)
-    if cues:
-        known = cache.flags
-        for word in cues:
-            for flag in _FLAG_BITS[known[word]]:
-                counts[flag] += 1
-    for head in words.intersection(_PHRASE_HEAD_WORDS):
-        for flag, phrase in _PHRASE_HEADS[head]:
+    for cue in cues:
+        for flag in cue.flags:
+            counts[flag] += 1
+        for flag, phrase in cue.phrases:
             if phrase in lowered:
                 counts[flag] += 1
     return counts
+
+
+def _code_markers(text: str, cues: list[_Cue]) -> int:
+    """How many of :data:`_CODE_MARKERS` ``text``, holding ``cues``, contains."""
+    candidates = {marker for cue in cues for marker in cue.markers}
+    for separator, marker in _MARKER_SEPARATORS:
+        if separator in text:
+            candidates.add(marker)
+    return sum(map(text.__contains__, candidates)) if candidates else 0
 
 
 # Reasoning and domain cue counts of system prompts. Apps send a handful of fixed
@@ -267,7 +316,7 @@ def _system_counts(system: str) -> tuple[int, int]:
     found = _system_cues.get(system)
     if found is None:
         lowered = system.lower()
-        counts = _cue_counts(lowered, _words(lowered))
+        counts = _cue_counts(lowered, _cues(_words(lowered)))
         found = (counts[_REASONING], counts[_DOMAIN])
         if len(_system_cues) >= _MAX_SYSTEM_PROMPTS:
             _system_cues.clear()
@@ -349,7 +398,8 @@ def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, .
     chars = len(text)
     lowered = text.lower()
     split = _words(lowered)
-    cues = _cue_counts(lowered, split)
+    found = _cues(split)
+    cues = _cue_counts(lowered, found)
     if system:
         reasoning, domain = _system_counts(system)
         if reasoning < cues[_REASONING]:
@@ -359,7 +409,7 @@ def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, .
     else:
         reasoning, domain = cues[_REASONING], cues[_DOMAIN]
     simple = chars < 400 and (cues[_SIMPLE] > 0 or (split[0] in _GREETINGS if split else False))
-    code = sum(map(text.__contains__, _CODE_MARKERS))
+    code = _code_markers(text, found)
     math_hits = cues[_MATH]
     if "\\" in text:
         math_hits += sum(map(text.__contains__, _LATEX))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -377,3 +378,172 @@ def test_fast_features_equal_the_plain_reference_on_labelled_prompts() -> None:
             assert classify._vector_of(prompt, system, turns, tools) == _reference_vector(
                 prompt, system, turns, tools
             )
+
+
+def _reference_cue_counts(lowered: str) -> dict[int, int]:
+    """Distinct cue words and phrases per class, found the plain way: split the words,
+    match every word against every class pattern."""
+    table = bytes.maketrans(classify._PUNCTUATION, b" " * len(classify._PUNCTUATION))
+    words = set(lowered.encode("utf-8", "replace").translate(table).split())
+    found = dict.fromkeys((1, 2, 4, 8, 16), 0)
+    for word in words:
+        for flag, pattern in classify._WORD_CLASSES:
+            if pattern.fullmatch(word.decode("utf-8", "replace")):
+                found[flag] += 1
+    for flag, phrases in classify._PHRASES:
+        for phrase in phrases:
+            if phrase.split()[0].encode() in words and phrase in lowered:
+                found[flag] += 1
+    return found
+
+
+def _scanned(text: str) -> tuple[dict[int, int], int]:
+    """Cue counts per class and code markers as the scorer finds them in ``text``."""
+    lowered = text.lower()
+    cues = classify._cues(classify._words(lowered))
+    counts = classify._cue_counts(lowered, cues)
+    return {flag: counts[flag] for flag in (1, 2, 4, 8, 16)}, classify._code_markers(text, cues)
+
+
+def _generated_texts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    vocabulary = [
+        *(phrase for _, phrases in classify._PHRASES for phrase in phrases),
+        *classify._CODE_MARKERS,
+        *classify._LATEX,
+        *[
+            "analyse",
+            "analyzé",
+            "evaluated",
+            "designs",
+            "design-heavy",
+            "derivative",
+            "derivatives",
+            "prove",
+            "proofs",
+            "tl;dr",
+            "tldr",
+            "trade-off",
+            "tradeoffs",
+            "big-o",
+            "lock-free",
+            "scaling",
+            "scalable",
+            "summarise",
+            "model's",
+            "EBITDA",
+            "Tax",
+            "taxes",
+            "hedging",
+            "diagnosis",
+            "reason",
+            "roots",
+            "undef",
+            "subclass",
+            "malfunction",
+            "importer",
+            "publicly",
+            "selected",
+            "Traceback",
+            "SELECT",
+            "hi",
+            "hello",
+            "thanks",
+            "ok",
+            "the",
+            "of",
+            "a",
+            "x1",
+            "design2",
+            "risk_ratio",
+            "latency+",
+            "c#",
+            "c++",
+            "naïve",
+            "straße",
+        ],
+    ]
+    glue = [*(chr(c) for c in classify._PUNCTUATION), " ", "\t", "\n", "\r", "\x0b", "\x0c"]
+    glue += ["\u00a0", "\u2003", "\u2028", "\x85", "-", "'", "\u2019", "", "", "#", "+", "1. "]
+    texts = []
+    for _ in range(count):
+        parts = []
+        for _ in range(rng.randrange(1, 25)):
+            word = rng.choice(vocabulary)
+            parts.append(word.upper() if rng.random() < 0.1 else word)
+            parts.append("".join(rng.choice(glue) for _ in range(rng.randrange(0, 3))) or " ")
+        texts.append("".join(parts[: -1 if rng.random() < 0.5 else None]))
+    return texts
+
+
+def test_cue_words_and_code_markers_match_a_plain_reference() -> None:
+    for text in _generated_texts(400, seed=20240611):
+        counts, code = _scanned(text)
+        assert counts == _reference_cue_counts(text.lower()), text
+        assert code == sum(marker in text for marker in classify._CODE_MARKERS), text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("design", {1: 1}),
+        ("design-heavy plans", {}),  # a hyphenated word is one word, not a cue
+        ("a trade-off", {1: 1}),
+        ("tl;dr", {}),  # ';' splits it into "tl" and "dr"
+        ("tldr", {16: 1}),
+        ("design_doc", {1: 1}),  # '_' separates words
+        ("design\u00a0doc", {}),  # only ASCII whitespace separates words
+        ("design\u2003", {}),
+        ("analyzé", {1: 1}),
+        ("prove", {1: 1, 8: 1}),
+        ("Prove it. PROVE it", {1: 1, 8: 1}),
+        ("within a sentence", {}),  # the phrase occurs, its first word does not
+        ("within a sentence, in", {16: 1}),
+        ("step-by-step", {1: 1}),
+        ("what are the risks", {1: 1, 2: 1}),
+    ],
+)
+def test_word_boundaries(text: str, expected: dict[int, int]) -> None:
+    counts, _ = _scanned(text)
+    assert {flag: n for flag, n in counts.items() if n} == expected
+    assert counts == _reference_cue_counts(text.lower())
+
+
+@pytest.mark.parametrize("glue", [*(chr(c) for c in classify._PUNCTUATION), " ", "\t", "\n"])
+def test_cue_words_next_to_every_separator(glue: str) -> None:
+    for text in (f"{glue}design", f"design{glue}", f"x{glue}design{glue}y", f"{glue}prove{glue}"):
+        counts, _ = _scanned(text)
+        assert counts == _reference_cue_counts(text.lower())
+        assert sum(counts.values()) >= 1
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("undef x", 1),  # "def " inside a word still counts, as a substring
+        ("a subclass and a malfunction", 2),
+        ("DEF X", 0),
+        ("public statics", 1),
+        ("x => y;\n{\n", 3),
+        ("```SELECT * FROM t```", 2),
+        ("the class\tof", 0),  # "class " wants a space
+        ("#includes", 1),
+    ],
+)
+def test_code_markers(text: str, code: int) -> None:
+    assert _scanned(text)[1] == code == sum(marker in text for marker in classify._CODE_MARKERS)
+
+
+def test_code_marker_tables_cover_every_marker() -> None:
+    by_words = [*classify._MARKER_WORD_ENDS, *classify._MARKER_WORD_PARTS]
+    markers = [marker for _, marker in [*by_words, *classify._MARKER_SEPARATORS]]
+    assert sorted(markers) == sorted(classify._CODE_MARKERS)
+    for fragment, marker in classify._MARKER_WORD_ENDS:
+        # the fragment ends the word: what follows it in the marker is a separator
+        assert marker.lower().startswith(fragment)
+        assert marker[len(fragment)].encode() in b" " + classify._PUNCTUATION
+    for fragment, marker in classify._MARKER_WORD_PARTS:
+        assert fragment == marker.lower()
+        assert not set(fragment.encode()) & set(b" \t\n\r\x0b\x0c" + classify._PUNCTUATION)
+    for separator, marker in classify._MARKER_SEPARATORS:
+        assert separator in marker
