@@ -32,16 +32,25 @@ class Kit:
     ametered_stream: type[Any]
 
     def relay_response(self, answer: RelayResponse) -> Any:
-        """The relay's answer as the library's response."""
+        """The relay's answer as the library's response.
+
+        Its headers are made once, as ASCII (what encoding ``str`` headers takes; a
+        header that is not ASCII raises here as it would in the library), so the
+        library need not work out their encoding again when they are read.
+        """
         if answer.stream is not None:
-            stream = self.relay_stream(answer.stream)
-            return self.lib.Response(answer.status, headers=answer.headers, stream=stream)
-        if answer.astream is not None:
+            stream: Any = self.relay_stream(answer.stream)
+            items: Any = answer.headers.items()
+        elif answer.astream is not None:
             stream = self.arelay_stream(answer.astream)
-            return self.lib.Response(answer.status, headers=answer.headers, stream=stream)
-        body = answer.body
-        headers = [*answer.headers.items(), ("content-length", str(len(body)))]
-        return self.lib.Response(answer.status, headers=headers, stream=self.lib.ByteStream(body))
+            items = answer.headers.items()
+        else:
+            body = answer.body
+            stream = self.lib.ByteStream(body)
+            items = [*answer.headers.items(), ("content-length", str(len(body)))]
+        response = self.lib.Response(answer.status, stream=stream)
+        response.headers = self.lib.Headers(items, encoding="ascii")
+        return response
 
     def metered(self, response: Any, info: CallInfo, *, is_async: bool) -> Any:
         """``response`` with its body wrapped by a :class:`Meter` (never raises)."""

@@ -11,6 +11,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -607,3 +608,29 @@ def test_offline_always_lets_the_fake_answer_observed_calls() -> None:
     assert len(_offline_fake(engine, "api.openai.com").calls) == 1
     [record] = _records(engine)
     assert record.mode == "observe"
+
+
+@pytest.mark.parametrize("lib_name", ["httpx", "httpx2"])
+def test_a_relayed_answers_headers_are_made_once_as_ascii(lib_name: str) -> None:
+    import importlib
+
+    from routing_middleware._intercept import kit_for
+    from routing_middleware.relay import RelayResponse
+
+    lib: Any = importlib.import_module(lib_name)
+    kit = kit_for(lib.Request("POST", "https://api.openai.com/v1/chat/completions"))
+    headers = {"content-type": "application/json", "x-llmroute-model": "openai/gpt-a"}
+    response = kit.relay_response(RelayResponse(200, headers, b'{"id":"x"}'))
+    expected = lib.Response(200, headers=[*headers.items(), ("content-length", "10")])
+    assert response.headers.raw == expected.headers.raw
+    assert response.headers.encoding == expected.headers.encoding == "ascii"
+    assert response.read() == b'{"id":"x"}'
+
+    def chunks() -> Iterator[bytes]:
+        yield b"data: [DONE]\n\n"
+
+    streamed = kit.relay_response(RelayResponse(200, headers, stream=chunks()))
+    assert streamed.headers.raw == lib.Response(200, headers=headers).headers.raw
+    assert streamed.read() == b"data: [DONE]\n\n"
+    with pytest.raises(UnicodeEncodeError):
+        kit.relay_response(RelayResponse(200, {"x-llmroute-model": "modèle"}, b""))
