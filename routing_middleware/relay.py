@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import Token
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -214,37 +214,36 @@ class Relay:
             headers["x-llmroute-requested-cost-usd"] = _money(requested)
         return RelayResponse(200, headers, body, decision=done.decision, records=list(done.records))
 
-    def _stream_start(
-        self, dialect: str, request: ChatRequest, decision: Decision, served: Deployment
-    ) -> tuple[CallerStreamEncoder, RelayResponse]:
-        """The caller's stream encoder and a 200 answer with SSE headers, body to come."""
-        include_usage = False
-        if dialect == "openai":
-            from .providers.openai_caller import wants_stream_usage
-
-            include_usage = wants_stream_usage(request)
-        name = served.model.split("/", 1)[-1]
-        encoder = caller_dialect(dialect).stream_encoder(
-            name, _response_id(dialect), include_usage=include_usage
-        )
+    def _stream_start(self, decision: Decision, served: Deployment) -> RelayResponse:
+        """A 200 answer with SSE headers, body to come."""
         headers = dict(_SSE_HEADERS)
         if self.response_headers:
             headers.update(decision_headers(decision, served.model, served.provider))
-        return encoder, RelayResponse(200, headers, decision=decision)
+        return RelayResponse(200, headers, decision=decision)
+
+    def _encoder(
+        self, dialect: str, request: ChatRequest, served: Deployment
+    ) -> CallerStreamEncoder:
+        """The caller's stream encoder (a forwarded stream needs one only to end in an
+        error event, which carries no id or model: it is made then)."""
+        include_usage = dialect == "openai" and _wants_usage(request)
+        name = served.model.split("/", 1)[-1]
+        return caller_dialect(dialect).stream_encoder(
+            name, _response_id(dialect), include_usage=include_usage
+        )
 
     def _stream_response(
         self, dialect: str, request: ChatRequest, decision: Decision, stream: DispatchStream
     ) -> RelayResponse:
-        encoder, response = self._stream_start(
-            dialect, request, decision, stream.deployment or decision.primary
-        )
+        served = stream.deployment or decision.primary
+        response = self._stream_start(decision, served)
 
         def forwarded() -> Iterator[bytes]:
             try:
                 try:
                     yield from stream.forwarded()
                 except Exception as exc:
-                    yield _failure(encoder, exc)
+                    yield _failure(self._encoder(dialect, request, served), exc)
             finally:
                 stream.close()
                 response.records[:] = stream.records
@@ -252,6 +251,7 @@ class Relay:
         if stream.forwarding:
             response.stream = forwarded()
             return response
+        encoder = self._encoder(dialect, request, served)
 
         def chunks() -> Iterator[bytes]:
             try:
@@ -273,9 +273,8 @@ class Relay:
     def _astream_response(
         self, dialect: str, request: ChatRequest, decision: Decision, stream: AsyncDispatchStream
     ) -> RelayResponse:
-        encoder, response = self._stream_start(
-            dialect, request, decision, stream.deployment or decision.primary
-        )
+        served = stream.deployment or decision.primary
+        response = self._stream_start(decision, served)
 
         async def forwarded() -> AsyncIterator[bytes]:
             try:
@@ -283,7 +282,7 @@ class Relay:
                     async for data in stream.forwarded():
                         yield data
                 except Exception as exc:
-                    yield _failure(encoder, exc)
+                    yield _failure(self._encoder(dialect, request, served), exc)
             finally:
                 await stream.aclose()
                 response.records[:] = stream.records
@@ -291,6 +290,7 @@ class Relay:
         if stream.forwarding:
             response.astream = forwarded()
             return response
+        encoder = self._encoder(dialect, request, served)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -315,9 +315,20 @@ def _offer_bytes(dialect: str, request: ChatRequest) -> Token[bool | None] | Non
     when the caller speaks chat completions (see ``_Machine._forward_attempt``)."""
     if dialect != "openai":
         return None
-    from .providers.openai_caller import wants_stream_usage
+    return forward_bytes.set(_wants_usage(request))
 
-    return forward_bytes.set(wants_stream_usage(request))
+
+_wants_stream_usage: Callable[[ChatRequest], bool] | None = None
+
+
+def _wants_usage(request: ChatRequest) -> bool:
+    """Whether an OpenAI caller asked for the usage event (imported on first use)."""
+    global _wants_stream_usage
+    if _wants_stream_usage is None:
+        from .providers.openai_caller import wants_stream_usage
+
+        _wants_stream_usage = wants_stream_usage
+    return _wants_stream_usage(request)
 
 
 def _failure(encoder: CallerStreamEncoder, exc: Exception) -> bytes:
