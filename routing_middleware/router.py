@@ -39,8 +39,10 @@ sees them.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import math
+import operator
 import random
 import time
 from collections.abc import Iterable
@@ -192,6 +194,16 @@ class _Plan:
     )
     #: Requested model name as sent -> its candidate (``None``: not a known chat model).
     resolved: dict[str, _Cand | None] = field(default_factory=dict)
+    #: Distinct context windows, ascending: requests whose window needs fall between
+    #: the same two of them pass the same candidates.
+    windows: list[int] = field(default_factory=list)
+    #: Distinct long-context band starts, ascending: requests whose input tokens fall
+    #: between the same two of them are priced by the same bands.
+    band_starts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.windows = sorted({c.context_window for c in self.everything})
+        self.band_starts = sorted({b[0] for c in self.everything for b in c.bands})
 
     def requested(self, model: str, catalog: Catalog) -> _Cand | None:
         """The candidate for the requested ``model`` (id or alias), remembered per name:
@@ -272,7 +284,15 @@ class _StatsView:
     of once per decision.
     """
 
-    __slots__ = ("_by_stream", "_min_samples", "config", "once", "selections", "snapshot")
+    __slots__ = (
+        "_by_stream",
+        "_min_samples",
+        "config",
+        "once",
+        "selections",
+        "snapshot",
+        "spans",
+    )
 
     def __init__(self, snapshot: StatsSnapshot, config: RoutingConfig) -> None:
         self.snapshot = snapshot
@@ -286,6 +306,10 @@ class _StatsView:
         self.selections: dict[tuple[Any, ...], _Selection] = {}
         #: Hashes of the keys met once so far (a selection is kept on the second).
         self.once: set[int] = set()
+        #: Selections that hold across a bucket of output shares (``None``: this one
+        #: does not), by the key above with token counts replaced by what they decide
+        #: (see ``Router._span_of``). Bounded.
+        self.spans: dict[tuple[Any, ...], _Selection | None] = {}
 
     def same_figures(self, snapshot: StatsSnapshot) -> bool:
         """Whether ``snapshot`` holds what this view's snapshot holds, for the router:
@@ -400,6 +424,10 @@ class _Selection:
 
 #: Selections remembered per stats view before the memo starts over.
 _MAX_SELECTIONS = 4096
+#: Spans are keyed more coarsely than selections but over more inputs (every level,
+#: bucket and requested model meet): room for all of a busy app's, a few MB.
+_MAX_SPANS = 16384
+_UNIT_AND_ORDER = operator.itemgetter(0, 1)
 
 
 @dataclass(slots=True)
@@ -978,9 +1006,54 @@ class Router:
             if ctx.max_cost_per_call is not None and total:
                 cons.max_cost = float(ctx.max_cost_per_call) * 1_000_000 / total
             cons.limit = min(cons.ceiling, cons.max_cost)
+            # Selections also hold across a bucket of output shares when no costs
+            # cross inside it (see ``_span_of``): what the exact key misses, such as
+            # requests of never-repeating lengths, this finds, but for its costs.
+            span_key: tuple[Any, ...] | None = None
+            if (
+                key is not None
+                and cons.seen is None
+                and ctx.max_cost_per_call is None
+                and config.strategy != "balanced"  # (its scores are not linear in the share)
+            ):
+                span_key = (
+                    *key[:6],
+                    bisect.bisect_left(plan.windows, cons.window),
+                    bisect.bisect_left(plan.band_starts, input_tokens) if plan.band_starts else 0,
+                    min(_BUCKETS - 1, int(w * _BUCKETS)),
+                    *key[9:],
+                )
+                span = view.spans.get(span_key)
+                if span is not None:
+                    selection = _priced(
+                        span.best,
+                        span.rest,
+                        span.level,
+                        span.reasons,
+                        cons,
+                        requested,
+                        output_tokens,
+                    )
+                    selection.fallbacks = span.fallbacks
+        if selection is None:
             selection, found = self._select(
                 plan, view, cons, tier, cheapest, rules.model, requested, output_tokens
             )
+            if span_key is not None and selection is not None and span_key not in view.spans:
+                spans = view.spans
+                if len(spans) >= _MAX_SPANS:
+                    spans.clear()
+                spans[span_key] = self._span_of(
+                    plan,
+                    view,
+                    cons,
+                    tier,
+                    cheapest,
+                    rules.model,
+                    requested,
+                    output_tokens,
+                    selection,
+                )
             if selection is None:
                 reasons.extend(found)
                 if mode == "observe":
@@ -1082,27 +1155,8 @@ class Router:
         if not picks:
             return None, reasons
         best = picks[0]
-        input_tokens = cons.input_tokens
-        estimated = _expected_cost(best.cand.info, input_tokens, output_tokens)
-        requested_cost: Decimal | None = None
-        if requested is not None:
-            requested_cost = (
-                estimated
-                if requested.info is best.cand.info
-                else _expected_cost(requested.info, input_tokens, output_tokens)
-            )
-        message = f"chose {best.cand.id} (tier {chosen_level}) at ~{_usd(estimated)}"
-        if requested_cost is not None and requested is not best.cand:
-            message += f" vs {_usd(requested_cost)} on {requested.id}"  # type: ignore[union-attr]
-        selection = _Selection(
-            best,
-            picks[1:],
-            chosen_level,
-            tuple(reasons),
-            cons,
-            estimated,
-            requested_cost,
-            Reason("chosen", message),
+        selection = _priced(
+            best, picks[1:], chosen_level, tuple(reasons), cons, requested, output_tokens
         )
         if len(best.deployments) == 1:  # the primary is that one: so are the fallbacks
             selection.fallbacks = self._fallbacks(
@@ -1117,6 +1171,40 @@ class Router:
             selection.seen = tuple(answers.items())
             cons.seen = None
         return selection, reasons
+
+    def _span_of(
+        self,
+        plan: _Plan,
+        view: _StatsView,
+        cons: _Constraints,
+        tier: int,
+        cheapest: bool,
+        pin: str | None,
+        requested: _Cand | None,
+        output_tokens: int,
+        found: _Selection,
+    ) -> _Selection | None:
+        """``found`` when it holds for every output share in the bucket of ``cons.w``
+        (the rest of ``cons`` unchanged), else ``None``.
+
+        Every cost a search compares (a candidate's, the requested model's ceiling) is
+        linear in the output share, and every other check ignores it. So when the
+        searches at both ends of the bucket give ``found``'s picks, order, level,
+        reasons and fallbacks, no candidate's cost crosses another's inside it, and
+        the search gives them for any share in between too.
+        """
+        if found.fallbacks is None or not _clear_order(found):
+            return None
+        bucket = min(_BUCKETS - 1, int(cons.w * _BUCKETS))
+        for w in (bucket / _BUCKETS, (bucket + 1) / _BUCKETS):
+            end = dataclasses.replace(cons, w=w, seen=None)
+            if requested is not None and cons.ceiling != math.inf:
+                end.ceiling = requested.unit(w, cons.input_tokens)
+            end.limit = min(end.ceiling, end.max_cost)
+            other, _ = self._select(plan, view, end, tier, cheapest, pin, requested, output_tokens)
+            if other is None or not _clear_order(other) or not _same_outcome(found, other):
+                return None
+        return found
 
     def _passthrough(
         self,
@@ -1297,6 +1385,10 @@ class Router:
         picks: list[_Pick] = []
         units: list[float] = []
         worst = math.inf
+        # Exclusions met on the way, by the candidate's cost: only those costing no
+        # more than the last pick kept are reported, so the reasons do not depend on
+        # how far the walk happened to go (see ``_span_of``).
+        excluded: list[tuple[float, int, list[Reason]]] = []
         for i in range(stop):
             # Everything from here on costs at least bounds[i] per token: once the
             # ``want`` cheapest so far all beat that, nothing later can enter.
@@ -1314,12 +1406,23 @@ class Router:
                     continue
                 deployments = cand.deployments
                 if sla is not None and view.of(cand, stream).worst > sla:
-                    deployments = self._deployments_ok(cand, cons, view, reasons)
+                    found: list[Reason] = []
+                    deployments = self._deployments_ok(cand, cons, view, found)
+                    if found:
+                        excluded.append((unit, cand.order, found))
                     if not deployments:
                         continue
                 pick: _Pick | None = _Pick(cand, unit, math.inf, deployments)
             else:
-                pick = self._check(cand, cons, view, reasons, False)
+                found = []
+                pick = self._check(cand, cons, view, found, False)
+                if found:
+                    unit = (
+                        cand.unit(w, input_tokens)
+                        if cand.bands
+                        else share_in * cand.pin + w * cand.pout
+                    )
+                    excluded.append((unit, cand.order, found))
                 if pick is None:
                     continue
             picks.append(pick)  # type: ignore[arg-type]
@@ -1329,6 +1432,12 @@ class Router:
                 if len(units) >= want:
                     del units[want:]
                     worst = units[-1]
+        if excluded:
+            excluded.sort(key=_UNIT_AND_ORDER)
+            for unit, _, found in excluded:
+                if unit > worst:
+                    break
+                reasons += found
         if len(picks) > 1:
             if view.snapshot.deployments:
                 # Ties on cost break on latency: it is looked up only when two picks
@@ -1398,6 +1507,67 @@ def _unit_only(p: _Pick) -> float:
 
 def _unit_key(p: _Pick) -> tuple[float, int, int]:
     return (p.unit, -p.cand.quality, p.cand.order)
+
+
+def _priced(
+    best: _Pick,
+    rest: list[_Pick],
+    level: int,
+    reasons: tuple[Reason, ...],
+    cons: _Constraints,
+    requested: _Cand | None,
+    output_tokens: int,
+) -> _Selection:
+    """A selection of these picks with this request's expected costs and ``chosen`` reason."""
+    input_tokens = cons.input_tokens
+    estimated = _expected_cost(best.cand.info, input_tokens, output_tokens)
+    requested_cost: Decimal | None = None
+    if requested is not None:
+        requested_cost = (
+            estimated
+            if requested.info is best.cand.info
+            else _expected_cost(requested.info, input_tokens, output_tokens)
+        )
+    message = f"chose {best.cand.id} (tier {level}) at ~{_usd(estimated)}"
+    if requested_cost is not None and requested is not best.cand:
+        message += f" vs {_usd(requested_cost)} on {requested.id}"  # type: ignore[union-attr]
+    return _Selection(
+        best, rest, level, reasons, cons, estimated, requested_cost, Reason("chosen", message)
+    )
+
+
+def _same_outcome(a: _Selection, b: _Selection) -> bool:
+    """Whether two selections pick the same models in the same order, from the same
+    level, with the same reasons and fallbacks (their costs may differ)."""
+    return (
+        a.level == b.level
+        and a.fallbacks == b.fallbacks
+        and a.reasons == b.reasons
+        and len(a.rest) == len(b.rest)
+        and a.best.cand is b.best.cand
+        and a.best.deployments == b.best.deployments
+        and all(
+            p.cand is q.cand and p.deployments == q.deployments
+            for p, q in zip(a.rest, b.rest, strict=True)
+        )
+    )
+
+
+def _clear_order(selection: _Selection) -> bool:
+    """Whether the picks' costs differ by far more than rounding, or not at all (same
+    prices), so a share of output between two where the order holds cannot flip it."""
+    picks = [selection.best, *selection.rest]
+    for p, q in itertools.pairwise(picks):
+        gap = abs(q.unit - p.unit)
+        if gap and gap <= 1e-9 * max(abs(p.unit), abs(q.unit)):
+            return False
+        if not gap and (p.cand.pin, p.cand.pout, p.cand.bands) != (
+            q.cand.pin,
+            q.cand.pout,
+            q.cand.bands,
+        ):
+            return False
+    return True
 
 
 def _copy(cand: _Cand, order: int) -> _Cand:

@@ -703,6 +703,48 @@ def test_chosen_model_satisfies_every_hard_constraint(
     _assert_hard_constraints(decision, models, request, ctx)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    models=_catalog_strategy(),
+    data=st.data(),
+    lengths=st.lists(st.integers(1, 40_000), min_size=1, max_size=12),
+    max_tokens=st.none() | st.integers(1, 8_000),
+    tier=st.none() | st.integers(1, 3),
+    sla=st.none() | st.floats(100, 3000),
+    strategy=st.sampled_from(["cheapest", "fastest", "balanced"]),
+)
+def test_shared_selections_decide_exactly_as_a_fresh_search(
+    models: list[ModelInfo],
+    data: st.DataObject,
+    lengths: list[int],
+    max_tokens: int | None,
+    tier: int | None,
+    sla: float | None,
+    strategy: str,
+) -> None:
+    requested = data.draw(st.sampled_from([m.id for m in models]))
+    stats = MemoryStatsStore()
+    for i, model in enumerate(models):
+        for _ in range(25):
+            stats.record(f"{model.provider}/{model.id.split('/')[1]}", latency_ms=200.0 + 90 * i)
+    config = _config(strategy=strategy, stats_refresh_s=1000.0)
+    shared = Router(Catalog(models), config, stats=stats)
+    ctx = RouteContext(tier=tier, max_latency_ms=sla)
+    for chars in lengths:
+        request = _request("w " * chars, model=requested, max_tokens=max_tokens)
+        fresh = Router(Catalog(models), config, stats=stats)
+        fresh._span_of = lambda *args: None  # type: ignore[method-assign]
+        try:
+            expected: Decision | type[Exception] = fresh.decide(request, ctx)
+        except (NoRouteAvailable, BudgetExceeded) as exc:
+            expected = type(exc)
+        try:
+            got: Decision | type[Exception] = shared.decide(request, ctx)
+        except (NoRouteAvailable, BudgetExceeded) as exc:
+            got = type(exc)
+        assert got == expected
+
+
 def _assert_hard_constraints(
     decision: Decision, models: list[ModelInfo], request: ChatRequest, ctx: RouteContext
 ) -> None:
@@ -749,10 +791,15 @@ def test_several_soft_budgets_downgrade_only_once() -> None:
 # ------------------------------------------------------------------ remembered selections
 
 
-def _count_selections(router: Router, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the searches ``router`` runs (a remembered selection runs none)."""
+def _count_selections(
+    router: Router, monkeypatch: pytest.MonkeyPatch, spans: bool = False
+) -> list[int]:
+    """Count the searches ``router`` runs (a remembered selection runs none); without
+    ``spans``, selections are not shared across output shares (see ``_span_of``)."""
     calls = [0]
     select = router._select
+    if not spans:
+        monkeypatch.setattr(router, "_span_of", lambda *args: None)
 
     def counting(*args: Any) -> Any:
         calls[0] += 1
@@ -793,6 +840,49 @@ def test_a_repeated_decision_reuses_its_selection(monkeypatch: pytest.MonkeyPatc
     router.decide(_request(), RouteContext(tier=2, deny_models=frozenset({"openai/mid"})))
     router.decide(_request(), RouteContext(tier=2, max_cost_per_call=Decimal("0.001")))
     assert calls[0] == 9
+
+
+def test_requests_of_new_lengths_share_a_selection_where_no_costs_cross(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = Router(_catalog(), _no_classifier())
+    calls = _count_selections(router, monkeypatch, spans=True)
+    ctx = RouteContext(tier=2)
+    texts = ["w " * 300 + " friend" * n for n in range(6)]  # every length new
+    decisions = [router.decide(_request(text), ctx) for text in texts]
+    shares = {int(d.output_tokens / (d.input_tokens + d.output_tokens) * 64) for d in decisions}
+    assert len(shares) < len(texts)
+    # Per bucket of output shares: one search, two at the bucket's ends, none after.
+    assert calls[0] == 3 * len(shares)
+    for text, decision in zip(texts, decisions, strict=True):
+        fresh = Router(_catalog(), _no_classifier())
+        assert decision == fresh.decide(_request(text), ctx)  # costs and reasons too
+    assert len({d.input_tokens for d in decisions}) == len(texts)
+
+
+def test_a_bucket_where_costs_cross_is_searched_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cheap on input and dear on output vs a flat price: which is cheaper depends on
+    # the share of output w, and they cross at 1 + 8w == 5.2, w == 0.525, inside the
+    # bucket of shares [33/64, 34/64).
+    models = [
+        _model("openai/in-cheap", "1", "9", tier=1, quality=60),
+        _model("google/flat", "5.2", "5.2", tier=1, quality=60),
+    ]
+    router = Router(Catalog(models), _no_classifier(default_output_tokens=500))
+    calls = _count_selections(router, monkeypatch, spans=True)
+    ctx = RouteContext(tier=1)
+    decisions = [router.decide(_request("w " * 880), ctx)]
+    searched = calls[0]
+    for n in (900, 890):
+        decisions.append(router.decide(_request("w " * n), ctx))
+        assert calls[0] == searched + 1  # nothing shared: searched again
+        searched = calls[0]
+    shares = [d.output_tokens / (d.input_tokens + d.output_tokens) for d in decisions]
+    assert {int(share * 64) for share in shares} == {33}
+    assert shares[0] > 0.525 > shares[1]
+    assert [d.model for d in decisions[:2]] == ["google/flat", "openai/in-cheap"]
 
 
 def test_remembered_selection_is_dropped_with_the_catalog_generation(
