@@ -47,7 +47,8 @@ def _plain_tool_calls(calls: object) -> bool:
 def _plain_choice(choice: object) -> bool:
     if not isinstance(choice, dict) or type(choice.get("index")) is not int:
         return False
-    if choice.get("finish_reason") not in _FINISH:
+    reason = choice.get("finish_reason")
+    if not isinstance(reason, str) or reason not in _FINISH:
         return False
     message = choice.get("message")
     if not isinstance(message, dict) or message.get("role") != "assistant":

@@ -19,6 +19,8 @@ import anyio
 import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routing_middleware import relay as relay_module
 from routing_middleware._dispatch_state import JsonOffer, forward_json
@@ -28,6 +30,8 @@ from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.dispatch import Dispatcher
 from routing_middleware.engine import Completion, LLMRoute
 from routing_middleware.metering import MemorySink, UsageRecord
+from routing_middleware.providers.base import ProviderConfig
+from routing_middleware.providers.openai import OPENAI_DIALECT
 from routing_middleware.providers.openai_forward_json import forwardable_usage
 from routing_middleware.providers.openai_wire import decode_usage
 from routing_middleware.providers.registry import provider_config
@@ -565,14 +569,16 @@ def _completion(**change: Any) -> dict[str, Any]:
         *parents, leaf = path.split("__")
         for part in parents:
             target = target[int(part)] if part.isdigit() else target[part]
+        key: Any = int(leaf) if leaf.isdigit() else leaf
         if value is _DROP:
-            del target[leaf]
+            del target[key]
         else:
-            target[leaf] = value
+            target[key] = value
     return payload
 
 
 _DROP = object()
+CONFIG = ProviderConfig(name="openai", dialect="openai", base_url="https://fake.invalid/v1")
 _TOOL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 
@@ -601,6 +607,7 @@ def test_a_plain_completion_gives_its_decoded_usage() -> None:
         {"choices__0__finish_reason": None},
         {"choices__0__finish_reason": "model_length"},
         {"choices__0__finish_reason": "end_turn"},
+        {"choices__0__finish_reason": ["stop"]},
         {"choices__0__message__role": "user"},
         {"choices__0__message__content": [{"type": "text", "text": "Hi"}]},
         {"choices__0__message__reasoning": "hmm"},
@@ -633,6 +640,44 @@ def test_what_is_not_plain_is_re_encoded(change: dict[str, Any]) -> None:
     if "usage__completion_tokens_details" in change:
         payload["usage"]["total_tokens"] = 9  # reasoning left out of completion: 2 more
     assert forwardable_usage(payload) is None
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=st.sampled_from(
+        [
+            "object",
+            "id",
+            "created",
+            "choices",
+            "choices__0",
+            "choices__0__index",
+            "choices__0__finish_reason",
+            "choices__0__message",
+            "choices__0__message__content",
+            "choices__0__message__tool_calls",
+            "usage",
+            "usage__prompt_tokens",
+            "usage__completion_tokens",
+            "usage__prompt_tokens_details",
+        ]
+    ),
+    value=_JSON,
+)
+def test_any_json_in_any_field_is_judged_without_raising(path: str, value: Any) -> None:
+    payload = _completion(**{path: value})
+    usage = forwardable_usage(payload)
+    if usage is not None:  # what is forwarded is metered as decoding meters it
+        assert usage == OPENAI_DIALECT.decode_response(json.dumps(payload).encode(), CONFIG).usage
 
 
 # --------------------------------------------------------------------------- real sockets
