@@ -150,6 +150,34 @@ def _usd(amount: Decimal) -> str:
     return f"${amount:.6f}".rstrip("0").rstrip(".") if amount else "$0"
 
 
+def _list_units(model: ModelInfo) -> tuple[int, int] | None:
+    """``model``'s input and output prices in 1e-10 USD per token, when both are whole
+    numbers of those and it has no long-context bands; else ``None``."""
+    price = model.price
+    if price.bands:
+        return None
+    scaled = (price.input.scaleb(4), price.output.scaleb(4))
+    if not all(x.is_finite() and x == x.to_integral_value() for x in scaled):
+        return None
+    return int(scaled[0]), int(scaled[1])
+
+
+def _cost_of_units(total: int) -> tuple[Decimal, str]:
+    """A cost of ``total`` 1e-10 USD as :func:`_expected_cost` gives it (it is exact
+    at that quantum) and as :func:`_usd` writes it (rounded half to even)."""
+    if not total:
+        return _ZERO_COST, "$0"
+    micros, rest = divmod(total, 10_000)
+    if rest > 5_000 or (rest == 5_000 and micros & 1):
+        micros += 1
+    dollars, fraction = divmod(micros, 1_000_000)
+    text = f"${dollars}.{fraction:06d}".rstrip("0").rstrip(".")
+    return Decimal(total).scaleb(-10), text
+
+
+_ZERO_COST = Decimal(0).scaleb(-10)
+
+
 def _seconds(ms: float) -> str:
     return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
 
@@ -172,6 +200,9 @@ class _Cand:
     bands: tuple[tuple[int, float, float], ...] = ()
     #: ``Deployment.key`` of each deployment (a property that formats on every read).
     keys: tuple[str, ...] = ()
+    #: Input and output list prices in 1e-10 USD per token when both are whole
+    #: numbers of those and no band applies, for exact costs in integers.
+    units: tuple[int, int] | None = None
 
     def unit(self, w: float, input_tokens: int) -> float:
         """Price per 1M tokens at output share ``w``, long-context bands applied."""
@@ -713,6 +744,7 @@ class Router:
                     for b in sorted(info.price.bands, key=lambda b: b.above_tokens)
                 ),
                 keys=tuple(d.key for d in deployments),
+                units=_list_units(info),
             )
         everything = tuple(by_id.values())
         tiers: dict[int, tuple[_Cand, ...]] = {}
@@ -1520,20 +1552,28 @@ def _priced(
 ) -> _Selection:
     """A selection of these picks with this request's expected costs and ``chosen`` reason."""
     input_tokens = cons.input_tokens
-    estimated = _expected_cost(best.cand.info, input_tokens, output_tokens)
+    estimated, text = _cand_cost(best.cand, input_tokens, output_tokens)
+    message = f"chose {best.cand.id} (tier {level}) at ~{text}"
     requested_cost: Decimal | None = None
     if requested is not None:
-        requested_cost = (
-            estimated
-            if requested.info is best.cand.info
-            else _expected_cost(requested.info, input_tokens, output_tokens)
-        )
-    message = f"chose {best.cand.id} (tier {level}) at ~{_usd(estimated)}"
-    if requested_cost is not None and requested is not best.cand:
-        message += f" vs {_usd(requested_cost)} on {requested.id}"  # type: ignore[union-attr]
+        if requested.info is best.cand.info:
+            requested_cost = estimated
+        else:
+            requested_cost, text = _cand_cost(requested, input_tokens, output_tokens)
+        if requested is not best.cand:
+            message += f" vs {text} on {requested.id}"
     return _Selection(
         best, rest, level, reasons, cons, estimated, requested_cost, Reason("chosen", message)
     )
+
+
+def _cand_cost(cand: _Cand, input_tokens: int, output_tokens: int) -> tuple[Decimal, str]:
+    """The expected cost of ``cand`` for these token counts, and how ``_usd`` writes it."""
+    units = cand.units
+    if units is not None:
+        return _cost_of_units(input_tokens * units[0] + output_tokens * units[1])
+    cost = _expected_cost(cand.info, input_tokens, output_tokens)
+    return cost, _usd(cost)
 
 
 def _same_outcome(a: _Selection, b: _Selection) -> bool:

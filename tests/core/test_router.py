@@ -14,7 +14,15 @@ from routing_middleware.budgets import Budget, Budgets
 from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.config import RoutingConfig
 from routing_middleware.context import RouteContext, route_hint
-from routing_middleware.router import Decision, Deployment, Router
+from routing_middleware.router import (
+    Decision,
+    Deployment,
+    Router,
+    _cost_of_units,
+    _expected_cost,
+    _list_units,
+    _usd,
+)
 from routing_middleware.schema import (
     BudgetExceeded,
     ChatRequest,
@@ -1133,3 +1141,32 @@ def test_a_swapped_config_drops_kept_selections() -> None:
         assert len(router.decide(_request(), ctx).fallbacks) == 3
     router.config = _no_classifier(max_fallbacks=1)
     assert len(router.decide(_request(), ctx).fallbacks) == 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pin=st.decimals(min_value=0, max_value=200, places=6),
+    pout=st.decimals(min_value=0, max_value=200, places=6),
+    tokens_in=st.integers(0, 2_000_000),
+    tokens_out=st.integers(0, 200_000),
+)
+def test_integer_costs_equal_the_decimal_ones(
+    pin: Decimal, pout: Decimal, tokens_in: int, tokens_out: int
+) -> None:
+    model = _model("openai/m", str(pin), str(pout), tier=1, quality=60)
+    expected = _expected_cost(model, tokens_in, tokens_out)
+    units = _list_units(model)
+    if units is None:  # a price finer than 1e-10 USD per token: the Decimal path
+        assert (pin.scaleb(4) % 1) or (pout.scaleb(4) % 1)
+        return
+    cost, text = _cost_of_units(tokens_in * units[0] + tokens_out * units[1])
+    assert (cost, str(cost), text) == (expected, str(expected), _usd(expected))
+
+
+@pytest.mark.parametrize(
+    "total", [0, 1, 4_999, 5_000, 15_000, 25_000, 35_000, 10**10, 123_456_785_000]
+)
+def test_integer_cost_text_rounds_half_to_even_as_decimal_formatting_does(total: int) -> None:
+    cost, text = _cost_of_units(total)
+    assert cost == Decimal(total) / 10**10
+    assert text == _usd(cost)
