@@ -17,6 +17,7 @@ from ._dispatch_state import (
     _Close,
     _Deliver,
     _End,
+    _Ended,
     _Read,
     _Reply,
     _Report,
@@ -24,7 +25,6 @@ from ._dispatch_state import (
     _Send,
     _Settle,
     _Sleep,
-    _StatsEnd,
     _StatsStart,
 )
 from .cache import CacheEntry
@@ -180,7 +180,7 @@ _PERFORMERS: dict[type, str] = {
     _CacheGet: "_cache_get",
     _CachePut: "_cache_put",
     _StatsStart: "_stats_start",
-    _StatsEnd: "_stats_end",
+    _Ended: "_ended",
 }
 
 
@@ -298,9 +298,14 @@ class _SyncDriver(_Driver):
             except Exception:
                 return
 
-    def _stats_end(self, effect: _StatsEnd) -> None:
-        stats = self._d.stats
-        if stats is not None:
+    def _ended(self, effect: _Ended) -> None:
+        breaker, stats = self._d.breaker, self._d.stats
+        if effect.deployment is not None and breaker is not None:
+            try:
+                breaker.record(effect.deployment, effect.ok)
+            except Exception:
+                pass
+        if effect.key is not None and stats is not None:
             try:
                 stats.finished(effect.key)
                 if effect.sample is not None:
@@ -426,9 +431,14 @@ class _AsyncDriver(_Driver):
             with contextlib.suppress(Exception):
                 await self._d.stats.astarted(effect.key)
 
-    async def _stats_end(self, effect: _StatsEnd) -> None:
-        stats = self._d.stats
-        if stats is not None:
+    async def _ended(self, effect: _Ended) -> None:
+        breaker, stats = self._d.breaker, self._d.stats
+        if effect.deployment is not None and breaker is not None:
+            try:
+                await breaker.arecord(effect.deployment, effect.ok)
+            except Exception:
+                pass
+        if effect.key is not None and stats is not None:
             with contextlib.suppress(Exception):
                 await stats.afinished(effect.key)
                 if effect.sample is not None:

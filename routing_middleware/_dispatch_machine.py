@@ -25,6 +25,7 @@ from ._dispatch_state import (
     _Close,
     _Closed,
     _Deliver,
+    _Ended,
     _Read,
     _Reply,
     _Report,
@@ -32,7 +33,6 @@ from ._dispatch_state import (
     _Send,
     _Settle,
     _Sleep,
-    _StatsEnd,
     _StatsStart,
     forward_bytes,
     forward_json,
@@ -624,11 +624,15 @@ class _Machine:
             health = False if counts_against_deployment(error) else None
         elif error_kind is not None:
             health = None
-        if self.breaker is not None:
-            yield _Report(attempt.deployment, health)
-        if self.stats is not None:
-            sample = self._stats_sample(call, attempt, now, health, usage)
-            yield _StatsEnd(attempt.deployment.key, sample)
+        breaker, stats = self.breaker is not None, self.stats is not None
+        if breaker or stats:
+            deployment = attempt.deployment
+            yield _Ended(
+                deployment if breaker else None,
+                health,
+                deployment.key if stats else None,
+                self._stats_sample(call, attempt, now, health, usage) if stats else None,
+            )
         kind = error.kind if error is not None else error_kind
         return self._record(
             call,

@@ -113,8 +113,13 @@ class _StatsStart:
 
 
 @dataclass(slots=True)
-class _StatsEnd:
-    key: str
+class _Ended:
+    """An attempt ended: its outcome for the breaker (``deployment``, ``ok``) and for
+    the stats (``key``, ``sample``), in one effect; a ``None`` part is skipped."""
+
+    deployment: Deployment | None
+    ok: bool | None
+    key: str | None
     sample: dict[str, Any] | None
 
 
