@@ -1013,7 +1013,8 @@ class Router:
                     if bool(health.is_available(deployment)) is not available:
                         selection = None
                         break
-        if selection is None:
+        fresh = selection is None  # (not remembered under its exact key)
+        if fresh:
             cons = _Constraints(  # (positional: keyword arguments cost a measurable share)
                 _NEEDS[needs],  # needs
                 input_tokens + (max_tokens or output_tokens),  # window
@@ -1098,20 +1099,20 @@ class Router:
                     + "; ".join(r.message for r in reasons[-5:]),
                     model=request.model,
                 )
-            if key is not None and selection.cons.seen is None:
-                # Kept the second time its key comes: what traffic never repeats then
-                # costs a hash in a set, not live objects for the collector to walk.
-                digest = hash(key)
-                once = view.once
-                if digest in once:
-                    selections = view.selections
-                    if len(selections) >= _MAX_SELECTIONS:
-                        selections.clear()
-                    selections[key] = selection
-                else:
-                    if len(once) >= 4 * _MAX_SELECTIONS:
-                        once.clear()
-                    once.add(digest)
+        if fresh and key is not None and selection.cons.seen is None:
+            # Kept the second time its key comes: what traffic never repeats then
+            # costs a hash in a set, not live objects for the collector to walk.
+            digest = hash(key)
+            once = view.once
+            if digest in once:
+                selections = view.selections
+                if len(selections) >= _MAX_SELECTIONS:
+                    selections.clear()
+                selections[key] = selection
+            else:
+                if len(once) >= 4 * _MAX_SELECTIONS:
+                    once.clear()
+                once.add(digest)
 
         best = selection.best
         primary = self._deployment(best)
