@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from routing_middleware import router as router_module
 from routing_middleware.budgets import Budget, Budgets
 from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.config import RoutingConfig
@@ -866,6 +867,28 @@ def test_requests_of_new_lengths_share_a_selection_where_no_costs_cross(
         fresh = Router(_catalog(), _no_classifier())
         assert decision == fresh.decide(_request(text), ctx)  # costs and reasons too
     assert len({d.input_tokens for d in decisions}) == len(texts)
+
+
+def test_a_selection_found_through_its_span_is_remembered_under_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = Router(_catalog(), _no_classifier())
+    priced = [0]
+    original = router_module._priced
+
+    def counting(*args: Any) -> Any:
+        priced[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(router_module, "_priced", counting)
+    ctx = RouteContext(tier=2)
+    decisions = [router.decide(_request(), ctx) for _ in range(5)]
+    # Priced by the search and the two at its span's ends, once from the span on the
+    # second call, then remembered whole.
+    assert priced[0] == 3 + 1
+    assert len(router._view.selections) == 1
+    for decision in decisions[1:]:
+        _same(decision, decisions[0])
 
 
 def test_a_bucket_where_costs_cross_is_searched_every_time(
