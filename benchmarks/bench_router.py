@@ -18,8 +18,8 @@ Measured in the same run:
   a tier, as in production. (c) is the long run. (a)-(c) draw from a pool of 4,096
   requests, so the router's memos (selections by their inputs, classifier tiers,
   budget answers) mostly hit; (d) is (c) with every text sent once and lengths
-  spread (``--unique`` requests, a fresh router warmed on the pool only): what
-  traffic that never repeats costs;
+  spread (``--unique`` requests, to a router warmed on the pool and on as many other
+  texts sent once, as a running app is): what traffic that never repeats costs;
 - the classifier's confusion matrix on the labelled prompts.
 
 Per-call wall-clock and thread CPU times go into fixed histograms (0.1 µs buckets),
@@ -411,9 +411,16 @@ def main(argv: list[str] | None = None) -> int:
     hinted_calls = summary(timed(decide_hinted, short))
     classified = summary(timed(decide_classified, short))
     # Warm what does not depend on content (plans, rule prefilters, budget lines) on
-    # the shared pool, then run each unique request once.
+    # the shared pool, and what a running app has learnt from earlier traffic
+    # (selections by bucket of output share, see ``Router._span_of``) on other texts
+    # sent once; then run each unique request once.
     for i in range(20_000):
         request, ctx = pool[i & mask]
+        try:
+            cold.decide(request, ctx)
+        except (NoRouteAvailable, BudgetExceeded):
+            pass
+    for request, ctx in make_unique(pool, args.unique, random.Random(17)):
         try:
             cold.decide(request, ctx)
         except (NoRouteAvailable, BudgetExceeded):
