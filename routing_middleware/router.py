@@ -1015,9 +1015,44 @@ class Router:
                         break
         fresh = selection is None  # (not remembered under its exact key)
         if fresh:
+            window = input_tokens + (max_tokens or output_tokens)
+            total = input_tokens + output_tokens
+            w = output_tokens / total if total else 0.0
+            # Selections also hold across a bucket of output shares when no costs
+            # cross inside it (see ``_span_of``): what the exact key misses, such as
+            # requests of never-repeating lengths, this finds, but for its costs.
+            span_key: tuple[Any, ...] | None = None
+            if (
+                key is not None
+                and not self._check_health
+                and ctx.max_cost_per_call is None
+                and config.strategy != "balanced"  # (its scores are not linear in the share)
+            ):
+                span_key = (
+                    *key[:6],
+                    bisect.bisect_left(plan.windows, window),
+                    bisect.bisect_left(plan.band_starts, input_tokens) if plan.band_starts else 0,
+                    min(_BUCKETS - 1, int(w * _BUCKETS)),
+                    *key[9:],
+                )
+                span = view.spans.get(span_key)
+                if span is not None:
+                    # (``span.cons`` is another request's; only a search would read it)
+                    selection = _priced(
+                        span.best,
+                        span.rest,
+                        span.level,
+                        span.reasons,
+                        span.cons,
+                        requested,
+                        input_tokens,
+                        output_tokens,
+                    )
+                    selection.fallbacks = span.fallbacks
+        if selection is None:
             cons = _Constraints(  # (positional: keyword arguments cost a measurable share)
                 _NEEDS[needs],  # needs
-                input_tokens + (max_tokens or output_tokens),  # window
+                window,
                 min_quality,
                 math.inf,  # ceiling, below
                 math.inf,  # max_cost, below
@@ -1027,48 +1062,16 @@ class Router:
                 sla,  # sla_ms
                 request.stream,
                 input_tokens,
-                0.0,  # w, below
+                w,
                 math.inf,  # limit, below
                 lists,
                 [] if self._check_health else None,  # seen
             )
-            total = input_tokens + output_tokens
-            w = cons.w = output_tokens / total if total else 0.0
             if requested is not None and not ctx.allow_upgrade:
                 cons.ceiling = requested.unit(w, input_tokens)
             if ctx.max_cost_per_call is not None and total:
                 cons.max_cost = float(ctx.max_cost_per_call) * 1_000_000 / total
             cons.limit = min(cons.ceiling, cons.max_cost)
-            # Selections also hold across a bucket of output shares when no costs
-            # cross inside it (see ``_span_of``): what the exact key misses, such as
-            # requests of never-repeating lengths, this finds, but for its costs.
-            span_key: tuple[Any, ...] | None = None
-            if (
-                key is not None
-                and cons.seen is None
-                and ctx.max_cost_per_call is None
-                and config.strategy != "balanced"  # (its scores are not linear in the share)
-            ):
-                span_key = (
-                    *key[:6],
-                    bisect.bisect_left(plan.windows, cons.window),
-                    bisect.bisect_left(plan.band_starts, input_tokens) if plan.band_starts else 0,
-                    min(_BUCKETS - 1, int(w * _BUCKETS)),
-                    *key[9:],
-                )
-                span = view.spans.get(span_key)
-                if span is not None:
-                    selection = _priced(
-                        span.best,
-                        span.rest,
-                        span.level,
-                        span.reasons,
-                        cons,
-                        requested,
-                        output_tokens,
-                    )
-                    selection.fallbacks = span.fallbacks
-        if selection is None:
             selection, found = self._select(
                 plan, view, cons, tier, cheapest, rules.model, requested, output_tokens
             )
@@ -1189,7 +1192,14 @@ class Router:
             return None, reasons
         best = picks[0]
         selection = _priced(
-            best, picks[1:], chosen_level, tuple(reasons), cons, requested, output_tokens
+            best,
+            picks[1:],
+            chosen_level,
+            tuple(reasons),
+            cons,
+            requested,
+            cons.input_tokens,
+            output_tokens,
         )
         if len(best.deployments) == 1:  # the primary is that one: so are the fallbacks
             selection.fallbacks = self._fallbacks(
@@ -1549,10 +1559,10 @@ def _priced(
     reasons: tuple[Reason, ...],
     cons: _Constraints,
     requested: _Cand | None,
+    input_tokens: int,
     output_tokens: int,
 ) -> _Selection:
     """A selection of these picks with this request's expected costs and ``chosen`` reason."""
-    input_tokens = cons.input_tokens
     estimated, text = _cand_cost(best.cand, input_tokens, output_tokens)
     message = f"chose {best.cand.id} (tier {level}) at ~{text}"
     requested_cost: Decimal | None = None
