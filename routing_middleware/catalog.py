@@ -347,7 +347,10 @@ class Catalog:
 
     def find(self, name: str) -> ModelInfo | None:
         """Like :meth:`get` but ``None`` for an unknown name."""
-        return self._snapshot.by_name.get(_normalize(name))
+        by_name = self._snapshot.by_name
+        # Keys are normalized: a name found as it is needs no normalizing.
+        found = by_name.get(name)
+        return found if found is not None else by_name.get(_normalize(name))
 
     def filter(
         self,

@@ -393,3 +393,12 @@ def test_chat_candidates_exclude_audio_only_models() -> None:
     # Audio models take and give audio; routing a text call to one would be wrong.
     chat = default_catalog().filter(mode="chat")
     assert not [m.id for m in chat if "audio" in m.id or "realtime" in m.id]
+
+
+@pytest.mark.parametrize(
+    "name", ["openai/gpt-4o-mini", "OpenAI/GPT-4o-mini", "  openai/gpt-4o-mini\n", "gpt-4o-mini"]
+)
+def test_find_takes_ids_and_aliases_in_any_case_and_spacing(name: str) -> None:
+    found = CATALOG.find(name)
+    assert found is not None
+    assert found.id == "openai/gpt-4o-mini"
