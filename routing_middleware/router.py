@@ -45,7 +45,7 @@ import math
 import operator
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -1080,14 +1080,11 @@ class Router:
                 if len(spans) >= _MAX_SPANS:
                     spans.clear()
                 spans[span_key] = self._span_of(
-                    plan,
-                    view,
+                    lambda end: self._select(
+                        plan, view, end, tier, cheapest, rules.model, requested, output_tokens
+                    )[0],
                     cons,
-                    tier,
-                    cheapest,
-                    rules.model,
                     requested,
-                    output_tokens,
                     selection,
                 )
             if selection is None:
@@ -1217,14 +1214,9 @@ class Router:
 
     def _span_of(
         self,
-        plan: _Plan,
-        view: _StatsView,
+        search: Callable[[_Constraints], _Selection | None],
         cons: _Constraints,
-        tier: int,
-        cheapest: bool,
-        pin: str | None,
         requested: _Cand | None,
-        output_tokens: int,
         found: _Selection,
     ) -> _Selection | None:
         """``found`` when it holds for every output share in the bucket of ``cons.w``
@@ -1244,7 +1236,7 @@ class Router:
             if requested is not None and cons.ceiling != math.inf:
                 end.ceiling = requested.unit(w, cons.input_tokens)
             end.limit = min(end.ceiling, end.max_cost)
-            other, _ = self._select(plan, view, end, tier, cheapest, pin, requested, output_tokens)
+            other = search(end)
             if other is None or not _clear_order(other) or not _same_outcome(found, other):
                 return None
         return found

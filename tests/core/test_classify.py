@@ -248,35 +248,39 @@ def test_scorer_memory_is_bounded() -> None:
     assert len(scorer._tiers) <= classify._MAX_TIERS
 
 
+def _reference_words(lowered: str) -> list[bytes]:
+    """The words of ``lowered``: runs of characters between ASCII whitespace and the
+    punctuation the scorer splits on."""
+    table = bytes.maketrans(classify._PUNCTUATION, b" " * len(classify._PUNCTUATION))
+    return lowered.encode("utf-8", "replace").translate(table).split()
+
+
+def _reference_cue_counts(lowered: str) -> dict[int, int]:
+    """Distinct cue words and phrases per class, found the plain way: split the words,
+    match every word against every class pattern."""
+    words = set(_reference_words(lowered))
+    found = dict.fromkeys((1, 2, 4, 8, 16), 0)
+    for word in words:
+        for flag, pattern in classify._WORD_CLASSES:
+            if pattern.fullmatch(word.decode("utf-8", "replace")):
+                found[flag] += 1
+    for flag, phrases in classify._PHRASES:
+        for phrase in phrases:
+            if phrase.split()[0].encode() in words and phrase in lowered:
+                found[flag] += 1
+    return found
+
+
 def _reference_vector(text: str, system: str, turns: int, tools: int) -> tuple[float, ...]:
     """The feature values computed the plain way: no caches, no tables, every word
     matched against every class. The scorer's fast path must agree exactly."""
-
-    def words(lowered: str) -> list[bytes]:
-        return lowered.encode("utf-8", "replace").translate(classify._SPLIT_TABLE).split()
-
-    def counts(lowered: str) -> dict[int, int]:
-        found = dict.fromkeys((1, 2, 4, 8, 16), 0)
-        split = set(words(lowered))
-        for word in split:
-            decoded = word.decode("utf-8", "replace")
-            for flag, pattern in classify._WORD_CLASSES:
-                if pattern.fullmatch(decoded):
-                    found[flag] += 1
-        for flag, phrases in classify._PHRASES:
-            for phrase in phrases:
-                # a phrase counts when it occurs and its first word is one of the text's
-                if phrase.split()[0].encode() in split and phrase in lowered:
-                    found[flag] += 1
-        return found
-
     text, system = text[-4000:], system[-4000:]
     lowered = text.lower()
-    cues = counts(lowered)
-    system_cues = counts(system.lower()) if system else cues
+    cues = _reference_cue_counts(lowered)
+    system_cues = _reference_cue_counts(system.lower()) if system else cues
     chars = len(text)
     length = math.log10(chars / 40) / math.log10(50) if chars > 40 else 0.0
-    split = words(lowered)
+    split = _reference_words(lowered)
     simple = chars < 400 and (cues[16] > 0 or (bool(split) and split[0] in classify._GREETINGS))
     code = sum(1 for marker in classify._CODE_MARKERS if marker in text)
     math_hits = cues[8] + sum(1 for latex in classify._LATEX if latex in text)
@@ -378,23 +382,6 @@ def test_fast_features_equal_the_plain_reference_on_labelled_prompts() -> None:
             assert classify._vector_of(prompt, system, turns, tools) == _reference_vector(
                 prompt, system, turns, tools
             )
-
-
-def _reference_cue_counts(lowered: str) -> dict[int, int]:
-    """Distinct cue words and phrases per class, found the plain way: split the words,
-    match every word against every class pattern."""
-    table = bytes.maketrans(classify._PUNCTUATION, b" " * len(classify._PUNCTUATION))
-    words = set(lowered.encode("utf-8", "replace").translate(table).split())
-    found = dict.fromkeys((1, 2, 4, 8, 16), 0)
-    for word in words:
-        for flag, pattern in classify._WORD_CLASSES:
-            if pattern.fullmatch(word.decode("utf-8", "replace")):
-                found[flag] += 1
-    for flag, phrases in classify._PHRASES:
-        for phrase in phrases:
-            if phrase.split()[0].encode() in words and phrase in lowered:
-                found[flag] += 1
-    return found
 
 
 def _scanned(text: str) -> tuple[dict[int, int], int]:

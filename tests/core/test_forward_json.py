@@ -26,53 +26,34 @@ from routing_middleware import relay as relay_module
 from routing_middleware._dispatch_state import JsonOffer, forward_json
 from routing_middleware.budgets import Budget, Budgets
 from routing_middleware.cache import ResponseCache
-from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.dispatch import Dispatcher
-from routing_middleware.engine import Completion, LLMRoute
+from routing_middleware.engine import LLMRoute
 from routing_middleware.metering import MemorySink, UsageRecord
 from routing_middleware.providers.base import ProviderConfig
 from routing_middleware.providers.openai import OPENAI_DIALECT
 from routing_middleware.providers.openai_forward_json import forwardable_usage
 from routing_middleware.providers.openai_wire import decode_usage
-from routing_middleware.providers.registry import provider_config
 from routing_middleware.relay import Relay, RelayResponse
 from routing_middleware.retry import RetryPolicy
 from routing_middleware.router import Decision, Deployment
 from routing_middleware.schema import ChatRequest
-from routing_middleware.testing import Failure, FakeModel, FakeProvider, FakeToolCall
+from routing_middleware.testing import Failure, FakeProvider
+from tests.core.relay_fixtures import (
+    CALL,
+    CLAUDE,
+    KEY,
+    TEXT,
+    TOOLS,
+    A,
+    B,
+    StubEngine,
+    fake_provider,
+    make_relay,
+)
 from tests.core.served_upstream import TEXT as SERVED_TEXT
 from tests.core.served_upstream import decision as served_decision
 from tests.core.served_upstream import dispatcher as served_dispatcher
 from tests.core.served_upstream import served_fake
-
-KEY = "sk-forward-json-0001"
-PRICE = Price(Decimal("1"), Decimal("2"))
-CATALOG = Catalog(
-    [
-        ModelInfo("openai/gpt-a", "openai", "gpt-a", PRICE, 16_000),
-        ModelInfo("openai/gpt-b", "openai", "gpt-b", PRICE, 16_000),
-        ModelInfo("openai/gpt-tools", "openai", "gpt-tools", PRICE, 16_000),
-        ModelInfo("anthropic/claude-a", "anthropic", "claude-a", PRICE, 16_000),
-    ]
-)
-A = Deployment("openai/gpt-a", "openai", "gpt-a")
-B = Deployment("openai/gpt-b", "openai", "gpt-b")
-TOOLS = Deployment("openai/gpt-tools", "openai", "gpt-tools")
-CLAUDE = Deployment("anthropic/claude-a", "anthropic", "claude-a")
-TEXT = 'Four, said the "calculator" \\ über alles.\nThat is all, ☀ friends.'
-CALL = FakeToolCall("weather", {"city": "Paris", "days": 2})
-
-
-def fake_provider() -> FakeProvider:
-    return FakeProvider(
-        [
-            FakeModel("gpt-a", content=TEXT, price=PRICE),
-            FakeModel("gpt-b", content="B answers instead.", price=PRICE),
-            FakeModel("gpt-tools", tool_calls=(CALL,), price=PRICE),
-            FakeModel("claude-a", content=TEXT, price=PRICE),
-        ],
-        require_key=KEY,
-    )
 
 
 class Upstream:
@@ -98,62 +79,6 @@ class Upstream:
 
     async def handle_async(self, request: httpx2.Request) -> httpx2.Response:
         return self(request)
-
-
-class Engine:
-    """What the relay needs of an engine: one fixed decision, one dispatcher."""
-
-    def __init__(self, dispatcher: Dispatcher, decision: Decision) -> None:
-        self.dispatcher = dispatcher
-        self.decision = decision
-        self.catalog = CATALOG
-
-    def decide(self, request: ChatRequest, context: Any = None) -> Decision:
-        return self.decision
-
-    async def adecide(self, request: ChatRequest, context: Any = None) -> Decision:
-        return self.decision
-
-    def complete(self, request: ChatRequest, context: Any = None, **kw: Any) -> Completion:
-        sink = cast("MemorySink", self.dispatcher.sink)
-        before = len(sink.records)
-        response = self.dispatcher.dispatch(request, self.decision, context)
-        return Completion(response, self.decision, tuple(sink.records[before:]))
-
-    async def acomplete(self, request: ChatRequest, context: Any = None, **kw: Any) -> Completion:
-        sink = cast("MemorySink", self.dispatcher.sink)
-        before = len(sink.records)
-        response = await self.dispatcher.adispatch(request, self.decision, context)
-        return Completion(response, self.decision, tuple(sink.records[before:]))
-
-
-def make_relay(
-    upstream: Upstream, primary: Deployment = A, fallbacks: tuple[Deployment, ...] = (), **kw: Any
-) -> tuple[Relay, Dispatcher]:
-    providers = {
-        "openai": provider_config("openai", api_key=KEY, base_url="https://fake.invalid/v1"),
-        "anthropic": provider_config("anthropic", api_key=KEY, base_url="https://fake.invalid"),
-    }
-    kw.setdefault("retry", RetryPolicy(max_retries=0))
-    dispatcher = Dispatcher(
-        providers,
-        catalog=CATALOG,
-        sink=MemorySink(),
-        client=httpx2.Client(transport=httpx2.MockTransport(upstream)),
-        async_client=httpx2.AsyncClient(transport=httpx2.MockTransport(upstream.handle_async)),
-        **kw,
-    )
-    decision = Decision(
-        primary=primary,
-        fallbacks=fallbacks,
-        tier=1,
-        estimated_cost=None,
-        requested_model=primary.key,
-        requested_cost=None,
-        mode="enforce",
-        reasons=(),
-    )
-    return Relay(cast("LLMRoute", Engine(dispatcher, decision))), dispatcher
 
 
 def records(dispatcher: Dispatcher) -> list[UsageRecord]:
@@ -731,7 +656,7 @@ def test_forwarding_over_a_real_socket(
     assert fsink.records[0].cost > 0
 
 
-class _SinkEngine(Engine):
+class _SinkEngine(StubEngine):
     def __init__(self, dispatcher: Dispatcher, decision: Decision, sink: MemorySink) -> None:
         super().__init__(dispatcher, decision)
         dispatcher.sink = sink

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, nullcontext
-from decimal import Decimal
 from typing import Any, cast
 from unittest import mock
 
@@ -21,54 +20,31 @@ import pytest
 
 from routing_middleware import relay as relay_module
 from routing_middleware.cache import ResponseCache
-from routing_middleware.catalog import Catalog, ModelInfo, Price
-from routing_middleware.dispatch import Dispatcher
 from routing_middleware.engine import LLMRoute
 from routing_middleware.metering import MemorySink, UsageRecord
 from routing_middleware.providers.base import ProviderConfig
 from routing_middleware.providers.openai_forward import OpenAIForwarder
 from routing_middleware.providers.openai_stream import OpenAIStreamDecoder
-from routing_middleware.providers.registry import provider_config
 from routing_middleware.relay import Relay, RelayResponse
-from routing_middleware.retry import RetryPolicy
-from routing_middleware.router import Decision, Deployment
+from routing_middleware.router import Deployment
 from routing_middleware.schema import ChatRequest, LLMError, Message, UpstreamProtocolError
-from routing_middleware.testing import Failure, FakeModel, FakeProvider, FakeToolCall
+from routing_middleware.testing import Failure, FakeProvider
 from routing_middleware.tokens import estimate_request_tokens
+from tests.core import relay_fixtures
+from tests.core.relay_fixtures import (
+    CALL,
+    CLAUDE,
+    TEXT,
+    TOOLS,
+    A,
+    B,
+    StubEngine,
+    fake_provider,
+)
 from tests.core.served_upstream import TEXT as SERVED_TEXT
 from tests.core.served_upstream import decision as served_decision
 from tests.core.served_upstream import dispatcher as served_dispatcher
 from tests.core.served_upstream import served_fake
-
-KEY = "sk-forward-0001"
-PRICE = Price(Decimal("1"), Decimal("2"))
-CATALOG = Catalog(
-    [
-        ModelInfo("openai/gpt-a", "openai", "gpt-a", PRICE, 16_000),
-        ModelInfo("openai/gpt-b", "openai", "gpt-b", PRICE, 16_000),
-        ModelInfo("openai/gpt-tools", "openai", "gpt-tools", PRICE, 16_000),
-        ModelInfo("anthropic/claude-a", "anthropic", "claude-a", PRICE, 16_000),
-    ]
-)
-A = Deployment("openai/gpt-a", "openai", "gpt-a")
-B = Deployment("openai/gpt-b", "openai", "gpt-b")
-TOOLS = Deployment("openai/gpt-tools", "openai", "gpt-tools")
-CLAUDE = Deployment("anthropic/claude-a", "anthropic", "claude-a")
-#: Quotes, a backslash, a newline and non-ASCII: escapes in the JSON strings.
-TEXT = 'Four, said the "calculator" \\ über alles.\nThat is all, ☀ friends.'
-CALL = FakeToolCall("weather", {"city": "Paris", "days": 2})
-
-
-def fake_provider() -> FakeProvider:
-    return FakeProvider(
-        [
-            FakeModel("gpt-a", content=TEXT, price=PRICE),
-            FakeModel("gpt-b", content="B answers instead.", price=PRICE),
-            FakeModel("gpt-tools", tool_calls=(CALL,), price=PRICE),
-            FakeModel("claude-a", content=TEXT, price=PRICE),
-        ],
-        require_key=KEY,
-    )
 
 
 class Upstream:
@@ -126,55 +102,11 @@ class Upstream:
         return httpx2.Response(status, headers=headers, content=body())
 
 
-class Engine:
-    """What the relay needs of an engine: one fixed decision, one dispatcher."""
-
-    def __init__(self, dispatcher: Dispatcher, decision: Decision) -> None:
-        self.dispatcher = dispatcher
-        self.decision = decision
-        self.catalog = CATALOG
-
-    def decide(self, request: ChatRequest, context: Any = None) -> Decision:
-        return self.decision
-
-    async def adecide(self, request: ChatRequest, context: Any = None) -> Decision:
-        return self.decision
-
-    def stream(self, request: ChatRequest, context: Any = None, **kw: Any) -> Any:
-        return self.decision, self.dispatcher.stream(request, self.decision, context)
-
-    async def astream(self, request: ChatRequest, context: Any = None, **kw: Any) -> Any:
-        return self.decision, await self.dispatcher.astream(request, self.decision, context)
-
-
 def make_relay(
     upstream: Upstream, primary: Deployment = A, fallbacks: tuple[Deployment, ...] = (), **kw: Any
 ) -> tuple[Relay, MemorySink]:
-    providers = {
-        "openai": provider_config("openai", api_key=KEY, base_url="https://fake.invalid/v1"),
-        "anthropic": provider_config("anthropic", api_key=KEY, base_url="https://fake.invalid"),
-    }
-    sink = MemorySink()
-    dispatcher = Dispatcher(
-        providers,
-        catalog=CATALOG,
-        sink=sink,
-        client=httpx2.Client(transport=httpx2.MockTransport(upstream)),
-        async_client=httpx2.AsyncClient(transport=httpx2.MockTransport(upstream.handle_async)),
-        retry=RetryPolicy(max_retries=0),
-        **kw,
-    )
-    decision = Decision(
-        primary=primary,
-        fallbacks=fallbacks,
-        tier=1,
-        estimated_cost=None,
-        requested_model=primary.key,
-        requested_cost=None,
-        mode="enforce",
-        reasons=(),
-    )
-    return Relay(cast("LLMRoute", Engine(dispatcher, decision))), sink
+    relay, dispatcher = relay_fixtures.make_relay(upstream, primary, fallbacks, **kw)
+    return relay, cast("MemorySink", dispatcher.sink)
 
 
 def body(model: str = "gpt-a", include_usage: bool | None = True, **extra: Any) -> bytes:
@@ -697,7 +629,7 @@ def _socket_run(url: str, client: str, is_async: bool, data: bytes) -> tuple[byt
         async def main() -> bytes:
             upstream = "aiohttp" if lib is None else lib.AsyncClient()
             dispatcher = served_dispatcher(url, sink, async_client=upstream)
-            relay = Relay(cast("LLMRoute", Engine(dispatcher, served_decision())))
+            relay = Relay(cast("LLMRoute", StubEngine(dispatcher, served_decision())))
             answer = await relay.ahandle("openai", data, provider="openai")
             assert answer.astream is not None
             out = b"".join([piece async for piece in answer.astream])
@@ -709,7 +641,7 @@ def _socket_run(url: str, client: str, is_async: bool, data: bytes) -> tuple[byt
         return anyio.run(main), sink
     with lib.Client() as upstream:
         dispatcher = served_dispatcher(url, sink, client=upstream)
-        relay = Relay(cast("LLMRoute", Engine(dispatcher, served_decision())))
+        relay = Relay(cast("LLMRoute", StubEngine(dispatcher, served_decision())))
         return drain(relay.handle("openai", data, provider="openai")), sink
 
 
