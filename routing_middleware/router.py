@@ -231,6 +231,13 @@ class _Plan:
     #: Distinct long-context band starts, ascending: requests whose input tokens fall
     #: between the same two of them are priced by the same bands.
     band_starts: list[int] = field(default_factory=list)
+    #: Selections that hold across a bucket of output shares (``None``: this one does
+    #: not), by the selection key with token counts replaced by what they decide (see
+    #: ``Router._span_of``), each with the stats view it read (``None``: it read no
+    #: latency figure, so it holds whatever the stats say). Bounded.
+    spans: dict[tuple[Any, ...], tuple[_Selection | None, _StatsView | None]] = field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.windows = sorted({c.context_window for c in self.everything})
@@ -322,7 +329,6 @@ class _StatsView:
         "once",
         "selections",
         "snapshot",
-        "spans",
     )
 
     def __init__(self, snapshot: StatsSnapshot, config: RoutingConfig) -> None:
@@ -337,10 +343,6 @@ class _StatsView:
         self.selections: dict[tuple[Any, ...], _Selection] = {}
         #: Hashes of the keys met once so far (a selection is kept on the second).
         self.once: set[int] = set()
-        #: Selections that hold across a bucket of output shares (``None``: this one
-        #: does not), by the key above with token counts replaced by what they decide
-        #: (see ``Router._span_of``). Bounded.
-        self.spans: dict[tuple[Any, ...], _Selection | None] = {}
 
     def same_figures(self, snapshot: StatsSnapshot) -> bool:
         """Whether ``snapshot`` holds what this view's snapshot holds, for the router:
@@ -395,6 +397,9 @@ class _Constraints:
     #: Every health answer the selection was made on, in order, while it is made
     #: (``None`` when health is not checked or the selection is done).
     seen: list[tuple[Deployment, bool]] | None = None
+    #: Whether the search read a latency figure (an SLA, a cost tie, a strategy that
+    #: ranks on latency): then what it found holds only for this stats snapshot.
+    stats_read: bool = False
 
 
 @dataclass(slots=True)
@@ -793,6 +798,8 @@ class Router:
     def _stats_now(self) -> _StatsView:
         if self._view.config is not self.config:  # a config swapped in: start over
             self._view = _StatsView(self._view.snapshot, self.config)
+            if self._plan is not None:
+                self._plan.spans.clear()
         if self.stats is None:
             return self._view
         now = time.monotonic()
@@ -1022,6 +1029,7 @@ class Router:
             # cross inside it (see ``_span_of``): what the exact key misses, such as
             # requests of never-repeating lengths, this finds, but for its costs.
             span_key: tuple[Any, ...] | None = None
+            entry: tuple[_Selection | None, _StatsView | None] | None = None
             if (
                 key is not None
                 and not self._check_health
@@ -1035,7 +1043,10 @@ class Router:
                     min(_BUCKETS - 1, int(w * _BUCKETS)),
                     *key[9:],
                 )
-                span = view.spans.get(span_key)
+                entry = plan.spans.get(span_key)
+                if entry is not None and entry[1] is not None and entry[1] is not view:
+                    entry = None  # made on another stats snapshot, and read it
+                span = entry[0] if entry is not None else None
                 if span is not None:
                     # (``span.cons`` is another request's; only a search would read it)
                     selection = _priced(
@@ -1075,11 +1086,16 @@ class Router:
             selection, found = self._select(
                 plan, view, cons, tier, cheapest, rules.model, requested, output_tokens
             )
-            if span_key is not None and selection is not None and span_key not in view.spans:
-                spans = view.spans
+            if (
+                span_key is not None
+                and selection is not None
+                and entry is None
+                and (_seen_twice(view.once, span_key))
+            ):
+                spans = plan.spans
                 if len(spans) >= _MAX_SPANS:
                     spans.clear()
-                spans[span_key] = self._span_of(
+                span, read = self._span_of(
                     lambda end: self._select(
                         plan, view, end, tier, cheapest, rules.model, requested, output_tokens
                     )[0],
@@ -1087,6 +1103,7 @@ class Router:
                     requested,
                     selection,
                 )
+                spans[span_key] = (span, view if read else None)
             if selection is None:
                 reasons.extend(found)
                 if mode == "observe":
@@ -1099,20 +1116,17 @@ class Router:
                     + "; ".join(r.message for r in reasons[-5:]),
                     model=request.model,
                 )
-        if fresh and key is not None and selection.cons.seen is None:
-            # Kept the second time its key comes: what traffic never repeats then
-            # costs a hash in a set, not live objects for the collector to walk.
-            digest = hash(key)
-            once = view.once
-            if digest in once:
-                selections = view.selections
-                if len(selections) >= _MAX_SELECTIONS:
-                    selections.clear()
-                selections[key] = selection
-            else:
-                if len(once) >= 4 * _MAX_SELECTIONS:
-                    once.clear()
-                once.add(digest)
+        # Kept the second time its key comes.
+        if (
+            fresh
+            and key is not None
+            and selection.cons.seen is None
+            and _seen_twice(view.once, key)
+        ):
+            selections = view.selections
+            if len(selections) >= _MAX_SELECTIONS:
+                selections.clear()
+            selections[key] = selection
 
         best = selection.best
         primary = self._deployment(best)
@@ -1218,9 +1232,10 @@ class Router:
         cons: _Constraints,
         requested: _Cand | None,
         found: _Selection,
-    ) -> _Selection | None:
+    ) -> tuple[_Selection | None, bool]:
         """``found`` when it holds for every output share in the bucket of ``cons.w``
-        (the rest of ``cons`` unchanged), else ``None``.
+        (the rest of ``cons`` unchanged), else ``None``; and whether that answer read
+        a latency figure (then it holds for this stats snapshot only).
 
         Every cost a search compares (a candidate's, the requested model's ceiling) is
         linear in the output share, and every other check ignores it. So when the
@@ -1228,18 +1243,20 @@ class Router:
         reasons and fallbacks, no candidate's cost crosses another's inside it, and
         the search gives them for any share in between too.
         """
+        read = cons.stats_read
         if found.fallbacks is None or not _clear_order(found):
-            return None
+            return None, read
         bucket = min(_BUCKETS - 1, int(cons.w * _BUCKETS))
         for w in (bucket / _BUCKETS, (bucket + 1) / _BUCKETS):
-            end = dataclasses.replace(cons, w=w, seen=None)
+            end = dataclasses.replace(cons, w=w, seen=None, stats_read=False)
             if requested is not None and cons.ceiling != math.inf:
                 end.ceiling = requested.unit(w, cons.input_tokens)
             end.limit = min(end.ceiling, end.max_cost)
             other = search(end)
+            read = read or end.stats_read
             if other is None or not _clear_order(other) or not _same_outcome(found, other):
-                return None
-        return found
+                return None, read
+        return found, read
 
     def _passthrough(
         self,
@@ -1294,7 +1311,10 @@ class Router:
         self, cand: _Cand, cons: _Constraints, view: _StatsView, reasons: list[Reason] | None
     ) -> tuple[Deployment, ...]:
         sla = cons.sla_ms
-        latency = view.of(cand, cons.stream) if sla is not None else None
+        latency = None
+        if sla is not None:
+            cons.stats_read = True
+            latency = view.of(cand, cons.stream)
         if not self._check_health and (latency is None or latency.worst <= sla):  # type: ignore[operator]
             return cand.deployments  # every deployment meets the SLA
         out = []
@@ -1350,6 +1370,7 @@ class Router:
                 return None
         pick = _Pick(cand, unit, math.inf, deployments)
         if latency:
+            cons.stats_read = True
             pick.latency = _latency_of(pick, view, cons.stream)
         return pick
 
@@ -1440,7 +1461,7 @@ class Router:
                 if unit > limit:
                     continue
                 deployments = cand.deployments
-                if sla is not None and view.of(cand, stream).worst > sla:
+                if sla is not None and _stats_read(cons) and view.of(cand, stream).worst > sla:
                     found: list[Reason] = []
                     deployments = self._deployments_ok(cand, cons, view, found)
                     if found:
@@ -1482,6 +1503,7 @@ class Router:
                 units = [p.unit for p in picks]
                 if any(map(float.__eq__, units, units[1:])):
                     stream = cons.stream
+                    cons.stats_read = True
                     for pick in picks:
                         pick.latency = _latency_of(pick, view, stream)
                     picks.sort(key=_cheap_key)
@@ -1747,6 +1769,24 @@ def _p95(stats: DeploymentStats | None, stream: bool, min_samples: int) -> float
     if stream:
         return stats.ttft_p95_ms if stats.ttft_samples >= min_samples else None
     return stats.p95_ms if stats.samples >= min_samples else None
+
+
+def _seen_twice(once: set[int], key: tuple[Any, ...]) -> bool:
+    """Whether ``key`` came before (its hash is in ``once``); notes it if not. What
+    traffic never repeats then costs a hash in a set, not work kept for nobody."""
+    digest = hash(key)
+    if digest in once:
+        return True
+    if len(once) >= 4 * _MAX_SELECTIONS:
+        once.clear()
+    once.add(digest)
+    return False
+
+
+def _stats_read(cons: _Constraints) -> bool:
+    """Marks ``cons`` as having read a latency figure; always true."""
+    cons.stats_read = True
+    return True
 
 
 def _latency_of(pick: _Pick, view: _StatsView, stream: bool) -> float:

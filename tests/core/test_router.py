@@ -742,7 +742,7 @@ def test_shared_selections_decide_exactly_as_a_fresh_search(
     for chars in lengths:
         request = _request("w " * chars, model=requested, max_tokens=max_tokens)
         fresh = Router(Catalog(models), config, stats=stats)
-        fresh._span_of = lambda *args: None  # type: ignore[method-assign]
+        fresh._span_of = lambda *args: (None, False)  # type: ignore[method-assign]
         try:
             expected: Decision | type[Exception] = fresh.decide(request, ctx)
         except (NoRouteAvailable, BudgetExceeded) as exc:
@@ -808,7 +808,7 @@ def _count_selections(
     calls = [0]
     select = router._select
     if not spans:
-        monkeypatch.setattr(router, "_span_of", lambda *args: None)
+        monkeypatch.setattr(router, "_span_of", lambda *args: (None, False))
 
     def counting(*args: Any) -> Any:
         calls[0] += 1
@@ -859,10 +859,11 @@ def test_requests_of_new_lengths_share_a_selection_where_no_costs_cross(
     ctx = RouteContext(tier=2)
     texts = ["w " * 300 + " friend" * n for n in range(6)]  # every length new
     decisions = [router.decide(_request(text), ctx) for text in texts]
-    shares = {int(d.output_tokens / (d.input_tokens + d.output_tokens) * 64) for d in decisions}
-    assert len(shares) < len(texts)
-    # Per bucket of output shares: one search, two at the bucket's ends, none after.
-    assert calls[0] == 3 * len(shares)
+    buckets = [int(d.output_tokens / (d.input_tokens + d.output_tokens) * 64) for d in decisions]
+    assert len(set(buckets)) < len(texts)
+    # Per bucket of output shares: the first request searched; the second searched and
+    # its bucket's two ends checked; none after.
+    assert calls[0] == sum(1 if buckets.count(b) == 1 else 4 for b in set(buckets))
     for text, decision in zip(texts, decisions, strict=True):
         fresh = Router(_catalog(), _no_classifier())
         assert decision == fresh.decide(_request(text), ctx)  # costs and reasons too
@@ -882,13 +883,37 @@ def test_a_selection_found_through_its_span_is_remembered_under_its_key(
 
     monkeypatch.setattr(router_module, "_priced", counting)
     ctx = RouteContext(tier=2)
-    decisions = [router.decide(_request(), ctx) for _ in range(5)]
-    # Priced by the search and the two at its span's ends, once from the span on the
-    # second call, then remembered whole.
-    assert priced[0] == 3 + 1
+    base = "w " * 300
+    first = router.decide(_request(base), ctx)  # searched
+    second = router.decide(_request(base + " friend"), ctx)  # and its span checked at both ends
+    assert priced[0] == 1 + 3
+    third = [router.decide(_request(base + " friend friend"), ctx) for _ in range(3)]
+    assert len({first.input_tokens, second.input_tokens, third[0].input_tokens}) == 3
+    # From the span twice (kept under its own key the second time), then remembered.
+    assert priced[0] == 4 + 2
     assert len(router._view.selections) == 1
-    for decision in decisions[1:]:
-        _same(decision, decisions[0])
+    _same(third[2], third[0])
+
+
+@pytest.mark.parametrize(("sla", "kept"), [(None, True), (5_000.0, False)])
+def test_a_span_outlives_a_stats_snapshot_unless_it_read_latency(
+    monkeypatch: pytest.MonkeyPatch, sla: float | None, kept: bool
+) -> None:
+    stats = MemoryStatsStore()
+    router = Router(_catalog(), _no_classifier(stats_refresh_s=0.0), stats=stats)
+    calls = _count_selections(router, monkeypatch, spans=True)
+    ctx = RouteContext(tier=2, max_latency_ms=sla)
+    base = "w " * 300
+    router.decide(_request(base), ctx)
+    router.decide(_request(base + " friend"), ctx)  # the span is made here
+    view = router._view
+    stats.record("openai/mid", latency_ms=120.0)  # new figures: a new snapshot
+    searched = calls[0]
+    decision = router.decide(_request(base + " friend friend"), ctx)
+    assert router._view is not view
+    assert calls[0] == searched + (0 if kept else 1)
+    fresh = Router(_catalog(), _no_classifier(stats_refresh_s=0.0), stats=stats)
+    assert decision == fresh.decide(_request(base + " friend friend"), ctx)
 
 
 def test_a_bucket_where_costs_cross_is_searched_every_time(
@@ -904,9 +929,9 @@ def test_a_bucket_where_costs_cross_is_searched_every_time(
     router = Router(Catalog(models), _no_classifier(default_output_tokens=500))
     calls = _count_selections(router, monkeypatch, spans=True)
     ctx = RouteContext(tier=1)
-    decisions = [router.decide(_request("w " * 880), ctx)]
+    decisions = [router.decide(_request("w " * n), ctx) for n in (880, 900)]
     searched = calls[0]
-    for n in (900, 890):
+    for n in (890, 885, 895):
         decisions.append(router.decide(_request("w " * n), ctx))
         assert calls[0] == searched + 1  # nothing shared: searched again
         searched = calls[0]
