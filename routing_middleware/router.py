@@ -238,6 +238,12 @@ class _Plan:
     spans: dict[tuple[Any, ...], tuple[_Selection | None, _StatsView | None]] = field(
         default_factory=dict
     )
+    #: Selections that read no latency figure, by their key (see ``_StatsView``):
+    #: they outlive stats snapshots. Bounded.
+    selections: dict[tuple[Any, ...], _Selection] = field(default_factory=dict)
+    #: Hashes of the keys of selections and spans that read no latency figure met once
+    #: so far (each is kept the second time it comes). Bounded.
+    once: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.windows = sorted({c.context_window for c in self.everything})
@@ -341,7 +347,7 @@ class _StatsView:
         #: Selections made under this view and plan, by everything that decides them
         #: (see ``Router._selection_key``). Dropped with the view. Bounded.
         self.selections: dict[tuple[Any, ...], _Selection] = {}
-        #: Hashes of the keys met once so far (a selection is kept on the second).
+        #: Hashes of the keys met once so far under this view (see ``_seen_twice``).
         self.once: set[int] = set()
 
     def same_figures(self, snapshot: StatsSnapshot) -> bool:
@@ -800,6 +806,7 @@ class Router:
             self._view = _StatsView(self._view.snapshot, self.config)
             if self._plan is not None:
                 self._plan.spans.clear()
+                self._plan.selections.clear()
         if self.stats is None:
             return self._view
         now = time.monotonic()
@@ -1011,7 +1018,7 @@ class Router:
                 request.stream,
             )
             try:
-                selection = view.selections.get(key)
+                selection = view.selections.get(key) or plan.selections.get(key)
             except TypeError:  # an unhashable value in the context: not remembered
                 key = None
             if selection is not None and selection.seen is not None:
@@ -1090,7 +1097,7 @@ class Router:
                 span_key is not None
                 and selection is not None
                 and entry is None
-                and (_seen_twice(view.once, span_key))
+                and _seen_twice(view.once if cons.stats_read else plan.once, span_key)
             ):
                 spans = plan.spans
                 if len(spans) >= _MAX_SPANS:
@@ -1116,17 +1123,15 @@ class Router:
                     + "; ".join(r.message for r in reasons[-5:]),
                     model=request.model,
                 )
-        # Kept the second time its key comes.
-        if (
-            fresh
-            and key is not None
-            and selection.cons.seen is None
-            and _seen_twice(view.once, key)
-        ):
-            selections = view.selections
-            if len(selections) >= _MAX_SELECTIONS:
-                selections.clear()
-            selections[key] = selection
+        # Kept the second time its key comes; one that read no latency figure holds
+        # whatever the stats say next, so it is kept with the plan, not the view.
+        if fresh and key is not None and selection.cons.seen is None:
+            stats_free = not selection.cons.stats_read and selection.seen is None
+            if _seen_twice(plan.once if stats_free else view.once, key):
+                selections = plan.selections if stats_free else view.selections
+                if len(selections) >= _MAX_SELECTIONS:
+                    selections.clear()
+                selections[key] = selection
 
         best = selection.best
         primary = self._deployment(best)

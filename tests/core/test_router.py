@@ -891,7 +891,7 @@ def test_a_selection_found_through_its_span_is_remembered_under_its_key(
     assert len({first.input_tokens, second.input_tokens, third[0].input_tokens}) == 3
     # From the span twice (kept under its own key the second time), then remembered.
     assert priced[0] == 4 + 2
-    assert len(router._view.selections) == 1
+    assert len(router._view.selections) + len(router._plan.selections) == 1
     _same(third[2], third[0])
 
 
@@ -986,6 +986,23 @@ def test_remembered_selection_follows_the_stats_snapshot(
     assert decision.model == "openai/mini"
     assert "excluded_sla" in decision.reason_codes
     assert calls[0] == 3
+
+
+def test_a_remembered_selection_that_read_no_latency_outlives_the_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stats = MemoryStatsStore()
+    router = Router(_catalog(), _no_classifier(stats_refresh_s=0), stats=stats)
+    calls = _count_selections(router, monkeypatch)
+    ctx = RouteContext(tier=1)  # no SLA; the tier's prices do not tie
+    for _ in range(2):
+        assert router.decide(_request(), ctx).model == "google/flash"
+    view = router._view
+    for _ in range(30):
+        stats.record("google/flash", latency_ms=2500.0)
+    assert router.decide(_request(), ctx).model == "google/flash"
+    assert router._view is not view
+    assert calls[0] == 2  # searched twice (kept the second time), not again
 
 
 def test_remembered_selection_follows_expected_output_per_feature() -> None:
