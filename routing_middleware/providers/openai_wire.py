@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -88,7 +89,7 @@ def to_int(value: object) -> int:
         return 0
     if isinstance(value, int):
         return max(value, 0)
-    if isinstance(value, float) and value == value:
+    if isinstance(value, float) and math.isfinite(value):  # (JSON allows Infinity, NaN)
         return max(int(value), 0)
     return 0
 

@@ -353,6 +353,16 @@ def test_inconsistent_cache_counts_are_clamped_not_fatal() -> None:
 # ------------------------------------------------------------------------- stream
 
 
+@pytest.mark.parametrize("junk", ["Infinity", "-Infinity", "NaN"])
+def test_usage_counts_that_are_not_finite_numbers_decode_as_zero(junk: str) -> None:
+    # Python's JSON parser accepts these words; a count made of one must not crash.
+    body = completion({"content": "hi"}, usage={"prompt_tokens": 7, "completion_tokens": 2})
+    body = body.replace(b'"prompt_tokens": 7', b'"prompt_tokens": ' + junk.encode())
+    assert junk.encode() in body
+    response = OPENAI_DIALECT.decode_response(body, OPENAI)
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (0, 2)
+
+
 def test_stream_text_with_usage_chunk() -> None:
     body = sse(
         chunk({"role": "assistant", "content": ""}),
