@@ -11,6 +11,7 @@ decoded here (gzip, deflate) or refused with a clear error.
 
 from __future__ import annotations
 
+import functools
 import sys
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -24,11 +25,13 @@ _CACHE_MAX = 512
 _SKIPPED = frozenset({"accept-encoding", "content-length", "host", "connection"})
 
 
+@functools.cache
 def _direct_builder(core: Any) -> Any:
     """A function making ``core.Request(method, url, headers=..., content=body,
     extensions=...)`` from values already in the types the pool uses (method and
     headers as bytes, ``url`` the pool's URL) without checking them again, or
-    ``None`` when ``core``'s requests are not built the way this knows.
+    ``None`` when ``core``'s requests are not built the way this knows. Worked out
+    once per library.
 
     The check: a request built by the library holds exactly what this sets (a
     ``__dict__`` of method, url, headers, stream, extensions), its body in a stream

@@ -17,10 +17,12 @@ __all__ = ["Prefilter", "prefilter"]
 
 _sre_parse: Any
 _c: Any
+_REPEATS: tuple[Any, ...] = ()
 try:  # the parser the ``re`` module compiles with (private, there since 3.11)
     _sre_parse = importlib.import_module("re._parser")
     _c = importlib.import_module("re._constants")
-except ImportError:  # pragma: no cover - a Python without them: no prefilter
+    _REPEATS = (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT)
+except (ImportError, AttributeError):  # pragma: no cover - no such parser: no prefilter
     _sre_parse = _c = None
 
 #: Literals shorter than this rule out too little to be worth a test.
@@ -151,10 +153,3 @@ def _necessary(items: Any) -> frozenset[str] | None:
     if run:
         best = _better(best, _useful(["".join(run)]))
     return best
-
-
-_REPEATS = (
-    (_c.MAX_REPEAT, _c.MIN_REPEAT, getattr(_c, "POSSESSIVE_REPEAT", _c.MAX_REPEAT))
-    if _sre_parse is not None
-    else ()
-)

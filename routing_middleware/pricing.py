@@ -152,7 +152,7 @@ def cost_breakdown(
     return lines, total
 
 
-def _units(price: Price) -> tuple[int, ...] | None:
+def list_price_units(price: Price) -> tuple[int, ...] | None:
     """The base rates (input, cached input, cache write, long cache write, output,
     reasoning) of ``price`` in 1e-10 USD per token, when they are all whole numbers of
     such units and no band can apply; else ``None``."""
@@ -218,7 +218,7 @@ def cost_of(
     """
     info = _resolve(model, catalog)
     if at is None or info.price.off_peak is None:
-        units = _units(info.price)
+        units = list_price_units(info.price)
         if units is not None:
             found = _cost_in_units(usage, units)
             if found is not None:

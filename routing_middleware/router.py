@@ -56,7 +56,7 @@ from .catalog import Catalog, ModelInfo
 from .classify import Classifier, ComplexityScorer
 from .config import RoutingConfig, Rule, TierSpec
 from .context import Mode, RouteContext, current_context
-from .pricing import COST_QUANTUM, estimate_cost
+from .pricing import COST_QUANTUM, estimate_cost, list_price_units
 from .schema import BudgetExceeded, ChatRequest, NoRouteAvailable
 from .stats import AlwaysAvailable, DeploymentStats, HealthCheck, StatsSnapshot, StatsStore
 from .tokens import request_tokens_and_images
@@ -151,15 +151,10 @@ def _usd(amount: Decimal) -> str:
 
 
 def _list_units(model: ModelInfo) -> tuple[int, int] | None:
-    """``model``'s input and output prices in 1e-10 USD per token, when both are whole
-    numbers of those and it has no long-context bands; else ``None``."""
-    price = model.price
-    if price.bands:
-        return None
-    scaled = (price.input.scaleb(4), price.output.scaleb(4))
-    if not all(x.is_finite() and x == x.to_integral_value() for x in scaled):
-        return None
-    return int(scaled[0]), int(scaled[1])
+    """``model``'s input and output prices in 1e-10 USD per token, when pricing keeps
+    its rates in such whole units (see :func:`~.pricing.list_price_units`)."""
+    units = list_price_units(model.price)
+    return None if units is None else (units[0], units[4])
 
 
 def _cost_of_units(total: int) -> tuple[Decimal, str]:
@@ -1443,6 +1438,8 @@ class Router:
         share_in = 1 - w
         input_tokens = cons.input_tokens
         sla, stream = cons.sla_ms, cons.stream
+        if sla is not None:
+            cons.stats_read = True  # (an SLA is checked against latency figures)
         picks: list[_Pick] = []
         units: list[float] = []
         worst = math.inf
@@ -1466,7 +1463,7 @@ class Router:
                 if unit > limit:
                     continue
                 deployments = cand.deployments
-                if sla is not None and _stats_read(cons) and view.of(cand, stream).worst > sla:
+                if sla is not None and view.of(cand, stream).worst > sla:
                     found: list[Reason] = []
                     deployments = self._deployments_ok(cand, cons, view, found)
                     if found:
@@ -1786,12 +1783,6 @@ def _seen_twice(once: set[int], key: tuple[Any, ...]) -> bool:
         once.clear()
     once.add(digest)
     return False
-
-
-def _stats_read(cons: _Constraints) -> bool:
-    """Marks ``cons`` as having read a latency figure; always true."""
-    cons.stats_read = True
-    return True
 
 
 def _latency_of(pick: _Pick, view: _StatsView, stream: bool) -> float:
