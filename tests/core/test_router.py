@@ -176,6 +176,38 @@ def test_cheapest_ties_break_on_latency_then_quality() -> None:
     assert router.decide(_request(model="a/one"), ctx).model == "c/three"
 
 
+def test_sla_exclusions_are_reported_for_models_no_dearer_than_the_last_pick() -> None:
+    models = [
+        _model("a/slow-cheap", "0.1", "0.1", tier=1, quality=60),
+        _model("b/fast", "0.2", "0.2", tier=1, quality=60),
+        _model("c/fast", "0.3", "0.3", tier=1, quality=60),
+        _model("d/slow-mid", "0.35", "0.35", tier=1, quality=60),
+        _model("e/fast", "0.4", "0.4", tier=1, quality=60),
+        _model("f/slow-dear", "0.5", "0.5", tier=1, quality=60),
+        # Dearer than e at this request's share of output, yet the search's lower
+        # bound for it is below e's: a walk by bounds passes it before stopping.
+        _model("h/slow-skewed", "0", "0.416", tier=1, quality=60),
+        _model("g/fast", "0.6", "0.6", tier=1, quality=60),
+    ]
+    stats = MemoryStatsStore()
+    for model in models:
+        slow = "slow" in model.id
+        for _ in range(30):
+            stats.record(model.id, latency_ms=3000.0 if slow else 200.0)
+    router = Router(Catalog(models), _no_classifier(max_fallbacks=2), stats=stats)
+    decision = router.decide(_request(model="g/fast"), RouteContext(tier=1, max_latency_ms=1000))
+    # Picks: b, c, e (three with two fallbacks); f and h cost more than e, the last.
+    share = decision.output_tokens / (decision.input_tokens + decision.output_tokens)
+    assert 0.416 * share > 0.4 > 0.416 * (int(share * 64) / 64)
+    assert [decision.model, *(d.model for d in decision.fallbacks)] == [
+        "b/fast",
+        "c/fast",
+        "e/fast",
+    ]
+    excluded = [r.message.split(" ")[0] for r in decision.reasons if r.code == "excluded_sla"]
+    assert excluded == ["a/slow-cheap", "d/slow-mid"]
+
+
 def test_expected_output_per_feature_changes_the_ranking() -> None:
     models = [
         _model("a/cheap-in", "0.10", "3.00", tier=1, quality=60),
