@@ -91,6 +91,20 @@ class LLMCall(models.Model):
     cost = models.DecimalField(default=Decimal(0), **MONEY)
     requested_cost = models.DecimalField("requested-model cost", null=True, blank=True, **MONEY)
     cache_saved_cost = models.DecimalField(null=True, blank=True, **MONEY)
+    routed_model = models.CharField(
+        "routed model",
+        max_length=128,
+        null=True,
+        blank=True,
+        help_text="Observe mode: the model routing picked (the requested one was used).",
+    )
+    routed_cost = models.DecimalField(
+        "routed-model cost",
+        null=True,
+        blank=True,
+        help_text="Observe mode: this call's usage at the routed model's list prices.",
+        **MONEY,
+    )
     latency_ms = models.FloatField(null=True, blank=True)
     ttft_ms = models.FloatField("time to first token (ms)", null=True, blank=True)
     streamed = models.BooleanField(default=False)
@@ -156,7 +170,14 @@ NO_TIER = -1
 
 
 class RollupSums(models.Model):
-    """The totals both rollups keep for their key."""
+    """The totals both rollups keep for their key.
+
+    The ``observed_*`` sums cover the calls made in observe mode only (they are
+    also in ``calls``, ``cost``, ``requested_cost`` and ``saved_cost``):
+    ``observed_routed_cost`` is what routing would have cost them — each call's
+    ``routed_cost``, or its own ``cost`` when that is unknown, which
+    ``observed_unpriced`` counts.
+    """
 
     NO_TIER = NO_TIER
 
@@ -178,6 +199,11 @@ class RollupSums(models.Model):
     saved_cost = models.DecimalField(default=Decimal(0), **MONEY)
     latency_ms_sum = models.FloatField(default=0)
     latency_count = models.PositiveBigIntegerField(default=0)
+    observed_calls = models.PositiveBigIntegerField(default=0)
+    observed_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    observed_requested_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    observed_routed_cost = models.DecimalField(default=Decimal(0), **MONEY)
+    observed_unpriced = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         abstract = True

@@ -58,6 +58,7 @@ __all__ = [
     "rollup_spend_per_day",
     "rollup_tier_distribution",
     "rollup_totals",
+    "saving_text",
     "spend_per_day",
     "tier_distribution",
     "totals",
@@ -66,6 +67,30 @@ __all__ = [
 
 _MONEY = DecimalField(max_digits=30, decimal_places=10)
 _ZERO = Value(Decimal(0), output_field=_MONEY)
+_OBSERVE = Q(mode="observe")
+
+
+def _observed_of_calls() -> dict[str, Any]:
+    """Aggregates of the observe-mode calls (their routed cost, or their own cost)."""
+    return {
+        "observed_calls": Count("id", filter=_OBSERVE),
+        "observed_spend": Coalesce(Sum("cost", filter=_OBSERVE), _ZERO),
+        "observed_requested": Coalesce(
+            Sum(Coalesce("requested_cost", "cost"), filter=_OBSERVE), _ZERO
+        ),
+        "observed_routed": Coalesce(Sum(Coalesce("routed_cost", "cost"), filter=_OBSERVE), _ZERO),
+    }
+
+
+def _observed_of_rollup() -> dict[str, Any]:
+    """:func:`_observed_of_calls` from the rollup's sums."""
+    return {
+        "observed_calls": Coalesce(Sum("observed_calls"), 0),
+        "observed_spend": Coalesce(Sum("observed_cost"), _ZERO),
+        "observed_requested": Coalesce(Sum("observed_requested_cost"), _ZERO),
+        "observed_routed": Coalesce(Sum("observed_routed_cost"), _ZERO),
+    }
+
 
 #: Breakdown names and the LLMCall / DailyUsage field each groups by.
 BREAKDOWNS: dict[str, tuple[str, str]] = {
@@ -110,9 +135,24 @@ def _rate(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
+def _percent(part: Decimal, whole: Decimal) -> float:
+    return float(part / whole * 100) if whole else 0.0
+
+
+def saving_text(amount: Decimal, whole: Decimal) -> str:
+    """``$1.23 (45.6%)``: a saving and its share of ``whole``."""
+    return f"{format_money(amount)} ({_percent(amount, whole):.1f}%)"
+
+
 @dataclass(slots=True)
 class Totals:
-    """Headline figures for a set of calls."""
+    """Headline figures for a set of calls.
+
+    The ``observed_*`` figures cover the calls made in observe mode, which went to
+    the requested model: their spend, what their requested models would have
+    billed, what routing would have cost them (a call's own cost when its routed
+    cost is unknown — ``observed_unpriced`` counts those) and their number.
+    """
 
     spend: Decimal = Decimal(0)
     requested: Decimal = Decimal(0)
@@ -126,15 +166,39 @@ class Totals:
     avg_latency_ms: float | None = None
     p95_latency_ms: float | None = None
     source: str = "calls"
+    observed_calls: int = 0
+    observed_spend: Decimal = Decimal(0)
+    observed_requested: Decimal = Decimal(0)
+    observed_routed: Decimal = Decimal(0)
+    observed_unpriced: int = 0
+
+    @property
+    def enforced_spend(self) -> Decimal:
+        """What the calls routing decided (not observe mode) cost."""
+        return self.spend - self.observed_spend
+
+    @property
+    def enforced_requested(self) -> Decimal:
+        """What the requested models would have billed for those calls."""
+        return self.requested - self.observed_requested
 
     @property
     def savings(self) -> Decimal:
-        """What the requested models would have cost minus what was spent."""
-        return self.requested - self.spend
+        """What routing saved: requested-model cost minus spend, of the enforced calls."""
+        return self.enforced_requested - self.enforced_spend
 
     @property
     def savings_pct(self) -> float:
-        return float(self.savings / self.requested * 100) if self.requested else 0.0
+        return _percent(self.savings, self.enforced_requested)
+
+    @property
+    def would_save(self) -> Decimal:
+        """What routing the observe-mode calls would have saved."""
+        return self.observed_spend - self.observed_routed
+
+    @property
+    def would_save_pct(self) -> float:
+        return _percent(self.would_save, self.observed_spend)
 
     @property
     def tokens(self) -> int:
@@ -150,7 +214,12 @@ class Totals:
             "spend": format_money(self.spend),
             "calls": f"{self.calls:,}",
             "tokens": f"{self.input_tokens:,} / {self.output_tokens:,}",
-            "savings": f"{format_money(self.savings)} ({self.savings_pct:.1f}%)",
+            "savings": saving_text(self.savings, self.enforced_requested),
+            "observed_calls": f"{self.observed_calls:,}",
+            "observed_spend": format_money(self.observed_spend),
+            "observed_routed": format_money(self.observed_routed),
+            "would_save": saving_text(self.would_save, self.observed_spend),
+            "observed_unpriced": f"{self.observed_unpriced:,}",
             "cache_hit_rate": f"{self.cache_hit_rate * 100:.1f}%",
             "fallback_rate": f"{self.fallback_rate * 100:.1f}%",
             "error_rate": f"{self.error_rate * 100:.1f}%",
@@ -169,7 +238,11 @@ class Totals:
 
 @dataclass(slots=True)
 class Row:
-    """One line of a breakdown."""
+    """One line of a breakdown.
+
+    ``savings`` is what routing saved on the line's enforced calls; the
+    ``observed_*`` figures are its observe-mode calls, as in :class:`Totals`.
+    """
 
     key: Any
     label: str
@@ -178,6 +251,20 @@ class Row:
     tokens: int
     savings: Decimal = Decimal(0)
     extra: dict[str, Any] = field(default_factory=dict)
+    observed_calls: int = 0
+    observed_spend: Decimal = Decimal(0)
+    observed_routed: Decimal = Decimal(0)
+
+    @property
+    def would_save(self) -> Decimal:
+        """What routing the line's observe-mode calls would have saved."""
+        return self.observed_spend - self.observed_routed
+
+    @property
+    def would_save_text(self) -> str:
+        if not self.observed_calls:
+            return "—"
+        return saving_text(self.would_save, self.observed_spend)
 
     @property
     def spend_text(self) -> str:
@@ -260,6 +347,8 @@ def totals(qs: QuerySet[LLMCall], *, with_p95: bool = True) -> Totals:
         cache_hits=Count("id", filter=Q(status=LLMCall.Status.CACHE_HIT)),
         fallbacks=Count("id", filter=Q(fallback_from__isnull=False)),
         avg_latency_ms=Avg("latency_ms"),
+        observed_unpriced=Count("id", filter=_OBSERVE & Q(routed_cost__isnull=True)),
+        **_observed_of_calls(),
     )
     result = Totals(
         spend=as_decimal(data["spend"]),
@@ -272,6 +361,8 @@ def totals(qs: QuerySet[LLMCall], *, with_p95: bool = True) -> Totals:
         cache_hits=data["cache_hits"],
         fallbacks=data["fallbacks"],
         avg_latency_ms=data["avg_latency_ms"],
+        observed_unpriced=data["observed_unpriced"],
+        **_observed(data),
     )
     if with_p95:
         result.p95_latency_ms = percentile(qs, "latency_ms", 0.95)
@@ -292,6 +383,8 @@ def rollup_totals(rollup: QuerySet[Any]) -> Totals:
         fallbacks=Coalesce(Sum("fallbacks"), 0),
         latency_sum=Coalesce(Sum("latency_ms_sum"), 0.0),
         latency_count=Coalesce(Sum("latency_count"), 0),
+        observed_unpriced=Coalesce(Sum("observed_unpriced"), 0),
+        **_observed_of_rollup(),
     )
     return Totals(
         spend=as_decimal(data["spend"]),
@@ -309,6 +402,34 @@ def rollup_totals(rollup: QuerySet[Any]) -> Totals:
             else None
         ),
         source="rollup",
+        observed_unpriced=int(data["observed_unpriced"]),
+        **_observed(data),
+    )
+
+
+def _observed(data: dict[str, Any]) -> dict[str, Any]:
+    """The ``observed_*`` fields of :class:`Totals` from an aggregate's results."""
+    return {
+        "observed_calls": int(data["observed_calls"]),
+        "observed_spend": as_decimal(data["observed_spend"]),
+        "observed_requested": as_decimal(data["observed_requested"]),
+        "observed_routed": as_decimal(data["observed_routed"]),
+    }
+
+
+def _row(key: Any, spend: Decimal, requested: Decimal, calls: int, tokens: int, data: Any) -> Row:
+    """A breakdown row: ``requested`` covers every call, ``data`` the observed sums."""
+    observed = _observed(data)
+    return Row(
+        key,
+        "",
+        spend,
+        calls,
+        tokens,
+        (requested - observed["observed_requested"]) - (spend - observed["observed_spend"]),
+        observed_calls=observed["observed_calls"],
+        observed_spend=observed["observed_spend"],
+        observed_routed=observed["observed_routed"],
     )
 
 
@@ -350,17 +471,18 @@ def breakdown(qs: QuerySet[LLMCall], kind: str, *, limit: int = 15) -> list[Row]
             requested=Coalesce(Sum(Coalesce("requested_cost", "cost")), _ZERO),
             calls=Count("id"),
             tokens=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0),
+            **_observed_of_calls(),
         )
         .order_by("-spend", column)[:limit]
     )
     rows = [
-        Row(
+        _row(
             d[column],
-            "",
             as_decimal(d["spend"]),
+            as_decimal(d["requested"]),
             d["calls"],
             int(d["tokens"]),
-            as_decimal(d["requested"]) - as_decimal(d["spend"]),
+            d,
         )
         for d in data
     ]
@@ -378,17 +500,18 @@ def rollup_breakdown(rollup: QuerySet[Any], kind: str, *, limit: int = 15) -> li
             saved=Coalesce(Sum("saved_cost"), _ZERO),
             n=Coalesce(Sum("calls"), 0),
             tokens=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0),
+            **_observed_of_rollup(),
         )
         .order_by("-spend", column)[:limit]
     )
     rows = [
-        Row(
+        _row(
             d[column],
-            "",
             as_decimal(d["spend"]),
+            as_decimal(d["spend"]) + as_decimal(d["saved"]),
             int(d["n"]),
             int(d["tokens"]),
-            as_decimal(d["saved"]),
+            d,
         )
         for d in data
     ]
@@ -492,6 +615,11 @@ _CALL_MEASURES = (
     "COUNT(*) FILTER (WHERE s.fallback_from IS NOT NULL)",
     "COALESCE(SUM(s.latency_ms), 0)",
     "COUNT(s.latency_ms)",
+    "COUNT(*) FILTER (WHERE s.mode = 'observe')",
+    "COALESCE(SUM(s.cost) FILTER (WHERE s.mode = 'observe'), 0)",
+    "COALESCE(SUM(COALESCE(s.requested_cost, s.cost)) FILTER (WHERE s.mode = 'observe'), 0)",
+    "COALESCE(SUM(COALESCE(s.routed_cost, s.cost)) FILTER (WHERE s.mode = 'observe'), 0)",
+    "COUNT(*) FILTER (WHERE s.mode = 'observe' AND s.routed_cost IS NULL)",
 )
 _ROLLUP_MEASURES = tuple(
     f"COALESCE(SUM(s.{c}), 0)"
@@ -507,6 +635,11 @@ _ROLLUP_MEASURES = tuple(
         "fallbacks",
         "latency_ms_sum",
         "latency_count",
+        "observed_calls",
+        "observed_cost",
+        "observed_requested_cost",
+        "observed_routed_cost",
+        "observed_unpriced",
     )
 )
 
@@ -533,6 +666,11 @@ def _grouped_figures(source: QuerySet[Any], *, rollup: bool, limit: int, days: i
             "fallbacks",
             "latency_ms_sum",
             "latency_count",
+            "observed_calls",
+            "observed_cost",
+            "observed_requested_cost",
+            "observed_routed_cost",
+            "observed_unpriced",
         )
         measures = _ROLLUP_MEASURES
     else:
@@ -550,6 +688,8 @@ def _grouped_figures(source: QuerySet[Any], *, rollup: bool, limit: int, days: i
                 "status",
                 "fallback_from",
                 "latency_ms",
+                "mode",
+                "routed_cost",
             )
         )
         measures = _CALL_MEASURES
@@ -571,17 +711,26 @@ def _grouped_figures(source: QuerySet[Any], *, rollup: bool, limit: int, days: i
     for line in result:
         keys, g, m = line[:width], line[width], line[width + 1 :]
         spend, requested = as_decimal(m[0]), as_decimal(m[1])
+        observed = {
+            "observed_calls": m[11],
+            "observed_spend": m[12],
+            "observed_requested": m[13],
+            "observed_routed": m[14],
+        }
         if g == everything:
             totals.spend, totals.requested, totals.calls = spend, requested, int(m[2])
             totals.input_tokens, totals.output_tokens = int(m[3]), int(m[4])
             totals.cached_input_tokens = int(m[5])
             totals.errors, totals.cache_hits, totals.fallbacks = int(m[6]), int(m[7]), int(m[8])
             totals.avg_latency_ms = float(m[9]) / int(m[10]) if m[10] else None
+            for attribute, value in _observed(observed).items():
+                setattr(totals, attribute, value)
+            totals.observed_unpriced = int(m[15])
             continue
         index = next(i for i in range(width) if not g & (1 << (width - 1 - i)))
         name = dimensions[index][0]
         grouped[name].append(
-            Row(keys[index], "", spend, int(m[2]), int(m[3]) + int(m[4]), requested - spend)
+            _row(keys[index], spend, requested, int(m[2]), int(m[3]) + int(m[4]), observed)
         )
     breakdowns = {}
     for kind in BREAKDOWNS:

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,7 @@ __all__ = [
     "record_to_call",
     "replay_spool",
     "rollup_key_date",
+    "routed_cost",
     "store_records",
 ]
 
@@ -79,6 +80,33 @@ def _clip(value: str | None, limit: int) -> str | None:
     if value is None or len(value) <= limit:
         return value
     return value[: limit - 1] + "…"
+
+
+_MONEY_QUANTUM = Decimal("1e-10")
+_MONEY_LIMIT = Decimal(10) ** 10  # the money columns hold 20 digits, 10 after the point
+
+
+def routed_cost(record: UsageRecord) -> Decimal | None:
+    """What observe mode says ``record``'s usage would have cost on the routed model.
+
+    Read from ``extra["routed_cost"]`` and rounded to the money columns' places;
+    ``None`` when the record carries none or one that is not a storable amount.
+    """
+    raw = record.extra.get("routed_cost") if record.extra else None
+    if raw is None or isinstance(raw, bool):
+        return None
+    try:
+        value = Decimal(str(raw))
+    except (InvalidOperation, ValueError):
+        return None
+    if not value.is_finite() or not -_MONEY_LIMIT < value < _MONEY_LIMIT:
+        return None
+    return value.quantize(_MONEY_QUANTUM)
+
+
+def _routed_model(record: UsageRecord) -> str | None:
+    found = record.extra.get("routed_model") if record.extra else None
+    return found if isinstance(found, str) and found else None
 
 
 def call_values(record: UsageRecord, user_pk: Any = None) -> dict[str, Any]:
@@ -123,6 +151,8 @@ def call_values(record: UsageRecord, user_pk: Any = None) -> dict[str, Any]:
         "cost": record.cost,
         "requested_cost": record.requested_cost,
         "cache_saved_cost": record.cache_saved_cost,
+        "routed_model": _routed_model(record),
+        "routed_cost": routed_cost(record),
         "latency_ms": record.latency_ms,
         "ttft_ms": record.ttft_ms,
         "streamed": record.streamed,
@@ -219,10 +249,23 @@ _ROLLUP_SUMS = (
     "saved_cost",
     "latency_ms_sum",
     "latency_count",
+    "observed_calls",
+    "observed_cost",
+    "observed_requested_cost",
+    "observed_routed_cost",
+    "observed_unpriced",
 )
 _USAGE_KEY = ("date", "user_ref", "feature", "provider", "model", "tier")
 _SUMMARY_KEY = ("date", "feature", "provider", "model", "tier")
-_SUM_TYPES = (*["bigint"] * 8, *["numeric"] * 3, "float8", "bigint")
+_SUM_TYPES = (
+    *["bigint"] * 8,
+    *["numeric"] * 3,
+    "float8",
+    "bigint",
+    "bigint",
+    *["numeric"] * 3,
+    "bigint",
+)
 
 
 def _rollup_rows(records: Sequence[UsageRecord], *, with_user: bool) -> list[list[Any]]:
@@ -240,7 +283,8 @@ def _rollup_rows(records: Sequence[UsageRecord], *, with_user: bool) -> list[lis
         )
         requested = r.requested_cost if r.requested_cost is not None else r.cost
         row = totals.setdefault(
-            key, [0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), Decimal(0), Decimal(0), 0.0, 0]
+            key,
+            [0] * 8 + [Decimal(0)] * 3 + [0.0, 0, 0] + [Decimal(0)] * 3 + [0],
         )
         row[0] += 1
         row[1] += r.status == "error"
@@ -256,6 +300,13 @@ def _rollup_rows(records: Sequence[UsageRecord], *, with_user: bool) -> list[lis
         if r.latency_ms is not None:
             row[11] += float(r.latency_ms)
             row[12] += 1
+        if r.mode == "observe":
+            routed = routed_cost(r)
+            row[13] += 1
+            row[14] += r.cost
+            row[15] += requested
+            row[16] += r.cost if routed is None else routed
+            row[17] += routed is None
     return [[*key, *values] for key, values in totals.items()]
 
 
@@ -283,9 +334,11 @@ def _upsert_rollup(
     params = [
         [
             ops.adapt_datefield_value(row[0]),
-            *row[1 : width + 8],
-            *(ops.adapt_decimalfield_value(v, 20, 10) for v in row[width + 8 : width + 11]),
-            *row[width + 11 :],
+            *row[1:width],
+            *(
+                ops.adapt_decimalfield_value(v, 20, 10) if kind == "numeric" else v
+                for v, kind in zip(row[width:], _SUM_TYPES, strict=True)
+            ),
         ]
         for row in rows
     ]
