@@ -41,10 +41,13 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import itertools
+import logging
 import math
 import operator
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -62,6 +65,8 @@ from .stats import AlwaysAvailable, DeploymentStats, HealthCheck, StatsSnapshot,
 from .tokens import request_tokens_and_images
 
 __all__ = ["Decision", "Deployment", "Reason", "Router"]
+
+_log = logging.getLogger("llmroute.router")
 
 _PER_M = Decimal("0.000001")
 _BUCKETS = 64
@@ -633,6 +638,47 @@ class _RuleSet:
         self.by_request: dict[tuple[Any, ...], tuple[_CompiledRule, ...]] = {}
 
 
+#: How long a router's stats thread waits for the next due refresh before it ends.
+_REFRESH_IDLE_S = 30.0
+
+
+class _Refresher:
+    """Takes one router's stats snapshots off the request path, one at a time.
+
+    ``busy`` is set (under ``lock``) from when a refresh is asked for until it is
+    done, so no second one starts meanwhile. The daemon thread is started by the
+    first refresh asked for and ends after ``_REFRESH_IDLE_S`` without one (or
+    when its router is gone: it holds the router weakly). ``epoch`` counts the
+    snapshots taken on a request thread: a background snapshot started before one
+    of those is older than the view and is dropped.
+    """
+
+    __slots__ = ("busy", "epoch", "failing", "lock", "thread", "wanted")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wanted = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.busy = False
+        self.failing = False
+        self.epoch = 0
+
+
+def _refresh_loop(ref: weakref.ReferenceType[Router], refresher: _Refresher) -> None:
+    while True:
+        if not refresher.wanted.wait(_REFRESH_IDLE_S):
+            with refresher.lock:
+                if not refresher.wanted.is_set():
+                    refresher.thread = None
+                    return
+        refresher.wanted.clear()
+        router = ref()
+        if router is None:
+            return
+        router._refresh_stats()
+        del router
+
+
 _DEFAULT_CONFIG: RoutingConfig | None = None
 
 
@@ -679,7 +725,9 @@ class Router:
         self._rng = rng or random.Random()
         self._plan: _Plan | None = None
         self._view = _StatsView(_EMPTY_SNAPSHOT, self.config)
+        #: When the last snapshot was asked for (``-inf``: the next decision takes one).
         self._snapshot_at = -math.inf
+        self._refresher = _Refresher()
         self._tier_names = {k.lower(): v for k, v in self.config.all_tier_names.items()}
         self._rules = tuple(_CompiledRule(rule, self._level) for rule in self.config.rules)
         bit = 1
@@ -706,7 +754,8 @@ class Router:
         return plan
 
     def refresh(self) -> None:
-        """Drop precomputed state; the next decision recomputes it."""
+        """Drop precomputed state; the next decision recomputes it (and takes a stats
+        snapshot itself)."""
         self._plan = None
         self._snapshot_at = -math.inf
 
@@ -797,21 +846,106 @@ class Router:
         return tuple(out)
 
     def _stats_now(self) -> _StatsView:
+        """The stats view for a decision.
+
+        With ``stats_refresh_s`` 0 every decision takes a snapshot. Otherwise the
+        first decision (and the first after :meth:`refresh`) takes one; later, once
+        the view is ``stats_refresh_s`` old, decisions keep using it while one
+        snapshot is taken on a background thread and swapped in when done.
+        """
         if self._view.config is not self.config:  # a config swapped in: start over
             self._view = _StatsView(self._view.snapshot, self.config)
             if self._plan is not None:
                 self._plan.spans.clear()
                 self._plan.selections.clear()
-        if self.stats is None:
+        stats = self.stats
+        if stats is None:
             return self._view
         now = time.monotonic()
-        if now - self._snapshot_at >= self.config.stats_refresh_s:
-            snapshot = self.stats.snapshot()
-            # Unchanged figures keep the view, and with it what was derived from them.
-            if not self._view.same_figures(snapshot):
-                self._view = _StatsView(snapshot, self.config)
-            self._snapshot_at = now
+        period = self.config.stats_refresh_s
+        if now - self._snapshot_at >= period:
+            if period <= 0:
+                self._swap_in(stats.snapshot())
+                self._snapshot_at = now
+            elif self._snapshot_at == -math.inf:
+                self._first_snapshot(stats, now)
+            else:
+                self._ask_refresh(now, period)
         return self._view
+
+    def _swap_in(self, snapshot: StatsSnapshot) -> None:
+        # Unchanged figures keep the view, and with it what was derived from them.
+        view = self._view
+        if not view.same_figures(snapshot):
+            # Made under the view's config, not the router's: a config swapped in
+            # meanwhile is still seen (and acted on) by ``_stats_now``.
+            self._view = _StatsView(snapshot, view.config)
+
+    def _first_snapshot(self, stats: StatsStore, now: float) -> None:
+        refresher = self._refresher
+        with refresher.lock:  # threads arriving meanwhile wait for this one
+            if self._snapshot_at != -math.inf:
+                return
+            refresher.epoch += 1
+            try:
+                snapshot = stats.snapshot()
+            except Exception as exc:
+                self._snapshot_failed(stats, exc)
+            else:
+                refresher.failing = False
+                self._swap_in(snapshot)
+            self._snapshot_at = now
+
+    def _ask_refresh(self, now: float, period: float) -> None:
+        refresher = self._refresher
+        with refresher.lock:
+            if refresher.busy or now - self._snapshot_at < period:
+                return
+            self._snapshot_at = now
+            refresher.busy = True
+            refresher.wanted.set()
+            if refresher.thread is None:
+                refresher.thread = threading.Thread(
+                    target=_refresh_loop,
+                    args=(weakref.ref(self), refresher),
+                    name="llmroute-stats-refresh",
+                    daemon=True,
+                )
+                refresher.thread.start()
+
+    def _refresh_stats(self) -> None:
+        """Take a snapshot and swap it in (on the refresh thread)."""
+        refresher = self._refresher
+        stats = self.stats
+        with refresher.lock:
+            epoch = refresher.epoch
+        try:
+            snapshot = stats.snapshot() if stats is not None else None
+        except Exception as exc:
+            with refresher.lock:
+                refresher.busy = False
+                self._snapshot_failed(stats, exc)
+            return
+        view = self._view
+        fresh = None
+        if snapshot is not None and not view.same_figures(snapshot):
+            fresh = _StatsView(snapshot, view.config)  # (see ``_swap_in``)
+        with refresher.lock:
+            refresher.busy = False
+            refresher.failing = False
+            if fresh is not None and refresher.epoch == epoch:
+                self._view = fresh
+
+    def _snapshot_failed(self, stats: object, exc: Exception) -> None:
+        # Called under the refresher's lock. Warn once per outage, naming only the
+        # types: an error's text may hold a store's url, password included.
+        if not self._refresher.failing:
+            self._refresher.failing = True
+            _log.warning(
+                "stats snapshot from %s failed (%s); decisions keep the figures they have",
+                type(stats).__name__,
+                type(exc).__name__,
+            )
 
     # ------------------------------------------------------------------ rules
 

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -34,7 +39,7 @@ from routing_middleware.schema import (
     TextPart,
     Tool,
 )
-from routing_middleware.stats import MemoryStatsStore
+from routing_middleware.stats import MemoryStatsStore, StatsSnapshot
 
 ALL_CAPS = frozenset({"streaming", "tools", "vision", "json_schema", "reasoning"})
 
@@ -1267,3 +1272,158 @@ def test_integer_cost_text_rounds_half_to_even_as_decimal_formatting_does(total:
     cost, text = _cost_of_units(total)
     assert cost == Decimal(total) / 10**10
     assert text == _usd(cost)
+
+
+# ------------------------------------------------------------------ stats refresh
+
+
+class _GatedStats(MemoryStatsStore):
+    """A memory store whose snapshot waits for ``gate`` and notes who took it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+        self.threads: list[int] = []
+        self.running = self.most_running = 0
+        self._count = threading.Lock()
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._count:
+            self.threads.append(threading.get_ident())
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            assert self.gate.wait(10)
+            if self.fail is not None:
+                raise self.fail
+            return super().snapshot()
+        finally:
+            with self._count:
+                self.running -= 1
+
+
+def _until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _decide_in_thread(router: Router, ctx: RouteContext, timeout: float = 5.0) -> str:
+    """The model ``router`` picks, decided on another thread that must finish in time."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: router.decide(_request(), ctx).model).result(timeout)
+
+
+def _slow_flash(stats: MemoryStatsStore) -> None:
+    for _ in range(20):
+        stats.record("google/flash", latency_ms=2300.0, ttft_ms=100.0)
+
+
+def test_a_due_snapshot_is_taken_off_the_request_thread_and_swapped_in() -> None:
+    stats = _GatedStats()
+    router = Router(_catalog(), _config(stats_refresh_s=0.02), stats=stats)
+    ctx = RouteContext(tier=1, max_latency_ms=800)
+    assert router.decide(_request(), ctx).model == "google/flash"  # first: taken here
+    assert stats.threads == [threading.get_ident()]
+    _slow_flash(stats)
+    stats.gate.clear()
+    time.sleep(0.03)
+    # Due: the decision starts a refresh and returns on the figures it had, while the
+    # snapshot is still blocked.
+    assert _decide_in_thread(router, ctx) == "google/flash"
+    assert _until(lambda: len(stats.threads) == 2)
+    assert stats.threads[1] != threading.get_ident()
+    assert _decide_in_thread(router, ctx) == "google/flash"
+    stats.gate.set()
+    assert _until(lambda: router.decide(_request(), ctx).model == "openai/mini")
+    assert len(stats.threads) == 2 or all(t == stats.threads[1] for t in stats.threads[1:])
+
+
+def test_one_refresh_at_a_time_under_concurrent_decisions() -> None:
+    stats = _GatedStats()
+    router = Router(_catalog(), _config(stats_refresh_s=0.001), stats=stats)
+    ctx = RouteContext(tier=1)
+    router.decide(_request(), ctx)
+    stats.gate.clear()
+    deciders: set[int] = set()
+    stop = threading.Event()
+
+    def decide() -> int:
+        deciders.add(threading.get_ident())
+        count = 0
+        while not stop.is_set():
+            stats.record("openai/mini", latency_ms=float(count % 97))
+            router.decide(_request(), ctx)
+            count += 1
+        return count
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(decide) for _ in range(8)]
+        time.sleep(0.3)
+        assert len(stats.threads) == 2  # the first snapshot and one blocked refresh
+        stats.gate.set()
+        time.sleep(0.3)
+        stop.set()
+        assert all(f.result(10) > 0 for f in futures)
+    assert len(stats.threads) > 2  # refreshes went on once the snapshot returned
+    assert stats.most_running == 1
+    assert not deciders & set(stats.threads[1:])
+
+
+def test_a_failing_refresh_keeps_the_view_logs_once_and_is_tried_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stats = _GatedStats()
+    router = Router(_catalog(), _config(stats_refresh_s=0.01), stats=stats)
+    ctx = RouteContext(tier=1, max_latency_ms=800)
+    router.decide(_request(), ctx)
+    view = router._view
+    _slow_flash(stats)
+    stats.fail = ConnectionError("cannot reach redis://:hunter2@cache.internal:6379/0")
+    with caplog.at_level(logging.WARNING, logger="llmroute.router"):
+        for tries in (2, 3):
+            time.sleep(0.02)
+            assert router.decide(_request(), ctx).model == "google/flash"
+            assert _until(lambda: len(stats.threads) == tries and stats.running == 0)  # noqa: B023
+    assert _until(lambda: not router._refresher.busy)
+    assert router._view is view
+    warnings = [r for r in caplog.records if r.name == "llmroute.router"]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert "ConnectionError" in warnings[0].getMessage()
+    assert "hunter2" not in caplog.text
+    assert "redis://" not in caplog.text
+    stats.fail = None
+    assert _until(lambda: router.decide(_request(), ctx).model == "openai/mini")
+
+
+def test_without_a_refresh_period_every_decision_snapshots_on_its_own_thread() -> None:
+    stats = _GatedStats()
+    router = Router(_catalog(), _config(stats_refresh_s=0), stats=stats)
+    ctx = RouteContext(tier=1, max_latency_ms=800)
+    assert router.decide(_request(), ctx).model == "google/flash"
+    _slow_flash(stats)
+    assert router.decide(_request(), ctx).model == "openai/mini"  # seen at once
+    router.decide(_request(), ctx)
+    assert stats.threads == [threading.get_ident()] * 3
+    assert router._refresher.thread is None  # no thread was started
+    stats.fail = ConnectionError("down")
+    with pytest.raises(ConnectionError):  # as before: the caller sees the store's error
+        router.decide(_request(), ctx)
+
+
+def test_refresh_makes_the_next_decision_take_the_snapshot_itself() -> None:
+    stats = _GatedStats()
+    router = Router(_catalog(), _config(stats_refresh_s=1000.0), stats=stats)
+    ctx = RouteContext(tier=1, max_latency_ms=800)
+    assert router.decide(_request(), ctx).model == "google/flash"
+    _slow_flash(stats)
+    assert router.decide(_request(), ctx).model == "google/flash"  # not due yet
+    router.refresh()
+    assert router.decide(_request(), ctx).model == "openai/mini"
+    assert stats.threads == [threading.get_ident()] * 2
