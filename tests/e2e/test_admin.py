@@ -2,17 +2,61 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
 
+from example_project.server import demo_env
+
 if TYPE_CHECKING:
     from playwright.sync_api import Page
+
+    from .conftest import Site
 
 pytestmark = pytest.mark.e2e
 
 REPORT = "/admin/django_llmroute/costreport/"
+
+# Calls made through the site's own engine in observe mode, recorded by its sink;
+# prints what the report should show for them, summed from the stored rows.
+_OBSERVE_CALLS = """
+import json
+from decimal import Decimal
+
+import django
+
+django.setup()
+
+from django_llmroute.models import LLMCall
+from django_llmroute.reports import format_money, saving_text
+from django_llmroute.runtime import get_engine, get_sink
+from routing_middleware.context import RouteContext, use_context
+from routing_middleware.schema import ChatRequest, Message
+
+engine = get_engine()
+with use_context(RouteContext(feature="e2e-observe", mode="observe")):
+    for n in range(3):
+        text = f"Summarise ticket {n}: the printer on floor {n} jams on every job."
+        engine.complete(
+            ChatRequest(model="openai/gpt-5.4", messages=[Message(role="user", content=text)])
+        )
+assert get_sink().flush(30)
+rows = list(LLMCall.objects.filter(feature="e2e-observe").values("cost", "routed_cost", "mode"))
+assert rows and all(r["mode"] == "observe" and r["routed_cost"] is not None for r in rows)
+spend = sum((Decimal(r["cost"]) for r in rows), Decimal(0))
+routed = sum((Decimal(r["routed_cost"]) for r in rows), Decimal(0))
+print(json.dumps({
+    "calls": str(len(rows)),
+    "spend": format_money(spend),
+    "routed": format_money(routed),
+    "would_save": saving_text(spend - routed, spend),
+    "cheaper": bool(routed < spend),
+}))
+"""
 
 
 def _number(text: str) -> float:
@@ -83,3 +127,41 @@ def test_new_budget_shows_its_progress_bar(admin_page: Page) -> None:
     used = float(bar.get_attribute("aria-valuenow") or "0")
     assert 0 < used < 100
     assert "$5" in row.inner_text()
+
+
+@pytest.fixture(scope="module")
+def observed(site: Site) -> dict[str, str]:
+    """Three observe-mode calls on the site; what the report should show for them."""
+    env = demo_env(site.db_path, fast=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _OBSERVE_CALLS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    found: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_cost_report_shows_what_observe_mode_would_have_saved(
+    admin_page: Page, observed: dict[str, str]
+) -> None:
+    assert observed["cheaper"], observed
+    page = admin_page
+    page.goto(REPORT)
+    section = page.locator("#llmroute-observe")
+    assert section.is_visible()
+    assert _number(page.inner_text('[data-total="observed-calls"]')) >= 3
+    page.locator("#changelist-filter a", has_text="e2e-observe").first.click()
+    page.wait_for_url("**feature=e2e-observe**")
+    assert page.inner_text('[data-total="observed-calls"]') == observed["calls"] == "3"
+    assert page.inner_text('[data-total="observed-spend"]') == observed["spend"]
+    assert page.inner_text('[data-total="spend"]') == observed["spend"]
+    assert page.inner_text('[data-total="observed-routed"]') == observed["routed"]
+    assert page.inner_text('[data-total="would-save"]') == observed["would_save"]
+    assert "Would have saved" in section.inner_text()
+    row = page.locator("#llmroute-table-feature tr", has_text="e2e-observe")
+    assert row.locator("[data-would-save]").inner_text() == observed["would_save"]
