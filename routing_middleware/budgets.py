@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ._redis import BLOCKING_POOL, RedisClients
 from .context import RouteContext, current_context
 from .pricing import rates_for
 from .schema import BudgetExceeded, ChatRequest
@@ -375,52 +376,29 @@ class RedisBudgetStore:
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisBudgetStore needs a url or a client")
-        self._url = url
-        self._client = client
-        self._async_client = async_client
+        self._clients = RedisClients(
+            "RedisBudgetStore", url, client, async_client, pool=BLOCKING_POOL
+        )
         self.prefix = prefix
+        # Scripts registered on the current clients; dropped when those are closed.
         self._scripts: dict[str, Any] = {}
         self._ascripts: dict[str, Any] = {}
-        self._init_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the sync client this store opened (not one passed in)."""
-        if self._client is not None and self._url is not None:
-            self._client.close()
-            self._client.connection_pool.disconnect()
-            self._client = None
-            self._scripts.clear()
+        self._clients.close()
+        self._scripts.clear()
 
     async def aclose(self) -> None:
         """Close the async client this store opened (not one passed in)."""
-        if self._async_client is not None and self._url is not None:
-            await self._async_client.aclose()
-            await self._async_client.connection_pool.disconnect()
-            self._async_client = None
-            self._ascripts.clear()
+        await self._clients.aclose()
+        self._ascripts.clear()
 
     def _sync(self) -> Any:
-        if self._client is None:
-            with self._init_lock:
-                if self._client is None:
-                    import redis
-
-                    # Blocking pool: bursts wait for a connection instead of failing.
-                    pool = redis.BlockingConnectionPool.from_url(
-                        str(self._url), max_connections=64, timeout=20
-                    )
-                    self._client = redis.Redis(connection_pool=pool)
-        return self._client
+        return self._clients.sync_client()
 
     def _async(self) -> Any:
-        if self._async_client is None:
-            import redis.asyncio
-
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                str(self._url), max_connections=64, timeout=20
-            )
-            self._async_client = redis.asyncio.Redis(connection_pool=pool)
-        return self._async_client
+        return self._clients.async_client()
 
     def _script(self, name: str, source: str) -> Any:
         script = self._scripts.get(name)

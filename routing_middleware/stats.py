@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._redis import BLOCKING_POOL, RedisClients
+
 if TYPE_CHECKING:
     from .router import Deployment
 
@@ -300,7 +302,9 @@ _DECR_LUA = "local v = redis.call('DECR', KEYS[1]) if v < 0 then redis.call('SET
 class RedisStatsStore:
     """Stats shared by every worker through Redis.
 
-    Per deployment, capped lists hold the last ``window`` total latencies, TTFTs and
+    Pass a ``url`` or ready clients (``client`` sync, ``async_client`` from
+    ``redis.asyncio``); clients made from the url share a blocking pool. Per
+    deployment, capped lists hold the last ``window`` total latencies, TTFTs and
     error flags (``LPUSH`` + ``LTRIM``); in-flight counts are counters; output
     tokens per feature an EWMA updated by a script. Keys expire after ``ttl_s``
     without traffic.
@@ -311,59 +315,36 @@ class RedisStatsStore:
         url: str | None = None,
         *,
         client: Any = None,
+        async_client: Any = None,
         prefix: str = "llmroute:stats:",
         window: int = 512,
         ttl_s: int = 86_400,
     ) -> None:
-        if url is None and client is None:
+        if url is None and client is None and async_client is None:
             raise ValueError("RedisStatsStore needs a url or a client")
-        self._url = url
-        self._client = client
+        self._clients = RedisClients(
+            "RedisStatsStore", url, client, async_client, pool=BLOCKING_POOL
+        )
         self.prefix = prefix
         self.window = window
         self.ttl_s = ttl_s
-        self._async_client: Any = None
-        self._init_lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the client this store opened (not one passed in)."""
-        if self._client is not None and self._url is not None:
-            self._client.close()
-            self._client.connection_pool.disconnect()
-            self._client = None
-
-    def _redis(self) -> Any:
-        if self._client is None:
-            with self._init_lock:
-                if self._client is None:
-                    import redis
-
-                    # Blocking pool: bursts wait for a connection instead of failing.
-                    pool = redis.BlockingConnectionPool.from_url(
-                        str(self._url), max_connections=64, timeout=20
-                    )
-                    self._client = redis.Redis(connection_pool=pool)
-        return self._client
-
-    def _key(self, kind: str, deployment: str = "") -> str:
-        return f"{self.prefix}{kind}:{deployment}"
-
-    def _async(self) -> Any:
-        if self._async_client is None:
-            import redis.asyncio
-
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                str(self._url), max_connections=64, timeout=20
-            )
-            self._async_client = redis.asyncio.Redis(connection_pool=pool)
-        return self._async_client
+        """Close the sync client this store opened (not one passed in)."""
+        self._clients.close()
 
     async def aclose(self) -> None:
         """Close the async client this store opened (not one passed in)."""
-        if self._async_client is not None and self._url is not None:
-            await self._async_client.aclose()
-            await self._async_client.connection_pool.disconnect()
-            self._async_client = None
+        await self._clients.aclose()
+
+    def _redis(self) -> Any:
+        return self._clients.sync_client()
+
+    def _async(self) -> Any:
+        return self._clients.async_client()
+
+    def _key(self, kind: str, deployment: str = "") -> str:
+        return f"{self.prefix}{kind}:{deployment}"
 
     def _queue_record(
         self,

@@ -221,9 +221,9 @@ async def test_aclose_closes_the_async_redis_clients_the_engine_opened() -> None
     done = await engine.acomplete(_request())
     assert done.cost > 0
     [stats] = [s for s in engine._redis_stores if isinstance(s, RedisStatsStore)]
-    assert stats._async_client is not None  # the async call path opened one
+    assert stats._clients._async is not None  # the async call path opened one
     await engine.aclose()
-    assert stats._async_client is None
+    assert stats._clients._async is None
     assert engine._redis_stores == []
 
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from routing_middleware._redis import RedisClients
+from routing_middleware.budgets import Budget, Budgets, RedisBudgetStore
+from routing_middleware.stats import RedisStatsStore
+
+from .redis_helpers import drop_keys, redis_url_or_skip
 
 URL = "redis://127.0.0.1:1/0"  # never connected to: clients connect on first command
 
@@ -87,3 +94,123 @@ def test_pool_options_make_clients_on_a_blocking_pool() -> None:
 
     made = asyncio.run(run())
     assert made.connection_pool.max_connections == 3
+
+
+# ------------------------------------------------------------------ the stores on a real Redis
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    import redis
+
+    url = redis_url_or_skip()
+    found = f"llmroute-test:clients:{uuid.uuid4().hex}:"
+    yield found
+    client = redis.Redis.from_url(url)
+    drop_keys(client, found)
+    client.close()
+
+
+def _budgets(store: RedisBudgetStore) -> Budgets:
+    return Budgets([Budget(name="b", limit_usd=Decimal("1"))], store)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["stats", "budgets"])
+def test_stores_make_their_clients_on_one_blocking_pool_and_close_them(
+    prefix: str, kind: str
+) -> None:
+    import redis
+
+    url = redis_url_or_skip()
+    store: RedisStatsStore | RedisBudgetStore
+    if kind == "stats":
+        store = RedisStatsStore(url, prefix=prefix)
+        use: Callable[[], object] = lambda: store.record("a/b", latency_ms=5.0)  # noqa: E731
+    else:
+        store = budget_store = RedisBudgetStore(url, prefix=prefix)
+        use = lambda: _budgets(budget_store).reserve(Decimal("0.1"))  # noqa: E731
+    use()
+    client = store._clients.sync_client()
+    pool = client.connection_pool
+    assert isinstance(pool, redis.BlockingConnectionPool)
+    assert (pool.max_connections, pool.timeout) == (64, 20)
+    assert [c._sock is not None for c in pool._connections] == [True]
+    store.close()
+    assert [c._sock is not None for c in pool._connections] == [False]  # disconnected
+    use()  # a new client, made on first use
+    assert store._clients.sync_client() is not client
+    store.close()
+
+    async def run() -> Any:
+        made = store._clients.async_client()
+        if isinstance(store, RedisStatsStore):
+            await store.arecord("a/b", latency_ms=6.0)
+        else:
+            await _budgets(store).areserve(Decimal("0.1"))
+        await store.aclose()
+        return made
+
+    made = asyncio.run(run())
+    assert isinstance(made.connection_pool, redis.asyncio.BlockingConnectionPool)
+    assert made.connection_pool.max_connections == 64
+    assert store._clients.async_client() is not made
+    # Three uses, on three clients, all landed.
+    if isinstance(store, RedisStatsStore):
+        assert store.snapshot().deployments["a/b"].samples == 3
+    else:
+        assert _budgets(store).status()[0].spent == Decimal("0.3")
+    store.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["stats", "budgets"])
+def test_stores_use_given_clients_and_leave_them_open(prefix: str, kind: str) -> None:
+    import redis
+    import redis.asyncio
+
+    url = redis_url_or_skip()
+    sync = redis.Redis.from_url(url)
+
+    async def run() -> None:
+        async_ = redis.asyncio.Redis.from_url(url)
+        store: RedisStatsStore | RedisBudgetStore
+        if kind == "stats":
+            store = stats = RedisStatsStore(client=sync, async_client=async_, prefix=prefix)
+            stats.record("a/b", latency_ms=5.0)
+            await stats.arecord("a/b", latency_ms=6.0)
+            assert stats.snapshot().deployments["a/b"].samples == 2
+        else:
+            store = budget_store = RedisBudgetStore(client=sync, async_client=async_, prefix=prefix)
+            budgets = _budgets(budget_store)
+            budgets.reserve(Decimal("0.1"))
+            await budgets.areserve(Decimal("0.1"))
+            assert budgets.status()[0].spent == Decimal("0.2")
+        store.close()
+        await store.aclose()
+        assert store._clients.sync_client() is sync
+        assert store._clients.async_client() is async_
+        assert await async_.ping()
+        await async_.aclose()
+
+    asyncio.run(run())
+    assert sync.ping()
+    sync.close()
+
+
+@pytest.mark.redis
+def test_a_stats_store_given_only_an_async_client_says_so_on_sync_use(prefix: str) -> None:
+    import redis.asyncio
+
+    url = redis_url_or_skip()
+
+    async def run() -> None:
+        async_ = redis.asyncio.Redis.from_url(url)
+        store = RedisStatsStore(async_client=async_, prefix=prefix)
+        await store.astarted("a/b")
+        with pytest.raises(RuntimeError, match="RedisStatsStore got no sync client and no url"):
+            store.in_flight("a/b")
+        await store.afinished("a/b")
+        await async_.aclose()
+
+    asyncio.run(run())
