@@ -8,6 +8,7 @@ part). Backwards, the columns go and ``extra`` still holds the figures.
 """
 
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.db import migrations, models
 from django.db.models import Count, DecimalField, Q, Sum, Value
@@ -28,7 +29,7 @@ OBSERVED = (
 )
 
 
-def _amount(raw):
+def _amount(raw: Any) -> Decimal | None:
     if raw is None or isinstance(raw, bool):
         return None
     try:
@@ -40,7 +41,7 @@ def _amount(raw):
     return value.quantize(QUANTUM)
 
 
-def _copy_from_extra(calls):
+def _copy_from_extra(calls: Any) -> None:
     tagged = calls.filter(Q(extra__has_key="routed_model") | Q(extra__has_key="routed_cost"))
     last = None
     while True:
@@ -59,7 +60,7 @@ def _copy_from_extra(calls):
         last = batch[-1].pk
 
 
-def _fill_rollup(calls, rollup, with_user):
+def _fill_rollup(calls: Any, rollup: Any, with_user: bool) -> None:
     observe = Q(mode="observe")
     zero = Value(Decimal(0), output_field=MONEY)
     keyed = calls.order_by().annotate(
@@ -105,7 +106,7 @@ def _fill_rollup(calls, rollup, with_user):
         rollup.filter(calls=group["n"], **key).update(**sums)
 
 
-def backfill(apps, schema_editor):
+def backfill(apps: Any, schema_editor: Any) -> None:
     alias = schema_editor.connection.alias
     calls = apps.get_model("django_llmroute", "LLMCall").objects.using(alias)
     _copy_from_extra(calls)
