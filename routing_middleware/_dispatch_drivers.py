@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._dispatch_state import (
@@ -129,8 +129,9 @@ def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
 
 class _Pipe:
     """The rest of a forwarded stream, read by its consumer straight off the upstream
-    and through the forwarder, with no effect per read; the logic resumes once it
-    ended, and finds the failure that ended it, if any, in ``error``."""
+    and through the forwarder, with no effect per read (see ``DispatchStream.forwarded``);
+    the logic resumes once it ended, and finds the failure that ended it, if any, in
+    ``error``."""
 
     __slots__ = ("error", "forward", "handle", "provider")
 
@@ -139,32 +140,6 @@ class _Pipe:
         self.forward = forward
         self.provider = provider
         self.error: Exception | None = None
-
-    def __iter__(self) -> Iterator[bytes]:
-        feed = self.forward.feed
-        try:
-            for data in self.handle[1]:
-                if data:
-                    out = feed(bytes(data))
-                    if out:
-                        yield out
-        except LLMError as error:
-            self.error = error
-        except Exception as exc:
-            self.error = _upstream_error(exc, self.provider)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        feed = self.forward.feed
-        try:
-            async for data in self.handle[1]:
-                if data:
-                    out = feed(bytes(data))
-                    if out:
-                        yield out
-        except LLMError as error:
-            self.error = error
-        except Exception as exc:
-            self.error = _upstream_error(exc, self.provider)
 
 
 #: The driver method that performs each kind of effect (``_Deliver`` is the consumer's).

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
-from ._dispatch_drivers import _Pipe
+from ._dispatch_drivers import _Pipe, _upstream_error
 from ._dispatch_state import _Call, _Closed, _Deliver, _End
 from .metering import UsageRecord
-from .schema import StreamChunk, Usage
+from .schema import LLMError, StreamChunk, Usage
 
 #: What a driver step hands the consumer: a chunk, forwarded bytes, or the rest of a
 #: forwarded stream; ``None`` at the end.
@@ -109,21 +109,55 @@ class DispatchStream(_StreamInfo):
             raise StopIteration
         return cast("StreamChunk", chunk)
 
-    def forwarded(self) -> Iterator[bytes]:
-        """The caller's bytes, when :attr:`forwarding`."""
-        item = self._take()
-        while True:
-            if item is None:
-                if self._done:
-                    return
-                item = self._advance()
-                if item is None:
-                    return
-            if type(item) is bytes:
-                yield item
-            else:  # the rest of the stream, straight off the upstream
-                yield from cast("_Pipe", item)
-            item = None
+    def forwarded(
+        self,
+        failure: Callable[[Exception], bytes] | None = None,
+        ended: Callable[[], None] | None = None,
+    ) -> Iterator[bytes]:
+        """The caller's bytes, when :attr:`forwarding`.
+
+        With ``failure``, an error ends the bytes with ``failure(error)`` rather than
+        raising. With ``ended``, the stream closes itself once the bytes end (or the
+        iterator is closed early) and then calls ``ended()``. All of it runs in this
+        one generator: once the answer started, a read costs one step of it and the
+        forwarder's ``feed``, nothing more.
+        """
+        try:
+            try:
+                item = self._take()
+                while True:
+                    if item is None:
+                        if self._done:
+                            return
+                        item = self._advance()
+                        if item is None:
+                            return
+                    if type(item) is bytes:
+                        yield item
+                        item = None
+                        continue
+                    # the rest of the stream, straight off the upstream
+                    pipe = cast("_Pipe", item)
+                    item = None
+                    feed = pipe.forward.feed
+                    try:
+                        for data in pipe.handle[1]:
+                            if data:
+                                out = feed(data if type(data) is bytes else bytes(data))
+                                if out:
+                                    yield out
+                    except LLMError as error:
+                        pipe.error = error
+                    except Exception as exc:
+                        pipe.error = _upstream_error(exc, pipe.provider)
+            except Exception as exc:
+                if failure is None:
+                    raise
+                yield failure(exc)
+        finally:
+            if ended is not None:
+                self.close()
+                ended()
 
     def close(self) -> None:
         """Stop early: close the upstream response, settle and record (idempotent)."""
@@ -182,22 +216,48 @@ class AsyncDispatchStream(_StreamInfo):
             raise StopAsyncIteration
         return cast("StreamChunk", chunk)
 
-    async def forwarded(self) -> AsyncIterator[bytes]:
-        """The caller's bytes, when :attr:`forwarding`."""
-        item = self._take()
-        while True:
-            if item is None:
-                if self._done:
-                    return
-                item = await self._advance()
-                if item is None:
-                    return
-            if type(item) is bytes:
-                yield item
-            else:  # the rest of the stream, straight off the upstream
-                async for data in cast("_Pipe", item):
-                    yield data
-            item = None
+    async def forwarded(
+        self,
+        failure: Callable[[Exception], bytes] | None = None,
+        ended: Callable[[], None] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The caller's bytes, when :attr:`forwarding`; ``failure`` and ``ended`` as
+        for :meth:`DispatchStream.forwarded` (the stream closes with :meth:`aclose`)."""
+        try:
+            try:
+                item = self._take()
+                while True:
+                    if item is None:
+                        if self._done:
+                            return
+                        item = await self._advance()
+                        if item is None:
+                            return
+                    if type(item) is bytes:
+                        yield item
+                        item = None
+                        continue
+                    pipe = cast("_Pipe", item)
+                    item = None
+                    feed = pipe.forward.feed
+                    try:
+                        async for data in pipe.handle[1]:
+                            if data:
+                                out = feed(data if type(data) is bytes else bytes(data))
+                                if out:
+                                    yield out
+                    except LLMError as error:
+                        pipe.error = error
+                    except Exception as exc:
+                        pipe.error = _upstream_error(exc, pipe.provider)
+            except Exception as exc:
+                if failure is None:
+                    raise
+                yield failure(exc)
+        finally:
+            if ended is not None:
+                await self.aclose()
+                ended()
 
     async def aclose(self) -> None:
         """Stop early: close the upstream response, settle and record (idempotent)."""

@@ -9,6 +9,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any, cast
 
 from ._intercept_meter import CallInfo, Meter
@@ -68,6 +69,16 @@ class Kit:
         return response
 
 
+def _unstarted(chunks: Any) -> bool:
+    """Whether ``chunks`` is a generator that has not run yet."""
+    return (
+        type(chunks) is GeneratorType
+        and chunks.gi_frame is not None
+        and not chunks.gi_suspended
+        and not chunks.gi_running
+    )
+
+
 _kits: dict[type[Any], Kit] = {}
 
 
@@ -85,49 +96,48 @@ def _build_kit(lib_name: str) -> Kit:
     lib: Any = importlib.import_module(lib_name)
 
     class RelayStream(lib.SyncByteStream):  # type: ignore[misc]
-        """The relay's answer bytes, incrementally; closing ends the routed call."""
+        """The relay's answer bytes, incrementally; closing ends the routed call.
 
-        __slots__ = ("_chunks", "_closed", "_started")
+        Iterating it iterates the relay's generator itself: no step of its own per
+        chunk."""
+
+        __slots__ = ("_chunks", "_closed")
 
         def __init__(self, chunks: Iterator[bytes]) -> None:
             self._chunks = chunks
-            self._started = self._closed = False
+            self._closed = False
 
         def __iter__(self) -> Iterator[bytes]:
-            return self
-
-        def __next__(self) -> bytes:
-            self._started = True
-            return next(self._chunks)
+            return self._chunks
 
         def close(self) -> None:
             if self._closed:
                 return
             self._closed = True
             chunks = cast("Any", self._chunks)
-            if not self._started:  # a generator's cleanup only runs once it started
-                self._started = True
+            if _unstarted(chunks):  # a generator's cleanup only runs once it started
                 try:
                     next(chunks)
                 except StopIteration:
                     pass
-            chunks.close()
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     class AsyncRelayStream(lib.AsyncByteStream):  # type: ignore[misc]
         """Async twin of ``RelayStream``."""
 
-        __slots__ = ("_chunks", "_closed", "_started")
+        __slots__ = ("_chunks", "_closed", "_fresh")
 
         def __init__(self, chunks: AsyncIterator[bytes]) -> None:
             self._chunks = chunks
-            self._started = self._closed = False
+            self._closed = False
+            frame = getattr(chunks, "ag_frame", None)
+            # where a generator that never ran stands; it moves on its first step
+            self._fresh = frame.f_lasti if frame is not None else None
 
         def __aiter__(self) -> AsyncIterator[bytes]:
-            return self
-
-        async def __anext__(self) -> bytes:
-            self._started = True
-            return await self._chunks.__anext__()
+            return self._chunks
 
         async def aclose(self) -> None:
             if self._closed:
@@ -135,13 +145,15 @@ def _build_kit(lib_name: str) -> Kit:
             self._closed = True
             chunks = cast("Any", self._chunks)
             try:
-                if not self._started:
-                    self._started = True
+                frame = getattr(chunks, "ag_frame", None)
+                if frame is not None and not chunks.ag_running and frame.f_lasti == self._fresh:
                     try:
                         await chunks.__anext__()
                     except StopAsyncIteration:
                         pass
-                await chunks.aclose()
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
             except RuntimeError:  # closed while another task is reading it
                 logger.debug("llmroute stream closed while being read", exc_info=True)
 

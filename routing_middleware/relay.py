@@ -232,24 +232,22 @@ class Relay:
             name, _response_id(dialect), include_usage=include_usage
         )
 
+    def _failure_of(
+        self, dialect: str, request: ChatRequest, served: Deployment
+    ) -> Callable[[Exception], bytes]:
+        """What ends a forwarded stream that failed: an error event in the caller's dialect."""
+        return lambda exc: _failure(self._encoder(dialect, request, served), exc)
+
     def _stream_response(
         self, dialect: str, request: ChatRequest, decision: Decision, stream: DispatchStream
     ) -> RelayResponse:
         served = stream.deployment or decision.primary
         response = self._stream_start(decision, served)
 
-        def forwarded() -> Iterator[bytes]:
-            try:
-                try:
-                    yield from stream.forwarded()
-                except Exception as exc:
-                    yield _failure(self._encoder(dialect, request, served), exc)
-            finally:
-                stream.close()
-                response.records[:] = stream.records
-
         if stream.forwarding:
-            response.stream = forwarded()
+            response.stream = stream.forwarded(
+                self._failure_of(dialect, request, served), _settled(response, stream)
+            )
             return response
         encoder = self._encoder(dialect, request, served)
 
@@ -276,19 +274,10 @@ class Relay:
         served = stream.deployment or decision.primary
         response = self._stream_start(decision, served)
 
-        async def forwarded() -> AsyncIterator[bytes]:
-            try:
-                try:
-                    async for data in stream.forwarded():
-                        yield data
-                except Exception as exc:
-                    yield _failure(self._encoder(dialect, request, served), exc)
-            finally:
-                await stream.aclose()
-                response.records[:] = stream.records
-
         if stream.forwarding:
-            response.astream = forwarded()
+            response.astream = stream.forwarded(
+                self._failure_of(dialect, request, served), _settled(response, stream)
+            )
             return response
         encoder = self._encoder(dialect, request, served)
 
@@ -308,6 +297,17 @@ class Relay:
 
         response.astream = chunks()
         return response
+
+
+def _settled(
+    response: RelayResponse, stream: DispatchStream | AsyncDispatchStream
+) -> Callable[[], None]:
+    """What a forwarded stream calls once it closed: its records go on ``response``."""
+
+    def settled() -> None:
+        response.records[:] = stream.records
+
+    return settled
 
 
 def _offer_bytes(dialect: str, request: ChatRequest) -> Token[bool | None] | None:

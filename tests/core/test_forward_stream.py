@@ -7,7 +7,9 @@ upstream stream: what the caller reads, and what gets recorded.
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
@@ -19,6 +21,7 @@ import openai
 import pytest
 
 from routing_middleware import relay as relay_module
+from routing_middleware._intercept_kit import kit_for
 from routing_middleware.cache import ResponseCache
 from routing_middleware.engine import LLMRoute
 from routing_middleware.metering import MemorySink, UsageRecord
@@ -60,6 +63,19 @@ class Upstream:
         self.crlf = crlf
         self.drop_after = drop_after
         self.bodies: list[bytes] = []
+        #: pieces handed out so far, and for each the frames of the package between
+        #: whoever read it and this upstream
+        self.handed = 0
+        self.depths: list[int] = []
+
+    def _hand(self) -> None:
+        self.handed += 1
+        frame = sys._getframe(2)
+        depth = 0
+        while frame is not None:
+            depth += frame.f_globals.get("__name__", "").startswith("routing_middleware.")
+            frame = frame.f_back  # type: ignore[assignment]
+        self.depths.append(depth)
 
     def _answer(self, request: httpx2.Request) -> tuple[int, list[tuple[str, str]], list[bytes]]:
         status, headers, body = self.fake.handle(
@@ -85,6 +101,7 @@ class Upstream:
             for n, piece in enumerate(pieces):
                 if n == drop:
                     raise httpx2.ReadError("connection dropped")
+                self._hand()
                 yield piece
 
         return httpx2.Response(status, headers=headers, content=body())
@@ -97,6 +114,7 @@ class Upstream:
             for n, piece in enumerate(pieces):
                 if n == drop:
                     raise httpx2.ReadError("connection dropped")
+                self._hand()
                 yield piece
 
         return httpx2.Response(status, headers=headers, content=body())
@@ -214,11 +232,17 @@ def test_the_usage_event_is_left_out_unless_asked_for() -> None:
         assert not sink.records[0].usage.estimated
 
 
+@pytest.mark.parametrize("is_async", [False, True])
 @pytest.mark.parametrize(("split", "crlf"), [(0, True), (1, False), (7, False), (7, True)])
-def test_any_split_and_line_ends_give_the_same_events(split: int, crlf: bool) -> None:
+def test_any_split_and_line_ends_give_the_same_events(
+    split: int, crlf: bool, is_async: bool
+) -> None:
     upstream = Upstream(fake_provider(), split=split, crlf=crlf)
     relay, sink = make_relay(upstream)
-    out = drain(relay.handle("openai", body(), provider="openai"))
+    if is_async:
+        out = adrain(relay, body())
+    else:
+        out = drain(relay.handle("openai", body(), provider="openai"))
     assert out == upstream.bodies[0]  # \r\n line ends arrive as \n
     assert sink.records[0].status == "ok"
 
@@ -232,6 +256,108 @@ def test_the_first_bytes_wait_for_content_and_the_rest_goes_by_reads() -> None:
     role_and_first = upstream.bodies[0].split(b"\n\n")[:2]
     assert pieces[0] == b"\n\n".join(role_and_first) + b"\n\n"
     assert pieces[-1] == b"data: [DONE]\n\n"
+
+
+# --------------------------------------------------------------------------- the read path
+
+
+URL = "https://api.openai.com/v1/chat/completions"
+
+
+def _intercepted(relay: Relay, upstream: Upstream, is_async: bool) -> tuple[list[bytes], list[int]]:
+    """A forwarded stream read through interception's response, as a client reads
+    it: the pieces, and how many pieces the upstream had handed out at each."""
+
+    async def aread() -> tuple[list[bytes], list[int]]:
+        answer = await relay.ahandle("openai", body(), provider="openai")
+        response = kit_for(httpx2.Request("POST", URL)).relay_response(answer)
+        pieces, handed = [], []
+        async for piece in response.aiter_raw():
+            pieces.append(piece)
+            handed.append(upstream.handed)
+        await response.aclose()
+        return pieces, handed
+
+    if is_async:
+        return anyio.run(aread)
+    answer = relay.handle("openai", body(), provider="openai")
+    response = kit_for(httpx2.Request("POST", URL)).relay_response(answer)
+    pieces, handed = [], []
+    for piece in response.iter_raw():
+        pieces.append(piece)
+        handed.append(upstream.handed)
+    response.close()
+    return pieces, handed
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_once_started_each_read_passes_one_frame_and_reaches_the_caller_at_once(
+    is_async: bool,
+) -> None:
+    upstream = Upstream(fake_provider())
+    relay, sink = make_relay(upstream)
+    pieces, handed = _intercepted(relay, upstream, is_async)
+    assert b"".join(pieces) == upstream.bodies[0]
+    # role, then the first content: read through the dispatcher's effects
+    assert min(upstream.depths[:2]) > 1
+    # the rest: only the stream's own generator stands between the caller and the upstream
+    assert set(upstream.depths[2:]) == {1}
+    # no read waits for the next: every piece arrives as the upstream hands one out
+    assert handed[0] == 2
+    assert all(b - a == 1 for a, b in itertools.pairwise(handed))
+    assert sink.records[0].status == "ok"
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("reads", [0, 1, 3])
+def test_closing_the_intercepted_response_ends_the_call_once(is_async: bool, reads: int) -> None:
+    upstream = Upstream(fake_provider())
+    relay, sink = make_relay(upstream)
+
+    async def aclose_after() -> None:
+        answer = await relay.ahandle("openai", body(), provider="openai")
+        response = kit_for(httpx2.Request("POST", URL)).relay_response(answer)
+        chunks = response.aiter_raw()
+        for _ in range(reads):
+            await chunks.__anext__()
+        await response.aclose()
+        await response.aclose()
+
+    if is_async:
+        anyio.run(aclose_after)
+    else:
+        answer = relay.handle("openai", body(), provider="openai")
+        response = kit_for(httpx2.Request("POST", URL)).relay_response(answer)
+        chunks = response.iter_raw()
+        for _ in range(reads):
+            next(chunks)
+        response.close()
+        response.close()
+    [record] = sink.records
+    assert (record.status, record.error_kind) == ("error", "ConsumerClosed")
+    assert upstream.handed < len(upstream.bodies[0].split(b"\n\n")) - 1
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_failure_mid_stream_reaches_an_intercepted_caller_as_an_error_event(
+    is_async: bool,
+) -> None:
+    for upstream in (Upstream(fake_provider(), drop_after=5), Upstream(_failing(after=4))):
+        relay, sink = make_relay(upstream)
+        pieces, _ = _intercepted(relay, upstream, is_async)
+        out = b"".join(pieces)
+        assert seen(out)["text"]
+        assert "error" in events(out)[-1]
+        assert b"[DONE]" not in out
+        [record] = sink.records
+        assert record.status == "error"
+        assert record.usage.estimated
+
+
+def _failing(after: int) -> FakeProvider:
+    fake = fake_provider()
+    fake.inject("gpt-a", Failure.stream_error(after=after, message="the model fell over"))
+    return fake
 
 
 # --------------------------------------------------------------------------- metering
