@@ -47,6 +47,9 @@ _LISTED = re.compile(rb'"content"\s*:\s*(?!\s|null|")')
 _TEXT = re.compile(rb'[^"\\\r\n]*(?:\\[^\r\n][^"\\\r\n]*)*')
 _CONTENT = (b'"content":"', b'"content": "')
 _SEP = b"\n\n"
+#: Past this many bytes of reads held for :meth:`OpenAIForwarder.replay`, they are
+#: decoded into its decoder and let go: what a long stream holds stays bounded.
+_HOLD = 64 * 1024
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -97,10 +100,14 @@ class OpenAIForwarder:
         "_include_usage",
         "_provider",
         "_reads",
+        "_replay",
+        "_replay_over",
         "_request",
         "_rest",
         "_side",
+        "_size",
         "_tail",
+        "_texts",
         "_usage_sent",
         "done",
         "finished",
@@ -112,7 +119,14 @@ class OpenAIForwarder:
         self._request = request
         self._include_usage = include_usage
         self._side = OpenAIStreamDecoder(provider, request)
+        # Reads not yet decoded for replay (``_size`` bytes), then the replay decoder
+        # they go into past ``_HOLD`` (made then), the texts it returned, and whether
+        # it takes nothing more (it failed, as a replay stops at an error, or closed).
         self._reads: list[bytes] = []
+        self._size = 0
+        self._replay: OpenAIStreamDecoder | None = None
+        self._texts: list[str] = []
+        self._replay_over = False
         self._rest = b""
         self._held: list[bytes] = []
         self._first: bytes | None = None
@@ -140,6 +154,9 @@ class OpenAIForwarder:
     def feed(self, data: bytes) -> bytes:
         """Take ``data``; the bytes the caller gets now."""
         self._reads.append(data)
+        self._size += len(data)
+        if self._size > _HOLD:
+            self._spill()
         if self.done:
             return b""
         head = self._head
@@ -185,17 +202,35 @@ class OpenAIForwarder:
 
     def replay(self) -> tuple[OpenAIStreamDecoder, list[str]]:
         """Everything received, decoded as the decoded path would have: the decoder
-        (its usage reported or estimated) and the texts of the chunks it returned."""
-        decoder = OpenAIStreamDecoder(self._provider, self._request)
-        texts: list[str] = []
+        (its usage reported or estimated) and the texts of the chunks it returned
+        (joined, they are the text; a long stream's early ones come joined)."""
+        self._spill()
+        decoder = self._replay
+        assert decoder is not None
+        if self._ended and not self._replay_over:
+            self._replay_over = True
+            try:
+                self._texts.extend(chunk.text for chunk in decoder.close() if chunk.text)
+            except LLMError:
+                pass
+        return decoder, self._texts
+
+    def _spill(self) -> None:
+        """Decode the reads held so far into the replay decoder and let them go."""
+        decoder = self._replay
+        if decoder is None:
+            decoder = self._replay = OpenAIStreamDecoder(self._provider, self._request)
+        reads, self._reads, self._size = self._reads, [], 0
+        if self._replay_over:
+            return
+        texts = self._texts
         try:
-            for data in self._reads:
+            for data in reads:
                 texts.extend(chunk.text for chunk in decoder.feed(data) if chunk.text)
-            if self._ended:
-                texts.extend(chunk.text for chunk in decoder.close() if chunk.text)
         except LLMError:
-            pass
-        return decoder, texts
+            self._replay_over = True
+        if len(texts) > 1:
+            self._texts = ["".join(texts)]
 
     # ------------------------------------------------------------------ events
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
@@ -812,3 +813,68 @@ def test_closing_early_records_what_was_forwarded_async() -> None:
     assert (record.status, record.error_kind) == ("error", "ConsumerClosed")
     assert record.usage.estimated
     assert record.usage.output_tokens > 5
+
+
+def _replayed(pieces: list[bytes], ended: bool) -> tuple[Any, str]:
+    """What decoding every piece afresh gives (usage, text), stopping at an error."""
+    decoder = OpenAIStreamDecoder(CONFIG, REQUEST)
+    texts: list[str] = []
+    try:
+        for piece in pieces:
+            texts.extend(chunk.text for chunk in decoder.feed(piece) if chunk.text)
+        if ended:
+            texts.extend(chunk.text for chunk in decoder.close() if chunk.text)
+    except LLMError:
+        pass
+    return decoder.usage, "".join(texts)
+
+
+@pytest.mark.parametrize("end", ["no usage", "cut", "error"])
+def test_a_long_stream_holds_little_and_replays_as_a_fresh_decode(end: str) -> None:
+    first = _event({"role": "assistant", "content": ""}) + _event({"content": "Über"})
+    plain = [_event({"content": f" tok{n % 97}é"}) for n in range(10_000)]
+    tail = {
+        "no usage": _event({}, "stop") + b"data: [DONE]\n\n",
+        "cut": b"",
+        "error": b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n',
+    }[end]
+    if end == "error":
+        plain[6_000:6_000] = [tail]
+        tail = b""
+    stream = first + b"".join(plain) + tail
+    assert len(stream) > 1_800_000
+    forwarder = OpenAIForwarder(CONFIG, REQUEST, True)
+    tracemalloc.start()
+    try:
+        failed = None
+        for at in range(0, len(stream), 1000):
+            try:
+                forwarder.feed(stream[at : at + 1000])  # each read made as it arrives
+            except LLMError as error:
+                failed = error
+                break
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 512 * 1024  # the stream itself is near 2 MB
+    pieces = [stream[at : at + 1000] for at in range(0, len(stream), 1000)]
+    if end == "error":
+        assert failed is not None
+        usage, text = _replayed(pieces, ended=False)
+    else:
+        assert failed is None
+        if end == "cut":
+            with pytest.raises(UpstreamProtocolError):
+                forwarder.close()
+        else:
+            assert forwarder.close().endswith(b"data: [DONE]\n\n")
+        usage, text = _replayed(pieces, ended=True)
+    decoder, texts = forwarder.replay()
+    assert decoder.usage == usage
+    assert "".join(texts) == text
+    assert forwarder.replay()[0].usage == usage  # asking again changes nothing
+    if end == "no usage":
+        assert forwarder.usage == usage
+        assert usage is not None
+        assert usage.estimated
+        assert usage.output_tokens > 10_000
