@@ -190,6 +190,12 @@ class _ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+#: The call log's CSV columns, in order; names are the :class:`LLMCall` fields and stay
+#: stable. Money columns are US dollars; an empty cell is a missing value. ``mode`` is
+#: ``enforce`` or ``observe``; ``requested_cost`` is what the requested model would have
+#: billed; ``routed_model`` and ``routed_cost`` are observe mode's: the model routing
+#: picked (the requested one was used) and this call's usage at its list prices (empty
+#: when unpriced, and on enforced calls).
 CSV_COLUMNS = (
     "created_at",
     "record_id",
@@ -219,6 +225,8 @@ CSV_COLUMNS = (
     "cost",
     "requested_cost",
     "cache_saved_cost",
+    "routed_model",
+    "routed_cost",
     "latency_ms",
     "ttft_ms",
     "streamed",
@@ -288,6 +296,12 @@ class LLMCallAdmin(_ReadOnlyAdmin):
 
     @admin.action(description="Export selected calls as CSV", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[LLMCall]) -> HttpResponse:
+        """The selected calls as CSV, oldest first, one row each, columns :data:`CSV_COLUMNS`.
+
+        Over the rows whose ``mode`` is ``observe``, the sum of ``cost - routed_cost``
+        (``routed_cost`` taken as ``cost`` where empty) is the cost report's "would
+        have saved".
+        """
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response = StreamingHttpResponse(_csv_rows(queryset), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="llm-calls-{stamp}.csv"'

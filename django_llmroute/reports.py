@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -53,6 +54,7 @@ __all__ = [
     "date_range",
     "decisions",
     "format_money",
+    "grouped_rows",
     "percentile",
     "rollup_breakdown",
     "rollup_spend_per_day",
@@ -460,33 +462,44 @@ def _label_rows(kind: str, rows: list[Row]) -> list[Row]:
     return rows
 
 
+def _call_sums() -> dict[str, Any]:
+    """Per-group sums of calls: what :func:`_summed_row` reads."""
+    return {
+        "spend": Coalesce(Sum("cost"), _ZERO),
+        "requested": Coalesce(Sum(Coalesce("requested_cost", "cost")), _ZERO),
+        "n_calls": Count("id"),
+        "n_in": Coalesce(Sum("input_tokens"), 0),
+        "n_out": Coalesce(Sum("output_tokens"), 0),
+        **_observed_of_calls(),
+    }
+
+
+def _rollup_sums() -> dict[str, Any]:
+    """:func:`_call_sums` from the rollup."""
+    return {
+        "spend": Coalesce(Sum("cost"), _ZERO),
+        "saved": Coalesce(Sum("saved_cost"), _ZERO),
+        "n_calls": Coalesce(Sum("calls"), 0),
+        "n_in": Coalesce(Sum("input_tokens"), 0),
+        "n_out": Coalesce(Sum("output_tokens"), 0),
+        **_observed_of_rollup(),
+    }
+
+
+def _summed_row(key: Any, data: dict[str, Any], *, rollup: bool) -> Row:
+    spend = as_decimal(data["spend"])
+    requested = spend + as_decimal(data["saved"]) if rollup else as_decimal(data["requested"])
+    n_in, n_out = int(data["n_in"]), int(data["n_out"])
+    row = _row(key, spend, requested, int(data["n_calls"]), n_in + n_out, data)
+    row.extra.update(input_tokens=n_in, output_tokens=n_out)
+    return row
+
+
 def breakdown(qs: QuerySet[LLMCall], kind: str, *, limit: int = 15) -> list[Row]:
     """Spend, calls, tokens and savings per feature / user / model / provider."""
     column = BREAKDOWNS[kind][0]
-    data = (
-        qs.order_by()
-        .values(column)
-        .annotate(
-            spend=Coalesce(Sum("cost"), _ZERO),
-            requested=Coalesce(Sum(Coalesce("requested_cost", "cost")), _ZERO),
-            calls=Count("id"),
-            tokens=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0),
-            **_observed_of_calls(),
-        )
-        .order_by("-spend", column)[:limit]
-    )
-    rows = [
-        _row(
-            d[column],
-            as_decimal(d["spend"]),
-            as_decimal(d["requested"]),
-            d["calls"],
-            int(d["tokens"]),
-            d,
-        )
-        for d in data
-    ]
-    return _label_rows(kind, rows)
+    data = qs.order_by().values(column).annotate(**_call_sums()).order_by("-spend", column)[:limit]
+    return _label_rows(kind, [_summed_row(d[column], d, rollup=False) for d in data])
 
 
 def rollup_breakdown(rollup: QuerySet[Any], kind: str, *, limit: int = 15) -> list[Row]:
@@ -495,27 +508,24 @@ def rollup_breakdown(rollup: QuerySet[Any], kind: str, *, limit: int = 15) -> li
     data = (
         rollup.order_by()
         .values(column)
-        .annotate(
-            spend=Coalesce(Sum("cost"), _ZERO),
-            saved=Coalesce(Sum("saved_cost"), _ZERO),
-            n=Coalesce(Sum("calls"), 0),
-            tokens=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0),
-            **_observed_of_rollup(),
-        )
+        .annotate(**_rollup_sums())
         .order_by("-spend", column)[:limit]
     )
-    rows = [
-        _row(
-            d[column],
-            as_decimal(d["spend"]),
-            as_decimal(d["spend"]) + as_decimal(d["saved"]),
-            int(d["n"]),
-            int(d["tokens"]),
-            d,
-        )
-        for d in data
-    ]
-    return _label_rows(kind, rows)
+    return _label_rows(kind, [_summed_row(d[column], d, rollup=True) for d in data])
+
+
+def grouped_rows(source: QuerySet[Any], columns: Sequence[str], *, rollup: bool) -> list[Row]:
+    """Breakdown rows of ``source`` for every combination of ``columns``, unlabelled.
+
+    ``source`` holds calls, or rollup rows when ``rollup``; each row's ``key`` is
+    the tuple of its ``columns``' values and its ``extra`` holds ``input_tokens``
+    and ``output_tokens``. The figures are summed as :func:`breakdown` and
+    :func:`rollup_breakdown` sum them, so a single column gives their rows.
+    """
+    data = (
+        source.order_by().values(*columns).annotate(**(_rollup_sums() if rollup else _call_sums()))
+    )
+    return [_summed_row(tuple(d[c] for c in columns), d, rollup=rollup) for d in data]
 
 
 def spend_per_day(qs: QuerySet[LLMCall], *, days: int = 92) -> list[Row]:

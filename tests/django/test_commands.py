@@ -57,7 +57,8 @@ class TestReport:
         assert lines[3].split()[:2] == ["search", "2"]
         assert "$2.50" in lines[3]
         assert lines[4].split()[:2] == ["chat", "1"]
-        assert lines[-1] == "total: $2.75 over 3 calls"
+        assert lines[-2] == "total: $2.75 over 3 calls"
+        assert lines[-1].startswith("saved by routing (enforced calls): ")
 
     def test_csv_by_feature_and_model(self, period_calls):
         out = run(

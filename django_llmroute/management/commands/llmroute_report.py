@@ -1,19 +1,39 @@
-"""``manage.py llmroute_report``: spend by feature / user / model / provider / day / tier."""
+"""``manage.py llmroute_report``: spend by feature / user / model / provider / day / tier.
+
+The figures are the admin cost report's, summed by :mod:`django_llmroute.reports`:
+savings count the enforced calls only, and observe-mode calls show apart what
+routing would have saved them.
+"""
 
 from __future__ import annotations
 
 import csv
 from datetime import date, timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count, F, Sum
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models import QuerySet
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from django_llmroute import reports
 from django_llmroute.models import NO_TIER, DailySummary, DailyUsage, LLMCall
+
+#: Figures of each row, in the CSV's column order: ``saved_usd`` is what routing saved
+#: on the enforced calls; the ``observed_*`` columns cover the observe-mode calls (which
+#: went to the requested model): their number, their spend, what routing's pick would
+#: have cost them, and ``would_save_usd``, the difference.
+FIGURES = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "spend_usd",
+    "saved_usd",
+    "observed_calls",
+    "observed_spend_usd",
+    "observed_routed_usd",
+    "would_save_usd",
+)
 
 #: Grouping name -> (LLMCall field, rollup field or None when the rollups lack it).
 GROUPS: dict[str, tuple[str, str | None]] = {
@@ -66,100 +86,89 @@ class Command(BaseCommand):
         since = options["since"] or until - timedelta(days=max(options["days"], 1) - 1)
         if since > until:
             raise CommandError("--since is after --until")
-        rows = self._rows(groups, since, until, from_calls=options["source"] == "calls")
+        rows, totals = self._figures(groups, since, until, from_calls=options["source"] == "calls")
         if options["limit"]:
             rows = rows[: options["limit"]]
         if "user" in groups:
             names = reports.user_labels({str(r["user"]) for r in rows if r["user"]})
             for r in rows:
                 r["user"] = names.get(str(r["user"]), r["user"])
-        header = [*groups, "calls", "input_tokens", "output_tokens", "spend_usd", "saved_usd"]
+        header = [*groups, *FIGURES]
         if options["format"] == "csv":
             writer = csv.writer(self.stdout, lineterminator="\n")
             writer.writerow(header)
             for r in rows:
-                writer.writerow(
-                    [*(_cell(r[g]) for g in groups), *(r[k] for k in header[len(groups) :])]
-                )
+                writer.writerow([*(_cell(r[g]) for g in groups), *(r[k] for k in FIGURES)])
             return
-        self._table(header, groups, rows, since, until)
+        self._table(groups, rows, totals, since, until)
 
-    def _rows(
+    def _figures(
         self, groups: list[str], since: date, until: date, *, from_calls: bool
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], reports.Totals]:
+        """The rows and the period's totals, summed as the admin's cost report sums them."""
+        source: QuerySet[Any]
         if not from_calls and all(GROUPS[g][1] for g in groups):
             model = DailyUsage if "user" in groups else DailySummary
             source = model.objects.filter(date__gte=since, date__lte=until)
             columns = [str(GROUPS[g][1]) for g in groups]
-            data = (
-                source.order_by()
-                .values(*columns)
-                .annotate(
-                    n_calls=Sum("calls"),
-                    n_in=Sum("input_tokens"),
-                    n_out=Sum("output_tokens"),
-                    spend=Sum("cost"),
-                    saved=Sum("saved_cost"),
-                )
-            )
+            totals = reports.rollup_totals(source)
+            rollup = True
         else:
             start, end = reports.date_range(since, until)
             source = LLMCall.objects.filter(created_at__gte=start, created_at__lt=end)
+            totals = reports.totals(source, with_p95=False)
             if "day" in groups:
                 source = source.annotate(
                     day=TruncDate("created_at", tzinfo=timezone.get_default_timezone())
                 )
             columns = [GROUPS[g][0] for g in groups]
-            data = (
-                source.order_by()
-                .values(*columns)
-                .annotate(
-                    n_calls=Count("id"),
-                    n_in=Sum("input_tokens"),
-                    n_out=Sum("output_tokens"),
-                    spend=Sum("cost"),
-                    saved=Sum(Coalesce("requested_cost", "cost") - F("cost")),
-                )
-            )
+            rollup = False
         rows = [
             {
                 **{
-                    g: None if g == "tier" and d[c] == NO_TIER else d[c]
-                    for g, c in zip(groups, columns, strict=True)
+                    g: None if g == "tier" and key == NO_TIER else key
+                    for g, key in zip(groups, row.key, strict=True)
                 },
-                "calls": int(d["n_calls"] or 0),
-                "input_tokens": int(d["n_in"] or 0),
-                "output_tokens": int(d["n_out"] or 0),
-                "spend_usd": reports.as_decimal(d["spend"]),
-                "saved_usd": reports.as_decimal(d["saved"]),
+                "calls": row.calls,
+                "input_tokens": row.extra["input_tokens"],
+                "output_tokens": row.extra["output_tokens"],
+                "spend_usd": row.spend,
+                "saved_usd": row.savings,
+                "observed_calls": row.observed_calls,
+                "observed_spend_usd": row.observed_spend,
+                "observed_routed_usd": row.observed_routed,
+                "would_save_usd": row.would_save,
             }
-            for d in data
+            for row in reports.grouped_rows(source, columns, rollup=rollup)
         ]
         rows.sort(key=lambda r: (-r["spend_usd"], *(str(r[g]) for g in groups)))
-        return rows
+        return rows, totals
 
     def _table(
         self,
-        header: list[str],
         groups: list[str],
         rows: list[dict[str, Any]],
+        totals: reports.Totals,
         since: date,
         until: date,
     ) -> None:
+        observed = totals.observed_calls > 0
+        money = reports.format_money
         body = [
             [
                 *(_cell(r[g]) or "—" for g in groups),
                 f"{r['calls']:,}",
                 f"{r['input_tokens']:,}",
                 f"{r['output_tokens']:,}",
-                reports.format_money(r["spend_usd"]),
-                reports.format_money(r["saved_usd"]),
+                money(r["spend_usd"]),
+                money(r["saved_usd"]),
+                *([money(r["would_save_usd"]) if r["observed_calls"] else "—"] if observed else []),
             ]
             for r in rows
         ]
-        total_spend = sum((r["spend_usd"] for r in rows), Decimal(0))
-        total_calls = sum(r["calls"] for r in rows)
         names = [*groups, "calls", "input", "output", "spend", "saved"]
+        if observed:
+            names.append("would save")
         widths = [max(len(n), *(len(line[i]) for line in body)) for i, n in enumerate(names)]
         numeric = set(range(len(groups), len(names)))
 
@@ -169,12 +178,24 @@ class Command(BaseCommand):
                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))
             ).rstrip()
 
+        shown = totals.display()
         self.stdout.write(f"LLM spend {since} … {until} by {', '.join(groups)}")
         self.stdout.write(fmt(names))
         self.stdout.write("  ".join("-" * w for w in widths))
         for line in body:
             self.stdout.write(fmt(line))
-        self.stdout.write(f"total: {reports.format_money(total_spend)} over {total_calls:,} calls")
+        self.stdout.write(f"total: {shown['spend']} over {shown['calls']} calls")
+        self.stdout.write(f"saved by routing (enforced calls): {shown['savings']}")
+        if observed:
+            self.stdout.write(
+                f"observe mode: {shown['observed_calls']} calls cost {shown['observed_spend']};"
+                f" routed, {shown['observed_routed']}: would have saved {shown['would_save']}"
+            )
+            if totals.observed_unpriced:
+                self.stdout.write(
+                    f"  ({shown['observed_unpriced']} of them have no routed price"
+                    " and count at what they cost)"
+                )
 
 
 def _cell(value: Any) -> str:
