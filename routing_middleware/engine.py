@@ -234,6 +234,7 @@ class LLMRoute:
         waits on the store.
         """
         ctx = current_context() if context is None else context
+        await self.router.aprepare()
         budgets = self.budgets
         if budgets and type(budgets.store) is not MemoryBudgetStore:
             try:

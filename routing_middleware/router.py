@@ -896,6 +896,36 @@ class Router:
                 self._swap_in(snapshot)
             self._snapshot_at = now
 
+    async def aprepare(self) -> None:
+        """Take the first stats snapshot through the store's async client, when the
+        store has one (``asnapshot``) and the next decision would take it itself.
+
+        Async callers await this before :meth:`decide` so that first snapshot does not
+        block the event loop; later ones are taken on the refresh thread anyway.
+        """
+        stats = self.stats
+        if stats is None or self._snapshot_at != -math.inf or self.config.stats_refresh_s <= 0:
+            return
+        asnapshot = getattr(stats, "asnapshot", None)
+        if asnapshot is None:
+            return
+        refresher = self._refresher
+        with refresher.lock:
+            epoch = refresher.epoch
+        try:
+            snapshot = await asnapshot()
+        except Exception as exc:
+            with refresher.lock:
+                self._snapshot_failed(stats, exc)
+            return
+        with refresher.lock:
+            if self._snapshot_at != -math.inf or refresher.epoch != epoch:
+                return  # a decision took one meanwhile
+            refresher.epoch += 1
+            refresher.failing = False
+            self._swap_in(snapshot)
+            self._snapshot_at = time.monotonic()
+
     def _ask_refresh(self, now: float, period: float) -> None:
         refresher = self._refresher
         with refresher.lock:

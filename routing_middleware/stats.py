@@ -308,6 +308,11 @@ class RedisStatsStore:
     error flags (``LPUSH`` + ``LTRIM``); in-flight counts are counters; output
     tokens per feature an EWMA updated by a script. Keys expire after ``ttl_s``
     without traffic.
+
+    :meth:`in_flight` makes no round trip: it is the count read by the last
+    :meth:`snapshot` plus what this process started and finished since, so
+    ``least_busy`` balancing sees its own calls at once and other workers' as of the
+    last snapshot (the router takes one every ``stats_refresh_s``).
     """
 
     def __init__(
@@ -328,6 +333,10 @@ class RedisStatsStore:
         self.prefix = prefix
         self.window = window
         self.ttl_s = ttl_s
+        # In-flight counts as of the last snapshot, and this process's changes since.
+        self._flying_seen: dict[str, int] = {}
+        self._flying_here: dict[str, int] = {}
+        self._flying_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the sync client this store opened (not one passed in)."""
@@ -375,6 +384,9 @@ class RedisStatsStore:
             pipe.expire(output, self.ttl_s)
 
     def _queue_started(self, pipe: Any, deployment: str) -> None:
+        # Listed at once, so snapshots carry its in-flight count before its first record.
+        pipe.sadd(self._key("deployments"), deployment)
+        pipe.expire(self._key("deployments"), self.ttl_s)
         pipe.incr(self._key("inflight", deployment))
         pipe.expire(self._key("inflight", deployment), 3600)
 
@@ -412,28 +424,39 @@ class RedisStatsStore:
         await pipe.execute()
 
     def started(self, deployment: str) -> None:
+        self._count_here(deployment, 1)
         pipe = self._redis().pipeline(transaction=False)
         self._queue_started(pipe, deployment)
         pipe.execute()
 
     async def astarted(self, deployment: str) -> None:
+        self._count_here(deployment, 1)
         pipe = self._async().pipeline(transaction=False)
         self._queue_started(pipe, deployment)
         await pipe.execute()
 
     def finished(self, deployment: str) -> None:
+        self._count_here(deployment, -1)
         pipe = self._redis().pipeline(transaction=False)
         self._queue_finished(pipe, deployment)
         pipe.execute()
 
     async def afinished(self, deployment: str) -> None:
+        self._count_here(deployment, -1)
         pipe = self._async().pipeline(transaction=False)
         self._queue_finished(pipe, deployment)
         await pipe.execute()
 
+    def _count_here(self, deployment: str, delta: int) -> None:
+        with self._flying_lock:
+            here = self._flying_here
+            here[deployment] = here.get(deployment, 0) + delta
+
     def in_flight(self, deployment: str) -> int:
-        value = self._redis().get(self._key("inflight", deployment))
-        return max(0, int(value)) if value is not None else 0
+        """Calls in flight on ``deployment``, without a round trip (see the class)."""
+        with self._flying_lock:
+            count = self._flying_seen.get(deployment, 0) + self._flying_here.get(deployment, 0)
+        return max(0, count)
 
     def expected_output_tokens(self, feature: str | None) -> float | None:
         value = self._redis().hget(self._key("output"), feature or "")
@@ -441,14 +464,35 @@ class RedisStatsStore:
 
     def snapshot(self) -> StatsSnapshot:
         client = self._redis()
+        with self._flying_lock:
+            here = self._flying_here = {}
         names = sorted(_text(n) for n in client.smembers(self._key("deployments")))
         pipe = client.pipeline(transaction=False)
+        self._queue_snapshot(pipe, names)
+        return self._snapshot_of(names, pipe.execute(), here)
+
+    async def asnapshot(self) -> StatsSnapshot:
+        """Async twin of :meth:`snapshot`."""
+        client = self._async()
+        with self._flying_lock:
+            here = self._flying_here = {}
+        names = sorted(_text(n) for n in await client.smembers(self._key("deployments")))
+        pipe = client.pipeline(transaction=False)
+        self._queue_snapshot(pipe, names)
+        return self._snapshot_of(names, await pipe.execute(), here)
+
+    def _queue_snapshot(self, pipe: Any, names: list[str]) -> None:
         for name in names:
             for kind in ("total", "ttft", "err"):
                 pipe.lrange(self._key(kind, name), 0, -1)
             pipe.get(self._key("inflight", name))
         pipe.hgetall(self._key("output"))
-        results = pipe.execute()
+
+    def _snapshot_of(
+        self, names: list[str], results: list[Any], here: dict[str, int]
+    ) -> StatsSnapshot:
+        """The snapshot made of ``results``; the in-flight counts read become the base
+        of :meth:`in_flight`, with ``here`` (changes made since the read began)."""
         deployments: dict[str, DeploymentStats] = {}
         in_flight: dict[str, int] = {}
         for i, name in enumerate(names):
@@ -459,6 +503,9 @@ class RedisStatsStore:
             )
             in_flight[name] = max(0, int(flying)) if flying is not None else 0
         output = {_text(k): float(v) for k, v in results[-1].items()}
+        with self._flying_lock:
+            if self._flying_here is here:  # no newer snapshot began meanwhile
+                self._flying_seen = dict(in_flight)
         return StatsSnapshot(deployments=deployments, output_tokens=output, in_flight=in_flight)
 
 

@@ -649,6 +649,49 @@ def test_least_busy_picks_the_deployment_with_fewest_in_flight() -> None:
     assert router.decide(_request(), RouteContext(tier=1)).primary.name == "flash-a"
 
 
+class _AsyncOnlySnapshots(MemoryStatsStore):
+    """A store whose snapshots an async caller should take: the sync one is counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sync_snapshots = 0
+        self.async_snapshots = 0
+
+    def snapshot(self) -> StatsSnapshot:
+        self.sync_snapshots += 1
+        return super().snapshot()
+
+    async def asnapshot(self) -> StatsSnapshot:
+        self.async_snapshots += 1
+        return super().snapshot()
+
+
+@pytest.mark.anyio
+async def test_aprepare_takes_the_first_snapshot_through_the_async_client() -> None:
+    stats = _AsyncOnlySnapshots()
+    for _ in range(30):
+        stats.record("google/flash", latency_ms=5000.0)
+    router = Router(_catalog(), _no_classifier(stats_refresh_s=60), stats=stats)
+    await router.aprepare()
+    await router.aprepare()  # taken already: not again
+    assert (stats.async_snapshots, stats.sync_snapshots) == (1, 0)
+    decision = router.decide(_request(), RouteContext(tier=1, max_latency_ms=800))
+    assert stats.sync_snapshots == 0  # the decision used the prepared view
+    assert decision.model != "google/flash"  # whose p95 the prepared view holds
+    router.refresh()
+    router.decide(_request(), RouteContext(tier=1))
+    assert stats.sync_snapshots == 1  # a sync caller takes the first one itself
+
+
+@pytest.mark.anyio
+async def test_aprepare_leaves_synchronous_refreshes_alone() -> None:
+    stats = _AsyncOnlySnapshots()
+    router = Router(_catalog(), _no_classifier(stats_refresh_s=0), stats=stats)
+    await router.aprepare()
+    router.decide(_request(), RouteContext(tier=1))
+    assert (stats.async_snapshots, stats.sync_snapshots) == (0, 1)
+
+
 # ------------------------------------------------------------------ catalog generations
 
 

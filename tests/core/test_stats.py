@@ -204,3 +204,54 @@ async def test_redis_store_async_twins_share_the_sync_view(redis_store: RedisSta
         assert redis_store.expected_output_tokens("f") == 80
     finally:
         await redis_store.aclose()
+
+
+def test_redis_in_flight_makes_no_round_trip() -> None:
+    redis = pytest.importorskip("redis")
+    # Nothing listens on port 1: any command would raise a connection error.
+    store = RedisStatsStore(client=redis.Redis(host="127.0.0.1", port=1, socket_timeout=0.2))
+    assert store.in_flight("a/b") == 0
+    with pytest.raises(redis.ConnectionError):
+        store.started("a/b")  # counted here even though the write failed to reach Redis
+    assert store.in_flight("a/b") == 1
+
+
+@pytest.mark.redis
+def test_redis_in_flight_is_the_last_snapshot_plus_own_changes(
+    redis_store: RedisStatsStore,
+) -> None:
+    other = RedisStatsStore(REDIS_URL, prefix=redis_store.prefix, window=100)
+    try:
+        other.started("a/b")
+        other.started("a/b")
+        redis_store.started("a/b")
+        assert redis_store.in_flight("a/b") == 1  # another worker's calls: not seen yet
+        snapshot = redis_store.snapshot()
+        assert snapshot.in_flight["a/b"] == 3
+        assert redis_store.in_flight("a/b") == 3  # own call counted once, not twice
+        redis_store.finished("a/b")
+        other.finished("a/b")
+        assert redis_store.in_flight("a/b") == 2  # own change at once, the other's later
+        redis_store.snapshot()
+        assert redis_store.in_flight("a/b") == 1
+    finally:
+        other.close()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_redis_async_snapshot_equals_the_sync_one(redis_store: RedisStatsStore) -> None:
+    try:
+        for ms in (5.0, 15.0, 25.0):
+            await redis_store.arecord(
+                "a/b", latency_ms=ms, ttft_ms=1.0, feature="f", output_tokens=9
+            )
+        await redis_store.arecord("c/d", latency_ms=7.0)
+        await redis_store.astarted("c/d")
+        got = await redis_store.asnapshot()
+        assert got == redis_store.snapshot()
+        assert got.deployments["a/b"].samples == 3
+        assert got.in_flight == {"a/b": 0, "c/d": 1}
+        assert got.output_tokens == {"f": 9}
+    finally:
+        await redis_store.aclose()
