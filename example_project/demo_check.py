@@ -135,7 +135,16 @@ def check_admin(web: Browser) -> str:
     expect(spend is not None, "cost report shows no total spend")
     assert spend is not None
     expect(float(spend.group(1).replace(",", "")) > 0, "cost report total spend is zero")
-    return f"admin sign-in works; cost report shows ${spend.group(1)} over seeded traffic"
+    would_save = re.search(r'data-total="would-save">\s*([^<]+)<', html)
+    expect(
+        'id="llmroute-observe"' in html and would_save is not None,
+        "cost report shows no observe-mode section over the seeded traffic",
+    )
+    assert would_save is not None
+    return (
+        f"admin sign-in works; cost report shows ${spend.group(1)} over seeded traffic,"
+        f" observe mode would have saved {would_save.group(1).strip()}"
+    )
 
 
 def check_gateway(base: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_UP, Decimal
@@ -124,6 +125,9 @@ class _Feature:
     streamed: bool = False
     cacheable: bool = False
     gateway: bool = False
+    #: ``observe``: routing decides but the requested model answers (see
+    #: :func:`_observed_call`).
+    mode: str = "enforce"
 
 
 _FLASH_LITE = _Route("gemini/gemini-2.5-flash-lite", "gemini", 0.7, 280, 190)
@@ -132,6 +136,9 @@ _FLASH = _Route("gemini/gemini-2.5-flash", "gemini", 0.6, 330, 160)
 _GPT54_MINI = _Route("openai/gpt-5.4-mini", "openai", 0.4, 450, 95)
 _GPT54 = _Route("openai/gpt-5.4", "openai", 0.55, 780, 62)
 _SONNET = _Route("anthropic/claude-sonnet-4-6", "anthropic", 0.45, 690, 70)
+_OPUS = _Route("anthropic/claude-opus-4-7", "anthropic", 1.0, 950, 48)
+#: Where observe mode's calls go: the requested model, by name.
+_REQUESTED_ROUTES = {_OPUS.model: _OPUS}
 
 FEATURES = (
     _Feature(
@@ -164,6 +171,7 @@ FEATURES = (
         (2, 8),
         cacheable=True,
     ),
+    # Legal keeps its model while the team reads what routing would have saved.
     _Feature(
         "legal-review",
         0.08,
@@ -172,6 +180,7 @@ FEATURES = (
         (_GPT54, _SONNET),
         (4000, 14000),
         (250, 800),
+        mode="observe",
     ),
     _Feature(
         "help-center",
@@ -334,6 +343,8 @@ def _call(
         )
 
     roll = rng.random()
+    if feature.mode == "observe":
+        return [_observed_call(rng, record, feature, route, usage, reasons, latency)]
     if feature.cacheable and roll < 0.07:
         return [
             record(
@@ -405,6 +416,54 @@ def _call(
         )
     )
     return out
+
+
+def _observed_call(
+    rng: random.Random,
+    record: Callable[..., UsageRecord],
+    feature: _Feature,
+    route: _Route,
+    usage: Usage,
+    reasons: tuple[tuple[str, str], ...],
+    latency: Callable[[_Route], float],
+) -> UsageRecord:
+    """A call observe mode kept on the requested model, as the engine records it.
+
+    Routing still chose ``route``; an answered call carries that choice and its
+    list price for this usage in ``extra``, which the cost report sums into what
+    routing would have saved. Observe mode keeps no fallbacks: a failure is the
+    caller's error, and it has no routed price.
+    """
+    kept = _REQUESTED_ROUTES[feature.requested]
+    reasons = (*reasons, ("observe", f"observe mode: keeping {feature.requested}"))
+    if rng.random() < 0.015:
+        kind, _ = rng.choice(_ERRORS)
+        return record(
+            1,
+            mode="observe",
+            chosen_model=kept.model,
+            provider=kept.provider,
+            usage=Usage(input_tokens=0, output_tokens=0),
+            cost=Decimal(0),
+            requested_cost=Decimal(0),
+            status="error",
+            error_kind=kind,
+            latency_ms=round(rng.uniform(900, 30000), 1),
+            reasons=reasons,
+        )
+    cost = cost_of(usage, feature.requested)
+    return record(
+        1,
+        mode="observe",
+        chosen_model=kept.model,
+        provider=kept.provider,
+        usage=usage,
+        cost=cost,
+        requested_cost=cost,
+        latency_ms=latency(kept),
+        reasons=reasons,
+        extra={"routed_model": route.model, "routed_cost": str(cost_of(usage, route.model))},
+    )
 
 
 def _users() -> tuple[dict[str, str], int]:

@@ -183,9 +183,11 @@ def classify_ticket(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @_shows_llm_errors("Legal review")
-@llm_route(tier="premium", feature="legal-review", max_latency_ms=8000)
+@llm_route(tier="premium", feature="legal-review", max_latency_ms=8000, mode="observe")
 def legal_review(request: HttpRequest, pk: int) -> HttpResponse:
-    """A compliance check with the Anthropic SDK: premium models, under an 8 s SLA."""
+    """A compliance check with the Anthropic SDK, in observe mode: the requested model
+    answers, and the cost report shows what routing (premium models, under an 8 s SLA)
+    would have saved."""
     ticket = get_object_or_404(Ticket, pk=pk)
     started = time.perf_counter()
     with collect_records() as records:

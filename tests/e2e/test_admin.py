@@ -109,6 +109,28 @@ def test_date_filter_narrows_the_totals(admin_page: Page) -> None:
     assert 0 < after[0] < before[0]
 
 
+def test_seeded_legal_review_shows_what_observe_mode_would_have_saved(admin_page: Page) -> None:
+    page = admin_page
+    page.goto(REPORT)
+    assert page.locator("#llmroute-observe").is_visible()
+    page.goto(REPORT + "?feature=legal-review")
+    # Every seeded legal review ran in observe mode: no realized saving, only a would-be one.
+    calls = page.inner_text('[data-total="calls"]')
+    assert page.inner_text('[data-total="observed-calls"]') == calls
+    assert _number(calls) >= 50
+    assert page.inner_text('[data-total="observed-spend"]') == page.inner_text(
+        '[data-total="spend"]'
+    )
+    assert page.inner_text('[data-total="savings"]') == "$0.00 (0.0%)"
+    routed = _number(page.inner_text('[data-total="observed-routed"]'))
+    assert 0 < routed < _number(page.inner_text('[data-total="observed-spend"]'))
+    assert _number(page.inner_text('[data-total="would-save"]')) > 0
+    row = page.locator("#llmroute-table-feature tr", has_text="legal-review")
+    assert row.locator("[data-would-save]").inner_text() == page.inner_text(
+        '[data-total="would-save"]'
+    )
+
+
 def test_new_budget_shows_its_progress_bar(admin_page: Page) -> None:
     page = admin_page
     page.goto("/admin/django_llmroute/budget/add/")

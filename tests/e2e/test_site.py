@@ -104,3 +104,14 @@ def test_a_blocking_budget_stops_the_call_and_the_page_says_so(admin_page: Page)
     error = page.inner_text("#result .error")
     assert "402" in error, error
     assert page.locator("#routing").count() == 0
+
+
+def test_legal_review_runs_in_observe_mode_on_the_requested_model(page: Page) -> None:
+    _open_first_ticket(page)
+    page.click("#action-legal")
+    page.wait_for_selector("#routing")
+    requested = page.inner_text('[data-field="requested-model"]')
+    model = page.inner_text('[data-field="model"]').split()[0]
+    assert model.rsplit("/", 1)[-1] == requested.rsplit("/", 1)[-1] == "claude-opus-4-7"
+    assert "observe" in page.inner_text('[data-field="reasons"]')
+    assert page.inner_text("#answer-text").strip()
