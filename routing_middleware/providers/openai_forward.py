@@ -45,6 +45,8 @@ _NOTABLE = re.compile(
 _LISTED = re.compile(rb'"content"\s*:\s*(?!\s|null|")')
 #: The inside of a JSON string on one line: no bare quote, every backslash escaping.
 _TEXT = re.compile(rb'[^"\\\r\n]*(?:\\[^\r\n][^"\\\r\n]*)*')
+#: A JSON string's inside that is its own text (no escapes, no control characters).
+_BARE = re.compile(r'[^"\\\x00-\x1f]*')
 _CONTENT = (b'"content":"', b'"content": "')
 _SEP = b"\n\n"
 #: Past this many bytes of reads held for :meth:`OpenAIForwarder.replay`, they are
@@ -57,6 +59,42 @@ def _has_content(chunk: StreamChunk) -> bool:
     return bool(
         chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason is not None
     )
+
+
+def _one_text(data: bytes, literal: bytes) -> bool:
+    """Whether ``data`` decodes to one choice whose delta's content is ``literal``
+    (a JSON string): then an event differing only there tells a decoder nothing
+    but its text."""
+    try:
+        payload = json.loads(data)
+        text = json.loads(literal)
+    except ValueError:
+        return False
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        return False
+    delta = choices[0].get("delta")
+    return isinstance(delta, dict) and delta.get("content") == text
+
+
+class _ReplayDecoder(OpenAIStreamDecoder):
+    """The decoder of a replay, told the texts of plain events it was not fed."""
+
+    __slots__ = ()
+
+    def count(self, text: str) -> None:
+        """Count ``text`` towards the output estimate as decoding it would."""
+        self._count(text)
+
+
+def _counted(decoder: _ReplayDecoder, run: list[str], texts: list[str]) -> None:
+    """Count the texts of plain events in a row (``run``, then emptied) as decoding
+    them would have, and add them to ``texts``."""
+    text = "".join(run)
+    run.clear()
+    if text:
+        decoder.count(text)
+        texts.append(text)
 
 
 def _data_of(block: bytes) -> bytes | None:
@@ -98,6 +136,7 @@ class OpenAIForwarder:
         "_head",
         "_held",
         "_include_usage",
+        "_plain",
         "_provider",
         "_reads",
         "_replay",
@@ -123,8 +162,9 @@ class OpenAIForwarder:
         # they go into past ``_HOLD`` (made then), the texts it returned, and whether
         # it takes nothing more (it failed, as a replay stops at an error, or closed).
         self._reads: list[bytes] = []
+        self._plain = bytearray()  # per held read: 1 when it went by as a plain event
         self._size = 0
-        self._replay: OpenAIStreamDecoder | None = None
+        self._replay: _ReplayDecoder | None = None
         self._texts: list[str] = []
         self._replay_over = False
         self._rest = b""
@@ -154,20 +194,26 @@ class OpenAIForwarder:
     def feed(self, data: bytes) -> bytes:
         """Take ``data``; the bytes the caller gets now."""
         self._reads.append(data)
-        self._size += len(data)
-        if self._size > _HOLD:
-            self._spill()
-        if self.done:
-            return b""
+        size = self._size = self._size + len(data)
         head = self._head
         if (
             head
             and not self._rest
+            and not self.done
             and data.startswith(head)
             and data.endswith(self._tail)
             and _TEXT.fullmatch(data, len(head), len(data) - len(self._tail)) is not None
         ):
-            return data  # one event like the last plain one but for its text: as it is
+            # one event like the last plain one but for its text: as it is
+            self._plain.append(1)
+            if size > _HOLD:
+                self._spill()
+            return data
+        self._plain.append(0)
+        if size > _HOLD:
+            self._spill()
+        if self.done:
+            return b""
         buf = self._rest + data if self._rest else data
         carry = b""
         if b"\r" in buf:
@@ -216,17 +262,38 @@ class OpenAIForwarder:
         return decoder, self._texts
 
     def _spill(self) -> None:
-        """Decode the reads held so far into the replay decoder and let them go."""
+        """Decode the reads held so far into the replay decoder and let them go.
+
+        A read that went by as a plain event (see :meth:`feed`) is not decoded
+        again: its text, the only thing in it that tells the decoder anything, is
+        read off its known place and counted as the decoder counts it."""
         decoder = self._replay
         if decoder is None:
-            decoder = self._replay = OpenAIStreamDecoder(self._provider, self._request)
-        reads, self._reads, self._size = self._reads, [], 0
+            decoder = self._replay = _ReplayDecoder(self._provider, self._request)
+        reads, plain = self._reads, self._plain
+        self._reads, self._plain, self._size = [], bytearray(), 0
         if self._replay_over:
             return
         texts = self._texts
+        start, end = len(self._head), -len(self._tail)
+        run: list[str] = []  # plain texts in a row, counted at once
         try:
-            for data in reads:
+            for data, kind in zip(reads, plain, strict=True):
+                if kind:
+                    text = data[start : len(data) + end].decode("utf-8", "replace")
+                    if _BARE.fullmatch(text) is not None:
+                        run.append(text)  # no escapes: a JSON string's inside is its text
+                        continue
+                    try:
+                        run.append(json.loads(f'"{text}"'))
+                        continue
+                    except ValueError:
+                        pass  # the decoder finds it malformed as well, and says so
+                if run:
+                    _counted(decoder, run, texts)
                 texts.extend(chunk.text for chunk in decoder.feed(data) if chunk.text)
+            if run:
+                _counted(decoder, run, texts)
         except LLMError:
             self._replay_over = True
         if len(texts) > 1:
@@ -279,6 +346,8 @@ class OpenAIForwarder:
             return  # several choices: not one shape
         text = _TEXT.match(block, start)
         if text is None or block[text.end() : text.end() + 1] != b'"':
+            return
+        if not _one_text(block[6:], block[start - 1 : text.end() + 1]):
             return
         self._head = block[:start]
         self._tail = block[text.end() :] + _SEP

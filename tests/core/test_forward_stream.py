@@ -829,35 +829,51 @@ def _replayed(pieces: list[bytes], ended: bool) -> tuple[Any, str]:
     return decoder.usage, "".join(texts)
 
 
-@pytest.mark.parametrize("end", ["no usage", "cut", "error"])
-def test_a_long_stream_holds_little_and_replays_as_a_fresh_decode(end: str) -> None:
+@pytest.mark.parametrize("split", [0, 1000])
+@pytest.mark.parametrize("end", ["no usage", "cut", "error", "malformed"])
+def test_a_long_stream_holds_little_and_replays_as_a_fresh_decode(end: str, split: int) -> None:
+    """Read an event at a time (most go by as plain events), or in pieces of
+    ``split`` bytes (each decoded); ``malformed``: a plain event with a raw control
+    character in its text, which the caller gets and decoding refuses."""
     first = _event({"role": "assistant", "content": ""}) + _event({"content": "Über"})
-    plain = [_event({"content": f" tok{n % 97}é"}) for n in range(10_000)]
+    plain = [_event({"content": f" tok{n % 97}é"}) for n in range(7_000)]
+    for n in range(0, len(plain), 3):  # text as UTF-8 bytes, not escaped; once not UTF-8
+        plain[n] = plain[n].replace(b"\\u00e9", "é".encode() if n % 2 else b"\xff")
     tail = {
         "no usage": _event({}, "stop") + b"data: [DONE]\n\n",
         "cut": b"",
         "error": b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n',
+        "malformed": _event({}, "stop") + b"data: [DONE]\n\n",
     }[end]
     if end == "error":
-        plain[6_000:6_000] = [tail]
+        plain[4_000:4_000] = [tail]
         tail = b""
+    if end == "malformed":
+        plain[4_000] = plain[4_000].replace(b" tok", b" \x01tok")
     stream = first + b"".join(plain) + tail
-    assert len(stream) > 1_800_000
+    assert len(stream) > 1_200_000
+    if split:
+        bounds = [*range(0, len(stream), split), len(stream)]
+    else:
+        bounds = [0]
+        for event in stream.split(b"\n\n")[:-1]:
+            bounds.append(bounds[-1] + len(event) + 2)
+    spans = list(itertools.pairwise(bounds))
     forwarder = OpenAIForwarder(CONFIG, REQUEST, True)
     tracemalloc.start()
     try:
         failed = None
-        for at in range(0, len(stream), 1000):
+        for at, to in spans:
             try:
-                forwarder.feed(stream[at : at + 1000])  # each read made as it arrives
+                forwarder.feed(stream[at:to])  # each read made as it arrives
             except LLMError as error:
                 failed = error
                 break
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert held < 512 * 1024  # the stream itself is near 2 MB
-    pieces = [stream[at : at + 1000] for at in range(0, len(stream), 1000)]
+    assert held < 512 * 1024  # the stream itself is over 1.2 MB
+    pieces = [stream[at:to] for at, to in spans]
     if end == "error":
         assert failed is not None
         usage, text = _replayed(pieces, ended=False)
@@ -877,4 +893,4 @@ def test_a_long_stream_holds_little_and_replays_as_a_fresh_decode(end: str) -> N
         assert forwarder.usage == usage
         assert usage is not None
         assert usage.estimated
-        assert usage.output_tokens > 10_000
+        assert usage.output_tokens > 7_000
