@@ -530,7 +530,7 @@ def _budgets(now: datetime) -> int:
         defaults={
             "scope": Budget.Scope.GLOBAL,
             "period": Budget.Period.MONTH,
-            "limit_usd": Decimal(10),
+            "limit_usd": Decimal(15),
             "thresholds": [[0.8, "downgrade"]],
             "action": Budget.Action.CHEAPEST,
         },

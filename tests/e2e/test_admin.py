@@ -90,6 +90,11 @@ def test_cost_report_draws_charts_of_the_seeded_spend(admin_page: Page) -> None:
     assert spend > 0
     assert calls > 500
     assert "gemini/gemini-2.5-flash-lite" in page.inner_text("#llmroute-cost-report")
+    markers = page.eval_on_selector_all(
+        ".llmroute-cards li", "items => items.map(i => getComputedStyle(i).listStyleType)"
+    )
+    assert markers
+    assert set(markers) == {"none"}  # cards, not bullet points
 
 
 def test_date_filter_narrows_the_totals(admin_page: Page) -> None:
@@ -149,6 +154,16 @@ def test_new_budget_shows_its_progress_bar(admin_page: Page) -> None:
     used = float(bar.get_attribute("aria-valuenow") or "0")
     assert 0 < used < 100
     assert "$5" in row.inner_text()
+
+
+def test_seeded_global_budget_leaves_the_demo_undowngraded(admin_page: Page) -> None:
+    # Past its 80% threshold the monthly budget would downgrade every call the demo
+    # site makes, and every button would show the cheapest tier.
+    page = admin_page
+    page.goto("/admin/django_llmroute/budget/")
+    row = page.locator("#result_list tr", has_text="support-monthly")
+    used = float(row.locator('[role="progressbar"]').get_attribute("aria-valuenow") or "nan")
+    assert 20 < used < 80, used
 
 
 @pytest.fixture(scope="module")
