@@ -149,9 +149,15 @@ _CODE_MARKERS = (
     "SELECT ",
 )
 _LATEX = ("\\frac", "\\int", "\\sum", "\\sqrt")
-# Punctuation becomes spaces so ``str.split`` yields words (hyphens and '+#' stay).
+# Words are runs of characters between ASCII whitespace and this punctuation
+# (hyphens and '+#' stay in words).
 _PUNCTUATION = b'.,;:!?()[]{}"`*/=<>|\\~@$%&_'
-_SPLIT_TABLE = bytes.maketrans(_PUNCTUATION, b" " * len(_PUNCTUATION))
+_WHITESPACE = b"\t\n\r\x0b\x0c"
+#: Turns every separator into a space, so the words of the result are what lies
+#: between spaces. Encoding replaces a lone surrogate with '?', a separator too.
+_SPACE_TABLE = bytes.maketrans(
+    _WHITESPACE + _PUNCTUATION, b" " * (len(_WHITESPACE) + len(_PUNCTUATION))
+)
 _ARITHMETIC = re.compile(r"[=<>^]\s*\d|\d\s*[\^*/]\s*\d")
 _STEP = re.compile(r"\s*(?:\d+[.)]|[-*•])\s+\S")
 
@@ -168,26 +174,90 @@ def _phrase_heads() -> dict[bytes, tuple[tuple[int, str], ...]]:
 #: word occurs in the text.
 _PHRASE_HEADS = _phrase_heads()
 
-# Code markers are looked for only where a text's words point to them, instead of
-# scanning every text once per marker. A marker made of word characters leaves a
-# trace on the words of the lowered text: "def " in the text means a word ending in
-# "def", "function" a word holding "function". One holding a separator is looked
-# for when the text has that separator.
-_MARKER_WORD_ENDS = (
-    ("def", "def "),
-    ("class", "class "),
-    ("import", "import "),
-    ("const", "const "),
-    ("select", "SELECT "),
-    ("public", "public static"),
-)
-_MARKER_WORD_PARTS = (
-    ("function", "function"),
-    ("traceback", "Traceback"),
-    ("#include", "#include"),
-)
+
+def _alternatives(pattern: str) -> list[str]:
+    """The top-level alternatives of the regular expression ``pattern``."""
+    found: list[str] = []
+    depth = start = i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 1
+        elif char == "[":
+            i = pattern.index("]", i + 1)
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and not depth:
+            found.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return [*found, pattern[start:]]
+
+
+def _literal_head(alternative: str) -> str:
+    """The characters every string ``alternative`` matches starts with."""
+    head: list[str] = []
+    for char in alternative:
+        if char in "[(\\|+":
+            break
+        if char in "?*{":
+            head.pop()  # the character before is optional
+            break
+        head.append(char)
+    return "".join(head)
+
+
+def _candidate_scan() -> re.Pattern[bytes]:
+    """A pattern finding, in a text whose separators are all spaces and that starts
+    and ends with one, every word that may be a cue: each word in a class starts
+    with the literal head of one of the class's alternatives; phrase heads are
+    whole words. Finding more is harmless (each word found is checked exactly),
+    finding fewer is not. Anchored on the space before a word, so the search skips
+    to spaces in C and tries the heads only at word starts, grouped by first letter.
+    """
+    prefixes: set[str] = set()
+    words = {head.decode() for head in _PHRASE_HEADS}
+    for _, pattern in _WORD_CLASSES:
+        for alternative in _alternatives(pattern.pattern):
+            head = _literal_head(alternative)
+            if not head:
+                raise ValueError(f"a class alternative must start with a letter: {alternative}")
+            (words if head == alternative else prefixes).add(head)
+    prefixes = {p for p in prefixes if not any(p.startswith(q) for q in prefixes if q != p)}
+    words = {w for w in words if not w.startswith(tuple(prefixes))}
+    branches: dict[str, list[str]] = {}
+    for prefix in sorted(prefixes):
+        branches.setdefault(prefix[0], []).append(re.escape(prefix[1:]))
+    for word in sorted(words):
+        branches.setdefault(word[0], []).append(re.escape(word[1:]) + "(?= )")
+    trie = "|".join(f"{first}(?:{'|'.join(rest)})" for first, rest in sorted(branches.items()))
+    return re.compile(f" ((?:{trie})[^ ]*)".encode())
+
+
+#: Words of a spaced text (see :func:`_spaced`) that may be cues, with repeats.
+_candidates = _candidate_scan().findall
+#: A spaced text whose first word is a greeting.
+_GREETING = re.compile(b" *(?:" + b"|".join(sorted(_GREETINGS)) + b") ").match
+
+# Code markers are looked for only where the spaced lowered text points to them,
+# instead of scanning the text once per marker: a marker made of word characters
+# (and the separator after them) leaves its lowered form there; one holding a
+# separator is looked for when the text has that separator.
+_MARKER_TRACES = {
+    b"def ": "def ",
+    b"class ": "class ",
+    b"import ": "import ",
+    b"const ": "const ",
+    b"select ": "SELECT ",
+    b"public ": "public static",
+    b"function": "function",
+    b"traceback": "Traceback",
+    b"#include": "#include",
+}
+_marker_traces = re.compile(b"|".join(map(re.escape, _MARKER_TRACES))).findall
 _MARKER_SEPARATORS = (("`", "```"), ("=", "=>"), (";", ";\n"), ("{", "{\n"))
-_MARKER_ENDINGS = tuple(end for end, _ in _MARKER_WORD_ENDS)
 
 #: The class flags set in each combination of them.
 _FLAG_BITS = tuple(
@@ -200,17 +270,13 @@ _ANY_CLASS = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _WOR
 
 
 class _Cue:
-    """What a word brings to a text: the classes it is in, the phrases it starts and
-    the code markers it may be part of."""
+    """What a word brings to a text: the classes it is in and the phrases it starts."""
 
-    __slots__ = ("flags", "markers", "phrases")
+    __slots__ = ("flags", "phrases")
 
-    def __init__(
-        self, flags: tuple[int, ...], phrases: tuple[tuple[int, str], ...], markers: tuple[str, ...]
-    ) -> None:
+    def __init__(self, flags: tuple[int, ...], phrases: tuple[tuple[int, str], ...]) -> None:
         self.flags = flags
         self.phrases = phrases
-        self.markers = markers
 
 
 def _cue_of(word: bytes) -> _Cue | None:
@@ -221,66 +287,38 @@ def _cue_of(word: bytes) -> _Cue | None:
         for flag, pattern in _WORD_CLASSES:
             if pattern.fullmatch(text):
                 flags |= flag
-    markers = [marker for part, marker in _MARKER_WORD_PARTS if part in text]
-    if text.endswith(_MARKER_ENDINGS):
-        markers += [marker for end, marker in _MARKER_WORD_ENDS if text.endswith(end)]
     phrases = _PHRASE_HEADS.get(word, ())
-    if not (flags or markers or phrases):
+    if not (flags or phrases):
         return None
-    return _Cue(_FLAG_BITS[flags], phrases, tuple(markers))
-
-
-class _WordCache:
-    """What every word met so far brings to a text.
-
-    ``seen`` holds each word once looked at; ``cues`` only the words that bring
-    something, and ``found`` what they bring. Set operations in C then find a text's
-    new words and its cue words without a Python loop over every word. A full cache
-    is replaced, never cleared in place, so a thread holding one sees it consistent.
-    """
-
-    __slots__ = ("cues", "found", "seen")
-
-    def __init__(self) -> None:
-        self.seen: set[bytes] = set()
-        self.cues: set[bytes] = set()
-        self.found: dict[bytes, _Cue] = {}
+    return _Cue(_FLAG_BITS[flags], phrases)
 
 
 _MAX_WORDS = 50_000
-_known = _WordCache()
+#: The cue of every candidate word met so far (``None``: it brings nothing).
+#: Bounded; starts over when full.
+_known: dict[bytes, _Cue | None] = {}
+_UNSEEN = _Cue((), ())
 
 
-def _learn(cache: _WordCache, words: set[bytes], new: set[bytes]) -> _WordCache:
-    """A word cache with every word of ``words`` looked at: ``cache`` with the words
-    ``new`` to it added, or a fresh one when ``cache`` would outgrow its bound."""
-    global _known
-    if len(cache.seen) + len(new) > _MAX_WORDS:
-        cache, new = _WordCache(), words
-        _known = cache
-    for word in new:
-        cue = _cue_of(word)
+def _spaced(lowered: str) -> bytes:
+    """``lowered`` between two spaces, encoded, with every separator a space."""
+    return f" {lowered} ".encode("utf-8", "replace").translate(_SPACE_TABLE)
+
+
+def _cues(spaced: bytes) -> list[_Cue]:
+    """The cues among the words of the ``spaced`` text, each distinct word once."""
+    found = []
+    known = _known
+    for word in set(_candidates(spaced)):
+        cue = known.get(word, _UNSEEN)
+        if cue is _UNSEEN:
+            cue = _cue_of(word)
+            if len(known) >= _MAX_WORDS:
+                known.clear()
+            known[word] = cue
         if cue is not None:
-            cache.found[word] = cue
-            cache.cues.add(word)
-        cache.seen.add(word)  # last: a word in ``seen`` always has its cue recorded
-    return cache
-
-
-def _words(lowered: str) -> list[bytes]:
-    return lowered.encode("utf-8", "replace").translate(_SPLIT_TABLE).split()
-
-
-def _cues(split: list[bytes]) -> list[_Cue]:
-    """The cues among the words ``split``, each distinct word once."""
-    words = set(split)
-    cache = _known
-    # One pass finds the words not looked at yet (texts never seen mostly have some).
-    new = words.difference(cache.seen)
-    if new:
-        cache = _learn(cache, words, new)
-    found = cache.found
-    return [found[word] for word in words.intersection(cache.cues)]
+            found.append(cue)
+    return found
 
 
 def _cue_counts(lowered: str, cues: list[_Cue]) -> list[int]:
@@ -296,9 +334,10 @@ def _cue_counts(lowered: str, cues: list[_Cue]) -> list[int]:
     return counts
 
 
-def _code_markers(text: str, cues: list[_Cue]) -> int:
-    """How many of :data:`_CODE_MARKERS` ``text``, holding ``cues``, contains."""
-    candidates = {marker for cue in cues for marker in cue.markers}
+def _code_markers(text: str, spaced: bytes) -> int:
+    """How many of :data:`_CODE_MARKERS` ``text`` contains; ``spaced`` is
+    :func:`_spaced` of it lowered."""
+    candidates = {_MARKER_TRACES[trace] for trace in _marker_traces(spaced)}
     for separator, marker in _MARKER_SEPARATORS:
         if separator in text:
             candidates.add(marker)
@@ -316,7 +355,7 @@ def _system_counts(system: str) -> tuple[int, int]:
     found = _system_cues.get(system)
     if found is None:
         lowered = system.lower()
-        counts = _cue_counts(lowered, _cues(_words(lowered)))
+        counts = _cue_counts(lowered, _cues(_spaced(lowered)))
         found = (counts[_REASONING], counts[_DOMAIN])
         if len(_system_cues) >= _MAX_SYSTEM_PROMPTS:
             _system_cues.clear()
@@ -360,6 +399,7 @@ _QUARTERS = (0 / 4, 1 / 4, 2 / 4, 3 / 4)
 _SIXTHS = (0 / 6, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6)
 #: Texts whose tier a :class:`ComplexityScorer` remembers.
 _MAX_TIERS = 1024
+_CODE, _MATH_VALUE = Features.__slots__.index("code"), Features.__slots__.index("math")
 
 
 def _texts(request: ChatRequest) -> tuple[str, str, int]:
@@ -394,12 +434,21 @@ def _vector(request: ChatRequest) -> tuple[float, ...]:
 def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, ...]:
     """:func:`_vector` of a request with these texts, turns and number of tools."""
     text = text[-4000:]
-    system = system[-4000:]
+    values, spaced, math_hits = _most_features(text, system[-4000:], turns, tools)
+    return _all_features(values, text, spaced, math_hits)
+
+
+def _most_features(
+    text: str, system: str, turns: int, tools: int
+) -> tuple[list[float], bytes, int]:
+    """The feature values of a request with these texts (already cut to what is
+    read), turns and number of tools, but for the costly rest: ``code`` left at 0
+    and ``math`` counting cue words only. Also the spaced lowered text and the math
+    cue words, which :func:`_all_features` takes to finish them."""
     chars = len(text)
     lowered = text.lower()
-    split = _words(lowered)
-    found = _cues(split)
-    cues = _cue_counts(lowered, found)
+    spaced = _spaced(lowered)
+    cues = _cue_counts(lowered, _cues(spaced))
     if system:
         reasoning, domain = _system_counts(system)
         if reasoning < cues[_REASONING]:
@@ -408,19 +457,14 @@ def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, .
             domain = cues[_DOMAIN]
     else:
         reasoning, domain = cues[_REASONING], cues[_DOMAIN]
-    simple = chars < 400 and (cues[_SIMPLE] > 0 or (split[0] in _GREETINGS if split else False))
-    code = _code_markers(text, found)
+    simple = chars < 400 and (cues[_SIMPLE] > 0 or _GREETING(spaced) is not None)
     math_hits = cues[_MATH]
-    if "\\" in text:
-        math_hits += sum(map(text.__contains__, _LATEX))
-    if ("=" in text or "^" in text or "*" in text or "/" in text) and _ARITHMETIC.search(text):
-        math_hits += 1
     steps = text.count("?")
     if "\n" in text:
         steps += sum(1 for line in text.splitlines() if _STEP.match(line))
-    return (
+    values = [
         _LENGTH[chars],
-        _HALVES[code] if code < 2 else 1.0,
+        0.0,
         _HALVES[math_hits] if math_hits < 2 else 1.0,
         _THIRDS[reasoning] if reasoning < 3 else 1.0,
         _HALVES[domain] if domain < 2 else 1.0,
@@ -429,7 +473,28 @@ def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, .
         _SIXTHS[turns - 1] if 1 < turns < 7 else 0.0 if turns <= 1 else 1.0,
         _QUARTERS[tools] if tools < 4 else 1.0,
         1.0 if simple else 0.0,
-    )
+    ]
+    return values, spaced, math_hits
+
+
+def _all_features(
+    values: list[float], text: str, spaced: bytes, math_hits: int
+) -> tuple[float, ...]:
+    """``values`` from :func:`_most_features` with ``code`` and ``math`` finished."""
+    code = _code_markers(text, spaced)
+    if "\\" in text:
+        math_hits += sum(map(text.__contains__, _LATEX))
+    if ("=" in text or "^" in text or "*" in text or "/" in text) and _ARITHMETIC.search(text):
+        math_hits += 1
+    values[_CODE] = _HALVES[code] if code < 2 else 1.0
+    values[_MATH_VALUE] = _HALVES[math_hits] if math_hits < 2 else 1.0
+    return tuple(values)
+
+
+# The score of a partly computed request is bounded with this much room per unit of
+# the weights' total size, far more than rounding in a sum of ten products can move
+# it, so a tier settled by the bounds is the tier of the rounded score.
+_ROOM = 1e-9
 
 
 class ComplexityScorer:
@@ -468,6 +533,10 @@ class ComplexityScorer:
         if unknown:
             raise ValueError(f"unknown feature weight(s): {', '.join(sorted(unknown))}")
         self._weights = tuple(merged.get(name, 0.0) for name in Features.__slots__)
+        size = sum(map(abs, self._weights))
+        #: How far from the score computed the rounded score can be (``None`` when
+        #: weights are not finite: every feature is then computed).
+        self._room = _ROOM * (1.0 + size) if math.isfinite(size) else None
         #: Tiers by everything the score reads: the last 4,000 characters of the last
         #: user text and of the system text, the turns and the number of tools.
         #: Bounded; starts over when full.
@@ -494,12 +563,34 @@ class ComplexityScorer:
         tiers = self._tiers
         found = tiers.get(key)
         if found is None:
-            total = sum(map(operator.mul, self._weights, _vector_of(*key)))
-            found = self.tier_of(0.0 if total < 0 else 1.0 if total > 1 else total)
+            found = self._tier(*key)
             if len(tiers) >= _MAX_TIERS:
                 tiers.clear()
             tiers[key] = found
         return found
+
+    def _tier(self, text: str, system: str, turns: int, tools: int) -> int:
+        """The tier :meth:`score` gives, leaving out the code markers and the math
+        signs when no values they can take would change it."""
+        weights = self._weights
+        values, spaced, math_hits = _most_features(text, system, turns, tools)
+        room = self._room
+        if room is not None:
+            # code can still be anything in [0, 1], math anything from its value so far to 1
+            partial = sum(map(operator.mul, weights, values))
+            code = weights[_CODE]
+            more_math = weights[_MATH_VALUE] * (1.0 - values[_MATH_VALUE])
+            low = (
+                partial - room + (code if code < 0 else 0.0) + (more_math if more_math < 0 else 0.0)
+            )
+            high = (
+                partial + room + (code if code > 0 else 0.0) + (more_math if more_math > 0 else 0.0)
+            )
+            tier = self.tier_of(0.0 if low < 0 else 1.0 if low > 1 else low)
+            if tier == self.tier_of(0.0 if high < 0 else 1.0 if high > 1 else high):
+                return tier
+        total = sum(map(operator.mul, weights, _all_features(values, text, spaced, math_hits)))
+        return self.tier_of(0.0 if total < 0 else 1.0 if total > 1 else total)
 
 
 _JUDGE_PROMPT = (

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -387,9 +388,9 @@ def test_fast_features_equal_the_plain_reference_on_labelled_prompts() -> None:
 def _scanned(text: str) -> tuple[dict[int, int], int]:
     """Cue counts per class and code markers as the scorer finds them in ``text``."""
     lowered = text.lower()
-    cues = classify._cues(classify._words(lowered))
-    counts = classify._cue_counts(lowered, cues)
-    return {flag: counts[flag] for flag in (1, 2, 4, 8, 16)}, classify._code_markers(text, cues)
+    spaced = classify._spaced(lowered)
+    counts = classify._cue_counts(lowered, classify._cues(spaced))
+    return {flag: counts[flag] for flag in (1, 2, 4, 8, 16)}, classify._code_markers(text, spaced)
 
 
 def _generated_texts(count: int, seed: int) -> list[str]:
@@ -522,15 +523,105 @@ def test_code_markers(text: str, code: int) -> None:
 
 
 def test_code_marker_tables_cover_every_marker() -> None:
-    by_words = [*classify._MARKER_WORD_ENDS, *classify._MARKER_WORD_PARTS]
-    markers = [marker for _, marker in [*by_words, *classify._MARKER_SEPARATORS]]
+    traced = list(classify._MARKER_TRACES.values())
+    markers = [*traced, *(marker for _, marker in classify._MARKER_SEPARATORS)]
     assert sorted(markers) == sorted(classify._CODE_MARKERS)
-    for fragment, marker in classify._MARKER_WORD_ENDS:
-        # the fragment ends the word: what follows it in the marker is a separator
-        assert marker.lower().startswith(fragment)
-        assert marker[len(fragment)].encode() in b" " + classify._PUNCTUATION
-    for fragment, marker in classify._MARKER_WORD_PARTS:
-        assert fragment == marker.lower()
-        assert not set(fragment.encode()) & set(b" \t\n\r\x0b\x0c" + classify._PUNCTUATION)
+    for trace, marker in classify._MARKER_TRACES.items():
+        # the marker leaves its trace in the spaced lowered text, wherever it stands
+        for text in (marker, f"x{marker}y", f"{marker}{marker}", f"({marker})"):
+            assert trace in classify._spaced(text.lower())
     for separator, marker in classify._MARKER_SEPARATORS:
         assert separator in marker
+
+
+def _reference_cue_words(lowered: str) -> set[bytes]:
+    """The words of ``lowered`` in a class or starting a phrase."""
+    return {
+        word
+        for word in _reference_words(lowered)
+        if word in classify._PHRASE_HEADS
+        or any(p.fullmatch(word.decode("utf-8", "replace")) for _, p in classify._WORD_CLASSES)
+    }
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_every_word_in_a_class_is_a_candidate(data: st.DataObject) -> None:
+    _, pattern = data.draw(st.sampled_from(classify._WORD_CLASSES))
+    alternative = data.draw(st.sampled_from(classify._alternatives(pattern.pattern)))
+    word = data.draw(st.from_regex(alternative, fullmatch=True))
+    glue = data.draw(st.sampled_from([" ", ", ", "\n", "(", "", "x", "-"]))
+    lowered = f"{glue}{word}{glue}{word.upper()}".lower()
+    candidates = set(classify._candidates(classify._spaced(lowered)))
+    assert _reference_cue_words(lowered) <= candidates
+
+
+def test_scan_pieces() -> None:
+    assert classify._alternatives(r"a\w*|b(?:c|d)|[|]x|e") == [r"a\w*", "b(?:c|d)", "[|]x", "e"]
+    assert [
+        classify._literal_head(a)
+        for a in ("analy[sz]\\w*", "risks?", "trade-?offs?", "tl;?dr", "plan", "scal(?:e|ing)")
+    ] == ["analy", "risk", "trade", "tl", "plan", "scal"]
+
+
+_WEIGHTS = st.floats(-1.0, 1.0, allow_nan=False) | st.sampled_from([0.0, -0.0, 5.0, -5.0, 1e-12])
+
+
+def _plain_tier(
+    weights: tuple[float, ...], thresholds: tuple[float, float], vector: tuple[float, ...]
+) -> int:
+    total = sum(map(operator.mul, weights, vector))
+    score = 0.0 if total < 0 else 1.0 if total > 1 else total
+    return 1 if score < thresholds[0] else 2 if score < thresholds[1] else 3
+
+
+@settings(max_examples=400)
+@given(
+    _TEXTS,
+    st.lists(_WEIGHTS, min_size=10, max_size=10),
+    st.data(),
+)
+def test_tier_equals_the_tier_of_every_feature(
+    text: str, weights: list[float], data: st.DataObject
+) -> None:
+    named = dict(zip(Features.__slots__, weights, strict=True))
+    vector = _reference_vector(text, "", 1, 0)
+    total = sum(map(operator.mul, weights, vector))
+    # thresholds anywhere, or right at the score (or a rounding step either side),
+    # where bounds that ignore rounding would go wrong
+    at = min(1.0, max(0.0, total))
+    near = st.sampled_from([at, math.nextafter(at, 0.0), math.nextafter(at, 1.0)])
+    edges = sorted(data.draw(st.tuples(st.floats(0.0, 1.0) | near, st.floats(0.0, 1.0) | near)))
+    thresholds = (edges[0], edges[1])
+    scorer = ComplexityScorer(thresholds, named)
+    request = ChatRequest(model="m", messages=[Message(role="user", content=text)])
+    assert scorer(request) == _plain_tier(tuple(weights), thresholds, vector)
+    assert scorer(request) == scorer.tier_of(scorer.score(request))
+
+
+def test_tier_with_weights_that_are_not_finite() -> None:
+    request = _request("Design a scalable system. ```x```")
+    for weight in (math.inf, -math.inf, math.nan, 1e308):
+        scorer = ComplexityScorer(weights={"code": weight, "length": 1e308})
+        assert scorer(request) == scorer.tier_of(scorer.score(request))
+
+
+def test_tier_leaves_out_code_and_math_signs_only_when_they_cannot_change_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    finished: list[str] = []
+    finish = classify._all_features
+
+    def counted(values: list[float], text: str, spaced: bytes, hits: int) -> tuple[float, ...]:
+        finished.append(text)
+        return finish(values, text, spaced, hits)
+
+    monkeypatch.setattr(classify, "_all_features", counted)
+    hard = "Design a distributed system, analyze the trade-offs and prove it correct. " * 8
+    assert ComplexityScorer()(_request(hard)) == 3
+    assert finished == []  # far above the high threshold whatever code and math add
+    # "write" alone scores 0.0875, 0.0125 below the low threshold: one code marker
+    # (0.05) would lift it, so the markers are looked for
+    assert ComplexityScorer()(_request("write")) == 1
+    assert ComplexityScorer()(_request("write def x")) == 2
+    assert finished == ["write", "write def x"]
