@@ -16,6 +16,7 @@ cheap, 2 balanced, 3 premium) or ``None`` for "no opinion". Three ship:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import operator
 import re
@@ -149,15 +150,15 @@ _CODE_MARKERS = (
     "SELECT ",
 )
 _LATEX = ("\\frac", "\\int", "\\sum", "\\sqrt")
-# Words are runs of characters between ASCII whitespace and this punctuation
-# (hyphens and '+#' stay in words).
+# Punctuation becomes spaces so ``bytes.split`` yields words (hyphens and '+#' stay).
 _PUNCTUATION = b'.,;:!?()[]{}"`*/=<>|\\~@$%&_'
-_WHITESPACE = b"\t\n\r\x0b\x0c"
-#: Turns every separator into a space, so the words of the result are what lies
-#: between spaces. Encoding replaces a lone surrogate with '?', a separator too.
-_SPACE_TABLE = bytes.maketrans(
-    _WHITESPACE + _PUNCTUATION, b" " * (len(_WHITESPACE) + len(_PUNCTUATION))
-)
+_SPLIT_TABLE = bytes.maketrans(_PUNCTUATION, b" " * len(_PUNCTUATION))
+# Digits are also folded to '0': numbers are most of the words a text brings that
+# were never met before, and folded they are met again. No cue holds a digit and
+# ``\\w`` takes any, so folding changes no word's cue; only words differing in digits
+# alone become one, which :func:`_cues` undoes for the few that are cues.
+_FOLD_DIGITS = bytes.maketrans(b"123456789", b"0" * 9)
+_FOLD_TABLE = _SPLIT_TABLE.translate(_FOLD_DIGITS)
 _ARITHMETIC = re.compile(r"[=<>^]\s*\d|\d\s*[\^*/]\s*\d")
 _STEP = re.compile(r"\s*(?:\d+[.)]|[-*•])\s+\S")
 
@@ -174,90 +175,26 @@ def _phrase_heads() -> dict[bytes, tuple[tuple[int, str], ...]]:
 #: word occurs in the text.
 _PHRASE_HEADS = _phrase_heads()
 
-
-def _alternatives(pattern: str) -> list[str]:
-    """The top-level alternatives of the regular expression ``pattern``."""
-    found: list[str] = []
-    depth = start = i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\":
-            i += 1
-        elif char == "[":
-            i = pattern.index("]", i + 1)
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "|" and not depth:
-            found.append(pattern[start:i])
-            start = i + 1
-        i += 1
-    return [*found, pattern[start:]]
-
-
-def _literal_head(alternative: str) -> str:
-    """The characters every string ``alternative`` matches starts with."""
-    head: list[str] = []
-    for char in alternative:
-        if char in "[(\\|+":
-            break
-        if char in "?*{":
-            head.pop()  # the character before is optional
-            break
-        head.append(char)
-    return "".join(head)
-
-
-def _candidate_scan() -> re.Pattern[bytes]:
-    """A pattern finding, in a text whose separators are all spaces and that starts
-    and ends with one, every word that may be a cue: each word in a class starts
-    with the literal head of one of the class's alternatives; phrase heads are
-    whole words. Finding more is harmless (each word found is checked exactly),
-    finding fewer is not. Anchored on the space before a word, so the search skips
-    to spaces in C and tries the heads only at word starts, grouped by first letter.
-    """
-    prefixes: set[str] = set()
-    words = {head.decode() for head in _PHRASE_HEADS}
-    for _, pattern in _WORD_CLASSES:
-        for alternative in _alternatives(pattern.pattern):
-            head = _literal_head(alternative)
-            if not head:
-                raise ValueError(f"a class alternative must start with a letter: {alternative}")
-            (words if head == alternative else prefixes).add(head)
-    prefixes = {p for p in prefixes if not any(p.startswith(q) for q in prefixes if q != p)}
-    words = {w for w in words if not w.startswith(tuple(prefixes))}
-    branches: dict[str, list[str]] = {}
-    for prefix in sorted(prefixes):
-        branches.setdefault(prefix[0], []).append(re.escape(prefix[1:]))
-    for word in sorted(words):
-        branches.setdefault(word[0], []).append(re.escape(word[1:]) + "(?= )")
-    trie = "|".join(f"{first}(?:{'|'.join(rest)})" for first, rest in sorted(branches.items()))
-    return re.compile(f" ((?:{trie})[^ ]*)".encode())
-
-
-#: Words of a spaced text (see :func:`_spaced`) that may be cues, with repeats.
-_candidates = _candidate_scan().findall
-#: A spaced text whose first word is a greeting.
-_GREETING = re.compile(b" *(?:" + b"|".join(sorted(_GREETINGS)) + b") ").match
-
-# Code markers are looked for only where the spaced lowered text points to them,
-# instead of scanning the text once per marker: a marker made of word characters
-# (and the separator after them) leaves its lowered form there; one holding a
-# separator is looked for when the text has that separator.
-_MARKER_TRACES = {
-    b"def ": "def ",
-    b"class ": "class ",
-    b"import ": "import ",
-    b"const ": "const ",
-    b"select ": "SELECT ",
-    b"public ": "public static",
-    b"function": "function",
-    b"traceback": "Traceback",
-    b"#include": "#include",
-}
-_marker_traces = re.compile(b"|".join(map(re.escape, _MARKER_TRACES))).findall
+# Code markers are looked for only where a text's words point to them, instead of
+# scanning every text once per marker. A marker made of word characters leaves a
+# trace on the words of the lowered text: "def " in the text means a word ending in
+# "def", "function" a word holding "function". One holding a separator is looked
+# for when the text has that separator.
+_MARKER_WORD_ENDS = (
+    ("def", "def "),
+    ("class", "class "),
+    ("import", "import "),
+    ("const", "const "),
+    ("select", "SELECT "),
+    ("public", "public static"),
+)
+_MARKER_WORD_PARTS = (
+    ("function", "function"),
+    ("traceback", "Traceback"),
+    ("#include", "#include"),
+)
 _MARKER_SEPARATORS = (("`", "```"), ("=", "=>"), (";", ";\n"), ("{", "{\n"))
+_MARKER_ENDINGS = tuple(end for end, _ in _MARKER_WORD_ENDS)
 
 #: The class flags set in each combination of them.
 _FLAG_BITS = tuple(
@@ -270,13 +207,23 @@ _ANY_CLASS = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _WOR
 
 
 class _Cue:
-    """What a word brings to a text: the classes it is in and the phrases it starts."""
+    """What a word brings to a text: the classes it is in, the phrases it starts and
+    the code markers it may be part of. ``folded``: a word in a class holding a
+    folded digit, which may stand for several words of the text."""
 
-    __slots__ = ("flags", "phrases")
+    __slots__ = ("flags", "folded", "markers", "phrases")
 
-    def __init__(self, flags: tuple[int, ...], phrases: tuple[tuple[int, str], ...]) -> None:
+    def __init__(
+        self,
+        flags: tuple[int, ...],
+        phrases: tuple[tuple[int, str], ...],
+        markers: tuple[str, ...],
+        folded: bool,
+    ) -> None:
         self.flags = flags
         self.phrases = phrases
+        self.markers = markers
+        self.folded = folded
 
 
 def _cue_of(word: bytes) -> _Cue | None:
@@ -287,38 +234,55 @@ def _cue_of(word: bytes) -> _Cue | None:
         for flag, pattern in _WORD_CLASSES:
             if pattern.fullmatch(text):
                 flags |= flag
+    markers = [marker for part, marker in _MARKER_WORD_PARTS if part in text]
+    if text.endswith(_MARKER_ENDINGS):
+        markers += [marker for end, marker in _MARKER_WORD_ENDS if text.endswith(end)]
     phrases = _PHRASE_HEADS.get(word, ())
-    if not (flags or phrases):
+    if not (flags or markers or phrases):
         return None
-    return _Cue(_FLAG_BITS[flags], phrases)
+    return _Cue(_FLAG_BITS[flags], phrases, tuple(markers), bool(flags) and b"0" in word)
 
 
 _MAX_WORDS = 50_000
-#: The cue of every candidate word met so far (``None``: it brings nothing).
-#: Bounded; starts over when full.
+#: The cue of every (folded) word met so far, ``None`` for most. Bounded: starts
+#: over when full.
 _known: dict[bytes, _Cue | None] = {}
-_UNSEEN = _Cue((), ())
+_NEW = _Cue((), (), (), False)
+_ALWAYS_NEW = itertools.repeat(_NEW)
 
 
-def _spaced(lowered: str) -> bytes:
-    """``lowered`` between two spaces, encoded, with every separator a space."""
-    return f" {lowered} ".encode("utf-8", "replace").translate(_SPACE_TABLE)
+def _words(lowered: str) -> list[bytes]:
+    """The words of ``lowered``, digits folded to '0'."""
+    return lowered.encode("utf-8", "replace").translate(_FOLD_TABLE).split()
 
 
-def _cues(spaced: bytes) -> list[_Cue]:
-    """The cues among the words of the ``spaced`` text, each distinct word once."""
-    found = []
-    known = _known
-    for word in set(_candidates(spaced)):
-        cue = known.get(word, _UNSEEN)
-        if cue is _UNSEEN:
-            cue = _cue_of(word)
-            if len(known) >= _MAX_WORDS:
-                known.clear()
-            known[word] = cue
-        if cue is not None:
-            found.append(cue)
-    return found
+def _cue(word: bytes) -> _Cue | None:
+    cue = _known.get(word, _NEW)
+    if cue is _NEW:
+        cue = _cue_of(word)
+        if len(_known) >= _MAX_WORDS:
+            _known.clear()
+        _known[word] = cue
+    return cue
+
+
+def _cues(split: list[bytes], lowered: str) -> list[_Cue]:
+    """The cues among the words ``split`` of ``lowered``, one per distinct word."""
+    # One pass in C looks every word up; only a text with new words loops over them.
+    found = set(map(_known.get, split, _ALWAYS_NEW))
+    if _NEW in found:
+        found = set(map(_cue, set(split)))
+    cues = [cue for cue in found if cue is not None]
+    if any(cue.folded for cue in cues):
+        # words differing in digits alone are one cue each again
+        folded = {cue for cue in cues if cue.folded}
+        cues = [cue for cue in cues if not cue.folded]
+        unfolded = set(lowered.encode("utf-8", "replace").translate(_SPLIT_TABLE).split())
+        for word in unfolded:
+            cue = _cue(word.translate(_FOLD_DIGITS))
+            if cue in folded:
+                cues.append(cue)
+    return cues
 
 
 def _cue_counts(lowered: str, cues: list[_Cue]) -> list[int]:
@@ -334,10 +298,9 @@ def _cue_counts(lowered: str, cues: list[_Cue]) -> list[int]:
     return counts
 
 
-def _code_markers(text: str, spaced: bytes) -> int:
-    """How many of :data:`_CODE_MARKERS` ``text`` contains; ``spaced`` is
-    :func:`_spaced` of it lowered."""
-    candidates = {_MARKER_TRACES[trace] for trace in _marker_traces(spaced)}
+def _code_markers(text: str, cues: list[_Cue]) -> int:
+    """How many of :data:`_CODE_MARKERS` ``text``, holding ``cues``, contains."""
+    candidates = {marker for cue in cues for marker in cue.markers}
     for separator, marker in _MARKER_SEPARATORS:
         if separator in text:
             candidates.add(marker)
@@ -355,7 +318,7 @@ def _system_counts(system: str) -> tuple[int, int]:
     found = _system_cues.get(system)
     if found is None:
         lowered = system.lower()
-        counts = _cue_counts(lowered, _cues(_spaced(lowered)))
+        counts = _cue_counts(lowered, _cues(_words(lowered), lowered))
         found = (counts[_REASONING], counts[_DOMAIN])
         if len(_system_cues) >= _MAX_SYSTEM_PROMPTS:
             _system_cues.clear()
@@ -434,21 +397,22 @@ def _vector(request: ChatRequest) -> tuple[float, ...]:
 def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, ...]:
     """:func:`_vector` of a request with these texts, turns and number of tools."""
     text = text[-4000:]
-    values, spaced, math_hits = _most_features(text, system[-4000:], turns, tools)
-    return _all_features(values, text, spaced, math_hits)
+    values, found, math_hits = _most_features(text, system[-4000:], turns, tools)
+    return _all_features(values, text, found, math_hits)
 
 
 def _most_features(
     text: str, system: str, turns: int, tools: int
-) -> tuple[list[float], bytes, int]:
+) -> tuple[list[float], list[_Cue], int]:
     """The feature values of a request with these texts (already cut to what is
-    read), turns and number of tools, but for the costly rest: ``code`` left at 0
-    and ``math`` counting cue words only. Also the spaced lowered text and the math
-    cue words, which :func:`_all_features` takes to finish them."""
+    read), turns and number of tools, but for the costlier rest: ``code`` left at 0
+    and ``math`` counting cue words only. Also the text's cues and math cue words,
+    which :func:`_all_features` takes to finish them."""
     chars = len(text)
     lowered = text.lower()
-    spaced = _spaced(lowered)
-    cues = _cue_counts(lowered, _cues(spaced))
+    split = _words(lowered)
+    found = _cues(split, lowered)
+    cues = _cue_counts(lowered, found)
     if system:
         reasoning, domain = _system_counts(system)
         if reasoning < cues[_REASONING]:
@@ -457,7 +421,7 @@ def _most_features(
             domain = cues[_DOMAIN]
     else:
         reasoning, domain = cues[_REASONING], cues[_DOMAIN]
-    simple = chars < 400 and (cues[_SIMPLE] > 0 or _GREETING(spaced) is not None)
+    simple = chars < 400 and (cues[_SIMPLE] > 0 or (split[0] in _GREETINGS if split else False))
     math_hits = cues[_MATH]
     steps = text.count("?")
     if "\n" in text:
@@ -474,14 +438,14 @@ def _most_features(
         _QUARTERS[tools] if tools < 4 else 1.0,
         1.0 if simple else 0.0,
     ]
-    return values, spaced, math_hits
+    return values, found, math_hits
 
 
 def _all_features(
-    values: list[float], text: str, spaced: bytes, math_hits: int
+    values: list[float], text: str, found: list[_Cue], math_hits: int
 ) -> tuple[float, ...]:
     """``values`` from :func:`_most_features` with ``code`` and ``math`` finished."""
-    code = _code_markers(text, spaced)
+    code = _code_markers(text, found)
     if "\\" in text:
         math_hits += sum(map(text.__contains__, _LATEX))
     if ("=" in text or "^" in text or "*" in text or "/" in text) and _ARITHMETIC.search(text):
@@ -573,7 +537,7 @@ class ComplexityScorer:
         """The tier :meth:`score` gives, leaving out the code markers and the math
         signs when no values they can take would change it."""
         weights = self._weights
-        values, spaced, math_hits = _most_features(text, system, turns, tools)
+        values, found, math_hits = _most_features(text, system, turns, tools)
         room = self._room
         if room is not None:
             # code can still be anything in [0, 1], math anything from its value so far to 1
@@ -589,7 +553,7 @@ class ComplexityScorer:
             tier = self.tier_of(0.0 if low < 0 else 1.0 if low > 1 else low)
             if tier == self.tier_of(0.0 if high < 0 else 1.0 if high > 1 else high):
                 return tier
-        total = sum(map(operator.mul, weights, _all_features(values, text, spaced, math_hits)))
+        total = sum(map(operator.mul, weights, _all_features(values, text, found, math_hits)))
         return self.tier_of(0.0 if total < 0 else 1.0 if total > 1 else total)
 
 
