@@ -136,7 +136,6 @@ class OpenAIForwarder:
         "_head",
         "_held",
         "_include_usage",
-        "_plain",
         "_provider",
         "_reads",
         "_replay",
@@ -161,8 +160,8 @@ class OpenAIForwarder:
         # Reads not yet decoded for replay (``_size`` bytes), then the replay decoder
         # they go into past ``_HOLD`` (made then), the texts it returned, and whether
         # it takes nothing more (it failed, as a replay stops at an error, or closed).
-        self._reads: list[bytes] = []
-        self._plain = bytearray()  # per held read: 1 when it went by as a plain event
+        # (a read that went by as a plain event as it is, any other in a 1-tuple)
+        self._reads: list[bytes | tuple[bytes]] = []
         self._size = 0
         self._replay: _ReplayDecoder | None = None
         self._texts: list[str] = []
@@ -193,8 +192,8 @@ class OpenAIForwarder:
 
     def feed(self, data: bytes) -> bytes:
         """Take ``data``; the bytes the caller gets now."""
-        self._reads.append(data)
-        size = self._size = self._size + len(data)
+        n = len(data)
+        size = self._size = self._size + n
         head = self._head
         if (
             head
@@ -202,14 +201,14 @@ class OpenAIForwarder:
             and not self.done
             and data.startswith(head)
             and data.endswith(self._tail)
-            and _TEXT.fullmatch(data, len(head), len(data) - len(self._tail)) is not None
+            and _TEXT.fullmatch(data, len(head), n - len(self._tail)) is not None
         ):
             # one event like the last plain one but for its text: as it is
-            self._plain.append(1)
+            self._reads.append(data)
             if size > _HOLD:
                 self._spill()
             return data
-        self._plain.append(0)
+        self._reads.append((data,))
         if size > _HOLD:
             self._spill()
         if self.done:
@@ -270,16 +269,19 @@ class OpenAIForwarder:
         decoder = self._replay
         if decoder is None:
             decoder = self._replay = _ReplayDecoder(self._provider, self._request)
-        reads, plain = self._reads, self._plain
-        self._reads, self._plain, self._size = [], bytearray(), 0
+        reads = self._reads
+        self._reads, self._size = [], 0
         if self._replay_over:
             return
         texts = self._texts
         start, end = len(self._head), -len(self._tail)
         run: list[str] = []  # plain texts in a row, counted at once
         try:
-            for data, kind in zip(reads, plain, strict=True):
-                if kind:
+            for read in reads:
+                if isinstance(read, tuple):
+                    data = read[0]
+                else:
+                    data = read
                     text = data[start : len(data) + end].decode("utf-8", "replace")
                     if _BARE.fullmatch(text) is not None:
                         run.append(text)  # no escapes: a JSON string's inside is its text
