@@ -46,7 +46,8 @@ _LISTED = re.compile(rb'"content"\s*:\s*(?!\s|null|")')
 #: The inside of a JSON string on one line: no bare quote, every backslash escaping.
 _TEXT = re.compile(rb'[^"\\\r\n]*(?:\\[^\r\n][^"\\\r\n]*)*')
 #: A JSON string's inside that is its own text (no escapes, no control characters).
-_BARE = re.compile(r'[^"\\\x00-\x1f]*')
+_BARE = re.compile(rb'[^"\\\x00-\x1f]*')
+_BARE_TEXT = re.compile(r'[^"\\\x00-\x1f]*')
 _CONTENT = (b'"content":"', b'"content": "')
 _SEP = b"\n\n"
 #: Past this many bytes of reads held for :meth:`OpenAIForwarder.replay`, they are
@@ -274,32 +275,43 @@ class OpenAIForwarder:
         if self._replay_over:
             return
         texts = self._texts
-        start, end = len(self._head), -len(self._tail)
-        run: list[str] = []  # plain texts in a row, counted at once
+        run: list[bytes] = []  # plain reads in a row, taken together
         try:
             for read in reads:
-                if isinstance(read, tuple):
-                    data = read[0]
-                else:
-                    data = read
-                    text = data[start : len(data) + end].decode("utf-8", "replace")
-                    if _BARE.fullmatch(text) is not None:
-                        run.append(text)  # no escapes: a JSON string's inside is its text
-                        continue
-                    try:
-                        run.append(json.loads(f'"{text}"'))
-                        continue
-                    except ValueError:
-                        pass  # the decoder finds it malformed as well, and says so
+                if not isinstance(read, tuple):
+                    run.append(read)
+                    continue
                 if run:
-                    _counted(decoder, run, texts)
-                texts.extend(chunk.text for chunk in decoder.feed(data) if chunk.text)
+                    self._plain_texts(decoder, run, texts)
+                texts.extend(chunk.text for chunk in decoder.feed(read[0]) if chunk.text)
             if run:
-                _counted(decoder, run, texts)
+                self._plain_texts(decoder, run, texts)
         except LLMError:
             self._replay_over = True
         if len(texts) > 1:
             self._texts = ["".join(texts)]
+
+    def _plain_texts(self, decoder: _ReplayDecoder, run: list[bytes], texts: list[str]) -> None:
+        """Tell ``decoder`` the texts of the plain events ``run`` (then emptied) as
+        decoding them would, and add them to ``texts``."""
+        start, end = len(self._head), -len(self._tail)
+        raw = b"".join([data[start : len(data) + end] for data in run])
+        if raw.isascii() and _BARE.fullmatch(raw) is not None:
+            parts = [raw.decode("ascii")]  # no escapes: a JSON string's inside is its text
+        else:
+            parts = []
+            for data in run:
+                text = data[start : len(data) + end].decode("utf-8", "replace")
+                if _BARE_TEXT.fullmatch(text) is not None:
+                    parts.append(text)
+                    continue
+                try:
+                    parts.append(json.loads(f'"{text}"'))
+                except ValueError:  # decoding finds it malformed too, and says so
+                    _counted(decoder, parts, texts)
+                    texts.extend(chunk.text for chunk in decoder.feed(data) if chunk.text)
+        run.clear()
+        _counted(decoder, parts, texts)
 
     # ------------------------------------------------------------------ events
 

@@ -836,8 +836,9 @@ def test_a_long_stream_holds_little_and_replays_as_a_fresh_decode(end: str, spli
     ``split`` bytes (each decoded); ``malformed``: a plain event with a raw control
     character in its text, which the caller gets and decoding refuses."""
     first = _event({"role": "assistant", "content": ""}) + _event({"content": "Über"})
-    plain = [_event({"content": f" tok{n % 97}é"}) for n in range(7_000)]
-    for n in range(0, len(plain), 3):  # text as UTF-8 bytes, not escaped; once not UTF-8
+    # ASCII text first; then escaped, raw UTF-8, and bytes that are not UTF-8
+    plain = [_event({"content": f" tok{n % 97}" + "é" * (n > 3_000)}) for n in range(7_000)]
+    for n in range(3_001, len(plain), 3):
         plain[n] = plain[n].replace(b"\\u00e9", "é".encode() if n % 2 else b"\xff")
     tail = {
         "no usage": _event({}, "stop") + b"data: [DONE]\n\n",
