@@ -131,14 +131,21 @@ class _Pipe:
     """The rest of a forwarded stream, read by its consumer straight off the upstream
     and through the forwarder, with no effect per read (see ``DispatchStream.forwarded``);
     the logic resumes once it ended, and finds the failure that ended it, if any, in
-    ``error``."""
+    ``error``.
 
-    __slots__ = ("error", "forward", "handle", "provider")
+    ``head`` is what the forwarder let through so far, for the consumer to send first;
+    once the logic metered the attempt it leaves the stream's last bytes in ``tail``,
+    for the consumer to send when its next step comes back (one step fewer each).
+    """
 
-    def __init__(self, handle: Any, forward: OpenAIForwarder, provider: str) -> None:
+    __slots__ = ("error", "forward", "handle", "head", "provider", "tail")
+
+    def __init__(self, handle: Any, forward: OpenAIForwarder, provider: str, head: bytes) -> None:
         self.handle = handle
         self.forward = forward
         self.provider = provider
+        self.head = head
+        self.tail = b""
         self.error: Exception | None = None
 
 

@@ -854,17 +854,18 @@ class _Machine:
         """A streamed attempt whose events go to an OpenAI caller as bytes.
 
         Up to the first content it reads through effects and fails over like any
-        attempt. Then it delivers what :class:`~.providers.openai_forward.OpenAIForwarder`
-        let through so far, and hands the consumer the rest of the stream to read
-        itself (a :class:`~._dispatch_drivers._Pipe`: no effect per read); once that
-        ended, it meters the attempt as the decoded path does and delivers the end
-        (the usage event when owed, ``[DONE]``).
+        attempt. Then it hands the consumer what
+        :class:`~.providers.openai_forward.OpenAIForwarder` let through so far with the
+        rest of the stream to read itself (a :class:`~._dispatch_drivers._Pipe`: no
+        effect per read); once that ended, it meters the attempt as the decoded path
+        does and leaves the end (the usage event when owed, ``[DONE]``) on the pipe.
         """
         from ._dispatch_drivers import _Pipe
         from .providers.openai_forward import OpenAIForwarder
 
         dialect = self._dialect(config.dialect)
         tail = b""
+        pipe: _Pipe | None = None
         try:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
             forward = attempt.forward = OpenAIForwarder(config, request, bool(call.forward))
@@ -878,8 +879,7 @@ class _Machine:
                 if out:  # the answer started: the consumer reads the rest itself
                     attempt.ttft = self.clock.monotonic()
                     call.delivered = call.forwarding = True
-                    yield _Deliver(out)
-                    pipe = _Pipe(reply.handle, forward, config.name)
+                    pipe = _Pipe(reply.handle, forward, config.name, out)
                     yield _Deliver(pipe)
                     if pipe.error is not None:
                         raise pipe.error
@@ -900,7 +900,10 @@ class _Machine:
         call.served = attempt.deployment
         call.usage = usage
         call.delivered = call.forwarding = True
-        yield _Deliver(tail)
+        if pipe is not None:
+            pipe.tail = tail  # the consumer sends it when its step comes back
+        else:
+            yield _Deliver(tail)
         return None
 
 

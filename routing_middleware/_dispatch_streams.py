@@ -125,11 +125,17 @@ class DispatchStream(_StreamInfo):
         try:
             try:
                 item = self._take()
+                drained: _Pipe | None = None
                 while True:
                     if item is None:
                         if self._done:
                             return
                         item = self._advance()
+                        if drained is not None:
+                            # the pipe's end, left on it once the logic metered the attempt
+                            if drained.tail:
+                                yield drained.tail
+                            drained = None
                         if item is None:
                             return
                     if type(item) is bytes:
@@ -139,6 +145,7 @@ class DispatchStream(_StreamInfo):
                     # the rest of the stream, straight off the upstream
                     pipe = cast("_Pipe", item)
                     item = None
+                    yield pipe.head
                     feed = pipe.forward.feed
                     try:
                         for data in pipe.handle[1]:
@@ -150,6 +157,7 @@ class DispatchStream(_StreamInfo):
                         pipe.error = error
                     except Exception as exc:
                         pipe.error = _upstream_error(exc, pipe.provider)
+                    drained = pipe
             except Exception as exc:
                 if failure is None:
                     raise
@@ -226,11 +234,17 @@ class AsyncDispatchStream(_StreamInfo):
         try:
             try:
                 item = self._take()
+                drained: _Pipe | None = None
                 while True:
                     if item is None:
                         if self._done:
                             return
                         item = await self._advance()
+                        if drained is not None:
+                            # the pipe's end, left on it once the logic metered the attempt
+                            if drained.tail:
+                                yield drained.tail
+                            drained = None
                         if item is None:
                             return
                     if type(item) is bytes:
@@ -239,6 +253,7 @@ class AsyncDispatchStream(_StreamInfo):
                         continue
                     pipe = cast("_Pipe", item)
                     item = None
+                    yield pipe.head
                     feed = pipe.forward.feed
                     try:
                         async for data in pipe.handle[1]:
@@ -250,6 +265,7 @@ class AsyncDispatchStream(_StreamInfo):
                         pipe.error = error
                     except Exception as exc:
                         pipe.error = _upstream_error(exc, pipe.provider)
+                    drained = pipe
             except Exception as exc:
                 if failure is None:
                     raise

@@ -338,7 +338,7 @@ class OpenAIForwarder:
                 if found is None:
                     continue  # comments, or nothing at all
                 data = found
-            self._decode(block, data, out)
+            self._decode(data, out)
             started = self.started
             if self.done:
                 break
@@ -366,11 +366,13 @@ class OpenAIForwarder:
         self._head = block[:start]
         self._tail = block[text.end() :] + _SEP
 
-    def _decode(self, block: bytes, data: bytes, out: list[bytes]) -> None:
+    def _decode(self, data: bytes, out: list[bytes]) -> None:
         """An event that needs decoding: acted on, then forwarded, reshaped or dropped."""
         side = self._side
         before = side.usage
-        chunks = side.feed(block + _SEP)  # raises the provider's in-band error, mapped
+        # (``data`` is a whole event's: it goes to the decoder without the SSE parsing
+        # it already had; raises the provider's in-band error, mapped)
+        chunks = side.event(data.decode("utf-8", "replace"))
         if side.done:
             self.done = True
             return

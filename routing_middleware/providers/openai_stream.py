@@ -130,7 +130,7 @@ class OpenAIStreamDecoder:
     )
 
     def __init__(self, provider: ProviderConfig, request: ChatRequest) -> None:
-        self._sse = SSEDecoder()
+        self._sse: SSEDecoder | None = None  # made on the first feed (see ``event``)
         self._provider = provider.name
         self._api_key = provider.api_key
         self._request = request
@@ -162,11 +162,33 @@ class OpenAIStreamDecoder:
 
     def feed(self, data: bytes) -> list[StreamChunk]:
         """Decode ``data``; raises the mapped LLMError on an in-stream error."""
-        return self._events(self._sse.feed(data))
+        sse = self._sse
+        if sse is None:
+            sse = self._sse = SSEDecoder()
+        return self._events(sse.feed(data))
+
+    def event(self, data: str) -> list[StreamChunk]:
+        """Decode the ``data`` of one whole event its caller split off the stream
+        itself, as :meth:`feed` would decode that event (do not mix the two while
+        ``feed`` holds part of an event)."""
+        chunks: list[StreamChunk] = []
+        if self._done or not data or data.isspace():
+            return chunks
+        if data == "[DONE]":
+            self._done = True
+            return chunks
+        try:
+            payload = json.loads(data)
+        except ValueError as error:
+            raise self._not_json(data) from error
+        if not isinstance(payload, dict):
+            raise self._not_object()
+        self._payload(payload, chunks)
+        return chunks
 
     def close(self) -> list[StreamChunk]:
         """End of input: a missing ``[DONE]`` or finish reason raises UpstreamProtocolError."""
-        chunks = self._events(self._sse.close())
+        chunks = self._events(self._sse.close()) if self._sse is not None else []
         if not self._done:
             self._estimate()
             raise UpstreamProtocolError(
@@ -219,15 +241,19 @@ class OpenAIStreamDecoder:
             try:
                 payload = json.loads(data)
             except ValueError as error:
-                raise UpstreamProtocolError(
-                    f"stream event is not JSON: {data[:80]!r}", provider=self._provider
-                ) from error
+                raise self._not_json(data) from error
             if not isinstance(payload, dict):
-                raise UpstreamProtocolError(
-                    "stream event is not a JSON object", provider=self._provider
-                )
+                raise self._not_object()
             self._payload(payload, chunks)
         return chunks
+
+    def _not_json(self, data: str) -> UpstreamProtocolError:
+        return UpstreamProtocolError(
+            f"stream event is not JSON: {data[:80]!r}", provider=self._provider
+        )
+
+    def _not_object(self) -> UpstreamProtocolError:
+        return UpstreamProtocolError("stream event is not a JSON object", provider=self._provider)
 
     def _payload(self, payload: dict[str, Any], chunks: list[StreamChunk]) -> None:
         if payload.get("error"):

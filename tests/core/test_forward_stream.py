@@ -895,3 +895,61 @@ def test_a_long_stream_holds_little_and_replays_as_a_fresh_decode(end: str, spli
         assert usage is not None
         assert usage.estimated
         assert usage.output_tokens > 7_000
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b'data: {"choices":[{"index":0,"delta":{"content":"caf\xc3\xa9"}}]}',
+        b'data:{"choices":[{"index":0,"delta":{"content":"tight"}}]}',
+        b'data:  {"choices":[{"index":0,"delta":{"content":"two spaces"}}]}',
+        b"event: delta\nid: 7\n: note\n"
+        b'data: {"choices":[{"index":0,\ndata: "delta":{"content":"x"}}]}',
+        b'data: {"choices":[{"index":0,"delta":{"content":"bad \xff byte"}}]}',
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}',
+        b"data: \ndata: ",
+        b"data",
+        b"data: [DONE]",
+    ],
+)
+def test_the_forwarders_events_decode_as_a_feed_of_their_bytes(block: bytes) -> None:
+    start = _event({"role": "assistant", "content": "Hi"})
+    forwarder = OpenAIForwarder(CONFIG, REQUEST, True)
+    assert forwarder.feed(start)
+    forwarder.feed(block + b"\n\n")
+    decoder = OpenAIStreamDecoder(CONFIG, REQUEST)
+    decoder.feed(start)
+    chunks = decoder.feed(block + b"\n\n")
+    assert forwarder.done == decoder.done
+    assert forwarder.usage == decoder.usage
+    side = OpenAIStreamDecoder(CONFIG, REQUEST)
+    side.feed(start)
+    data = b"\n".join(
+        line.partition(b":")[2].removeprefix(b" ")
+        for line in block.split(b"\n")
+        if line.partition(b":")[0] == b"data"
+    )
+    assert side.event(data.decode("utf-8", "replace")) == chunks
+
+
+@pytest.mark.parametrize("data", ["not json", "[1, 2]"])
+def test_an_event_that_is_no_json_object_fails_as_a_feed_does(data: str) -> None:
+    with pytest.raises(UpstreamProtocolError) as fed:
+        OpenAIStreamDecoder(CONFIG, REQUEST).feed(f"data: {data}\n\n".encode())
+    with pytest.raises(UpstreamProtocolError) as decoded:
+        OpenAIStreamDecoder(CONFIG, REQUEST).event(data)
+    assert decoded.value.message == fed.value.message
+    forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
+    with pytest.raises(UpstreamProtocolError) as forwarded:
+        forwarder.feed(f"data: {data}\n\n".encode())
+    assert forwarded.value.message == fed.value.message
+
+
+def test_an_event_after_done_decodes_to_nothing() -> None:
+    decoder = OpenAIStreamDecoder(CONFIG, REQUEST)
+    assert decoder.event("[DONE]") == []
+    assert decoder.done
+    assert decoder.event('{"choices":[{"index":0,"delta":{"content":"late"}}]}') == []
+    with pytest.raises(UpstreamProtocolError, match="finish reason"):
+        decoder.close()  # nothing fed: no SSE state to end
