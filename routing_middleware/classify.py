@@ -16,7 +16,6 @@ cheap, 2 balanced, 3 premium) or ``None`` for "no opinion". Three ship:
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 import operator
 import re
@@ -243,12 +242,41 @@ def _cue_of(word: bytes) -> _Cue | None:
     return _Cue(_FLAG_BITS[flags], phrases, tuple(markers), bool(flags) and b"0" in word)
 
 
+class _WordCache:
+    """What every (folded) word met so far brings to a text.
+
+    ``seen`` holds each word once looked at; ``cues`` only the words that bring
+    something, and ``found`` what they bring. Set operations in C then find a text's
+    new words and its cue words without a Python loop over every word. A full cache
+    is replaced, never cleared in place, so a thread holding one sees it consistent.
+    """
+
+    __slots__ = ("cues", "found", "seen")
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self.cues: set[bytes] = set()
+        self.found: dict[bytes, _Cue] = {}
+
+
 _MAX_WORDS = 50_000
-#: The cue of every (folded) word met so far, ``None`` for most. Bounded: starts
-#: over when full.
-_known: dict[bytes, _Cue | None] = {}
-_NEW = _Cue((), (), (), False)
-_ALWAYS_NEW = itertools.repeat(_NEW)
+_known = _WordCache()
+
+
+def _learn(cache: _WordCache, words: set[bytes], new: set[bytes]) -> _WordCache:
+    """A word cache with every word of ``words`` looked at: ``cache`` with the words
+    ``new`` to it added, or a fresh one when ``cache`` would outgrow its bound."""
+    global _known
+    if len(cache.seen) + len(new) > _MAX_WORDS:
+        cache, new = _WordCache(), words
+        _known = cache
+    for word in new:
+        cue = _cue_of(word)
+        if cue is not None:
+            cache.found[word] = cue
+            cache.cues.add(word)
+        cache.seen.add(word)  # last: a word in ``seen`` always has its cue recorded
+    return cache
 
 
 def _words(lowered: str) -> list[bytes]:
@@ -256,33 +284,31 @@ def _words(lowered: str) -> list[bytes]:
     return lowered.encode("utf-8", "replace").translate(_FOLD_TABLE).split()
 
 
-def _cue(word: bytes) -> _Cue | None:
-    cue = _known.get(word, _NEW)
-    if cue is _NEW:
-        cue = _cue_of(word)
-        if len(_known) >= _MAX_WORDS:
-            _known.clear()
-        _known[word] = cue
-    return cue
-
-
 def _cues(split: list[bytes], lowered: str) -> list[_Cue]:
     """The cues among the words ``split`` of ``lowered``, one per distinct word."""
-    # One pass in C looks every word up; only a text with new words loops over them.
-    found = set(map(_known.get, split, _ALWAYS_NEW))
-    if _NEW in found:
-        found = set(map(_cue, set(split)))
-    cues = [cue for cue in found if cue is not None]
-    if any(cue.folded for cue in cues):
-        # words differing in digits alone are one cue each again
-        folded = {cue for cue in cues if cue.folded}
-        cues = [cue for cue in cues if not cue.folded]
-        unfolded = set(lowered.encode("utf-8", "replace").translate(_SPLIT_TABLE).split())
-        for word in unfolded:
-            cue = _cue(word.translate(_FOLD_DIGITS))
-            if cue in folded:
-                cues.append(cue)
+    words = set(split)
+    cache = _known
+    # One pass finds the words not looked at yet; with digits folded, texts never
+    # seen mostly have none.
+    new = words.difference(cache.seen)
+    if new:
+        cache = _learn(cache, words, new)
+    found = cache.found
+    cues = [found[word] for word in words.intersection(cache.cues)]
+    for cue in cues:
+        if cue.folded:
+            return _unfolded(lowered, cues)
     return cues
+
+
+def _unfolded(lowered: str, cues: list[_Cue]) -> list[_Cue]:
+    """``cues`` with a folded cue once per distinct word of ``lowered`` it stands for."""
+    unfolded = [cue for cue in cues if not cue.folded]
+    for word in set(lowered.encode("utf-8", "replace").translate(_SPLIT_TABLE).split()):
+        cue = _cue_of(word.translate(_FOLD_DIGITS))
+        if cue is not None and cue.folded:
+            unfolded.append(cue)
+    return unfolded
 
 
 def _cue_counts(lowered: str, cues: list[_Cue]) -> list[int]:
