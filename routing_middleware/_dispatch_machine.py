@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from ._dispatch_drivers import _Pipe, settle_now
 from ._dispatch_state import (
     StreamFailover,
     _Acquire,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from .budgets import Budgets
     from .providers.base import Dialect, EncodedRequest, ProviderConfig
     from .providers.openai import OpenAIDialect
+    from .providers.openai_forward import OpenAIForwarder
     from .router import Decision, Deployment
     from .stats import StatsStore
 
@@ -363,8 +365,6 @@ class _Machine:
                     cost, charge, extra = self._costs(live, usage)
                     if live.reservation is not None and self.budgets is not None:
                         # The effect loop is gone: settle directly, never raising here.
-                        from ._dispatch_drivers import settle_now
-
                         with contextlib.suppress(Exception):
                             settle_now(self.budgets, live.reservation, charge)
                     self._record(
@@ -860,15 +860,17 @@ class _Machine:
         effect per read); once that ended, it meters the attempt as the decoded path
         does and leaves the end (the usage event when owed, ``[DONE]``) on the pipe.
         """
-        from ._dispatch_drivers import _Pipe
-        from .providers.openai_forward import OpenAIForwarder
+        global _forwarder
+        if _forwarder is None:
+            from .providers.openai_forward import OpenAIForwarder
 
+            _forwarder = OpenAIForwarder
         dialect = self._dialect(config.dialect)
         tail = b""
         pipe: _Pipe | None = None
         try:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
-            forward = attempt.forward = OpenAIForwarder(config, request, bool(call.forward))
+            forward = attempt.forward = _forwarder(config, request, bool(call.forward))
             reply = yield from self._open_stream(attempt, config, dialect, encoded, timeout)
             while True:
                 data = yield _Read(reply.handle, config.name)
@@ -905,6 +907,11 @@ class _Machine:
         else:
             yield _Deliver(tail)
         return None
+
+
+#: ``OpenAIForwarder``, imported on the first forwarded stream (an import statement
+#: in a function runs the import machinery on every call).
+_forwarder: type[OpenAIForwarder] | None = None
 
 
 def _store_content(call: _Call) -> None:
