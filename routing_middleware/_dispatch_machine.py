@@ -756,7 +756,8 @@ class _Machine:
     ) -> Generator[Any, Any, LLMError | None]:
         dialect = self._dialect(config.dialect)
         if call.forward is not None and dialect.name == "openai" and not call.stitched:
-            return (yield from self._forward_attempt(call, attempt, config, request, timeout))
+            forwarded = self._forward_attempt(call, attempt, config, request, timeout, dialect)
+            return (yield from forwarded)
         held: list[StreamChunk] = []
         flowing = finished = False
         content = 0
@@ -850,6 +851,7 @@ class _Machine:
         config: ProviderConfig,
         request: ChatRequest,
         timeout: float | None,
+        dialect: Dialect,
     ) -> Generator[Any, Any, LLMError | None]:
         """A streamed attempt whose events go to an OpenAI caller as bytes.
 
@@ -865,7 +867,6 @@ class _Machine:
             from .providers.openai_forward import OpenAIForwarder
 
             _forwarder = OpenAIForwarder
-        dialect = self._dialect(config.dialect)
         tail = b""
         pipe: _Pipe | None = None
         try:
