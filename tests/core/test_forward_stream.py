@@ -953,3 +953,26 @@ def test_an_event_after_done_decodes_to_nothing() -> None:
     assert decoder.event('{"choices":[{"index":0,"delta":{"content":"late"}}]}') == []
     with pytest.raises(UpstreamProtocolError, match="finish reason"):
         decoder.close()  # nothing fed: no SSE state to end
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_the_end_reaches_the_caller_once_the_call_is_recorded(is_async: bool) -> None:
+    relay, sink = make_relay(Upstream(fake_provider()))
+    pieces: list[tuple[bytes, int]] = []  # each piece, and the records made when it came
+
+    async def aread() -> None:
+        answer = await relay.ahandle("openai", body(), provider="openai")
+        assert answer.astream is not None
+        async for piece in answer.astream:
+            pieces.append((piece, len(sink.records)))
+
+    if is_async:
+        anyio.run(aread)
+    else:
+        answer = relay.handle("openai", body(), provider="openai")
+        assert answer.stream is not None
+        pieces.extend((piece, len(sink.records)) for piece in answer.stream)
+    assert pieces[-1] == (b"data: [DONE]\n\n", 1)
+    assert all(made == 0 for _, made in pieces[:-1])
+    assert len(sink.records) == 1
+    assert sink.records[0].status == "ok"
