@@ -172,18 +172,8 @@ class OpenAIStreamDecoder:
         itself, as :meth:`feed` would decode that event (do not mix the two while
         ``feed`` holds part of an event)."""
         chunks: list[StreamChunk] = []
-        if self._done or not data or data.isspace():
-            return chunks
-        if data == "[DONE]":
-            self._done = True
-            return chunks
-        try:
-            payload = json.loads(data)
-        except ValueError as error:
-            raise self._not_json(data) from error
-        if not isinstance(payload, dict):
-            raise self._not_object()
-        self._payload(payload, chunks)
+        if not self._done:
+            self._data(data, chunks)
         return chunks
 
     def close(self) -> list[StreamChunk]:
@@ -232,20 +222,23 @@ class OpenAIStreamDecoder:
         for event in events:
             if self._done:
                 break  # anything after [DONE] is not part of the answer
-            data = event.data
-            if not data or data.isspace():
-                continue
-            if data == "[DONE]":
-                self._done = True
-                break
-            try:
-                payload = json.loads(data)
-            except ValueError as error:
-                raise self._not_json(data) from error
-            if not isinstance(payload, dict):
-                raise self._not_object()
-            self._payload(payload, chunks)
+            self._data(event.data, chunks)
         return chunks
+
+    def _data(self, data: str, chunks: list[StreamChunk]) -> None:
+        """Decode one event's ``data`` into ``chunks`` (``[DONE]`` ends the stream)."""
+        if not data or data.isspace():
+            return
+        if data == "[DONE]":
+            self._done = True
+            return
+        try:
+            payload = json.loads(data)
+        except ValueError as error:
+            raise self._not_json(data) from error
+        if not isinstance(payload, dict):
+            raise self._not_object()
+        self._payload(payload, chunks)
 
     def _not_json(self, data: str) -> UpstreamProtocolError:
         return UpstreamProtocolError(

@@ -9,7 +9,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from django_llmroute import reports
@@ -17,7 +16,7 @@ from django_llmroute.admin import CSV_COLUMNS
 from django_llmroute.models import LLMCall
 from django_llmroute.sinks import store_records
 
-from .test_observe_report import NOV_20, REPORT, enforced, observed
+from .test_observe_report import NOV_20, REPORT, enforced, observed, shown_total
 
 pytestmark = pytest.mark.django_db
 
@@ -34,19 +33,6 @@ def report(*args: str) -> str:
 
 def report_csv(*args: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(report(*args, "--format", "csv"))))
-
-
-@pytest.fixture
-def admin_client(client):
-    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
-def _shown(html: str, name: str) -> str:
-    match = re.search(rf'data-total="{name}">([^<]*)<', html)
-    assert match, name
-    return match.group(1)
 
 
 @pytest.fixture
@@ -71,12 +57,12 @@ def test_report_totals_are_the_cost_report_pages(admin_client, mixed_calls, sour
     html = admin_client.get(NOVEMBER_PAGE).content.decode()
     lines = report(*NOVEMBER, "--source", source).splitlines()
     assert lines[-4:] == [
-        f"total: {_shown(html, 'spend')} over {_shown(html, 'calls')} calls",
-        f"saved by routing (enforced calls): {_shown(html, 'savings')}",
-        f"observe mode: {_shown(html, 'observed-calls')} calls cost"
-        f" {_shown(html, 'observed-spend')}; routed, {_shown(html, 'observed-routed')}:"
-        f" would have saved {_shown(html, 'would-save')}",
-        f"  ({_shown(html, 'observed-unpriced')} of them have no routed price"
+        f"total: {shown_total(html, 'spend')} over {shown_total(html, 'calls')} calls",
+        f"saved by routing (enforced calls): {shown_total(html, 'savings')}",
+        f"observe mode: {shown_total(html, 'observed-calls')} calls cost"
+        f" {shown_total(html, 'observed-spend')}; routed, {shown_total(html, 'observed-routed')}:"
+        f" would have saved {shown_total(html, 'would-save')}",
+        f"  ({shown_total(html, 'observed-unpriced')} of them have no routed price"
         " and count at what they cost)",
     ]
     # and the figures themselves, so a page and a command wrong alike still fail
@@ -182,4 +168,4 @@ def test_call_log_csv_carries_the_routed_model_and_cost(admin_client, mixed_call
         if r["mode"] == "observe"
     )
     html = admin_client.get(NOVEMBER_PAGE).content.decode()
-    assert _shown(html, "would-save").startswith(reports.format_money(would_save) + " (")
+    assert shown_total(html, "would-save").startswith(reports.format_money(would_save) + " (")

@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from django_llmroute import reports
 from django_llmroute.models import DailySummary, DailyUsage, LLMCall
@@ -279,14 +278,8 @@ def test_routed_cost_is_read_only_when_it_is_an_amount(raw, expected):
 # --------------------------------------------------------------------------- the admin page
 
 
-@pytest.fixture
-def admin_client(client):
-    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
-def _shown(html: str, name: str) -> str:
+def shown_total(html: str, name: str) -> str:
+    """The text of the cost report's figure ``name`` (its ``data-total``)."""
     match = re.search(rf'data-total="{name}">([^<]*)<', html)
     assert match, name
     return match.group(1)
@@ -306,12 +299,12 @@ def mixed_calls():
 
 def test_page_shows_what_routing_would_have_saved(admin_client, mixed_calls):
     html = admin_client.get(REPORT).content.decode()
-    assert _shown(html, "observed-calls") == "3"
-    assert _shown(html, "observed-spend") == "$1.20"
-    assert _shown(html, "observed-routed") == "$0.4800"
-    assert _shown(html, "would-save") == "$0.7200 (60.0%)"
-    assert _shown(html, "observed-unpriced") == "1"
-    assert _shown(html, "savings") == "$0.3000 (75.0%)"
+    assert shown_total(html, "observed-calls") == "3"
+    assert shown_total(html, "observed-spend") == "$1.20"
+    assert shown_total(html, "observed-routed") == "$0.4800"
+    assert shown_total(html, "would-save") == "$0.7200 (60.0%)"
+    assert shown_total(html, "observed-unpriced") == "1"
+    assert shown_total(html, "savings") == "$0.3000 (75.0%)"
     feature_table = html.split('id="llmroute-table-feature"')[1].split("</table>")[0]
     cells = re.findall(r"<td class=\"num\" data-would-save>([^<]*)</td>", feature_table)
     assert sorted(cells) == ["$0.2700 (38.6%)", "$0.4500 (90.0%)"]
@@ -327,8 +320,8 @@ def test_page_shows_what_routing_would_have_saved(admin_client, mixed_calls):
 )
 def test_page_honours_the_changelist_filters(admin_client, mixed_calls, query, calls, would_save):
     html = admin_client.get(REPORT + query).content.decode()
-    assert _shown(html, "observed-calls") == calls
-    assert _shown(html, "would-save") == would_save
+    assert shown_total(html, "observed-calls") == calls
+    assert shown_total(html, "would-save") == would_save
 
 
 def test_page_without_observe_calls_leaves_the_section_out(admin_client):
@@ -336,7 +329,7 @@ def test_page_without_observe_calls_leaves_the_section_out(admin_client):
     html = admin_client.get(REPORT).content.decode()
     assert 'id="llmroute-observe"' not in html
     assert "data-would-save" not in html
-    assert _shown(html, "savings") == "$0.3000 (75.0%)"
+    assert shown_total(html, "savings") == "$0.3000 (75.0%)"
 
 
 def test_observe_figures_come_from_the_rollup_when_it_answers_exactly(admin_client, mixed_calls):
@@ -344,5 +337,5 @@ def test_observe_figures_come_from_the_rollup_when_it_answers_exactly(admin_clie
     LLMCall.objects.filter(created_at__lt=NOV_20 - timedelta(days=1)).delete()
     html = admin_client.get(REPORT).content.decode()
     assert "the daily rollup" in html
-    assert _shown(html, "observed-calls") == "3"
-    assert _shown(html, "would-save") == "$0.7200 (60.0%)"
+    assert shown_total(html, "observed-calls") == "3"
+    assert shown_total(html, "would-save") == "$0.7200 (60.0%)"
