@@ -468,11 +468,12 @@ def _costs(info: CallInfo, usage: Usage) -> tuple[Decimal, Decimal | None]:
     if model is None:
         billed = usage.provider_cost if usage.provider_cost is not None else _ZERO
         return billed, None
-    from .pricing import billed_cost, cost_of
+    from .pricing import billed_cost
 
+    # The requested model served the call: what it would have cost is what it cost,
+    # billed by the provider or at list prices, so no saving is ever shown for it.
     billed = billed_cost(usage, model, catalog=catalog)
-    listed = billed if usage.provider_cost is None else cost_of(usage, model, catalog=catalog)
-    return billed, listed
+    return billed, billed
 
 
 def _charge_budgets(info: CallInfo, cost: Decimal) -> None:

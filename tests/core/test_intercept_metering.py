@@ -523,3 +523,32 @@ def test_a_gemini_stream_sent_on_after_an_internal_error_is_metered() -> None:
     assert call.usage is not None
     assert record.usage.output_tokens == call.usage.output_tokens
     assert not record.usage.estimated
+
+
+def test_a_billed_pass_through_call_shows_no_saving() -> None:
+    # The requested model served it: a provider-reported cost is both what it cost
+    # and what the requested model would have cost, never a list price beside it.
+    import time
+
+    from routing_middleware._intercept_meter import CallInfo, Meter
+    from routing_middleware.context import RouteContext
+
+    engine = _engine()
+    info = CallInfo(
+        engine, RouteContext(), "chat", f"openai/{MODEL}", "openai", False, time.perf_counter()
+    )
+    meter = Meter(info, 200, "application/json")
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "cost": 0.0123},
+    }
+    meter.feed(json.dumps(answer).encode())
+    meter.finish(True)
+    [record] = _records(engine)
+    assert record.cost == Decimal("0.0123")
+    assert record.requested_cost == record.cost
