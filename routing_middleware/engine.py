@@ -340,7 +340,9 @@ class LLMRoute:
         return decision, await self.dispatcher.astream(request, decision, ctx, cache=cache)
 
     def close(self) -> None:
-        """Close the upstream clients this engine made and its Redis connections."""
+        """Close the upstream clients this engine made and its Redis connections
+        (after the router's background stats snapshots have stopped)."""
+        self.router.close()
         self.dispatcher.close()
         for store in self._redis_stores:
             store.close()
@@ -348,6 +350,7 @@ class LLMRoute:
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`; also closes the stores' async Redis clients."""
+        self.router.close()
         await self.dispatcher.aclose()
         for store in self._redis_stores:
             await store.aclose()

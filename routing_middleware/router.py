@@ -653,7 +653,7 @@ class _Refresher:
     of those is older than the view and is dropped.
     """
 
-    __slots__ = ("busy", "epoch", "failing", "lock", "thread", "wanted")
+    __slots__ = ("busy", "closed", "epoch", "failing", "lock", "thread", "wanted")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -661,6 +661,7 @@ class _Refresher:
         self.thread: threading.Thread | None = None
         self.busy = False
         self.failing = False
+        self.closed = False
         self.epoch = 0
 
 
@@ -673,7 +674,7 @@ def _refresh_loop(ref: weakref.ReferenceType[Router], refresher: _Refresher) -> 
                     return
         refresher.wanted.clear()
         router = ref()
-        if router is None:
+        if router is None or refresher.closed:
             return
         router._refresh_stats()
         del router
@@ -752,6 +753,18 @@ class Router:
             # The view caches figures per candidate object: start it over for the new ones.
             self._view = _StatsView(self._view.snapshot, self.config)
         return plan
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop taking stats snapshots in the background, waiting up to ``timeout``
+        seconds for one in flight, so none reaches the stats store after its owner
+        closes it. Decisions made afterwards keep the last figures."""
+        refresher = self._refresher
+        with refresher.lock:
+            refresher.closed = True
+            thread = refresher.thread
+        refresher.wanted.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def refresh(self) -> None:
         """Drop precomputed state; the next decision recomputes it (and takes a stats
@@ -929,7 +942,7 @@ class Router:
     def _ask_refresh(self, now: float, period: float) -> None:
         refresher = self._refresher
         with refresher.lock:
-            if refresher.busy or now - self._snapshot_at < period:
+            if refresher.busy or refresher.closed or now - self._snapshot_at < period:
                 return
             self._snapshot_at = now
             refresher.busy = True

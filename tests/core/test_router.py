@@ -1387,6 +1387,30 @@ def test_a_due_snapshot_is_taken_off_the_request_thread_and_swapped_in() -> None
     assert len(stats.threads) == 2 or all(t == stats.threads[1] for t in stats.threads[1:])
 
 
+def test_close_waits_for_a_snapshot_in_flight_and_starts_no_more() -> None:
+    stats = _GatedStats()
+    router = Router(_catalog(), _config(stats_refresh_s=0.02), stats=stats)
+    ctx = RouteContext(tier=1)
+    router.decide(_request(), ctx)  # the first snapshot, on this thread
+    stats.gate.clear()
+    time.sleep(0.03)
+    router.decide(_request(), ctx)  # due: a background snapshot starts and blocks
+    assert _until(lambda: stats.running == 1)
+    closing = threading.Thread(target=router.close)
+    closing.start()
+    time.sleep(0.05)
+    assert closing.is_alive()  # waiting for the snapshot in flight
+    stats.gate.set()
+    closing.join(5)
+    assert not closing.is_alive()
+    assert stats.running == 0
+    taken = len(stats.threads)
+    time.sleep(0.03)
+    router.decide(_request(), ctx)  # due again, but closed: no snapshot
+    time.sleep(0.05)
+    assert len(stats.threads) == taken
+
+
 def test_one_refresh_at_a_time_under_concurrent_decisions() -> None:
     stats = _GatedStats()
     router = Router(_catalog(), _config(stats_refresh_s=0.001), stats=stats)
