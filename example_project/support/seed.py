@@ -361,21 +361,7 @@ def _call(
             )
         ]
     if roll > 0.996:  # every deployment failed: the caller got the error
-        kind, _ = rng.choice(_ERRORS)
-        return [
-            record(
-                1,
-                chosen_model=route.model,
-                provider=route.provider,
-                usage=Usage(input_tokens=0, output_tokens=0),
-                cost=Decimal(0),
-                requested_cost=Decimal(0),
-                status="error",
-                error_kind=kind,
-                latency_ms=round(rng.uniform(900, 30000), 1),
-                reasons=reasons,
-            )
-        ]
+        return [_failed_call(rng, record, route, reasons)]
     ok_route, attempts = route, 1
     out: list[UsageRecord] = []
     if roll > 0.955:  # the first choice failed; the fallback answered
@@ -418,6 +404,30 @@ def _call(
     return out
 
 
+def _failed_call(
+    rng: random.Random,
+    record: Callable[..., UsageRecord],
+    route: _Route,
+    reasons: tuple[tuple[str, str], ...],
+    **fields: Any,
+) -> UsageRecord:
+    """A call whose every attempt failed on ``route``: the caller got the error."""
+    kind, _ = rng.choice(_ERRORS)
+    return record(
+        1,
+        chosen_model=route.model,
+        provider=route.provider,
+        usage=Usage(input_tokens=0, output_tokens=0),
+        cost=Decimal(0),
+        requested_cost=Decimal(0),
+        status="error",
+        error_kind=kind,
+        latency_ms=round(rng.uniform(900, 30000), 1),
+        reasons=reasons,
+        **fields,
+    )
+
+
 def _observed_call(
     rng: random.Random,
     record: Callable[..., UsageRecord],
@@ -437,20 +447,7 @@ def _observed_call(
     kept = _REQUESTED_ROUTES[feature.requested]
     reasons = (*reasons, ("observe", f"observe mode: keeping {feature.requested}"))
     if rng.random() < 0.015:
-        kind, _ = rng.choice(_ERRORS)
-        return record(
-            1,
-            mode="observe",
-            chosen_model=kept.model,
-            provider=kept.provider,
-            usage=Usage(input_tokens=0, output_tokens=0),
-            cost=Decimal(0),
-            requested_cost=Decimal(0),
-            status="error",
-            error_kind=kind,
-            latency_ms=round(rng.uniform(900, 30000), 1),
-            reasons=reasons,
-        )
+        return _failed_call(rng, record, kept, reasons, mode="observe")
     cost = cost_of(usage, feature.requested)
     return record(
         1,
