@@ -234,7 +234,8 @@ class LLMRoute:
         waits on the store.
         """
         ctx = current_context() if context is None else context
-        await self.router.aprepare()
+        if self.router.awaits_first_snapshot:  # once: no coroutine per decision after
+            await self.router.aprepare()
         budgets = self.budgets
         if budgets and type(budgets.store) is not MemoryBudgetStore:
             try:

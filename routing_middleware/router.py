@@ -909,6 +909,12 @@ class Router:
                 self._swap_in(snapshot)
             self._snapshot_at = now
 
+    @property
+    def awaits_first_snapshot(self) -> bool:
+        """Whether the next decision would take the first stats snapshot itself (see
+        :meth:`aprepare`)."""
+        return self._snapshot_at == -math.inf and self.stats is not None
+
     async def aprepare(self) -> None:
         """Take the first stats snapshot through the store's async client, when the
         store has one (``asnapshot``) and the next decision would take it itself.

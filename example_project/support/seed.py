@@ -365,22 +365,7 @@ def _call(
     ok_route, attempts = route, 1
     out: list[UsageRecord] = []
     if roll > 0.955:  # the first choice failed; the fallback answered
-        kind, _ = rng.choice(_ERRORS)
-        out.append(
-            record(
-                1,
-                chosen_model=route.model,
-                provider=route.provider,
-                usage=Usage(input_tokens=0, output_tokens=0),
-                cost=Decimal(0),
-                requested_cost=Decimal(0),
-                status="error",
-                error_kind=kind,
-                latency_ms=round(rng.uniform(300, 6000), 1),
-                reasons=reasons,
-                attempts=1,
-            )
-        )
+        out.append(_failed_call(rng, record, route, reasons, latency=(300, 6000), attempts=1))
         ok_route, attempts = _FALLBACK_FOR[route.model], 2
     took = latency(ok_route)
     out.append(
@@ -409,9 +394,10 @@ def _failed_call(
     record: Callable[..., UsageRecord],
     route: _Route,
     reasons: tuple[tuple[str, str], ...],
+    latency: tuple[float, float] = (900, 30000),
     **fields: Any,
 ) -> UsageRecord:
-    """A call whose every attempt failed on ``route``: the caller got the error."""
+    """A failed attempt on ``route``, taking a time in the ``latency`` range (ms)."""
     kind, _ = rng.choice(_ERRORS)
     return record(
         1,
@@ -422,7 +408,7 @@ def _failed_call(
         requested_cost=Decimal(0),
         status="error",
         error_kind=kind,
-        latency_ms=round(rng.uniform(900, 30000), 1),
+        latency_ms=round(rng.uniform(*latency), 1),
         reasons=reasons,
         **fields,
     )

@@ -315,3 +315,15 @@ def test_async_calls_read_shared_budget_totals_without_blocking_the_loop() -> No
     asyncio.run(calls())
     assert SharedStore.sync_reads_in_loop == 0
     assert engine.budgets.store.totals(engine.budgets.lines())[0] > 0
+
+
+@pytest.mark.anyio
+async def test_adecide_takes_the_first_stats_snapshot_through_the_async_client() -> None:
+    from tests.core.test_router import _AsyncOnlySnapshots
+
+    engine = LLMRoute(FAST, environ={})
+    stats = engine.router.stats = _AsyncOnlySnapshots()
+    await engine.adecide(_request())
+    await engine.adecide(_request())
+    assert (stats.async_snapshots, stats.sync_snapshots) == (1, 0)
+    engine.close()

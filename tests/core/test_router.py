@@ -672,7 +672,9 @@ async def test_aprepare_takes_the_first_snapshot_through_the_async_client() -> N
     for _ in range(30):
         stats.record("google/flash", latency_ms=5000.0)
     router = Router(_catalog(), _no_classifier(stats_refresh_s=60), stats=stats)
+    assert router.awaits_first_snapshot
     await router.aprepare()
+    assert not router.awaits_first_snapshot
     await router.aprepare()  # taken already: not again
     assert (stats.async_snapshots, stats.sync_snapshots) == (1, 0)
     decision = router.decide(_request(), RouteContext(tier=1, max_latency_ms=800))
