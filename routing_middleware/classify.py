@@ -263,10 +263,12 @@ _MAX_WORDS = 50_000
 _known = _WordCache()
 
 
-def _learn(cache: _WordCache, words: set[bytes], new: set[bytes]) -> _WordCache:
-    """A word cache with every word of ``words`` looked at: ``cache`` with the words
-    ``new`` to it added, or a fresh one when ``cache`` would outgrow its bound."""
+def _learn(cache: _WordCache, split: list[bytes]) -> _WordCache:
+    """A word cache with every word of ``split`` looked at: ``cache`` with the words
+    new to it added, or a fresh one when ``cache`` would outgrow its bound."""
     global _known
+    words = set(split)
+    new = words.difference(cache.seen)
     if len(cache.seen) + len(new) > _MAX_WORDS:
         cache, new = _WordCache(), words
         _known = cache
@@ -286,15 +288,13 @@ def _words(lowered: str) -> list[bytes]:
 
 def _cues(split: list[bytes], lowered: str) -> list[_Cue]:
     """The cues among the words ``split`` of ``lowered``, one per distinct word."""
-    words = set(split)
     cache = _known
-    # One pass finds the words not looked at yet; with digits folded, texts never
-    # seen mostly have none.
-    new = words.difference(cache.seen)
-    if new:
-        cache = _learn(cache, words, new)
+    # Membership tests against the cache, in C, with no set of the text's words built:
+    # with digits folded, texts never seen mostly bring no word not looked at yet.
+    if not cache.seen.issuperset(split):
+        cache = _learn(cache, split)
     found = cache.found
-    cues = [found[word] for word in words.intersection(cache.cues)]
+    cues = [found[word] for word in cache.cues.intersection(split)]
     for cue in cues:
         if cue.folded:
             return _unfolded(lowered, cues)

@@ -619,3 +619,18 @@ def test_tier_leaves_out_code_and_math_signs_only_when_they_cannot_change_it(
     assert ComplexityScorer()(_request("write")) == 1
     assert ComplexityScorer()(_request("write def x")) == 2
     assert finished == ["write", "write def x"]
+
+
+def test_word_cache_is_bounded_and_starts_over_without_losing_cues(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(classify, "_MAX_WORDS", 40)
+    monkeypatch.setattr(classify, "_known", classify._WordCache())
+    rng = random.Random(5)
+    for i in range(30):
+        filler = " ".join(f"w{chr(97 + i % 26)}{rng.randrange(10**6):x}z" for _ in range(15))
+        text = f"Analyze the contract clause {filler} and explain the risk step by step"
+        assert classify._vector_of(text, "", 1, 0) == _reference_vector(text, "", 1, 0)
+        assert len(classify._known.seen) <= 40
+        assert classify._known.cues <= classify._known.seen
+        assert set(classify._known.found) == classify._known.cues
