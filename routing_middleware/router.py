@@ -39,7 +39,6 @@ sees them.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import itertools
 import logging
 import math
@@ -176,6 +175,8 @@ def _cost_of_units(total: int) -> tuple[Decimal, str]:
 
 
 _ZERO_COST = Decimal(0).scaleb(-10)
+#: The ``chosen`` reason of a selection made only to be compared, never to decide.
+_UNPRICED = Reason("chosen", "")
 
 
 def _seconds(ms: float) -> str:
@@ -1282,7 +1283,15 @@ class Router:
                     spans.clear()
                 span, read = self._span_of(
                     lambda end: self._select(
-                        plan, view, end, tier, cheapest, rules.model, requested, output_tokens
+                        plan,
+                        view,
+                        end,
+                        tier,
+                        cheapest,
+                        rules.model,
+                        requested,
+                        output_tokens,
+                        False,  # priced: only the picks are compared
                     )[0],
                     cons,
                     requested,
@@ -1351,13 +1360,15 @@ class Router:
         pin: str | None,
         requested: _Cand | None,
         output_tokens: int,
+        priced: bool = True,
     ) -> tuple[_Selection | None, list[Reason]]:
         """The ranked picks for ``cons`` at ``tier`` (or the ``cheapest`` of all, or the
         model a rule ``pin`` names), with the reasons the search gave; ``None`` and
         those reasons when nothing is eligible.
 
         Reads only its arguments, the plan, the view and the health check, so its
-        result can be remembered (see ``decide``).
+        result can be remembered (see ``decide``). Without ``priced`` the selection
+        has no costs and no ``chosen`` reason: it is only compared (see ``_span_of``).
         """
         reasons: list[Reason] = []
         want = self.config.max_fallbacks + 1
@@ -1385,16 +1396,21 @@ class Router:
         if not picks:
             return None, reasons
         best = picks[0]
-        selection = _priced(
-            best,
-            picks[1:],
-            chosen_level,
-            tuple(reasons),
-            cons,
-            requested,
-            cons.input_tokens,
-            output_tokens,
-        )
+        if priced:
+            selection = _priced(
+                best,
+                picks[1:],
+                chosen_level,
+                tuple(reasons),
+                cons,
+                requested,
+                cons.input_tokens,
+                output_tokens,
+            )
+        else:
+            selection = _Selection(
+                best, picks[1:], chosen_level, tuple(reasons), cons, _ZERO_COST, None, _UNPRICED
+            )
         if len(best.deployments) == 1:  # the primary is that one: so are the fallbacks
             selection.fallbacks = self._fallbacks(
                 plan, best.deployments[0], best, selection.rest, chosen_level, cons, view
@@ -1431,10 +1447,10 @@ class Router:
             return None, read
         bucket = min(_BUCKETS - 1, int(cons.w * _BUCKETS))
         for w in (bucket / _BUCKETS, (bucket + 1) / _BUCKETS):
-            end = dataclasses.replace(cons, w=w, seen=None, stats_read=False)
-            if requested is not None and cons.ceiling != math.inf:
-                end.ceiling = requested.unit(w, cons.input_tokens)
-            end.limit = min(end.ceiling, end.max_cost)
+            ceiling = cons.ceiling
+            if requested is not None and ceiling != math.inf:
+                ceiling = requested.unit(w, cons.input_tokens)
+            end = _at_share(cons, w, ceiling)
             other = search(end)
             read = read or end.stats_read
             if other is None or not _clear_order(other) or not _same_outcome(found, other):
@@ -1737,6 +1753,28 @@ class Router:
                     if p.cand.id not in seen:
                         out.append(p.deployments[0])
         return tuple(out[:limit])
+
+
+def _at_share(cons: _Constraints, w: float, ceiling: float) -> _Constraints:
+    """``cons`` at output share ``w`` and cost ceiling ``ceiling`` (what that share
+    makes of it), before any search has used it."""
+    return _Constraints(
+        cons.needs,
+        cons.window,
+        cons.min_quality,
+        ceiling,
+        cons.max_cost,
+        cons.allow,
+        cons.deny,
+        cons.providers,
+        cons.sla_ms,
+        cons.stream,
+        cons.input_tokens,
+        w,
+        min(ceiling, cons.max_cost),  # limit
+        cons.lists,
+        None,  # seen
+    )
 
 
 def _cheap_key(p: _Pick) -> tuple[float, float, int, int]:
