@@ -308,7 +308,7 @@ class _Latency:
     an SLA at or above ``worst`` is met by every deployment without a loop.
     """
 
-    __slots__ = ("best", "excluded", "p95s", "worst")
+    __slots__ = ("best", "excluded", "p95s", "within", "worst")
 
     def __init__(self, best: float, p95s: tuple[float | None, ...], worst: float) -> None:
         self.best = best
@@ -316,6 +316,8 @@ class _Latency:
         self.worst = worst
         #: The ``excluded_sla`` reason per (deployment index, SLA), made when first needed.
         self.excluded: dict[tuple[int, float], Reason] = {}
+        #: Per SLA: the deployments that meet it and the reasons for those that do not.
+        self.within: dict[float, tuple[tuple[Deployment, ...], tuple[Reason, ...]]] = {}
 
 
 _UNKNOWN_LATENCY = _Latency(math.inf, (), -math.inf)
@@ -1645,7 +1647,7 @@ class Router:
         # Exclusions met on the way, by the candidate's cost: only those costing no
         # more than the last pick kept are reported, so the reasons do not depend on
         # how far the walk happened to go (see ``_span_of``).
-        excluded: list[tuple[float, int, list[Reason]]] = []
+        excluded: list[tuple[float, int, list[Reason] | tuple[Reason, ...]]] = []
         for i in range(stop):
             # Everything from here on costs at least bounds[i] per token: once the
             # ``want`` cheapest so far all beat that, nothing later can enter.
@@ -1662,16 +1664,17 @@ class Router:
                 if unit > limit:
                     continue
                 deployments = cand.deployments
-                if sla is not None and view.of(cand, stream).worst > sla:
-                    found: list[Reason] = []
-                    deployments = self._deployments_ok(cand, cons, view, found)
-                    if found:
-                        excluded.append((unit, cand.order, found))
-                    if not deployments:
-                        continue
+                if sla is not None:
+                    latency = view.of(cand, stream)
+                    if latency.worst > sla:
+                        deployments, out = _within_sla(cand, cons, latency)
+                        if out:
+                            excluded.append((unit, cand.order, out))
+                        if not deployments:
+                            continue
                 pick: _Pick | None = _Pick(cand, unit, math.inf, deployments)
             else:
-                found = []
+                found: list[Reason] = []
                 pick = self._check(cand, cons, view, found, False)
                 if found:
                     unit = (
@@ -1691,10 +1694,10 @@ class Router:
                     worst = units[-1]
         if excluded:
             excluded.sort(key=_UNIT_AND_ORDER)
-            for unit, _, found in excluded:
+            for unit, _, met in excluded:
                 if unit > worst:
                     break
-                reasons += found
+                reasons += met
         if len(picks) > 1:
             if view.snapshot.deployments:
                 # Ties on cost break on latency: it is looked up only when two picks
@@ -2036,6 +2039,30 @@ def _sla_reason(cand: _Cand, cons: _Constraints, latency: _Latency, index: int) 
         if len(latency.excluded) >= 64:  # SLAs computed per request: keep it bounded
             latency.excluded.clear()
         latency.excluded[key] = found
+    return found
+
+
+def _within_sla(
+    cand: _Cand, cons: _Constraints, latency: _Latency
+) -> tuple[tuple[Deployment, ...], tuple[Reason, ...]]:
+    """What ``_deployments_ok`` gives without a health check: ``cand``'s deployments
+    that meet the SLA of ``cons`` and the reasons for those that do not; made once
+    per SLA and snapshot (``latency`` is ``cand``'s in this snapshot)."""
+    sla: float = cons.sla_ms  # type: ignore[assignment]
+    found = latency.within.get(sla)
+    if found is None:
+        kept = []
+        out = []
+        for i, d in enumerate(cand.deployments):
+            p95 = latency.p95s[i]
+            if p95 is not None and p95 > sla:
+                out.append(_sla_reason(cand, cons, latency, i))
+            else:
+                kept.append(d)
+        found = (tuple(kept), tuple(out))
+        if len(latency.within) >= 64:  # SLAs computed per request: keep it bounded
+            latency.within.clear()
+        latency.within[sla] = found
     return found
 
 

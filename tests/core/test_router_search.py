@@ -1,0 +1,95 @@
+"""Searches that reuse what they worked out before decide as a search from scratch."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+from routing_middleware.catalog import Catalog, ModelInfo, Price
+from routing_middleware.config import RoutingConfig
+from routing_middleware.context import RouteContext
+from routing_middleware.router import Router
+from routing_middleware.schema import ChatRequest, Message
+from routing_middleware.stats import MemoryStatsStore
+
+CAPS = frozenset({"streaming", "tools"})
+
+
+def _model(model_id: str, pin: str, pout: str) -> ModelInfo:
+    provider, name = model_id.split("/")
+    return ModelInfo(
+        id=model_id,
+        provider=provider,
+        name=name,
+        price=Price(Decimal(pin), Decimal(pout)),
+        context_window=128_000,
+        capabilities=CAPS,
+        quality=60,
+        tier=1,
+    )
+
+
+MODELS = [
+    _model("a/cheap", "0.10", "0.40"),
+    _model("b/mid", "0.20", "0.80"),
+    _model("c/dear", "0.40", "1.60"),
+    _model("d/dearer", "0.80", "3.20"),
+]
+
+
+def _stats() -> MemoryStatsStore:
+    """``a/cheap`` served from two regions, one slow; ``b/mid`` slow to answer but quick
+    to start streaming."""
+    stats = MemoryStatsStore()
+    for _ in range(30):
+        stats.record("a/cheap-east", latency_ms=400.0, ttft_ms=100.0)
+        stats.record("a/cheap-west", latency_ms=2500.0, ttft_ms=1200.0)
+        stats.record("b/mid", latency_ms=1800.0, ttft_ms=300.0)
+        stats.record("c/dear", latency_ms=600.0, ttft_ms=150.0)
+        stats.record("d/dearer", latency_ms=500.0, ttft_ms=100.0)
+    return stats
+
+
+def _router(stats: MemoryStatsStore, seed: int = 0) -> Router:
+    config = RoutingConfig.model_validate(
+        {
+            "classifier": {"enabled": False},
+            "max_fallbacks": 2,
+            "stats_refresh_s": 1000.0,
+            "deployments": [
+                {"model": "a/cheap", "provider": "a", "name": "cheap-east"},
+                {"model": "a/cheap", "provider": "a", "name": "cheap-west"},
+            ],
+        }
+    )
+    return Router(Catalog(MODELS), config, stats=stats, rng=random.Random(seed))
+
+
+def test_sla_exclusions_worked_out_once_per_sla_decide_as_a_fresh_router() -> None:
+    stats = _stats()
+    shared = _router(stats)
+    cases = [(1000.0, False), (3000.0, False), (1000.0, True), (2000.0, False), (1000.0, False)]
+    for n, (sla, stream) in enumerate(cases * 2):
+        # A new length each time: no remembered selection answers it.
+        request = ChatRequest(
+            model="d/dearer",
+            messages=[Message(role="user", content="w " * (200 + 37 * n))],
+            stream=stream,
+        )
+        ctx = RouteContext(tier=1, max_latency_ms=sla)
+        shared._rng = random.Random(n)  # (the same pick between two regions as below)
+        got = shared.decide(request, ctx)
+        assert got == _router(stats, n).decide(request, ctx)
+        excluded = [r.message for r in got.reasons if r.code == "excluded_sla"]
+        if stream:
+            assert excluded == ["a/cheap excluded: TTFT p95 1.2 s > SLA 1.0 s"]
+        elif sla == 1000.0:
+            assert excluded == [
+                "a/cheap excluded: p95 2.5 s > SLA 1.0 s",
+                "b/mid excluded: p95 1.8 s > SLA 1.0 s",
+            ]
+            assert got.primary.name == "cheap-east"
+        elif sla == 2000.0:
+            assert excluded == ["a/cheap excluded: p95 2.5 s > SLA 2.0 s"]
+        else:
+            assert excluded == []
