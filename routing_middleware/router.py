@@ -239,6 +239,12 @@ class _Plan:
     spans: dict[tuple[Any, ...], tuple[_Selection | None, _StatsView | None]] = field(
         default_factory=dict
     )
+    #: What the searches at a bucket's ends found (``None``: nothing eligible), for the
+    #: span checks of both buckets that end shares: keyed as ``spans`` but by the end's
+    #: index instead of the bucket, with the stats view read as there. Bounded.
+    ends: dict[tuple[Any, ...], tuple[_Selection | None, _StatsView | None]] = field(
+        default_factory=dict
+    )
     #: Selections that read no latency figure, by their key (see ``_StatsView``):
     #: they outlive stats snapshots. Bounded.
     selections: dict[tuple[Any, ...], _Selection] = field(default_factory=dict)
@@ -873,6 +879,7 @@ class Router:
             self._view = _StatsView(self._view.snapshot, self.config)
             if self._plan is not None:
                 self._plan.spans.clear()
+                self._plan.ends.clear()
                 self._plan.selections.clear()
         stats = self.stats
         if stats is None:
@@ -1284,17 +1291,9 @@ class Router:
                 if len(spans) >= _MAX_SPANS:
                     spans.clear()
                 span, read = self._span_of(
-                    lambda end: self._select(
-                        plan,
-                        view,
-                        end,
-                        tier,
-                        cheapest,
-                        rules.model,
-                        requested,
-                        output_tokens,
-                        False,  # priced: only the picks are compared
-                    )[0],
+                    lambda end: self._end_search(
+                        plan, view, span_key, end, tier, cheapest, rules.model, requested
+                    ),
                     cons,
                     requested,
                     selection,
@@ -1426,6 +1425,32 @@ class Router:
             selection.seen = tuple(answers.items())
             cons.seen = None
         return selection, reasons
+
+    def _end_search(
+        self,
+        plan: _Plan,
+        view: _StatsView,
+        span_key: tuple[Any, ...],
+        end: _Constraints,
+        tier: int,
+        cheapest: bool,
+        pin: str | None,
+        requested: _Cand | None,
+    ) -> _Selection | None:
+        """What a search finds at a bucket's end (``end.w``), unpriced: the same for the
+        span checks of the buckets on either side, so it is kept for the other one."""
+        ends = plan.ends
+        key = (*span_key[:8], round(end.w * _BUCKETS), *span_key[9:])
+        kept = ends.get(key)
+        if kept is not None and (kept[1] is None or kept[1] is view):
+            end.stats_read = kept[1] is not None
+            return kept[0]
+        # (``output_tokens`` only prices, and this selection is compared, not priced)
+        found = self._select(plan, view, end, tier, cheapest, pin, requested, 0, False)[0]
+        if len(ends) >= _MAX_SPANS:
+            ends.clear()
+        ends[key] = (found, view if end.stats_read else None)
+        return found
 
     def _span_of(
         self,

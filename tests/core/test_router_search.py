@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 from decimal import Decimal
+from typing import Any
+
+import pytest
 
 from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.config import RoutingConfig
@@ -93,3 +96,34 @@ def test_sla_exclusions_worked_out_once_per_sla_decide_as_a_fresh_router() -> No
             assert excluded == ["a/cheap excluded: p95 2.5 s > SLA 2.0 s"]
         else:
             assert excluded == []
+
+
+def test_neighbouring_buckets_share_the_search_at_their_common_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = RoutingConfig.model_validate({"classifier": {"enabled": False}})
+    router = Router(Catalog(MODELS), config)
+    searches = [0]
+    select = router._select
+
+    def counting(*args: Any) -> Any:
+        searches[0] += 1
+        return select(*args)
+
+    monkeypatch.setattr(router, "_select", counting)
+    ctx = RouteContext(tier=1)
+    # 256 output tokens: 915-1004 input tokens fall in bucket 13 of the output share,
+    # 1005-1109 in bucket 12; both end at a share of 13/64.
+    counts = []
+    for input_tokens in (950, 960, 1050, 1060, 1080, 990):
+        request = ChatRequest(
+            model="d/dearer", messages=[Message(role="user", content="x" * (4 * input_tokens))]
+        )
+        before = searches[0]
+        decision = router.decide(request, ctx)
+        counts.append(searches[0] - before)
+        assert decision.input_tokens - input_tokens == 7  # (framing)
+        assert decision == Router(Catalog(MODELS), config).decide(request, ctx)
+    # Bucket 13: searched, then searched and checked at 13/64 and 14/64. Bucket 12:
+    # searched, then searched and checked at 12/64 only. Then both spans answer.
+    assert counts == [1, 3, 1, 2, 0, 0]
