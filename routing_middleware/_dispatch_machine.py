@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from . import _deferred
 from ._dispatch_drivers import _Pipe, settle_now
 from ._dispatch_state import (
     StreamFailover,
@@ -143,6 +144,8 @@ class _Machine:
     ) -> _Call:
         if request.stream != stream:
             request = request.model_copy(update={"stream": stream})
+        if stream:
+            _deferred.prepare()  # (a stream dropped unclosed is cleaned up there)
         key = None
         if self.cache is not None and is_cacheable(request, cache):
             key = self.cache.key(request, decision.primary.model)
@@ -348,42 +351,53 @@ class _Machine:
         """The whole call as effects: cache, attempts, fallbacks, metering."""
         try:
             result = yield from self._serve(call)
+        except GeneratorExit:
+            # Garbage-collected without close(): no more effects can run here, and
+            # this may be inside a finalizer, so what was used is recorded, settled
+            # and counted on the cleanup thread (see ``_deferred``).
+            live = call.live
+            call.live = None
+            now = self.clock.monotonic()
+            _deferred.defer(lambda: self._collected(call, live, now))
+            raise
         except BaseException as exc:
             live = call.live
             if live is not None:
                 request = self._continuation(call) if call.stitched else call.request
                 kind = "ConsumerClosed" if isinstance(exc, _Closed) else type(exc).__name__
                 usage = self._partial_usage(call, live, request)
-                if isinstance(exc, GeneratorExit):
-                    # Garbage-collected without close(): no more effects can run here,
-                    # but what was used still gets recorded.
-                    call.live = None
-                    if self.stats is not None:
-                        with contextlib.suppress(Exception):
-                            self.stats.finished(live.deployment.key)
-                    now = self.clock.monotonic()
-                    cost, charge, extra = self._costs(live, usage)
-                    if live.reservation is not None and self.budgets is not None:
-                        # The effect loop is gone: settle directly, never raising here.
-                        with contextlib.suppress(Exception):
-                            settle_now(self.budgets, live.reservation, charge)
-                    self._record(
-                        call,
-                        live,
-                        live.deployment,
-                        usage=usage or _EMPTY_USAGE,
-                        cost=cost,
-                        status="error",
-                        error_kind=kind,
-                        now=now,
-                        extra=extra,
-                    )
-                else:
-                    yield from self._end_attempt(call, live, usage, None, kind)
+                yield from self._end_attempt(call, live, usage, None, kind)
             self._finish(call)
             raise
         self._finish(call)
         return result
+
+    def _collected(self, call: _Call, live: _Attempt | None, now: float) -> None:
+        """Record, settle and count a call garbage-collected at ``now`` with ``live``
+        in flight, then hand its records to the sink."""
+        try:
+            if live is not None:
+                if self.stats is not None:
+                    with contextlib.suppress(Exception):
+                        self.stats.finished(live.deployment.key)
+                request = self._continuation(call) if call.stitched else call.request
+                usage = self._partial_usage(call, live, request)
+                cost, charge, extra = self._costs(live, usage)
+                if live.reservation is not None and self.budgets is not None:
+                    settle_now(self.budgets, live.reservation, charge)  # (never raises)
+                self._record(
+                    call,
+                    live,
+                    live.deployment,
+                    usage=usage or _EMPTY_USAGE,
+                    cost=cost,
+                    status="error",
+                    error_kind="GeneratorExit",
+                    now=now,
+                    extra=extra,
+                )
+        finally:
+            self._finish(call)
 
     def _serve(self, call: _Call) -> Generator[Any, Any, ChatResponse | None]:
         if call.cache_key is not None:

@@ -6,6 +6,7 @@ Uses the two fake providers of ``test_dispatch``; every scenario runs sync and a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -15,6 +16,7 @@ import anyio
 import httpx
 import pytest
 
+from routing_middleware import _deferred
 from routing_middleware.budgets import Budget, Budgets, MemoryBudgetStore
 from routing_middleware.cache import ResponseCache
 from routing_middleware.context import RouteContext
@@ -421,11 +423,46 @@ def test_a_dropped_stream_settles_its_hold_to_the_recorded_cost(how: str) -> Non
     else:
         del stream
         gc.collect()
+        assert _deferred.drain()
     (record,) = env.records
     assert record.error_kind == ("ConsumerClosed" if how == "close" else "GeneratorExit")
     assert _held(budgets) == 0
     assert budgets.status(RouteContext())[0].spent == record.cost
     assert record.cost > 0
+
+
+class _LockedStore(MemoryBudgetStore):
+    """A budget store whose lock a test can hold, noting the threads that settle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settled_on: list[int] = []
+
+    def settle(self, *args: Any, **kwargs: Any) -> None:
+        self.settled_on.append(threading.get_ident())
+        if not self._lock.acquire(timeout=5):  # (the old cleanup waited here forever)
+            raise AssertionError("settled while the lock was held")
+        self._lock.release()
+        super().settle(*args, **kwargs)
+
+
+def test_a_stream_collected_while_its_store_lock_is_held_is_cleaned_up_elsewhere() -> None:
+    # The collector runs inside whatever allocation triggers it, here while this
+    # thread holds the budget store's lock: cleaning up on the spot would wait on it.
+    env = Env()
+    store = _LockedStore()
+    budgets = Budgets([Budget(name="daily", limit_usd=Decimal("10"))], store)
+    stream = env.dispatcher(budgets=budgets).stream(chat(), decision())
+    next(stream)
+    with store._lock:
+        del stream  # (the last reference: collected here, lock held)
+        assert env.records == []
+    assert _deferred.drain()
+    (record,) = env.records
+    assert record.error_kind == "GeneratorExit"
+    assert store.settled_on and threading.get_ident() not in store.settled_on
+    assert _held(budgets) == 0
+    assert budgets.status(RouteContext())[0].spent == record.cost > 0
 
 
 def test_continue_mode_prices_the_requested_model_on_the_input_once(env: Env) -> None:

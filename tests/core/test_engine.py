@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from routing_middleware import _deferred
 from routing_middleware.context import route_hint
 from routing_middleware.engine import LLMRoute, collect_records, collected_records
 from routing_middleware.metering import MemorySink
@@ -164,6 +165,7 @@ def test_a_stream_dropped_from_the_engine_releases_its_budget_hold() -> None:
     assert sum(int(e[1]) for e in store._counters.values()) > 0
     del stream
     gc.collect()
+    assert _deferred.drain()
     assert sum(int(e[1]) for e in store._counters.values()) == 0
     records = [r for r in engine.sink.records if r.streamed]  # type: ignore[attr-defined]
     assert len(records) == 1
