@@ -166,15 +166,20 @@ def _cost_of_units(total: int) -> tuple[Decimal, str]:
     at that quantum) and as :func:`_usd` writes it (rounded half to even)."""
     if not total:
         return _ZERO_COST, "$0"
-    micros, rest = divmod(total, 10_000)
-    if rest > 5_000 or (rest == 5_000 and micros & 1):
-        micros += 1
-    dollars, fraction = divmod(micros, 1_000_000)
-    text = f"${dollars}.{fraction:06d}".rstrip("0").rstrip(".")
-    return Decimal(total).scaleb(-10), text
+    micros = (total + 5_000) // 10_000
+    if total % 20_000 == 5_000:  # half a micro-dollar over an even count: rounds down
+        micros -= 1
+    if micros < 1_000_000:  # (under a dollar: the usual case, in one format)
+        text = f"$0.{micros:06d}".rstrip("0") if micros else "$0"
+    else:
+        dollars, fraction = divmod(micros, 1_000_000)
+        text = f"${dollars}.{fraction:06d}".rstrip("0").rstrip(".")
+    # (a product exact at the quantum: what ``scaleb(-10)`` gives, in a third of the time)
+    return Decimal(total) * _QUANTUM, text
 
 
 _ZERO_COST = Decimal(0).scaleb(-10)
+_QUANTUM = Decimal("1E-10")
 #: The ``chosen`` reason of a selection made only to be compared, never to decide.
 _UNPRICED = Reason("chosen", "")
 
@@ -1827,20 +1832,36 @@ def _priced(
     input_tokens: int,
     output_tokens: int,
 ) -> _Selection:
-    """A selection of these picks with this request's expected costs and ``chosen`` reason."""
-    estimated, text = _cand_cost(best.cand, input_tokens, output_tokens)
-    message = f"chose {best.cand.id} (tier {level}) at ~{text}"
+    """A selection of these picks with this request's expected costs and ``chosen`` reason.
+
+    Runs on nearly every decision on a new text (see ``_span_of``): hence the
+    integer costs inline and the ``Reason`` made as ``decide`` makes its ``Decision``.
+    """
+    cand = best.cand
+    units = cand.units
+    if units is not None:
+        estimated, text = _cost_of_units(input_tokens * units[0] + output_tokens * units[1])
+    else:
+        estimated, text = _cand_cost(cand, input_tokens, output_tokens)
     requested_cost: Decimal | None = None
-    if requested is not None:
-        if requested.info is best.cand.info:
+    if requested is None or requested is cand:
+        message = f"chose {cand.id} (tier {level}) at ~{text}"
+        if requested is not None:
             requested_cost = estimated
+    else:
+        other = text
+        if requested.info is cand.info:
+            requested_cost = estimated
+        elif (units := requested.units) is not None:
+            total = input_tokens * units[0] + output_tokens * units[1]
+            requested_cost, other = _cost_of_units(total)
         else:
-            requested_cost, text = _cand_cost(requested, input_tokens, output_tokens)
-        if requested is not best.cand:
-            message += f" vs {text} on {requested.id}"
-    return _Selection(
-        best, rest, level, reasons, cons, estimated, requested_cost, Reason("chosen", message)
-    )
+            requested_cost, other = _cand_cost(requested, input_tokens, output_tokens)
+        message = f"chose {cand.id} (tier {level}) at ~{text} vs {other} on {requested.id}"
+    chosen: Reason = _new(Reason)
+    _set(chosen, "code", "chosen")
+    _set(chosen, "message", message)
+    return _Selection(best, rest, level, reasons, cons, estimated, requested_cost, chosen)
 
 
 def _cand_cost(cand: _Cand, input_tokens: int, output_tokens: int) -> tuple[Decimal, str]:

@@ -1311,7 +1311,11 @@ def test_integer_costs_equal_the_decimal_ones(
 
 
 @pytest.mark.parametrize(
-    "total", [0, 1, 4_999, 5_000, 15_000, 25_000, 35_000, 10**10, 123_456_785_000]
+    "total",
+    [
+        *(0, 1, 4_999, 5_000, 5_001, 15_000, 25_000, 35_000, 10**10, 123_456_785_000),
+        *(9_999_985_000, 9_999_995_000, 10**10 + 5_000, 19_999_995_000, 20_000_005_000),
+    ],
 )
 def test_integer_cost_text_rounds_half_to_even_as_decimal_formatting_does(total: int) -> None:
     cost, text = _cost_of_units(total)

@@ -11,14 +11,14 @@ import pytest
 from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.config import RoutingConfig
 from routing_middleware.context import RouteContext
-from routing_middleware.router import Router
+from routing_middleware.router import Reason, Router, _expected_cost, _usd
 from routing_middleware.schema import ChatRequest, Message
 from routing_middleware.stats import MemoryStatsStore
 
 CAPS = frozenset({"streaming", "tools"})
 
 
-def _model(model_id: str, pin: str, pout: str) -> ModelInfo:
+def _model(model_id: str, pin: str, pout: str, tier: int = 1, quality: int = 60) -> ModelInfo:
     provider, name = model_id.split("/")
     return ModelInfo(
         id=model_id,
@@ -27,8 +27,8 @@ def _model(model_id: str, pin: str, pout: str) -> ModelInfo:
         price=Price(Decimal(pin), Decimal(pout)),
         context_window=128_000,
         capabilities=CAPS,
-        quality=60,
-        tier=1,
+        quality=quality,
+        tier=tier,
     )
 
 
@@ -127,3 +127,53 @@ def test_neighbouring_buckets_share_the_search_at_their_common_end(
     # Bucket 13: searched, then searched and checked at 13/64 and 14/64. Bucket 12:
     # searched, then searched and checked at 12/64 only. Then both spans answer.
     assert counts == [1, 3, 1, 2, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("requested", "chosen", "cost_of_requested"),
+    [
+        ("c/dear", "a/cheap", "c/dear"),  # whole 1e-10 USD rates on both sides
+        ("e/fine", "a/cheap", "e/fine"),  # a rate finer than that: Decimal arithmetic
+        ("a/cheap", "a/cheap", None),  # the requested model itself: one cost
+        ("f/unknown", "a/cheap", None),  # not in the catalog: no requested cost
+    ],
+)
+def test_the_chosen_reason_states_both_costs_as_decimal_arithmetic_gives_them(
+    requested: str, chosen: str, cost_of_requested: str | None
+) -> None:
+    models = [*MODELS, _model("e/fine", "0.000012345", "1.6", tier=2, quality=90)]
+    config = RoutingConfig.model_validate({"classifier": {"enabled": False}})
+    by_id = {m.id: m for m in models}
+    for chars in (0, 3, 4_001, 50_000, 400_003):
+        request = ChatRequest(model=requested, messages=[Message(role="user", content="x" * chars)])
+        ctx = RouteContext(tier=1, allow_upgrade=True)  # (whatever the requested model costs)
+        decision = Router(Catalog(models), config).decide(request, ctx)
+        expected = _expected_cost(by_id[chosen], decision.input_tokens, decision.output_tokens)
+        message = f"chose {chosen} (tier 1) at ~{_usd(expected)}"
+        assert decision.estimated_cost == expected
+        if cost_of_requested is not None:
+            other = _expected_cost(
+                by_id[cost_of_requested], decision.input_tokens, decision.output_tokens
+            )
+            message += f" vs {_usd(other)} on {requested}"
+            assert decision.requested_cost == other
+            assert str(decision.requested_cost) == str(other)
+        elif requested in by_id:
+            assert decision.requested_cost == expected
+        else:
+            assert decision.requested_cost is None
+        assert str(decision.estimated_cost) == str(expected)
+        assert decision.reasons[-1] == Reason("chosen", message)
+
+
+def test_a_listed_tier_states_the_requested_models_own_cost_beside_its_pick() -> None:
+    # Listed tiers rank copies of the catalog's candidates: the pick is the requested
+    # model, yet not the object the request names, and the reason says both costs.
+    config = RoutingConfig.model_validate(
+        {"classifier": {"enabled": False}, "tiers": {"1": {"models": ["a/cheap", "b/mid"]}}}
+    )
+    request = ChatRequest(model="a/cheap", messages=[Message(role="user", content="x" * 999)])
+    decision = Router(Catalog(MODELS), config).decide(request, RouteContext(tier=1))
+    cost = _usd(_expected_cost(MODELS[0], decision.input_tokens, decision.output_tokens))
+    assert decision.reasons[-1].message == f"chose a/cheap (tier 1) at ~{cost} vs {cost} on a/cheap"
+    assert decision.requested_cost == decision.estimated_cost
