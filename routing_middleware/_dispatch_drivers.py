@@ -239,16 +239,17 @@ class _SyncDriver(_Driver):
 
     def _reserve(self, effect: _Reserve) -> Reservation | None:
         budgets = self._d.budgets
-        if budgets is None:
-            return None
+        if budgets is None or budgets.store_down:
+            return None  # a budget store outage must not take calls down
         try:
             if not effect.enforce:
                 return _charge_only(budgets, effect.context)
             return budgets.reserve(effect.amount, effect.context)
         except LLMError:
             raise
-        except Exception:
-            return None  # a budget store outage must not take calls down
+        except Exception as exc:
+            budgets.store_failed(exc)
+            return None
 
     def _settle(self, effect: _Settle) -> None:
         if self._d.budgets is not None:
@@ -364,7 +365,7 @@ class _AsyncDriver(_Driver):
 
     async def _reserve(self, effect: _Reserve) -> Reservation | None:
         budgets = self._d.budgets
-        if budgets is None:
+        if budgets is None or budgets.store_down:
             return None
         try:
             if not effect.enforce:
@@ -372,7 +373,8 @@ class _AsyncDriver(_Driver):
             return await budgets.areserve(effect.amount, effect.context)
         except LLMError:
             raise
-        except Exception:
+        except Exception as exc:
+            budgets.store_failed(exc)
             return None
 
     async def _settle(self, effect: _Settle) -> None:

@@ -13,6 +13,12 @@ from typing import Any
 #: of failing. The stores on the hot path of every call (budgets, stats) use it.
 BLOCKING_POOL: Mapping[str, Any] = {"max_connections": 64, "timeout": 20}
 
+#: Connect and read timeouts of the clients made here, in seconds. A store answers in
+#: milliseconds; one that stops answering (a partition, a stalled server) must fail
+#: the command, which lets the call go on without it, rather than hold every call
+#: with no end. ``?socket_timeout=…&socket_connect_timeout=…`` in the url win.
+SOCKET_TIMEOUTS: Mapping[str, float] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+
 
 class RedisClients:
     """The sync and async Redis clients of one store.
@@ -22,8 +28,8 @@ class RedisClients:
     closed by :meth:`close` / :meth:`aclose`. With ``pool`` (keyword arguments of
     ``BlockingConnectionPool.from_url``, e.g. ``{"max_connections": 64, "timeout": 20}``)
     made clients wait for a free connection instead of opening more, and closing them
-    disconnects that pool; without it they come from ``Redis.from_url``. ``owner``
-    names the store in errors.
+    disconnects that pool; without it they come from ``Redis.from_url``. Made clients
+    time out as :data:`SOCKET_TIMEOUTS` says. ``owner`` names the store in errors.
     """
 
     __slots__ = ("_async", "_lock", "_made_async", "_made_sync", "_owner", "_pool", "_sync", "_url")
@@ -61,9 +67,9 @@ class RedisClients:
 
                     url = self._need_url("sync")
                     if self._pool is None:
-                        client = redis.Redis.from_url(url)
+                        client = redis.Redis.from_url(url, **SOCKET_TIMEOUTS)
                     else:
-                        pool = redis.BlockingConnectionPool.from_url(url, **self._pool)
+                        pool = redis.BlockingConnectionPool.from_url(url, **SOCKET_TIMEOUTS, **self._pool)
                         client = redis.Redis(connection_pool=pool)
                     self._sync = client
                     self._made_sync = True
@@ -80,9 +86,11 @@ class RedisClients:
 
             url = self._need_url("async")
             if self._pool is None:
-                client = redis.asyncio.Redis.from_url(url)
+                client = redis.asyncio.Redis.from_url(url, **SOCKET_TIMEOUTS)
             else:
-                pool = redis.asyncio.BlockingConnectionPool.from_url(url, **self._pool)
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    url, **SOCKET_TIMEOUTS, **self._pool
+                )
                 client = redis.asyncio.Redis(connection_pool=pool)
             self._async = client
             self._made_async = True

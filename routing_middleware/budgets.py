@@ -22,6 +22,7 @@ after their period.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -39,6 +40,12 @@ from .context import RouteContext, current_context
 from .pricing import rates_for
 from .schema import BudgetExceeded, ChatRequest
 from .tokens import estimate_request_tokens
+
+logger = logging.getLogger("llmroute")
+
+#: After the budget store fails, how long routing and calls go on without reading it
+#: (no budget applies) before it is tried again.
+STORE_RETRY_S = 5.0
 
 if TYPE_CHECKING:
     from .catalog import ModelInfo
@@ -546,6 +553,11 @@ class Budgets:
     which keeps the router off the network on every decision with a Redis store
     (reservations are always exact). This instance's own reserves and settles are
     applied to the cached totals at once, so only other workers' spend can lag.
+
+    A store that fails (down, or not answering within its timeout) does not take
+    calls down: :meth:`pressing` answers "nothing pressing" and the dispatcher skips
+    the hold, for :data:`STORE_RETRY_S` at a time, with one warning per outage.
+    :meth:`status` and :meth:`reserve` still raise its error to their callers.
     """
 
     def __init__(
@@ -565,6 +577,8 @@ class Budgets:
         self._status_cache: dict[str, tuple[float, int]] = {}
         #: Bumped whenever ``_status_cache`` changes.
         self._epoch = 0
+        #: While the store is failing: when to try it again (``time.monotonic``).
+        self._outage: float | None = None
         #: ``pressing`` answers by the context key of :meth:`lines`:
         #: (lines, version or epoch, valid from, valid until, statuses).
         self._pressing: dict[
@@ -574,6 +588,30 @@ class Budgets:
 
     def __bool__(self) -> bool:
         return bool(self.budgets)
+
+    @property
+    def store_down(self) -> bool:
+        """Whether the store failed less than :data:`STORE_RETRY_S` ago (see the class)."""
+        outage = self._outage
+        return outage is not None and time.monotonic() < outage
+
+    def store_failed(self, error: BaseException) -> None:
+        """Note that reading or holding on the store failed with ``error``: budgets are
+        left out for :data:`STORE_RETRY_S`. Warns once per outage, naming the store
+        and the error's type only (a message could carry a connection string)."""
+        if self._outage is None:
+            logger.warning(
+                "budget store %s failed (%s): calls go on without budgets, retrying it "
+                "every %g s",
+                type(self.store).__name__,
+                type(error).__name__,
+                STORE_RETRY_S,
+            )
+        self._outage = time.monotonic() + STORE_RETRY_S
+
+    def _store_answered(self) -> None:
+        self._outage = None
+        logger.warning("budget store %s answers again", type(self.store).__name__)
 
     def lines(self, context: RouteContext | None = None) -> tuple[BudgetLine, ...]:
         """The counters a call under ``context`` is charged to, now."""
@@ -742,6 +780,24 @@ class Budgets:
         ``version`` changes or a counter read expires. Other stores are read each time.
         """
         ctx = current_context() if context is None else context
+        if self._outage is not None:
+            if self.store_down:
+                return ()
+            try:
+                found = self._pressing_now(ctx)
+            except Exception as exc:
+                self.store_failed(exc)
+                return ()
+            self._store_answered()
+            return found
+        try:
+            return self._pressing_now(ctx)
+        except Exception as exc:
+            self.store_failed(exc)
+            return ()
+
+    def _pressing_now(self, ctx: RouteContext) -> tuple[BudgetStatus, ...]:
+        """:meth:`pressing`, reading the store where its memo cannot answer."""
         store = self.store
         ttl = self._status_ttl > 0
         if not ttl and type(store) is not MemoryBudgetStore:

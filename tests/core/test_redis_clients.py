@@ -215,3 +215,93 @@ def test_a_stats_store_given_only_an_async_client_says_so_on_sync_use(prefix: st
         await async_.aclose()
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------------ a server that stops answering
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A Redis url whose server accepts connections and reads, but never answers."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)  # kept open and never answered
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    stop.set()
+    thread.join()
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def _within(seconds: float, work: Callable[[], object]) -> object:
+    """``work()``'s result or error, failing the test if it is still running after
+    ``seconds`` (a client without read timeouts waits on a silent server forever)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(work)
+        try:
+            return future.exception(timeout=seconds) or future.result()
+        except TimeoutError:
+            pytest.fail(f"still waiting on the silent server after {seconds} s")
+
+
+def test_made_clients_time_out_on_a_silent_server_and_the_url_can_say_how_long(
+    silent_url: str,
+) -> None:
+    import redis
+
+    store = RedisBudgetStore(url=silent_url)
+    error = _within(10, lambda: _budgets(store).reserve(Decimal("0.01"), None))
+    assert isinstance(error, redis.TimeoutError)
+    kwargs = store._clients.sync_client().connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 1.0
+    store.close()
+
+    clients = RedisClients("Store", silent_url + "?socket_timeout=0.2")
+    assert clients.sync_client().connection_pool.connection_kwargs["socket_timeout"] == 0.2
+    assert isinstance(_within(10, clients.sync_client().ping), redis.TimeoutError)
+    clients.close()
+
+    async def ping() -> object:
+        client = RedisClients("Store", silent_url, pool={"max_connections": 2}).async_client()
+        try:
+            return await asyncio.wait_for(client.ping(), 10)
+        except redis.TimeoutError as exc:
+            return exc
+        finally:
+            await client.aclose()
+
+    assert isinstance(asyncio.run(ping()), redis.TimeoutError)
+
+
+def test_a_call_goes_on_when_the_budget_store_stops_answering(silent_url: str) -> None:
+    from routing_middleware.engine import LLMRoute
+    from routing_middleware.schema import ChatRequest, Message
+
+    budget = {"name": "all", "scope": "global", "limit_usd": "5"}
+    engine = LLMRoute(
+        {"offline": "always", "offline_latency": "none", "routing": {"budgets": [budget]}},
+        environ={},
+        budget_store=RedisBudgetStore(url=silent_url),
+    )
+    request = ChatRequest(model="gpt-4o-mini", messages=[Message(role="user", content="hi")])
+    done = _within(20, lambda: engine.complete(request))
+    assert not isinstance(done, BaseException), done
+    assert done.response.text  # type: ignore[attr-defined]
