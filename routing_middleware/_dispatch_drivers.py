@@ -102,13 +102,16 @@ def _charge_only(budgets: Budgets, context: RouteContext) -> Reservation:
     return Reservation(budgets.lines(context), 0)
 
 
-def _settle_failed(reservation: Reservation, amount: Any, error: Exception) -> None:
+def _settle_failed(reservation: Reservation, amount: Any, error: Exception | None) -> None:
+    why = "skipped (its store is down)"
+    if error is not None:
+        why = f"failed twice ({type(error).__name__})"
     _log.warning(
-        "settling a budget hold of $%s to $%s failed twice (%s): the hold stays counted "
-        "until its period key expires",
+        "settling a budget hold of $%s to $%s %s: the hold stays counted until its "
+        "period key expires",
         reservation.amount_usd,
         amount,
-        type(error).__name__,
+        why,
     )
 
 
@@ -116,15 +119,20 @@ def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
     """Settle ``reservation`` to ``amount`` (blocking); one retry, then a warning.
 
     A store hiccup (a Redis blip, a cache lock timeout) must not leave the worst-case
-    hold counted until the period key expires, nor take the call down.
+    hold counted until the period key expires, nor take the call down; a store known
+    to be down is not asked (see :class:`~.budgets.Budgets`).
     """
-    for _ in range(2):
+    if budgets.store_down:
+        _settle_failed(reservation, amount, None)
+        return
+    for attempt in range(2):
         try:
             budgets.settle(reservation, amount)
             return
         except Exception as exc:
-            error = exc
-    _settle_failed(reservation, amount, error)
+            if attempt:
+                budgets.store_failed(exc)
+                _settle_failed(reservation, amount, exc)
 
 
 class _Pipe:
@@ -381,13 +389,17 @@ class _AsyncDriver(_Driver):
         budgets = self._d.budgets
         if budgets is None:
             return
-        for _ in range(2):
+        if budgets.store_down:
+            _settle_failed(effect.reservation, effect.amount, None)
+            return
+        for attempt in range(2):
             try:
                 await budgets.asettle(effect.reservation, effect.amount)
                 return
             except Exception as exc:
-                error = exc
-        _settle_failed(effect.reservation, effect.amount, error)
+                if attempt:
+                    budgets.store_failed(exc)
+                    _settle_failed(effect.reservation, effect.amount, exc)
 
     async def _acquire(self, effect: _Acquire) -> bool:
         breaker = self._d.breaker

@@ -17,7 +17,7 @@ BLOCKING_POOL: Mapping[str, Any] = {"max_connections": 64, "timeout": 20}
 #: milliseconds; one that stops answering (a partition, a stalled server) must fail
 #: the command, which lets the call go on without it, rather than hold every call
 #: with no end. ``?socket_timeout=…&socket_connect_timeout=…`` in the url win.
-SOCKET_TIMEOUTS: Mapping[str, float] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+SOCKET_TIMEOUTS: Mapping[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
 
 
 class RedisClients:
@@ -69,7 +69,9 @@ class RedisClients:
                     if self._pool is None:
                         client = redis.Redis.from_url(url, **SOCKET_TIMEOUTS)
                     else:
-                        pool = redis.BlockingConnectionPool.from_url(url, **SOCKET_TIMEOUTS, **self._pool)
+                        pool = redis.BlockingConnectionPool.from_url(
+                            url, **SOCKET_TIMEOUTS, **self._pool
+                        )
                         client = redis.Redis(connection_pool=pool)
                     self._sync = client
                     self._made_sync = True

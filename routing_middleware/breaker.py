@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from ._outage import StoreOutage
 from ._redis import RedisClients
 
 __all__ = [
@@ -362,12 +363,23 @@ class CircuitBreaker:
     ``policies`` overrides ``policy`` per deployment key (``provider/name``), e.g.
     a longer cooldown for a provider whose outages last. ``clock`` is wall time
     (shared across workers with a Redis store).
+
+    A store that fails (down, or not answering within its timeout) does not take
+    routing down: for :data:`~._outage.STORE_RETRY_S` at a time every deployment
+    counts as healthy and outcomes go unrecorded, with one warning per outage.
+    :meth:`state` still raises its error.
     """
 
     store: BreakerStore = field(default_factory=MemoryBreakerStore)
     policy: BreakerPolicy = field(default_factory=BreakerPolicy)
     policies: Mapping[str, BreakerPolicy] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
+    _outage: StoreOutage = field(
+        default_factory=lambda: StoreOutage("breaker store", "deployments count as healthy"),
+        init=False,
+        repr=False,
+        compare=False,
+    )
 
     def policy_for(self, deployment: object) -> BreakerPolicy:
         return self.policies.get(deployment_key(deployment), self.policy)
@@ -382,7 +394,17 @@ class CircuitBreaker:
         Does not claim the half-open probe; the dispatcher does that with
         :meth:`acquire` right before it sends.
         """
-        return self.store.get(deployment_key(deployment)).available(self.clock())
+        outage = self._outage
+        if outage.until is not None and outage.down:
+            return True
+        try:
+            available = self.store.get(deployment_key(deployment)).available(self.clock())
+        except Exception as exc:
+            outage.failed(self.store, exc)
+            return True
+        if outage.until is not None:
+            outage.answered(self.store)
+        return available
 
     def _apply(self, deployment: object, event: Event) -> bool:
         key = deployment_key(deployment)
@@ -394,16 +416,30 @@ class CircuitBreaker:
 
     def acquire(self, deployment: object) -> bool:
         """Ask to send one call; in half-open state only one caller gets ``True``."""
-        if self.store.get(deployment_key(deployment)).phase(self.clock()) == "closed":
+        outage = self._outage
+        if outage.until is not None and outage.down:
             return True
-        return self._apply(deployment, "acquire")
+        try:
+            if self.store.get(deployment_key(deployment)).phase(self.clock()) == "closed":
+                return True
+            return self._apply(deployment, "acquire")
+        except Exception as exc:
+            outage.failed(self.store, exc)
+            return True
 
     async def aacquire(self, deployment: object) -> bool:
         """Async twin of :meth:`acquire`."""
-        state = await self.store.aget(deployment_key(deployment))
-        if state.phase(self.clock()) == "closed":
+        outage = self._outage
+        if outage.until is not None and outage.down:
             return True
-        return await self._aapply(deployment, "acquire")
+        try:
+            state = await self.store.aget(deployment_key(deployment))
+            if state.phase(self.clock()) == "closed":
+                return True
+            return await self._aapply(deployment, "acquire")
+        except Exception as exc:
+            outage.failed(self.store, exc)
+            return True
 
     def record(self, deployment: object, ok: bool | None) -> None:
         """Report an outcome: ``True`` success, ``False`` failure, ``None`` no verdict.
@@ -412,12 +448,25 @@ class CircuitBreaker:
         written: the error rate is then measured from the first failure on, which
         keeps the store off the path of every successful call.
         """
-        if ok and self.store.get(deployment_key(deployment)).pristine:
+        outage = self._outage
+        if outage.until is not None and outage.down:
             return
-        self._apply(deployment, "success" if ok else "neutral" if ok is None else "failure")
+        try:
+            if ok and self.store.get(deployment_key(deployment)).pristine:
+                return
+            self._apply(deployment, "success" if ok else "neutral" if ok is None else "failure")
+        except Exception as exc:
+            outage.failed(self.store, exc)
 
     async def arecord(self, deployment: object, ok: bool | None) -> None:
         """Async twin of :meth:`record`."""
-        if ok and (await self.store.aget(deployment_key(deployment))).pristine:
+        outage = self._outage
+        if outage.until is not None and outage.down:
             return
-        await self._aapply(deployment, "success" if ok else "neutral" if ok is None else "failure")
+        try:
+            if ok and (await self.store.aget(deployment_key(deployment))).pristine:
+                return
+            event: Event = "success" if ok else "neutral" if ok is None else "failure"
+            await self._aapply(deployment, event)
+        except Exception as exc:
+            outage.failed(self.store, exc)

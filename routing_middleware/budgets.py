@@ -22,7 +22,6 @@ after their period.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -35,17 +34,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ._outage import StoreOutage
 from ._redis import BLOCKING_POOL, RedisClients
 from .context import RouteContext, current_context
 from .pricing import rates_for
 from .schema import BudgetExceeded, ChatRequest
 from .tokens import estimate_request_tokens
-
-logger = logging.getLogger("llmroute")
-
-#: After the budget store fails, how long routing and calls go on without reading it
-#: (no budget applies) before it is tried again.
-STORE_RETRY_S = 5.0
 
 if TYPE_CHECKING:
     from .catalog import ModelInfo
@@ -556,7 +550,8 @@ class Budgets:
 
     A store that fails (down, or not answering within its timeout) does not take
     calls down: :meth:`pressing` answers "nothing pressing" and the dispatcher skips
-    the hold, for :data:`STORE_RETRY_S` at a time, with one warning per outage.
+    the hold, for :data:`~._outage.STORE_RETRY_S` at a time, with one warning per
+    outage.
     :meth:`status` and :meth:`reserve` still raise its error to their callers.
     """
 
@@ -577,8 +572,7 @@ class Budgets:
         self._status_cache: dict[str, tuple[float, int]] = {}
         #: Bumped whenever ``_status_cache`` changes.
         self._epoch = 0
-        #: While the store is failing: when to try it again (``time.monotonic``).
-        self._outage: float | None = None
+        self._outage = StoreOutage("budget store", "calls go on without budgets")
         #: ``pressing`` answers by the context key of :meth:`lines`:
         #: (lines, version or epoch, valid from, valid until, statuses).
         self._pressing: dict[
@@ -591,27 +585,12 @@ class Budgets:
 
     @property
     def store_down(self) -> bool:
-        """Whether the store failed less than :data:`STORE_RETRY_S` ago (see the class)."""
-        outage = self._outage
-        return outage is not None and time.monotonic() < outage
+        """Whether the store failed moments ago, and is left alone for now (see the class)."""
+        return self._outage.down
 
     def store_failed(self, error: BaseException) -> None:
-        """Note that reading or holding on the store failed with ``error``: budgets are
-        left out for :data:`STORE_RETRY_S`. Warns once per outage, naming the store
-        and the error's type only (a message could carry a connection string)."""
-        if self._outage is None:
-            logger.warning(
-                "budget store %s failed (%s): calls go on without budgets, retrying it "
-                "every %g s",
-                type(self.store).__name__,
-                type(error).__name__,
-                STORE_RETRY_S,
-            )
-        self._outage = time.monotonic() + STORE_RETRY_S
-
-    def _store_answered(self) -> None:
-        self._outage = None
-        logger.warning("budget store %s answers again", type(self.store).__name__)
+        """Note that reading or holding on the store failed with ``error``."""
+        self._outage.failed(self.store, error)
 
     def lines(self, context: RouteContext | None = None) -> tuple[BudgetLine, ...]:
         """The counters a call under ``context`` is charged to, now."""
@@ -780,20 +759,21 @@ class Budgets:
         ``version`` changes or a counter read expires. Other stores are read each time.
         """
         ctx = current_context() if context is None else context
-        if self._outage is not None:
-            if self.store_down:
+        outage = self._outage
+        if outage.until is not None:
+            if outage.down:
                 return ()
             try:
                 found = self._pressing_now(ctx)
             except Exception as exc:
-                self.store_failed(exc)
+                outage.failed(self.store, exc)
                 return ()
-            self._store_answered()
+            outage.answered(self.store)
             return found
         try:
             return self._pressing_now(ctx)
         except Exception as exc:
-            self.store_failed(exc)
+            outage.failed(self.store, exc)
             return ()
 
     def _pressing_now(self, ctx: RouteContext) -> tuple[BudgetStatus, ...]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
+from ._outage import StoreOutage
 from ._redis import RedisClients
 from .schema import (
     ChatRequest,
@@ -163,12 +164,15 @@ class RedisCacheStore:
 class ResponseCache:
     """Keys requests and reads/writes a store (in memory by default).
 
-    A store failure (Redis down) is a miss, never a failed call.
+    A store failure (Redis down, or not answering within its timeout) is a miss,
+    never a failed call; the store is then left alone for
+    :data:`~._outage.STORE_RETRY_S` at a time, with one warning per outage.
     """
 
     def __init__(self, store: CacheStore | None = None, *, namespace: str = "v1") -> None:
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
         self.namespace = namespace
+        self._outage = StoreOutage("response cache store", "calls go uncached")
 
     def key(self, request: ChatRequest, model: str) -> str:
         """The cache key of ``request`` served by ``model`` (a hex digest)."""
@@ -178,28 +182,48 @@ class ResponseCache:
         return digest.hexdigest()
 
     def get(self, key: str) -> CacheEntry | None:
-        try:
-            return self.store.get(key)
-        except Exception:
+        outage = self._outage
+        if outage.until is not None and outage.down:
             return None
+        try:
+            found = self.store.get(key)
+        except Exception as exc:
+            outage.failed(self.store, exc)
+            return None
+        if outage.until is not None:
+            outage.answered(self.store)
+        return found
 
     def set(self, key: str, entry: CacheEntry) -> None:
+        outage = self._outage
+        if outage.until is not None and outage.down:
+            return
         try:
             self.store.set(key, entry)
-        except Exception:
-            return
+        except Exception as exc:
+            outage.failed(self.store, exc)
 
     async def aget(self, key: str) -> CacheEntry | None:
-        try:
-            return await self.store.aget(key)
-        except Exception:
+        outage = self._outage
+        if outage.until is not None and outage.down:
             return None
+        try:
+            found = await self.store.aget(key)
+        except Exception as exc:
+            outage.failed(self.store, exc)
+            return None
+        if outage.until is not None:
+            outage.answered(self.store)
+        return found
 
     async def aset(self, key: str, entry: CacheEntry) -> None:
+        outage = self._outage
+        if outage.until is not None and outage.down:
+            return
         try:
             await self.store.aset(key, entry)
-        except Exception:
-            return
+        except Exception as exc:
+            outage.failed(self.store, exc)
 
 
 def replay_chunks(response: ChatResponse) -> Iterator[StreamChunk]:

@@ -237,11 +237,11 @@ class LLMRoute:
         if self.router.awaits_first_snapshot:  # once: no coroutine per decision after
             await self.router.aprepare()
         budgets = self.budgets
-        if budgets and type(budgets.store) is not MemoryBudgetStore:
+        if budgets and type(budgets.store) is not MemoryBudgetStore and not budgets.store_down:
             try:
                 await budgets.astatus(ctx)
-            except Exception:
-                logger.warning("llmroute: reading budget totals failed", exc_info=True)
+            except Exception as exc:
+                budgets.store_failed(exc)  # (the router then reads no totals either)
         return self.decide(request, ctx)
 
     def _record_blocked(

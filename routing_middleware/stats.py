@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._outage import StoreOutage
 from ._redis import BLOCKING_POOL, RedisClients
 
 if TYPE_CHECKING:
@@ -313,6 +314,10 @@ class RedisStatsStore:
     :meth:`snapshot` plus what this process started and finished since, so
     ``least_busy`` balancing sees its own calls at once and other workers' as of the
     last snapshot (the router takes one every ``stats_refresh_s``).
+
+    Writes are best-effort: when Redis fails (down, or not answering within its
+    timeout) they are dropped for :data:`~._outage.STORE_RETRY_S` at a time, with one
+    warning per outage, instead of failing or slowing the calls they describe.
     """
 
     def __init__(
@@ -337,6 +342,7 @@ class RedisStatsStore:
         self._flying_seen: dict[str, int] = {}
         self._flying_here: dict[str, int] = {}
         self._flying_lock = threading.Lock()
+        self._outage = StoreOutage("stats store", "latency figures and counts are dropped")
 
     def close(self) -> None:
         """Close the sync client this store opened (not one passed in)."""
@@ -348,6 +354,36 @@ class RedisStatsStore:
 
     def _redis(self) -> Any:
         return self._clients.sync_client()
+
+    def _send(self, queue: Callable[[Any], object]) -> None:
+        """Run the commands ``queue`` adds to a pipeline (see the class on failures)."""
+        outage = self._outage
+        if outage.until is not None and outage.down:
+            return
+        try:
+            pipe = self._redis().pipeline(transaction=False)
+            queue(pipe)
+            pipe.execute()
+        except Exception as exc:
+            outage.failed(self, exc)
+            return
+        if outage.until is not None:
+            outage.answered(self)
+
+    async def _asend(self, queue: Callable[[Any], object]) -> None:
+        """Async twin of :meth:`_send`."""
+        outage = self._outage
+        if outage.until is not None and outage.down:
+            return
+        try:
+            pipe = self._async().pipeline(transaction=False)
+            queue(pipe)
+            await pipe.execute()
+        except Exception as exc:
+            outage.failed(self, exc)
+            return
+        if outage.until is not None:
+            outage.answered(self)
 
     def _async(self) -> Any:
         return self._clients.async_client()
@@ -404,9 +440,11 @@ class RedisStatsStore:
         feature: str | None = None,
         output_tokens: int | None = None,
     ) -> None:
-        pipe = self._redis().pipeline(transaction=False)
-        self._queue_record(pipe, deployment, latency_ms, ttft_ms, error, feature, output_tokens)
-        pipe.execute()
+        self._send(
+            lambda pipe: self._queue_record(
+                pipe, deployment, latency_ms, ttft_ms, error, feature, output_tokens
+            )
+        )
 
     async def arecord(
         self,
@@ -419,33 +457,27 @@ class RedisStatsStore:
         output_tokens: int | None = None,
     ) -> None:
         """Async twin of :meth:`record`."""
-        pipe = self._async().pipeline(transaction=False)
-        self._queue_record(pipe, deployment, latency_ms, ttft_ms, error, feature, output_tokens)
-        await pipe.execute()
+        await self._asend(
+            lambda pipe: self._queue_record(
+                pipe, deployment, latency_ms, ttft_ms, error, feature, output_tokens
+            )
+        )
 
     def started(self, deployment: str) -> None:
         self._count_here(deployment, 1)
-        pipe = self._redis().pipeline(transaction=False)
-        self._queue_started(pipe, deployment)
-        pipe.execute()
+        self._send(lambda pipe: self._queue_started(pipe, deployment))
 
     async def astarted(self, deployment: str) -> None:
         self._count_here(deployment, 1)
-        pipe = self._async().pipeline(transaction=False)
-        self._queue_started(pipe, deployment)
-        await pipe.execute()
+        await self._asend(lambda pipe: self._queue_started(pipe, deployment))
 
     def finished(self, deployment: str) -> None:
         self._count_here(deployment, -1)
-        pipe = self._redis().pipeline(transaction=False)
-        self._queue_finished(pipe, deployment)
-        pipe.execute()
+        self._send(lambda pipe: self._queue_finished(pipe, deployment))
 
     async def afinished(self, deployment: str) -> None:
         self._count_here(deployment, -1)
-        pipe = self._async().pipeline(transaction=False)
-        self._queue_finished(pipe, deployment)
-        await pipe.execute()
+        await self._asend(lambda pipe: self._queue_finished(pipe, deployment))
 
     def _count_here(self, deployment: str, delta: int) -> None:
         with self._flying_lock:

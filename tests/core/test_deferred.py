@@ -19,7 +19,8 @@ def test_jobs_run_in_order_on_one_other_thread() -> None:
     assert _deferred.drain()
     assert [i for i, _ in ran] == list(range(20))
     threads = {ident for _, ident in ran}
-    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert len(threads) == 1
+    assert threading.get_ident() not in threads
 
 
 def test_a_failing_job_is_logged_and_the_next_still_runs(caplog: pytest.LogCaptureFixture) -> None:

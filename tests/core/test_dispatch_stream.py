@@ -460,7 +460,8 @@ def test_a_stream_collected_while_its_store_lock_is_held_is_cleaned_up_elsewhere
     assert _deferred.drain()
     (record,) = env.records
     assert record.error_kind == "GeneratorExit"
-    assert store.settled_on and threading.get_ident() not in store.settled_on
+    assert store.settled_on
+    assert threading.get_ident() not in store.settled_on
     assert _held(budgets) == 0
     assert budgets.status(RouteContext())[0].spent == record.cost > 0
 

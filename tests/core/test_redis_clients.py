@@ -220,35 +220,46 @@ def test_a_stats_store_given_only_an_async_client_says_so_on_sync_use(prefix: st
 # ------------------------------------------------------------------ a server that stops answering
 
 
-@pytest.fixture
-def silent_url() -> Iterator[str]:
+class Silent:
     """A Redis url whose server accepts connections and reads, but never answers."""
-    import socket
-    import threading
 
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
+    def __init__(self) -> None:
+        import socket
+        import threading
 
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._server.getsockname()[1]}/0"
+        self.connections = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self._server.settimeout(0.1)
+        while not self._stop.is_set():
             try:
-                conn, _ = server.accept()
+                conn, _ = self._server.accept()
             except TimeoutError:
                 continue
             except OSError:
                 return
-            held.append(conn)  # kept open and never answered
+            self.connections += 1
+            self._held.append(conn)  # kept open and never answered
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
-    stop.set()
-    thread.join()
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._server.close()
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[Silent]:
+    server = Silent()
+    yield server
     server.close()
-    for conn in held:
-        conn.close()
 
 
 def _within(seconds: float, work: Callable[[], object]) -> object:
@@ -263,26 +274,26 @@ def _within(seconds: float, work: Callable[[], object]) -> object:
 
 
 def test_made_clients_time_out_on_a_silent_server_and_the_url_can_say_how_long(
-    silent_url: str,
+    silent: Silent,
 ) -> None:
     import redis
 
-    store = RedisBudgetStore(url=silent_url)
-    error = _within(10, lambda: _budgets(store).reserve(Decimal("0.01"), None))
+    store = RedisBudgetStore(url=silent.url)
+    error = _within(20, lambda: _budgets(store).reserve(Decimal("0.01"), None))
     assert isinstance(error, redis.TimeoutError)
     kwargs = store._clients.sync_client().connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 1.0
     store.close()
 
-    clients = RedisClients("Store", silent_url + "?socket_timeout=0.2")
+    clients = RedisClients("Store", silent.url + "?socket_timeout=0.2")
     assert clients.sync_client().connection_pool.connection_kwargs["socket_timeout"] == 0.2
-    assert isinstance(_within(10, clients.sync_client().ping), redis.TimeoutError)
+    assert isinstance(_within(20, clients.sync_client().ping), redis.TimeoutError)
     clients.close()
 
     async def ping() -> object:
-        client = RedisClients("Store", silent_url, pool={"max_connections": 2}).async_client()
+        client = RedisClients("Store", silent.url, pool={"max_connections": 2}).async_client()
         try:
-            return await asyncio.wait_for(client.ping(), 10)
+            return await asyncio.wait_for(client.ping(), 20)
         except redis.TimeoutError as exc:
             return exc
         finally:
@@ -291,17 +302,43 @@ def test_made_clients_time_out_on_a_silent_server_and_the_url_can_say_how_long(
     assert isinstance(asyncio.run(ping()), redis.TimeoutError)
 
 
-def test_a_call_goes_on_when_the_budget_store_stops_answering(silent_url: str) -> None:
+def test_calls_go_on_when_redis_stops_answering_and_leave_it_alone_meanwhile(
+    silent: Silent, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
     from routing_middleware.engine import LLMRoute
     from routing_middleware.schema import ChatRequest, Message
 
     budget = {"name": "all", "scope": "global", "limit_usd": "5"}
     engine = LLMRoute(
-        {"offline": "always", "offline_latency": "none", "routing": {"budgets": [budget]}},
+        {
+            "offline": "always",
+            "offline_latency": "none",
+            "redis_url": silent.url,
+            "routing": {"budgets": [budget], "stats_refresh_s": 3600},
+        },
         environ={},
-        budget_store=RedisBudgetStore(url=silent_url),
     )
     request = ChatRequest(model="gpt-4o-mini", messages=[Message(role="user", content="hi")])
-    done = _within(20, lambda: engine.complete(request))
-    assert not isinstance(done, BaseException), done
-    assert done.response.text  # type: ignore[attr-defined]
+    streamed = request.model_copy(update={"stream": True})
+
+    async def async_calls() -> str:
+        done = await engine.acomplete(request)
+        _, stream = await engine.astream(streamed)
+        text = "".join([chunk.text or "" async for chunk in stream])
+        return done.response.text + text
+
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
+        # the first call finds each store failing (one timeout each) and goes on
+        first = _within(60, lambda: engine.complete(request))
+        assert not isinstance(first, BaseException), first
+        asked = silent.connections
+        assert asked > 0
+        for _ in range(5):
+            done = _within(10, lambda: engine.complete(request))
+            assert not isinstance(done, BaseException), done
+        assert _within(10, lambda: asyncio.run(async_calls()))
+    assert silent.connections == asked  # nothing more asked of it while it is down
+    failed = [r.getMessage() for r in caplog.records if "failed (TimeoutError)" in r.getMessage()]
+    assert len(failed) == len(set(failed)) >= 3  # budgets, breakers, stats: once each

@@ -1,0 +1,254 @@
+"""A shared store (budgets, breakers, response cache) that fails never takes routing
+or calls down, and is left alone for a while once it has failed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from routing_middleware import _outage
+from routing_middleware.breaker import BreakerPolicy, CircuitBreaker, MemoryBreakerStore
+from routing_middleware.budgets import Budget, BudgetLine, Budgets, MemoryBudgetStore
+from routing_middleware.cache import CacheEntry, MemoryCacheStore, ResponseCache
+from routing_middleware.context import RouteContext
+from routing_middleware.engine import LLMRoute
+from routing_middleware.router import Deployment
+from routing_middleware.schema import BudgetExceeded, ChatRequest, ChatResponse, Choice, Message
+
+SECRET = "redis://:hunter2@10.0.0.9:6379/0"
+
+
+class FlakyStore(MemoryBudgetStore):
+    """A memory store that can be switched off; counts what it was asked while off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.asked_while_down = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.asked_while_down += 1
+            raise ConnectionError(f"Error 111 connecting to {SECRET}")
+
+    def totals(self, lines: Sequence[BudgetLine]) -> list[int]:
+        self._check()
+        return super().totals(lines)
+
+    def totals_until(self, lines: Sequence[BudgetLine]) -> tuple[list[int], float]:
+        self._check()
+        return super().totals_until(lines)
+
+    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        self._check()
+        return super().reserve(lines, amount)
+
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        self._check()
+        return await super().areserve(lines, amount)
+
+
+def _request() -> ChatRequest:
+    return ChatRequest(model="gpt-4o-mini", messages=[Message(role="user", content="hi")])
+
+
+def _engine(store: FlakyStore) -> LLMRoute:
+    budget = {"name": "all", "scope": "global", "limit_usd": "0.000001"}
+    return LLMRoute(
+        {"offline": "always", "offline_latency": "none", "routing": {"budgets": [budget]}},
+        environ={},
+        budget_store=store,
+    )
+
+
+def _spend(engine: LLMRoute) -> None:
+    """Spend the engine's tiny budget, so a call with budgets applied is refused."""
+    engine.budgets.settle(engine.budgets.reserve(Decimal(0)), Decimal("0.01"))
+
+
+def test_calls_go_on_without_budgets_while_the_store_fails_and_it_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.2)
+    store = FlakyStore()
+    engine = _engine(store)
+    store.down = True
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
+        for _ in range(5):
+            assert engine.complete(_request()).response.text
+        assert engine.budgets.store_down
+        # asked once, then left alone until it is due again
+        assert store.asked_while_down == 1
+        time.sleep(0.25)
+        assert engine.complete(_request()).response.text
+        assert store.asked_while_down == 2
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len([w for w in warnings if "failed (ConnectionError)" in w]) == 1
+    assert not any("hunter2" in w or "10.0.0.9" in w for w in warnings)
+
+    store.down = False
+    time.sleep(0.25)
+    _spend(engine)
+    with caplog.at_level(logging.WARNING, logger="llmroute"), pytest.raises(BudgetExceeded):
+        engine.complete(_request())
+    assert "answers again" in caplog.text
+    assert not engine.budgets.store_down
+
+
+def test_async_calls_skip_the_hold_while_the_store_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FlakyStore()
+    engine = _engine(store)
+    store.down = True
+
+    async def main() -> str:
+        done = await engine.acomplete(_request())
+        return done.response.text
+
+    assert asyncio.run(main())
+    assert engine.budgets.store_down
+
+
+def test_status_and_reserve_still_raise_the_store_error_to_their_callers() -> None:
+    store = FlakyStore()
+    budgets = Budgets([Budget(name="all", limit_usd=Decimal("1"))], store)
+    store.down = True
+    assert budgets.pressing(RouteContext()) == ()
+    with pytest.raises(ConnectionError):
+        budgets.status(RouteContext())
+    with pytest.raises(ConnectionError):
+        budgets.reserve(Decimal("0.01"), RouteContext())
+
+
+class Switch:
+    """Makes a store's methods fail while ``down``; counts what they were asked then."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.asked_while_down = 0
+
+    def check(self) -> None:
+        if self.down:
+            self.asked_while_down += 1
+            raise ConnectionError(f"Error 111 connecting to {SECRET}")
+
+
+class FlakyBreakerStore(MemoryBreakerStore):
+    def __init__(self, switch: Switch) -> None:
+        super().__init__()
+        self.switch = switch
+
+    def get(self, key: str) -> Any:
+        self.switch.check()
+        return super().get(key)
+
+    async def aget(self, key: str) -> Any:
+        self.switch.check()
+        return await super().aget(key)
+
+    def apply(self, *args: Any) -> Any:
+        self.switch.check()
+        return super().apply(*args)
+
+
+def test_breakers_count_every_deployment_healthy_while_their_store_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.2)
+    switch = Switch()
+    breaker = CircuitBreaker(
+        FlakyBreakerStore(switch), BreakerPolicy(consecutive_failures=1, cooldown_s=60)
+    )
+    deployment = Deployment("openai/gpt-a", "openai", "gpt-a")
+    breaker.record(deployment, False)
+    assert not breaker.is_available(deployment)  # open
+
+    switch.down = True
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
+        assert breaker.is_available(deployment)
+        assert breaker.acquire(deployment)
+        assert asyncio.run(breaker.aacquire(deployment))
+        breaker.record(deployment, False)
+        asyncio.run(breaker.arecord(deployment, True))
+    assert switch.asked_while_down == 1
+    assert caplog.text.count("failed (ConnectionError)") == 1
+    assert "hunter2" not in caplog.text
+    with pytest.raises(ConnectionError):
+        breaker.state(deployment)  # (what reports read still says it)
+
+    switch.down = False
+    time.sleep(0.25)
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
+        assert not breaker.is_available(deployment)  # open again, as stored
+    assert "breaker store FlakyBreakerStore answers again" in caplog.text
+
+
+class FlakyCacheStore(MemoryCacheStore):
+    def __init__(self, switch: Switch) -> None:
+        super().__init__()
+        self.switch = switch
+
+    def get(self, key: str) -> CacheEntry | None:
+        self.switch.check()
+        return super().get(key)
+
+    def set(self, key: str, entry: CacheEntry) -> None:
+        self.switch.check()
+        super().set(key, entry)
+
+
+def test_a_failing_cache_store_is_a_miss_and_is_left_alone_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.2)
+    switch = Switch()
+    cache = ResponseCache(FlakyCacheStore(switch))
+    answer = ChatResponse(
+        id="r",
+        model="gpt-a",
+        provider="openai",
+        choices=[Choice(message=Message(role="assistant", content="4"))],
+    )
+    entry = CacheEntry(answer, Decimal("0.001"))
+    cache.set("k", entry)
+    switch.down = True
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
+        assert cache.get("k") is None
+        cache.set("k2", entry)
+        assert asyncio.run(cache.aget("k")) is None
+    assert switch.asked_while_down == 1
+    assert caplog.text.count("failed (ConnectionError)") == 1
+    switch.down = False
+    time.sleep(0.25)
+    assert cache.get("k") == entry
+    assert cache.get("k2") is None  # (dropped while the store was down)
+
+
+def test_settling_on_a_failing_store_gives_up_and_then_does_not_ask_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from routing_middleware._dispatch_drivers import settle_now
+
+    store = FlakyStore()
+    budgets = Budgets([Budget(name="all", limit_usd=Decimal("1"))], store)
+    held = [budgets.reserve(Decimal("0.5"), RouteContext()) for _ in range(2)]
+
+    def settle(self: FlakyStore, *args: Any) -> None:
+        self._check()
+
+    store.settle = settle.__get__(store)  # type: ignore[method-assign]
+    store.down = True
+    with caplog.at_level(logging.WARNING):
+        settle_now(budgets, held[0], Decimal("0.1"))
+        assert store.asked_while_down == 2  # one retry
+        assert budgets.store_down
+        settle_now(budgets, held[1], Decimal("0.1"))
+        assert store.asked_while_down == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("failed twice (ConnectionError)" in m for m in messages)
+    assert any("skipped (its store is down)" in m for m in messages)
