@@ -26,6 +26,7 @@ are read once, answers are sent as they come, and streams are never buffered.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from .auth import ApiKeyInfo, KeyStore, RateLimit, RateLimiter
 from .context import RouteContext, current_context
 from .schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited, UnknownModel
+
+logger = logging.getLogger("llmroute.gateway")
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -178,10 +181,26 @@ class _Gateway:
                 "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key'.",
                 retryable=False,
             )
-        if self.aauthenticate is not None:
-            info = await self.aauthenticate(plaintext)
-        else:
-            info = self.keys.authenticate(plaintext)
+        try:
+            if self.aauthenticate is not None:
+                info = await self.aauthenticate(plaintext)
+            else:
+                info = self.keys.authenticate(plaintext)
+        except Exception as exc:
+            # The key store is down: a 503 the caller's SDK retries, and no detail of
+            # the store (its error's message could hold a connection string).
+            logger.warning(
+                "llmroute gateway: key store %s failed (%s)",
+                type(self.keys).__name__,
+                type(exc).__name__,
+            )
+            raise LLMError(
+                "API keys cannot be checked right now; try again shortly.",
+                status_code=503,
+                code="service_unavailable",
+                retryable=True,
+                retry_after=1.0,
+            ) from None
         if info is None:
             raise AuthenticationFailed("Invalid or revoked API key.", retryable=False)
         return info

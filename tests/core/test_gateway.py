@@ -177,6 +177,32 @@ async def test_no_or_invalid_key_is_401_in_both_dialects(key: str | None) -> Non
     assert gw.sink.records == []
 
 
+async def test_a_failing_key_store_is_503_in_both_dialects_and_names_nothing_of_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Down:
+        def authenticate(self, plaintext: str) -> ApiKeyInfo | None:
+            raise ConnectionError("could not connect: postgres://admin:s3cret@db-7/keys")
+
+    sink = MemorySink()
+    app = gateway_app(LLMRoute(FAST, sink=sink, environ={}), authenticator=Down())
+    transport = httpx2.ASGITransport(app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://gw") as client:
+        chat = await client.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": "k"})
+        message = await client.post("/v1/messages", json=MESSAGE, headers={"x-api-key": "k"})
+        models = await client.get("/v1/models", headers={"x-api-key": "k"})
+    assert (chat.status_code, message.status_code, models.status_code) == (503, 503, 503)
+    assert _openai_error(chat)["code"] == "service_unavailable"
+    assert _anthropic_error(message)["type"] == "api_error"
+    for response in (chat, message, models):
+        assert response.headers["retry-after"]
+        assert "s3cret" not in response.text
+        assert "db-7" not in response.text
+    assert "key store Down failed (ConnectionError)" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert sink.records == []
+
+
 async def test_revoked_key_is_refused_and_the_sdks_see_their_own_errors() -> None:
     gw = Gateway()
     assert gw.keys.revoke(gw.info.key_id)
