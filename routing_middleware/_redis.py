@@ -9,6 +9,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ._outage import StoreOutage
+
 #: A blocking pool of 64 connections: bursts wait (up to 20 s) for a free one instead
 #: of failing. The stores on the hot path of every call (budgets, stats) use it.
 BLOCKING_POOL: Mapping[str, Any] = {"max_connections": 64, "timeout": 20}
@@ -32,7 +34,17 @@ class RedisClients:
     time out as :data:`SOCKET_TIMEOUTS` says. ``owner`` names the store in errors.
     """
 
-    __slots__ = ("_async", "_lock", "_made_async", "_made_sync", "_owner", "_pool", "_sync", "_url")
+    __slots__ = (
+        "_async",
+        "_lock",
+        "_made_async",
+        "_made_sync",
+        "_outage",
+        "_owner",
+        "_pool",
+        "_sync",
+        "_url",
+    )
 
     def __init__(
         self,
@@ -50,6 +62,23 @@ class RedisClients:
         self._pool = dict(pool) if pool is not None else None
         self._made_sync = self._made_async = False
         self._lock = threading.Lock()
+        self._outage: StoreOutage | None = None
+
+    @property
+    def outage(self) -> StoreOutage:
+        """The outage state of this store's Redis: shared by every store made from the
+        same url (one failure leaves them all alone, one probe brings them all back),
+        else this store's own."""
+        found = self._outage
+        if found is None:
+            if self._url is not None and self._sync is None and self._async is None:
+                found = _shared_outage(self._url)
+            else:
+                # (a given sync client is probed with its own ``ping``, when it has one)
+                probe = getattr(self._sync, "ping", None)
+                found = StoreOutage(f"Redis of {self._owner}", _MEANWHILE, probe)
+            self._outage = found
+        return found
 
     def _need_url(self, kind: str) -> str:
         if self._url is None:
@@ -116,3 +145,28 @@ class RedisClients:
             if self._pool is not None:
                 await client.connection_pool.disconnect()
             self._async = None
+
+
+_MEANWHILE = "calls go on without the budgets, breakers, latency figures and answers it holds"
+_outages: dict[str, StoreOutage] = {}
+_outages_lock = threading.Lock()
+
+
+def _shared_outage(url: str) -> StoreOutage:
+    """The outage state of the Redis at ``url``, probed with a ``PING`` on a short-lived
+    client (the url, which may hold a password, is never logged)."""
+    with _outages_lock:
+        found = _outages.get(url)
+        if found is None:
+            found = _outages[url] = StoreOutage("Redis", _MEANWHILE, lambda: _ping(url))
+        return found
+
+
+def _ping(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, **SOCKET_TIMEOUTS)
+    try:
+        client.ping()
+    finally:
+        client.close()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from ._outage import StoreOutage
+from ._outage import StoreOutage, outage_of
 from ._redis import RedisClients
 
 __all__ = [
@@ -265,6 +265,8 @@ class RedisBreakerStore:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisBreakerStore needs a url or a client")
         self._redis = RedisClients("RedisBreakerStore", url, client, async_client)
+        #: The outage state of this store's Redis (see :class:`~._outage.StoreOutage`).
+        self.outage: StoreOutage = self._redis.outage
         self.prefix = prefix
         self.refresh_s = refresh_s
         self.ttl_s = ttl_s
@@ -374,12 +376,10 @@ class CircuitBreaker:
     policy: BreakerPolicy = field(default_factory=BreakerPolicy)
     policies: Mapping[str, BreakerPolicy] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
-    _outage: StoreOutage = field(
-        default_factory=lambda: StoreOutage("breaker store", "deployments count as healthy"),
-        init=False,
-        repr=False,
-        compare=False,
-    )
+    _outage: StoreOutage = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._outage = outage_of(self.store, "breaker store", "deployments count as healthy")
 
     def policy_for(self, deployment: object) -> BreakerPolicy:
         return self.policies.get(deployment_key(deployment), self.policy)
@@ -400,10 +400,10 @@ class CircuitBreaker:
         try:
             available = self.store.get(deployment_key(deployment)).available(self.clock())
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)
             return True
         if outage.until is not None:
-            outage.answered(self.store)
+            outage.answered()
         return available
 
     def _apply(self, deployment: object, event: Event) -> bool:
@@ -424,7 +424,7 @@ class CircuitBreaker:
                 return True
             return self._apply(deployment, "acquire")
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)
             return True
 
     async def aacquire(self, deployment: object) -> bool:
@@ -438,7 +438,7 @@ class CircuitBreaker:
                 return True
             return await self._aapply(deployment, "acquire")
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)
             return True
 
     def record(self, deployment: object, ok: bool | None) -> None:
@@ -456,7 +456,7 @@ class CircuitBreaker:
                 return
             self._apply(deployment, "success" if ok else "neutral" if ok is None else "failure")
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)
 
     async def arecord(self, deployment: object, ok: bool | None) -> None:
         """Async twin of :meth:`record`."""
@@ -469,4 +469,4 @@ class CircuitBreaker:
             event: Event = "success" if ok else "neutral" if ok is None else "failure"
             await self._aapply(deployment, event)
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._outage import StoreOutage
+from ._outage import StoreOutage, outage_of
 from ._redis import BLOCKING_POOL, RedisClients
 from .context import RouteContext, current_context
 from .pricing import rates_for
@@ -381,6 +381,8 @@ class RedisBudgetStore:
             "RedisBudgetStore", url, client, async_client, pool=BLOCKING_POOL
         )
         self.prefix = prefix
+        #: The outage state of this store's Redis (see :class:`~._outage.StoreOutage`).
+        self.outage: StoreOutage = self._clients.outage
         # Scripts registered on the current clients; dropped when those are closed.
         self._scripts: dict[str, Any] = {}
         self._ascripts: dict[str, Any] = {}
@@ -572,7 +574,7 @@ class Budgets:
         self._status_cache: dict[str, tuple[float, int]] = {}
         #: Bumped whenever ``_status_cache`` changes.
         self._epoch = 0
-        self._outage = StoreOutage("budget store", "calls go on without budgets")
+        self._outage = outage_of(self.store, "budget store", "calls go on without budgets")
         #: ``pressing`` answers by the context key of :meth:`lines`:
         #: (lines, version or epoch, valid from, valid until, statuses).
         self._pressing: dict[
@@ -590,7 +592,7 @@ class Budgets:
 
     def store_failed(self, error: BaseException) -> None:
         """Note that reading or holding on the store failed with ``error``."""
-        self._outage.failed(self.store, error)
+        self._outage.failed(error)
 
     def lines(self, context: RouteContext | None = None) -> tuple[BudgetLine, ...]:
         """The counters a call under ``context`` is charged to, now."""
@@ -766,14 +768,14 @@ class Budgets:
             try:
                 found = self._pressing_now(ctx)
             except Exception as exc:
-                outage.failed(self.store, exc)
+                outage.failed(exc)
                 return ()
-            outage.answered(self.store)
+            outage.answered()
             return found
         try:
             return self._pressing_now(ctx)
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)
             return ()
 
     def _pressing_now(self, ctx: RouteContext) -> tuple[BudgetStatus, ...]:

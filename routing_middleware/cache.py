@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from ._outage import StoreOutage
+from ._outage import StoreOutage, outage_of
 from ._redis import RedisClients
 from .schema import (
     ChatRequest,
@@ -134,6 +134,8 @@ class RedisCacheStore:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisCacheStore needs a url or a client")
         self._redis = RedisClients("RedisCacheStore", url, client, async_client)
+        #: The outage state of this store's Redis (see :class:`~._outage.StoreOutage`).
+        self.outage: StoreOutage = self._redis.outage
         self.prefix = prefix
         self.ttl_s = ttl_s
 
@@ -172,7 +174,7 @@ class ResponseCache:
     def __init__(self, store: CacheStore | None = None, *, namespace: str = "v1") -> None:
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
         self.namespace = namespace
-        self._outage = StoreOutage("response cache store", "calls go uncached")
+        self._outage = outage_of(self.store, "response cache store", "calls go uncached")
 
     def key(self, request: ChatRequest, model: str) -> str:
         """The cache key of ``request`` served by ``model`` (a hex digest)."""
@@ -188,10 +190,10 @@ class ResponseCache:
         try:
             found = self.store.get(key)
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)
             return None
         if outage.until is not None:
-            outage.answered(self.store)
+            outage.answered()
         return found
 
     def set(self, key: str, entry: CacheEntry) -> None:
@@ -201,7 +203,7 @@ class ResponseCache:
         try:
             self.store.set(key, entry)
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)
 
     async def aget(self, key: str) -> CacheEntry | None:
         outage = self._outage
@@ -210,10 +212,10 @@ class ResponseCache:
         try:
             found = await self.store.aget(key)
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)
             return None
         if outage.until is not None:
-            outage.answered(self.store)
+            outage.answered()
         return found
 
     async def aset(self, key: str, entry: CacheEntry) -> None:
@@ -223,7 +225,7 @@ class ResponseCache:
         try:
             await self.store.aset(key, entry)
         except Exception as exc:
-            outage.failed(self.store, exc)
+            outage.failed(exc)
 
 
 def replay_chunks(response: ChatResponse) -> Iterator[StreamChunk]:

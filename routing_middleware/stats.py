@@ -342,7 +342,8 @@ class RedisStatsStore:
         self._flying_seen: dict[str, int] = {}
         self._flying_here: dict[str, int] = {}
         self._flying_lock = threading.Lock()
-        self._outage = StoreOutage("stats store", "latency figures and counts are dropped")
+        #: The outage state of this store's Redis (see :class:`~._outage.StoreOutage`).
+        self.outage: StoreOutage = self._clients.outage
 
     def close(self) -> None:
         """Close the sync client this store opened (not one passed in)."""
@@ -357,7 +358,7 @@ class RedisStatsStore:
 
     def _send(self, queue: Callable[[Any], object]) -> None:
         """Run the commands ``queue`` adds to a pipeline (see the class on failures)."""
-        outage = self._outage
+        outage = self.outage
         if outage.until is not None and outage.down:
             return
         try:
@@ -365,14 +366,14 @@ class RedisStatsStore:
             queue(pipe)
             pipe.execute()
         except Exception as exc:
-            outage.failed(self, exc)
+            outage.failed(exc)
             return
         if outage.until is not None:
-            outage.answered(self)
+            outage.answered()
 
     async def _asend(self, queue: Callable[[Any], object]) -> None:
         """Async twin of :meth:`_send`."""
-        outage = self._outage
+        outage = self.outage
         if outage.until is not None and outage.down:
             return
         try:
@@ -380,10 +381,10 @@ class RedisStatsStore:
             queue(pipe)
             await pipe.execute()
         except Exception as exc:
-            outage.failed(self, exc)
+            outage.failed(exc)
             return
         if outage.until is not None:
-            outage.answered(self)
+            outage.answered()
 
     def _async(self) -> Any:
         return self._clients.async_client()
@@ -495,23 +496,48 @@ class RedisStatsStore:
         return float(value) if value is not None else None
 
     def snapshot(self) -> StatsSnapshot:
+        """Every deployment's figures, read in one pipeline. While the store is down
+        (see the class) raises :class:`~._outage.StoreUnavailable` without asking it."""
+        self.outage.check()
         client = self._redis()
         with self._flying_lock:
-            here = self._flying_here = {}
-        names = sorted(_text(n) for n in client.smembers(self._key("deployments")))
-        pipe = client.pipeline(transaction=False)
-        self._queue_snapshot(pipe, names)
-        return self._snapshot_of(names, pipe.execute(), here)
+            before = self._flying_here
+            here = self._flying_here = {}  # (what changes while this is read)
+        try:
+            names = sorted(_text(n) for n in client.smembers(self._key("deployments")))
+            pipe = client.pipeline(transaction=False)
+            self._queue_snapshot(pipe, names)
+            read = pipe.execute()
+        except Exception as exc:
+            self._unread(before, exc)
+            raise
+        return self._snapshot_of(names, read, here)
 
     async def asnapshot(self) -> StatsSnapshot:
         """Async twin of :meth:`snapshot`."""
+        self.outage.check()
         client = self._async()
         with self._flying_lock:
-            here = self._flying_here = {}
-        names = sorted(_text(n) for n in await client.smembers(self._key("deployments")))
-        pipe = client.pipeline(transaction=False)
-        self._queue_snapshot(pipe, names)
-        return self._snapshot_of(names, await pipe.execute(), here)
+            before = self._flying_here
+            here = self._flying_here = {}  # (what changes while this is read)
+        try:
+            names = sorted(_text(n) for n in await client.smembers(self._key("deployments")))
+            pipe = client.pipeline(transaction=False)
+            self._queue_snapshot(pipe, names)
+            read = await pipe.execute()
+        except Exception as exc:
+            self._unread(before, exc)
+            raise
+        return self._snapshot_of(names, read, here)
+
+    def _unread(self, before: dict[str, int], error: BaseException) -> None:
+        """A snapshot failed with ``error``: what this process started and finished
+        ``before`` it still counts, and the store is left alone for a while."""
+        with self._flying_lock:
+            now = self._flying_here
+            for deployment, delta in before.items():
+                now[deployment] = now.get(deployment, 0) + delta
+        self.outage.failed(error)
 
     def _queue_snapshot(self, pipe: Any, names: list[str]) -> None:
         for name in names:

@@ -341,4 +341,49 @@ def test_calls_go_on_when_redis_stops_answering_and_leave_it_alone_meanwhile(
         assert _within(10, lambda: asyncio.run(async_calls()))
     assert silent.connections == asked  # nothing more asked of it while it is down
     failed = [r.getMessage() for r in caplog.records if "failed (TimeoutError)" in r.getMessage()]
-    assert len(failed) == len(set(failed)) >= 3  # budgets, breakers, stats: once each
+    # one warning: the stores made from one url share its outage (one timeout found it)
+    assert len(failed) == 1
+    assert failed[0].startswith("Redis failed (TimeoutError)")
+    assert silent.url.rsplit(":", 1)[1] not in caplog.text  # (nor its address)
+
+
+def test_stores_made_from_one_url_share_its_outage_and_given_clients_have_their_own() -> None:
+    from routing_middleware.breaker import RedisBreakerStore
+    from routing_middleware.cache import RedisCacheStore
+
+    url = "redis://127.0.0.1:1/3"
+    stores = [
+        RedisBudgetStore(url=url),
+        RedisStatsStore(url),
+        RedisBreakerStore(url),
+        RedisCacheStore(url),
+    ]
+    assert all(store.outage is stores[0].outage for store in stores)
+    assert RedisBudgetStore(url="redis://127.0.0.1:1/4").outage is not stores[0].outage
+    assert RedisBudgetStore(client=Given()).outage is not stores[0].outage
+    budgets = Budgets([Budget(name="b", limit_usd=Decimal("1"))], stores[0])
+    assert budgets._outage is stores[0].outage
+
+
+@pytest.mark.redis
+def test_a_store_left_alone_is_probed_off_the_request_path_and_comes_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import time
+
+    from routing_middleware import _deferred, _outage
+
+    monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.05)
+    url = redis_url_or_skip()
+    store = RedisBudgetStore(url=url + "?client_name=probe-test")  # (its own outage)
+    outage = store.outage
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
+        outage.failed(ConnectionError("blip"))
+        assert outage.down
+        time.sleep(0.1)
+        assert outage.down  # due: a probe is queued, callers still leave it alone
+        assert _deferred.drain()
+        assert not outage.down
+    assert "Redis answers again" in caplog.text
+    store.close()

@@ -213,7 +213,21 @@ def test_redis_in_flight_makes_no_round_trip() -> None:
     assert store.in_flight("a/b") == 0
     store.started("a/b")  # counted here even though the write failed to reach Redis
     assert store.in_flight("a/b") == 1
-    assert store._outage.down  # (the write was dropped, see the class)
+    assert store.outage.down  # (the write was dropped, see the class)
+
+
+def test_a_failed_redis_snapshot_keeps_this_process_in_flight_counts() -> None:
+    redis = pytest.importorskip("redis")
+    from routing_middleware._outage import StoreUnavailable
+
+    store = RedisStatsStore(client=redis.Redis(host="127.0.0.1", port=1, socket_timeout=0.2))
+    store._count_here("a/b", 2)  # (as started() counts before writing)
+    with pytest.raises(redis.ConnectionError):
+        store.snapshot()
+    assert store.in_flight("a/b") == 2
+    with pytest.raises(StoreUnavailable):
+        store.snapshot()  # left alone now: not asked again
+    assert store.in_flight("a/b") == 2
 
 
 @pytest.mark.redis

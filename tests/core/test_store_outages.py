@@ -252,3 +252,37 @@ def test_settling_on_a_failing_store_gives_up_and_then_does_not_ask_it(
     messages = [r.getMessage() for r in caplog.records]
     assert any("failed twice (ConnectionError)" in m for m in messages)
     assert any("skipped (its store is down)" in m for m in messages)
+
+
+def test_a_probed_store_stays_down_until_a_probe_on_the_cleanup_thread_answers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    from routing_middleware import _deferred
+
+    monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.05)
+    answers = [False, True]
+    probed_on: list[int] = []
+
+    def probe() -> None:
+        probed_on.append(threading.get_ident())
+        if not answers.pop(0):
+            raise ConnectionError("still down")
+
+    outage = _outage.StoreOutage("Thing", "calls go on", probe)
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
+        outage.failed(TimeoutError("x"))
+        outage.failed(TimeoutError("x"))  # (one warning per outage)
+        for expected_probes in (1, 2):
+            time.sleep(0.08)
+            assert outage.down  # due: probed in the background, left alone meanwhile
+            assert _deferred.drain()
+            assert len(probed_on) == expected_probes
+        assert not outage.down
+    assert threading.get_ident() not in probed_on
+    assert caplog.text.count("Thing failed (TimeoutError)") == 1
+    assert "Thing answers again" in caplog.text
+    outage.failed(TimeoutError("x"))
+    with pytest.raises(_outage.StoreUnavailable):
+        outage.check()
