@@ -1290,7 +1290,10 @@ class Router:
                 span_key is not None
                 and selection is not None
                 and entry is None
-                and _seen_twice(view.once if cons.stats_read else plan.once, span_key)
+                and (
+                    _ends_kept(plan, view, span_key)  # (then checking it takes no search)
+                    or _seen_twice(view.once if cons.stats_read else plan.once, span_key)
+                )
             ):
                 spans = plan.spans
                 if len(spans) >= _MAX_SPANS:
@@ -1786,6 +1789,18 @@ class Router:
                     if p.cand.id not in seen:
                         out.append(p.deployments[0])
         return tuple(out[:limit])
+
+
+def _ends_kept(plan: _Plan, view: _StatsView, span_key: tuple[Any, ...]) -> bool:
+    """Whether what the searches at both ends of the bucket of ``span_key`` find is
+    kept (see ``Router._end_search``) and holds under ``view``."""
+    ends = plan.ends
+    bucket = span_key[8]
+    for end in (bucket, bucket + 1):
+        kept = ends.get((*span_key[:8], end, *span_key[9:]))
+        if kept is None or (kept[1] is not None and kept[1] is not view):
+            return False
+    return True
 
 
 def _at_share(cons: _Constraints, w: float, ceiling: float) -> _Constraints:

@@ -177,3 +177,33 @@ def test_a_listed_tier_states_the_requested_models_own_cost_beside_its_pick() ->
     cost = _usd(_expected_cost(MODELS[0], decision.input_tokens, decision.output_tokens))
     assert decision.reasons[-1].message == f"chose a/cheap (tier 1) at ~{cost} vs {cost} on a/cheap"
     assert decision.requested_cost == decision.estimated_cost
+
+
+def test_a_bucket_whose_ends_are_known_is_checked_the_first_time_it_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = RoutingConfig.model_validate({"classifier": {"enabled": False}})
+    router = Router(Catalog(MODELS), config)
+    searches = [0]
+    select = router._select
+
+    def counting(*args: Any) -> Any:
+        searches[0] += 1
+        return select(*args)
+
+    monkeypatch.setattr(router, "_select", counting)
+    ctx = RouteContext(tier=1)
+    # 256 output tokens: 837-914 input tokens fall in bucket 14 of the output share,
+    # 915-1004 in bucket 13, 1005-1109 in bucket 12.
+    counts = []
+    for input_tokens in (850, 860, 1050, 1060, 950, 960):
+        request = ChatRequest(
+            model="d/dearer", messages=[Message(role="user", content="x" * (4 * input_tokens))]
+        )
+        before = searches[0]
+        decision = router.decide(request, ctx)
+        counts.append(searches[0] - before)
+        assert decision == Router(Catalog(MODELS), config).decide(request, ctx)
+    # Buckets 14 and 12: searched, then searched and checked at both ends. Bucket 13,
+    # whose ends (13/64 and 14/64) those checks found: its first request makes its span.
+    assert counts == [1, 3, 1, 3, 1, 0]
