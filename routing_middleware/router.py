@@ -1283,16 +1283,15 @@ class Router:
             if ctx.max_cost_per_call is not None and total:
                 cons.max_cost = float(ctx.max_cost_per_call) * 1_000_000 / total
             cons.limit = min(cons.ceiling, cons.max_cost)
-            selection, found = self._select(
-                plan, view, cons, tier, cheapest, rules.model, requested, output_tokens
-            )
+            # The second time a bucket comes (or the first, when both its ends are
+            # searched already), its span is checked; when it holds, it answers this
+            # request too, and no search runs at this request's own share.
             if (
                 span_key is not None
-                and selection is not None
                 and entry is None
                 and (
-                    _ends_kept(plan, view, span_key)  # (then checking it takes no search)
-                    or _seen_twice(view.once if cons.stats_read else plan.once, span_key)
+                    _ends_kept(plan, view, span_key)
+                    or _seen_twice(view.once if sla is not None else plan.once, span_key)
                 )
             ):
                 spans = plan.spans
@@ -1304,9 +1303,24 @@ class Router:
                     ),
                     cons,
                     requested,
-                    selection,
                 )
                 spans[span_key] = (span, view if read else None)
+                if span is not None:
+                    selection = _priced(
+                        span.best,
+                        span.rest,
+                        span.level,
+                        span.reasons,
+                        span.cons,
+                        requested,
+                        input_tokens,
+                        output_tokens,
+                    )
+                    selection.fallbacks = span.fallbacks
+            if selection is None:
+                selection, found = self._select(
+                    plan, view, cons, tier, cheapest, rules.model, requested, output_tokens
+                )
             if selection is None:
                 reasons.extend(found)
                 if mode == "observe":
@@ -1465,22 +1479,21 @@ class Router:
         search: Callable[[_Constraints], _Selection | None],
         cons: _Constraints,
         requested: _Cand | None,
-        found: _Selection,
     ) -> tuple[_Selection | None, bool]:
-        """``found`` when it holds for every output share in the bucket of ``cons.w``
-        (the rest of ``cons`` unchanged), else ``None``; and whether that answer read
-        a latency figure (then it holds for this stats snapshot only).
+        """What the search finds (unpriced) for every output share in the bucket of
+        ``cons.w`` (the rest of ``cons`` unchanged) when that is one and the same, else
+        ``None``; and whether that answer read a latency figure (then it holds for
+        this stats snapshot only).
 
         Every cost a search compares (a candidate's, the requested model's ceiling) is
         linear in the output share, and every other check ignores it. So when the
-        searches at both ends of the bucket give ``found``'s picks, order, level,
+        searches at both ends of the bucket give the same picks, order, level,
         reasons and fallbacks, no candidate's cost crosses another's inside it, and
         the search gives them for any share in between too.
         """
-        read = cons.stats_read
-        if found.fallbacks is None or not _clear_order(found):
-            return None, read
         bucket = min(_BUCKETS - 1, int(cons.w * _BUCKETS))
+        found: _Selection | None = None
+        read = False
         for w in (bucket / _BUCKETS, (bucket + 1) / _BUCKETS):
             ceiling = cons.ceiling
             if requested is not None and ceiling != math.inf:
@@ -1488,7 +1501,11 @@ class Router:
             end = _at_share(cons, w, ceiling)
             other = search(end)
             read = read or end.stats_read
-            if other is None or not _clear_order(other) or not _same_outcome(found, other):
+            if other is None or other.fallbacks is None or not _clear_order(other):
+                return None, read
+            if found is None:
+                found = other
+            elif not _same_outcome(found, other):
                 return None, read
         return found, read
 
