@@ -484,6 +484,8 @@ _MAX_SELECTIONS = 4096
 #: bucket and requested model meet): room for all of a busy app's, a few MB.
 _MAX_SPANS = 16384
 _UNIT_AND_ORDER = operator.itemgetter(0, 1)
+#: Far above the rounding error of a per-token cost, far below any real price gap.
+_SLACK = 1 + 1e-9
 
 
 @dataclass(slots=True)
@@ -1679,7 +1681,10 @@ class Router:
         bucket = min(_BUCKETS - 1, int(cons.w * _BUCKETS))
         bounds, cands = plan.by_bound(level, bucket, cons.needs, cons.min_quality)
         limit = cons.limit
-        stop = bisect.bisect_right(bounds, limit) if limit != math.inf else len(bounds)
+        # (Bounds and costs are rounded floats: a candidate costing exactly the limit
+        # or the last pick may have a bound an ulp above it. The slack keeps the walk
+        # going over such ties, so what it finds does not depend on the rounding.)
+        stop = bisect.bisect_right(bounds, limit * _SLACK) if limit != math.inf else len(bounds)
         # The usual request sets no lists, SLA or health check: then a candidate is
         # checked right here (what ``_check`` would do, minus the calls). This loop is
         # the largest part of a decision.
@@ -1701,7 +1706,7 @@ class Router:
         for i in range(stop):
             # Everything from here on costs at least bounds[i] per token: once the
             # ``want`` cheapest so far all beat that, nothing later can enter.
-            if bounds[i] > worst:
+            if bounds[i] > worst * _SLACK:
                 break
             cand = cands[i]
             if inline:

@@ -207,3 +207,24 @@ def test_a_bucket_whose_ends_are_known_is_checked_the_first_time_it_comes(
     # Buckets 14 and 12: searched, then checked at both ends. Bucket 13, whose ends
     # (13/64 and 14/64) those checks found: its first request is answered by its span.
     assert counts == [1, 2, 1, 2, 0, 0]
+
+
+def test_a_candidate_costing_as_much_as_the_last_pick_is_reported_whatever_the_rounding() -> None:
+    flat = [("a/c1", "0.01"), ("b/c2", "0.02"), ("c/c3", "0.03"), ("x/fast", "0.1")]
+    models = [_model(m, p, p) for m, p in [*flat, ("y/slow", "0.1"), ("z/dear", "1")]]
+    stats = MemoryStatsStore()
+    for model in models:
+        for _ in range(30):
+            stats.record(model.id, latency_ms=3000.0 if model.id == "y/slow" else 200.0)
+    config = RoutingConfig.model_validate({"classifier": {"enabled": False}})
+    router = Router(Catalog(models), config, stats=stats)
+    # 533 input and 256 output tokens: at this share a flat 0.1 per token comes out
+    # an ulp below 0.1, while the bound of the bucket (at its ends) is 0.1 exactly.
+    share = 256 / (533 + 256)
+    assert (1 - share) * 0.1 + share * 0.1 < 0.1
+    request = ChatRequest(model="z/dear", messages=[Message(role="user", content="x" * 2104)])
+    decision = router.decide(request, RouteContext(tier=1, max_latency_ms=1000))
+    assert decision.input_tokens == 533
+    assert [decision.model, *(d.model for d in decision.fallbacks)] == [m for m, _ in flat]
+    excluded = [r.message for r in decision.reasons if r.code == "excluded_sla"]
+    assert excluded == ["y/slow excluded: p95 3.0 s > SLA 1.0 s"]  # costs what x/fast does
