@@ -1,4 +1,5 @@
-"""Work a garbage-collected call leaves behind, done on one worker thread.
+"""Work left off the request path, done on one worker thread: what a garbage-collected
+call leaves behind, and probes and catch-up of stores that were down.
 
 A streamed call its consumer dropped without closing is cleaned up by the garbage
 collector, and the collector runs inside whatever allocation triggers it, on any
@@ -14,6 +15,7 @@ never from a finalizer, and again in a forked child.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -52,8 +54,8 @@ def _work() -> None:
             continue
         try:
             job()
-        except Exception:  # (the job's own errors: nothing waits for it to report them)
-            logger.exception("llmroute could not clean up a dropped call")
+        except BaseException:  # (the job's own errors: nothing waits to report them)
+            logger.exception("llmroute: a cleanup job failed")
 
 
 def defer(job: Callable[[], object]) -> None:
@@ -83,6 +85,9 @@ def _forget_worker() -> None:
     _jobs = queue.SimpleQueue()
     _starting = threading.Lock()
 
+
+# Jobs still queued at exit (a dropped stream's record) get a moment to run.
+atexit.register(drain, 2.0)
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_worker)

@@ -27,6 +27,7 @@ from ._dispatch_state import (
     _Sleep,
     _StatsStart,
 )
+from ._outage import may_have_applied
 from .cache import CacheEntry
 from .schema import ChatResponse, LLMError, UpstreamTimeout, UpstreamUnavailable
 
@@ -102,37 +103,48 @@ def _charge_only(budgets: Budgets, context: RouteContext) -> Reservation:
     return Reservation(budgets.lines(context), 0)
 
 
-def _settle_failed(reservation: Reservation, amount: Any, error: Exception | None) -> None:
-    why = "skipped (its store is down)"
-    if error is not None:
-        why = f"failed twice ({type(error).__name__})"
+def _settle_failed(reservation: Reservation, amount: Any, error: Exception) -> None:
     _log.warning(
-        "settling a budget hold of $%s to $%s %s: the hold stays counted until its "
-        "period key expires",
+        "settling a budget hold of $%s to $%s timed out (%s): it may or may not have "
+        "been applied, so it is not tried again; if not, the hold stays counted until "
+        "its period ends",
         reservation.amount_usd,
         amount,
-        why,
+        type(error).__name__,
     )
 
 
 def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
-    """Settle ``reservation`` to ``amount`` (blocking); one retry, then a warning.
+    """Settle ``reservation`` to ``amount`` (blocking); never raises.
 
-    A store hiccup (a Redis blip, a cache lock timeout) must not leave the worst-case
-    hold counted until the period key expires, nor take the call down; a store known
-    to be down is not asked (see :class:`~.budgets.Budgets`).
+    A store hiccup must not leave the worst-case hold counted until the period ends,
+    nor take the call down: a settle that failed before reaching the store is tried
+    once more, then kept for when the store answers again, as is one the store is
+    known to be down for (see :meth:`~.budgets.Budgets.settle_later`). One that timed
+    out is not tried again: it may have been applied, and applying it twice would
+    count the spend twice and release other calls' holds.
     """
-    if budgets.store_down:
-        _settle_failed(reservation, amount, None)
+    outage = budgets.outage
+    if outage.until is not None and outage.down:
+        budgets.settle_later(reservation, amount)
         return
+    seen = outage.until
     for attempt in range(2):
         try:
             budgets.settle(reservation, amount)
-            return
         except Exception as exc:
-            if attempt:
-                budgets.store_failed(exc)
+            if may_have_applied(exc):
+                outage.failed(exc)
                 _settle_failed(reservation, amount, exc)
+                return
+            if attempt:
+                outage.failed(exc)
+                budgets.settle_later(reservation, amount)
+                return
+            continue
+        if seen is not None:
+            outage.answered(seen)
+        return
 
 
 class _Pipe:
@@ -247,17 +259,24 @@ class _SyncDriver(_Driver):
 
     def _reserve(self, effect: _Reserve) -> Reservation | None:
         budgets = self._d.budgets
-        if budgets is None or budgets.store_down:
+        if budgets is None:
+            return None
+        outage = budgets.outage
+        if outage.until is not None and outage.down:
             return None  # a budget store outage must not take calls down
+        seen = outage.until
         try:
             if not effect.enforce:
                 return _charge_only(budgets, effect.context)
-            return budgets.reserve(effect.amount, effect.context)
+            held = budgets.reserve(effect.amount, effect.context)
         except LLMError:
             raise
         except Exception as exc:
-            budgets.store_failed(exc)
+            outage.failed(exc)
             return None
+        if seen is not None:
+            outage.answered(seen)
+        return held
 
     def _settle(self, effect: _Settle) -> None:
         if self._d.budgets is not None:
@@ -373,33 +392,52 @@ class _AsyncDriver(_Driver):
 
     async def _reserve(self, effect: _Reserve) -> Reservation | None:
         budgets = self._d.budgets
-        if budgets is None or budgets.store_down:
+        if budgets is None:
             return None
+        outage = budgets.outage
+        if outage.until is not None and outage.down:
+            return None
+        seen = outage.until
         try:
             if not effect.enforce:
                 return _charge_only(budgets, effect.context)
-            return await budgets.areserve(effect.amount, effect.context)
+            held = await budgets.areserve(effect.amount, effect.context)
         except LLMError:
             raise
         except Exception as exc:
-            budgets.store_failed(exc)
+            outage.failed(exc)
             return None
+        if seen is not None:
+            outage.answered(seen)
+        return held
 
     async def _settle(self, effect: _Settle) -> None:
+        """Async twin of :func:`settle_now`."""
         budgets = self._d.budgets
         if budgets is None:
             return
-        if budgets.store_down:
-            _settle_failed(effect.reservation, effect.amount, None)
+        reservation, amount = effect.reservation, effect.amount
+        outage = budgets.outage
+        if outage.until is not None and outage.down:
+            budgets.settle_later(reservation, amount)
             return
+        seen = outage.until
         for attempt in range(2):
             try:
-                await budgets.asettle(effect.reservation, effect.amount)
-                return
+                await budgets.asettle(reservation, amount)
             except Exception as exc:
+                if may_have_applied(exc):
+                    outage.failed(exc)
+                    _settle_failed(reservation, amount, exc)
+                    return
                 if attempt:
-                    budgets.store_failed(exc)
-                    _settle_failed(effect.reservation, effect.amount, exc)
+                    outage.failed(exc)
+                    budgets.settle_later(reservation, amount)
+                    return
+                continue
+            if seen is not None:
+                outage.answered(seen)
+            return
 
     async def _acquire(self, effect: _Acquire) -> bool:
         breaker = self._d.breaker

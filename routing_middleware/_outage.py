@@ -19,7 +19,14 @@ from collections.abc import Callable
 
 from . import _deferred
 
-__all__ = ["STORE_RETRY_S", "StoreOutage", "StoreUnavailable", "outage_of"]
+__all__ = [
+    "STORE_RETRY_S",
+    "MissingClient",
+    "StoreOutage",
+    "StoreUnavailable",
+    "may_have_applied",
+    "outage_of",
+]
 
 logger = logging.getLogger("llmroute")
 
@@ -31,13 +38,32 @@ class StoreUnavailable(RuntimeError):
     """A store known to be down was not asked (see :meth:`StoreOutage.check`)."""
 
 
+class MissingClient(RuntimeError):
+    """A store was used through a client it was not given (a sync call on a store
+    given only an async client): a setup error, not an outage."""
+
+
 class StoreOutage:
     """The outage state of one store (or of every store on one Redis). ``what``
     names it in warnings, ``meanwhile`` says what callers do without it, ``probe``
     checks it answers (raising if not). ``until`` is ``None`` while it answers, else
-    when to probe or try it again (``time.monotonic``); read it first on hot paths."""
+    when to probe or try it again (``time.monotonic``); read it first on hot paths.
 
-    __slots__ = ("_meanwhile", "_probe", "_probing", "_what", "until")
+    Callers follow one pattern::
+
+        if outage.until is not None and outage.down:
+            ...  # go on without the store
+        seen = outage.until
+        try:
+            ...  # use the store
+        except Exception as exc:
+            outage.failed(exc)
+            ...  # go on without it
+        if seen is not None:
+            outage.answered(seen)
+    """
+
+    __slots__ = ("_listeners", "_meanwhile", "_probe", "_probing", "_what", "until")
 
     def __init__(
         self, what: str, meanwhile: str, probe: Callable[[], object] | None = None
@@ -46,18 +72,24 @@ class StoreOutage:
         self._meanwhile = meanwhile
         self._probe = probe
         self._probing = False
+        self._listeners: list[Callable[[], object]] = []
         self.until: float | None = None
 
     @property
     def down(self) -> bool:
-        """Whether callers should leave the store alone now."""
+        """Whether callers should leave the store alone now. Once the retry time has
+        come, a store with a probe is probed on the cleanup thread (and left alone
+        until it answers); any other is tried by the one caller that finds it due,
+        the others leaving it alone meanwhile."""
         until = self.until
         if until is None:
             return False
-        if time.monotonic() < until:
+        now = time.monotonic()
+        if now < until:
             return True
         if self._probe is None:
-            return False  # (the caller tries it)
+            self.until = now + STORE_RETRY_S  # (the others wait for this caller's try)
+            return False
         if not self._probing:
             self._probing = True
             _deferred.prepare()
@@ -71,17 +103,21 @@ class StoreOutage:
 
     def _run_probe(self) -> None:
         assert self._probe is not None
+        seen = self.until
         try:
             self._probe()
         except Exception:
             self.until = time.monotonic() + STORE_RETRY_S
         else:
-            self.answered()
+            if seen is not None:
+                self.answered(seen)
         finally:
             self._probing = False
 
     def failed(self, error: BaseException) -> None:
         """Note that the store failed with ``error`` (warns once per outage)."""
+        if isinstance(error, MissingClient):
+            return
         if self.until is None:
             logger.warning(
                 "%s failed (%s): %s, retrying it every %g s",
@@ -92,11 +128,19 @@ class StoreOutage:
             )
         self.until = time.monotonic() + STORE_RETRY_S
 
-    def answered(self) -> None:
-        """Note that the store answered after an outage."""
-        if self.until is not None:
+    def answered(self, seen: float) -> None:
+        """Note that the store answered an operation begun when :attr:`until` was
+        ``seen``: the outage is over unless a failure came since."""
+        if self.until == seen:
             self.until = None
             logger.warning("%s answers again", self._what)
+            for listener in self._listeners:
+                _deferred.prepare()
+                _deferred.defer(listener)
+
+    def when_answering(self, listener: Callable[[], object]) -> None:
+        """Run ``listener`` on the cleanup thread each time the store answers again."""
+        self._listeners.append(listener)
 
 
 def outage_of(store: object, what: str, meanwhile: str) -> StoreOutage:
@@ -106,3 +150,10 @@ def outage_of(store: object, what: str, meanwhile: str) -> StoreOutage:
     if isinstance(found, StoreOutage):
         return found
     return StoreOutage(f"{what} {type(store).__name__}", meanwhile)
+
+
+def may_have_applied(error: BaseException) -> bool:
+    """Whether a write that failed with ``error`` may still have been applied: a
+    timeout leaves that unknown (the command may have run, its answer lost), so such
+    a write is not tried again."""
+    return isinstance(error, TimeoutError) or "Timeout" in type(error).__name__

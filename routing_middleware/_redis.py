@@ -9,7 +9,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ._outage import StoreOutage
+from ._outage import MissingClient, StoreOutage
 
 #: A blocking pool of 64 connections: bursts wait (up to 20 s) for a free one instead
 #: of failing. The stores on the hot path of every call (budgets, stats) use it.
@@ -18,8 +18,11 @@ BLOCKING_POOL: Mapping[str, Any] = {"max_connections": 64, "timeout": 20}
 #: Connect and read timeouts of the clients made here, in seconds. A store answers in
 #: milliseconds; one that stops answering (a partition, a stalled server) must fail
 #: the command, which lets the call go on without it, rather than hold every call
-#: with no end. ``?socket_timeout=…&socket_connect_timeout=…`` in the url win.
-SOCKET_TIMEOUTS: Mapping[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+#: with no end. Reads get longer: a write whose answer timed out may have been
+#: applied, and is then not tried again (see ``settle_now``), so a short pause of the
+#: server should not cut it off. ``?socket_timeout=…&socket_connect_timeout=…`` in
+#: the url win.
+SOCKET_TIMEOUTS: Mapping[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 1.0}
 
 
 class RedisClients:
@@ -82,7 +85,7 @@ class RedisClients:
 
     def _need_url(self, kind: str) -> str:
         if self._url is None:
-            raise RuntimeError(f"{self._owner} got no {kind} client and no url")
+            raise MissingClient(f"{self._owner} got no {kind} client and no url")
         return self._url
 
     def sync_client(self) -> Any:

@@ -397,13 +397,14 @@ class CircuitBreaker:
         outage = self._outage
         if outage.until is not None and outage.down:
             return True
+        seen = outage.until
         try:
             available = self.store.get(deployment_key(deployment)).available(self.clock())
         except Exception as exc:
             outage.failed(exc)
             return True
-        if outage.until is not None:
-            outage.answered()
+        if seen is not None:
+            outage.answered(seen)
         return available
 
     def _apply(self, deployment: object, event: Event) -> bool:

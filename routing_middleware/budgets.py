@@ -22,9 +22,11 @@ after their period.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,12 +36,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._outage import StoreOutage, outage_of
+from ._outage import StoreOutage, may_have_applied, outage_of
 from ._redis import BLOCKING_POOL, RedisClients
 from .context import RouteContext, current_context
 from .pricing import rates_for
 from .schema import BudgetExceeded, ChatRequest
 from .tokens import estimate_request_tokens
+
+logger = logging.getLogger("llmroute")
 
 if TYPE_CHECKING:
     from .catalog import ModelInfo
@@ -181,6 +185,22 @@ class BudgetStatus:
     def spent(self) -> Decimal:
         """Settled plus held spend in USD."""
         return from_micros(self.spent_micros)
+
+
+#: Settles kept while the budget store is down (see :meth:`Budgets.settle_later`).
+MAX_UNSETTLED = 100_000
+
+
+def _weak(method: Callable[[], object]) -> Callable[[], object]:
+    """``method``, held without keeping its instance alive (a listener of a shared
+    outage must not keep replaced ``Budgets`` around)."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> object:
+        bound = ref()
+        return None if bound is None else bound()
+
+    return call
 
 
 class BudgetStore(Protocol):
@@ -574,7 +594,13 @@ class Budgets:
         self._status_cache: dict[str, tuple[float, int]] = {}
         #: Bumped whenever ``_status_cache`` changes.
         self._epoch = 0
-        self._outage = outage_of(self.store, "budget store", "calls go on without budgets")
+        #: The store's outage state (see the class): read and marked by the
+        #: dispatcher around holds and settles too.
+        self.outage = outage_of(self.store, "budget store", "calls go on without budgets")
+        # Settles the store could not take, replayed when it answers again (bounded).
+        self._unsettled: list[tuple[Reservation, Decimal]] = []
+        self._unsettled_lock = threading.Lock()
+        self.outage.when_answering(_weak(self._settle_unsettled))
         #: ``pressing`` answers by the context key of :meth:`lines`:
         #: (lines, version or epoch, valid from, valid until, statuses).
         self._pressing: dict[
@@ -585,14 +611,35 @@ class Budgets:
     def __bool__(self) -> bool:
         return bool(self.budgets)
 
-    @property
-    def store_down(self) -> bool:
-        """Whether the store failed moments ago, and is left alone for now (see the class)."""
-        return self._outage.down
+    def settle_later(self, reservation: Reservation, actual: Decimal) -> None:
+        """Keep a settle the store cannot take now (it is down, or failed before
+        applying it), to be applied when it answers again. At most
+        :data:`MAX_UNSETTLED` wait; past that the hold stays counted until its
+        period ends, with a warning."""
+        with self._unsettled_lock:
+            if len(self._unsettled) < MAX_UNSETTLED:
+                self._unsettled.append((reservation, actual))
+                return
+        logger.warning(
+            "%d budget settles already wait for the store: a hold of $%s stays counted "
+            "until its period ends",
+            MAX_UNSETTLED,
+            reservation.amount_usd,
+        )
 
-    def store_failed(self, error: BaseException) -> None:
-        """Note that reading or holding on the store failed with ``error``."""
-        self._outage.failed(error)
+    def _settle_unsettled(self) -> None:
+        """Apply the settles kept by :meth:`settle_later` (on the cleanup thread)."""
+        with self._unsettled_lock:
+            waiting, self._unsettled = self._unsettled, []
+        for index, (reservation, actual) in enumerate(waiting):
+            try:
+                self.settle(reservation, actual)
+            except Exception as exc:
+                rest = waiting[index + 1 :] if may_have_applied(exc) else waiting[index:]
+                with self._unsettled_lock:
+                    self._unsettled[:0] = rest
+                self.outage.failed(exc)
+                return
 
     def lines(self, context: RouteContext | None = None) -> tuple[BudgetLine, ...]:
         """The counters a call under ``context`` is charged to, now."""
@@ -761,16 +808,18 @@ class Budgets:
         ``version`` changes or a counter read expires. Other stores are read each time.
         """
         ctx = current_context() if context is None else context
-        outage = self._outage
+        outage = self.outage
         if outage.until is not None:
             if outage.down:
                 return ()
+            seen = outage.until
             try:
                 found = self._pressing_now(ctx)
             except Exception as exc:
                 outage.failed(exc)
                 return ()
-            outage.answered()
+            if seen is not None:
+                outage.answered(seen)
             return found
         try:
             return self._pressing_now(ctx)

@@ -187,13 +187,14 @@ class ResponseCache:
         outage = self._outage
         if outage.until is not None and outage.down:
             return None
+        seen = outage.until
         try:
             found = self.store.get(key)
         except Exception as exc:
             outage.failed(exc)
             return None
-        if outage.until is not None:
-            outage.answered()
+        if seen is not None:
+            outage.answered(seen)
         return found
 
     def set(self, key: str, entry: CacheEntry) -> None:
@@ -209,13 +210,14 @@ class ResponseCache:
         outage = self._outage
         if outage.until is not None and outage.down:
             return None
+        seen = outage.until
         try:
             found = await self.store.aget(key)
         except Exception as exc:
             outage.failed(exc)
             return None
-        if outage.until is not None:
-            outage.answered()
+        if seen is not None:
+            outage.answered(seen)
         return found
 
     async def aset(self, key: str, entry: CacheEntry) -> None:

@@ -237,11 +237,17 @@ class LLMRoute:
         if self.router.awaits_first_snapshot:  # once: no coroutine per decision after
             await self.router.aprepare()
         budgets = self.budgets
-        if budgets and type(budgets.store) is not MemoryBudgetStore and not budgets.store_down:
-            try:
-                await budgets.astatus(ctx)
-            except Exception as exc:
-                budgets.store_failed(exc)  # (the router then reads no totals either)
+        if budgets and type(budgets.store) is not MemoryBudgetStore:
+            outage = budgets.outage
+            if outage.until is None or not outage.down:
+                seen = outage.until
+                try:
+                    await budgets.astatus(ctx)
+                except Exception as exc:
+                    outage.failed(exc)  # (the router then reads no totals either)
+                else:
+                    if seen is not None:
+                        outage.answered(seen)
         return self.decide(request, ctx)
 
     def _record_blocked(

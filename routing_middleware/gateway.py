@@ -186,6 +186,8 @@ class _Gateway:
                 info = await self.aauthenticate(plaintext)
             else:
                 info = self.keys.authenticate(plaintext)
+        except LLMError:
+            raise  # (a store's own answer, e.g. a key it rate-limits)
         except Exception as exc:
             # The key store is down: a 503 the caller's SDK retries, and no detail of
             # the store (its error's message could hold a connection string).

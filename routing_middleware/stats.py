@@ -361,6 +361,7 @@ class RedisStatsStore:
         outage = self.outage
         if outage.until is not None and outage.down:
             return
+        seen = outage.until
         try:
             pipe = self._redis().pipeline(transaction=False)
             queue(pipe)
@@ -368,14 +369,15 @@ class RedisStatsStore:
         except Exception as exc:
             outage.failed(exc)
             return
-        if outage.until is not None:
-            outage.answered()
+        if seen is not None:
+            outage.answered(seen)
 
     async def _asend(self, queue: Callable[[Any], object]) -> None:
         """Async twin of :meth:`_send`."""
         outage = self.outage
         if outage.until is not None and outage.down:
             return
+        seen = outage.until
         try:
             pipe = self._async().pipeline(transaction=False)
             queue(pipe)
@@ -383,8 +385,8 @@ class RedisStatsStore:
         except Exception as exc:
             outage.failed(exc)
             return
-        if outage.until is not None:
-            outage.answered()
+        if seen is not None:
+            outage.answered(seen)
 
     def _async(self) -> Any:
         return self._clients.async_client()

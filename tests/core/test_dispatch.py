@@ -840,11 +840,23 @@ def test_a_settle_that_fails_once_is_retried(env: Env) -> None:
     assert budgets.status(RouteContext())[0].spent == metered(env.records)
 
 
-def test_a_settle_that_keeps_failing_is_logged(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_settle_that_keeps_failing_is_applied_once_the_store_answers(
+    env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import logging
+    import time
 
+    from routing_middleware import _deferred, _outage
+
+    monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.05)
     budgets = Budgets([Budget(name="daily", limit_usd=Decimal("10"))], FlakyStore(2))
-    with caplog.at_level(logging.WARNING, logger="llmroute.dispatch"):
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
         answer = env.dispatch(env.dispatcher(budgets=budgets), chat(), decision())
     assert answer.text == TEXT_A
-    assert any("failed twice" in r.getMessage() for r in caplog.records)
+    assert "budget store FlakyStore failed (ConnectionError)" in caplog.text
+    assert held(budgets) > 0  # kept for later
+    time.sleep(0.06)
+    budgets.pressing(RouteContext())  # the store answers: the kept settle is applied
+    assert _deferred.drain()
+    assert held(budgets) == 0
+    assert budgets.status(RouteContext())[0].spent == metered(env.records)

@@ -82,7 +82,7 @@ def test_calls_go_on_without_budgets_while_the_store_fails_and_it_is_tried_again
     with caplog.at_level(logging.WARNING, logger="llmroute"):
         for _ in range(5):
             assert engine.complete(_request()).response.text
-        assert engine.budgets.store_down
+        assert engine.budgets.outage.until is not None
         # asked once, then left alone until it is due again
         assert store.asked_while_down == 1
         time.sleep(0.25)
@@ -98,7 +98,7 @@ def test_calls_go_on_without_budgets_while_the_store_fails_and_it_is_tried_again
     with caplog.at_level(logging.WARNING, logger="llmroute"), pytest.raises(BudgetExceeded):
         engine.complete(_request())
     assert "answers again" in caplog.text
-    assert not engine.budgets.store_down
+    assert engine.budgets.outage.until is None
 
 
 def test_async_calls_skip_the_hold_while_the_store_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,7 +111,7 @@ def test_async_calls_skip_the_hold_while_the_store_fails(monkeypatch: pytest.Mon
         return done.response.text
 
     assert asyncio.run(main())
-    assert engine.budgets.store_down
+    assert engine.budgets.outage.until is not None
 
 
 def test_status_and_reserve_still_raise_the_store_error_to_their_callers() -> None:
@@ -229,29 +229,58 @@ def test_a_failing_cache_store_is_a_miss_and_is_left_alone_meanwhile(
     assert cache.get("k2") is None  # (dropped while the store was down)
 
 
-def test_settling_on_a_failing_store_gives_up_and_then_does_not_ask_it(
-    caplog: pytest.LogCaptureFixture,
+class SettleSwitch(FlakyStore):
+    """A flaky store whose settles fail too, with ``error`` while it is down."""
+
+    error: Exception = ConnectionError("refused")
+
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+        if self.down:
+            self.asked_while_down += 1
+            raise self.error
+        super().settle(lines, reserved, actual)
+
+
+def test_settles_the_store_cannot_take_are_kept_and_applied_when_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from routing_middleware import _deferred
     from routing_middleware._dispatch_drivers import settle_now
 
-    store = FlakyStore()
-    budgets = Budgets([Budget(name="all", limit_usd=Decimal("1"))], store)
-    held = [budgets.reserve(Decimal("0.5"), RouteContext()) for _ in range(2)]
+    monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.1)
+    store = SettleSwitch()
+    budgets = Budgets([Budget(name="all", limit_usd=Decimal("10"))], store)
+    held = [budgets.reserve(Decimal("0.5"), RouteContext()) for _ in range(3)]
+    store.down = True
+    settle_now(budgets, held[0], Decimal("0.1"))
+    assert store.asked_while_down == 2  # failed before reaching it: one retry, then kept
+    settle_now(budgets, held[1], Decimal("0.2"))
+    assert store.asked_while_down == 2  # known down: kept without asking
+    assert len(budgets._unsettled) == 2
 
-    def settle(self: FlakyStore, *args: Any) -> None:
-        self._check()
+    store.down = False
+    assert budgets.status(RouteContext())[0].spent == Decimal("1.5")  # still held
+    time.sleep(0.15)
+    assert budgets.pressing(RouteContext()) == ()  # answers: the kept settles are due
+    assert _deferred.drain()
+    settle_now(budgets, held[2], Decimal("0.3"))
+    assert budgets.status(RouteContext())[0].spent == Decimal("0.6")  # all three, once
+    assert budgets._unsettled == []
 
-    store.settle = settle.__get__(store)  # type: ignore[method-assign]
+
+def test_a_settle_that_timed_out_is_not_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    from routing_middleware._dispatch_drivers import settle_now
+
+    store = SettleSwitch()
+    store.error = TimeoutError("Timeout reading from socket")
+    budgets = Budgets([Budget(name="all", limit_usd=Decimal("10"))], store)
+    reservation = budgets.reserve(Decimal("0.5"), RouteContext())
     store.down = True
     with caplog.at_level(logging.WARNING):
-        settle_now(budgets, held[0], Decimal("0.1"))
-        assert store.asked_while_down == 2  # one retry
-        assert budgets.store_down
-        settle_now(budgets, held[1], Decimal("0.1"))
-        assert store.asked_while_down == 2
-    messages = [r.getMessage() for r in caplog.records]
-    assert any("failed twice (ConnectionError)" in m for m in messages)
-    assert any("skipped (its store is down)" in m for m in messages)
+        settle_now(budgets, reservation, Decimal("0.1"))
+    assert store.asked_while_down == 1  # it may have been applied: not again
+    assert budgets._unsettled == []
+    assert "timed out (TimeoutError)" in caplog.text
 
 
 def test_a_probed_store_stays_down_until_a_probe_on_the_cleanup_thread_answers(
@@ -286,3 +315,70 @@ def test_a_probed_store_stays_down_until_a_probe_on_the_cleanup_thread_answers(
     outage.failed(TimeoutError("x"))
     with pytest.raises(_outage.StoreUnavailable):
         outage.check()
+
+
+class AsyncFails(MemoryBudgetStore):
+    """Reads answer; async holds and settles fail."""
+
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+        raise ConnectionError("refused")
+
+    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+        raise ConnectionError("refused")
+
+
+def test_async_paths_go_on_when_their_own_store_call_fails_first() -> None:
+    import redis.asyncio
+
+    from routing_middleware.stats import RedisStatsStore
+
+    store = AsyncFails()
+    engine = _engine(store)  # type: ignore[arg-type]
+    budgets = engine.budgets
+    assert budgets.outage.until is None
+
+    async def calls() -> None:
+        done = await engine.acomplete(_request())  # its hold fails: it goes on without
+        assert done.response.text
+        assert budgets.outage.until is not None
+
+    asyncio.run(calls())
+
+    switch = Switch()
+    breaker = CircuitBreaker(FlakyBreakerStore(switch))
+    deployment = Deployment("openai/gpt-a", "openai", "gpt-a")
+    switch.down = True
+    assert asyncio.run(breaker.aacquire(deployment))
+    assert breaker._outage.until is not None
+    breaker2 = CircuitBreaker(FlakyBreakerStore(switch))
+    asyncio.run(breaker2.arecord(deployment, False))  # does not raise
+    assert breaker2._outage.until is not None
+
+    cache_switch = Switch()
+
+    class AsyncFlaky(FlakyCacheStore):
+        async def aget(self, key: str) -> CacheEntry | None:
+            self.switch.check()
+            return None
+
+        async def aset(self, key: str, entry: CacheEntry) -> None:
+            self.switch.check()
+
+    cache = ResponseCache(AsyncFlaky(cache_switch))
+    cache_switch.down = True
+    assert asyncio.run(cache.aget("k")) is None
+    assert cache._outage.until is not None
+    cache2 = ResponseCache(AsyncFlaky(cache_switch))
+    answer = ChatResponse(id="r", model="m", provider="p", choices=[])
+    asyncio.run(cache2.aset("k", CacheEntry(answer, Decimal(0))))  # does not raise
+    assert cache2._outage.until is not None
+
+    async def stats() -> None:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=1, socket_timeout=0.2)
+        store = RedisStatsStore(async_client=client)
+        await store.astarted("a/b")  # does not raise; counted here
+        assert store.outage.until is not None
+        assert store.in_flight("a/b") == 1
+        await client.aclose()
+
+    asyncio.run(stats())
