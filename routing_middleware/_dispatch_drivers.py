@@ -27,7 +27,7 @@ from ._dispatch_state import (
     _Sleep,
     _StatsStart,
 )
-from ._outage import may_have_applied
+from ._outage import MissingClient, may_have_applied
 from .cache import CacheEntry
 from .schema import ChatResponse, LLMError, UpstreamTimeout, UpstreamUnavailable
 
@@ -132,6 +132,14 @@ def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
     for attempt in range(2):
         try:
             budgets.settle(reservation, amount)
+        except MissingClient:
+            # (a store given only an async client, settled from a dropped stream's
+            # cleanup thread: it cannot be settled here, nor later)
+            _log.warning(
+                "a budget hold of $%s cannot be settled: its store has no sync client",
+                reservation.amount_usd,
+            )
+            return
         except Exception as exc:
             if may_have_applied(exc):
                 outage.failed(exc)

@@ -382,3 +382,19 @@ def test_async_paths_go_on_when_their_own_store_call_fails_first() -> None:
         await client.aclose()
 
     asyncio.run(stats())
+
+
+def test_a_hold_on_a_store_without_a_sync_client_is_not_kept_for_ever(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from routing_middleware._dispatch_drivers import settle_now
+    from routing_middleware.budgets import RedisBudgetStore, Reservation
+
+    store = RedisBudgetStore(async_client=object())
+    budgets = Budgets([Budget(name="all", limit_usd=Decimal("10"))], store)
+    reservation = Reservation(budgets.lines(RouteContext()), 500_000)
+    with caplog.at_level(logging.WARNING):
+        settle_now(budgets, reservation, Decimal("0.1"))
+    assert "has no sync client" in caplog.text
+    assert budgets._unsettled == []
+    assert budgets.outage.until is None  # a setup error, not an outage
