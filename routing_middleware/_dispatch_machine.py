@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Generator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -357,8 +358,8 @@ class _Machine:
             # and counted on the cleanup thread (see ``_deferred``).
             live = call.live
             call.live = None
-            now = self.clock.monotonic()
-            _deferred.defer(lambda: self._collected(call, live, now))
+            now, at = self.clock.monotonic(), datetime.now(UTC)
+            _deferred.defer(lambda: self._collected(call, live, now, at))
             raise
         except BaseException as exc:
             live = call.live
@@ -372,9 +373,10 @@ class _Machine:
         self._finish(call)
         return result
 
-    def _collected(self, call: _Call, live: _Attempt | None, now: float) -> None:
-        """Record, settle and count a call garbage-collected at ``now`` with ``live``
-        in flight, then hand its records to the sink."""
+    def _collected(self, call: _Call, live: _Attempt | None, now: float, at: datetime) -> None:
+        """Record, settle and count a call garbage-collected at ``now`` (monotonic;
+        ``at`` on the wall clock) with ``live`` in flight, then hand its records to the
+        sink."""
         try:
             if live is not None:
                 if self.stats is not None:
@@ -385,7 +387,7 @@ class _Machine:
                 cost, charge, extra = self._costs(live, usage)
                 if live.reservation is not None and self.budgets is not None:
                     settle_now(self.budgets, live.reservation, charge)  # (never raises)
-                self._record(
+                record = self._record(
                     call,
                     live,
                     live.deployment,
@@ -396,6 +398,7 @@ class _Machine:
                     now=now,
                     extra=extra,
                 )
+                record.created_at = at  # (when it was dropped, however late this runs)
         finally:
             self._finish(call)
 

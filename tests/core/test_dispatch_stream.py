@@ -7,8 +7,10 @@ Uses the two fake providers of ``test_dispatch``; every scenario runs sync and a
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -440,7 +442,7 @@ class _LockedStore(MemoryBudgetStore):
 
     def settle(self, *args: Any, **kwargs: Any) -> None:
         self.settled_on.append(threading.get_ident())
-        if not self._lock.acquire(timeout=5):  # (the old cleanup waited here forever)
+        if not self._lock.acquire(timeout=2):  # (the old cleanup waited here forever)
             raise AssertionError("settled while the lock was held")
         self._lock.release()
         super().settle(*args, **kwargs)
@@ -455,11 +457,15 @@ def test_a_stream_collected_while_its_store_lock_is_held_is_cleaned_up_elsewhere
     stream = env.dispatcher(budgets=budgets).stream(chat(), decision())
     next(stream)
     with store._lock:
+        before = datetime.now(UTC)
         del stream  # (the last reference: collected here, lock held)
+        after = datetime.now(UTC)
         assert env.records == []
+        time.sleep(0.01)
     assert _deferred.drain()
     (record,) = env.records
     assert record.error_kind == "GeneratorExit"
+    assert before <= record.created_at <= after  # when it was dropped, not recorded
     assert store.settled_on
     assert threading.get_ident() not in store.settled_on
     assert _held(budgets) == 0
