@@ -895,7 +895,16 @@ class Router:
         period = self.config.stats_refresh_s
         if now - self._snapshot_at >= period:
             if period <= 0:
-                self._swap_in(stats.snapshot())
+                try:
+                    snapshot = stats.snapshot()
+                except Exception as exc:  # (a store outage keeps the figures there are)
+                    with self._refresher.lock:
+                        self._snapshot_failed(stats, exc)
+                else:
+                    if self._refresher.failing:
+                        with self._refresher.lock:
+                            self._refresher.failing = False
+                    self._swap_in(snapshot)
                 self._snapshot_at = now
             elif self._snapshot_at == -math.inf:
                 self._first_snapshot(stats, now)

@@ -398,3 +398,36 @@ def test_a_hold_on_a_store_without_a_sync_client_is_not_kept_for_ever(
     assert "has no sync client" in caplog.text
     assert budgets._unsettled == []
     assert budgets.outage.until is None  # a setup error, not an outage
+
+
+def test_a_snapshot_per_decision_that_fails_keeps_the_figures_there_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from routing_middleware.stats import MemoryStatsStore
+
+    class FlakyStats(MemoryStatsStore):
+        down = False
+
+        def snapshot(self) -> Any:
+            if self.down:
+                raise ConnectionError(f"Error 111 connecting to {SECRET}")
+            return super().snapshot()
+
+    from routing_middleware.catalog import default_catalog
+    from routing_middleware.config import RoutingConfig
+    from routing_middleware.router import Router
+
+    stats = FlakyStats()
+    router = Router(
+        default_catalog(), RoutingConfig.model_validate({"stats_refresh_s": 0}), stats=stats
+    )
+    assert router.decide(_request(), RouteContext(tier=1)).primary
+    stats.down = True
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
+        for _ in range(3):
+            assert router.decide(_request(), RouteContext(tier=1)).primary
+    assert caplog.text.count("failed (ConnectionError)") == 1
+    assert "hunter2" not in caplog.text
+    stats.down = False
+    router.decide(_request(), RouteContext(tier=1))
+    assert not router._refresher.failing
