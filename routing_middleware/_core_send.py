@@ -65,14 +65,14 @@ def _direct_builder(core: Any) -> Any:
     def build(
         method: bytes, url: Any, headers: list[tuple[bytes, bytes]], body: bytes, extensions: Any
     ) -> Any:
+        # Set one by one, in __init__'s order: the request keeps the class's compact
+        # attribute layout, and the pool's many reads of them stay fast.
         request = new(request_type)
-        request.__dict__ = {
-            "method": method,
-            "url": url,
-            "headers": headers,
-            "stream": stream_type(body),
-            "extensions": extensions,
-        }
+        request.method = method
+        request.url = url
+        request.headers = headers
+        request.stream = stream_type(body)
+        request.extensions = extensions
         return request
 
     return build

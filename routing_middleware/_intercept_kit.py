@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, cast
@@ -31,6 +31,7 @@ class Kit:
     arelay_stream: type[Any]
     metered_stream: type[Any]
     ametered_stream: type[Any]
+    ascii_headers: Callable[[Collection[tuple[str, str]]], Any]
 
     def relay_response(self, answer: RelayResponse) -> Any:
         """The relay's answer as the library's response.
@@ -50,7 +51,7 @@ class Kit:
             stream = self.lib.ByteStream(body)
             items = [*answer.headers.items(), ("content-length", str(len(body)))]
         response = self.lib.Response(answer.status, stream=stream)
-        response.headers = self.lib.Headers(items, encoding="ascii")
+        response.headers = self.ascii_headers(items)
         return response
 
     def metered(self, response: Any, info: CallInfo, *, is_async: bool) -> Any:
@@ -77,6 +78,50 @@ def _unstarted(chunks: Any) -> bool:
         and not chunks.gi_suspended
         and not chunks.gi_running
     )
+
+
+def _ascii_headers_builder(lib: Any) -> Callable[[Collection[tuple[str, str]]], Any]:
+    """A function making ``lib.Headers(items, encoding="ascii")`` from ``str`` pairs.
+
+    The library normalises each pair through two helper calls; this makes the same
+    ``(name, lowered name, value)`` byte triples in one loop when the library's
+    headers hold exactly that state (checked once per library against one it built),
+    and is the library's constructor otherwise. Errors stay the library's: a header
+    that is not ASCII raises ``UnicodeEncodeError`` here as there, anything not a
+    ``str`` goes to the constructor to be refused."""
+    headers_type = lib.Headers
+
+    def construct(items: Collection[tuple[str, str]]) -> Any:
+        return headers_type(items, encoding="ascii")
+
+    try:
+        reference = headers_type([("X-Name", "value")], encoding="ascii")
+        same = type(reference) is headers_type and vars(reference) == {
+            "_list": [(b"X-Name", b"x-name", b"value")],
+            "_encoding": "ascii",
+        }
+    except Exception:
+        return construct
+    if not same:
+        return construct
+    new = object.__new__
+
+    def build(items: Collection[tuple[str, str]]) -> Any:
+        triples = []
+        try:
+            for name, value in items:
+                key = name.encode("ascii")
+                triples.append((key, key.lower(), value.encode("ascii")))
+        except AttributeError:  # not a str: the library says what is wrong
+            return construct(items)
+        # Set one by one, in __init__'s order: the instance keeps the class's compact
+        # attribute layout, and the library's own reads of them stay fast.
+        headers = new(headers_type)
+        headers._list = triples
+        headers._encoding = "ascii"
+        return headers
+
+    return build
 
 
 _kits: dict[type[Any], Kit] = {}
@@ -219,4 +264,11 @@ def _build_kit(lib_name: str) -> Kit:
 
     for cls in (RelayStream, AsyncRelayStream, MeteredStream, AsyncMeteredStream):
         cls.__qualname__ = cls.__name__ = f"{cls.__name__}[{lib_name}]"
-    return Kit(lib, RelayStream, AsyncRelayStream, MeteredStream, AsyncMeteredStream)
+    return Kit(
+        lib,
+        RelayStream,
+        AsyncRelayStream,
+        MeteredStream,
+        AsyncMeteredStream,
+        _ascii_headers_builder(lib),
+    )
