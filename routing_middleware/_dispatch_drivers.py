@@ -155,6 +155,31 @@ def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
         return
 
 
+async def asettle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
+    """Async twin of :func:`settle_now`."""
+    outage = budgets.outage
+    if outage.until is not None and outage.down:
+        budgets.settle_later(reservation, amount)
+        return
+    seen = outage.until
+    for attempt in range(2):
+        try:
+            await budgets.asettle(reservation, amount)
+        except Exception as exc:
+            if may_have_applied(exc):
+                outage.failed(exc)
+                _settle_failed(reservation, amount, exc)
+                return
+            if attempt:
+                outage.failed(exc)
+                budgets.settle_later(reservation, amount)
+                return
+            continue
+        if seen is not None:
+            outage.answered(seen)
+        return
+
+
 class _Pipe:
     """The rest of a forwarded stream, read by its consumer straight off the upstream
     and through the forwarder, with no effect per read (see ``DispatchStream.forwarded``);
@@ -420,32 +445,8 @@ class _AsyncDriver(_Driver):
         return held
 
     async def _settle(self, effect: _Settle) -> None:
-        """Async twin of :func:`settle_now`."""
-        budgets = self._d.budgets
-        if budgets is None:
-            return
-        reservation, amount = effect.reservation, effect.amount
-        outage = budgets.outage
-        if outage.until is not None and outage.down:
-            budgets.settle_later(reservation, amount)
-            return
-        seen = outage.until
-        for attempt in range(2):
-            try:
-                await budgets.asettle(reservation, amount)
-            except Exception as exc:
-                if may_have_applied(exc):
-                    outage.failed(exc)
-                    _settle_failed(reservation, amount, exc)
-                    return
-                if attempt:
-                    outage.failed(exc)
-                    budgets.settle_later(reservation, amount)
-                    return
-                continue
-            if seen is not None:
-                outage.answered(seen)
-            return
+        if self._d.budgets is not None:
+            await asettle_now(self._d.budgets, effect.reservation, effect.amount)
 
     async def _acquire(self, effect: _Acquire) -> bool:
         breaker = self._d.breaker

@@ -290,11 +290,8 @@ def _checked(
     answer instead of sending. Never raises."""
     if info is None or not info.engine.budgets:
         return info, None
-    try:
-        blocked = _blocking(info.engine.budgets.status(info.context, pressing=True))
-    except Exception:
-        logger.exception("llmroute could not read budgets for a call sent unchanged")
-        return info, None
+    # (``pressing`` never raises: a store outage reads as no pressure, see ``Budgets``)
+    blocked = _blocking(info.engine.budgets.pressing(info.context))
     return info, None if blocked is None else _refusal(info, match, blocked)
 
 
@@ -309,13 +306,21 @@ async def _achecked(
     info: CallInfo | None, match: EndpointMatch
 ) -> tuple[CallInfo | None, RelayResponse | None]:
     """Async twin of :func:`_checked` (budgets read through the async store)."""
-    if info is None or not info.engine.budgets:
+    budgets = info.engine.budgets if info is not None else None
+    if info is None or not budgets:
         return info, None
+    outage = budgets.outage
+    if outage.until is not None and outage.down:
+        return info, None  # (a store outage reads as no pressure, see ``Budgets``)
+    seen = outage.until
     try:
-        blocked = _blocking(await info.engine.budgets.astatus(info.context))
-    except Exception:
-        logger.exception("llmroute could not read budgets for a call sent unchanged")
+        statuses = await budgets.astatus(info.context)
+    except Exception as exc:
+        outage.failed(exc)
         return info, None
+    if seen is not None:
+        outage.answered(seen)
+    blocked = _blocking(statuses)
     return info, None if blocked is None else _refusal(info, match, blocked)
 
 

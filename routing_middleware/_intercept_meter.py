@@ -477,27 +477,26 @@ def _costs(info: CallInfo, usage: Usage) -> tuple[Decimal, Decimal | None]:
 
 
 def _charge_budgets(info: CallInfo, cost: Decimal) -> None:
+    """Charge a passed-through call's cost to its budgets (as a settle of no hold,
+    so a store outage is handled as for routed calls; never raises)."""
     budgets = info.engine.budgets
     if not budgets or not cost:
         return
-    try:
-        from .budgets import Reservation
+    from ._dispatch_drivers import settle_now
+    from .budgets import Reservation
 
-        budgets.settle(Reservation(budgets.lines(info.context), 0), cost)
-    except Exception:
-        logger.exception("llmroute could not charge budgets for a passed-through call")
+    settle_now(budgets, Reservation(budgets.lines(info.context), 0), cost)
 
 
 async def _acharge_budgets(info: CallInfo, cost: Decimal) -> None:
+    """Async twin of :func:`_charge_budgets`."""
     budgets = info.engine.budgets
     if not budgets or not cost:
         return
-    try:
-        from .budgets import Reservation
+    from ._dispatch_drivers import asettle_now
+    from .budgets import Reservation
 
-        await budgets.asettle(Reservation(budgets.lines(info.context), 0), cost)
-    except Exception:
-        logger.exception("llmroute could not charge budgets for a passed-through call")
+    await asettle_now(budgets, Reservation(budgets.lines(info.context), 0), cost)
 
 
 def _qualified(engine: LLMRoute, provider: str, model: str) -> str:

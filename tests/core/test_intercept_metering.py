@@ -9,6 +9,7 @@ streams get an input estimate. Upstreams are FakeProviders behind a FakeNetwork.
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from routing_middleware.budgets import MemoryBudgetStore
 from routing_middleware.engine import LLMRoute
 from routing_middleware.metering import MemorySink, UsageRecord
 from routing_middleware.testing import FakeModel, FakeNetwork, FakeProvider
@@ -218,6 +220,76 @@ def test_a_budget_with_room_lets_the_unreadable_call_through_and_charges_it() ->
     [record] = _records(engine)
     assert sum(engine.budgets.store.totals(engine.budgets.lines())) > 0
     assert record.cost > 0
+
+
+class _DownStore(MemoryBudgetStore):
+    """A budget store that fails every read and write while ``down``, counting them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.asked = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.asked += 1
+            raise ConnectionError("refused")
+
+    def totals(self, lines: Any) -> list[int]:
+        self._check()
+        return super().totals(lines)
+
+    def settle(self, lines: Any, reserved: int, actual: int) -> None:
+        self._check()
+        super().settle(lines, reserved, actual)
+
+    async def atotals(self, lines: Any) -> list[int]:
+        self._check()
+        return super().totals(lines)
+
+    async def asettle(self, lines: Any, reserved: int, actual: int) -> None:
+        self._check()
+        super().settle(lines, reserved, actual)
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_calls_sent_unchanged_go_on_when_the_budget_store_fails_and_are_charged_later(
+    is_async: bool,
+) -> None:
+    import asyncio
+
+    from routing_middleware import _deferred
+
+    budget = {"name": "roomy", "scope": "global", "limit_usd": "100"}
+    store = _DownStore()
+    engine = LLMRoute(
+        {**FAST, "routing": {"budgets": [budget]}},
+        sink=MemorySink(),
+        environ={},
+        budget_store=store,
+    )
+    network, fake = _network()
+
+    async def calls_async() -> list[int]:
+        transport = AsyncRoutingTransport(network.async_transport(), engine=engine)
+        async with httpx.AsyncClient(transport=transport) as client:
+            return [(await client.post(CHAT_URL, json=_audio_body())).status_code for _ in "abc"]
+
+    if is_async:
+        statuses = asyncio.run(calls_async())
+    else:
+        with httpx.Client(transport=RoutingTransport(network.transport(), engine=engine)) as c:
+            statuses = [c.post(CHAT_URL, json=_audio_body()).status_code for _ in "abc"]
+    assert statuses == [200, 200, 200]
+    assert len(fake.calls) == 3
+    assert store.asked == 1  # the first read failed; the store was left alone after
+    cost = sum(record.cost for record in _records(engine))
+    assert cost > 0
+    store.down = False
+    engine.budgets.outage.until = time.monotonic() - 1  # (as if the retry time had come)
+    engine.budgets.pressing()  # it answers: the kept charges are applied
+    assert _deferred.drain()
+    assert sum(store.totals(engine.budgets.lines())) == round(cost * 1_000_000)
 
 
 @pytest.mark.parametrize(
