@@ -141,13 +141,7 @@ def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
             )
             return
         except Exception as exc:
-            if may_have_applied(exc):
-                outage.failed(exc)
-                _settle_failed(reservation, amount, exc)
-                return
-            if attempt:
-                outage.failed(exc)
-                budgets.settle_later(reservation, amount)
+            if _settle_given_up(budgets, reservation, amount, exc, attempt):
                 return
             continue
         if seen is not None:
@@ -166,18 +160,28 @@ async def asettle_now(budgets: Budgets, reservation: Reservation, amount: Any) -
         try:
             await budgets.asettle(reservation, amount)
         except Exception as exc:
-            if may_have_applied(exc):
-                outage.failed(exc)
-                _settle_failed(reservation, amount, exc)
-                return
-            if attempt:
-                outage.failed(exc)
-                budgets.settle_later(reservation, amount)
+            if _settle_given_up(budgets, reservation, amount, exc, attempt):
                 return
             continue
         if seen is not None:
             outage.answered(seen)
         return
+
+
+def _settle_given_up(
+    budgets: Budgets, reservation: Reservation, amount: Any, error: Exception, attempt: int
+) -> bool:
+    """Whether a settle that failed with ``error`` on ``attempt`` (0, 1) is not tried
+    again: see :func:`settle_now` for what becomes of it then."""
+    if may_have_applied(error):
+        budgets.outage.failed(error)
+        _settle_failed(reservation, amount, error)
+        return True
+    if attempt:
+        budgets.outage.failed(error)
+        budgets.settle_later(reservation, amount)
+        return True
+    return False
 
 
 class _Pipe:

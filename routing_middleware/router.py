@@ -1259,18 +1259,7 @@ class Router:
                     entry = None  # made on another stats snapshot, and read it
                 span = entry[0] if entry is not None else None
                 if span is not None:
-                    # (``span.cons`` is another request's; only a search would read it)
-                    selection = _priced(
-                        span.best,
-                        span.rest,
-                        span.level,
-                        span.reasons,
-                        span.cons,
-                        requested,
-                        input_tokens,
-                        output_tokens,
-                    )
-                    selection.fallbacks = span.fallbacks
+                    selection = _from_span(span, requested, input_tokens, output_tokens)
         if selection is None:
             cons = _Constraints(  # (positional: keyword arguments cost a measurable share)
                 _NEEDS[needs],  # needs
@@ -1317,17 +1306,7 @@ class Router:
                 )
                 spans[span_key] = (span, view if read else None)
                 if span is not None:
-                    selection = _priced(
-                        span.best,
-                        span.rest,
-                        span.level,
-                        span.reasons,
-                        span.cons,
-                        requested,
-                        input_tokens,
-                        output_tokens,
-                    )
-                    selection.fallbacks = span.fallbacks
+                    selection = _from_span(span, requested, input_tokens, output_tokens)
             if selection is None:
                 selection, found = self._select(
                     plan, view, cons, tier, cheapest, rules.model, requested, output_tokens
@@ -1832,6 +1811,26 @@ def _ends_kept(plan: _Plan, view: _StatsView, span_key: tuple[Any, ...]) -> bool
         if kept is None or (kept[1] is not None and kept[1] is not view):
             return False
     return True
+
+
+def _from_span(
+    span: _Selection, requested: _Cand | None, input_tokens: int, output_tokens: int
+) -> _Selection:
+    """The selection ``span`` makes for a request of these token counts: its picks,
+    with this request's costs. (``span.cons`` is another request's; only a search
+    would read it.)"""
+    selection = _priced(
+        span.best,
+        span.rest,
+        span.level,
+        span.reasons,
+        span.cons,
+        requested,
+        input_tokens,
+        output_tokens,
+    )
+    selection.fallbacks = span.fallbacks
+    return selection
 
 
 def _at_share(cons: _Constraints, w: float, ceiling: float) -> _Constraints:
