@@ -98,9 +98,9 @@ def test_sla_exclusions_worked_out_once_per_sla_decide_as_a_fresh_router() -> No
             assert excluded == []
 
 
-def test_neighbouring_buckets_share_the_search_at_their_common_end(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _searches_per_decision(monkeypatch: pytest.MonkeyPatch, lengths: tuple[int, ...]) -> list[int]:
+    """How many searches one router runs for each request of these input lengths in
+    turn, each decision checked against a fresh router's."""
     config = RoutingConfig.model_validate({"classifier": {"enabled": False}})
     router = Router(Catalog(MODELS), config)
     searches = [0]
@@ -112,10 +112,8 @@ def test_neighbouring_buckets_share_the_search_at_their_common_end(
 
     monkeypatch.setattr(router, "_select", counting)
     ctx = RouteContext(tier=1)
-    # 256 output tokens: 915-1004 input tokens fall in bucket 13 of the output share,
-    # 1005-1109 in bucket 12; both end at a share of 13/64.
     counts = []
-    for input_tokens in (950, 960, 1050, 1060, 1080, 990):
+    for input_tokens in lengths:
         request = ChatRequest(
             model="d/dearer", messages=[Message(role="user", content="x" * (4 * input_tokens))]
         )
@@ -124,6 +122,15 @@ def test_neighbouring_buckets_share_the_search_at_their_common_end(
         counts.append(searches[0] - before)
         assert decision.input_tokens - input_tokens == 7  # (framing)
         assert decision == Router(Catalog(MODELS), config).decide(request, ctx)
+    return counts
+
+
+def test_neighbouring_buckets_share_the_search_at_their_common_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 256 output tokens: 915-1004 input tokens fall in bucket 13 of the output share,
+    # 1005-1109 in bucket 12; both end at a share of 13/64.
+    counts = _searches_per_decision(monkeypatch, (950, 960, 1050, 1060, 1080, 990))
     # Bucket 13: searched, then checked at 13/64 and 14/64 (which answer it). Bucket
     # 12: searched, then checked at 12/64 only. Then both spans answer.
     assert counts == [1, 2, 1, 1, 0, 0]
@@ -182,28 +189,9 @@ def test_a_listed_tier_states_the_requested_models_own_cost_beside_its_pick() ->
 def test_a_bucket_whose_ends_are_known_is_checked_the_first_time_it_comes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = RoutingConfig.model_validate({"classifier": {"enabled": False}})
-    router = Router(Catalog(MODELS), config)
-    searches = [0]
-    select = router._select
-
-    def counting(*args: Any) -> Any:
-        searches[0] += 1
-        return select(*args)
-
-    monkeypatch.setattr(router, "_select", counting)
-    ctx = RouteContext(tier=1)
     # 256 output tokens: 837-914 input tokens fall in bucket 14 of the output share,
     # 915-1004 in bucket 13, 1005-1109 in bucket 12.
-    counts = []
-    for input_tokens in (850, 860, 1050, 1060, 950, 960):
-        request = ChatRequest(
-            model="d/dearer", messages=[Message(role="user", content="x" * (4 * input_tokens))]
-        )
-        before = searches[0]
-        decision = router.decide(request, ctx)
-        counts.append(searches[0] - before)
-        assert decision == Router(Catalog(MODELS), config).decide(request, ctx)
+    counts = _searches_per_decision(monkeypatch, (850, 860, 1050, 1060, 950, 960))
     # Buckets 14 and 12: searched, then checked at both ends. Bucket 13, whose ends
     # (13/64 and 14/64) those checks found: its first request is answered by its span.
     assert counts == [1, 2, 1, 2, 0, 0]
