@@ -309,17 +309,9 @@ async def _achecked(
     budgets = info.engine.budgets if info is not None else None
     if info is None or not budgets:
         return info, None
-    outage = budgets.outage
-    if outage.until is not None and outage.down:
-        return info, None  # (a store outage reads as no pressure, see ``Budgets``)
-    seen = outage.until
-    try:
-        statuses = await budgets.astatus(info.context)
-    except Exception as exc:
-        outage.failed(exc)
-        return info, None
-    if seen is not None:
-        outage.answered(seen)
+    # (a store outage reads as no pressure, see ``Budgets``)
+    none: list[BudgetStatus] = []
+    statuses = await budgets.outage.arun(lambda: budgets.astatus(info.context), none)
     blocked = _blocking(statuses)
     return info, None if blocked is None else _refusal(info, match, blocked)
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from . import _deferred
 
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("llmroute")
+
+T = TypeVar("T")
 
 #: How long a failed store is left alone before it is probed or tried again, in seconds.
 STORE_RETRY_S = 5.0
@@ -47,21 +50,8 @@ class StoreOutage:
     """The outage state of one store (or of every store on one Redis). ``what``
     names it in warnings, ``meanwhile`` says what callers do without it, ``probe``
     checks it answers (raising if not). ``until`` is ``None`` while it answers, else
-    when to probe or try it again (``time.monotonic``); read it first on hot paths.
-
-    Callers follow one pattern::
-
-        if outage.until is not None and outage.down:
-            ...  # go on without the store
-        seen = outage.until
-        try:
-            ...  # use the store
-        except Exception as exc:
-            outage.failed(exc)
-            ...  # go on without it
-        if seen is not None:
-            outage.answered(seen)
-    """
+    when to probe or try it again (``time.monotonic``). Callers go through
+    :meth:`run` / :meth:`arun`, or follow the same steps where they must."""
 
     __slots__ = ("_listeners", "_meanwhile", "_probe", "_probing", "_what", "until")
 
@@ -95,6 +85,35 @@ class StoreOutage:
             _deferred.prepare()
             _deferred.defer(self._run_probe)
         return True
+
+    def run(self, op: Callable[[], T], fallback: T) -> T:
+        """``op()``, or ``fallback`` while the store is left alone or when ``op`` fails
+        (then noted, see :meth:`failed`); a success ends an outage it began in."""
+        if self.until is not None and self.down:
+            return fallback
+        seen = self.until
+        try:
+            result = op()
+        except Exception as exc:
+            self.failed(exc)
+            return fallback
+        if seen is not None:
+            self.answered(seen)
+        return result
+
+    async def arun(self, op: Callable[[], Awaitable[T]], fallback: T) -> T:
+        """Async twin of :meth:`run`."""
+        if self.until is not None and self.down:
+            return fallback
+        seen = self.until
+        try:
+            result = await op()
+        except Exception as exc:
+            self.failed(exc)
+            return fallback
+        if seen is not None:
+            self.answered(seen)
+        return result
 
     def check(self) -> None:
         """Raise :class:`StoreUnavailable` while callers should leave the store alone."""

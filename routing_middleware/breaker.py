@@ -394,18 +394,8 @@ class CircuitBreaker:
         Does not claim the half-open probe; the dispatcher does that with
         :meth:`acquire` right before it sends.
         """
-        outage = self._outage
-        if outage.until is not None and outage.down:
-            return True
-        seen = outage.until
-        try:
-            available = self.store.get(deployment_key(deployment)).available(self.clock())
-        except Exception as exc:
-            outage.failed(exc)
-            return True
-        if seen is not None:
-            outage.answered(seen)
-        return available
+        key = deployment_key(deployment)
+        return self._outage.run(lambda: self.store.get(key).available(self.clock()), True)
 
     def _apply(self, deployment: object, event: Event) -> bool:
         key = deployment_key(deployment)
@@ -417,30 +407,22 @@ class CircuitBreaker:
 
     def acquire(self, deployment: object) -> bool:
         """Ask to send one call; in half-open state only one caller gets ``True``."""
-        outage = self._outage
-        if outage.until is not None and outage.down:
+        return self._outage.run(lambda: self._acquire(deployment), True)
+
+    def _acquire(self, deployment: object) -> bool:
+        if self.store.get(deployment_key(deployment)).phase(self.clock()) == "closed":
             return True
-        try:
-            if self.store.get(deployment_key(deployment)).phase(self.clock()) == "closed":
-                return True
-            return self._apply(deployment, "acquire")
-        except Exception as exc:
-            outage.failed(exc)
-            return True
+        return self._apply(deployment, "acquire")
 
     async def aacquire(self, deployment: object) -> bool:
         """Async twin of :meth:`acquire`."""
-        outage = self._outage
-        if outage.until is not None and outage.down:
+        return await self._outage.arun(lambda: self._aacquire(deployment), True)
+
+    async def _aacquire(self, deployment: object) -> bool:
+        state = await self.store.aget(deployment_key(deployment))
+        if state.phase(self.clock()) == "closed":
             return True
-        try:
-            state = await self.store.aget(deployment_key(deployment))
-            if state.phase(self.clock()) == "closed":
-                return True
-            return await self._aapply(deployment, "acquire")
-        except Exception as exc:
-            outage.failed(exc)
-            return True
+        return await self._aapply(deployment, "acquire")
 
     def record(self, deployment: object, ok: bool | None) -> None:
         """Report an outcome: ``True`` success, ``False`` failure, ``None`` no verdict.
@@ -449,25 +431,22 @@ class CircuitBreaker:
         written: the error rate is then measured from the first failure on, which
         keeps the store off the path of every successful call.
         """
-        outage = self._outage
-        if outage.until is not None and outage.down:
+        self._outage.run(lambda: self._record(deployment, ok), None)
+
+    def _record(self, deployment: object, ok: bool | None) -> None:
+        if ok and self.store.get(deployment_key(deployment)).pristine:
             return
-        try:
-            if ok and self.store.get(deployment_key(deployment)).pristine:
-                return
-            self._apply(deployment, "success" if ok else "neutral" if ok is None else "failure")
-        except Exception as exc:
-            outage.failed(exc)
+        self._apply(deployment, _event(ok))
 
     async def arecord(self, deployment: object, ok: bool | None) -> None:
         """Async twin of :meth:`record`."""
-        outage = self._outage
-        if outage.until is not None and outage.down:
+        await self._outage.arun(lambda: self._arecord(deployment, ok), None)
+
+    async def _arecord(self, deployment: object, ok: bool | None) -> None:
+        if ok and (await self.store.aget(deployment_key(deployment))).pristine:
             return
-        try:
-            if ok and (await self.store.aget(deployment_key(deployment))).pristine:
-                return
-            event: Event = "success" if ok else "neutral" if ok is None else "failure"
-            await self._aapply(deployment, event)
-        except Exception as exc:
-            outage.failed(exc)
+        await self._aapply(deployment, _event(ok))
+
+
+def _event(ok: bool | None) -> Event:
+    return "success" if ok else "neutral" if ok is None else "failure"

@@ -808,24 +808,7 @@ class Budgets:
         ``version`` changes or a counter read expires. Other stores are read each time.
         """
         ctx = current_context() if context is None else context
-        outage = self.outage
-        if outage.until is not None:
-            if outage.down:
-                return ()
-            seen = outage.until
-            try:
-                found = self._pressing_now(ctx)
-            except Exception as exc:
-                outage.failed(exc)
-                return ()
-            if seen is not None:
-                outage.answered(seen)
-            return found
-        try:
-            return self._pressing_now(ctx)
-        except Exception as exc:
-            outage.failed(exc)
-            return ()
+        return self.outage.run(lambda: self._pressing_now(ctx), ())
 
     def _pressing_now(self, ctx: RouteContext) -> tuple[BudgetStatus, ...]:
         """:meth:`pressing`, reading the store where its memo cannot answer."""

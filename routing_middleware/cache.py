@@ -184,50 +184,16 @@ class ResponseCache:
         return digest.hexdigest()
 
     def get(self, key: str) -> CacheEntry | None:
-        outage = self._outage
-        if outage.until is not None and outage.down:
-            return None
-        seen = outage.until
-        try:
-            found = self.store.get(key)
-        except Exception as exc:
-            outage.failed(exc)
-            return None
-        if seen is not None:
-            outage.answered(seen)
-        return found
+        return self._outage.run(lambda: self.store.get(key), None)
 
     def set(self, key: str, entry: CacheEntry) -> None:
-        outage = self._outage
-        if outage.until is not None and outage.down:
-            return
-        try:
-            self.store.set(key, entry)
-        except Exception as exc:
-            outage.failed(exc)
+        self._outage.run(lambda: self.store.set(key, entry), None)
 
     async def aget(self, key: str) -> CacheEntry | None:
-        outage = self._outage
-        if outage.until is not None and outage.down:
-            return None
-        seen = outage.until
-        try:
-            found = await self.store.aget(key)
-        except Exception as exc:
-            outage.failed(exc)
-            return None
-        if seen is not None:
-            outage.answered(seen)
-        return found
+        return await self._outage.arun(lambda: self.store.aget(key), None)
 
     async def aset(self, key: str, entry: CacheEntry) -> None:
-        outage = self._outage
-        if outage.until is not None and outage.down:
-            return
-        try:
-            await self.store.aset(key, entry)
-        except Exception as exc:
-            outage.failed(exc)
+        await self._outage.arun(lambda: self.store.aset(key, entry), None)
 
 
 def replay_chunks(response: ChatResponse) -> Iterator[StreamChunk]:

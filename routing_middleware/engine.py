@@ -238,16 +238,8 @@ class LLMRoute:
             await self.router.aprepare()
         budgets = self.budgets
         if budgets and type(budgets.store) is not MemoryBudgetStore:
-            outage = budgets.outage
-            if outage.until is None or not outage.down:
-                seen = outage.until
-                try:
-                    await budgets.astatus(ctx)
-                except Exception as exc:
-                    outage.failed(exc)  # (the router then reads no totals either)
-                else:
-                    if seen is not None:
-                        outage.answered(seen)
+            # (a failing store is left alone: the router then reads no totals either)
+            await budgets.outage.arun(lambda: budgets.astatus(ctx), None)
         return self.decide(request, ctx)
 
     def _record_blocked(

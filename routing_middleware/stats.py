@@ -358,35 +358,23 @@ class RedisStatsStore:
 
     def _send(self, queue: Callable[[Any], object]) -> None:
         """Run the commands ``queue`` adds to a pipeline (see the class on failures)."""
-        outage = self.outage
-        if outage.until is not None and outage.down:
-            return
-        seen = outage.until
-        try:
+
+        def send() -> None:
             pipe = self._redis().pipeline(transaction=False)
             queue(pipe)
             pipe.execute()
-        except Exception as exc:
-            outage.failed(exc)
-            return
-        if seen is not None:
-            outage.answered(seen)
+
+        self.outage.run(send, None)
 
     async def _asend(self, queue: Callable[[Any], object]) -> None:
         """Async twin of :meth:`_send`."""
-        outage = self.outage
-        if outage.until is not None and outage.down:
-            return
-        seen = outage.until
-        try:
+
+        async def send() -> None:
             pipe = self._async().pipeline(transaction=False)
             queue(pipe)
             await pipe.execute()
-        except Exception as exc:
-            outage.failed(exc)
-            return
-        if seen is not None:
-            outage.answered(seen)
+
+        await self.outage.arun(send, None)
 
     def _async(self) -> Any:
         return self._clients.async_client()
