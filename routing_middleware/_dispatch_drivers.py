@@ -298,22 +298,14 @@ class _SyncDriver(_Driver):
         budgets = self._d.budgets
         if budgets is None:
             return None
-        outage = budgets.outage
-        if outage.until is not None and outage.down:
-            return None  # a budget store outage must not take calls down
-        seen = outage.until
-        try:
+
+        def hold() -> Reservation:
             if not effect.enforce:
                 return _charge_only(budgets, effect.context)
-            held = budgets.reserve(effect.amount, effect.context)
-        except LLMError:
-            raise
-        except Exception as exc:
-            outage.failed(exc)
-            return None
-        if seen is not None:
-            outage.answered(seen)
-        return held
+            return budgets.reserve(effect.amount, effect.context)
+
+        # (a budget store outage must not take calls down; a spent budget must)
+        return budgets.outage.run(hold, None, passing=LLMError)
 
     def _settle(self, effect: _Settle) -> None:
         if self._d.budgets is not None:
@@ -431,22 +423,13 @@ class _AsyncDriver(_Driver):
         budgets = self._d.budgets
         if budgets is None:
             return None
-        outage = budgets.outage
-        if outage.until is not None and outage.down:
-            return None
-        seen = outage.until
-        try:
+
+        async def hold() -> Reservation:
             if not effect.enforce:
                 return _charge_only(budgets, effect.context)
-            held = await budgets.areserve(effect.amount, effect.context)
-        except LLMError:
-            raise
-        except Exception as exc:
-            outage.failed(exc)
-            return None
-        if seen is not None:
-            outage.answered(seen)
-        return held
+            return await budgets.areserve(effect.amount, effect.context)
+
+        return await budgets.outage.arun(hold, None, passing=LLMError)
 
     async def _settle(self, effect: _Settle) -> None:
         if self._d.budgets is not None:

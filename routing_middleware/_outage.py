@@ -32,6 +32,7 @@ __all__ = [
 logger = logging.getLogger("llmroute")
 
 T = TypeVar("T")
+_Passing = type[BaseException] | tuple[type[BaseException], ...]
 
 #: How long a failed store is left alone before it is probed or tried again, in seconds.
 STORE_RETRY_S = 5.0
@@ -86,14 +87,17 @@ class StoreOutage:
             _deferred.defer(self._run_probe)
         return True
 
-    def run(self, op: Callable[[], T], fallback: T) -> T:
+    def run(self, op: Callable[[], T], fallback: T, *, passing: _Passing = ()) -> T:
         """``op()``, or ``fallback`` while the store is left alone or when ``op`` fails
-        (then noted, see :meth:`failed`); a success ends an outage it began in."""
+        (then noted, see :meth:`failed`); a success ends an outage it began in. Errors
+        of the types ``passing`` are answers, not failures: they reach the caller."""
         if self.until is not None and self.down:
             return fallback
         seen = self.until
         try:
             result = op()
+        except passing:
+            raise
         except Exception as exc:
             self.failed(exc)
             return fallback
@@ -101,13 +105,17 @@ class StoreOutage:
             self.answered(seen)
         return result
 
-    async def arun(self, op: Callable[[], Awaitable[T]], fallback: T) -> T:
+    async def arun(
+        self, op: Callable[[], Awaitable[T]], fallback: T, *, passing: _Passing = ()
+    ) -> T:
         """Async twin of :meth:`run`."""
         if self.until is not None and self.down:
             return fallback
         seen = self.until
         try:
             result = await op()
+        except passing:
+            raise
         except Exception as exc:
             self.failed(exc)
             return fallback
