@@ -431,3 +431,25 @@ def test_a_snapshot_per_decision_that_fails_keeps_the_figures_there_are(
     stats.down = False
     router.decide(_request(), RouteContext(tier=1))
     assert not router._refresher.failing
+
+
+def test_a_shared_outage_does_not_keep_replaced_budgets_alive() -> None:
+    import gc
+    import weakref
+
+    from routing_middleware import _deferred
+
+    shared = _outage.StoreOutage("Redis", "calls go on")
+
+    class SharedStore(MemoryBudgetStore):
+        outage = shared
+
+    budgets = Budgets([Budget(name="all", limit_usd=Decimal("1"))], SharedStore())
+    assert budgets.outage is shared
+    gone = weakref.ref(budgets)
+    del budgets
+    gc.collect()
+    assert gone() is None  # the listener it left on the shared outage holds it weakly
+    shared.failed(ConnectionError("x"))
+    shared.answered(shared.until or 0.0)  # runs that listener: nothing to do, no error
+    assert _deferred.drain()
