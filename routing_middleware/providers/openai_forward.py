@@ -98,6 +98,24 @@ def _counted(decoder: _ReplayDecoder, run: list[str], texts: list[str]) -> None:
         texts.append(text)
 
 
+def _text_span(block: bytes) -> tuple[int, int] | None:
+    """Where the inside of the one ``"content"`` string of the event ``block`` starts
+    and ends, or ``None`` when it has no such string or several content keys."""
+    for key in _CONTENT:
+        at = block.find(key)
+        if at >= 0:
+            break
+    else:
+        return None
+    start = at + len(key)
+    if block.find(b'"content"', start) >= 0:
+        return None  # several choices: not one shape
+    text = _TEXT.match(block, start)
+    if text is None or block[text.end() : text.end() + 1] != b'"':
+        return None
+    return start, text.end()
+
+
 def _data_of(block: bytes) -> bytes | None:
     """The ``data`` of one event block that is not a lone ``data: ...`` line."""
     lines: list[bytes] = []
@@ -349,22 +367,42 @@ class OpenAIForwarder:
 
     def _learn(self, block: bytes) -> None:
         """Remember a plain event's bytes around its text (see :meth:`feed`)."""
-        for key in _CONTENT:
-            at = block.find(key)
-            if at >= 0:
-                break
+        span = _text_span(block)
+        if span is not None and _one_text(block[6:], block[span[0] - 1 : span[1] + 1]):
+            self._head = block[: span[0]]
+            self._tail = block[span[1] :] + _SEP
+
+    def _learn_decoded(self, data: bytes, chunk: StreamChunk) -> None:
+        """Remember the shape of a text event just decoded to ``chunk`` (see
+        :meth:`feed`), checking its text against the decoded one instead of decoding
+        the event again as :meth:`_learn` must."""
+        text = chunk.text
+        if (
+            text is None
+            or chunk.role is not None
+            or chunk.finish_reason is not None
+            or chunk.reasoning
+            or chunk.tool_calls
+            or chunk.usage is not None
+            or b"\n" in data
+            or data.count(b'"delta"') != 1
+        ):
+            return
+        block = b"data: " + data
+        span = _text_span(block)
+        if span is None:
+            return
+        literal = block[span[0] : span[1]]
+        if _BARE.fullmatch(literal) is not None:
+            same = literal.decode("utf-8", "replace") == text
         else:
-            return
-        start = at + len(key)
-        if block.find(b'"content"', start) >= 0:
-            return  # several choices: not one shape
-        text = _TEXT.match(block, start)
-        if text is None or block[text.end() : text.end() + 1] != b'"':
-            return
-        if not _one_text(block[6:], block[start - 1 : text.end() + 1]):
-            return
-        self._head = block[:start]
-        self._tail = block[text.end() :] + _SEP
+            try:
+                same = json.loads(b'"' + literal + b'"') == text
+            except ValueError:
+                same = False
+        if same:
+            self._head = block[: span[0]]
+            self._tail = block[span[1] :] + _SEP
 
     def _decode(self, data: bytes, out: list[bytes]) -> None:
         """An event that needs decoding: acted on, then forwarded, reshaped or dropped."""
@@ -397,6 +435,8 @@ class OpenAIForwarder:
             return
         if not reshape:
             out.append(_event(data))
+            if not self._head and self.started and len(chunks) == 1:
+                self._learn_decoded(data, chunks[0])
             return
         encoder = self._encoder_for(data)
         for chunk in chunks:

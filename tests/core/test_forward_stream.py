@@ -725,8 +725,7 @@ def test_the_forwarder_reshapes_what_the_encoder_would_and_drops_comments() -> N
 
 def test_the_forwarder_sees_a_finish_after_plain_events_of_the_same_shape() -> None:
     forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
-    forwarder.feed(_event({"content": "a"}))  # decoded: the answer starts
-    forwarder.feed(_event({"content": "b"}))  # searched, found plain: its shape kept
+    forwarder.feed(_event({"content": "a"}))  # decoded: the answer starts, its shape kept
     quoted = _event({"content": 'say "hi" \\ there'})
     assert forwarder.feed(quoted) is quoted  # the known shape: no search
     assert not forwarder.finished
@@ -734,6 +733,30 @@ def test_the_forwarder_sees_a_finish_after_plain_events_of_the_same_shape() -> N
     assert forwarder.finished
     forwarder.feed(b"data: [DONE]\n\n")
     assert forwarder.close() == b"data: [DONE]\n\n"
+
+
+def test_the_shape_of_plain_events_is_learned_from_the_first_decoded_one() -> None:
+    forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
+    forwarder.feed(_event({"role": "assistant", "content": ""}))  # no text: no shape
+    first = _event({"content": 'a \\"quoted\\" "start"'})
+    assert forwarder.feed(first).endswith(first)  # decoded: the answer starts
+    second = _event({"content": "b"})
+    assert forwarder.feed(second) is second  # went by on the shape of the first
+    assert forwarder.replay()[1] == ['a \\"quoted\\" "start"b']
+
+
+def test_a_decoded_event_whose_first_content_string_is_not_its_text_teaches_no_shape() -> None:
+    """A ``content`` key before the delta's (here in ``logprobs``) holds another
+    string: taking that for the text would count the second event's decoy as text."""
+    forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
+    events = [
+        _event({"content": "a"}).replace(
+            b'"choices"', b'"logprobs":{"content":"%s"},"choices"' % decoy
+        )
+        for decoy in (b"x", b"y")
+    ]
+    assert b"".join(forwarder.feed(event) for event in events) == b"".join(events)
+    assert forwarder.replay()[1] == ["aa"]
 
 
 # --------------------------------------------------------------------------- real sockets
