@@ -65,8 +65,17 @@ def _bad(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+#: Compact JSON with text as it is: ``json.dumps`` with these options, made once
+#: (``json.dumps`` with options makes an encoder per call, once per stream event here).
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: A text delta event as :meth:`AnthropicStreamEncoder._delta` encodes one, filled
+#: with the block index and the text as a JSON string.
+_TEXT_DELTA = (
+    "event: content_block_delta\n"
+    'data: {"type":"content_block_delta","index":%d,'
+    '"delta":{"type":"text_delta","text":%s}}\n\n'
+)
+_json_string = json.encoder.encode_basestring
 
 
 # ----------------------------------------------------------------------------- requests
@@ -420,7 +429,10 @@ class AnthropicStreamEncoder:
         if chunk.text:
             if self._open is None or self._open in self._tools.values():
                 self._begin(out, {"type": "text", "text": ""})
-            out.append(self._delta(self._open, {"type": "text_delta", "text": chunk.text}))
+            text = (_TEXT_DELTA % (self._open, _json_string(chunk.text))).encode()
+            if not (out or chunk.tool_calls or chunk.finish_reason or chunk.usage):
+                return text  # the common event: one text delta
+            out.append(text)
         for call in chunk.tool_calls or ():
             block = self._tools.get(call.index)
             if block is None:

@@ -2252,3 +2252,33 @@ def test_reissued_tool_ids_match_between_streamed_and_plain_answers() -> None:
     # and the upstream encoder re-issues the caller's copy of it the same way
     history = request(user(), Message(role="assistant", tool_calls=[ToolCall(id=bad, name="f")]))
     assert build_body(history, "m", {})["messages"][1]["content"][0]["id"] == tool_use_id(bad)
+
+
+@given(texts=st.lists(st.text(min_size=1), min_size=1, max_size=4), tool_first=st.booleans())
+def test_streamed_text_deltas_are_the_events_a_generic_encoding_gives(
+    texts: list[str], tool_first: bool
+) -> None:
+    """Text deltas are written from a template; each must be the event JSON-encoding
+    its fields gives, whatever the text holds (quotes, escapes, newlines, non-ASCII)."""
+    encoder = ANTHROPIC_CALLER.stream_encoder("claude-test-model", "msg_T1")
+    encoder.start()
+    if tool_first:
+        encoder.chunk(StreamChunk(tool_calls=[ToolCallDelta(index=0, id="t", name="f")]))
+    block = 1 if tool_first else 0
+    for n, text in enumerate(texts):
+        events = list(SSEDecoder().feed(encoder.chunk(StreamChunk(text=text))))
+        if n == 0:  # the text block opens first (closing a tool block before it)
+            assert [e.event for e in events[:-1]] == ["content_block_stop"] * tool_first + [
+                "content_block_start"
+            ]
+        delta = events[-1]
+        assert delta.event == "content_block_delta"
+        assert delta.data == json.dumps(
+            {
+                "type": "content_block_delta",
+                "index": block,
+                "delta": {"type": "text_delta", "text": text},
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
