@@ -16,6 +16,11 @@ set). How atomic a reservation across several budget lines is depends on the bac
   so a limit holds per worker, not in total. Use Redis for many workers.
 - ``DummyCache`` stores nothing and cannot hold a budget (system check ``E004``).
 
+Holds have ids, as in the core stores: a reserve or settle sent again holds or counts
+nothing more, and a hold not settled within ``hold_ttl_s`` stops counting. On the
+cache-lock backends each charge key has a record beside it (``...|holds``) of its live
+holds and the ids settled within ``hold_ttl_s`` (the newest :data:`MAX_SETTLED_IDS`).
+
 Counters live in the cache, which may evict or lose them. Every
 ``BUDGET_RECONCILE_S`` seconds a line's settled spend is compared with the stored
 calls (:class:`~django_llmroute.models.LLMCall`) for its period and raised to it
@@ -37,20 +42,29 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
 from django.core.cache import BaseCache, caches
 from django.db import connections, transaction
 
+from routing_middleware.budgets import (
+    HOLD_TTL_S,
+    BudgetLine,
+    RedisBudgetStore,
+    from_micros,
+    new_hold_id,
+    to_micros,
+)
 from routing_middleware.budgets import Budget as CoreBudget
-from routing_middleware.budgets import BudgetLine, RedisBudgetStore, from_micros, to_micros
 
 __all__ = [
     "BUDGETS_CACHE_TIMEOUT_S",
     "BUDGETS_KEY",
     "BUDGETS_VERSION_KEY",
+    "MAX_SETTLED_IDS",
     "CacheBudgetStore",
     "budgets_version",
     "database_budgets",
@@ -69,6 +83,14 @@ BUDGETS_VERSION_KEY = "llmroute:db-budgets-version"
 BUDGETS_CACHE_TIMEOUT_S = 600
 
 _PREFIX = "llmroute:budget:"
+#: Settled hold ids a charge key's record keeps at most on the cache-lock backends (the
+#: newest), besides forgetting them after ``hold_ttl_s``: the record is read and
+#: written whole by every reserve and settle on that key.
+MAX_SETTLED_IDS = 1024
+
+# A charge key's hold record on the cache-lock backends:
+# (live holds: id -> (expires at, amount), settled ids: id -> forgotten at).
+_Record = tuple[dict[str, tuple[float, int]], dict[str, float]]
 
 
 def _is_redis(cache: BaseCache) -> bool:
@@ -82,8 +104,10 @@ class CacheBudgetStore:
 
     ``alias`` names the cache. ``lock_timeout_s`` bounds how long a lock may be
     held (non-Redis backends). ``reconcile_s`` is how often a line is reconciled
-    with the stored calls (``0`` never). Async twins run the blocking operation in
-    a worker thread, as Django's own cache API does.
+    with the stored calls (``0`` never). ``hold_ttl_s`` is how long a hold that is
+    not settled counts (on ``clock``, a wall clock shared by the processes, on the
+    cache-lock backends; on Redis, the server's). Async twins run the blocking
+    operation in a worker thread, as Django's own cache API does.
     """
 
     def __init__(
@@ -93,11 +117,15 @@ class CacheBudgetStore:
         lock_timeout_s: float = 5.0,
         reconcile_s: float = 300.0,
         database: str = "default",
+        hold_ttl_s: float = HOLD_TTL_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.alias = alias
         self.lock_timeout_s = lock_timeout_s
         self.reconcile_s = reconcile_s
         self.database = database
+        self.hold_ttl_s = hold_ttl_s
+        self._clock = clock
         self._redis: RedisBudgetStore | None = None
         self._redis_client: Any = None
         self._init_lock = threading.Lock()
@@ -135,7 +163,9 @@ class CacheBudgetStore:
                     # and version like the cache's own keys.
                     client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
                     self._redis_client = client
-                    self._redis = RedisBudgetStore(client=client, prefix=cache.make_key(_PREFIX))
+                    self._redis = RedisBudgetStore(
+                        client=client, prefix=cache.make_key(_PREFIX), hold_ttl_s=self.hold_ttl_s
+                    )
         return self._redis
 
     def _key(self, name: str) -> str:
@@ -174,57 +204,105 @@ class CacheBudgetStore:
         found = self.cache.get_many([self._key(k) for k in keys])
         return {k: list(found.get(self._key(k)) or (0, 0)) for k in keys}
 
-    def _write(self, line: BudgetLine, settled: int, held: int) -> None:
-        self.cache.set(self._key(line.charge_key), (settled, max(0, held)), timeout=line.ttl_s)
+    def _write(self, line: BudgetLine, settled: int, held: int, record: _Record) -> None:
+        key = self._key(line.charge_key)
+        self.cache.set_many(
+            {key: (settled, max(0, held)), key + "|holds": record}, timeout=line.ttl_s
+        )
+
+    def _read_records(self, keys: list[str]) -> tuple[dict[str, list[int]], dict[str, _Record]]:
+        """The counters (settled, held) and hold records of ``keys``."""
+        names = [self._key(k) for k in keys]
+        found = self.cache.get_many(names + [name + "|holds" for name in names])
+        values = {k: list(found.get(name) or (0, 0)) for k, name in zip(keys, names, strict=True)}
+        records = {
+            k: found.get(name + "|holds") or ({}, {}) for k, name in zip(keys, names, strict=True)
+        }
+        return values, records
+
+    @staticmethod
+    def _lapsed(record: _Record, now: float) -> int:
+        """What the holds in ``record`` that ran out of time held."""
+        return sum(amount for expires, amount in record[0].values() if expires <= now)
+
+    def _spent(self, value: list[int], record: _Record, now: float) -> int:
+        """Settled plus held, the holds that ran out of time left out."""
+        return value[0] + max(0, value[1] - self._lapsed(record, now))
+
+    def _prune(self, value: list[int], record: _Record, now: float) -> None:
+        """Drop the holds that ran out of time (and what they held) and the settled
+        ids to forget from a charge key's counter and record, in place."""
+        held, settled = record
+        for hold in [h for h, (expires, _) in held.items() if expires <= now]:
+            value[1] = max(0, value[1] - held.pop(hold)[1])
+        for hold in [h for h, forget in settled.items() if forget <= now]:
+            del settled[hold]
+        for hold in list(islice(settled, max(0, len(settled) - MAX_SETTLED_IDS))):
+            del settled[hold]
 
     # ------------------------------------------------------------------ the protocol
 
-    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
-        """Hold ``amount`` on every line, or nothing; the index of a line that refused."""
+    def reserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
+        """Hold ``amount`` on every line as ``hold``, or nothing; the index of a line
+        that refused. An id held or settled already holds nothing more."""
         if not lines:
             return None
         self._maybe_reconcile(lines)
         redis = self._redis_store()
         if redis is not None:
-            failed = redis.reserve(lines, amount)
+            failed = redis.reserve(lines, amount, hold)
         else:
             held = self._acquire(self._lock_names(lines))
             try:
-                failed = self._reserve_locked(lines, amount)
+                failed = self._reserve_locked(lines, amount, hold)
             finally:
                 self._release(held)
         if failed is not None:
             self._announce(lines[failed], amount)
         return failed
 
-    def _reserve_locked(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
-        values = self._read([k for line in lines for k in line.window])
+    def _reserve_locked(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
+        now = self._clock()
+        values, records = self._read_records([k for line in lines for k in line.window])
+        first = records[lines[0].charge_key]
+        if max(first[0].get(hold, (0.0,))[0], first[1].get(hold, 0.0)) > now:
+            return None  # a retry: held (or settled) already
         for index, line in enumerate(lines):
             if line.limit is not None:
-                spent = sum(sum(values[k]) for k in line.window)
+                spent = sum(self._spent(values[k], records[k], now) for k in line.window)
                 if spent + amount > line.limit:
                     return index
         for line in lines:
-            settled, held = values[line.charge_key]
-            values[line.charge_key] = [settled, held + amount]
-            self._write(line, settled, held + amount)
+            value, record = values[line.charge_key], records[line.charge_key]
+            self._prune(value, record, now)
+            value[1] += amount
+            record[0][hold] = (now + self.hold_ttl_s, amount)
+            self._write(line, value[0], value[1], record)
         return None
 
-    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
-        """Replace a hold of ``reserved`` with ``actual`` spend on every line."""
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str) -> None:
+        """Drop the hold ``hold`` and record ``actual`` spend on every line, once."""
         if not lines:
             return
         redis = self._redis_store()
         if redis is not None:
-            redis.settle(lines, reserved, actual)
+            redis.settle(lines, reserved, actual, hold)
             return
         held_locks = self._acquire(self._lock_names(lines))
         try:
-            values = self._read([line.charge_key for line in lines])
+            now = self._clock()
+            values, records = self._read_records([line.charge_key for line in lines])
             for line in lines:
-                settled, held = values[line.charge_key]
-                values[line.charge_key] = [settled + actual, max(0, held - reserved)]
-                self._write(line, settled + actual, held - reserved)
+                value, record = values[line.charge_key], records[line.charge_key]
+                self._prune(value, record, now)
+                if hold in record[1]:
+                    continue  # settled already
+                found = record[0].pop(hold, None)
+                if found is not None:
+                    value[1] = max(0, value[1] - found[1])
+                value[0] += actual
+                record[1][hold] = now + self.hold_ttl_s
+                self._write(line, value[0], value[1], record)
         finally:
             self._release(held_locks)
 
@@ -236,8 +314,12 @@ class CacheBudgetStore:
         redis = self._redis_store()
         if redis is not None:
             return redis.totals(lines)
-        values = self._read([k for line in lines for k in line.window])
-        return [sum(sum(values[k]) for k in line.window) for line in lines]
+        return self._totals_unlocked(lines)
+
+    def _totals_unlocked(self, lines: Sequence[BudgetLine]) -> list[int]:
+        now = self._clock()
+        values, records = self._read_records([k for line in lines for k in line.window])
+        return [sum(self._spent(values[k], records[k], now) for k in line.window) for line in lines]
 
     def settled(self, lines: Sequence[BudgetLine]) -> list[int]:
         """Settled spend only (no holds) per line."""
@@ -254,13 +336,15 @@ class CacheBudgetStore:
         values = self._read([k for line in lines for k in line.window])
         return [sum(values[k][0] for k in line.window) for line in lines]
 
-    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
         """Async twin of :meth:`reserve`."""
-        return await asyncio.to_thread(self.reserve, lines, amount)
+        return await asyncio.to_thread(self.reserve, lines, amount, hold)
 
-    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+    async def asettle(
+        self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str
+    ) -> None:
         """Async twin of :meth:`settle`."""
-        await asyncio.to_thread(self.settle, lines, reserved, actual)
+        await asyncio.to_thread(self.settle, lines, reserved, actual, hold)
 
     async def atotals(self, lines: Sequence[BudgetLine]) -> list[int]:
         """Async twin of :meth:`totals`."""
@@ -279,7 +363,7 @@ class CacheBudgetStore:
             current = self.settled([line])[0]
             missing = stored - current
             if missing > 0:
-                self.settle([line], 0, missing)
+                self.settle([line], 0, missing, new_hold_id())
                 logger.info(
                     "llmroute: budget %s|%s was %s below the stored calls; corrected",
                     line.budget.name,
@@ -353,8 +437,7 @@ class CacheBudgetStore:
         redis = self._redis_store()
         if redis is not None:
             return redis.totals([line])[0]
-        values = self._read(list(line.window))
-        return sum(sum(values[k]) for k in line.window)
+        return self._totals_unlocked([line])[0]
 
 
 # ---------------------------------------------------------------------- stored spend

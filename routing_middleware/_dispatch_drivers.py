@@ -103,26 +103,16 @@ def _charge_only(budgets: Budgets, context: RouteContext) -> Reservation:
     return Reservation(budgets.lines(context), 0)
 
 
-def _settle_failed(reservation: Reservation, amount: Any, error: Exception) -> None:
-    _log.warning(
-        "settling a budget hold of $%s to $%s timed out (%s): it may or may not have "
-        "been applied, so it is not tried again; if not, the hold stays counted until "
-        "its period ends",
-        reservation.amount_usd,
-        amount,
-        type(error).__name__,
-    )
-
-
 def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
     """Settle ``reservation`` to ``amount`` (blocking); never raises.
 
-    A store hiccup must not leave the worst-case hold counted until the period ends,
-    nor take the call down: a settle that failed before reaching the store is tried
-    once more, then kept for when the store answers again, as is one the store is
-    known to be down for (see :meth:`~.budgets.Budgets.settle_later`). One that timed
-    out is not tried again: it may have been applied, and applying it twice would
-    count the spend twice and release other calls' holds.
+    A store hiccup must not leave the worst-case hold counted, nor take the call
+    down: a settle that failed before reaching the store is tried once more, then
+    kept for when the store answers again, as is one the store is known to be down
+    for (see :meth:`~.budgets.Budgets.settle_later`). One that timed out is kept at
+    once: the store may have applied it, and sending it again then changes nothing
+    (settles are idempotent by hold id), while trying again now would wait out
+    another timeout on the call's path.
     """
     outage = budgets.outage
     if outage.until is not None and outage.down:
@@ -141,7 +131,7 @@ def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
             )
             return
         except Exception as exc:
-            if _settle_given_up(budgets, reservation, amount, exc, attempt):
+            if _settle_kept(budgets, reservation, amount, exc, attempt):
                 return
             continue
         if seen is not None:
@@ -160,7 +150,7 @@ async def asettle_now(budgets: Budgets, reservation: Reservation, amount: Any) -
         try:
             await budgets.asettle(reservation, amount)
         except Exception as exc:
-            if _settle_given_up(budgets, reservation, amount, exc, attempt):
+            if _settle_kept(budgets, reservation, amount, exc, attempt):
                 return
             continue
         if seen is not None:
@@ -168,16 +158,12 @@ async def asettle_now(budgets: Budgets, reservation: Reservation, amount: Any) -
         return
 
 
-def _settle_given_up(
+def _settle_kept(
     budgets: Budgets, reservation: Reservation, amount: Any, error: Exception, attempt: int
 ) -> bool:
-    """Whether a settle that failed with ``error`` on ``attempt`` (0, 1) is not tried
-    again: see :func:`settle_now` for what becomes of it then."""
-    if may_have_applied(error):
-        budgets.outage.failed(error)
-        _settle_failed(reservation, amount, error)
-        return True
-    if attempt:
+    """Whether a settle that failed with ``error`` on ``attempt`` (0, 1) is kept for
+    later rather than tried again now: see :func:`settle_now`."""
+    if attempt or may_have_applied(error):
         budgets.outage.failed(error)
         budgets.settle_later(reservation, amount)
         return True

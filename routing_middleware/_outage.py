@@ -181,6 +181,7 @@ def outage_of(store: object, what: str, meanwhile: str) -> StoreOutage:
 
 def may_have_applied(error: BaseException) -> bool:
     """Whether a write that failed with ``error`` may still have been applied: a
-    timeout leaves that unknown (the command may have run, its answer lost), so such
-    a write is not tried again."""
+    timeout leaves that unknown (the command may have run, its answer lost). Only an
+    idempotent write (a budget settle, by its hold id) may be sent again after one;
+    and then later, when the store answers, not at once against a slow store."""
     return isinstance(error, TimeoutError) or "Timeout" in type(error).__name__

@@ -18,17 +18,27 @@ Redis or Django cache store keep their meaning across an upgrade.
 Two stores ship: :class:`MemoryBudgetStore` (one process, thread-safe) and
 :class:`RedisBudgetStore` (many workers, atomic Lua scripts). Counter keys expire
 after their period.
+
+Every hold has an id (:attr:`Reservation.hold`), so the store can tell a retry from
+a new call: reserving an id again holds nothing more, and settling an id again
+changes nothing. That makes a reserve or settle whose answer was lost (a timeout
+after the store applied it) safe to send again, which :meth:`Budgets.settle_later`
+does once the store answers. A hold that is never settled (its worker died, or its
+settle never got through) stops counting after the store's ``hold_ttl_s``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import random
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from functools import cached_property
@@ -36,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._outage import StoreOutage, may_have_applied, outage_of
+from ._outage import MissingClient, StoreOutage, outage_of
 from ._redis import BLOCKING_POOL, RedisClients
 from .context import RouteContext, current_context
 from .pricing import rates_for
@@ -49,6 +59,7 @@ if TYPE_CHECKING:
     from .catalog import ModelInfo
 
 __all__ = [
+    "HOLD_TTL_S",
     "Budget",
     "BudgetAction",
     "BudgetLine",
@@ -59,6 +70,7 @@ __all__ = [
     "RedisBudgetStore",
     "Reservation",
     "from_micros",
+    "new_hold_id",
     "settle_micros",
     "to_micros",
     "worst_case_cost",
@@ -67,6 +79,11 @@ __all__ = [
 BudgetAction = Literal["downgrade", "cheapest", "block"]
 _MICROS = Decimal(1_000_000)
 _DAY = 86_400
+#: How long a store keeps a hold that is not settled, and remembers a settled one, in
+#: seconds. Longer than any call, long streams included, so a live call's hold never
+#: lapses; short enough that a hold whose worker died (or whose settle never got
+#: through) does not make a budget look spent for the rest of its period.
+HOLD_TTL_S = 3600.0
 
 
 def to_micros(amount: Decimal) -> int:
@@ -159,12 +176,27 @@ class BudgetLine:
         return self.window[-1]
 
 
+# Hold ids need to be unique, not secret: a generator of this module's own (an app
+# seeding ``random`` the same in every worker must not make their ids collide), seeded
+# by the OS and again in each forked child; four times cheaper than ``os.urandom``
+# on the path of every call.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_hold_id() -> str:
+    """A new random hold id (96 bits: unique across workers and hosts)."""
+    return _ids.getrandbits(96).to_bytes(12).hex()
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A hold of ``amount`` micro-dollars on each of ``lines``."""
+    """A hold of ``amount`` micro-dollars on each of ``lines``, known to the store as
+    ``hold`` (a new random id unless given)."""
 
     lines: tuple[BudgetLine, ...]
     amount: int
+    hold: str = field(default_factory=new_hold_id)
 
     @property
     def amount_usd(self) -> Decimal:
@@ -204,39 +236,64 @@ def _weak(method: Callable[[], object]) -> Callable[[], object]:
 
 
 class BudgetStore(Protocol):
-    """Counters behind budgets, in integer micro-dollars.
+    """Counters behind budgets, in integer micro-dollars, and the holds on them by id.
 
     ``reserve`` checks and holds atomically across all lines: it returns ``None``
     when held everywhere, or the index of the first line that would exceed its
-    limit (and then holds nothing). ``settle`` moves ``reserved`` from held to
-    ``actual`` spent on each line's charge key (``actual=0`` releases).
+    limit (and then holds nothing). ``settle`` drops the hold ``hold`` and records
+    ``actual`` spent on each line's charge key (``actual=0`` releases). ``reserved``
+    is what the caller believes is held (``0`` when it does not know, for a reserve
+    whose answer was lost): a store releases what it holds for ``hold``.
     ``totals`` returns settled plus held spend per line.
+
+    Both are idempotent by ``hold``: reserving an id that is held or settled holds
+    nothing more (and answers ``None``); settling an id already settled changes
+    nothing; settling an id never held records ``actual`` once. A hold not settled
+    within the store's hold TTL (:data:`HOLD_TTL_S` unless set) stops counting, and
+    settled ids are remembered for as long.
     """
 
-    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None: ...
+    def reserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None: ...
 
-    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None: ...
+    def settle(
+        self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str
+    ) -> None: ...
 
     def totals(self, lines: Sequence[BudgetLine]) -> list[int]: ...
 
-    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None: ...
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None: ...
 
-    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None: ...
+    async def asettle(
+        self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str
+    ) -> None: ...
 
     async def atotals(self, lines: Sequence[BudgetLine]) -> list[int]: ...
 
 
 class MemoryBudgetStore:
-    """In-process counters guarded by one lock; expired keys are dropped lazily."""
+    """In-process counters guarded by one lock; expired keys are dropped lazily.
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    ``hold_ttl_s`` is how long a hold that is not settled counts (and a settled id
+    is remembered), on ``clock``.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float] = time.time, *, hold_ttl_s: float = HOLD_TTL_S
+    ) -> None:
         self._lock = threading.Lock()
         # key -> [spent, held, expires_at]
         self._counters: dict[str, list[float]] = {}
         self._clock = clock
+        self.hold_ttl_s = hold_ttl_s
+        # Hold ids: a live hold as (expires at, amount, lines), a settled one as the
+        # time it is forgotten. ``_lapse`` has (time, id) in the order they come; an
+        # entry whose time no longer matches its id's (settled since) is skipped.
+        self._holds: dict[str, tuple[float, int, Sequence[BudgetLine]] | float] = {}
+        self._lapse: deque[tuple[float, str]] = deque()
         self._ops = 0
-        #: Bumped by every change to a counter (reserve, settle). Totals read at one
-        #: version hold until the next, or until one of the counters read expires.
+        #: Bumped by every change to a counter (reserve, settle, a hold expiring).
+        #: Totals read at one version hold until the next, or until one of the
+        #: counters read (or a hold) expires.
         self.version = 0
 
     def _value(self, key: str, now: float) -> int:
@@ -250,14 +307,41 @@ class MemoryBudgetStore:
 
     def _sweep(self, now: float) -> None:
         self._ops += 1
-        if self._ops % 4096 == 0:
+        if not self._ops & 4095:
             for key in [k for k, e in self._counters.items() if e[2] <= now]:
                 del self._counters[key]
+        lapse = self._lapse
+        if lapse and lapse[0][0] <= now:
+            self._lapsed(now)
 
-    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+    def _lapsed(self, now: float) -> None:
+        """Stop counting the holds not settled in time and forget the settled ids
+        whose time is up (under the lock)."""
+        lapse, holds = self._lapse, self._holds
+        while lapse and lapse[0][0] <= now:
+            at, hold = lapse.popleft()
+            found = holds.get(hold)
+            if isinstance(found, float):
+                if found == at:
+                    del holds[hold]
+            elif found is not None and found[0] == at:
+                del holds[hold]
+                _, amount, lines = found
+                for line in lines:
+                    self._unhold(line.charge_key, amount, now)
+                self.version += 1
+
+    def _unhold(self, key: str, amount: int, now: float) -> None:
+        entry = self._counters.get(key)
+        if entry is not None and entry[2] > now:
+            entry[1] = max(0, int(entry[1]) - amount)
+
+    def reserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
         now = self._clock()
         with self._lock:
             self._sweep(now)
+            if hold in self._holds:
+                return None  # a retry: held (or settled) already
             for index, line in enumerate(lines):
                 if line.limit is not None:
                     spent = sum(self._value(k, now) for k in line.window)
@@ -265,6 +349,9 @@ class MemoryBudgetStore:
                         return index
             for line in lines:
                 self._add(line, now, held=amount, spent=0)
+            expires = now + self.hold_ttl_s
+            self._holds[hold] = (expires, amount, lines)
+            self._lapse.append((expires, hold))
             self.version += 1
         return None
 
@@ -276,11 +363,20 @@ class MemoryBudgetStore:
         entry[1] = max(0, int(entry[1]) + held)
         entry[2] = now + line.ttl_s
 
-    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str) -> None:
         now = self._clock()
         with self._lock:
+            lapse = self._lapse
+            if lapse and lapse[0][0] <= now:
+                self._lapsed(now)
+            found = self._holds.get(hold)
+            if isinstance(found, float):
+                return  # settled already
+            amount = 0 if found is None else found[1]
             for line in lines:
-                self._add(line, now, held=-reserved, spent=actual)
+                self._add(line, now, held=-amount, spent=actual)
+            self._holds[hold] = forget = now + self.hold_ttl_s
+            self._lapse.append((forget, hold))
             self.version += 1
 
     def totals(self, lines: Sequence[BudgetLine]) -> list[int]:
@@ -288,12 +384,15 @@ class MemoryBudgetStore:
 
     def totals_until(self, lines: Sequence[BudgetLine]) -> tuple[list[int], float]:
         """:meth:`totals`, and the store time until which they hold unless
-        :attr:`version` changes (when the first counter read expires)."""
+        :attr:`version` changes (when the first counter read, or a hold, expires)."""
         now = self._clock()
         counters = self._counters
         out = []
-        until = math.inf
         with self._lock:
+            lapse = self._lapse
+            if lapse and lapse[0][0] <= now:
+                self._lapsed(now)
+            until = lapse[0][0] if lapse else math.inf
             for line in lines:
                 total = 0.0
                 for key in line.window:
@@ -309,72 +408,137 @@ class MemoryBudgetStore:
         """The store's clock (the one counter expiry is measured on)."""
         return self._clock()
 
-    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
-        return self.reserve(lines, amount)
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
+        return self.reserve(lines, amount, hold)
 
-    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
-        self.settle(lines, reserved, actual)
+    async def asettle(
+        self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str
+    ) -> None:
+        self.settle(lines, reserved, actual, hold)
 
     async def atotals(self, lines: Sequence[BudgetLine]) -> list[int]:
         return self.totals(lines)
 
 
-# KEYS: every line's window keys in order. ARGV: amount, line count, then per line
-# (key count, limit or -1, ttl). Checks all lines first, then holds on each charge key.
-_RESERVE_LUA = """
-local amount = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local pos, k = 3, 1
+#: Expired holds one script call sweeps per key at most (bounded work per call; every
+#: reserve sweeps, so a backlog goes within a few calls).
+SWEEP_BATCH = 100
+
+# Shared by the scripts. A counter key K is a hash: ``s`` settled, ``h`` held (the sum
+# of its live holds' amounts, plus any held by a version without hold ids) and
+# ``h:<id>`` each live hold's amount. K's hold set ``K|holds`` is a sorted set of ids
+# scored by when they lapse: a live hold (its ``h:<id>`` field is there) when its TTL
+# runs out, a settled one when it is forgotten. Both keys expire with the counter.
+# ``now`` is the server's clock (one clock for every worker).
+_HOLDS_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function sweep(key, ids)
+  local old = redis.call('ZRANGEBYSCORE', ids, '-inf', now, 'LIMIT', 0, SWEEP_BATCH)
+  if #old == 0 then return end
+  local fields = {}
+  for i, id in ipairs(old) do fields[i] = 'h:' .. id end
+  local freed = 0
+  for _, amount in ipairs(redis.call('HMGET', key, unpack(fields))) do
+    if amount then freed = freed + tonumber(amount) end
+  end
+  if freed > 0 then
+    local held = redis.call('HINCRBY', key, 'h', 0 - freed)
+    if held < 0 then redis.call('HSET', key, 'h', 0) end
+  end
+  redis.call('HDEL', key, unpack(fields))
+  redis.call('ZREMRANGEBYRANK', ids, 0, #old - 1)
+end
+local function total(key)
+  local v = redis.call('HMGET', key, 's', 'h')
+  return (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+end
+""".replace("SWEEP_BATCH", str(SWEEP_BATCH))
+
+# KEYS: per line, its window keys in order, then their hold sets. ARGV: amount, hold
+# id, hold TTL, line count, then per line (key count, limit or -1, ttl). Checks all
+# lines first, then holds on each charge key; an id held or settled already is a retry.
+_RESERVE_LUA = (
+    _HOLDS_LUA
+    + """
+local amount, id, hold_ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local pos, k = 5, 1
 local charge = {}
 for i = 1, n do
   local nk, limit, ttl = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
   pos = pos + 3
+  for j = k, k + nk - 1 do sweep(KEYS[j], KEYS[j + nk]) end
+  if i == 1 and redis.call('ZSCORE', KEYS[k + 2 * nk - 1], id) then return 0 end
   if limit >= 0 then
-    local total = 0
-    for j = k, k + nk - 1 do
-      local v = redis.call('HMGET', KEYS[j], 's', 'h')
-      total = total + (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
-    end
-    if total + amount > limit then return i end
+    local spent = 0
+    for j = k, k + nk - 1 do spent = spent + total(KEYS[j]) end
+    if spent + amount > limit then return i end
   end
-  charge[i] = {KEYS[k + nk - 1], ttl}
-  k = k + nk
+  charge[i] = {KEYS[k + nk - 1], KEYS[k + 2 * nk - 1], ttl}
+  k = k + 2 * nk
 end
 for i = 1, n do
-  redis.call('HINCRBY', charge[i][1], 'h', amount)
-  redis.call('EXPIRE', charge[i][1], charge[i][2])
+  local key, ids, ttl = charge[i][1], charge[i][2], charge[i][3]
+  redis.call('HINCRBY', key, 'h', amount)
+  redis.call('HSET', key, 'h:' .. id, amount)
+  redis.call('ZADD', ids, now + hold_ttl, id)
+  redis.call('EXPIRE', key, ttl)
+  redis.call('EXPIRE', ids, ttl)
 end
 return 0
 """
+)
 
-# KEYS: charge keys. ARGV: reserved, actual, then one ttl per key.
-_SETTLE_LUA = """
-local reserved, actual = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i, key in ipairs(KEYS) do
-  if reserved ~= 0 then
-    local held = redis.call('HINCRBY', key, 'h', 0 - reserved)
-    if held < 0 then redis.call('HSET', key, 'h', 0) end
+# KEYS: per line, its charge key and its hold set. ARGV: actual, hold id, hold TTL,
+# then one ttl per line. Per key: an id settled already changes nothing; a live hold
+# is dropped (its own amount); ``actual`` is recorded once.
+_SETTLE_LUA = (
+    _HOLDS_LUA
+    + """
+local actual, id, hold_ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+for i = 1, #KEYS / 2 do
+  local key, ids = KEYS[2 * i - 1], KEYS[2 * i]
+  sweep(key, ids)
+  local field = 'h:' .. id
+  local amount = redis.call('HGET', key, field)
+  if amount or not redis.call('ZSCORE', ids, id) then
+    if amount then
+      local held = redis.call('HINCRBY', key, 'h', 0 - tonumber(amount))
+      if held < 0 then redis.call('HSET', key, 'h', 0) end
+      redis.call('HDEL', key, field)
+    end
+    if actual ~= 0 then redis.call('HINCRBY', key, 's', actual) end
+    redis.call('ZADD', ids, now + hold_ttl, id)
+    local ttl = tonumber(ARGV[3 + i])
+    redis.call('EXPIRE', key, ttl)
+    redis.call('EXPIRE', ids, ttl)
   end
-  if actual ~= 0 then redis.call('HINCRBY', key, 's', actual) end
-  redis.call('EXPIRE', key, tonumber(ARGV[2 + i]))
 end
 return 0
 """
+)
 
-# KEYS: every line's window keys. ARGV: key count per line. Returns one total per line.
-_TOTALS_LUA = """
+# KEYS: per line, its window keys, then their hold sets. ARGV: key count per line.
+# Returns one total per line (expired holds swept first).
+_TOTALS_LUA = (
+    _HOLDS_LUA
+    + """
 local out, k = {}, 1
 for i, nk in ipairs(ARGV) do
-  local total = 0
-  for j = k, k + tonumber(nk) - 1 do
-    local v = redis.call('HMGET', KEYS[j], 's', 'h')
-    total = total + (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+  nk = tonumber(nk)
+  local spent = 0
+  for j = k, k + nk - 1 do
+    sweep(KEYS[j], KEYS[j + nk])
+    spent = spent + total(KEYS[j])
   end
-  out[i] = total
-  k = k + tonumber(nk)
+  out[i] = spent
+  k = k + 2 * nk
 end
 return out
 """
+)
 
 
 class RedisBudgetStore:
@@ -382,9 +546,12 @@ class RedisBudgetStore:
 
     Pass a ``url`` or ready clients (``client`` sync, ``async_client`` from
     ``redis.asyncio``). Keys are ``{prefix}{budget}|{subject}|{period}`` hashes
-    with ``s`` (settled) and ``h`` (held) fields and expire after their period.
-    On Redis Cluster, give a ``prefix`` with a hash tag (``"llmroute:{b}:"``) so a
-    multi-budget reservation stays in one slot.
+    with ``s`` (settled) and ``h`` (held) fields, and a ``h:<id>`` field per live
+    hold; beside each, a sorted set ``...|holds`` of its hold ids. Both expire after
+    their period; a hold not settled within ``hold_ttl_s`` stops
+    counting. On Redis Cluster, give a ``prefix`` with a hash tag
+    (``"llmroute:{b}:"``) so a reservation's keys (every budget's counters and their
+    hold sets) stay in one slot.
     """
 
     def __init__(
@@ -394,6 +561,7 @@ class RedisBudgetStore:
         client: Any = None,
         async_client: Any = None,
         prefix: str = "llmroute:budget:",
+        hold_ttl_s: float = HOLD_TTL_S,
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisBudgetStore needs a url or a client")
@@ -401,6 +569,7 @@ class RedisBudgetStore:
             "RedisBudgetStore", url, client, async_client, pool=BLOCKING_POOL
         )
         self.prefix = prefix
+        self.hold_ttl_s = hold_ttl_s
         #: The outage state of this store's Redis (see :class:`~._outage.StoreOutage`).
         self.outage: StoreOutage = self._clients.outage
         # Scripts registered on the current clients; dropped when those are closed.
@@ -434,39 +603,43 @@ class RedisBudgetStore:
             self._ascripts[name] = self._async().register_script(source)
         return self._ascripts[name]
 
+    def _keys(self, lines: Sequence[BudgetLine], window: bool) -> list[str]:
+        """Per line its keys (every window key, or the charge key), then their hold sets."""
+        prefix = self.prefix
+        keys: list[str] = []
+        for line in lines:
+            own = [prefix + k for k in (line.window if window else (line.charge_key,))]
+            keys += own
+            keys += [k + "|holds" for k in own]
+        return keys
+
     def _reserve_args(
-        self, lines: Sequence[BudgetLine], amount: int
-    ) -> tuple[list[str], list[int]]:
-        keys = [self.prefix + k for line in lines for k in line.window]
-        args = [amount, len(lines)]
+        self, lines: Sequence[BudgetLine], amount: int, hold: str
+    ) -> tuple[list[str], list[Any]]:
+        args: list[Any] = [amount, hold, self.hold_ttl_s, len(lines)]
         for line in lines:
             args += [len(line.window), -1 if line.limit is None else line.limit, line.ttl_s]
-        return keys, args
+        return self._keys(lines, True), args
 
     def _settle_args(
-        self, lines: Sequence[BudgetLine], reserved: int, actual: int
-    ) -> tuple[list[str], list[int]]:
-        return (
-            [self.prefix + line.charge_key for line in lines],
-            [reserved, actual, *(line.ttl_s for line in lines)],
-        )
+        self, lines: Sequence[BudgetLine], actual: int, hold: str
+    ) -> tuple[list[str], list[Any]]:
+        args = [actual, hold, self.hold_ttl_s, *(line.ttl_s for line in lines)]
+        return self._keys(lines, False), args
 
     def _totals_args(self, lines: Sequence[BudgetLine]) -> tuple[list[str], list[int]]:
-        return (
-            [self.prefix + k for line in lines for k in line.window],
-            [len(line.window) for line in lines],
-        )
+        return self._keys(lines, True), [len(line.window) for line in lines]
 
-    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+    def reserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
         if not lines:
             return None
-        keys, args = self._reserve_args(lines, amount)
+        keys, args = self._reserve_args(lines, amount, hold)
         failed = int(self._script("reserve", _RESERVE_LUA)(keys=keys, args=args))
         return failed - 1 if failed else None
 
-    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str) -> None:
         if lines:
-            keys, args = self._settle_args(lines, reserved, actual)
+            keys, args = self._settle_args(lines, actual, hold)
             self._script("settle", _SETTLE_LUA)(keys=keys, args=args)
 
     def totals(self, lines: Sequence[BudgetLine]) -> list[int]:
@@ -475,16 +648,18 @@ class RedisBudgetStore:
         keys, args = self._totals_args(lines)
         return [int(v) for v in self._script("totals", _TOTALS_LUA)(keys=keys, args=args)]
 
-    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
         if not lines:
             return None
-        keys, args = self._reserve_args(lines, amount)
+        keys, args = self._reserve_args(lines, amount, hold)
         failed = int(await self._ascript("reserve", _RESERVE_LUA)(keys=keys, args=args))
         return failed - 1 if failed else None
 
-    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+    async def asettle(
+        self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str
+    ) -> None:
         if lines:
-            keys, args = self._settle_args(lines, reserved, actual)
+            keys, args = self._settle_args(lines, actual, hold)
             await self._ascript("settle", _SETTLE_LUA)(keys=keys, args=args)
 
     async def atotals(self, lines: Sequence[BudgetLine]) -> list[int]:
@@ -612,32 +787,39 @@ class Budgets:
         return bool(self.budgets)
 
     def settle_later(self, reservation: Reservation, actual: Decimal) -> None:
-        """Keep a settle the store cannot take now (it is down, or failed before
-        applying it), to be applied when it answers again. At most
-        :data:`MAX_UNSETTLED` wait; past that the hold stays counted until its
-        period ends, with a warning."""
+        """Keep a settle the store cannot take now (it is down, or did not answer: it
+        may or may not have applied it), to be sent again when it answers. Settles
+        are idempotent by hold id, so one that did apply is not counted twice. At
+        most :data:`MAX_UNSETTLED` wait; past that the hold stays counted until the
+        store's hold TTL runs out, with a warning."""
         with self._unsettled_lock:
             if len(self._unsettled) < MAX_UNSETTLED:
                 self._unsettled.append((reservation, actual))
                 return
         logger.warning(
             "%d budget settles already wait for the store: a hold of $%s stays counted "
-            "until its period ends",
+            "until it expires",
             MAX_UNSETTLED,
             reservation.amount_usd,
         )
 
     def _settle_unsettled(self) -> None:
-        """Apply the settles kept by :meth:`settle_later` (on the cleanup thread)."""
+        """Send the settles kept by :meth:`settle_later` (on the cleanup thread). One
+        that fails, however (even a timeout: it is idempotent), waits again with the
+        rest for the next time the store answers."""
         with self._unsettled_lock:
             waiting, self._unsettled = self._unsettled, []
         for index, (reservation, actual) in enumerate(waiting):
             try:
                 self.settle(reservation, actual)
+            except MissingClient:
+                logger.warning(
+                    "a budget hold of $%s cannot be settled: its store has no sync client",
+                    reservation.amount_usd,
+                )
             except Exception as exc:
-                rest = waiting[index + 1 :] if may_have_applied(exc) else waiting[index:]
                 with self._unsettled_lock:
-                    self._unsettled[:0] = rest
+                    self._unsettled[:0] = waiting[index:]
                 self.outage.failed(exc)
                 return
 
@@ -684,24 +866,50 @@ class Budgets:
         )
 
     def reserve(self, amount: Decimal, context: RouteContext | None = None) -> Reservation:
-        """Hold ``amount`` on every matching budget, or raise :class:`BudgetExceeded`."""
+        """Hold ``amount`` on every matching budget, or raise :class:`BudgetExceeded`.
+
+        When the store fails, its error is raised; the hold, in case the store took
+        it all the same, is released once the store answers again."""
         lines = self.lines(context)
         micros = to_micros(amount)
-        failed = self.store.reserve(lines, micros)
+        reservation = Reservation(lines, micros, new_hold_id())
+        try:
+            failed = self.store.reserve(lines, micros, reservation.hold)
+        except Exception as exc:
+            self._unsure(reservation, exc)
+            raise
         if failed is not None:
             raise self._blocked(lines, failed, micros)
         self._bump(lines, micros)
-        return Reservation(lines, micros)
+        return reservation
 
     async def areserve(self, amount: Decimal, context: RouteContext | None = None) -> Reservation:
         """Async twin of :meth:`reserve`."""
         lines = self.lines(context)
         micros = to_micros(amount)
-        failed = await self.store.areserve(lines, micros)
+        reservation = Reservation(lines, micros, new_hold_id())
+        try:
+            failed = await self.store.areserve(lines, micros, reservation.hold)
+        except Exception as exc:
+            self._unsure(reservation, exc)
+            raise
         if failed is not None:
             raise self._blocked(lines, failed, micros)
         self._bump(lines, micros)
-        return Reservation(lines, micros)
+        return reservation
+
+    def _unsure(self, reservation: Reservation, error: Exception) -> None:
+        """A reserve that failed with ``error`` may still have landed (a timeout, or a
+        connection lost after the command went out), and its caller goes on without
+        it: keep the release of its hold for when the store answers again. The
+        release records no spend: the call is not charged, as no call is while the
+        store fails (the caller has no reservation to settle with its cost), and a
+        release of a hold that never landed changes nothing."""
+        if isinstance(error, MissingClient):
+            return
+        # (held: 0 as far as this instance knows; the store releases what it holds)
+        self.settle_later(Reservation(reservation.lines, 0, reservation.hold), Decimal(0))
+        self.outage.failed(error)
 
     def reserve_for(
         self,
@@ -716,25 +924,26 @@ class Budgets:
         return self.reserve(cost, context)
 
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
-        """Replace the hold with the call's ``actual`` cost."""
+        """Replace the hold with the call's ``actual`` cost (once: settling the same
+        reservation again changes nothing)."""
         micros = settle_micros(actual)
-        self.store.settle(reservation.lines, reservation.amount, micros)
+        self.store.settle(reservation.lines, reservation.amount, micros, reservation.hold)
         self._bump(reservation.lines, micros - reservation.amount)
 
     async def asettle(self, reservation: Reservation, actual: Decimal) -> None:
         """Async twin of :meth:`settle`."""
         micros = settle_micros(actual)
-        await self.store.asettle(reservation.lines, reservation.amount, micros)
+        await self.store.asettle(reservation.lines, reservation.amount, micros, reservation.hold)
         self._bump(reservation.lines, micros - reservation.amount)
 
     def release(self, reservation: Reservation) -> None:
         """Drop the hold of a call that did not happen or failed without cost."""
-        self.store.settle(reservation.lines, reservation.amount, 0)
+        self.store.settle(reservation.lines, reservation.amount, 0, reservation.hold)
         self._bump(reservation.lines, -reservation.amount)
 
     async def arelease(self, reservation: Reservation) -> None:
         """Async twin of :meth:`release`."""
-        await self.store.asettle(reservation.lines, reservation.amount, 0)
+        await self.store.asettle(reservation.lines, reservation.amount, 0, reservation.hold)
         self._bump(reservation.lines, -reservation.amount)
 
     def _bump(self, lines: Sequence[BudgetLine], delta: int) -> None:

@@ -290,11 +290,14 @@ def test_redis_keys_expire_with_their_period(store: RedisBudgetStore, redis_pref
     budgets = Budgets([_budget(period="rolling", rolling_hours=2)], store)
     budgets.reserve(Decimal("0.1"))
     client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=redis_prefix + "*"))
-    ttl = client.ttl(keys[0])
+    keys = sorted(client.scan_iter(match=redis_prefix + "*"))
+    ttls = [client.ttl(key) for key in keys]
     client.close()
-    assert len(keys) == 1
-    assert 0 < ttl <= 3 * 3600
+    assert [key.decode().removeprefix(redis_prefix)[-6:] for key in keys] == [
+        keys[0].decode()[-6:],
+        "|holds",
+    ]  # the counter and its hold set
+    assert all(0 < ttl <= 3 * 3600 for ttl in ttls)
 
 
 @pytest.mark.redis

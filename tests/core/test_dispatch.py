@@ -817,14 +817,14 @@ class FlakyStore(MemoryBudgetStore):
         super().__init__()
         self.failures = failures
 
-    def settle(self, lines: Any, reserved: int, actual: int) -> None:
+    def settle(self, lines: Any, reserved: int, actual: int, hold: str) -> None:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("store blip")
-        super().settle(lines, reserved, actual)
+        super().settle(lines, reserved, actual, hold)
 
-    async def asettle(self, lines: Any, reserved: int, actual: int) -> None:
-        self.settle(lines, reserved, actual)
+    async def asettle(self, lines: Any, reserved: int, actual: int, hold: str) -> None:
+        self.settle(lines, reserved, actual, hold)
 
 
 def held(budgets: Budgets) -> int:

@@ -239,17 +239,17 @@ class _DownStore(MemoryBudgetStore):
         self._check()
         return super().totals(lines)
 
-    def settle(self, lines: Any, reserved: int, actual: int) -> None:
+    def settle(self, lines: Any, reserved: int, actual: int, hold: str) -> None:
         self._check()
-        super().settle(lines, reserved, actual)
+        super().settle(lines, reserved, actual, hold)
 
     async def atotals(self, lines: Any) -> list[int]:
         self._check()
         return super().totals(lines)
 
-    async def asettle(self, lines: Any, reserved: int, actual: int) -> None:
+    async def asettle(self, lines: Any, reserved: int, actual: int, hold: str) -> None:
         self._check()
-        super().settle(lines, reserved, actual)
+        super().settle(lines, reserved, actual, hold)
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])

@@ -45,13 +45,13 @@ class FlakyStore(MemoryBudgetStore):
         self._check()
         return super().totals_until(lines)
 
-    def reserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+    def reserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
         self._check()
-        return super().reserve(lines, amount)
+        return super().reserve(lines, amount, hold)
 
-    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
         self._check()
-        return await super().areserve(lines, amount)
+        return await super().areserve(lines, amount, hold)
 
 
 def _request() -> ChatRequest:
@@ -234,11 +234,11 @@ class SettleSwitch(FlakyStore):
 
     error: Exception = ConnectionError("refused")
 
-    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str) -> None:
         if self.down:
             self.asked_while_down += 1
             raise self.error
-        super().settle(lines, reserved, actual)
+        super().settle(lines, reserved, actual, hold)
 
 
 def test_settles_the_store_cannot_take_are_kept_and_applied_when_it_answers(
@@ -268,19 +268,80 @@ def test_settles_the_store_cannot_take_are_kept_and_applied_when_it_answers(
     assert budgets._unsettled == []
 
 
-def test_a_settle_that_timed_out_is_not_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+class AppliedThenTimesOut(FlakyStore):
+    """While ``down``, applies each settle and then times out (the answer is lost)."""
+
+    def settle(self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str) -> None:
+        super().settle(lines, reserved, actual, hold)
+        if self.down:
+            self.asked_while_down += 1
+            raise TimeoutError("Timeout reading from socket")
+
+
+def test_a_settle_that_timed_out_is_kept_and_sent_again_without_counting_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from routing_middleware import _deferred
     from routing_middleware._dispatch_drivers import settle_now
 
-    store = SettleSwitch()
-    store.error = TimeoutError("Timeout reading from socket")
+    monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.05)
+    store = AppliedThenTimesOut()
     budgets = Budgets([Budget(name="all", limit_usd=Decimal("10"))], store)
-    reservation = budgets.reserve(Decimal("0.5"), RouteContext())
+    mine, other = (budgets.reserve(Decimal("0.5"), RouteContext()) for _ in range(2))
     store.down = True
-    with caplog.at_level(logging.WARNING):
-        settle_now(budgets, reservation, Decimal("0.1"))
-    assert store.asked_while_down == 1  # it may have been applied: not again
+    settle_now(budgets, mine, Decimal("0.1"))
+    assert store.asked_while_down == 1  # not again at once: kept for when it answers
+    assert [kept for kept, _ in budgets._unsettled] == [mine]
+    store.down = False
+    time.sleep(0.06)
+    budgets.pressing(RouteContext())  # it answers: the kept settle is sent again
+    assert _deferred.drain()
     assert budgets._unsettled == []
-    assert "timed out (TimeoutError)" in caplog.text
+    # counted once, and the other call's hold is still held
+    assert budgets.status(RouteContext())[0].spent == Decimal("0.6")
+    budgets.settle(other, Decimal("0.2"))
+    assert budgets.status(RouteContext())[0].spent == Decimal("0.3")
+
+
+class ReserveTimesOut(MemoryBudgetStore):
+    """While ``down``, takes each hold and then times out (the answer is lost)."""
+
+    down = False
+
+    def reserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
+        found = super().reserve(lines, amount, hold)
+        if self.down:
+            raise TimeoutError("Timeout reading from socket")
+        return found
+
+
+def test_a_hold_whose_answer_was_lost_is_released_once_the_store_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from routing_middleware import _deferred
+
+    monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.05)
+    store = ReserveTimesOut()
+    engine = LLMRoute(
+        {
+            "offline": "always",
+            "offline_latency": "none",
+            "routing": {"budgets": [{"name": "all", "limit_usd": "10"}]},
+        },
+        environ={},
+        budget_store=store,
+    )
+    budgets = engine.budgets
+    store.down = True
+    assert engine.complete(_request()).response.text  # it goes on without budgets
+    assert budgets.outage.until is not None
+    assert store.totals(budgets.lines(RouteContext())) > [0]  # the hold landed all the same
+    store.down = False
+    time.sleep(0.06)
+    budgets.pressing(RouteContext())  # it answers: the kept release is sent
+    assert _deferred.drain()
+    assert store.totals(budgets.lines(RouteContext())) == [0]  # released, and not charged
+    assert budgets._unsettled == []
 
 
 def test_a_probed_store_stays_down_until_a_probe_on_the_cleanup_thread_answers(
@@ -320,10 +381,12 @@ def test_a_probed_store_stays_down_until_a_probe_on_the_cleanup_thread_answers(
 class AsyncFails(MemoryBudgetStore):
     """Reads answer; async holds and settles fail."""
 
-    async def areserve(self, lines: Sequence[BudgetLine], amount: int) -> int | None:
+    async def areserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None:
         raise ConnectionError("refused")
 
-    async def asettle(self, lines: Sequence[BudgetLine], reserved: int, actual: int) -> None:
+    async def asettle(
+        self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str
+    ) -> None:
         raise ConnectionError("refused")
 
 

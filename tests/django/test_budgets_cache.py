@@ -153,6 +153,74 @@ def test_rolling_window_counts_every_hour(budget_cache):
     store.close()
 
 
+def _hold_store(budget_cache, hold_ttl_s: float = 3600):
+    """A store with a hold TTL and a way to let time pass for it: an injected clock on
+    the cache-lock backends, real time on Redis (the server's clock)."""
+    now = [1_800_000_000.0]
+    store = CacheBudgetStore(
+        budget_cache, reconcile_s=0, hold_ttl_s=hold_ttl_s, clock=lambda: now[0]
+    )
+
+    def advance(seconds: float) -> None:
+        if store.atomicity == "redis-script":
+            time.sleep(seconds)
+        now[0] += seconds
+
+    budgets = Budgets(
+        [
+            Budget(name="everyone", limit_usd=Decimal(10)),
+            Budget(name="per-user", scope="user", limit_usd=Decimal(10)),
+        ],
+        store,
+    )
+    return store, budgets.lines(RouteContext(user_id="ada")), advance
+
+
+def test_a_settle_sent_twice_counts_once_and_releases_only_its_own_hold(budget_cache):
+    store, lines, _ = _hold_store(budget_cache)
+    store.reserve(lines, 300_000, "mine")
+    store.reserve(lines, 200_000, "other")
+    store.settle(lines, 300_000, 100_000, "mine")
+    store.settle(lines, 300_000, 100_000, "mine")
+    assert store.totals(lines) == [300_000, 300_000]
+    store.settle(lines, 200_000, 50_000, "other")
+    assert store.totals(lines) == [150_000, 150_000]
+    store.close()
+
+
+def test_a_reserve_sent_twice_holds_once(budget_cache):
+    store, lines, _ = _hold_store(budget_cache)
+    assert store.reserve(lines, 400_000, "mine") is None
+    assert store.reserve(lines, 400_000, "mine") is None
+    assert store.totals(lines) == [400_000, 400_000]
+    store.settle(lines, 400_000, 100_000, "mine")
+    assert store.reserve(lines, 400_000, "mine") is None  # after its settle: still a retry
+    assert store.totals(lines) == [100_000, 100_000]
+    store.close()
+
+
+def test_a_settle_of_a_hold_never_taken_counts_once(budget_cache):
+    store, lines, _ = _hold_store(budget_cache)
+    store.reserve(lines, 200_000, "other")
+    store.settle(lines, 500_000, 70_000, "never-held")
+    store.settle(lines, 500_000, 70_000, "never-held")
+    assert store.totals(lines) == [270_000, 270_000]
+    store.close()
+
+
+def test_a_hold_nobody_settles_stops_counting_after_the_hold_ttl(budget_cache):
+    store, lines, advance = _hold_store(budget_cache, hold_ttl_s=1)
+    store.reserve(lines, 600_000, "lost")
+    assert store.totals(lines) == [600_000, 600_000]
+    advance(1.2)
+    assert store.totals(lines) == [0, 0]
+    store.reserve(lines, 200_000, "live")
+    store.settle(lines, 600_000, 30_000, "lost")  # late: its spend, no hold
+    store.settle(lines, 200_000, 10_000, "live")
+    assert store.totals(lines) == [40_000, 40_000]
+    store.close()
+
+
 def test_budget_exceeded_signal(budget_cache):
     store = CacheBudgetStore(budget_cache, reconcile_s=0)
     budgets = Budgets([Budget(name="tiny", scope="feature", limit_usd=Decimal("0.1"))], store)
