@@ -23,6 +23,7 @@ from ..schema import (
     ToolChoice,
     Usage,
 )
+from ._json import compact as _dumps
 from .anthropic_cache import CACHE_MARKERS_KEY, cache_markers
 from .anthropic_errors import encode_error
 from .anthropic_request import SERVER_TOOLS_KEY, TOOL_ERRORS_KEY
@@ -65,9 +66,6 @@ def _bad(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-#: Compact JSON with text as it is: ``json.dumps`` with these options, made once
-#: (``json.dumps`` with options makes an encoder per call, once per stream event here).
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 #: A text delta event as :meth:`AnthropicStreamEncoder._delta` encodes one, filled
 #: with the block index and the text as a JSON string.
 _TEXT_DELTA = (

@@ -20,16 +20,13 @@ from ..schema import (
     Usage,
 )
 from ..tokens import estimate_request_tokens, estimate_text_tokens
+from ._json import compact as _dumps
 from .anthropic_errors import error_from_payload
 from .anthropic_wire import STOP_REASONS, as_int, usage_from_anthropic
 from .errors import parse_json_body
 from .sse import SSEDecoder
 
 __all__ = ["AnthropicStreamDecoder", "decode_response"]
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -27,12 +27,12 @@ from ..schema import (
     ToolChoice,
     Usage,
 )
+from ._json import compact as _dumps
 from .gemini_errors import _rpc_error_payload
 from .gemini_request import _standard_schema
 from .gemini_wire import (
     _PROMPT_BLOCKED,
     EXTRA_KEY,
-    _dumps,
     _finish_out,
     _pack_signature,
     _unpack_signature,

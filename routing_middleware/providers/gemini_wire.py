@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from ..schema import FinishReason, ToolCall, UpstreamProtocolError, Usage
+from ._json import compact as _dumps
 
 #: Key of ``ChatRequest.extra`` holding Gemini-only fields a Gemini caller sent.
 EXTRA_KEY = "gemini"
@@ -55,11 +55,6 @@ _FINISH_OUT = {
     FinishReason.CONTENT_FILTER: "SAFETY",
     FinishReason.ERROR: "OTHER",
 }
-_COMPACT = (",", ":")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=_COMPACT)
 
 
 def _count(meta: Mapping[str, Any], key: str) -> int:

@@ -7,7 +7,6 @@ dialect, its stream decoder and the caller side agree on every field.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from ..schema import (
     ToolCall,
     Usage,
 )
+from ._json import compact
 
 __all__ = [
     "content_and_thinking",
@@ -245,7 +245,7 @@ def _arguments(value: object) -> str:
     if value is None:
         return "{}"
     # Some local servers (older Ollama) send arguments as an object.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return compact(value)
 
 
 def _decode_tool_calls(raw: object) -> list[ToolCall] | None:
