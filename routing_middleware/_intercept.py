@@ -148,8 +148,15 @@ _CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x
 
 
 def _caller_keyed(request: Any) -> bool:
-    """Whether ``request`` carries a credential of its own (one pass over raw headers)."""
-    return any(value and name.lower() in _CREDENTIAL_HEADERS for name, value in request.headers.raw)
+    """Whether ``request`` carries a credential of its own: a credential header, or
+    Gemini's ``key`` query parameter (``...:generateContent?key=...``)."""
+    if any(value and name.lower() in _CREDENTIAL_HEADERS for name, value in request.headers.raw):
+        return True
+    query: bytes = request.url.query
+    return b"key=" in query and any(
+        name == b"key" and value
+        for name, _, value in (part.partition(b"=") for part in query.split(b"&"))
+    )
 
 
 def _relay(engine: LLMRoute, addressed: str, caller_keyed: bool) -> tuple[Any, _CallEngine]:

@@ -595,6 +595,24 @@ def test_a_keyed_call_is_never_answered_by_the_fake_unless_offline_is_always() -
     assert record.cost > 0
 
 
+def test_a_gemini_key_in_the_query_string_counts_as_the_callers_own() -> None:
+    """Gemini's REST API takes the key as ``?key=``: such a call is keyed too, so with
+    no Gemini key of llmroute's it goes where the code sent it, never to a fake."""
+    engine = _engine(offline="auto")
+    fake = FakeProvider(default_model=FakeModel("default", output_tokens=12))
+    network = FakeNetwork({"generativelanguage.googleapis.com": fake})
+    caller_key = "AIzaSy-caller-gemini-0123456789"
+    with httpx.Client(transport=RoutingTransport(network.transport(), engine=engine)) as client:
+        keyed = client.post(
+            f"{GEMINI}:generateContent", params={"alt": "json", "key": caller_key}, json=GEMINI_BODY
+        )
+        assert [call.api_key for call in fake.calls] == [caller_key]
+        keyless = client.post(f"{GEMINI}:generateContent?alt=json&key=", json=GEMINI_BODY)
+    assert keyed.status_code == keyless.status_code == 200
+    assert keyed.headers["x-llmroute-provider"] == "gemini"
+    assert len(fake.calls) == 1  # the keyless call was routed, as calls without a key are
+
+
 def test_offline_always_lets_the_fake_answer_observed_calls() -> None:
     engine = _engine(mode="observe", offline="always")
     network, caller_fake, _ = _caller_network()
