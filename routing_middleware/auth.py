@@ -238,9 +238,13 @@ class RateLimiter:
                     self._buckets.popitem(last=False)
             else:
                 self._buckets.move_to_end(key)
-                elapsed = max(now - bucket[1], 0.0)
-                bucket[0] = min(float(limit.burst), bucket[0] + elapsed * limit.rate)
-                bucket[1] = now
+                elapsed = now - bucket[1]
+                # ``now`` was read before the lock: a thread that waited for it holds an
+                # older time than the bucket's, and must not move the bucket back (the
+                # time in between would refill it twice).
+                if elapsed > 0:
+                    bucket[0] = min(float(limit.burst), bucket[0] + elapsed * limit.rate)
+                    bucket[1] = now
             if bucket[0] >= cost:
                 bucket[0] -= cost
                 return 0.0
