@@ -32,7 +32,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .auth import ApiKeyInfo, KeyStore, RateLimit, RateLimiter
-from .context import RouteContext, current_context
+from .context import RouteContext, current_context, is_valid_request_id
 from .schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited, UnknownModel
 
 logger = logging.getLogger("llmroute.gateway")
@@ -246,12 +246,14 @@ class _Gateway:
     def _context(self, info: ApiKeyInfo, headers: dict[bytes, bytes]) -> tuple[RouteContext, str]:
         """The key's routing context, with hint headers when the key may set them;
         also the names of hint headers that were ignored."""
-        request_id = headers.get(b"x-request-id")
+        raw_id = headers.get(b"x-request-id")
+        request_id = raw_id.decode("latin-1") if raw_id else None
         fields: dict[str, Any] = {
             "user_id": info.owner,
             "api_key_id": info.key_id,
             "tags": info.tags or None,
-            "request_id": request_id.decode("latin-1")[:_MAX_HINT_LENGTH] if request_id else None,
+            # kept only when safe to store and log as is, as the middlewares do
+            "request_id": request_id if request_id and is_valid_request_id(request_id) else None,
         }
         tier = headers.get(b"x-llmroute-tier")
         feature = headers.get(b"x-llmroute-feature")

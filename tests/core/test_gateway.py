@@ -397,6 +397,23 @@ async def test_invalid_hint_header_is_400_naming_it() -> None:
     assert _openai_error(response)["param"] == "X-LLMRoute-Tier"
 
 
+async def test_request_ids_are_kept_only_when_safe_to_store() -> None:
+    """The same rule as the middlewares': at most 128 printable ASCII characters
+    without spaces (the stored column holds 128), else the call has none."""
+    gw = Gateway()
+    sent = ["req-1", "r" * 128, "r" * 129, "has space", "caf\xe9", "tab\there"]
+    for request_id in sent:
+        headers = {"x-request-id": request_id.encode("latin-1")}
+        async with gw.client() as client:
+            response = await client.post(
+                "/v1/chat/completions",
+                json=CHAT,
+                headers={"authorization": f"Bearer {gw.key}", **headers},
+            )
+        assert response.status_code == 200
+    assert [r.request_id for r in gw.sink.records] == ["req-1", "r" * 128, None, None, None, None]
+
+
 # --------------------------------------------------------------------------- streaming
 
 
