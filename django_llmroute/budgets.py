@@ -237,8 +237,14 @@ class CacheBudgetStore:
             value[1] = max(0, value[1] - held.pop(hold)[1])
         for hold in [h for h, forget in settled.items() if forget <= now]:
             del settled[hold]
-        for hold in list(islice(settled, max(0, len(settled) - MAX_SETTLED_IDS))):
-            del settled[hold]
+
+    def _settled(self, record: _Record, hold: str, now: float) -> None:
+        """Remember ``hold`` as settled in ``record``, forgetting the oldest past
+        :data:`MAX_SETTLED_IDS`."""
+        settled = record[1]
+        settled[hold] = now + self.hold_ttl_s
+        for old in list(islice(settled, max(0, len(settled) - MAX_SETTLED_IDS))):
+            del settled[old]
 
     # ------------------------------------------------------------------ the protocol
 
@@ -301,7 +307,7 @@ class CacheBudgetStore:
                 if found is not None:
                     value[1] = max(0, value[1] - found[1])
                 value[0] += actual
-                record[1][hold] = now + self.hold_ttl_s
+                self._settled(record, hold, now)
                 self._write(line, value[0], value[1], record)
         finally:
             self._release(held_locks)

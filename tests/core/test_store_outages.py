@@ -278,18 +278,22 @@ class AppliedThenTimesOut(FlakyStore):
             raise TimeoutError("Timeout reading from socket")
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 def test_a_settle_that_timed_out_is_kept_and_sent_again_without_counting_twice(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, is_async: bool
 ) -> None:
     from routing_middleware import _deferred
-    from routing_middleware._dispatch_drivers import settle_now
+    from routing_middleware._dispatch_drivers import asettle_now, settle_now
 
     monkeypatch.setattr(_outage, "STORE_RETRY_S", 0.05)
     store = AppliedThenTimesOut()
     budgets = Budgets([Budget(name="all", limit_usd=Decimal("10"))], store)
     mine, other = (budgets.reserve(Decimal("0.5"), RouteContext()) for _ in range(2))
     store.down = True
-    settle_now(budgets, mine, Decimal("0.1"))
+    if is_async:
+        asyncio.run(asettle_now(budgets, mine, Decimal("0.1")))
+    else:
+        settle_now(budgets, mine, Decimal("0.1"))
     assert store.asked_while_down == 1  # not again at once: kept for when it answers
     assert [kept for kept, _ in budgets._unsettled] == [mine]
     store.down = False

@@ -221,6 +221,25 @@ def test_a_hold_nobody_settles_stops_counting_after_the_hold_ttl(budget_cache):
     store.close()
 
 
+def test_a_cache_lock_hold_record_stays_bounded(monkeypatch):
+    monkeypatch.setattr(budgets_module, "MAX_SETTLED_IDS", 3)
+    with override_settings(CACHES={**settings.CACHES, "budgets": LOCMEM}):
+        caches["budgets"].clear()
+        store, lines, advance = _hold_store("budgets", hold_ttl_s=60)
+        for n in range(5):
+            store.reserve(lines, 10, f"call-{n}")
+            store.settle(lines, 10, 5, f"call-{n}")
+        store.reserve(lines, 10, "lost")
+        record = caches["budgets"].get(store._key(lines[0].charge_key) + "|holds")
+        assert (list(record[0]), list(record[1])) == (["lost"], ["call-2", "call-3", "call-4"])
+        advance(61)
+        store.settle(lines, 0, 1, "late")
+        record = caches["budgets"].get(store._key(lines[0].charge_key) + "|holds")
+        assert record == ({}, {"late": pytest.approx(1_800_000_061.0 + 60)})
+        assert store.totals(lines) == [26, 26]
+        caches["budgets"].clear()
+
+
 def test_budget_exceeded_signal(budget_cache):
     store = CacheBudgetStore(budget_cache, reconcile_s=0)
     budgets = Budgets([Budget(name="tiny", scope="feature", limit_usd=Decimal("0.1"))], store)
