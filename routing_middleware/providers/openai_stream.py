@@ -105,6 +105,23 @@ class _Slot:
         self.named = False
 
 
+def _whole_events(data: bytes) -> list[str] | None:
+    """The data of each event in ``data`` when it holds nothing but whole events of
+    one ``data: `` line (and comment lines), each ended by a blank line; otherwise
+    ``None``, and the SSE parser takes it."""
+    if data[-2:] != b"\n\n" or b"\r" in data:
+        return None
+    found: list[str] = []
+    for block in data[:-2].split(b"\n\n"):
+        if b"\n" in block:
+            return None
+        if block[:6] == b"data: ":
+            found.append(block[6:].decode("utf-8", "replace"))
+        elif block[:1] != b":":
+            return None
+    return found
+
+
 class OpenAIStreamDecoder:
     """Incremental decoder of one OpenAI-compatible SSE stream (see ``StreamDecoder``).
 
@@ -164,6 +181,16 @@ class OpenAIStreamDecoder:
         """Decode ``data``; raises the mapped LLMError on an in-stream error."""
         sse = self._sse
         if sse is None:
+            # Until a read is more than whole one-line events, no SSE parser is needed:
+            # nothing is pending between such reads.
+            whole = _whole_events(data)
+            if whole is not None:
+                chunks: list[StreamChunk] = []
+                for text in whole:
+                    if self._done:
+                        break  # anything after [DONE] is not part of the answer
+                    self._data(text, chunks)
+                return chunks
             sse = self._sse = SSEDecoder()
         return self._events(sse.feed(data))
 
@@ -259,7 +286,7 @@ class OpenAIStreamDecoder:
         if not isinstance(raw_usage, dict):
             groq = payload.get("x_groq")
             raw_usage = groq.get("usage") if isinstance(groq, dict) else None
-        usage = decode_usage(raw_usage)
+        usage = None if raw_usage is None else decode_usage(raw_usage)
         if usage is not None:
             self._usage = usage
         start = len(chunks)
@@ -282,11 +309,16 @@ class OpenAIStreamDecoder:
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             delta = {}
-        text, thinking = content_and_thinking(delta.get("content"))
+        content = delta.get("content")
+        if content is None or type(content) is str:  # the common shape, without a call
+            text, thinking = content, None
+        else:
+            text, thinking = content_and_thinking(content)
         reasoning = reasoning_of(delta) or thinking
         raw_calls = delta.get("tool_calls")
         calls = self._tool_calls(index, raw_calls) if isinstance(raw_calls, list) else None
-        mapped, native = finish_reason(choice.get("finish_reason"))
+        raw_finish = choice.get("finish_reason")
+        mapped, native = (None, None) if raw_finish is None else finish_reason(raw_finish)
         if mapped is not None:
             self._finished = True
         role = delta.get("role")

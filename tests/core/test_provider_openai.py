@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from decimal import Decimal
 
@@ -1257,3 +1258,45 @@ def test_text_chunks_encode_as_the_general_path_would(text: str, index: int) -> 
     parsed = ChatCompletionChunk.model_validate(payload)
     assert parsed.choices[0].delta.content == text
     assert parsed.choices[0].index == index
+
+
+_EVENTS: list[bytes] = [
+    sse(chunk({"role": "assistant", "content": ""})),
+    sse(chunk({"content": 'héllo "q" \\ 猫'})),
+    b": keep-alive\n\n",
+    sse(chunk({"content": " two"}, finish=None)),
+    b"event: note\ndata: " + json.dumps(chunk({"content": " named"})).encode() + b"\n\n",
+    b"data: " + json.dumps(chunk({"content": " crlf"})).encode() + b"\r\n\r\n",
+    b"data:" + json.dumps(chunk({"content": " tight"})).encode() + b"\n\n",
+    sse(chunk({}, finish="stop")),
+    sse(chunk(None, usage=USAGE_WIRE)),
+    DONE.encode(),
+    sse(chunk({"content": "after done"})),
+]
+
+
+@given(
+    picks=st.lists(st.integers(0, len(_EVENTS) - 4), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(1, 400), max_size=6),
+    per_event=st.booleans(),
+)
+@settings(max_examples=150)
+def test_whole_event_reads_decode_as_any_split_does(
+    picks: list[int], cuts: list[int], per_event: bool
+) -> None:
+    """Reads of whole one-line events skip the SSE parser; what they decode to must be
+    what the same bytes give in any other split, comments, named, CRLF and tight
+    events mixed in (which hand the rest of the stream to the parser)."""
+    events = [_EVENTS[i] for i in picks] + _EVENTS[-4:]
+    body = b"".join(events)
+    reference = OPENAI_DIALECT.stream_decoder(OPENAI, hello_request(stream=True))
+    expected = feed(reference, body, step=1)
+    decoder = OPENAI_DIALECT.stream_decoder(OPENAI, hello_request(stream=True))
+    if per_event:
+        reads = events
+    else:
+        bounds = sorted({0, len(body), *(c % len(body) for c in cuts)})
+        reads = [body[a:b] for a, b in itertools.pairwise(bounds)]
+    got = [c for read in reads for c in decoder.feed(read)] + decoder.close()
+    assert got == expected
+    assert decoder.usage == reference.usage
