@@ -436,6 +436,90 @@ def stages(repeats: int = 30, batch: int = 100) -> str:
     return "\n".join(lines)
 
 
+def stream_stages(repeats: int = 30, batch: int = 50) -> str:
+    """CPU per streamed call in process (mock transports both sides, the fake
+    upstream's 44 events one per read): raw, routed to a caller of the upstream's
+    dialect (events forwarded as bytes), and routed from an Anthropic caller to the
+    OpenAI-compatible upstream (every event decoded and encoded again)."""
+    from _fake_upstream import canned
+
+    body = canned()[1].split(b"\r\n\r\n", 1)[1]
+    events: list[bytes] = []
+    while True:  # the chunked body's chunks: one event each
+        size, body = body.split(b"\r\n", 1)
+        if not int(size, 16):
+            break
+        events.append(body[: int(size, 16)])
+        body = body[int(size, 16) + 2 :]
+    sse = {"content-type": "text/event-stream"}
+
+    def replaying(lib: Any) -> Any:
+        class Events(lib.SyncByteStream):  # type: ignore[misc]
+            def __iter__(self) -> Any:
+                return iter(events)
+
+        return lambda request: lib.Response(200, headers=sse, stream=Events())
+
+    base = "http://127.0.0.1:9/v1"
+    register_base_url("openai", base)
+    engine = LLMRoute(
+        {
+            "providers": {
+                "openai": {"api_key": "sk-engine", "base_url": base},
+                "anthropic": {"api_key": "sk-engine"},
+            },
+            "offline": "never",
+            "cache": {"enabled": False},
+        },
+        sink=MemorySink(maxlen=100),
+        client=httpx.Client(transport=httpx.MockTransport(replaying(httpx))),
+    )
+    raw = httpx2.Client(transport=httpx2.MockTransport(replaying(httpx2)))
+    routed = httpx2.Client(
+        transport=RoutingTransport(httpx2.MockTransport(replaying(httpx2)), engine=engine)
+    )
+    anthropic_body = json.dumps(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 256,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
+        }
+    ).encode()
+    anthropic_headers = {"x-api-key": "sk-caller", "anthropic-version": "2023-06-01"}
+
+    def read(client: Any, url: str, content: bytes, headers: dict[str, str]) -> None:
+        with client.stream("POST", url, content=content, headers=headers) as response:
+            assert response.status_code == 200
+            for _ in response.iter_lines():
+                pass
+
+    openai_url = f"{base}/chat/completions"
+    anthropic_url = "https://api.anthropic.com/v1/messages"
+    fns: dict[str, Callable[[], None]] = {
+        "raw httpx2 stream (OpenAI dialect)": lambda: read(raw, openai_url, STREAM_BODY, HEADERS),
+        "routed, OpenAI caller (forwarded)": lambda: read(
+            routed, openai_url, STREAM_BODY, HEADERS
+        ),
+        "routed, Anthropic caller -> OpenAI upstream": lambda: read(
+            routed, anthropic_url, anthropic_body, anthropic_headers
+        ),
+    }
+    best = dict.fromkeys(fns, float("inf"))
+    with route_hint(allow_models=[f"openai/{MODEL}"]):
+        for fn in fns.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                start = time.process_time()
+                for _ in range(batch):
+                    fn()
+                best[name] = min(best[name], (time.process_time() - start) / batch)
+    lines = [f"CPU per streamed call ({len(events)} events), in process, mock transports:"]
+    lines += [f"  {best[name] * 1e6:8.1f} us  {name}" for name in fns]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- LiteLLM
 
 _LITELLM_DRIVER = """
@@ -566,6 +650,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stages:
         sys.path.insert(0, str(Path(__file__).parent))
         print(stages())
+        print(stream_stages())
         return
 
     process, port = start_upstream()
