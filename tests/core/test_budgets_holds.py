@@ -166,6 +166,42 @@ def test_the_memory_store_keeps_no_record_of_holds_past_their_ttl() -> None:
     assert (len(store._holds), len(store._lapse)) == (0, 0)
 
 
+def test_pressing_lets_go_of_a_hold_once_it_lapses() -> None:
+    clock = Clock()
+    store = MemoryBudgetStore(clock, hold_ttl_s=60)
+    budgets = Budgets([Budget(name="all", limit_usd=Decimal(1))], store, clock=clock)
+    budgets.reserve(Decimal("0.9"), CTX)  # its worker dies: never settled
+    assert [s.action for s in budgets.pressing(CTX)] == ["downgrade"]
+    clock.advance(30)
+    assert [s.action for s in budgets.pressing(CTX)] == ["downgrade"]
+    clock.advance(31)
+    assert budgets.pressing(CTX) == ()  # remembered answers end when the hold lapses
+
+
+@pytest.mark.redis
+def test_redis_sweeps_expired_holds_a_bounded_batch_per_call(redis_prefix: str) -> None:
+    import redis
+
+    from routing_middleware.budgets import SWEEP_BATCH
+
+    store = RedisBudgetStore(REDIS_URL, prefix=redis_prefix, hold_ttl_s=1)
+    lines = Budgets([Budget(name="all", limit_usd=Decimal(10))], store).lines(CTX)
+    for _ in range(2 * SWEEP_BATCH + 50):
+        assert store.reserve(lines, 10, new_hold_id()) is None
+    client = redis.Redis.from_url(REDIS_URL)
+    holds = redis_prefix + lines[0].charge_key + "|holds"
+    time.sleep(1.2)
+    left = []
+    for _ in range(3):
+        store.totals(lines)
+        left.append(client.zcard(holds))
+    assert left == [SWEEP_BATCH + 50, 50, 0]
+    assert store.totals(lines) == [0]
+    assert client.hlen(redis_prefix + lines[0].charge_key) == 1  # only ``h`` is left
+    client.close()
+    store.close()
+
+
 # ------------------------------------------------------------------ answers lost on the way
 
 
