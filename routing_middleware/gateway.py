@@ -260,7 +260,7 @@ class _Gateway:
         ignored: list[str] = []
         if tier is not None:
             if info.allow_hints:
-                fields["tier"] = _tier(tier)
+                fields["tier"] = _tier(tier, self.engine)
             else:
                 ignored.append("tier")
         if feature is not None:
@@ -307,9 +307,20 @@ def _presented_key(headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
-def _tier(raw: bytes) -> int | str:
+def _tier(raw: bytes, engine: LLMRoute) -> int | str:
+    """A tier level, or a tier name the engine's routing knows (any case, as the
+    router reads names); a level below 1 is refused by ``RouteContext``."""
     text = _text_hint(raw, "X-LLMRoute-Tier")
-    return int(text) if text.lstrip("-").isdigit() else text
+    if text.isascii() and text.lstrip("-").isdigit():
+        return int(text)
+    names = engine.router.config.all_tier_names
+    if text.lower() in {name.lower() for name in names}:
+        return text
+    raise InvalidRequest(
+        f"Invalid X-LLMRoute-Tier header: {text!r} is neither a tier level (1 or more) nor "
+        f"a tier name ({', '.join(sorted(names))}).",
+        param="X-LLMRoute-Tier",
+    )
 
 
 def _text_hint(raw: bytes, header: str) -> str:

@@ -414,6 +414,34 @@ async def test_request_ids_are_kept_only_when_safe_to_store() -> None:
     assert [r.request_id for r in gw.sink.records] == ["req-1", "r" * 128, None, None, None, None]
 
 
+@pytest.mark.parametrize("tier", [b"nonsense", "\xb2".encode("latin-1"), b"0x2"])
+@pytest.mark.parametrize(
+    ("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/messages", MESSAGE)]
+)
+async def test_a_tier_header_routing_does_not_know_is_400_in_the_dialect(
+    tier: bytes, path: str, body: dict[str, Any]
+) -> None:
+    gw = Gateway()
+    headers = {"x-api-key": gw.hint_key.encode(), "x-llmroute-tier": tier}
+    async with gw.client() as client:
+        response = await client.post(path, json=body, headers=headers)
+    assert response.status_code == 400
+    if path == "/v1/messages":
+        assert "X-LLMRoute-Tier" in _anthropic_error(response)["message"]
+    else:
+        assert _openai_error(response)["param"] == "X-LLMRoute-Tier"
+    assert gw.sink.records == []
+
+
+async def test_tier_names_in_the_header_are_read_in_any_case() -> None:
+    gw = Gateway()
+    response = await gw.post(
+        "/v1/chat/completions", CHAT, key=gw.hint_key, **{"x-llmroute-tier": "CHEAP"}
+    )
+    assert response.status_code == 200
+    assert [r.tier for r in gw.sink.records] == [1]
+
+
 # --------------------------------------------------------------------------- streaming
 
 
