@@ -236,6 +236,10 @@ class _Gateway:
             model = json.loads(body).get("model")
         except (ValueError, UnicodeDecodeError, AttributeError):
             return
+        except RecursionError:  # the parser's own limit: no caller needs that depth
+            raise InvalidRequest(
+                "The request body is nested too deeply to be read.", retryable=False
+            ) from None
         if not isinstance(model, str) or not model:
             return
         catalog = self.engine.catalog

@@ -229,6 +229,19 @@ async def test_invalid_field_is_400_naming_it() -> None:
     assert _anthropic_error(response)["type"] == "invalid_request_error"
 
 
+async def test_a_body_nested_deeper_than_the_parser_goes_is_400_in_both_dialects() -> None:
+    gw = Gateway()
+    deep = b"[" * 100_000 + b"]" * 100_000  # well under the body limit
+    chat = json.dumps(CHAT).encode()[:-1] + b', "metadata": ' + deep + b"}"
+    response = await gw.post("/v1/chat/completions", chat)
+    assert response.status_code == 400
+    assert "nested too deeply" in _openai_error(response)["message"]
+    response = await gw.post("/v1/messages", deep)
+    assert response.status_code == 400
+    assert _anthropic_error(response)["type"] == "invalid_request_error"
+    assert gw.sink.records == []
+
+
 async def test_unknown_model_is_404_with_suggestions() -> None:
     gw = Gateway()
     response = await gw.post("/v1/chat/completions", {**CHAT, "model": "gpt-4o-mni"})
