@@ -19,8 +19,9 @@ Every failure answers in the caller's dialect: 401 (no, invalid or revoked key),
 400 (invalid input, naming the field), 404 (a model the catalog does not know, with
 suggestions: the gateway serves catalog models only, as it must price them), 413
 (body over ``max_body_bytes``), 429 (rate limit, with ``Retry-After``), 402
-(budget), 502/503/504 (upstream). The handlers are plain ASGI callables: bodies
-are read once, answers are sent as they come, and streams are never buffered.
+(budget), 502/503/504 (upstream), 500 (a failure inside llmroute). The handlers
+are plain ASGI callables: bodies are read once, answers are sent as they come,
+and streams are never buffered.
 """
 
 from __future__ import annotations
@@ -129,9 +130,12 @@ class _Gateway:
             return
         except _Disconnected:
             return
-        answer = await self.relay.ahandle(
-            dialect, body, scope.get("path", ""), provider=provider, context=context
-        )
+        try:
+            answer = await self.relay.ahandle(
+                dialect, body, scope.get("path", ""), provider=provider, context=context
+            )
+        except Exception:
+            answer = self._failed(dialect)
         if ignored:
             answer.headers["x-llmroute-ignored-hints"] = ignored
         await _send_answer(send, answer, receive)
@@ -217,6 +221,23 @@ class _Gateway:
                 f"Rate limit of API key {info.key_id} reached; retry in {wait:.1f}s.",
                 retry_after=wait,
             )
+
+    def _failed(self, dialect: str) -> RelayResponse:
+        """The answer to a call llmroute itself failed on (a bug, not an upstream
+        error, which the relay answers): a 500 in the caller's dialect, the details
+        in the log only."""
+        logger.exception(
+            "llmroute gateway: a call in the %s dialect failed inside llmroute", dialect
+        )
+        return self.relay.error(
+            dialect,
+            LLMError(
+                "llmroute failed while serving this call.",
+                status_code=500,
+                code="llmroute_internal_error",
+                retryable=False,
+            ),
+        )
 
     def _too_large(self) -> InvalidRequest:
         return InvalidRequest(
