@@ -518,6 +518,9 @@ def _not_found_handler(dialect_of: Callable[[str], str]) -> Callable[..., Awaita
             error.code = "not_found"
         dialect = dialect_of(request.url.path)
         _, headers, body = caller_dialect(dialect).encode_error(error)
+        allow = (getattr(exc, "headers", None) or {}).get("Allow")
+        if allow:  # a 405 must say which methods the endpoint takes
+            headers = {**headers, "allow": allow}
         return Response(body, status_code=status, headers=headers)
 
     return handle

@@ -305,6 +305,9 @@ async def test_unknown_path_and_wrong_method_answer_in_the_dialect() -> None:
     assert _openai_error(wrong)
     assert wrong_messages.status_code == 405
     assert _anthropic_error(wrong_messages)
+    # a 405 names the methods the endpoint takes (RFC 9110)
+    assert wrong.headers["allow"] == wrong_messages.headers["allow"] == "POST"
+    assert "allow" not in missing.headers
 
 
 # --------------------------------------------------------------------------- 413
