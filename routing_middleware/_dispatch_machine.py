@@ -29,6 +29,7 @@ from ._dispatch_state import (
     _Closed,
     _Deliver,
     _Ended,
+    _Flow,
     _Read,
     _Reply,
     _Report,
@@ -734,17 +735,21 @@ class _Machine:
             chunk = chunk.model_copy(update={"usage": call.carried + chunk.usage})
         return chunk
 
-    def _deliver(self, call: _Call, chunk: StreamChunk) -> Generator[Any, Any, None]:
+    def _delivered(self, call: _Call, chunk: StreamChunk) -> StreamChunk | None:
+        """What the consumer gets of ``chunk`` (``None``: nothing), noted on ``call``."""
         out = self._adapt(call, chunk)
-        if out is None:
-            return
-        if _has_content(out):
+        if out is not None and _has_content(out):
             call.delivered = True
             if out.text:
                 call.text.append(out.text)
             if out.tool_calls:
                 call.tool_delta = True
-        yield _Deliver(out)
+        return out
+
+    def _deliver(self, call: _Call, chunk: StreamChunk) -> Generator[Any, Any, None]:
+        out = self._delivered(call, chunk)
+        if out is not None:
+            yield _Deliver(out)
 
     def _open_stream(
         self,
@@ -788,8 +793,29 @@ class _Machine:
             encoded = dialect.encode_request(request, config, attempt.deployment.name)
             decoder = attempt.decoder = dialect.stream_decoder(config, request)
             reply = yield from self._open_stream(attempt, config, dialect, encoded, timeout)
+
+            def take(chunk: StreamChunk) -> StreamChunk | None:
+                """A chunk read by the consumer of a flow (below): the bookkeeping the
+                loop does for a chunk once the answer flows."""
+                nonlocal finished
+                if keep is not None:
+                    keep.append(chunk)
+                if chunk.finish_reason is not None:
+                    finished = True
+                if chunk.text:
+                    attempt.text.append(chunk.text)
+                return self._delivered(call, chunk)
+
             while True:
-                data = yield _Read(reply.handle, config.name)
+                if flowing:
+                    # The consumer reads the rest itself, with no effect per read.
+                    flow = _Flow(reply.handle, decoder, config.name, take)
+                    yield _Deliver(flow)
+                    if flow.error is not None:
+                        raise flow.error
+                    data = b""
+                else:
+                    data = yield _Read(reply.handle, config.name)
                 chunks = decoder.feed(data) if data else decoder.close()
                 if keep is not None:
                     keep.extend(chunks)

@@ -6,7 +6,7 @@ The logic (:mod:`._dispatch_machine`) yields *effects*; a driver
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -76,11 +76,35 @@ class _Sleep:
     seconds: float
 
 
+class _Flow:
+    """The rest of a decoded stream, for its consumer to read straight off the
+    upstream (see ``DispatchStream.__next__``): each read through ``decoder``, each
+    chunk through ``take``, which does the logic's bookkeeping and returns what the
+    consumer gets (``None``: nothing). No effect per read; the logic resumes once
+    the upstream ended, and finds the failure that ended it, if any, in ``error``."""
+
+    __slots__ = ("decoder", "error", "handle", "provider", "take")
+
+    def __init__(
+        self,
+        handle: Any,
+        decoder: StreamDecoder,
+        provider: str,
+        take: Callable[[StreamChunk], StreamChunk | None],
+    ) -> None:
+        self.handle = handle
+        self.decoder = decoder
+        self.provider = provider
+        self.take = take
+        self.error: Exception | None = None
+
+
 @dataclass(slots=True)
 class _Deliver:
     #: bytes: the caller's own wire format, forwarded; an iterable of them: the rest
-    #: of the stream, for the consumer to read (see ``_dispatch_drivers._Pipe``)
-    chunk: StreamChunk | bytes | _Pipe
+    #: of the stream, for the consumer to read (see ``_dispatch_drivers._Pipe``); a
+    #: ``_Flow``: the rest of a decoded stream, likewise
+    chunk: StreamChunk | bytes | _Pipe | _Flow
 
 
 @dataclass(slots=True)

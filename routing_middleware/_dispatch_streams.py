@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
 from ._dispatch_drivers import _Pipe, _upstream_error
-from ._dispatch_state import _Call, _Closed, _Deliver, _End
+from ._dispatch_state import _Call, _Closed, _Deliver, _End, _Flow
 from .metering import UsageRecord
 from .schema import LLMError, StreamChunk, Usage
 
 #: What a driver step hands the consumer: a chunk, forwarded bytes, or the rest of a
 #: forwarded stream; ``None`` at the end.
-_Item = StreamChunk | bytes | _Pipe | None
+_Item = StreamChunk | bytes | _Pipe | _Flow | None
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
     from .router import Deployment
+
+
+def _flow_chunks(flow: _Flow) -> Generator[StreamChunk, None, None]:
+    """The chunks of the rest of a decoded stream, read off the upstream (see
+    :class:`~._dispatch_state._Flow`); a failure ends them and is left on ``flow``."""
+    feed, take = flow.decoder.feed, flow.take
+    try:
+        for data in flow.handle[1]:
+            if data:
+                for chunk in feed(data if type(data) is bytes else bytes(data)):
+                    out = take(chunk)
+                    if out is not None:
+                        yield out
+    except LLMError as error:
+        flow.error = error
+    except Exception as exc:
+        flow.error = _upstream_error(exc, flow.provider)
+
+
+async def _aflow_chunks(flow: _Flow) -> AsyncGenerator[StreamChunk, None]:
+    """Async twin of :func:`_flow_chunks`."""
+    feed, take = flow.decoder.feed, flow.take
+    try:
+        async for data in flow.handle[1]:
+            if data:
+                for chunk in feed(data if type(data) is bytes else bytes(data)):
+                    out = take(chunk)
+                    if out is not None:
+                        yield out
+    except LLMError as error:
+        flow.error = error
+    except Exception as exc:
+        flow.error = _upstream_error(exc, flow.provider)
 
 
 class _StreamInfo:
@@ -83,6 +116,7 @@ class DispatchStream(_StreamInfo):
         self._machine = dispatcher._run(call)
         self._pending: _Item = None
         self._done = False
+        self._flowing: Generator[StreamChunk, None, None] | None = None
 
     def _advance(self, throw: BaseException | None = None) -> _Item:
         try:
@@ -99,15 +133,27 @@ class DispatchStream(_StreamInfo):
         return self
 
     def __next__(self) -> StreamChunk:
-        pending = self._take()
-        if pending is not None:
-            return cast("StreamChunk", pending)
-        if self._done:
+        flowing = self._flowing
+        if flowing is not None:
+            chunk = next(flowing, None)
+            if chunk is not None:
+                return chunk
+            self._flowing = None
+        item = self._take()
+        if item is None:
+            if self._done:
+                raise StopIteration
+            item = self._advance()
+        while type(item) is _Flow:
+            self._flowing = flowing = _flow_chunks(item)
+            chunk = next(flowing, None)
+            if chunk is not None:
+                return chunk
+            self._flowing = None
+            item = self._advance()
+        if item is None:
             raise StopIteration
-        chunk = self._advance()
-        if chunk is None:
-            raise StopIteration
-        return cast("StreamChunk", chunk)
+        return cast("StreamChunk", item)
 
     def forwarded(
         self,
@@ -170,6 +216,9 @@ class DispatchStream(_StreamInfo):
     def close(self) -> None:
         """Stop early: close the upstream response, settle and record (idempotent)."""
         self._pending = None
+        flowing, self._flowing = self._flowing, None
+        if flowing is not None:
+            flowing.close()
         if self._done:
             return
         try:
@@ -198,6 +247,7 @@ class AsyncDispatchStream(_StreamInfo):
         self._machine = dispatcher._run(call)
         self._pending: _Item = None
         self._done = False
+        self._flowing: AsyncGenerator[StreamChunk, None] | None = None
 
     async def _advance(self, throw: BaseException | None = None) -> _Item:
         try:
@@ -210,19 +260,42 @@ class AsyncDispatchStream(_StreamInfo):
     async def _prime(self) -> None:
         self._pending = await self._advance()
 
+    async def _flowed(self, flowing: AsyncGenerator[StreamChunk, None]) -> StreamChunk | None:
+        """The next chunk of a flow (``None`` once it ended). Cancelled while waiting
+        for the upstream, the logic is told, as when it waits itself: it records and
+        closes the upstream, shielded, before the cancellation goes on."""
+        try:
+            return await anext(flowing, None)
+        except BaseException as exc:
+            self._flowing = None
+            await self._advance(exc)
+            raise
+
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
         return self
 
     async def __anext__(self) -> StreamChunk:
-        pending = self._take()
-        if pending is not None:
-            return cast("StreamChunk", pending)
-        if self._done:
+        flowing = self._flowing
+        if flowing is not None:
+            chunk = await self._flowed(flowing)
+            if chunk is not None:
+                return chunk
+            self._flowing = None
+        item = self._take()
+        if item is None:
+            if self._done:
+                raise StopAsyncIteration
+            item = await self._advance()
+        while type(item) is _Flow:
+            self._flowing = flowing = _aflow_chunks(item)
+            chunk = await self._flowed(flowing)
+            if chunk is not None:
+                return chunk
+            self._flowing = None
+            item = await self._advance()
+        if item is None:
             raise StopAsyncIteration
-        chunk = await self._advance()
-        if chunk is None:
-            raise StopAsyncIteration
-        return cast("StreamChunk", chunk)
+        return cast("StreamChunk", item)
 
     async def forwarded(
         self,
@@ -278,6 +351,9 @@ class AsyncDispatchStream(_StreamInfo):
     async def aclose(self) -> None:
         """Stop early: close the upstream response, settle and record (idempotent)."""
         self._pending = None
+        flowing, self._flowing = self._flowing, None
+        if flowing is not None:
+            await flowing.aclose()
         if self._done:
             return
         try:

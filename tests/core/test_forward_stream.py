@@ -310,6 +310,27 @@ def test_once_started_each_read_passes_one_frame_and_reaches_the_caller_at_once(
 
 
 @pytest.mark.parametrize("is_async", [False, True])
+def test_a_decoded_stream_once_flowing_is_read_by_its_consumer_without_the_logic(
+    is_async: bool,
+) -> None:
+    """Decoded (not forwarded), the stream reads its first events through the
+    dispatcher's effects, then the rest straight off the upstream, and pieces still
+    reach the caller as the upstream hands them out."""
+    upstream = Upstream(fake_provider())
+    relay, sink = make_relay(upstream)
+    with decoded():
+        pieces, handed = _intercepted(relay, upstream, is_async)
+    assert seen(b"".join(pieces)) == seen(upstream.bodies[0])
+    # after the first events: the flow, the stream's next step and the relay's encoding
+    # (async, also the step's guard against cancellation); through the dispatcher's
+    # effects it was two more, its driver's step and read
+    assert set(upstream.depths[2:]) == {4 if is_async else 3}
+    # not gathered: the caller had half its pieces before the upstream handed out most
+    assert handed[len(handed) // 2] < upstream.handed - 3
+    assert sink.records[0].status == "ok"
+
+
+@pytest.mark.parametrize("is_async", [False, True])
 @pytest.mark.parametrize("reads", [0, 1, 3])
 def test_closing_the_intercepted_response_ends_the_call_once(is_async: bool, reads: int) -> None:
     upstream = Upstream(fake_provider())
