@@ -367,7 +367,12 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
             if blocked is not None:
                 return kit_for(request).relay_response(blocked)
     response = _send_sync(inner, request)
-    return response if info is None else kit_for(request).metered(response, info, is_async=False)
+    if info is None:
+        return response
+    response, read = kit_for(request).metered(response, info, is_async=False)
+    if read is not None:
+        read.finish(True)
+    return response
 
 
 async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
@@ -410,4 +415,9 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
             if blocked is not None:
                 return kit_for(request).relay_response(blocked)
     response = await _send_async(inner, request)
-    return response if info is None else kit_for(request).metered(response, info, is_async=True)
+    if info is None:
+        return response
+    response, read = kit_for(request).metered(response, info, is_async=True)
+    if read is not None:
+        await read.afinish(True)
+    return response

@@ -54,20 +54,30 @@ class Kit:
         response.headers = self.ascii_headers(items)
         return response
 
-    def metered(self, response: Any, info: CallInfo, *, is_async: bool) -> Any:
-        """``response`` with its body wrapped by a :class:`Meter` (never raises)."""
+    def metered(self, response: Any, info: CallInfo, *, is_async: bool) -> tuple[Any, Meter | None]:
+        """``response`` with its body wrapped by a :class:`Meter` (never raises).
+
+        A response the transport made with its body already read (``httpx.MockTransport``,
+        respx, a cache) is never iterated nor closed through its stream: its meter is
+        fed the body now and returned, for the caller to finish; otherwise ``None``.
+        """
         try:
             meter = Meter(info, response.status_code, response.headers.get("content-type", ""))
-            cls = self.ametered_stream if is_async else self.metered_stream
-            response.stream = cls(response.stream, meter)
+            loaded = getattr(response, "_content", None)
+            if loaded is None:
+                cls = self.ametered_stream if is_async else self.metered_stream
+                response.stream = cls(response.stream, meter)
             decision = info.decision
             if decision is not None and info.engine.config.response_headers:
                 from .relay import decision_headers
 
                 response.headers.update(decision_headers(decision, info.requested, info.provider))
+            if loaded is not None:
+                meter.feed(loaded)
+                return response, meter
         except Exception:
             logger.exception("llmroute could not meter a call to %s", info.provider)
-        return response
+        return response, None
 
 
 def _unstarted(chunks: Any) -> bool:

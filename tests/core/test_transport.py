@@ -383,6 +383,53 @@ def test_observe_mode_sends_the_original_and_meters_it() -> None:
     assert routed < record.cost
 
 
+_READ_REPLY = {
+    "id": "chatcmpl-read",
+    "object": "chat.completion",
+    "created": 0,
+    "model": PREMIUM,
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37},
+}
+
+
+def _read_reply(request: Any) -> Any:
+    """An answer made with its body already read, as httpx.MockTransport, respx or a
+    cache hand one over: its stream is never iterated nor closed by the client."""
+    lib = httpx2 if type(request).__module__.startswith("httpx2") else httpx
+    return lib.Response(200, json=_READ_REPLY)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", [httpx, httpx2], ids=["httpx", "httpx2"])
+async def test_observed_answers_whose_body_the_transport_already_read_are_metered(lib: Any) -> None:
+    body = _chat_body()
+    sync_engine = _engine(mode="observe", offline="auto")
+    async_engine = _engine(mode="observe", offline="auto")
+    sync_client = lib.Client(
+        transport=RoutingTransport(lib.MockTransport(_read_reply), engine=sync_engine)
+    )
+    async_client = lib.AsyncClient(
+        transport=AsyncRoutingTransport(lib.MockTransport(_read_reply), engine=async_engine)
+    )
+    with sync_client:
+        answer = sync_client.post(CHAT_URL, json=body, headers={"authorization": "Bearer sk-c"})
+    async with async_client:
+        aanswer = await async_client.post(
+            CHAT_URL, json=body, headers={"authorization": "Bearer sk-c"}
+        )
+    assert answer.json() == aanswer.json() == _READ_REPLY
+    for engine in (sync_engine, async_engine):
+        [record] = _records(engine)
+        assert record.mode == "observe"
+        assert (record.usage.input_tokens, record.usage.output_tokens) == (30, 7)
+        assert not record.usage.estimated
+        assert record.cost > 0
+        assert "closed_early" not in record.extra
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("include_usage", [True, False])
 async def test_observe_mode_meters_streams(include_usage: bool) -> None:
