@@ -498,9 +498,7 @@ def stream_stages(repeats: int = 30, batch: int = 50) -> str:
     anthropic_url = "https://api.anthropic.com/v1/messages"
     fns: dict[str, Callable[[], None]] = {
         "raw httpx2 stream (OpenAI dialect)": lambda: read(raw, openai_url, STREAM_BODY, HEADERS),
-        "routed, OpenAI caller (forwarded)": lambda: read(
-            routed, openai_url, STREAM_BODY, HEADERS
-        ),
+        "routed, OpenAI caller (forwarded)": lambda: read(routed, openai_url, STREAM_BODY, HEADERS),
         "routed, Anthropic caller -> OpenAI upstream": lambda: read(
             routed, anthropic_url, anthropic_body, anthropic_headers
         ),
