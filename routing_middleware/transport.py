@@ -292,13 +292,24 @@ def instrument_client(client: Any, *, engine: LLMRoute | None = None) -> Any:
 
 
 def uninstrument_client(client: Any) -> Any:
-    """Undo :func:`instrument_client`; returns ``client``."""
+    """Undo :func:`instrument_client`; returns ``client``.
+
+    A routing transport the client was made with is replaced by what it wraps: the
+    library's default transport when it was given none (and so made none yet).
+    """
     if isinstance(client._transport, _WRAPPERS):
-        client._transport = client._transport.inner
+        client._transport = _unwrapped(client._transport, client)
     for pattern, transport in list(client._mounts.items()):
         if isinstance(transport, _WRAPPERS):
-            client._mounts[pattern] = transport.inner
+            client._mounts[pattern] = _unwrapped(transport, client)
     return client
+
+
+def _unwrapped(wrapper: _Base, client: Any) -> Any:
+    inner = wrapper.inner
+    if inner is None:
+        inner = _default_inner(str(_lib_of(client)), _is_async_client(client))
+    return inner
 
 
 # ----------------------------------------------------------------------------- global

@@ -199,6 +199,21 @@ def test_instrument_client_is_idempotent_and_reversible() -> None:
     assert list(client._mounts.values()) == [mounted]
 
 
+def test_uninstrumenting_a_client_made_with_a_bare_routing_transport_leaves_it_working() -> None:
+    """A ``RoutingTransport()`` makes its inner transport on first use; undone before
+    that, the client gets the library's default transport, not ``None``."""
+    sync_client = httpx.Client(transport=RoutingTransport())
+    async_client = httpx2.AsyncClient(
+        transport=AsyncRoutingTransport(), mounts={"all://example.com": AsyncRoutingTransport()}
+    )
+    uninstrument_client(sync_client)
+    uninstrument_client(async_client)
+    assert type(sync_client._transport) is httpx.HTTPTransport
+    assert type(async_client._transport) is httpx2.AsyncHTTPTransport
+    mounted = [t for p, t in async_client._mounts.items() if p.pattern == "all://example.com"]
+    assert [type(t) for t in mounted] == [httpx2.AsyncHTTPTransport]
+
+
 @pytest.mark.anyio
 async def test_instrument_client_async_httpx() -> None:
     engine = _engine()
