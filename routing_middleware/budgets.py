@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOLD_TTL_S",
+    "MAX_SETTLED_IN_MEMORY",
     "Budget",
     "BudgetAction",
     "BudgetLine",
@@ -84,6 +85,8 @@ _DAY = 86_400
 #: lapses; short enough that a hold whose worker died (or whose settle never got
 #: through) does not make a budget look spent for the rest of its period.
 HOLD_TTL_S = 3600.0
+#: Settled hold ids a :class:`MemoryBudgetStore` remembers (~100 B each).
+MAX_SETTLED_IN_MEMORY = 10_000
 
 
 def to_micros(amount: Decimal) -> int:
@@ -273,8 +276,8 @@ class BudgetStore(Protocol):
 class MemoryBudgetStore:
     """In-process counters guarded by one lock; expired keys are dropped lazily.
 
-    ``hold_ttl_s`` is how long a hold that is not settled counts (and a settled id
-    is remembered), on ``clock``.
+    ``hold_ttl_s`` is how long a hold that is not settled counts, on ``clock``; the
+    last :data:`MAX_SETTLED_IN_MEMORY` settled ids are remembered.
     """
 
     def __init__(
@@ -285,11 +288,14 @@ class MemoryBudgetStore:
         self._counters: dict[str, list[float]] = {}
         self._clock = clock
         self.hold_ttl_s = hold_ttl_s
-        # Hold ids: a live hold as (expires at, amount, lines), a settled one as the
-        # time it is forgotten. ``_lapse`` has (time, id) in the order they come; an
-        # entry whose time no longer matches its id's (settled since) is skipped.
-        self._holds: dict[str, tuple[float, int, Sequence[BudgetLine]] | float] = {}
+        # Live holds by id as (expires at, amount, lines); ``_lapse`` has (expires at,
+        # id) in the order they come, an entry whose id is no longer held skipped.
+        self._holds: dict[str, tuple[float, int, Sequence[BudgetLine]]] = {}
         self._lapse: deque[tuple[float, str]] = deque()
+        # The ids settled last, oldest first. In process no answer is ever lost, so
+        # these guard only against settling twice; kept by number, not for the hold
+        # TTL, so that memory does not grow with the call rate.
+        self._settled: dict[str, None] = {}
         self._ops = 0
         #: Bumped by every change to a counter (reserve, settle, a hold expiring).
         #: Totals read at one version hold until the next, or until one of the
@@ -315,16 +321,12 @@ class MemoryBudgetStore:
             self._lapsed(now)
 
     def _lapsed(self, now: float) -> None:
-        """Stop counting the holds not settled in time and forget the settled ids
-        whose time is up (under the lock)."""
+        """Stop counting the holds not settled in time (under the lock)."""
         lapse, holds = self._lapse, self._holds
         while lapse and lapse[0][0] <= now:
             at, hold = lapse.popleft()
             found = holds.get(hold)
-            if isinstance(found, float):
-                if found == at:
-                    del holds[hold]
-            elif found is not None and found[0] == at:
+            if found is not None and found[0] == at:
                 del holds[hold]
                 _, amount, lines = found
                 for line in lines:
@@ -340,7 +342,7 @@ class MemoryBudgetStore:
         now = self._clock()
         with self._lock:
             self._sweep(now)
-            if hold in self._holds:
+            if hold in self._holds or hold in self._settled:
                 return None  # a retry: held (or settled) already
             for index, line in enumerate(lines):
                 if line.limit is not None:
@@ -369,14 +371,16 @@ class MemoryBudgetStore:
             lapse = self._lapse
             if lapse and lapse[0][0] <= now:
                 self._lapsed(now)
-            found = self._holds.get(hold)
-            if isinstance(found, float):
-                return  # settled already
+            settled = self._settled
+            if hold in settled:
+                return
+            found = self._holds.pop(hold, None)
             amount = 0 if found is None else found[1]
             for line in lines:
                 self._add(line, now, held=-amount, spent=actual)
-            self._holds[hold] = forget = now + self.hold_ttl_s
-            self._lapse.append((forget, hold))
+            settled[hold] = None
+            if len(settled) > MAX_SETTLED_IN_MEMORY:
+                del settled[next(iter(settled))]
             self.version += 1
 
     def totals(self, lines: Sequence[BudgetLine]) -> list[int]:

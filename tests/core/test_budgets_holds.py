@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from routing_middleware import _deferred, _outage
+from routing_middleware import budgets as budgets_module
 from routing_middleware.budgets import (
     Budget,
     BudgetLine,
@@ -151,16 +152,24 @@ def test_an_expired_hold_no_longer_blocks_a_spent_looking_budget(make_store: Mak
     assert store.reserve(lines, 1_000_000, new_hold_id()) is None
 
 
-def test_the_memory_store_keeps_no_record_of_holds_past_their_ttl() -> None:
+def test_the_memory_store_keeps_no_record_of_holds_past_their_ttl_and_few_settled_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(budgets_module, "MAX_SETTLED_IN_MEMORY", 20)
     clock = Clock()
     store = MemoryBudgetStore(clock, hold_ttl_s=60)
     lines = _lines(store)
+    settled = []
     for _ in range(50):
         hold = new_hold_id()
         store.reserve(lines, 10, hold)
         store.settle(lines, 10, 5, hold)
+        settled.append(hold)
     store.reserve(lines, 10, new_hold_id())  # never settled
-    assert len(store._holds) == 51
+    assert len(store._holds) == 1
+    assert list(store._settled) == settled[-20:]  # by number, whatever the call rate
+    store.settle(lines, 10, 5, settled[-1])  # still known: counted once
+    assert store.totals(lines) == [260, 260]
     clock.advance(61)
     assert store.totals(lines) == [250, 250]
     assert (len(store._holds), len(store._lapse)) == (0, 0)
