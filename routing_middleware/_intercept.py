@@ -332,12 +332,13 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
     match = _match(request)
     if match is None:
         return inner.handle_request(request)
+    # Read before the ``try``: an error of the caller's own body (a generator that
+    # raises) reaches the caller as it is, as without llmroute.
+    body: bytes = request.read()
     engine: LLMRoute | None = None
     info: CallInfo | None = None
-    body: bytes | None = None
     try:
         engine = engine_of()
-        body = request.read()
         if match.kind in _METERED:
             info, blocked = _checked(metered_info(engine, match, body), match)
             if blocked is not None:
@@ -380,12 +381,13 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
     match = _match(request)
     if match is None:
         return await inner.handle_async_request(request)
+    # Read before the ``try``: an error of the caller's own body (a generator that
+    # raises) reaches the caller as it is, as without llmroute.
+    body: bytes = await request.aread()
     engine: LLMRoute | None = None
     info: CallInfo | None = None
-    body: bytes | None = None
     try:
         engine = engine_of()
-        body = await request.aread()
         if match.kind in _METERED:
             info, blocked = await _achecked(metered_info(engine, match, body), match)
             if blocked is not None:

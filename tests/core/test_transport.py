@@ -297,6 +297,50 @@ def test_fail_closed_answers_with_a_clean_error_in_the_callers_dialect() -> None
     assert anthropic_fake.calls == []
 
 
+class _SourceFailed(Exception):
+    pass
+
+
+def _failing_body() -> Iterator[bytes]:
+    yield b'{"model": "gpt-4o-mini", "messa'
+    raise _SourceFailed("the caller's own body source failed")
+
+
+async def _afailing_body() -> Any:
+    for chunk in _failing_body():
+        yield chunk
+
+
+@pytest.mark.anyio
+async def test_an_error_of_the_callers_own_body_reaches_it_as_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body generator that raises fails the call with its own error, as without
+    llmroute: not reported as llmroute's failure, nothing sent."""
+    sent: list[Any] = []
+
+    def upstream(request: Any) -> Any:
+        sent.append(request)
+        return httpx.Response(200)
+
+    engine = _engine()
+    sync_client = httpx.Client(
+        transport=RoutingTransport(httpx.MockTransport(upstream), engine=engine)
+    )
+    async_client = httpx.AsyncClient(
+        transport=AsyncRoutingTransport(httpx.MockTransport(upstream), engine=engine)
+    )
+    with caplog.at_level(logging.WARNING, logger="llmroute"):
+        with sync_client, pytest.raises(_SourceFailed):
+            sync_client.post(CHAT_URL, content=_failing_body())
+        async with async_client:
+            with pytest.raises(_SourceFailed):
+                await async_client.post(CHAT_URL, content=_afailing_body())
+    assert sent == []
+    assert caplog.records == []
+    assert _records(engine) == []
+
+
 def test_unreadable_request_goes_to_the_provider_as_sent() -> None:
     engine = _engine()
     network, caller_fake, _ = _caller_network()
