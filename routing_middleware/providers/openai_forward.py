@@ -42,6 +42,16 @@ _NOTABLE = re.compile(
     rb"\s*:\s*(?!\s|null)"
     rb'|"content"\s*:\s*(?!\s|null|")'
 )
+#: :data:`_NOTABLE` but for a finish reason.
+_NOTABLE_BUT_FINISH = re.compile(
+    rb'"(?:usage|error|tool_calls|reasoning|reasoning_content|x_groq)"'
+    rb"\s*:\s*(?!\s|null)"
+    rb'|"content"\s*:\s*(?!\s|null|")'
+)
+#: A finish reason that is a word (an empty one is no finish).
+_FINISH_WORD = re.compile(rb'"finish_reason"\s*:\s*"[A-Za-z]')
+#: The delta of the opening event chat completions servers send: the role, no text yet.
+_OPENING = re.compile(rb'"delta":\{"role":"assistant"(?:,"content":"")?(?:,"refusal":null)?\}')
 _LISTED = re.compile(rb'"content"\s*:\s*(?!\s|null|")')
 #: The inside of a JSON string on one line: no bare quote, every backslash escaping.
 _TEXT = re.compile(rb'[^"\\\r\n]*(?:\\[^\r\n][^"\\\r\n]*)*')
@@ -339,17 +349,31 @@ class OpenAIForwarder:
         for block in blocks:
             if block[:6] == b"data: " and b"\n" not in block:
                 data = block[6:]
-                if (
-                    started
-                    and data[:1] == b"{"
-                    and data[-1:] == b"}"
-                    and _NOTABLE.search(data) is None
-                ):
-                    out.append(block)
-                    out.append(_SEP)
-                    if not self._head:
-                        self._learn(block)
-                    continue
+                if data[:1] == b"{" and data[-1:] == b"}" and data.count(b'"delta"') == 1:
+                    plain = _NOTABLE.search(data) is None
+                    if started and plain:
+                        out.append(block)
+                        out.append(_SEP)
+                        if not self._head:
+                            self._learn(block)
+                        continue
+                    if (
+                        started
+                        and _FINISH_WORD.search(data)
+                        and not _NOTABLE_BUT_FINISH.search(data)
+                    ):
+                        # a finish, nothing else the dispatcher acts on: as it is
+                        self.finished = True
+                        out.append(block)
+                        out.append(_SEP)
+                        continue
+                    if not started and plain and _OPENING.search(data):
+                        # the opening event, no text in it: held as it is
+                        if self._first is None:
+                            self._first = data
+                        out.append(block)
+                        out.append(_SEP)
+                        continue
             else:
                 block = block.lstrip(b"\n")
                 found = _data_of(block)

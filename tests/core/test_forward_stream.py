@@ -756,6 +756,55 @@ def test_the_forwarder_sees_a_finish_after_plain_events_of_the_same_shape() -> N
     assert forwarder.close() == b"data: [DONE]\n\n"
 
 
+@pytest.mark.parametrize(
+    "opening",
+    [
+        {"role": "assistant", "content": ""},
+        {"role": "assistant", "content": "", "refusal": None},
+        {"role": "assistant"},
+    ],
+)
+def test_an_opening_event_is_held_as_it_came_and_names_reshaped_events(
+    opening: dict[str, Any],
+) -> None:
+    forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
+    first = _event(opening).replace(b'"chatcmpl-up"', b'"chatcmpl-first"')
+    assert forwarder.feed(first) == b""  # no text yet: held
+    assert not forwarder.started
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    out = forwarder.feed(_event({"tool_calls": [call]}))
+    assert out.startswith(first)
+    reshaped = json.loads(out[len(first) :].split(b"\n\n")[0][6:])
+    assert reshaped["id"] == "chatcmpl-first"
+    assert reshaped["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "f"
+
+
+def test_a_lone_finish_goes_as_it_came_and_an_empty_one_is_no_finish() -> None:
+    forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
+    forwarder.feed(_event({"role": "assistant", "content": ""}) + _event({"content": "a"}))
+    empty = _event({}, "")
+    assert forwarder.feed(empty) == b""  # decoded: nothing in it for a caller
+    assert not forwarder.finished
+    finish = _event({}, "length")
+    assert forwarder.feed(finish) == finish
+    assert forwarder.finished
+    forwarder.feed(b"data: [DONE]\n\n")
+    assert forwarder.close() == b"data: [DONE]\n\n"
+    unfinished = OpenAIForwarder(CONFIG, REQUEST, False)
+    unfinished.feed(_event({"content": "a"}) + empty + b"data: [DONE]\n\n")
+    with pytest.raises(UpstreamProtocolError, match="without a finish reason"):
+        unfinished.close()
+
+
+def test_an_event_without_a_delta_before_the_text_is_decoded_and_dropped() -> None:
+    """Azure opens with prompt filter results and no choices: nothing for a caller."""
+    forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
+    azure = b'data: {"id":"","choices":[],"prompt_filter_results":[{"prompt_index":0}]}\n\n'
+    forwarder.feed(azure)
+    text = _event({"content": "a"})
+    assert forwarder.feed(text) == text
+
+
 def test_the_shape_of_plain_events_is_learned_from_the_first_decoded_one() -> None:
     forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
     forwarder.feed(_event({"role": "assistant", "content": ""}))  # no text: no shape
