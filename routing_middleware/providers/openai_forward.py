@@ -367,6 +367,11 @@ class OpenAIForwarder:
                         out.append(block)
                         out.append(_SEP)
                         continue
+                    if not started and plain and self._opened(block, data):
+                        started = True
+                        out.append(block)
+                        out.append(_SEP)
+                        continue
                     if not started and plain and _OPENING.search(data):
                         # the opening event, no text in it: held as it is
                         if self._first is None:
@@ -388,6 +393,21 @@ class OpenAIForwarder:
             return b""
         self._held = []
         return b"".join(out)
+
+    def _opened(self, block: bytes, data: bytes) -> bool:
+        """Whether the plain event ``block`` (``data``) starts the answer with a text
+        that is its own JSON (no escapes): then it is not decoded, its shape is kept
+        (see :meth:`feed`) and the answer has started."""
+        span = _text_span(block)
+        if span is None or span[0] == span[1] or _BARE.fullmatch(block, *span) is None:
+            return False
+        self.started = True
+        if self._first is None:
+            self._first = data
+        if not self._head and b'"role"' not in data:  # (events after it carry no role)
+            self._head = block[: span[0]]
+            self._tail = block[span[1] :] + _SEP
+        return True
 
     def _learn(self, block: bytes) -> None:
         """Remember a plain event's bytes around its text (see :meth:`feed`)."""

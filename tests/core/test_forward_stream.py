@@ -779,6 +779,22 @@ def test_an_opening_event_is_held_as_it_came_and_names_reshaped_events(
     assert reshaped["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "f"
 
 
+@pytest.mark.parametrize("role_first", [False, True])
+def test_the_first_text_starts_the_answer_and_later_texts_go_by_their_shape(
+    role_first: bool,
+) -> None:
+    """The first text may come with the role; the events after it, without, still
+    go by as they came with no search."""
+    forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
+    first = _event({"role": "assistant", "content": "Hi"} if role_first else {"content": "Hi"})
+    assert forwarder.feed(first) == first
+    assert forwarder.started
+    forwarder.feed(_event({"content": " there"}))
+    third = _event({"content": "!"})
+    assert forwarder.feed(third) is third  # the known shape: no search
+    assert forwarder.replay()[1] == ["Hi there!"]
+
+
 def test_a_lone_finish_goes_as_it_came_and_an_empty_one_is_no_finish() -> None:
     forwarder = OpenAIForwarder(CONFIG, REQUEST, False)
     forwarder.feed(_event({"role": "assistant", "content": ""}) + _event({"content": "a"}))
