@@ -336,7 +336,7 @@ def _tier(raw: bytes, engine: LLMRoute) -> int | str:
     """A tier level, or a tier name the engine's routing knows (any case, as the
     router reads names); a level below 1 is refused by ``RouteContext``."""
     text = _text_hint(raw, "X-LLMRoute-Tier")
-    if text.isascii() and text.lstrip("-").isdigit():
+    if text.isascii() and text.removeprefix("-").isdigit():
         return int(text)
     names = engine.router.config.all_tier_names
     if text.lower() in {name.lower() for name in names}:

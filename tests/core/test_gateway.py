@@ -468,7 +468,7 @@ async def test_request_ids_are_kept_only_when_safe_to_store() -> None:
     assert [r.request_id for r in gw.sink.records] == ["req-1", "r" * 128, None, None, None, None]
 
 
-@pytest.mark.parametrize("tier", [b"nonsense", "\xb2".encode("latin-1"), b"0x2"])
+@pytest.mark.parametrize("tier", [b"nonsense", "\xb2".encode("latin-1"), b"0x2", b"--2"])
 @pytest.mark.parametrize(
     ("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/messages", MESSAGE)]
 )
