@@ -359,7 +359,9 @@ def _classify(provider: str, path: str) -> EndpointMatch:
     dialect_name = "openai"
     if path.endswith("/chat/completions"):
         kind = "chat"
-    elif path.endswith("/responses") or "/responses/" in path:
+    elif path.endswith("/responses"):
+        # (only creating one costs: what lies under it, ``/responses/input_tokens``,
+        # a stored response, its items, cancelling or deleting it, is free)
         kind = "responses"
     elif last == "embeddings":
         kind = "embeddings"

@@ -130,8 +130,14 @@ def test_other_dialects_resolve_by_name(name: str) -> None:
         (
             "api.openai.com",
             "/v1/responses/resp_1/input_items",
-            ("openai", "openai", "responses", None),
+            ("openai", "openai", "other", None),
         ),
+        (
+            "api.openai.com",
+            "/v1/responses/input_tokens",
+            ("openai", "openai", "other", None),
+        ),
+        ("api.openai.com", "/v1/responses/resp_1", ("openai", "openai", "other", None)),
         ("api.openai.com", "/v1/embeddings", ("openai", "openai", "embeddings", None)),
         ("api.openai.com", "/v1/models", ("openai", "openai", "models", None)),
         ("api.openai.com", "/v1/models/ft:gpt-4o:acme::abc", ("openai", "openai", "models", None)),

@@ -655,11 +655,6 @@ def test_other_endpoints_of_a_provider_are_untouched() -> None:
     assert _records(engine) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="providers/registry.py classifies every POST under /responses/ as a Responses "
-    "call, so the free token-counting endpoint is metered at an estimated cost",
-)
 def test_counting_input_tokens_is_not_metered_as_a_paid_call() -> None:
     def upstream(request: Any) -> Any:
         return httpx2.Response(200, json={"object": "response.input_tokens", "input_tokens": 11})
