@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import Token
 from dataclasses import dataclass, field
@@ -26,7 +27,13 @@ from .metering import UsageRecord
 from .providers.base import CallerStreamEncoder
 from .providers.registry import caller_dialect
 from .router import Decision, Deployment
-from .schema import AuthenticationFailed, ChatRequest, LLMError, UpstreamUnavailable
+from .schema import (
+    AuthenticationFailed,
+    ChatRequest,
+    InvalidRequest,
+    LLMError,
+    UpstreamUnavailable,
+)
 
 __all__ = ["Relay", "RelayResponse", "decision_headers"]
 
@@ -34,6 +41,25 @@ logger = logging.getLogger("llmroute.relay")
 
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 _JSON = "application/json"
+
+
+#: A JSON escape: a surrogate pair, a lone surrogate (group 1), or any other. Read
+#: left to right, an escaped backslash is taken as one escape, never as the start
+#: of the next.
+_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})"
+    rb"|\\."
+)
+
+
+def _lone_surrogate(body: bytes) -> str | None:
+    """The first escape in the JSON ``body`` that is half a surrogate pair: such a
+    string decodes to no text (it cannot be encoded again, for an upstream)."""
+    for escape in _ESCAPE.finditer(body):
+        if escape.group(1):
+            return escape.group(1).decode("ascii")
+    return None
 
 
 @dataclass(slots=True)
@@ -89,6 +115,12 @@ class Relay:
     ) -> ChatRequest:
         """``body`` as a normalized request; the model is qualified with ``provider``
         (the provider the caller addressed) when the catalog knows it that way."""
+        if b"\\ud" in body or b"\\uD" in body:
+            lone = _lone_surrogate(body)
+            if lone is not None:
+                raise InvalidRequest(
+                    f"the body holds a lone UTF-16 surrogate ({lone}), which is no text"
+                )
         request = caller_dialect(dialect).parse_request(body, path)
         if provider and "/" not in request.model:
             qualified = f"{provider}/{request.model}"

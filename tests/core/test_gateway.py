@@ -243,8 +243,7 @@ async def test_a_body_nested_deeper_than_the_parser_goes_is_400_in_both_dialects
     assert gw.sink.records == []
 
 
-# A lone surrogate (an escape JSON allows but UTF-8 cannot carry) gets past the
-# dialect's parser and then fails inside llmroute when the upstream body is encoded.
+# A lone surrogate: an escape JSON allows but that decodes to no text.
 LONE_SURROGATE_CHAT = (
     b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud800"}]}'
 )
@@ -258,26 +257,46 @@ async def test_a_failure_inside_llmroute_is_a_500_in_the_callers_dialect(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     gw = Gateway()
+
+    def broken(request: Any) -> int:  # an app's own classifier, with a bug
+        raise RuntimeError("classifier bug")
+
+    gw.engine.router.classifier = broken
     with caplog.at_level(logging.ERROR, logger="llmroute.gateway"):
-        chat = await gw.post("/v1/chat/completions", LONE_SURROGATE_CHAT)
-        message = await gw.post("/v1/messages", LONE_SURROGATE_MESSAGE)
+        chat = await gw.post("/v1/chat/completions", CHAT)
+        message = await gw.post("/v1/messages", {**MESSAGE, "stream": True})
     assert chat.status_code == message.status_code == 500
     assert _openai_error(chat)["code"] == "llmroute_internal_error"
     assert _anthropic_error(message)["type"] == "api_error"
-    assert "surrogate" not in chat.text + message.text  # details stay in the log
+    assert "classifier bug" not in chat.text + message.text  # details stay in the log
+    assert "classifier bug" in caplog.text
     assert len([r for r in caplog.records if r.exc_info]) == 2
     assert gw.key not in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the dialects' request parsers (providers/*_caller.py) accept lone surrogates; "
-    "they should answer 400 naming the field, as the upstream would",
-)
 async def test_a_lone_surrogate_in_the_body_is_400() -> None:
     gw = Gateway()
     response = await gw.post("/v1/chat/completions", LONE_SURROGATE_CHAT)
     assert response.status_code == 400
+    assert "lone UTF-16 surrogate (\\ud800)" in _openai_error(response)["message"]
+    response = await gw.post("/v1/messages", LONE_SURROGATE_MESSAGE)
+    assert response.status_code == 400
+    assert _anthropic_error(response)["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "caf\\u00e9 \\ud83d\\ude00",  # an escaped pair: one character
+        "\\\\ud800",  # an escaped backslash, then the letters: no surrogate
+        "\\ud83d\\ude00\\\\udc00",
+    ],
+)
+async def test_escapes_that_are_text_are_not_taken_for_lone_surrogates(text: str) -> None:
+    gw = Gateway()
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "%s"}]}'
+    response = await gw.post("/v1/chat/completions", body % text.encode())
+    assert response.status_code == 200, response.text
 
 
 async def test_unknown_model_is_404_with_suggestions() -> None:
