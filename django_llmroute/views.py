@@ -30,7 +30,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from routing_middleware.context import RouteContext, current_context
+from routing_middleware.context import RouteContext, current_context, is_valid_request_id
 from routing_middleware.relay import RelayResponse
 from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited
 
@@ -86,8 +86,10 @@ class Caller:
         ):
             fields.update(_header_hints(request))
         base = current_context()
-        if base.request_id is None:
-            fields["request_id"] = request.headers.get("x-request-id") or None
+        if base.request_id is None:  # no middleware took one
+            given = request.headers.get("x-request-id")
+            # Kept only when safe to store and log as is, as the middlewares do.
+            fields["request_id"] = given if given and is_valid_request_id(given) else None
         return base.merged(**fields)
 
 

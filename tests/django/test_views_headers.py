@@ -1,0 +1,54 @@
+"""The gateway views answer bad headers and failing calls as the Starlette gateway does:
+in the caller's dialect, naming the header, and never with Django's HTML 500 page."""
+
+# ruff: noqa: F811  (fixtures imported from llmroute_helpers are test arguments)
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings as django_settings
+from django.test import Client
+
+from django_llmroute.models import ApiKey
+
+from .llmroute_helpers import llmroute, make_user  # noqa: F401
+from .test_views import CHAT, chat_body, post
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LLMROUTE_MIDDLEWARE = "django_llmroute.middleware.LLMRouteMiddleware"
+
+
+@pytest.fixture
+def hint_key(make_user) -> tuple[ApiKey, str]:
+    """A key whose caller may steer routing with the X-LLMRoute-* headers."""
+    return ApiKey.objects.create_key(make_user("hinter"), "hints", allow_hint_headers=True)
+
+
+@pytest.fixture
+def bare_client(settings) -> Client:
+    """A client of a project that serves the gateway without llmroute's middleware."""
+    settings.MIDDLEWARE = [m for m in django_settings.MIDDLEWARE if m != LLMROUTE_MIDDLEWARE]
+    return Client(raise_request_exception=False)
+
+
+# -- X-Request-Id ----------------------------------------------------------------------
+
+
+def test_without_the_middleware_request_ids_are_kept_only_when_safe_to_store(
+    bare_client, llmroute, hint_key
+):
+    api_key, plaintext = hint_key
+    sent = ["req-1", "r" * 128, "r" * 129, "two words", "tab\there", "caf\xe9"]
+    for request_id in sent:
+        response = post(
+            bare_client,
+            CHAT,
+            chat_body(),
+            authorization=f"Bearer {plaintext}",
+            **{"x-request-id": request_id},
+        )
+        assert response.status_code == 200, response.content
+    stored = [c.request_id for c in llmroute.calls(user=api_key.owner)]
+    # The others are not stored (as the Starlette gateway does): not clipped, not as sent.
+    assert sorted(stored, key=str) == sorted(["req-1", "r" * 128, None, None, None, None], key=str)
