@@ -30,6 +30,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
+from routing_middleware._hint_headers import tier_hint
 from routing_middleware.context import RouteContext, current_context, is_valid_request_id
 from routing_middleware.relay import RelayResponse
 from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited
@@ -105,6 +106,8 @@ def _header_hints(request: HttpRequest) -> dict[str, Any]:
             hints[name] = int(value)
         elif name == "tags":
             hints[name] = frozenset(t.strip() for t in value.split(",") if t.strip())
+        elif name == "tier":
+            hints[name] = tier_hint(value, get_engine().router.config.all_tier_names)
         else:
             hints[name] = value
     return hints
@@ -236,6 +239,8 @@ def _prepare(request: HttpRequest, dialect: str) -> tuple[HttpResponseBase | Non
         return limited, None
     try:
         context = caller.context(request)
+    except LLMError as error:  # a hint header that cannot be used, named
+        return _error(dialect, error), None
     except (TypeError, ValueError) as exc:
         return _error(dialect, InvalidRequest(f"Bad routing hint header: {exc}")), None
     body = _body(request)

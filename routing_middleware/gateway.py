@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ._hint_headers import text_hint, tier_hint
 from .auth import ApiKeyInfo, KeyStore, RateLimit, RateLimiter
 from .context import RouteContext, current_context, is_valid_request_id
 from .schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited, UnknownModel
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["gateway_app"]
 
 _ASGIHandler = Callable[["Scope", "Receive", "Send"], Awaitable[None]]
-_MAX_HINT_LENGTH = 200
 _EMPTY = RouteContext()
 _WANTED_HEADERS = frozenset(
     {
@@ -285,12 +285,14 @@ class _Gateway:
         ignored: list[str] = []
         if tier is not None:
             if info.allow_hints:
-                fields["tier"] = _tier(tier, self.engine)
+                fields["tier"] = tier_hint(
+                    tier.decode("latin-1"), self.engine.router.config.all_tier_names
+                )
             else:
                 ignored.append("tier")
         if feature is not None:
             if info.allow_hints:
-                fields["feature"] = _text_hint(feature, "X-LLMRoute-Feature")
+                fields["feature"] = text_hint(feature.decode("latin-1"), "X-LLMRoute-Feature")
             else:
                 ignored.append("feature")
         outer = current_context()
@@ -330,32 +332,6 @@ def _presented_key(headers: dict[bytes, bytes]) -> str | None:
     if raw is not None and raw.strip():
         return raw.strip().decode("latin-1")
     return None
-
-
-def _tier(raw: bytes, engine: LLMRoute) -> int | str:
-    """A tier level, or a tier name the engine's routing knows (any case, as the
-    router reads names); a level below 1 is refused by ``RouteContext``."""
-    text = _text_hint(raw, "X-LLMRoute-Tier")
-    if text.isascii() and text.removeprefix("-").isdigit():
-        return int(text)
-    names = engine.router.config.all_tier_names
-    if text.lower() in {name.lower() for name in names}:
-        return text
-    raise InvalidRequest(
-        f"Invalid X-LLMRoute-Tier header: {text!r} is neither a tier level (1 or more) nor "
-        f"a tier name ({', '.join(sorted(names))}).",
-        param="X-LLMRoute-Tier",
-    )
-
-
-def _text_hint(raw: bytes, header: str) -> str:
-    text = raw.decode("latin-1").strip()
-    if not text or len(text) > _MAX_HINT_LENGTH or not text.isprintable():
-        raise InvalidRequest(
-            f"Invalid {header} header: expected 1 to {_MAX_HINT_LENGTH} printable characters.",
-            param=header,
-        )
-    return text
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -5,6 +5,8 @@ in the caller's dialect, naming the header, and never with Django's HTML 500 pag
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.conf import settings as django_settings
 from django.test import Client
@@ -12,11 +14,23 @@ from django.test import Client
 from django_llmroute.models import ApiKey
 
 from .llmroute_helpers import llmroute, make_user  # noqa: F401
-from .test_views import CHAT, chat_body, post
+from .test_views import CHAT, MESSAGES, anthropic_body, chat_body, post
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 LLMROUTE_MIDDLEWARE = "django_llmroute.middleware.LLMRouteMiddleware"
+
+
+def names_the_header(response: Any, url: str, header: str) -> bool:
+    """Whether ``response`` is a 400 in ``url``'s dialect that names ``header``."""
+    assert response.status_code == 400, response.content
+    body = response.json()
+    if url == MESSAGES:
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "invalid_request_error"
+        return header in body["error"]["message"]
+    assert body["error"]["type"] == "invalid_request_error"
+    return bool(body["error"]["param"] == header and header in body["error"]["message"])
 
 
 @pytest.fixture
@@ -52,3 +66,28 @@ def test_without_the_middleware_request_ids_are_kept_only_when_safe_to_store(
     stored = [c.request_id for c in llmroute.calls(user=api_key.owner)]
     # The others are not stored (as the Starlette gateway does): not clipped, not as sent.
     assert sorted(stored, key=str) == sorted(["req-1", "r" * 128, None, None, None, None], key=str)
+
+
+# -- X-LLMRoute-Tier -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tier", ["nonsense", "\xb2", "0x2", "--2", "0", "-1"])
+@pytest.mark.parametrize(("url", "body"), [(CHAT, chat_body()), (MESSAGES, anthropic_body())])
+def test_a_tier_routing_does_not_know_is_400_naming_the_header(
+    client, llmroute, hint_key, tier, url, body
+):
+    api_key, plaintext = hint_key
+    response = post(
+        client, url, body, authorization=f"Bearer {plaintext}", **{"x-llmroute-tier": tier}
+    )
+    assert names_the_header(response, url, "X-LLMRoute-Tier")
+    assert llmroute.calls(user=api_key.owner) == []
+
+
+def test_tier_names_and_levels_in_the_header(client, llmroute, hint_key):
+    api_key, plaintext = hint_key
+    for tier in ("CHEAP", "premium", "2"):
+        headers = {"authorization": f"Bearer {plaintext}", "x-llmroute-tier": tier}
+        response = post(client, CHAT, chat_body(), **headers)
+        assert response.status_code == 200, response.content
+    assert sorted(c.tier for c in llmroute.calls(user=api_key.owner)) == [1, 2, 3]
