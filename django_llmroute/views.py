@@ -30,7 +30,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from routing_middleware._hint_headers import tier_hint
+from routing_middleware._hint_headers import latency_hint, quality_hint, tier_hint
 from routing_middleware.context import RouteContext, current_context, is_valid_request_id
 from routing_middleware.relay import RelayResponse
 from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited
@@ -100,10 +100,10 @@ def _header_hints(request: HttpRequest) -> dict[str, Any]:
         value = request.headers.get(header)
         if not value:
             continue
-        if name in ("max_latency_ms",):
-            hints[name] = float(value)
+        if name == "max_latency_ms":
+            hints[name] = latency_hint(value)
         elif name == "min_quality":
-            hints[name] = int(value)
+            hints[name] = quality_hint(value)
         elif name == "tags":
             hints[name] = frozenset(t.strip() for t in value.split(",") if t.strip())
         elif name == "tier":

@@ -9,16 +9,19 @@ gateways answer as a 400 in the caller's dialect.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from .schema import InvalidRequest
 
-__all__ = ["MAX_HINT_LENGTH", "text_hint", "tier_hint"]
+__all__ = ["MAX_HINT_LENGTH", "latency_hint", "quality_hint", "text_hint", "tier_hint"]
 
 #: The longest hint header value taken.
 MAX_HINT_LENGTH = 200
 
 TIER_HEADER = "X-LLMRoute-Tier"
+LATENCY_HEADER = "X-LLMRoute-Max-Latency-Ms"
+QUALITY_HEADER = "X-LLMRoute-Min-Quality"
 
 
 def text_hint(value: str, header: str) -> str:
@@ -54,3 +57,30 @@ def tier_hint(value: str, tier_names: Iterable[str]) -> int | str:
         f"a tier name ({', '.join(names)}).",
         param=TIER_HEADER,
     )
+
+
+def latency_hint(value: str) -> float:
+    """A latency limit in milliseconds: a finite number above 0, in ASCII."""
+    text = text_hint(value, LATENCY_HEADER)
+    try:
+        # ASCII only: float() would also read other scripts' digits and "1_000".
+        limit = float(text) if text.isascii() and "_" not in text else math.nan
+    except ValueError:
+        limit = math.nan
+    if not (math.isfinite(limit) and limit > 0):  # NaN, infinities, 0 and below
+        raise InvalidRequest(
+            f"Invalid {LATENCY_HEADER} header: expected a number of milliseconds above 0.",
+            param=LATENCY_HEADER,
+        )
+    return limit
+
+
+def quality_hint(value: str) -> int:
+    """A minimum quality score: a whole number of 0 or more, in ASCII digits."""
+    text = text_hint(value, QUALITY_HEADER)
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidRequest(
+            f"Invalid {QUALITY_HEADER} header: expected a whole number of 0 or more.",
+            param=QUALITY_HEADER,
+        )
+    return int(text)

@@ -91,3 +91,44 @@ def test_tier_names_and_levels_in_the_header(client, llmroute, hint_key):
         response = post(client, CHAT, chat_body(), **headers)
         assert response.status_code == 200, response.content
     assert sorted(c.tier for c in llmroute.calls(user=api_key.owner)) == [1, 2, 3]
+
+
+# -- X-LLMRoute-Max-Latency-Ms and X-LLMRoute-Min-Quality --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        *[("X-LLMRoute-Max-Latency-Ms", v) for v in ("fast", "nan", "inf", "-5", "0", "1_000")],
+        *[("X-LLMRoute-Min-Quality", v) for v in ("high", "-3", "2.5", "\xb2")],
+    ],
+)
+@pytest.mark.parametrize(("url", "body"), [(CHAT, chat_body()), (MESSAGES, anthropic_body())])
+def test_a_latency_or_quality_hint_that_is_no_such_number_is_400_naming_the_header(
+    client, llmroute, hint_key, header, value, url, body
+):
+    api_key, plaintext = hint_key
+    response = post(client, url, body, authorization=f"Bearer {plaintext}", **{header: value})
+    assert names_the_header(response, url, header)
+    assert llmroute.calls(user=api_key.owner) == []
+
+
+def test_a_quality_hint_routes(client, llmroute, hint_key):
+    _, plaintext = hint_key
+    auth = {"authorization": f"Bearer {plaintext}"}
+    low = post(client, CHAT, chat_body(), **auth, **{"x-llmroute-min-quality": "0"})
+    high = post(client, CHAT, chat_body(), **auth, **{"x-llmroute-min-quality": "60"})
+    assert low.status_code == high.status_code == 200
+    assert low.json()["model"] != high.json()["model"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="the router's _deployments_ok indexes the empty p95s of _UNKNOWN_LATENCY when "
+    "health checking is on and no latency is known yet, so any latency limit fails",
+)
+def test_a_latency_hint_routes(client, llmroute, hint_key):
+    _, plaintext = hint_key
+    headers = {"authorization": f"Bearer {plaintext}", "x-llmroute-max-latency-ms": "2500.5"}
+    assert post(client, CHAT, chat_body(), **headers).status_code == 200
