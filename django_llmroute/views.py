@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -30,7 +32,14 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from routing_middleware._hint_headers import latency_hint, quality_hint, tier_hint
+from routing_middleware._hint_headers import (
+    latency_hint,
+    mode_hint,
+    quality_hint,
+    tags_hint,
+    text_hint,
+    tier_hint,
+)
 from routing_middleware.context import RouteContext, current_context, is_valid_request_id
 from routing_middleware.relay import RelayResponse
 from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited
@@ -49,13 +58,19 @@ __all__ = [
     "models",
 ]
 
-_HINT_HEADERS = {
-    "x-llmroute-feature": "feature",
-    "x-llmroute-tier": "tier",
-    "x-llmroute-max-latency-ms": "max_latency_ms",
-    "x-llmroute-min-quality": "min_quality",
-    "x-llmroute-tags": "tags",
-    "x-llmroute-mode": "mode",
+
+def _tier(value: str) -> int | str:
+    return tier_hint(value, get_engine().router.config.all_tier_names)
+
+
+#: Each hint header's context field, and the core's reading of it (a refusal names it).
+_HINT_HEADERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "X-LLMRoute-Feature": ("feature", partial(text_hint, header="X-LLMRoute-Feature")),
+    "X-LLMRoute-Tier": ("tier", _tier),
+    "X-LLMRoute-Max-Latency-Ms": ("max_latency_ms", latency_hint),
+    "X-LLMRoute-Min-Quality": ("min_quality", quality_hint),
+    "X-LLMRoute-Tags": ("tags", tags_hint),
+    "X-LLMRoute-Mode": ("mode", mode_hint),
 }
 
 
@@ -96,20 +111,10 @@ class Caller:
 
 def _header_hints(request: HttpRequest) -> dict[str, Any]:
     hints: dict[str, Any] = {}
-    for header, name in _HINT_HEADERS.items():
+    for header, (name, read) in _HINT_HEADERS.items():
         value = request.headers.get(header)
-        if not value:
-            continue
-        if name == "max_latency_ms":
-            hints[name] = latency_hint(value)
-        elif name == "min_quality":
-            hints[name] = quality_hint(value)
-        elif name == "tags":
-            hints[name] = frozenset(t.strip() for t in value.split(",") if t.strip())
-        elif name == "tier":
-            hints[name] = tier_hint(value, get_engine().router.config.all_tier_names)
-        else:
-            hints[name] = value
+        if value:
+            hints[name] = read(value)
     return hints
 
 

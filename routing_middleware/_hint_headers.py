@@ -14,7 +14,15 @@ from collections.abc import Iterable
 
 from .schema import InvalidRequest
 
-__all__ = ["MAX_HINT_LENGTH", "latency_hint", "quality_hint", "text_hint", "tier_hint"]
+__all__ = [
+    "MAX_HINT_LENGTH",
+    "latency_hint",
+    "mode_hint",
+    "quality_hint",
+    "tags_hint",
+    "text_hint",
+    "tier_hint",
+]
 
 #: The longest hint header value taken.
 MAX_HINT_LENGTH = 200
@@ -22,6 +30,9 @@ MAX_HINT_LENGTH = 200
 TIER_HEADER = "X-LLMRoute-Tier"
 LATENCY_HEADER = "X-LLMRoute-Max-Latency-Ms"
 QUALITY_HEADER = "X-LLMRoute-Min-Quality"
+TAGS_HEADER = "X-LLMRoute-Tags"
+MODE_HEADER = "X-LLMRoute-Mode"
+_MODES = ("enforce", "observe")
 
 
 def text_hint(value: str, header: str) -> str:
@@ -84,3 +95,19 @@ def quality_hint(value: str) -> int:
             param=QUALITY_HEADER,
         )
     return int(text)
+
+
+def tags_hint(value: str) -> frozenset[str]:
+    """The comma-separated tags of ``value`` (empty ones dropped)."""
+    text = text_hint(value, TAGS_HEADER)
+    return frozenset(tag.strip() for tag in text.split(",") if tag.strip())
+
+
+def mode_hint(value: str) -> str:
+    """``enforce`` or ``observe``."""
+    text = text_hint(value, MODE_HEADER)
+    if text not in _MODES:
+        raise InvalidRequest(
+            f"Invalid {MODE_HEADER} header: expected {' or '.join(_MODES)}.", param=MODE_HEADER
+        )
+    return text

@@ -132,3 +132,39 @@ def test_a_latency_hint_routes(client, llmroute, hint_key):
     _, plaintext = hint_key
     headers = {"authorization": f"Bearer {plaintext}", "x-llmroute-max-latency-ms": "2500.5"}
     assert post(client, CHAT, chat_body(), **headers).status_code == 200
+
+
+# -- X-LLMRoute-Feature, X-LLMRoute-Tags and X-LLMRoute-Mode -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("X-LLMRoute-Feature", "f" * 201),
+        ("X-LLMRoute-Feature", "bell\x07"),
+        ("X-LLMRoute-Tags", "t" * 201),
+        ("X-LLMRoute-Tags", "a,\x7fb"),
+        ("X-LLMRoute-Mode", "bogus"),
+    ],
+)
+@pytest.mark.parametrize(("url", "body"), [(CHAT, chat_body()), (MESSAGES, anthropic_body())])
+def test_a_text_hint_that_cannot_be_stored_as_sent_is_400_naming_the_header(
+    client, llmroute, hint_key, header, value, url, body
+):
+    api_key, plaintext = hint_key
+    response = post(client, url, body, authorization=f"Bearer {plaintext}", **{header: value})
+    assert names_the_header(response, url, header)
+    assert llmroute.calls(user=api_key.owner) == []
+
+
+def test_text_hints_are_recorded(client, llmroute, hint_key):
+    api_key, plaintext = hint_key
+    headers = {
+        "authorization": f"Bearer {plaintext}",
+        "x-llmroute-feature": " " + "f" * 128,
+        "x-llmroute-tags": "b, a,,",
+        "x-llmroute-mode": "observe",
+    }
+    assert post(client, CHAT, chat_body(), **headers).status_code == 200
+    [call] = llmroute.calls(user=api_key.owner)
+    assert (call.feature, sorted(call.tags), call.mode) == ("f" * 128, ["a", "b"], "observe")
