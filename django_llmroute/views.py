@@ -207,6 +207,14 @@ def _too_big(dialect: str) -> HttpResponseBase:
     )
 
 
+def _too_deep(dialect: str) -> HttpResponseBase:
+    # The relay's JSON parser reached its own limit: no caller needs that depth.
+    return _error(
+        dialect,
+        InvalidRequest("The request body is nested too deeply to be read.", retryable=False),
+    )
+
+
 def _rate_limited(caller: Caller, dialect: str) -> HttpResponseBase | None:
     gateway = get_settings().django.GATEWAY
     if gateway.RATE_LIMIT_PER_MINUTE is None:
@@ -259,7 +267,10 @@ def _relay_sync(request: HttpRequest, dialect: str, provider: str | None) -> Htt
     if refused is not None:
         return refused
     body, context = prepared
-    answer = get_relay().handle(dialect, body, request.path, provider=provider, context=context)
+    try:
+        answer = get_relay().handle(dialect, body, request.path, provider=provider, context=context)
+    except RecursionError:
+        return _too_deep(dialect)
     return _to_django(answer)
 
 
@@ -276,7 +287,12 @@ async def _relay_async(
         return refused
     body, context = prepared
     relay = await sync_to_async(get_relay)()
-    answer = await relay.ahandle(dialect, body, request.path, provider=provider, context=context)
+    try:
+        answer = await relay.ahandle(
+            dialect, body, request.path, provider=provider, context=context
+        )
+    except RecursionError:
+        return _too_deep(dialect)
     return _to_django(answer)
 
 

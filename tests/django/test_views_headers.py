@@ -13,12 +13,15 @@ from django.test import Client
 
 from django_llmroute.models import ApiKey
 
-from .llmroute_helpers import llmroute, make_user  # noqa: F401
+from .llmroute_helpers import closing_connections, llmroute, make_user  # noqa: F401
 from .test_views import CHAT, MESSAGES, anthropic_body, chat_body, post
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 LLMROUTE_MIDDLEWARE = "django_llmroute.middleware.LLMRouteMiddleware"
+ASYNC_CHAT = "/llm-async/v1/chat/completions"
+ASYNC_MESSAGES = "/llm-async/v1/messages"
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than the JSON parser goes, well under the body limit
 
 
 def names_the_header(response: Any, url: str, header: str) -> bool:
@@ -168,3 +171,35 @@ def test_text_hints_are_recorded(client, llmroute, hint_key):
     assert post(client, CHAT, chat_body(), **headers).status_code == 200
     [call] = llmroute.calls(user=api_key.owner)
     assert (call.feature, sorted(call.tags), call.mode) == ("f" * 128, ["a", "b"], "observe")
+
+
+# -- bodies ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [(CHAT, chat_body()[:-1] + ', "metadata": ' + DEEP + "}"), (MESSAGES, DEEP)],
+)
+def test_a_body_nested_deeper_than_the_parser_goes_is_400_in_the_dialect(
+    client, llmroute, hint_key, url, body
+):
+    api_key, plaintext = hint_key
+    response = post(client, url, body, authorization=f"Bearer {plaintext}")
+    assert response.status_code == 400, response.content
+    payload = response.json()
+    if url == MESSAGES:
+        assert payload["error"]["type"] == "invalid_request_error"
+    else:
+        assert "nested too deeply" in payload["error"]["message"]
+    assert llmroute.calls(user=api_key.owner) == []
+
+
+@pytest.mark.anyio
+@closing_connections
+async def test_the_async_views_answer_a_too_deep_body_with_a_400(async_client, llmroute, hint_key):
+    _, plaintext = hint_key
+    for url in (ASYNC_CHAT, ASYNC_MESSAGES):
+        response = await async_client.post(
+            url, DEEP, content_type="application/json", headers={"x-api-key": plaintext}
+        )
+        assert response.status_code == 400, response.content
