@@ -19,6 +19,7 @@ The views only move bytes: parsing, routing, dispatch and encoding are the core'
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -46,6 +47,8 @@ from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLME
 
 from .conf import get_settings
 from .runtime import get_engine, get_rate_limiter, get_relay
+
+logger = logging.getLogger("django_llmroute.gateway")
 
 __all__ = [
     "Caller",
@@ -207,11 +210,28 @@ def _too_big(dialect: str) -> HttpResponseBase:
     )
 
 
-def _too_deep(dialect: str) -> HttpResponseBase:
-    # The relay's JSON parser reached its own limit: no caller needs that depth.
+def _failed(dialect: str, exc: Exception) -> HttpResponseBase:
+    """The answer to a call the relay raised on (it answers upstream errors itself)."""
+    if isinstance(exc, RecursionError):
+        # The JSON parser reached its own limit: no caller needs that depth.
+        return _error(
+            dialect,
+            InvalidRequest("The request body is nested too deeply to be read.", retryable=False),
+        )
+    # A failure inside llmroute: a 500 the caller's SDK reads, the details in the log only.
+    logger.error(
+        "llmroute gateway: a call in the %s dialect failed inside llmroute",
+        dialect,
+        exc_info=exc,
+    )
     return _error(
         dialect,
-        InvalidRequest("The request body is nested too deeply to be read.", retryable=False),
+        LLMError(
+            "llmroute failed while serving this call.",
+            status_code=500,
+            code="llmroute_internal_error",
+            retryable=False,
+        ),
     )
 
 
@@ -269,8 +289,8 @@ def _relay_sync(request: HttpRequest, dialect: str, provider: str | None) -> Htt
     body, context = prepared
     try:
         answer = get_relay().handle(dialect, body, request.path, provider=provider, context=context)
-    except RecursionError:
-        return _too_deep(dialect)
+    except Exception as exc:
+        return _failed(dialect, exc)
     return _to_django(answer)
 
 
@@ -291,8 +311,8 @@ async def _relay_async(
         answer = await relay.ahandle(
             dialect, body, request.path, provider=provider, context=context
         )
-    except RecursionError:
-        return _too_deep(dialect)
+    except Exception as exc:
+        return _failed(dialect, exc)
     return _to_django(answer)
 
 
