@@ -188,6 +188,8 @@ def _not_allowed(dialect: str, allowed: str) -> HttpResponseBase:
     response = _error(
         dialect, InvalidRequest(f"Use {allowed} here.", code="method_not_allowed", status_code=405)
     )
+    # The Anthropic dialect answers every invalid request as a 400: a 405 it must stay.
+    response.status_code = 405
     response.headers["Allow"] = allowed
     return response
 

@@ -256,3 +256,27 @@ async def test_the_async_views_answer_a_failure_inside_llmroute_with_a_500_in_th
     )
     assert is_internal_error(chat, anthropic=False)
     assert is_internal_error(message, anthropic=True)
+
+
+# -- methods ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["/llm", "/llm-async"])
+@pytest.mark.parametrize(
+    ("path", "method", "allow", "anthropic"),
+    [
+        ("/v1/chat/completions", "GET", "POST", False),
+        ("/v1/messages", "PUT", "POST", True),
+        ("/v1/models", "POST", "GET", False),
+    ],
+)
+def test_a_wrong_method_is_405_with_allow_in_the_dialect(
+    client, llmroute, hint_key, prefix, path, method, allow, anthropic
+):
+    _, plaintext = hint_key
+    response = client.generic(method, prefix + path, headers={"x-api-key": plaintext})
+    assert response.status_code == 405, response.content
+    assert response.headers["Allow"] == allow
+    body = response.json()
+    assert (body.get("type") == "error") is anthropic
+    assert body["error"]["type"] == "invalid_request_error"
