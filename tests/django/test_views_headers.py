@@ -88,6 +88,20 @@ def test_a_tier_routing_does_not_know_is_400_naming_the_header(
     assert llmroute.calls(user=api_key.owner) == []
 
 
+@pytest.mark.anyio
+@closing_connections
+async def test_the_async_views_answer_a_bad_hint_header_with_a_400_naming_it(
+    async_client, llmroute, hint_key
+):
+    _, plaintext = hint_key
+    for url, body in ((ASYNC_CHAT, chat_body()), (ASYNC_MESSAGES, anthropic_body())):
+        headers = {"x-api-key": plaintext, "x-llmroute-tier": "--2"}
+        response = await async_client.post(
+            url, body, content_type="application/json", headers=headers
+        )
+        assert names_the_header(response, url.replace("-async", ""), "X-LLMRoute-Tier")
+
+
 def test_tier_names_and_levels_in_the_header(client, llmroute, hint_key):
     api_key, plaintext = hint_key
     for tier in ("CHEAP", "premium", "2"):
