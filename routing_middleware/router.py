@@ -1556,8 +1556,10 @@ class Router:
         if sla is not None:
             cons.stats_read = True
             latency = view.of(cand, cons.stream)
-        if not self._check_health and (latency is None or latency.worst <= sla):  # type: ignore[operator]
-            return cand.deployments  # every deployment meets the SLA
+            if latency.worst <= sla:
+                latency = None  # every deployment meets the SLA (or none is known yet)
+        if not self._check_health and latency is None:
+            return cand.deployments
         out = []
         seen = cons.seen
         for i, d in enumerate(cand.deployments):

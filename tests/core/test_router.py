@@ -20,6 +20,7 @@ from routing_middleware.budgets import Budget, Budgets
 from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.config import RoutingConfig
 from routing_middleware.context import RouteContext, route_hint
+from routing_middleware.engine import LLMRoute
 from routing_middleware.router import (
     Decision,
     Deployment,
@@ -370,6 +371,25 @@ def test_sla_excludes_slow_deployments_once_enough_samples() -> None:
     assert sla[0].message == "google/flash excluded: p95 2.3 s > SLA 800 ms"
     # streams are judged on time to first token
     assert router.decide(_request(stream=True), ctx).model == "google/flash"
+
+
+@pytest.mark.parametrize("health", [False, True])
+def test_an_sla_before_any_latency_is_known_excludes_nothing(health: bool) -> None:
+    """A fresh router (no stats recorded, the circuit breaker on by default) takes
+    every deployment for meeting an SLA, with or without health checks."""
+    router = Router(
+        _catalog(), _config(stats_refresh_s=0), health=_Breaker(set()) if health else None
+    )
+    decision = router.decide(_request(), RouteContext(tier=1, max_latency_ms=800))
+    assert decision.model == "google/flash"
+    assert not [r for r in decision.reasons if r.code == "excluded_sla"]
+
+
+def test_an_sla_hint_on_a_default_engine_routes() -> None:
+    engine = LLMRoute(environ={})
+    request = ChatRequest(model="gpt-4o-mini", messages=[Message(role="user", content="hi")])
+    decision = engine.decide(request, RouteContext(max_latency_ms=2500))
+    assert decision.primary is not None
 
 
 def test_no_route_raises() -> None:

@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
+from django_llmroute import runtime
 from django_llmroute.models import ApiKey
 
 from .llmroute_helpers import closing_connections, llmroute, make_user  # noqa: F401
@@ -140,11 +141,6 @@ def test_a_quality_hint_routes(client, llmroute, hint_key):
     assert low.json()["model"] != high.json()["model"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the router's _deployments_ok indexes the empty p95s of _UNKNOWN_LATENCY when "
-    "health checking is on and no latency is known yet, so any latency limit fails",
-)
 def test_a_latency_hint_routes(client, llmroute, hint_key):
     _, plaintext = hint_key
     headers = {"authorization": f"Bearer {plaintext}", "x-llmroute-max-latency-ms": "2500.5"}
@@ -219,10 +215,16 @@ async def test_the_async_views_answer_a_too_deep_body_with_a_400(async_client, l
         assert response.status_code == 400, response.content
 
 
-# A failure inside llmroute (a bug, not an upstream error): today a latency limit
-# trips the router's IndexError (see test_a_latency_hint_routes). When that is fixed,
-# these tests need another real failure.
-FAILING_HINT = {"x-llmroute-max-latency-ms": "2500"}
+# A failure inside llmroute (a bug, not an upstream error): an app's own classifier
+# that raises.
+@pytest.fixture
+def broken_classifier(llmroute):
+    def broken(request: Any) -> int:
+        raise IndexError("tuple index out of range")
+
+    router = runtime.get_engine().router
+    router.classifier = broken
+    return router
 
 
 def is_internal_error(response: Any, anthropic: bool) -> bool:
@@ -236,10 +238,12 @@ def is_internal_error(response: Any, anthropic: bool) -> bool:
     )
 
 
-def test_a_failure_inside_llmroute_is_a_500_in_the_callers_dialect(llmroute, hint_key, caplog):
+def test_a_failure_inside_llmroute_is_a_500_in_the_callers_dialect(
+    llmroute, broken_classifier, hint_key, caplog
+):
     _, plaintext = hint_key
     client = Client(raise_request_exception=False)
-    headers = {"authorization": f"Bearer {plaintext}", **FAILING_HINT}
+    headers = {"authorization": f"Bearer {plaintext}"}
     with caplog.at_level(logging.ERROR, logger="django_llmroute.gateway"):
         chat = post(client, CHAT, chat_body(), **headers)
         message = post(client, MESSAGES, anthropic_body(stream=True), **headers)
@@ -254,11 +258,11 @@ def test_a_failure_inside_llmroute_is_a_500_in_the_callers_dialect(llmroute, hin
 @pytest.mark.anyio
 @closing_connections
 async def test_the_async_views_answer_a_failure_inside_llmroute_with_a_500_in_the_dialect(
-    async_client, llmroute, hint_key
+    async_client, llmroute, broken_classifier, hint_key
 ):
     _, plaintext = hint_key
     async_client.raise_request_exception = False
-    headers = {"x-api-key": plaintext, **FAILING_HINT}
+    headers = {"x-api-key": plaintext}
     chat = await async_client.post(
         ASYNC_CHAT, chat_body(), content_type="application/json", headers=headers
     )
