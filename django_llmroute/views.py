@@ -41,6 +41,7 @@ from routing_middleware._hint_headers import (
     text_hint,
     tier_hint,
 )
+from routing_middleware._model_check import check_model
 from routing_middleware.context import RouteContext, current_context, is_valid_request_id
 from routing_middleware.relay import RelayResponse
 from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited
@@ -262,8 +263,11 @@ def _rate_limited(caller: Caller, dialect: str) -> HttpResponseBase | None:
     return response
 
 
-def _prepare(request: HttpRequest, dialect: str) -> tuple[HttpResponseBase | None, Any]:
-    """Method, authentication and body checks; ``(refusal, None)`` or ``(None, (body, ctx))``."""
+def _prepare(
+    request: HttpRequest, dialect: str, provider: str | None
+) -> tuple[HttpResponseBase | None, Any]:
+    """Method, authentication, body and model checks; ``(refusal, None)`` or
+    ``(None, (body, ctx))``."""
     if request.method != "POST":
         return _not_allowed(dialect, "POST"), None
     caller = authenticate(request)
@@ -281,11 +285,17 @@ def _prepare(request: HttpRequest, dialect: str) -> tuple[HttpResponseBase | Non
     body = _body(request)
     if body is None:
         return _too_big(dialect), None
+    try:
+        # A model the catalog does not know is a 404 with suggestions, as the
+        # Starlette gateway answers, not a retryable 503 from the relay.
+        check_model(body, provider, get_engine().catalog)
+    except LLMError as error:
+        return _error(dialect, error), None
     return None, (body, context)
 
 
 def _relay_sync(request: HttpRequest, dialect: str, provider: str | None) -> HttpResponseBase:
-    refused, prepared = _prepare(request, dialect)
+    refused, prepared = _prepare(request, dialect, provider)
     if refused is not None:
         return refused
     body, context = prepared
@@ -304,7 +314,7 @@ async def _relay_async(
         auser = getattr(request, "auser", None)
         if auser is not None and not _presented_key(request):
             request.user = await auser()  # type: ignore[attr-defined]
-    refused, prepared = await sync_to_async(_prepare)(request, dialect)
+    refused, prepared = await sync_to_async(_prepare)(request, dialect, provider)
     if refused is not None:
         return refused
     body, context = prepared

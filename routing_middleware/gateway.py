@@ -33,6 +33,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ._hint_headers import text_hint, tier_hint
+from ._model_check import check_model
 from .auth import ApiKeyInfo, KeyStore, RateLimit, RateLimiter
 from .context import RouteContext, current_context, is_valid_request_id
 from .schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited, UnknownModel
@@ -124,7 +125,7 @@ class _Gateway:
             if body is None:
                 raise self._too_large()
             context, ignored = self._context(info, headers)
-            self._check_model(body, provider)
+            check_model(body, provider, self.engine.catalog)
         except LLMError as error:
             await _send_answer(send, self.relay.error(dialect, error))
             return
@@ -246,27 +247,6 @@ class _Gateway:
             code="request_too_large",
             retryable=False,
         )
-
-    def _check_model(self, body: bytes, provider: str) -> None:
-        """404 with suggestions for a model the catalog does not know.
-
-        Only a well-formed body naming a model is checked here; anything else is
-        left to the relay, which answers 400 naming the field.
-        """
-        try:
-            model = json.loads(body).get("model")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            return
-        except RecursionError:  # the parser's own limit: no caller needs that depth
-            raise InvalidRequest(
-                "The request body is nested too deeply to be read.", retryable=False
-            ) from None
-        if not isinstance(model, str) or not model:
-            return
-        catalog = self.engine.catalog
-        if model in catalog or ("/" not in model and f"{provider}/{model}" in catalog):
-            return
-        raise UnknownModel(model, catalog.suggest(model))
 
     def _context(self, info: ApiKeyInfo, headers: dict[bytes, bytes]) -> tuple[RouteContext, str]:
         """The key's routing context, with hint headers when the key may set them;
