@@ -101,26 +101,38 @@ class _CallEngine:
 
     __slots__ = (
         "_engine",
-        "acomplete",
         "addressed",
-        "astream",
         "caller_keyed",
         "catalog",
-        "complete",
+        "dispatched",
         "reached",
-        "stream",
     )
 
     def __init__(self, engine: LLMRoute, addressed: str, caller_keyed: bool) -> None:
         self._engine = engine
         self.catalog = engine.catalog
-        self.complete = engine.complete
-        self.acomplete = engine.acomplete
-        self.stream = engine.stream
-        self.astream = engine.astream
         self.addressed = addressed
         self.caller_keyed = caller_keyed
         self.reached = False
+        #: the call went to the dispatcher: an upstream may have been called (and may
+        #: bill), so the original request must not be sent as well
+        self.dispatched = False
+
+    def complete(self, *args: Any, **kwargs: Any) -> Any:
+        self.dispatched = True
+        return self._engine.complete(*args, **kwargs)
+
+    async def acomplete(self, *args: Any, **kwargs: Any) -> Any:
+        self.dispatched = True
+        return await self._engine.acomplete(*args, **kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        self.dispatched = True
+        return self._engine.stream(*args, **kwargs)
+
+    async def astream(self, *args: Any, **kwargs: Any) -> Any:
+        self.dispatched = True
+        return await self._engine.astream(*args, **kwargs)
 
     def decide(self, request: ChatRequest, context: RouteContext | None = None) -> Decision:
         self.reached = True
@@ -177,11 +189,16 @@ def _load_relay() -> Any:
     return Relay
 
 
-def _internal_error(engine: LLMRoute, dialect: str) -> RelayResponse:
+def _internal_error(engine: LLMRoute, dialect: str, dispatched: bool = False) -> RelayResponse:
     from .relay import Relay
 
+    message = (
+        "llmroute failed after sending this call on; it was not sent again"
+        if dispatched
+        else "llmroute failed while routing this call; it was not sent (fail_open is off)"
+    )
     error = LLMError(
-        "llmroute failed while routing this call; it was not sent (fail_open is off)",
+        message,
         code="llmroute_internal_error",
         status_code=500,
         retryable=False,
@@ -208,18 +225,26 @@ async def _send_async(inner: Any, request: Any) -> Any:
         suppressed.reset(token)
 
 
-def _failed(engine: LLMRoute | None, match: EndpointMatch) -> RelayResponse | None:
-    """Log an internal failure; the error answer when failing closed, else ``None``."""
-    fail_open = engine is None or engine.config.fail_open
+def _failed(
+    engine: LLMRoute | None, match: EndpointMatch, dispatched: bool = False
+) -> RelayResponse | None:
+    """Log an internal failure; the error answer when failing closed, or when the
+    routed call may already have reached an upstream (sending the original as well
+    could run, and bill, the call twice), else ``None``."""
+    fail_open = (engine is None or engine.config.fail_open) and not dispatched
     logger.exception(
         "llmroute failed on a call to %s; %s",
         match.provider,
-        "sending it unchanged" if fail_open else "failing the call (fail_open is off)",
+        "sending it unchanged"
+        if fail_open
+        else "failing the call (its routed call may have reached an upstream)"
+        if dispatched
+        else "failing the call (fail_open is off)",
     )
     if fail_open or engine is None:
         return None
     try:
-        return _internal_error(engine, match.dialect)
+        return _internal_error(engine, match.dialect, dispatched)
     except Exception:
         logger.exception("llmroute could not encode its own error")
         return None
@@ -337,6 +362,7 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
     body: bytes = request.read()
     engine: LLMRoute | None = None
     info: CallInfo | None = None
+    view: _CallEngine | None = None
     try:
         engine = engine_of()
         if match.kind in _METERED:
@@ -360,7 +386,7 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
                 if blocked is not None:
                     return kit_for(request).relay_response(blocked)
     except Exception:
-        error = _failed(engine, match)
+        error = _failed(engine, match, dispatched=view is not None and view.dispatched)
         if error is not None:
             return kit_for(request).relay_response(error)
         if info is None:
@@ -386,6 +412,7 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
     body: bytes = await request.aread()
     engine: LLMRoute | None = None
     info: CallInfo | None = None
+    view: _CallEngine | None = None
     try:
         engine = engine_of()
         if match.kind in _METERED:
@@ -409,7 +436,7 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
                 if blocked is not None:
                     return kit_for(request).relay_response(blocked)
     except Exception:
-        error = _failed(engine, match)
+        error = _failed(engine, match, dispatched=view is not None and view.dispatched)
         if error is not None:
             return kit_for(request).relay_response(error)
         if info is None:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
+import anyio
 import httpx
 import httpx2
 import openai
@@ -276,6 +277,50 @@ def test_fail_open_sends_the_original_request_unchanged(caplog: pytest.LogCaptur
     assert any("sending it unchanged" in r.getMessage() for r in caplog.records)
     assert CALLER_KEY not in caplog.text
     assert _offline_fake(engine, "api.openai.com").calls == []
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_failure_after_the_routed_call_went_out_is_not_sent_again(
+    is_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failing open then would run (and bill) the call twice: once routed, once as
+    the original. The caller gets a 500 in its dialect instead."""
+    engine = _engine()
+    complete, acomplete = engine.complete, engine.acomplete
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        complete(*args, **kwargs)  # the routed call goes out
+        raise _Broken("bug after the upstream answered")
+
+    async def abroken(*args: Any, **kwargs: Any) -> Any:
+        await acomplete(*args, **kwargs)
+        raise _Broken("bug after the upstream answered")
+
+    engine.complete, engine.acomplete = broken, abroken  # type: ignore[method-assign]
+    network, caller_fake, _ = _caller_network()
+    messages = [{"role": "user", "content": "hi"}]
+    with caplog.at_level(logging.ERROR, logger="llmroute.transport"):
+        if is_async:
+
+            async def call() -> None:
+                transport = AsyncRoutingTransport(network.async_transport("httpx2"), engine=engine)
+                async with httpx2.AsyncClient(transport=transport) as http:
+                    client = openai.AsyncOpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+                    await client.chat.completions.create(model=PREMIUM, messages=messages)
+
+            with pytest.raises(openai.InternalServerError) as caught:
+                anyio.run(call)
+        else:
+            http = httpx2.Client(
+                transport=RoutingTransport(network.transport("httpx2"), engine=engine)
+            )
+            client = openai.OpenAI(api_key=CALLER_KEY, http_client=http, max_retries=0)
+            with pytest.raises(openai.InternalServerError) as caught:
+                client.chat.completions.create(model=PREMIUM, messages=messages)
+    assert "not sent again" in caught.value.message
+    assert caller_fake.calls == []  # the original was not sent as well
+    assert [r.status for r in _records(engine)] == ["ok"]  # the routed call, answered
+    assert any("may have reached an upstream" in r.getMessage() for r in caplog.records)
 
 
 def test_fail_closed_answers_with_a_clean_error_in_the_callers_dialect() -> None:
