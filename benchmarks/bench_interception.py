@@ -336,6 +336,23 @@ def _module(filename: str) -> str:
 # ----------------------------------------------------------------------------- stages
 
 
+def _best_batches(
+    fns: dict[str, Callable[[], object]], repeats: int, batch: int
+) -> dict[str, float]:
+    """CPU seconds per call of each of ``fns``: batches of ``batch`` calls, the
+    functions taking turns ``repeats`` times, the least disturbed batch's mean."""
+    best = dict.fromkeys(fns, float("inf"))
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.process_time()
+            for _ in range(batch):
+                fn()
+            best[name] = min(best[name], (time.process_time() - start) / batch)
+    return best
+
+
 def stages(repeats: int = 30, batch: int = 100) -> str:
     """CPU per stage of a routed JSON call, in process (mock upstream, no sockets).
 
@@ -408,15 +425,7 @@ def stages(repeats: int = 30, batch: int = 100) -> str:
                 "POST", url, content=BODY
             ),
         }
-        best = dict.fromkeys(fns, float("inf"))
-        for fn in fns.values():
-            fn()
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                start = time.process_time()
-                for _ in range(batch):
-                    fn()
-                best[name] = min(best[name], (time.process_time() - start) / batch)
+        best = _best_batches(fns, repeats, batch)
     lines = ["CPU per call by stage (in process, mock upstream; min of batch means):"]
     lines += [f"  {best[name] * 1e6:8.1f} us  {name}" for name in fns]
     other = httpx2.Client()
@@ -496,23 +505,15 @@ def stream_stages(repeats: int = 30, batch: int = 50) -> str:
 
     openai_url = f"{base}/chat/completions"
     anthropic_url = "https://api.anthropic.com/v1/messages"
-    fns: dict[str, Callable[[], None]] = {
+    fns: dict[str, Callable[[], object]] = {
         "raw httpx2 stream (OpenAI dialect)": lambda: read(raw, openai_url, STREAM_BODY, HEADERS),
         "routed, OpenAI caller (forwarded)": lambda: read(routed, openai_url, STREAM_BODY, HEADERS),
         "routed, Anthropic caller -> OpenAI upstream": lambda: read(
             routed, anthropic_url, anthropic_body, anthropic_headers
         ),
     }
-    best = dict.fromkeys(fns, float("inf"))
     with route_hint(allow_models=[f"openai/{MODEL}"]):
-        for fn in fns.values():
-            fn()
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                start = time.process_time()
-                for _ in range(batch):
-                    fn()
-                best[name] = min(best[name], (time.process_time() - start) / batch)
+        best = _best_batches(fns, repeats, batch)
     lines = [f"CPU per streamed call ({len(events)} events), in process, mock transports:"]
     lines += [f"  {best[name] * 1e6:8.1f} us  {name}" for name in fns]
     return "\n".join(lines)
