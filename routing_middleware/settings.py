@@ -98,7 +98,8 @@ class LLMRouteConfig(_Frozen):
       between workers; in-process stores otherwise.
     - ``instrument_httpx``: patch every httpx/httpx2 client of the process at start.
     - ``fail_open``: when llmroute itself fails, send the original request
-      unchanged rather than failing the call.
+      unchanged rather than failing the call (never once the routed call went out:
+      sending both could run and bill it twice).
     - ``store_content``: keep prompts and completions on usage records.
     - ``response_headers``: add ``x-llmroute-*`` headers to intercepted responses.
     - ``server_timing``: add a ``Server-Timing`` header summarising a request's
