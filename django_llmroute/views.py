@@ -23,7 +23,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -34,11 +33,11 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from routing_middleware._hint_headers import (
+    feature_hint,
     latency_hint,
     mode_hint,
     quality_hint,
     tags_hint,
-    text_hint,
     tier_hint,
 )
 from routing_middleware._model_check import check_model
@@ -69,7 +68,7 @@ def _tier(value: str) -> int | str:
 
 #: Each hint header's context field, and the core's reading of it (a refusal names it).
 _HINT_HEADERS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "X-LLMRoute-Feature": ("feature", partial(text_hint, header="X-LLMRoute-Feature")),
+    "X-LLMRoute-Feature": ("feature", feature_hint),
     "X-LLMRoute-Tier": ("tier", _tier),
     "X-LLMRoute-Max-Latency-Ms": ("max_latency_ms", latency_hint),
     "X-LLMRoute-Min-Quality": ("min_quality", quality_hint),

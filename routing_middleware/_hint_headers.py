@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from .schema import InvalidRequest
 
 __all__ = [
+    "MAX_FEATURE_LENGTH",
     "MAX_HINT_LENGTH",
+    "feature_hint",
     "latency_hint",
     "mode_hint",
     "quality_hint",
@@ -26,6 +28,12 @@ __all__ = [
 
 #: The longest hint header value taken.
 MAX_HINT_LENGTH = 200
+#: The longest feature taken: what usage records store of one (the Django sink's
+#: column). A feature is an attribution key, so one that would be stored cut short
+#: is refused rather than merged with others under its first characters.
+MAX_FEATURE_LENGTH = 128
+
+FEATURE_HEADER = "X-LLMRoute-Feature"
 
 TIER_HEADER = "X-LLMRoute-Tier"
 LATENCY_HEADER = "X-LLMRoute-Max-Latency-Ms"
@@ -35,15 +43,20 @@ MODE_HEADER = "X-LLMRoute-Mode"
 _MODES = ("enforce", "observe")
 
 
-def text_hint(value: str, header: str) -> str:
-    """``value`` stripped, when it is 1 to :data:`MAX_HINT_LENGTH` printable characters."""
+def text_hint(value: str, header: str, limit: int = MAX_HINT_LENGTH) -> str:
+    """``value`` stripped, when it is 1 to ``limit`` printable characters."""
     text = value.strip()
-    if not text or len(text) > MAX_HINT_LENGTH or not text.isprintable():
+    if not text or len(text) > limit or not text.isprintable():
         raise InvalidRequest(
-            f"Invalid {header} header: expected 1 to {MAX_HINT_LENGTH} printable characters.",
+            f"Invalid {header} header: expected 1 to {limit} printable characters.",
             param=header,
         )
     return text
+
+
+def feature_hint(value: str) -> str:
+    """A feature: 1 to :data:`MAX_FEATURE_LENGTH` printable characters, stripped."""
+    return text_hint(value, FEATURE_HEADER, MAX_FEATURE_LENGTH)
 
 
 def tier_hint(value: str, tier_names: Iterable[str]) -> int | str:

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ._hint_headers import text_hint, tier_hint
+from ._hint_headers import feature_hint, tier_hint
 from ._model_check import check_model
 from .auth import ApiKeyInfo, KeyStore, RateLimit, RateLimiter
 from .context import RouteContext, current_context, is_valid_request_id
@@ -272,7 +272,7 @@ class _Gateway:
                 ignored.append("tier")
         if feature is not None:
             if info.allow_hints:
-                fields["feature"] = text_hint(feature.decode("latin-1"), "X-LLMRoute-Feature")
+                fields["feature"] = feature_hint(feature.decode("latin-1"))
             else:
                 ignored.append("feature")
         outer = current_context()

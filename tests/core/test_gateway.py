@@ -470,6 +470,27 @@ async def test_invalid_hint_header_is_400_naming_it() -> None:
     assert _openai_error(response)["param"] == "X-LLMRoute-Tier"
 
 
+@pytest.mark.parametrize(
+    ("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/messages", MESSAGE)]
+)
+async def test_a_feature_longer_than_records_store_is_400_naming_the_header(
+    path: str, body: dict[str, Any]
+) -> None:
+    """A feature is an attribution key: one the usage record would store cut short
+    (its column holds 128) is refused, one that fits is recorded as sent."""
+    gw = Gateway()
+    too_long = await gw.post(path, body, key=gw.hint_key, **{"x-llmroute-feature": "f" * 129})
+    assert too_long.status_code == 400
+    if path == "/v1/messages":
+        assert "X-LLMRoute-Feature" in _anthropic_error(too_long)["message"]
+    else:
+        assert _openai_error(too_long)["param"] == "X-LLMRoute-Feature"
+    assert gw.sink.records == []
+    fits = await gw.post(path, body, key=gw.hint_key, **{"x-llmroute-feature": "f" * 128})
+    assert fits.status_code == 200
+    assert [r.feature for r in gw.sink.records] == ["f" * 128]
+
+
 async def test_request_ids_are_kept_only_when_safe_to_store() -> None:
     """The same rule as the middlewares': at most 128 printable ASCII characters
     without spaces (the stored column holds 128), else the call has none."""

@@ -13,7 +13,8 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from django_llmroute import runtime
-from django_llmroute.models import ApiKey
+from django_llmroute.models import ApiKey, DailyUsage, LLMCall
+from routing_middleware._hint_headers import MAX_FEATURE_LENGTH, MAX_HINT_LENGTH
 
 from .llmroute_helpers import closing_connections, llmroute, make_user  # noqa: F401
 from .test_views import CHAT, MESSAGES, anthropic_body, chat_body, post
@@ -153,6 +154,7 @@ def test_a_latency_hint_routes(client, llmroute, hint_key):
 @pytest.mark.parametrize(
     ("header", "value"),
     [
+        ("X-LLMRoute-Feature", "f" * 129),  # more than the feature column holds
         ("X-LLMRoute-Feature", "f" * 201),
         ("X-LLMRoute-Feature", "bell\x07"),
         ("X-LLMRoute-Tags", "t" * 201),
@@ -181,6 +183,20 @@ def test_text_hints_are_recorded(client, llmroute, hint_key):
     assert post(client, CHAT, chat_body(), **headers).status_code == 200
     [call] = llmroute.calls(user=api_key.owner)
     assert (call.feature, sorted(call.tags), call.mode) == ("f" * 128, ["a", "b"], "observe")
+
+
+def test_the_longest_hints_taken_are_stored_as_sent(client, llmroute, hint_key):
+    """What the header check takes, the columns hold whole: no feature or tag is cut."""
+    api_key, plaintext = hint_key
+    feature = "f" * MAX_FEATURE_LENGTH
+    tag = "t" * MAX_HINT_LENGTH  # the tags column is JSON: one tag may fill the header
+    headers = {"x-llmroute-feature": feature, "x-llmroute-tags": tag}
+    response = post(client, CHAT, chat_body(), authorization=f"Bearer {plaintext}", **headers)
+    assert response.status_code == 200, response.content
+    [call] = llmroute.calls(user=api_key.owner)
+    assert (call.feature, call.tags) == (feature, [tag])
+    for model in (LLMCall, DailyUsage):  # the check and the columns agree
+        assert model._meta.get_field("feature").max_length == MAX_FEATURE_LENGTH
 
 
 # -- bodies ----------------------------------------------------------------------------
