@@ -226,15 +226,7 @@ def _failed(dialect: str, exc: Exception) -> HttpResponseBase:
         dialect,
         exc_info=exc,
     )
-    return _error(
-        dialect,
-        LLMError(
-            "llmroute failed while serving this call.",
-            status_code=500,
-            code="llmroute_internal_error",
-            retryable=False,
-        ),
-    )
+    return _to_django(get_relay().internal_error(dialect))
 
 
 def _rate_limited(caller: Caller, dialect: str) -> HttpResponseBase | None:

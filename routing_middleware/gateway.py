@@ -230,15 +230,7 @@ class _Gateway:
         logger.exception(
             "llmroute gateway: a call in the %s dialect failed inside llmroute", dialect
         )
-        return self.relay.error(
-            dialect,
-            LLMError(
-                "llmroute failed while serving this call.",
-                status_code=500,
-                code="llmroute_internal_error",
-                retryable=False,
-            ),
-        )
+        return self.relay.internal_error(dialect)
 
     def _too_large(self) -> InvalidRequest:
         return InvalidRequest(

@@ -128,6 +128,17 @@ class Relay:
                 request.model = qualified  # a request of its own, just parsed: no copy
         return request
 
+    def internal_error(self, dialect: str) -> RelayResponse:
+        """What a caller is told of a failure inside llmroute (a bug, not an upstream
+        error): a 500 in its dialect that says nothing of the failure (log that)."""
+        failure = LLMError(
+            "llmroute failed while serving this call.",
+            status_code=500,
+            code="llmroute_internal_error",
+            retryable=False,
+        )
+        return self.error(dialect, failure)
+
     def error(self, dialect: str, error: LLMError) -> RelayResponse:
         """``error`` as the caller's SDK expects to see it.
 
