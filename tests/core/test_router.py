@@ -769,6 +769,8 @@ def _catalog_strategy() -> st.SearchStrategy[list[ModelInfo]]:
     min_quality=st.none() | st.integers(30, 95),
     upgrade=st.booleans(),
     strategy=st.sampled_from(["cheapest", "fastest", "balanced"]),
+    sla=st.none() | st.floats(100, 3000),
+    health=st.booleans(),
 )
 def test_chosen_model_satisfies_every_hard_constraint(
     models: list[ModelInfo],
@@ -783,6 +785,8 @@ def test_chosen_model_satisfies_every_hard_constraint(
     min_quality: int | None,
     upgrade: bool,
     strategy: str,
+    sla: float | None,
+    health: bool,
 ) -> None:
     ids = [m.id for m in models]
     requested = data.draw(st.sampled_from(ids))
@@ -805,13 +809,29 @@ def test_chosen_model_satisfies_every_hard_constraint(
         deny_models=deny,
         allow_models=allow,
         allow_upgrade=upgrade,
+        max_latency_ms=sla,
     )
-    router = Router(Catalog(models), _config(strategy=strategy))
+    # latency known for some deployments (or none: a fresh router), some of them down
+    stats = MemoryStatsStore()
+    for model_id in data.draw(st.lists(st.sampled_from(ids), unique=True)):
+        for _ in range(data.draw(st.sampled_from([5, 20]))):
+            stats.record(model_id, latency_ms=data.draw(st.floats(50, 5000)), ttft_ms=50.0)
+    down = data.draw(st.frozensets(st.sampled_from(ids))) if health else frozenset()
+    router = Router(
+        Catalog(models),
+        _config(strategy=strategy, stats_refresh_s=0),
+        stats=stats,
+        health=_Breaker(set(down)) if health else None,
+    )
     try:
         decision = router.decide(request, ctx)
     except NoRouteAvailable:
         return
     _assert_hard_constraints(decision, models, request, ctx)
+    assert decision.model not in down
+    known = stats.snapshot().deployments.get(decision.model)
+    if sla is not None and known is not None and known.samples >= 20:
+        assert known.p95_ms <= sla
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
