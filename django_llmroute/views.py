@@ -18,10 +18,8 @@ The views only move bytes: parsing, routing, dispatch and encoding are the core'
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +39,7 @@ from routing_middleware._hint_headers import (
     tier_hint,
 )
 from routing_middleware._model_check import check_model
+from routing_middleware._model_listing import ModelListing
 from routing_middleware.context import RouteContext, current_context, is_valid_request_id
 from routing_middleware.relay import RelayResponse
 from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited
@@ -347,24 +346,26 @@ async def amessages(request: HttpRequest) -> HttpResponseBase:
     return await _relay_async(request, "anthropic", "anthropic")
 
 
-def _model_list() -> bytes:
+_listing: ModelListing | None = None
+
+
+def _model_list(dialect: str) -> bytes:
+    """The Starlette gateway's list, from the same code (made once per catalog)."""
+    global _listing
     engine = get_engine()
-    served = set(engine.providers)
-    now = int(time.time())
-    data = [
-        {"id": model.id, "object": "model", "created": now, "owned_by": model.provider}
-        for model in engine.catalog
-        if model.provider in served and model.mode == "chat"
-    ]
-    return json.dumps({"object": "list", "data": data}).encode()
+    listing = _listing
+    if listing is None or listing.engine is not engine:
+        listing = _listing = ModelListing(engine)
+    return listing.listing(dialect)
 
 
 def _models_response(request: HttpRequest) -> HttpResponseBase:
+    dialect = "anthropic" if request.headers.get("anthropic-version") else "openai"
     if request.method != "GET":
-        return _not_allowed("openai", "GET")
+        return _not_allowed(dialect, "GET")
     if authenticate(request) is None:
-        return _refused("openai")
-    return HttpResponse(_model_list(), content_type="application/json")
+        return _refused(dialect)
+    return HttpResponse(_model_list(dialect), content_type="application/json")
 
 
 @transaction.non_atomic_requests

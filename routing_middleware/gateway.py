@@ -26,14 +26,13 @@ and streams are never buffered.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ._hint_headers import feature_hint, tier_hint
 from ._model_check import check_model
+from ._model_listing import ModelListing
 from .auth import ApiKeyInfo, KeyStore, RateLimit, RateLimiter
 from .context import RouteContext, current_context, is_valid_request_id
 from .schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited, UnknownModel
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.types import Message, Receive, Scope, Send
 
-    from .catalog import ModelInfo
     from .engine import LLMRoute
     from .relay import Relay, RelayResponse
 
@@ -60,6 +58,7 @@ _WANTED_HEADERS = frozenset(
         b"x-request-id",
         b"x-llmroute-tier",
         b"x-llmroute-feature",
+        b"anthropic-version",  # (Anthropic's SDKs: their model list has its own shape)
     }
 )
 
@@ -101,7 +100,8 @@ class _Gateway:
         self.limiter = limiter
         self.rate_limit = rate_limit
         self.max_body_bytes = max_body_bytes
-        self._models_cache: tuple[int, bytes, dict[str, bytes]] | None = None
+        #: ``GET /v1/models`` answers, per dialect
+        self.models = ModelListing(engine)
 
     # ------------------------------------------------------------------ calls
 
@@ -144,38 +144,29 @@ class _Gateway:
     # ------------------------------------------------------------------ models
 
     async def list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        dialect = "anthropic" if headers.get(b"anthropic-version") else "openai"
         try:
-            self._check_rate(await self._authenticate(_headers(scope)))
+            self._check_rate(await self._authenticate(headers))
         except LLMError as error:
-            await _send_answer(send, self.relay.error("openai", error))
+            await _send_answer(send, self.relay.error(dialect, error))
             return
-        await _send_json(send, 200, self._models()[0])
+        await _send_json(send, 200, self.models.listing(dialect))
 
     async def retrieve_model(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = str(scope.get("path_params", {}).get("model", ""))
+        headers = _headers(scope)
+        dialect = "anthropic" if headers.get(b"anthropic-version") else "openai"
         try:
-            self._check_rate(await self._authenticate(_headers(scope)))
+            self._check_rate(await self._authenticate(headers))
             info = self.engine.catalog.get(name)  # UnknownModel with suggestions
-            body = self._models()[1].get(info.id)
+            body = self.models.one(dialect, info.id)
             if body is None:  # known, but at a provider this engine does not serve
                 raise UnknownModel(name)
         except LLMError as error:
-            await _send_answer(send, self.relay.error("openai", error))
+            await _send_answer(send, self.relay.error(dialect, error))
             return
         await _send_json(send, 200, body)
-
-    def _models(self) -> tuple[bytes, dict[str, bytes]]:
-        """The list body and each model's body, rebuilt when the catalog changes."""
-        catalog = self.engine.catalog
-        cached = self._models_cache
-        if cached is not None and cached[0] == catalog.generation:
-            return cached[1], cached[2]
-        served = self.engine.providers
-        entries = [_model_entry(m) for m in catalog if m.provider in served]
-        listing = json.dumps({"object": "list", "data": entries}).encode()
-        one = {e["id"]: json.dumps(e).encode() for e in entries}
-        self._models_cache = (catalog.generation, listing, one)
-        return listing, one
 
     # ------------------------------------------------------------------ checks
 
@@ -406,49 +397,6 @@ async def _aclose(stream: AsyncIterator[bytes]) -> None:
     close = getattr(stream, "aclose", None)
     if close is not None:
         await close()
-
-
-def _money(amount: Decimal) -> str:
-    return format(amount.normalize(), "f")
-
-
-def _or(value: Decimal | None, default: Decimal) -> Decimal:
-    return default if value is None else value
-
-
-def _model_entry(info: ModelInfo) -> dict[str, Any]:
-    """One model in the OpenAI list shape, plus prices, context window and tier."""
-    price = info.price
-    created = 0
-    if info.as_of is not None:
-        from datetime import UTC, datetime, time
-
-        created = int(datetime.combine(info.as_of, time(), UTC).timestamp())
-    return {
-        "id": info.id,
-        "object": "model",
-        "created": created,
-        "owned_by": info.provider,
-        "provider": info.provider,
-        "name": info.name,
-        "mode": info.mode,
-        "tier": info.tier,
-        "quality": info.quality,
-        "context_window": info.context_window,
-        "max_output_tokens": info.max_output_tokens,
-        "capabilities": sorted(info.capabilities),
-        "aliases": list(info.aliases),
-        "pricing": {
-            "currency": "USD",
-            "unit": "1M tokens",
-            "input": _money(price.input),
-            "output": _money(price.output),
-            # Unset cache and reasoning prices mean "same as input / output".
-            "cached_input": _money(_or(price.cached_input, price.input)),
-            "cache_write": _money(_or(price.cache_write, price.input)),
-            "reasoning": _money(_or(price.reasoning, price.output)),
-        },
-    }
 
 
 def _not_found_handler(dialect_of: Callable[[str], str]) -> Callable[..., Awaitable[Any]]:

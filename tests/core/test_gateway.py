@@ -149,6 +149,27 @@ async def test_models_lists_the_catalog_with_prices_context_and_tier() -> None:
         await client.models.retrieve("openai/gpt-4o-mni")
 
 
+async def test_the_anthropic_sdk_lists_and_retrieves_models_in_its_own_shape() -> None:
+    gw = Gateway()
+    client = gw.anthropic()
+    page = await client.models.list()
+    models = [model async for model in page]
+    assert len(models) >= 171
+    by_id = {m.id: m for m in models}
+    mini = by_id["openai/gpt-4o-mini"]
+    assert (mini.type, mini.display_name, mini.lifecycle) == ("model", "gpt-4o-mini", "active")
+    assert mini.created_at.year >= 2024
+    assert mini.max_input_tokens == 128_000
+    assert mini.model_dump()["pricing"]["output"] == "0.6"
+    one = await client.models.retrieve("anthropic/claude-sonnet-4-6")
+    assert (one.type, one.id) == ("model", "anthropic/claude-sonnet-4-6")
+    with pytest.raises(anthropic.NotFoundError, match="Did you mean") as caught:
+        await client.models.retrieve("openai/gpt-4o-mni")
+    assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    with pytest.raises(anthropic.AuthenticationError):
+        await gw.anthropic(key="sk-wrong").models.list()
+
+
 async def test_mounted_under_a_prefix() -> None:
     gw = Gateway()
     outer = Starlette(routes=[Mount("/llm", app=gw.app)])

@@ -172,6 +172,33 @@ def test_models_list(client, llmroute, key):
     assert "openai/gpt-5.4" in {m["id"] for m in listed["data"]}
 
 
+def test_the_sdks_read_the_model_list_in_their_own_shape(client, llmroute, key):
+    """The list the Starlette gateway serves, from the same code: prices included,
+    and Anthropic's shape for Anthropic's SDK (refusals in its dialect too)."""
+    import anthropic
+    import httpx2
+    import openai
+
+    llmroute(PROVIDERS={"openai": {}, "anthropic": {}})
+    _, plaintext = key
+    http = httpx2.Client(transport=django_transport(client))
+    base = "http://testserver/llm"
+    listed = openai.OpenAI(base_url=f"{base}/v1", api_key=plaintext, http_client=http)
+    by_id = {m.id: m for m in listed.models.list()}
+    assert by_id["openai/gpt-4o-mini"].model_dump()["pricing"]["output"] == "0.6"
+    sdk = anthropic.Anthropic(base_url=base, api_key=plaintext, max_retries=0, http_client=http)
+    models = {m.id: m for m in sdk.models.list()}
+    assert set(models) == set(by_id)
+    claude = models["anthropic/claude-sonnet-4-6"]
+    assert (claude.type, claude.lifecycle) == ("model", "active")
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        anthropic.Anthropic(
+            base_url=base, api_key="sk-wrong", max_retries=0, http_client=http
+        ).models.list()
+    assert refused.value.body["error"]["type"] == "authentication_error"
+    http.close()
+
+
 def test_hint_headers_only_for_keys_that_allow_them(client, llmroute, make_user):
     owner = make_user("hinter")
     _, allowed = ApiKey.objects.create_key(owner, "hints", allow_hint_headers=True)
