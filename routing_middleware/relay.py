@@ -53,12 +53,41 @@ _ESCAPE = re.compile(
 )
 
 
+#: A UTF-16 surrogate written as UTF-8 bytes (U+D800 to U+DFFF: ED A0-BF xx), which
+#: UTF-8 forbids but Python's JSON parser reads from bytes, as a lone surrogate.
+_ENCODED_SURROGATE = re.compile(rb"\xed[\xa0-\xbf][\x80-\xbf]")
+
+
 def _lone_surrogate(body: bytes) -> str | None:
     """The first escape in the JSON ``body`` that is half a surrogate pair: such a
     string decodes to no text (it cannot be encoded again, for an upstream)."""
     for escape in _ESCAPE.finditer(body):
         if escape.group(1):
             return escape.group(1).decode("ascii")
+    return None
+
+
+def _surrogate_problem(body: bytes) -> str | None:
+    """Why the JSON ``body`` holds a string that decodes to no text (half a UTF-16
+    surrogate pair, which cannot be encoded again for an upstream), or ``None``."""
+    if b"\x00" in body[:4] or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        # UTF-16 or UTF-32 JSON, which the parser reads too: checked as UTF-8
+        try:
+            text = body.decode(json.detect_encoding(body), "surrogatepass")
+        except UnicodeError:
+            return None  # the parser finds it no JSON and says so
+        body = text.encode("utf-8", "surrogatepass")
+    if b"\\ud" in body or b"\\uD" in body:
+        lone = _lone_surrogate(body)
+        if lone is not None:
+            return f"the body holds a lone UTF-16 surrogate ({lone}), which is no text"
+    if b"\xed" in body:
+        encoded = _ENCODED_SURROGATE.search(body)
+        if encoded is not None:
+            return (
+                f"the body holds a UTF-16 surrogate written as UTF-8 (bytes "
+                f"{encoded.group().hex(' ').upper()}), which is not UTF-8"
+            )
     return None
 
 
@@ -115,12 +144,9 @@ class Relay:
     ) -> ChatRequest:
         """``body`` as a normalized request; the model is qualified with ``provider``
         (the provider the caller addressed) when the catalog knows it that way."""
-        if b"\\ud" in body or b"\\uD" in body:
-            lone = _lone_surrogate(body)
-            if lone is not None:
-                raise InvalidRequest(
-                    f"the body holds a lone UTF-16 surrogate ({lone}), which is no text"
-                )
+        problem = _surrogate_problem(body)
+        if problem is not None:
+            raise InvalidRequest(problem)
         request = caller_dialect(dialect).parse_request(body, path)
         if provider and "/" not in request.model:
             qualified = f"{provider}/{request.model}"

@@ -306,6 +306,49 @@ async def test_a_lone_surrogate_in_the_body_is_400() -> None:
 
 
 @pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xed\xa0\x80",  # U+D800 written as UTF-8, as CESU-8 and WTF-8 writers do
+        b"\xed\xa0\xbd\xed\xb8\x80",  # a pair, each half written as UTF-8 on its own
+    ],
+)
+async def test_a_surrogate_written_as_utf8_bytes_is_400_in_both_dialects(raw: bytes) -> None:
+    """Not UTF-8, yet Python's JSON parser reads it (as a lone surrogate) from bytes:
+    unchecked, it failed inside llmroute when the upstream body was encoded."""
+    gw = Gateway()
+    chat = LONE_SURROGATE_CHAT.replace(b"\\ud800", raw)
+    message = LONE_SURROGATE_MESSAGE.replace(b"\\udc00", raw)
+    response = await gw.post("/v1/chat/completions", chat)
+    assert response.status_code == 400, response.text
+    assert "surrogate written as UTF-8" in _openai_error(response)["message"]
+    response = await gw.post("/v1/messages", message)
+    assert response.status_code == 400, response.text
+    assert _anthropic_error(response)["type"] == "invalid_request_error"
+    assert gw.sink.records == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32-be"])
+async def test_a_lone_surrogate_in_a_utf16_or_utf32_body_is_400(encoding: str) -> None:
+    """JSON in UTF-16 or UTF-32, which the parser reads as well, is checked too."""
+    gw = Gateway()
+    for text in ("\\ud800", "\ud800"):  # an escape, or the code unit itself
+        body = LONE_SURROGATE_CHAT.decode().replace("\\ud800", text)
+        response = await gw.post("/v1/chat/completions", body.encode(encoding, "surrogatepass"))
+        assert response.status_code == 400, response.text
+        assert "surrogate" in _openai_error(response)["message"]
+    fine = LONE_SURROGATE_CHAT.decode().replace("\\ud800", "caf\u00e9 \U0001f600")
+    response = await gw.post("/v1/chat/completions", fine.encode(encoding))
+    assert response.status_code == 200, response.text
+
+
+async def test_korean_text_next_to_the_surrogate_range_is_not_refused() -> None:
+    gw = Gateway()
+    text = "\ud7a3\ud000".encode()  # the last syllable and a letter whose UTF-8 starts ED
+    response = await gw.post("/v1/chat/completions", LONE_SURROGATE_CHAT.replace(b"\\ud800", text))
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "caf\\u00e9 \\ud83d\\ude00",  # an escaped pair: one character
