@@ -10,7 +10,8 @@
 Endpoints: ``POST /v1/chat/completions`` (OpenAI dialect, streamed or not),
 ``POST /v1/messages`` (Anthropic dialect), ``GET /v1/models`` and
 ``GET /v1/models/{id}`` (the catalog with prices per 1M tokens, context window
-and tier; in Anthropic's shape for a request with ``anthropic-version``). Every request needs an API key, sent as ``Authorization: Bearer`` or
+and tier; in Anthropic's shape for a request with ``anthropic-version``). Every
+request needs an API key, sent as ``Authorization: Bearer`` or
 ``x-api-key``; its calls are attributed to the key's owner and id, the key's
 budgets (``scope: api_key``) and rate limit apply, and only keys allowed to may
 steer routing with ``X-LLMRoute-Tier`` / ``X-LLMRoute-Feature``.
