@@ -400,7 +400,7 @@ async def _aclose(stream: AsyncIterator[bytes]) -> None:
         await close()
 
 
-def _not_found_handler(dialect_of: Callable[[str], str]) -> Callable[..., Awaitable[Any]]:
+def _not_found_handler(dialect_of: Callable[[Any], str]) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, exc: Any) -> Any:
         from starlette.responses import Response
 
@@ -413,7 +413,7 @@ def _not_found_handler(dialect_of: Callable[[str], str]) -> Callable[..., Awaita
         error = InvalidRequest(message, status_code=status, retryable=False)
         if status == 404:
             error.code = "not_found"
-        dialect = dialect_of(request.url.path)
+        dialect = dialect_of(request)
         _, headers, body = caller_dialect(dialect).encode_error(error)
         allow = (getattr(exc, "headers", None) or {}).get("Allow")
         if allow:  # a 405 must say which methods the endpoint takes
@@ -477,8 +477,12 @@ def gateway_app(
             if owned:
                 await gateway.engine.aclose()
 
-    def dialect_of(path: str) -> str:
-        return "anthropic" if path.rstrip("/").endswith("/messages") else "openai"
+    def dialect_of(request: Any) -> str:
+        # Anthropic's SDKs say who they are; ``/v1/messages`` and what lies under it
+        # (``count_tokens``, ``batches``) is theirs whoever asks
+        if request.headers.get("anthropic-version") or "/v1/messages" in request.url.path:
+            return "anthropic"
+        return "openai"
 
     not_found = _not_found_handler(dialect_of)
     app = Starlette(

@@ -393,6 +393,19 @@ async def test_unknown_path_and_wrong_method_answer_in_the_dialect() -> None:
     assert "allow" not in missing.headers
 
 
+async def test_the_anthropic_sdk_gets_its_own_errors_on_endpoints_not_served() -> None:
+    """``count_tokens`` is not served: the Anthropic SDK must still read the 404."""
+    gw = Gateway()
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        await gw.anthropic().messages.count_tokens(
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    async with gw.client() as client:
+        elsewhere = await client.get("/v1/files", headers={"anthropic-version": "2023-06-01"})
+    assert _anthropic_error(elsewhere)["type"] == "not_found_error"
+
+
 # --------------------------------------------------------------------------- 413
 
 
