@@ -1,4 +1,5 @@
-"""URLs of the gateway: ``v1/chat/completions``, ``v1/messages`` and ``v1/models``.
+"""URLs of the gateway: ``v1/chat/completions``, ``v1/messages``, ``v1/models`` and
+``v1/models/<id>``; any other path under ``v1/`` is a 404 in the caller's dialect.
 
 ``include("django_llmroute.urls")`` mounts the sync views (right for WSGI and fine
 under ASGI); ``include(gateway_urls(asynchronous=True))`` mounts the async ones,
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, re_path
 
 from . import views
 
@@ -27,6 +28,9 @@ def _patterns(asynchronous: bool) -> list[URLPattern]:
         path("v1/chat/completions", chat, name="chat-completions"),
         path("v1/messages", messages, name="messages"),
         path("v1/models", models, name="models"),
+        path("v1/models/<path:model>", models, name="model"),
+        # anything else under v1/: a 404 in the caller's dialect, not Django's page
+        re_path(r"^v1/(?P<rest>.*)$", views.not_found, name="not-found"),
     ]
 
 

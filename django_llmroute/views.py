@@ -42,7 +42,13 @@ from routing_middleware._model_check import check_model
 from routing_middleware._model_listing import ModelListing
 from routing_middleware.context import RouteContext, current_context, is_valid_request_id
 from routing_middleware.relay import RelayResponse
-from routing_middleware.schema import AuthenticationFailed, InvalidRequest, LLMError, RateLimited
+from routing_middleware.schema import (
+    AuthenticationFailed,
+    InvalidRequest,
+    LLMError,
+    RateLimited,
+    UnknownModel,
+)
 
 from .conf import get_settings
 from .runtime import get_engine, get_rate_limiter, get_relay
@@ -349,37 +355,64 @@ async def amessages(request: HttpRequest) -> HttpResponseBase:
 _listing: ModelListing | None = None
 
 
-def _model_list(dialect: str) -> bytes:
-    """The Starlette gateway's list, from the same code (made once per catalog)."""
+def _model_listing() -> ModelListing:
+    """The Starlette gateway's lists, from the same code (made once per catalog)."""
     global _listing
     engine = get_engine()
     listing = _listing
     if listing is None or listing.engine is not engine:
         listing = _listing = ModelListing(engine)
-    return listing.listing(dialect)
+    return listing
 
 
-def _models_response(request: HttpRequest) -> HttpResponseBase:
-    dialect = "anthropic" if request.headers.get("anthropic-version") else "openai"
+def _listing_dialect(request: HttpRequest) -> str:
+    """Anthropic's SDKs say who they are; what lies under ``v1/messages`` is theirs."""
+    if request.headers.get("anthropic-version") or "/v1/messages" in request.path:
+        return "anthropic"
+    return "openai"
+
+
+def _models_response(request: HttpRequest, model: str | None = None) -> HttpResponseBase:
+    dialect = _listing_dialect(request)
     if request.method != "GET":
         return _not_allowed(dialect, "GET")
     if authenticate(request) is None:
         return _refused(dialect)
-    return HttpResponse(_model_list(dialect), content_type="application/json")
+    listing = _model_listing()
+    if model is None:
+        return HttpResponse(listing.listing(dialect), content_type="application/json")
+    try:
+        info = listing.engine.catalog.get(model)  # UnknownModel with suggestions
+        body = listing.one(dialect, info.id)
+        if body is None:  # known, but at a provider this engine does not serve
+            raise UnknownModel(model)
+    except LLMError as error:
+        return _error(dialect, error)
+    return HttpResponse(body, content_type="application/json")
 
 
 @transaction.non_atomic_requests
 @csrf_exempt
-def models(request: HttpRequest) -> HttpResponseBase:
-    """``GET v1/models``: the catalog models of the providers the engine serves."""
-    return _models_response(request)
+def models(request: HttpRequest, model: str | None = None) -> HttpResponseBase:
+    """``GET v1/models`` and ``GET v1/models/<id>``: the catalog models of the
+    providers the engine serves."""
+    return _models_response(request, model)
 
 
 @transaction.non_atomic_requests
 @csrf_exempt
-async def amodels(request: HttpRequest) -> HttpResponseBase:
+async def amodels(request: HttpRequest, model: str | None = None) -> HttpResponseBase:
     """Async twin of :func:`models`."""
     auser = getattr(request, "auser", None)
     if auser is not None and not _presented_key(request):
         request.user = await auser()  # type: ignore[attr-defined]
-    return await sync_to_async(_models_response)(request)
+    return await sync_to_async(_models_response)(request, model)
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, rest: str = "") -> HttpResponseBase:
+    """Any other path under ``v1/``: a 404 the caller's SDK can read."""
+    error = InvalidRequest(
+        f"No such endpoint: {request.path}", code="not_found", status_code=404, retryable=False
+    )
+    return _error(_listing_dialect(request), error)

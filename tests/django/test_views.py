@@ -199,6 +199,50 @@ def test_the_sdks_read_the_model_list_in_their_own_shape(client, llmroute, key):
     http.close()
 
 
+def test_the_sdks_retrieve_a_model_and_read_404s_of_their_own(client, llmroute, key):
+    import anthropic
+    import httpx2
+    import openai
+
+    llmroute(PROVIDERS={"openai": {}, "anthropic": {}})
+    _, plaintext = key
+    http = httpx2.Client(transport=django_transport(client))
+    base = "http://testserver/llm"
+    oai = openai.OpenAI(base_url=f"{base}/v1", api_key=plaintext, http_client=http)
+    one = oai.models.retrieve("openai/gpt-4o-mini")
+    assert one.model_dump()["context_window"] == 128_000
+    with pytest.raises(openai.NotFoundError, match="Did you mean"):
+        oai.models.retrieve("openai/gpt-4o-mni")
+    sdk = anthropic.Anthropic(base_url=base, api_key=plaintext, max_retries=0, http_client=http)
+    claude = sdk.models.retrieve("anthropic/claude-sonnet-4-6")
+    assert (claude.type, claude.id) == ("model", "anthropic/claude-sonnet-4-6")
+    with pytest.raises(anthropic.NotFoundError) as missing:  # not served here
+        sdk.messages.count_tokens(
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert missing.value.body["error"]["type"] == "not_found_error"
+    elsewhere = client.get("/llm/v1/files", headers={"authorization": f"Bearer {plaintext}"})
+    assert elsewhere.status_code == 404
+    assert elsewhere.json()["error"]["code"] == "not_found"
+    http.close()
+
+
+@pytest.mark.anyio
+@closing_connections
+async def test_the_async_views_retrieve_a_model_in_each_shape(async_client, llmroute, key):
+    llmroute(PROVIDERS={"openai": {}, "anthropic": {}})
+    _, plaintext = key
+    url = "/llm-async/v1/models/anthropic/claude-sonnet-4-6"
+    plain = await async_client.get(url, headers={"x-api-key": plaintext})
+    assert (plain.status_code, plain.json()["object"]) == (200, "model")
+    shaped = await async_client.get(
+        url, headers={"x-api-key": plaintext, "anthropic-version": "2023-06-01"}
+    )
+    assert (shaped.json()["type"], shaped.json()["lifecycle"]) == ("model", "active")
+    missing = await async_client.get("/llm-async/v1/models/nope", headers={"x-api-key": plaintext})
+    assert missing.status_code == 404
+
+
 def test_hint_headers_only_for_keys_that_allow_them(client, llmroute, make_user):
     owner = make_user("hinter")
     _, allowed = ApiKey.objects.create_key(owner, "hints", allow_hint_headers=True)
