@@ -289,7 +289,8 @@ class MemoryBudgetStore:
         self._clock = clock
         self.hold_ttl_s = hold_ttl_s
         # Live holds by id as (expires at, amount, lines); ``_lapse`` has (expires at,
-        # id) in the order they come, an entry whose id is no longer held skipped.
+        # id) in the order they come, an entry whose id is no longer held skipped (and
+        # dropped once such entries outnumber the live ones, see ``_compact``).
         self._holds: dict[str, tuple[float, int, Sequence[BudgetLine]]] = {}
         self._lapse: deque[tuple[float, str]] = deque()
         # The ids settled last, oldest first. In process no answer is ever lost, so
@@ -332,6 +333,17 @@ class MemoryBudgetStore:
                 for line in lines:
                     self._unhold(line.charge_key, amount, now)
                 self.version += 1
+
+    def _compact(self) -> None:
+        """Drop the entries of settled holds from ``_lapse`` (under the lock), which
+        otherwise keeps one per reserve for the hold TTL. It runs once they are more
+        than twice the live holds, so its cost spread over the settles since is O(1)."""
+        holds = self._holds
+        self._lapse = deque(
+            (at, hold)
+            for at, hold in self._lapse
+            if (found := holds.get(hold)) is not None and found[0] == at
+        )
 
     def _unhold(self, key: str, amount: int, now: float) -> None:
         entry = self._counters.get(key)
@@ -378,6 +390,8 @@ class MemoryBudgetStore:
             amount = 0 if found is None else found[1]
             for line in lines:
                 self._add(line, now, held=-amount, spent=actual)
+            if len(self._lapse) > 2 * len(self._holds) + 1024:
+                self._compact()
             settled[hold] = None
             if len(settled) > MAX_SETTLED_IN_MEMORY:
                 del settled[next(iter(settled))]

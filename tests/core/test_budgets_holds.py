@@ -175,6 +175,25 @@ def test_the_memory_store_keeps_no_record_of_holds_past_their_ttl_and_few_settle
     assert (len(store._holds), len(store._lapse)) == (0, 0)
 
 
+def test_the_memory_store_forgets_settled_holds_at_any_call_rate() -> None:
+    clock = Clock()
+    store = MemoryBudgetStore(clock, hold_ttl_s=3600)
+    lines = _lines(store)
+    live = [new_hold_id() for _ in range(100)]
+    for hold in live:
+        store.reserve(lines, 10, hold)
+    for _ in range(20_000):  # far more calls than an hour's worth of live holds
+        hold = new_hold_id()
+        store.reserve(lines, 10, hold)
+        store.settle(lines, 10, 5, hold)
+        clock.advance(0.01)
+    assert len(store._lapse) <= 2 * len(store._holds) + 1024  # not one per call
+    assert store.totals(lines) == [101_000, 101_000]
+    clock.advance(3600)  # the unsettled ones still lapse, in order, once their time is up
+    assert store.totals(lines) == [100_000, 100_000]
+    assert (len(store._holds), len(store._lapse)) == (0, 0)
+
+
 def test_pressing_lets_go_of_a_hold_once_it_lapses() -> None:
     clock = Clock()
     store = MemoryBudgetStore(clock, hold_ttl_s=60)
