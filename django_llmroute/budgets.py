@@ -18,8 +18,9 @@ set). How atomic a reservation across several budget lines is depends on the bac
 
 Holds have ids, as in the core stores: a reserve or settle sent again holds or counts
 nothing more, and a hold not settled within ``hold_ttl_s`` stops counting. On the
-cache-lock backends each charge key has a record beside it (``...|holds``) of its live
-holds and the ids settled within ``hold_ttl_s`` (the newest :data:`MAX_SETTLED_IDS`).
+cache-lock backends each charge key's entry keeps, with its counters, a record of its
+live holds and the ids settled within ``hold_ttl_s`` (the newest :data:`MAX_SETTLED_IDS`):
+one entry, so that a cache evicting it drops the holds and what they hold together.
 
 Counters live in the cache, which may evict or lose them. Every
 ``BUDGET_RECONCILE_S`` seconds a line's settled spend is compared with the stored
@@ -91,6 +92,8 @@ MAX_SETTLED_IDS = 1024
 # A charge key's hold record on the cache-lock backends:
 # (live holds: id -> (expires at, amount), settled ids: id -> forgotten at).
 _Record = tuple[dict[str, tuple[float, int]], dict[str, float]]
+# A counter's cache entry there is (settled, held, live holds, settled ids); one written
+# by a version without hold ids is (settled, held).
 
 
 def _is_redis(cache: BaseCache) -> bool:
@@ -201,23 +204,24 @@ class CacheBudgetStore:
                 cache.delete(name)
 
     def _read(self, keys: list[str]) -> dict[str, list[int]]:
-        found = self.cache.get_many([self._key(k) for k in keys])
-        return {k: list(found.get(self._key(k)) or (0, 0)) for k in keys}
+        return self._read_records(keys)[0]
 
     def _write(self, line: BudgetLine, settled: int, held: int, record: _Record) -> None:
-        key = self._key(line.charge_key)
-        self.cache.set_many(
-            {key: (settled, max(0, held)), key + "|holds": record}, timeout=line.ttl_s
+        self.cache.set(
+            self._key(line.charge_key),
+            (settled, max(0, held), record[0], record[1]),
+            timeout=line.ttl_s,
         )
 
     def _read_records(self, keys: list[str]) -> tuple[dict[str, list[int]], dict[str, _Record]]:
         """The counters (settled, held) and hold records of ``keys``."""
-        names = [self._key(k) for k in keys]
-        found = self.cache.get_many(names + [name + "|holds" for name in names])
-        values = {k: list(found.get(name) or (0, 0)) for k, name in zip(keys, names, strict=True)}
-        records = {
-            k: found.get(name + "|holds") or ({}, {}) for k, name in zip(keys, names, strict=True)
-        }
+        found = self.cache.get_many([self._key(k) for k in keys])
+        values: dict[str, list[int]] = {}
+        records: dict[str, _Record] = {}
+        for k in keys:
+            entry: Any = found.get(self._key(k)) or (0, 0)
+            values[k] = [entry[0], entry[1]]
+            records[k] = (entry[2], entry[3]) if len(entry) >= 4 else ({}, {})
         return values, records
 
     @staticmethod

@@ -230,14 +230,39 @@ def test_a_cache_lock_hold_record_stays_bounded(monkeypatch):
             store.reserve(lines, 10, f"call-{n}")
             store.settle(lines, 10, 5, f"call-{n}")
         store.reserve(lines, 10, "lost")
-        record = caches["budgets"].get(store._key(lines[0].charge_key) + "|holds")
+        record = caches["budgets"].get(store._key(lines[0].charge_key))[2:]
         assert (list(record[0]), list(record[1])) == (["lost"], ["call-2", "call-3", "call-4"])
         advance(61)
         store.settle(lines, 0, 1, "late")
-        record = caches["budgets"].get(store._key(lines[0].charge_key) + "|holds")
+        record = caches["budgets"].get(store._key(lines[0].charge_key))[2:]
         assert record == ({}, {"late": pytest.approx(1_800_000_061.0 + 60)})
         assert store.totals(lines) == [26, 26]
         caches["budgets"].clear()
+
+
+@pytest.mark.parametrize("evicted", ["counter", "hold record"])
+def test_a_cache_lock_counter_and_its_holds_are_evicted_together(evicted):
+    """A cache evicts entries one by one (LocMemCache the least recently used first,
+    memcached per slab): what a line holds must never outlive, nor be outlived by, the
+    holds it counts, or a settle releases a hold twice (the next call's is lost) or
+    never (it blocks until the period ends)."""
+    with override_settings(CACHES={**settings.CACHES, "budgets": LOCMEM}):
+        cache = caches["budgets"]
+        cache.clear()
+        store = CacheBudgetStore("budgets", reconcile_s=0)
+        lines = Budgets([Budget(name="dollar", limit_usd=Decimal(1))], store).lines(RouteContext())
+        assert store.reserve(lines, 900_000, "first") is None
+        key = store._key(lines[0].charge_key)
+        cache.delete(key if evicted == "counter" else key + "|holds")
+        if store.totals(lines) == [0]:  # the hold went with what was evicted
+            assert store.reserve(lines, 900_000, "second") is None
+            store.settle(lines, 900_000, 100_000, "first")
+            assert store.totals(lines) == [1_000_000]  # the second call's hold still counts
+            assert store.reserve(lines, 900_000, "third") == 0
+        else:
+            store.settle(lines, 900_000, 100_000, "first")
+            assert store.totals(lines) == [100_000]  # its hold released
+        cache.clear()
 
 
 def test_budget_exceeded_signal(budget_cache):
