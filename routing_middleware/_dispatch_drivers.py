@@ -5,11 +5,13 @@ Both drivers share the effect table and the pure helpers; only the awaiting diff
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from . import _deferred
 from ._dispatch_state import (
     _Acquire,
     _CacheGet,
@@ -140,7 +142,8 @@ def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
 
 
 async def asettle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
-    """Async twin of :func:`settle_now`."""
+    """Async twin of :func:`settle_now`; the settle lands even if the caller is
+    cancelled meanwhile (see :func:`_settle_uncancelled`)."""
     outage = budgets.outage
     if outage.until is not None and outage.down:
         budgets.settle_later(reservation, amount)
@@ -148,7 +151,7 @@ async def asettle_now(budgets: Budgets, reservation: Reservation, amount: Any) -
     seen = outage.until
     for attempt in range(2):
         try:
-            await budgets.asettle(reservation, amount)
+            await _settle_uncancelled(budgets, reservation, amount)
         except Exception as exc:
             if _settle_kept(budgets, reservation, amount, exc, attempt):
                 return
@@ -156,6 +159,49 @@ async def asettle_now(budgets: Budgets, reservation: Reservation, amount: Any) -
         if seen is not None:
             outage.answered(seen)
         return
+
+
+#: Settles whose caller was cancelled, running on to their end (held here: the event
+#: loop keeps only weak references to its tasks).
+_detached: set[asyncio.Task[None]] = set()
+
+
+async def _settle_uncancelled(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
+    """``budgets.asettle``, run to its end when the caller is cancelled meanwhile (its
+    client went away): the call ran and costs, and a settle dropped halfway would leave
+    its worst case held for the hold TTL and what it cost never counted. The caller's
+    cancellation goes on at once; a settle that then fails is kept for later."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio): anyio's shield covers its cancellations
+        import anyio
+
+        with anyio.CancelScope(shield=True):
+            await budgets.asettle(reservation, amount)
+        return
+    task = asyncio.ensure_future(budgets.asettle(reservation, amount))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            _detached.add(task)
+            task.add_done_callback(lambda done: _detached_done(budgets, reservation, amount, done))
+        raise
+
+
+def _detached_done(
+    budgets: Budgets, reservation: Reservation, amount: Any, task: asyncio.Task[None]
+) -> None:
+    """The end of a settle whose caller was cancelled: kept for later if it failed,
+    and sent from the cleanup thread if its event loop cancelled it (shutting down)."""
+    _detached.discard(task)
+    if task.cancelled():
+        _deferred.prepare()
+        _deferred.defer(lambda: settle_now(budgets, reservation, amount))
+        return
+    error = task.exception()
+    if isinstance(error, Exception):
+        _settle_kept(budgets, reservation, amount, error, 1)
 
 
 def _settle_kept(

@@ -520,3 +520,48 @@ def test_a_shared_outage_does_not_keep_replaced_budgets_alive() -> None:
     shared.failed(ConnectionError("x"))
     shared.answered(shared.until or 0.0)  # runs that listener: nothing to do, no error
     assert _deferred.drain()
+
+
+class SlowToSettle(MemoryBudgetStore):
+    """Takes a while over each settle (a store across a network), and says when one began."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settling = asyncio.Event()
+
+    async def asettle(
+        self, lines: Sequence[BudgetLine], reserved: int, actual: int, hold: str
+    ) -> None:
+        self.settling.set()
+        await asyncio.sleep(0.05)
+        await super().asettle(lines, reserved, actual, hold)
+
+
+@pytest.mark.parametrize("loop_goes_on", [True, False])
+def test_an_async_call_cancelled_while_it_settles_still_settles(loop_goes_on: bool) -> None:
+    from routing_middleware import _deferred
+
+    store = SlowToSettle()
+    budget = {"name": "all", "scope": "global", "limit_usd": "10"}
+    engine = LLMRoute(
+        {"offline": "always", "offline_latency": "none", "routing": {"budgets": [budget]}},
+        environ={},
+        budget_store=store,
+    )
+    lines = engine.budgets.lines(RouteContext())
+
+    async def main() -> None:
+        call = asyncio.create_task(engine.acomplete(_request()))
+        await store.settling.wait()
+        assert store.totals(lines)[0] > 0  # the worst case is held
+        call.cancel()  # the client went away just then
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        if loop_goes_on:  # serving others: whatever the call left running ends
+            await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()})
+
+    asyncio.run(main())  # (else it shuts down now, cancelling what is left)
+    assert _deferred.drain()
+    spent = store.totals(lines)[0]
+    assert store._holds == {}  # the hold was replaced by the call's cost ...
+    assert 0 < spent < 1_000  # ... not left counting its worst case for the hold TTL
