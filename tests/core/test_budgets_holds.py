@@ -206,6 +206,30 @@ def test_pressing_lets_go_of_a_hold_once_it_lapses() -> None:
     assert budgets.pressing(CTX) == ()  # remembered answers end when the hold lapses
 
 
+def test_every_key_a_redis_script_touches_is_in_the_slot_of_the_prefix_hash_tag() -> None:
+    """Redis Cluster runs a script only on keys of one slot: every counter and hold set of
+    a reservation, whatever its subjects hold, hashes by the prefix's tag alone."""
+    from redis.crc import key_slot
+
+    store = RedisBudgetStore("redis://127.0.0.1:1", prefix="llmroute:{b}:")  # never connects
+    budgets = Budgets(
+        [
+            Budget(name="all", limit_usd=Decimal(1)),
+            Budget(name="u", scope="user", period="rolling", rolling_hours=3, limit_usd=Decimal(1)),
+            Budget(name="t", scope="tag", limit_usd=Decimal(1)),
+        ],
+        store,
+    )
+    lines = budgets.lines(RouteContext(user_id="{ada}", tags=frozenset({"x}", "{y"})))
+    keys = (
+        store._reserve_args(lines, 1, "h")[0]
+        + store._settle_args(lines, 1, "h")[0]
+        + store._totals_args(lines)[0]
+    )
+    assert len(keys) == 2 * (2 * (1 + 3 + 2)) + 2 * 4  # counters and hold sets, all lines
+    assert {key_slot(key.encode()) for key in keys} == {key_slot(b"b")}
+
+
 @pytest.mark.redis
 def test_redis_sweeps_expired_holds_a_bounded_batch_per_call(redis_prefix: str) -> None:
     import redis
