@@ -292,7 +292,11 @@ def get_relay() -> Relay:
     from routing_middleware.relay import Relay
 
     with _lock:
-        relay = Relay(engine, response_headers=get_settings().core.response_headers)
+        relay = Relay(
+            engine,
+            response_headers=get_settings().core.response_headers,
+            catalog_models_only=True,  # the gateway prices every call it serves
+        )
         _state.relay = relay
         return relay
 

@@ -38,7 +38,6 @@ from routing_middleware._hint_headers import (
     tags_hint,
     tier_hint,
 )
-from routing_middleware._model_check import check_model
 from routing_middleware._model_listing import ModelListing
 from routing_middleware.context import RouteContext, current_context, is_valid_request_id
 from routing_middleware.relay import RelayResponse
@@ -218,14 +217,8 @@ def _too_big(dialect: str) -> HttpResponseBase:
 
 
 def _failed(dialect: str, exc: Exception) -> HttpResponseBase:
-    """The answer to a call the relay raised on (it answers upstream errors itself)."""
-    if isinstance(exc, RecursionError):
-        # The JSON parser reached its own limit: no caller needs that depth.
-        return _error(
-            dialect,
-            InvalidRequest("The request body is nested too deeply to be read.", retryable=False),
-        )
-    # A failure inside llmroute: a 500 the caller's SDK reads, the details in the log only.
+    """The answer to a call the relay raised on (it answers upstream errors itself):
+    a failure inside llmroute, a 500 the caller's SDK reads, the details in the log only."""
     logger.error(
         "llmroute gateway: a call in the %s dialect failed inside llmroute",
         dialect,
@@ -259,11 +252,9 @@ def _rate_limited(caller: Caller, dialect: str) -> HttpResponseBase | None:
     return response
 
 
-def _prepare(
-    request: HttpRequest, dialect: str, provider: str | None
-) -> tuple[HttpResponseBase | None, Any]:
-    """Method, authentication, body and model checks; ``(refusal, None)`` or
-    ``(None, (body, ctx))``."""
+def _prepare(request: HttpRequest, dialect: str) -> tuple[HttpResponseBase | None, Any]:
+    """Method, authentication, rate and body checks; ``(refusal, None)`` or
+    ``(None, (body, ctx))`` (the relay checks the model)."""
     if request.method != "POST":
         return _not_allowed(dialect, "POST"), None
     caller = authenticate(request)
@@ -281,17 +272,11 @@ def _prepare(
     body = _body(request)
     if body is None:
         return _too_big(dialect), None
-    try:
-        # A model the catalog does not know is a 404 with suggestions, as the
-        # Starlette gateway answers, not a retryable 503 from the relay.
-        check_model(body, provider, get_engine().catalog)
-    except LLMError as error:
-        return _error(dialect, error), None
     return None, (body, context)
 
 
 def _relay_sync(request: HttpRequest, dialect: str, provider: str | None) -> HttpResponseBase:
-    refused, prepared = _prepare(request, dialect, provider)
+    refused, prepared = _prepare(request, dialect)
     if refused is not None:
         return refused
     body, context = prepared
@@ -310,7 +295,7 @@ async def _relay_async(
         auser = getattr(request, "auser", None)
         if auser is not None and not _presented_key(request):
             request.user = await auser()  # type: ignore[attr-defined]
-    refused, prepared = await sync_to_async(_prepare)(request, dialect, provider)
+    refused, prepared = await sync_to_async(_prepare)(request, dialect)
     if refused is not None:
         return refused
     body, context = prepared

@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._hint_headers import feature_hint, tier_hint
-from ._model_check import check_model
 from ._model_listing import ModelListing
 from .auth import ApiKeyInfo, KeyStore, RateLimit, RateLimiter
 from .context import RouteContext, current_context, is_valid_request_id
@@ -126,7 +125,6 @@ class _Gateway:
             if body is None:
                 raise self._too_large()
             context, ignored = self._context(info, headers)
-            check_model(body, provider, self.engine.catalog)
         except LLMError as error:
             await _send_answer(send, self.relay.error(dialect, error))
             return
@@ -462,7 +460,7 @@ def gateway_app(
     headers = engine.config.response_headers if response_headers is None else response_headers
     gateway = _Gateway(
         engine,
-        Relay(engine, response_headers=headers),
+        Relay(engine, response_headers=headers, catalog_models_only=True),
         authenticator,
         limiter if limiter is not None else RateLimiter(),
         rate_limit,

@@ -32,6 +32,7 @@ from .schema import (
     ChatRequest,
     InvalidRequest,
     LLMError,
+    UnknownModel,
     UpstreamUnavailable,
 )
 
@@ -131,11 +132,17 @@ class Relay:
     """Runs calls that arrive as bytes in a caller's dialect through ``engine``.
 
     ``response_headers`` adds the ``x-llmroute-*`` headers to every answer.
+    ``catalog_models_only`` (the gateways) refuses a model the catalog does not know
+    with a 404 and suggestions: such a call cannot be priced, and passed on it would
+    fail with a retryable 503 that makes SDKs send the typo again.
     """
 
-    def __init__(self, engine: LLMRoute, *, response_headers: bool = True) -> None:
+    def __init__(
+        self, engine: LLMRoute, *, response_headers: bool = True, catalog_models_only: bool = False
+    ) -> None:
         self.engine = engine
         self.response_headers = response_headers
+        self.catalog_models_only = catalog_models_only
 
     # ------------------------------------------------------------------ parsing
 
@@ -147,11 +154,19 @@ class Relay:
         problem = _surrogate_problem(body)
         if problem is not None:
             raise InvalidRequest(problem)
-        request = caller_dialect(dialect).parse_request(body, path)
+        try:
+            request = caller_dialect(dialect).parse_request(body, path)
+        except RecursionError:  # the JSON parser's own limit: no caller needs that depth
+            raise InvalidRequest(
+                "The request body is nested too deeply to be read.", retryable=False
+            ) from None
+        catalog = self.engine.catalog
         if provider and "/" not in request.model:
             qualified = f"{provider}/{request.model}"
-            if qualified in self.engine.catalog:
+            if qualified in catalog:
                 request.model = qualified  # a request of its own, just parsed: no copy
+        if self.catalog_models_only and request.model not in catalog:
+            raise UnknownModel(request.model, catalog.suggest(request.model))
         return request
 
     def internal_error(self, dialect: str) -> RelayResponse:
