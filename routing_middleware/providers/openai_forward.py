@@ -405,16 +405,25 @@ class OpenAIForwarder:
         if self._first is None:
             self._first = data
         if not self._head and b'"role"' not in data:  # (events after it carry no role)
-            self._head = block[: span[0]]
-            self._tail = block[span[1] :] + _SEP
+            self._keep_shape(block, span)
         return True
 
+    def _keep_shape(self, block: bytes, span: tuple[int, int]) -> None:
+        """Remember the event ``block``'s bytes around its text at ``span`` (see
+        :meth:`feed`)."""
+        self._head = block[: span[0]]
+        self._tail = block[span[1] :] + _SEP
+
     def _learn(self, block: bytes) -> None:
-        """Remember a plain event's bytes around its text (see :meth:`feed`)."""
+        """Remember a plain event's bytes around its text (see :meth:`feed`): at
+        once when the text is its own JSON, as :meth:`_opened` takes it, else once
+        decoding shows the string found is the delta's text."""
         span = _text_span(block)
-        if span is not None and _one_text(block[6:], block[span[0] - 1 : span[1] + 1]):
-            self._head = block[: span[0]]
-            self._tail = block[span[1] :] + _SEP
+        if span is not None and (
+            _BARE.fullmatch(block, *span) is not None
+            or _one_text(block[6:], block[span[0] - 1 : span[1] + 1])
+        ):
+            self._keep_shape(block, span)
 
     def _learn_decoded(self, data: bytes, chunk: StreamChunk) -> None:
         """Remember the shape of a text event just decoded to ``chunk`` (see
@@ -445,8 +454,7 @@ class OpenAIForwarder:
             except ValueError:
                 same = False
         if same:
-            self._head = block[: span[0]]
-            self._tail = block[span[1] :] + _SEP
+            self._keep_shape(block, span)
 
     def _decode(self, data: bytes, out: list[bytes]) -> None:
         """An event that needs decoding: acted on, then forwarded, reshaped or dropped."""
