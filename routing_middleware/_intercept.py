@@ -26,7 +26,7 @@ from ._intercept_meter import CallInfo, metered_info, observed_info, passthrough
 from .context import RouteContext, current_context
 from .dispatch import UPSTREAM_EXTENSION
 from .providers.registry import EndpointMatch, match_endpoint
-from .schema import BudgetExceeded, LLMError
+from .schema import BudgetExceeded
 
 if TYPE_CHECKING:
     from .budgets import BudgetStatus
@@ -190,20 +190,14 @@ def _load_relay() -> Any:
 
 
 def _internal_error(engine: LLMRoute, dialect: str, dispatched: bool = False) -> RelayResponse:
-    from .relay import Relay
-
     message = (
         "llmroute failed after sending this call on; it was not sent again"
         if dispatched
         else "llmroute failed while routing this call; it was not sent (fail_open is off)"
     )
-    error = LLMError(
-        message,
-        code="llmroute_internal_error",
-        status_code=500,
-        retryable=False,
-    )
-    return Relay(engine, response_headers=False).error(dialect, error)
+    from .relay import Relay
+
+    return Relay(engine, response_headers=False).internal_error(dialect, message)
 
 
 # ----------------------------------------------------------------------------- shells
@@ -232,15 +226,13 @@ def _failed(
     routed call may already have reached an upstream (sending the original as well
     could run, and bill, the call twice), else ``None``."""
     fail_open = (engine is None or engine.config.fail_open) and not dispatched
-    logger.exception(
-        "llmroute failed on a call to %s; %s",
-        match.provider,
-        "sending it unchanged"
-        if fail_open
-        else "failing the call (its routed call may have reached an upstream)"
-        if dispatched
-        else "failing the call (fail_open is off)",
-    )
+    if fail_open:
+        outcome = "sending it unchanged"
+    elif dispatched:
+        outcome = "failing the call (its routed call may have reached an upstream)"
+    else:
+        outcome = "failing the call (fail_open is off)"
+    logger.exception("llmroute failed on a call to %s; %s", match.provider, outcome)
     if fail_open or engine is None:
         return None
     try:

@@ -169,11 +169,13 @@ class Relay:
             raise UnknownModel(request.model, catalog.suggest(request.model))
         return request
 
-    def internal_error(self, dialect: str) -> RelayResponse:
+    def internal_error(
+        self, dialect: str, message: str = "llmroute failed while serving this call."
+    ) -> RelayResponse:
         """What a caller is told of a failure inside llmroute (a bug, not an upstream
         error): a 500 in its dialect that says nothing of the failure (log that)."""
         failure = LLMError(
-            "llmroute failed while serving this call.",
+            message,
             status_code=500,
             code="llmroute_internal_error",
             retryable=False,
