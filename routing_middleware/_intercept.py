@@ -162,8 +162,9 @@ _CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x
 def _caller_keyed(request: Any) -> bool:
     """Whether ``request`` carries a credential of its own: a credential header, or
     Gemini's ``key`` query parameter (``...:generateContent?key=...``)."""
-    if any(value and name.lower() in _CREDENTIAL_HEADERS for name, value in request.headers.raw):
-        return True
+    for name, value in request.headers.raw:
+        if value and name.lower() in _CREDENTIAL_HEADERS:
+            return True
     query: bytes = request.url.query
     return b"key=" in query and any(
         name == b"key" and value

@@ -9,6 +9,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -50,7 +51,9 @@ class Kit:
             body = answer.body
             stream = self.lib.ByteStream(body)
             items = [*answer.headers.items(), ("content-length", str(len(body)))]
-        response = self.lib.Response(answer.status, stream=stream)
+        response = self.lib.Response(
+            answer.status, stream=stream, extensions=_status_line(answer.status)
+        )
         response.headers = self.ascii_headers(items)
         return response
 
@@ -78,6 +81,18 @@ class Kit:
         except Exception:
             logger.exception("llmroute could not meter a call to %s", info.provider)
         return response, None
+
+
+@functools.cache
+def _status_line(status: int) -> dict[str, bytes]:
+    """The status line extensions a response read off a socket carries. Without them
+    the library's ``http_version`` and ``reason_phrase`` (which its client logs on
+    every call) fall back to the same values, through a ``KeyError`` each."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return {"http_version": b"HTTP/1.1", "reason_phrase": phrase.encode("ascii")}
 
 
 def _unstarted(chunks: Any) -> bool:

@@ -83,6 +83,26 @@ def test_a_relayed_answer_carries_library_headers(lib_name: str) -> None:
 
 
 @pytest.mark.parametrize("lib_name", LIBS)
+@pytest.mark.parametrize(("status", "phrase"), [(200, "OK"), (429, "Too Many Requests"), (599, "")])
+def test_a_relayed_answer_has_a_status_line_as_one_read_off_a_socket(
+    lib_name: str, status: int, phrase: str
+) -> None:
+    lib: Any = importlib.import_module(lib_name)
+    kit = kit_for(lib.Request("POST", URL))
+    response = kit.relay_response(RelayResponse(status, {}, b"{}"))
+    # what the library would fall back to, but read off the response (the client
+    # logs both on every call; a fallback costs it a KeyError each)
+    assert response.extensions["http_version"] == b"HTTP/1.1"
+    assert response.extensions["reason_phrase"] == phrase.encode()
+    assert response.http_version == "HTTP/1.1"
+    assert response.reason_phrase == lib.codes.get_reason_phrase(status) == phrase
+    # each response has its own extensions, as the library makes them
+    response.extensions["network_stream"] = object()
+    again = kit.relay_response(RelayResponse(status, {}, b"{}"))
+    assert "network_stream" not in again.extensions
+
+
+@pytest.mark.parametrize("lib_name", LIBS)
 @pytest.mark.parametrize(
     ("headers", "keyed"),
     [
