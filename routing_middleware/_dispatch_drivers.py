@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
     from .context import RouteContext
     from .dispatch import Dispatcher
     from .providers.openai_forward import OpenAIForwarder
-
-_log = logging.getLogger("llmroute.dispatch")
 
 
 _ERROR_TYPES: dict[type, str | None] = {}
@@ -126,11 +123,8 @@ def settle_now(budgets: Budgets, reservation: Reservation, amount: Any) -> None:
             budgets.settle(reservation, amount)
         except MissingClient:
             # (a store given only an async client, settled from a dropped stream's
-            # cleanup thread: it cannot be settled here, nor later)
-            _log.warning(
-                "a budget hold of $%s cannot be settled: its store has no sync client",
-                reservation.amount_usd,
-            )
+            # cleanup thread: the next async operation on these budgets sends it)
+            budgets.settle_on_loop([(reservation, amount)])
             return
         except Exception as exc:
             if _settle_kept(budgets, reservation, amount, exc, attempt):

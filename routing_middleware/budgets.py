@@ -29,6 +29,7 @@ settle never got through) stops counting after the store's ``hold_ttl_s``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -793,6 +794,10 @@ class Budgets:
         # Settles the store could not take, replayed when it answers again (bounded).
         self._unsettled: list[tuple[Reservation, Decimal]] = []
         self._unsettled_lock = threading.Lock()
+        # A store given only an async client cannot take kept settles from the
+        # cleanup thread: then the next async operation here sends them, on its loop.
+        self._replay_async = False
+        self._replaying: asyncio.Task[None] | None = None
         self.outage.when_answering(_weak(self._settle_unsettled))
         #: ``pressing`` answers by the context key of :meth:`lines`:
         #: (lines, version or epoch, valid from, valid until, statuses).
@@ -831,15 +836,64 @@ class Budgets:
             try:
                 self.settle(reservation, actual)
             except MissingClient:
-                logger.warning(
-                    "a budget hold of $%s cannot be settled: its store has no sync client",
-                    reservation.amount_usd,
-                )
+                self.settle_on_loop(waiting[index:])
+                return
             except Exception as exc:
                 with self._unsettled_lock:
                     self._unsettled[:0] = waiting[index:]
                 self.outage.failed(exc)
                 return
+
+    def settle_on_loop(self, waiting: list[tuple[Reservation, Decimal]]) -> None:
+        """Keep settles for a store that has only an async client (a sync settle
+        raised :class:`MissingClient`): the next async operation on these budgets
+        sends them, on its own event loop (see :meth:`_replay_on_loop`)."""
+        with self._unsettled_lock:
+            room = MAX_UNSETTLED - len(self._unsettled)
+            self._unsettled[:0] = waiting[: max(0, room)]
+            self._replay_async = True
+        if len(waiting) > room:
+            logger.warning(
+                "%d budget settles already wait for the store: %d holds stay counted "
+                "until they expire",
+                MAX_UNSETTLED,
+                len(waiting) - max(0, room),
+            )
+
+    def _replay_on_loop(self) -> None:
+        """Start sending the kept settles of a store with only an async client, in a
+        task of the running loop (one at a time; the operation that starts it does
+        not wait for it)."""
+        if self._replaying is not None or not self._unsettled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio): they wait, and lapse with their holds
+            return
+        self._replay_async = False
+        self._replaying = loop.create_task(self._asettle_unsettled())
+
+    async def _asettle_unsettled(self) -> None:
+        """Async twin of :meth:`_settle_unsettled`: one that fails (or a cancellation,
+        the loop shutting down) leaves it waiting with the rest, for the next async
+        operation after the store answers."""
+        with self._unsettled_lock:
+            waiting, self._unsettled = self._unsettled, []
+        sent = 0
+        try:
+            for reservation, actual in waiting:
+                await self.asettle(reservation, actual)
+                sent += 1
+        except BaseException as exc:
+            with self._unsettled_lock:
+                self._unsettled[:0] = waiting[sent:]
+                self._replay_async = True
+            if isinstance(exc, Exception):
+                self.outage.failed(exc)
+            else:
+                raise
+        finally:
+            self._replaying = None
 
     def lines(self, context: RouteContext | None = None) -> tuple[BudgetLine, ...]:
         """The counters a call under ``context`` is charged to, now."""
@@ -911,6 +965,8 @@ class Budgets:
         except Exception as exc:
             self._unsure(reservation, exc)
             raise
+        if self._replay_async:
+            self._replay_on_loop()
         if failed is not None:
             raise self._blocked(lines, failed, micros)
         self._bump(lines, micros)
@@ -953,6 +1009,8 @@ class Budgets:
         micros = settle_micros(actual)
         await self.store.asettle(reservation.lines, reservation.amount, micros, reservation.hold)
         self._bump(reservation.lines, micros - reservation.amount)
+        if self._replay_async:
+            self._replay_on_loop()
 
     def release(self, reservation: Reservation) -> None:
         """Drop the hold of a call that did not happen or failed without cost."""
@@ -963,6 +1021,8 @@ class Budgets:
         """Async twin of :meth:`release`."""
         await self.store.asettle(reservation.lines, reservation.amount, 0, reservation.hold)
         self._bump(reservation.lines, -reservation.amount)
+        if self._replay_async:
+            self._replay_on_loop()
 
     def _bump(self, lines: Sequence[BudgetLine], delta: int) -> None:
         """Apply this instance's own change to the cached totals (see ``status_ttl_s``)."""

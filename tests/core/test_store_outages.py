@@ -451,7 +451,7 @@ def test_async_paths_go_on_when_their_own_store_call_fails_first() -> None:
     asyncio.run(stats())
 
 
-def test_a_hold_on_a_store_without_a_sync_client_is_not_kept_for_ever(
+def test_a_settle_on_a_store_without_a_sync_client_waits_for_its_loop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from routing_middleware._dispatch_drivers import settle_now
@@ -462,9 +462,11 @@ def test_a_hold_on_a_store_without_a_sync_client_is_not_kept_for_ever(
     reservation = Reservation(budgets.lines(RouteContext()), 500_000)
     with caplog.at_level(logging.WARNING):
         settle_now(budgets, reservation, Decimal("0.1"))
-    assert "has no sync client" in caplog.text
-    assert budgets._unsettled == []
-    assert budgets.outage.until is None  # a setup error, not an outage
+    # kept for the next async operation (tests/core/test_budgets_async_only.py)
+    assert budgets._unsettled == [(reservation, Decimal("0.1"))]
+    assert budgets._replay_async
+    assert caplog.text == ""
+    assert budgets.outage.until is None  # a setup limit, not an outage
 
 
 def test_a_snapshot_per_decision_that_fails_keeps_the_figures_there_are(
