@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connections, models, transaction
+from django.db import DataError, IntegrityError, connections, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -61,10 +61,11 @@ _MAX_BIGINT = 2**63 - 1
 
 @dataclass(slots=True)
 class StoreResult:
-    """The records inserted, and how many were already there."""
+    """The records inserted, how many were already there, and how many were set aside."""
 
     inserted: list[UsageRecord] = field(default_factory=list)
     skipped: int = 0
+    set_aside: int = 0
 
 
 @functools.cache
@@ -457,6 +458,41 @@ def store_records(
     return result
 
 
+#: What a database raises for a value it cannot store (out of range, a NUL in text, NaN
+#: in a NOT NULL sum, …): the record's fault, not the database's, unlike an outage's
+#: ``OperationalError`` / ``InterfaceError``.
+_UNSTORABLE = (DataError, IntegrityError, OverflowError, InvalidOperation, ValueError, TypeError)
+
+
+def _store_isolating(records: Sequence[UsageRecord], using: str, spool: Spool) -> StoreResult:
+    """:func:`store_records`, setting aside the records the database refuses on their own.
+
+    One unstorable record fails its whole transaction; retried or replayed as is, the
+    batch would fail forever, and with it every spooled record behind it. Halving the
+    batch finds the culprits in a few writes; they go to the spool's ``.rejected``
+    file (:meth:`Spool.set_aside`) and the rest is stored. An outage still raises.
+    """
+    try:
+        return store_records(records, using=using)
+    except _UNSTORABLE:
+        if len(records) > 1:
+            middle = len(records) // 2
+            first = _store_isolating(records[:middle], using, spool)
+            second = _store_isolating(records[middle:], using, spool)
+            return StoreResult(
+                first.inserted + second.inserted,
+                first.skipped + second.skipped,
+                first.set_aside + second.set_aside,
+            )
+        logger.exception(
+            "llmroute: the database refused usage record %s; set aside in %s.rejected",
+            records[0].id,
+            spool.path.name,
+        )
+        spool.set_aside(records)
+        return StoreResult(set_aside=1)
+
+
 # --------------------------------------------------------------------------- the sink
 
 
@@ -699,7 +735,7 @@ class DjangoSink:
         delay = self.options.retry_backoff_ms / 1000
         for attempt in range(self.options.retries + 1):
             try:
-                store_records(records, using=self.options.database)
+                _store_isolating(records, self.options.database, self.spool)
             except Exception:
                 logger.warning(
                     "llmroute: writing %d usage records failed (attempt %d)",
@@ -744,9 +780,9 @@ class DjangoSink:
             self._close_connection()
             logger.warning("llmroute: spool replay failed; will try again", exc_info=True)
 
-    def _store_for_replay(self, records: Sequence[UsageRecord]) -> tuple[int, int]:
-        result = store_records(records, using=self.options.database)
-        return len(result.inserted), result.skipped
+    def _store_for_replay(self, records: Sequence[UsageRecord]) -> tuple[int, int, int]:
+        result = _store_isolating(records, self.options.database, self.spool)
+        return len(result.inserted), result.skipped, result.set_aside
 
 
 def replay_spool(
@@ -755,8 +791,8 @@ def replay_spool(
     """Replay a spool file into the database now (what ``llmroute_replay`` runs)."""
     spool = Spool(Path(path) if path else default_spool_path())
 
-    def write(records: Sequence[UsageRecord]) -> tuple[int, int]:
-        result = store_records(records, using=using)
-        return len(result.inserted), result.skipped
+    def write(records: Sequence[UsageRecord]) -> tuple[int, int, int]:
+        result = _store_isolating(records, using, spool)
+        return len(result.inserted), result.skipped, result.set_aside
 
     return spool.replay(write, batch_size=batch_size)

@@ -140,7 +140,8 @@ def record_from_dict(data: dict[str, Any]) -> UsageRecord:
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
-    """What a replay did: lines read, rows inserted, duplicates skipped, bad lines set aside."""
+    """What a replay did: lines read, rows inserted, duplicates skipped, bad lines and
+    records the database refused set aside."""
 
     read: int = 0
     inserted: int = 0
@@ -234,17 +235,34 @@ class Spool:
         finally:
             os.close(fd)
 
+    def set_aside(self, records: Sequence[UsageRecord]) -> None:
+        """Append ``records`` to ``<spool>.rejected``: kept for people, never replayed."""
+        if not records:
+            return
+        payload = "".join(
+            json.dumps(record_to_dict(r), separators=(",", ":"), default=str) + "\n"
+            for r in records
+        ).encode("utf-8")
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + _REJECTED), "ab") as out:
+                out.write(payload)
+                out.flush()
+                os.fsync(out.fileno())
+
     def replay(
         self,
-        write: Callable[[Sequence[UsageRecord]], tuple[int, int]],
+        write: Callable[[Sequence[UsageRecord]], tuple[int, ...]],
         *,
         batch_size: int = 500,
     ) -> ReplayResult:
         """Send every spooled record to ``write`` and remove what was written.
 
         ``write(records)`` stores a batch idempotently and returns ``(inserted,
-        skipped)``; when it raises, the file stays for the next replay. Lines that are
-        not records (a torn last line after a crash) go to ``<spool>.rejected``.
+        skipped)``, or ``(inserted, skipped, set aside)`` when it set records the
+        database refused aside (:meth:`set_aside`); when it raises, the file stays for
+        the next replay. Lines that are not records (a torn last line after a crash)
+        go to ``<spool>.rejected``.
         """
         read = inserted = skipped = rejected = files = 0
         for path in self._claim():
@@ -257,11 +275,13 @@ class Spool:
                     continue
                 batch.append(record)
                 if len(batch) >= batch_size:
-                    i, s = write(batch)
+                    i, s, *aside = write(batch)
                     inserted, skipped, batch = inserted + i, skipped + s, []
+                    rejected += sum(aside)
             if batch:
-                i, s = write(batch)
+                i, s, *aside = write(batch)
                 inserted, skipped = inserted + i, skipped + s
+                rejected += sum(aside)
             if bad:
                 rejected += len(bad)
                 with open(self.path.with_name(self.path.name + _REJECTED), "ab") as out:

@@ -30,4 +30,6 @@ class Command(BaseCommand):
             f"({result.files} file(s))"
         )
         if result.rejected:
-            self.stderr.write(f"unreadable lines were moved to {path}.rejected")
+            self.stderr.write(
+                f"unreadable lines and records the database refused were moved to {path}.rejected"
+            )
