@@ -174,9 +174,12 @@ def transition(
     bucket = int(now // policy.bucket_s)
     oldest = bucket - policy.buckets + 1
     window = [b for b in state.window if b[0] >= oldest]
-    if window and window[-1][0] == bucket:
-        _, ok, bad = window[-1]
-        window[-1] = (bucket, ok + (event == "success"), bad + (event == "failure"))
+    # The bucket may not be the last one: workers sharing a store read skewed clocks.
+    for i in range(len(window) - 1, -1, -1):
+        if window[i][0] == bucket:
+            _, ok, bad = window[i]
+            window[i] = (bucket, ok + (event == "success"), bad + (event == "failure"))
+            break
     else:
         window.append((bucket, int(event == "success"), int(event == "failure")))
     if event == "success":

@@ -87,6 +87,21 @@ def test_old_buckets_slide_out_of_the_window() -> None:
     assert sum(ok + bad for _, ok, bad in state.window) == 1
 
 
+def test_skewed_clocks_share_one_bucket_per_period() -> None:
+    # Workers sharing a Redis breaker read slightly different wall clocks: around a
+    # bucket boundary their outcomes land alternately in two buckets. Each bucket
+    # must be counted once, not appended again on every event (a state that grew
+    # with the traffic, read and rewritten whole on every outcome).
+    policy = BreakerPolicy(consecutive_failures=1000, min_calls=1000)
+    state = BreakerState()
+    for i in range(200):
+        now = 100.1 - 0.2 * (i % 2)  # one worker 0.2 s behind: buckets 10 and 9
+        state, _ = transition(state, "failure" if i % 7 == 0 else "success", now, policy)
+    assert sorted(b for b, _, _ in state.window) == [9, 10]
+    assert sum(ok + bad for _, ok, bad in state.window) == 200
+    assert sum(bad for _, _, bad in state.window) == 29
+
+
 def test_rejects_during_cooldown_then_lets_exactly_one_probe() -> None:
     state = run(BreakerState(), "failure", "failure", "failure", now=0)
     state, granted = transition(state, "acquire", 10, POLICY)
