@@ -131,11 +131,18 @@ class _Gateway:
         except _Disconnected:
             return
         try:
-            answer = await self.relay.ahandle(
-                dialect, body, scope.get("path", ""), provider=provider, context=context
+            # Watched for the caller leaving: until its first event, a stream is as
+            # silent as a call that is not streamed (a model thinking for minutes)
+            answer = await _unless_gone(
+                receive,
+                self.relay.ahandle(
+                    dialect, body, scope.get("path", ""), provider=provider, context=context
+                ),
             )
         except Exception:
             answer = self._failed(dialect)
+        if answer is None:  # the caller left: the call was stopped (and metered)
+            return
         if ignored:
             answer.headers["x-llmroute-ignored-hints"] = ignored
         await _send_answer(send, answer, receive)
@@ -390,6 +397,33 @@ async def _pump_until_gone(send: Send, receive: Receive, stream: AsyncIterator[b
         group.start_soon(watch)
         await _pump(send, stream, gone)
         group.cancel_scope.cancel()
+
+
+async def _unless_gone(receive: Receive, call: Awaitable[RelayResponse]) -> RelayResponse | None:
+    """``call``'s answer, or ``None`` once the caller went away first: the call is
+    then cancelled, which closes its upstream request and records what it cost."""
+    import anyio
+
+    answers: list[RelayResponse] = []
+    gone: list[bool] = []
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while True:
+                message: Message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.append(True)
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(watch)
+        answers.append(await call)
+        group.cancel_scope.cancel()
+    if gone:
+        if answers and answers[0].astream is not None:
+            await _aclose(answers[0].astream)  # ready as the caller left: stop it too
+        return None
+    return answers[0]
 
 
 async def _aclose(stream: AsyncIterator[bytes]) -> None:

@@ -1,0 +1,61 @@
+"""The gateway at its edges: callers that leave early, odd limits and key stores."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+
+from routing_middleware.testing import Failure
+
+from .test_gateway import CHAT, Gateway, _scope
+
+pytestmark = pytest.mark.anyio
+
+
+# --------------------------------------------------------------------------- callers leaving
+
+
+@pytest.mark.parametrize(
+    ("stream", "failure"),
+    [
+        # a stream whose first event comes, then nothing (a model thinking at length)
+        (True, Failure(kind="stall", hang=60, after=1)),
+        # a call whose answer does not come
+        (False, Failure(kind="timeout", hang=60)),
+    ],
+)
+async def test_a_caller_leaving_before_the_answer_starts_stops_the_upstream_call(
+    stream: bool, failure: Failure
+) -> None:
+    config = {
+        "mode": "observe",  # send the call where the caller sent it
+        "retry": {"max_retries": 0, "attempt_timeout_s": 120},
+        "breaker": {"enabled": False},
+    }
+    gw = Gateway(config)
+    gw.engine.fake_network.providers["api.openai.com"].inject("gpt-4o-mini", always=failure)
+    body = json.dumps({**CHAT, "stream": stream}).encode()
+    delivered = False
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await anyio.sleep(0.2)  # the caller gives up while the upstream is silent
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _scope("POST", "/v1/chat/completions", [(b"x-api-key", gw.key.encode())])
+    # The upstream would stay silent for a minute: the handler must end well before.
+    with anyio.fail_after(20):
+        await gw.app(scope, receive, send)
+    assert sent == []  # nobody to answer
+    (record,) = gw.sink.records  # the call is still metered
+    assert record.api_key_id == gw.info.key_id
