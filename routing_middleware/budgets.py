@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HOLD_TTL_S",
     "MAX_SETTLED_IN_MEMORY",
+    "SETTLED_TTL_S",
     "Budget",
     "BudgetAction",
     "BudgetLine",
@@ -81,11 +82,19 @@ __all__ = [
 BudgetAction = Literal["downgrade", "cheapest", "block"]
 _MICROS = Decimal(1_000_000)
 _DAY = 86_400
-#: How long a store keeps a hold that is not settled, and remembers a settled one, in
-#: seconds. Longer than any call, long streams included, so a live call's hold never
-#: lapses; short enough that a hold whose worker died (or whose settle never got
-#: through) does not make a budget look spent for the rest of its period.
+#: How long a store keeps a hold that is not settled (and the Django cache-lock stores
+#: remember a settled one), in seconds. Longer than any call, long streams included,
+#: so a live call's hold never lapses; short enough that a hold whose worker died (or
+#: whose settle never got through) does not make a budget look spent for the rest of
+#: its period.
 HOLD_TTL_S = 3600.0
+#: How long a :class:`RedisBudgetStore` remembers a settled hold id, in seconds: a
+#: settle sent again within it (one kept while the store did not answer) is known
+#: for a retry. Redis keeps one sorted-set entry (~100 B) per call per budget counter
+#: for this long, ~6 MB on a global budget at 100 calls/s. A kept settle sent again
+#: later, whose first try the store did apply, is counted twice: budgets then err on
+#: the side of blocking.
+SETTLED_TTL_S = 600.0
 #: Settled hold ids a :class:`MemoryBudgetStore` remembers (~100 B each).
 MAX_SETTLED_IN_MEMORY = 10_000
 
@@ -254,7 +263,7 @@ class BudgetStore(Protocol):
     nothing more (and answers ``None``); settling an id already settled changes
     nothing; settling an id never held records ``actual`` once. A hold not settled
     within the store's hold TTL (:data:`HOLD_TTL_S` unless set) stops counting, and
-    settled ids are remembered for as long.
+    settled ids are remembered for a while (each store says how long).
     """
 
     def reserve(self, lines: Sequence[BudgetLine], amount: int, hold: str) -> int | None: ...
@@ -510,13 +519,13 @@ return 0
 """
 )
 
-# KEYS: per line, its charge key and its hold set. ARGV: actual, hold id, hold TTL,
-# then one ttl per line. Per key: an id settled already changes nothing; a live hold
-# is dropped (its own amount); ``actual`` is recorded once.
+# KEYS: per line, its charge key and its hold set. ARGV: actual, hold id, how long a
+# settled id is remembered, then one ttl per line. Per key: an id settled already
+# changes nothing; a live hold is dropped (its own amount); ``actual`` is recorded once.
 _SETTLE_LUA = (
     _HOLDS_LUA
     + """
-local actual, id, hold_ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local actual, id, settled_ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 for i = 1, #KEYS / 2 do
   local key, ids = KEYS[2 * i - 1], KEYS[2 * i]
   sweep(key, ids)
@@ -529,7 +538,7 @@ for i = 1, #KEYS / 2 do
       redis.call('HDEL', key, field)
     end
     if actual ~= 0 then redis.call('HINCRBY', key, 's', actual) end
-    redis.call('ZADD', ids, now + hold_ttl, id)
+    redis.call('ZADD', ids, now + settled_ttl, id)
     local ttl = tonumber(ARGV[3 + i])
     redis.call('EXPIRE', key, ttl)
     redis.call('EXPIRE', ids, ttl)
@@ -568,7 +577,8 @@ class RedisBudgetStore:
     with ``s`` (settled) and ``h`` (held) fields, and a ``h:<id>`` field per live
     hold; beside each, a sorted set ``...|holds`` of its hold ids. Both expire after
     their period; a hold not settled within ``hold_ttl_s`` stops
-    counting. On Redis Cluster, give a ``prefix`` with a hash tag
+    counting, and a settled id is remembered for ``settled_ttl_s`` (see
+    :data:`SETTLED_TTL_S`). On Redis Cluster, give a ``prefix`` with a hash tag
     (``"llmroute:{b}:"``) so a reservation's keys (every budget's counters and their
     hold sets) stay in one slot.
     """
@@ -581,14 +591,18 @@ class RedisBudgetStore:
         async_client: Any = None,
         prefix: str = "llmroute:budget:",
         hold_ttl_s: float = HOLD_TTL_S,
+        settled_ttl_s: float = SETTLED_TTL_S,
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisBudgetStore needs a url or a client")
+        if not (hold_ttl_s > 0 and settled_ttl_s > 0):
+            raise ValueError("hold_ttl_s and settled_ttl_s must be positive numbers of seconds")
         self._clients = RedisClients(
             "RedisBudgetStore", url, client, async_client, pool=BLOCKING_POOL
         )
         self.prefix = prefix
         self.hold_ttl_s = hold_ttl_s
+        self.settled_ttl_s = settled_ttl_s
         #: The outage state of this store's Redis (see :class:`~._outage.StoreOutage`).
         self.outage: StoreOutage = self._clients.outage
         # Scripts registered on the current clients; dropped when those are closed.
@@ -643,7 +657,7 @@ class RedisBudgetStore:
     def _settle_args(
         self, lines: Sequence[BudgetLine], actual: int, hold: str
     ) -> tuple[list[str], list[Any]]:
-        args = [actual, hold, self.hold_ttl_s, *(line.ttl_s for line in lines)]
+        args = [actual, hold, self.settled_ttl_s, *(line.ttl_s for line in lines)]
         return self._keys(lines, False), args
 
     def _totals_args(self, lines: Sequence[BudgetLine]) -> tuple[list[str], list[int]]:

@@ -254,6 +254,36 @@ def test_redis_sweeps_expired_holds_a_bounded_batch_per_call(redis_prefix: str) 
     store.close()
 
 
+@pytest.mark.redis
+def test_redis_remembers_settled_ids_for_their_own_shorter_window(redis_prefix: str) -> None:
+    import redis
+
+    store = RedisBudgetStore(REDIS_URL, prefix=redis_prefix, hold_ttl_s=3600, settled_ttl_s=1)
+    lines = Budgets([Budget(name="all", limit_usd=Decimal(10))], store).lines(CTX)
+    client = redis.Redis.from_url(REDIS_URL)
+    holds = redis_prefix + lines[0].charge_key + "|holds"
+    settled, live = new_hold_id(), new_hold_id()
+    assert store.reserve(lines, 300_000, settled) is None
+    assert store.reserve(lines, 200_000, live) is None
+    now = client.time()[0]
+    store.settle(lines, 300_000, 100_000, settled)
+    # the live hold lapses after the hold TTL; the settled id is forgotten much sooner
+    assert now + 3590 < client.zscore(holds, live) <= now + 3602
+    assert now < client.zscore(holds, settled) <= now + 3
+    store.settle(lines, 300_000, 100_000, settled)  # a retry within the window
+    assert store.totals(lines) == [300_000]
+    time.sleep(1.2)
+    assert store.totals(lines) == [300_000]  # swept: the live hold still counts
+    assert client.zrange(holds, 0, -1) == [live.encode()]
+    # past the window, a retry of a settle that had landed counts again (documented)
+    store.settle(lines, 300_000, 100_000, settled)
+    assert store.totals(lines) == [400_000]
+    with pytest.raises(ValueError, match="settled_ttl_s"):
+        RedisBudgetStore(REDIS_URL, settled_ttl_s=0)
+    client.close()
+    store.close()
+
+
 # ------------------------------------------------------------------ answers lost on the way
 
 
