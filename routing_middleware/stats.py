@@ -13,8 +13,11 @@ worker share one view. Health (open circuit breakers) is a separate
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -297,18 +300,17 @@ return tostring(old)
 """
 
 
-_DECR_LUA = "local v = redis.call('DECR', KEYS[1]) if v < 0 then redis.call('SET', KEYS[1], 0) end"
-
-
 class RedisStatsStore:
     """Stats shared by every worker through Redis.
 
     Pass a ``url`` or ready clients (``client`` sync, ``async_client`` from
     ``redis.asyncio``); clients made from the url share a blocking pool. Per
     deployment, capped lists hold the last ``window`` total latencies, TTFTs and
-    error flags (``LPUSH`` + ``LTRIM``); in-flight counts are counters; output
-    tokens per feature an EWMA updated by a script. Keys expire after ``ttl_s``
-    without traffic.
+    error flags (``LPUSH`` + ``LTRIM``); calls in flight a sorted set of one entry
+    per call, stamped with its start, so that a call whose end never reached Redis
+    (its worker died, or Redis did not answer) stops counting after
+    ``in_flight_ttl_s``; output tokens per feature an EWMA updated by a script.
+    Keys expire after ``ttl_s`` without traffic.
 
     :meth:`in_flight` makes no round trip: it is the count read by the last
     :meth:`snapshot` plus what this process started and finished since, so
@@ -329,6 +331,7 @@ class RedisStatsStore:
         prefix: str = "llmroute:stats:",
         window: int = 512,
         ttl_s: int = 86_400,
+        in_flight_ttl_s: float = 3600.0,
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisStatsStore needs a url or a client")
@@ -338,10 +341,15 @@ class RedisStatsStore:
         self.prefix = prefix
         self.window = window
         self.ttl_s = ttl_s
+        self.in_flight_ttl_s = in_flight_ttl_s
         # In-flight counts as of the last snapshot, and this process's changes since.
         self._flying_seen: dict[str, int] = {}
         self._flying_here: dict[str, int] = {}
         self._flying_lock = threading.Lock()
+        # The set entries of this process's calls in flight, per deployment.
+        self._worker = uuid.uuid4().hex
+        self._serial = itertools.count()
+        self._tokens: dict[str, list[str]] = {}
         #: The outage state of this store's Redis (see :class:`~._outage.StoreOutage`).
         self.outage: StoreOutage = self._clients.outage
 
@@ -410,16 +418,32 @@ class RedisStatsStore:
             pipe.eval(_EWMA_LUA, 1, output, feature or "", output_tokens, _EWMA_ALPHA)
             pipe.expire(output, self.ttl_s)
 
-    def _queue_started(self, pipe: Any, deployment: str) -> None:
+    def _queue_started(self, pipe: Any, deployment: str, token: str) -> None:
         # Listed at once, so snapshots carry its in-flight count before its first record.
         pipe.sadd(self._key("deployments"), deployment)
         pipe.expire(self._key("deployments"), self.ttl_s)
-        pipe.incr(self._key("inflight", deployment))
-        pipe.expire(self._key("inflight", deployment), 3600)
+        # One entry per call rather than one counter: a counter's TTL, renewed by every
+        # start, never let a lost end age out. ("flying", not the old counter's name.)
+        key = self._key("flying", deployment)
+        now = time.time()
+        pipe.zremrangebyscore(key, "-inf", now - self.in_flight_ttl_s)
+        pipe.zadd(key, {token: now})
+        pipe.expire(key, max(1, math.ceil(self.in_flight_ttl_s)))
 
-    def _queue_finished(self, pipe: Any, deployment: str) -> None:
-        # Never below zero, even if a worker restarted between started and finished.
-        pipe.eval(_DECR_LUA, 1, self._key("inflight", deployment))
+    def _queue_finished(self, pipe: Any, deployment: str, token: str) -> None:
+        pipe.zrem(self._key("flying", deployment), token)
+
+    def _start_token(self, deployment: str) -> str:
+        token = f"{self._worker}:{next(self._serial)}"
+        with self._flying_lock:
+            self._tokens.setdefault(deployment, []).append(token)
+        return token
+
+    def _end_token(self, deployment: str) -> str | None:
+        """One of this process's entries on ``deployment`` (``None``: none left)."""
+        with self._flying_lock:
+            tokens = self._tokens.get(deployment)
+            return tokens.pop() if tokens else None
 
     def record(
         self,
@@ -456,19 +480,25 @@ class RedisStatsStore:
 
     def started(self, deployment: str) -> None:
         self._count_here(deployment, 1)
-        self._send(lambda pipe: self._queue_started(pipe, deployment))
+        token = self._start_token(deployment)
+        self._send(lambda pipe: self._queue_started(pipe, deployment, token))
 
     async def astarted(self, deployment: str) -> None:
         self._count_here(deployment, 1)
-        await self._asend(lambda pipe: self._queue_started(pipe, deployment))
+        token = self._start_token(deployment)
+        await self._asend(lambda pipe: self._queue_started(pipe, deployment, token))
 
     def finished(self, deployment: str) -> None:
         self._count_here(deployment, -1)
-        self._send(lambda pipe: self._queue_finished(pipe, deployment))
+        token = self._end_token(deployment)
+        if token is not None:
+            self._send(lambda pipe: self._queue_finished(pipe, deployment, token))
 
     async def afinished(self, deployment: str) -> None:
         self._count_here(deployment, -1)
-        await self._asend(lambda pipe: self._queue_finished(pipe, deployment))
+        token = self._end_token(deployment)
+        if token is not None:
+            await self._asend(lambda pipe: self._queue_finished(pipe, deployment, token))
 
     def _count_here(self, deployment: str, delta: int) -> None:
         with self._flying_lock:
@@ -530,10 +560,11 @@ class RedisStatsStore:
         self.outage.failed(error)
 
     def _queue_snapshot(self, pipe: Any, names: list[str]) -> None:
+        since = time.time() - self.in_flight_ttl_s
         for name in names:
             for kind in ("total", "ttft", "err"):
                 pipe.lrange(self._key(kind, name), 0, -1)
-            pipe.get(self._key("inflight", name))
+            pipe.zcount(self._key("flying", name), since, "+inf")
         pipe.hgetall(self._key("output"))
 
     def _snapshot_of(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -250,6 +251,28 @@ def test_redis_in_flight_is_the_last_snapshot_plus_own_changes(
         assert redis_store.in_flight("a/b") == 1
     finally:
         other.close()
+
+
+@pytest.mark.redis
+def test_redis_in_flight_of_a_dead_worker_ages_out(redis_store: RedisStatsStore) -> None:
+    # A worker killed mid-call (or whose finish Redis did not take) never takes its
+    # call off the shared count: the count forgets it after in_flight_ttl_s, even
+    # while other workers keep starting calls on that deployment.
+    redis_store.in_flight_ttl_s = 1
+    dead = RedisStatsStore(REDIS_URL, prefix=redis_store.prefix, window=100)
+    dead.in_flight_ttl_s = 1
+    dead.started("a/b")
+    dead.close()
+    assert redis_store.snapshot().in_flight["a/b"] == 1
+    end = time.monotonic() + 1.6
+    while time.monotonic() < end:
+        redis_store.started("a/b")
+        redis_store.finished("a/b")
+        time.sleep(0.1)
+    redis_store.started("a/b")  # a live call still counts
+    assert redis_store.snapshot().in_flight["a/b"] == 1
+    redis_store.finished("a/b")
+    assert redis_store.snapshot().in_flight["a/b"] == 0
 
 
 @pytest.mark.redis
