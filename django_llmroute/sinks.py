@@ -105,6 +105,20 @@ def routed_cost(record: UsageRecord) -> Decimal | None:
     return value.quantize(_MONEY_QUANTUM)
 
 
+def _no_nul(value: Any) -> Any:
+    """``value`` with U+0000 replaced by U+FFFD in every string, keys included.
+
+    PostgreSQL's text and jsonb cannot hold it, and a user's prompt may carry it.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, list | tuple):
+        return [_no_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    return value
+
+
 def _routed_model(record: UsageRecord) -> str | None:
     found = record.extra.get("routed_model") if record.extra else None
     return found if isinstance(found, str) and found else None
@@ -163,6 +177,7 @@ def call_values(record: UsageRecord, user_pk: Any = None) -> dict[str, Any]:
         "prompt": record.prompt,
         "completion": record.completion,
     }
+    values = {name: _no_nul(value) for name, value in values.items()}
     for name, limit in limits.items():
         value = values.get(name)
         if isinstance(value, str) and len(value) > limit:
@@ -273,13 +288,13 @@ def _rollup_rows(records: Sequence[UsageRecord], *, with_user: bool) -> list[lis
     """One row per rollup key: the key's values, then the sums in ``_ROLLUP_SUMS`` order."""
     totals: dict[tuple[Any, ...], list[Any]] = {}
     for r in records:
-        user = ((r.user_id or "")[:150],) if with_user else ()
+        user = (_no_nul(r.user_id or "")[:150],) if with_user else ()
         key = (
             rollup_key_date(r.created_at),
             *user,
-            (r.feature or "")[:128],
-            (r.provider or "")[:64],
-            (r.chosen_model or "")[:128],
+            _no_nul(r.feature or "")[:128],
+            _no_nul(r.provider or "")[:64],
+            _no_nul(r.chosen_model or "")[:128],
             NO_TIER if r.tier is None else r.tier,
         )
         requested = r.requested_cost if r.requested_cost is not None else r.cost

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from django_llmroute.models import LLMCall
-from django_llmroute.sinks import replay_spool
+from django_llmroute.sinks import replay_spool, store_records
 from django_llmroute.spool import Spool
 from routing_middleware.schema import Usage
 
@@ -54,4 +54,25 @@ def test_an_unstorable_spooled_record_does_not_block_the_replay(spool_path):
         r.id for r in [*first, *later]
     }
     assert _rejected(spool_path) == [odd.id]
+    assert_rollup_matches_calls()
+
+
+def test_a_nul_character_in_the_text_is_stored_not_refused():
+    # A user's prompt may hold U+0000; PostgreSQL text and jsonb cannot.
+    record = make_record(
+        prompt="a\x00b",
+        completion="c\x00",
+        feature="f\x00",
+        tags=("t\x00",),
+        reasons=(("code", "why\x00"),),
+        extra={"note\x00": "x\x00"},
+    )
+    store_records([record])
+    call = LLMCall.objects.get(record_id=record.id)
+    assert call.prompt == "a\ufffdb"
+    assert call.completion == "c\ufffd"
+    assert call.feature == "f\ufffd"
+    assert call.tags == ["t\ufffd"]
+    assert call.reasons == [["code", "why\ufffd"]]
+    assert call.extra == {"note\ufffd": "x\ufffd"}
     assert_rollup_matches_calls()
