@@ -205,7 +205,8 @@ class _Gateway:
                 retryable=True,
                 retry_after=1.0,
             ) from None
-        if info is None:
+        # ``revoked`` too: a store may hand back its row's info as it is, flag included
+        if info is None or info.revoked:
             raise AuthenticationFailed("Invalid or revoked API key.", retryable=False)
         return info
 

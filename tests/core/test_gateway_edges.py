@@ -8,9 +8,11 @@ from typing import Any
 import anyio
 import pytest
 
+from routing_middleware.auth import ApiKeyInfo
+from routing_middleware.gateway import gateway_app
 from routing_middleware.testing import Failure
 
-from .test_gateway import CHAT, Gateway, _scope
+from .test_gateway import CHAT, MESSAGE, Gateway, _anthropic_error, _openai_error, _scope
 
 pytestmark = pytest.mark.anyio
 
@@ -59,3 +61,29 @@ async def test_a_caller_leaving_before_the_answer_starts_stops_the_upstream_call
     assert sent == []  # nobody to answer
     (record,) = gw.sink.records  # the call is still metered
     assert record.api_key_id == gw.info.key_id
+
+
+# --------------------------------------------------------------------------- key stores
+
+
+async def test_a_key_a_store_answers_as_revoked_is_refused() -> None:
+    """A store that maps its rows to ``ApiKeyInfo`` as they are (``revoked`` included)
+    must not let a revoked key through."""
+
+    class RowStore:
+        def authenticate(self, plaintext: str) -> ApiKeyInfo | None:
+            return ApiKeyInfo(key_id="k1", owner="u1", revoked=plaintext == "revoked")
+
+    gw = Gateway()
+    gw.app = gateway_app(gw.engine, authenticator=RowStore())
+    assert (await gw.post("/v1/chat/completions", CHAT, key="live")).status_code == 200
+    refused = await gw.post("/v1/chat/completions", CHAT, key="revoked")
+    assert refused.status_code == 401
+    assert _openai_error(refused)["message"] == "Invalid or revoked API key."
+    refused = await gw.post("/v1/messages", MESSAGE, key="revoked")
+    assert refused.status_code == 401
+    assert _anthropic_error(refused)["type"] == "authentication_error"
+    async with gw.client() as client:
+        listed = await client.get("/v1/models", headers={"x-api-key": "revoked"})
+    assert listed.status_code == 401
+    assert len(gw.sink.records) == 1
