@@ -335,6 +335,8 @@ class RedisStatsStore:
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisStatsStore needs a url or a client")
+        if window < 1:  # (LTRIM to -1 would keep every sample)
+            raise ValueError("window must be at least 1")
         self._clients = RedisClients(
             "RedisStatsStore", url, client, async_client, pool=BLOCKING_POOL
         )

@@ -207,6 +207,13 @@ async def test_redis_store_async_twins_share_the_sync_view(redis_store: RedisSta
         await redis_store.aclose()
 
 
+def test_redis_window_must_keep_at_least_one_call() -> None:
+    # LTRIM 0 -1 keeps the whole list: a window of 0 would grow without bound.
+    for window in (0, -5):
+        with pytest.raises(ValueError):
+            RedisStatsStore("redis://127.0.0.1:1/0", window=window)
+
+
 def test_redis_in_flight_makes_no_round_trip() -> None:
     redis = pytest.importorskip("redis")
     # Nothing listens on port 1: any command would raise a connection error.
