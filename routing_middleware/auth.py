@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 __all__ = [
     "ApiKeyInfo",
@@ -83,6 +83,15 @@ class ApiKeyInfo:
     tags: frozenset[str] = frozenset()
     revoked: bool = False
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        # Stores build infos from their rows, tags as a list, a set or one string: the
+        # gateway hands them on as they are, and budgets hash them (a list or set made
+        # the budget store fail, so calls went on unchecked; a string became letters).
+        tags: object = self.tags
+        if not isinstance(tags, frozenset):
+            names = (tags,) if isinstance(tags, str) else cast("Iterable[str]", tags)
+            object.__setattr__(self, "tags", frozenset(names))
 
 
 @runtime_checkable

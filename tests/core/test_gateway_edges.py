@@ -87,3 +87,25 @@ async def test_a_key_a_store_answers_as_revoked_is_refused() -> None:
         listed = await client.get("/v1/models", headers={"x-api-key": "revoked"})
     assert listed.status_code == 401
     assert len(gw.sink.records) == 1
+
+
+@pytest.mark.parametrize("tags", [["team-a"], {"team-a"}, ("team-a",), "team-a"])
+async def test_a_keys_tags_as_a_store_gives_them_are_its_tags_and_their_budgets_hold(
+    tags: Any,
+) -> None:
+    """A store may build a key's info with its tags as a list, a set or one string:
+    they are still the key's tags, and a budget on one of them still blocks (instead
+    of failing the budget store, which lets every call through without budgets)."""
+
+    class RowStore:
+        def authenticate(self, plaintext: str) -> ApiKeyInfo | None:
+            return ApiKeyInfo(key_id="k1", owner="u1", tags=tags)
+
+    budget = {"name": "team", "scope": "tag", "value": "team-a", "limit_usd": "0.0000001"}
+    gw = Gateway({"routing": {"budgets": [budget]}})
+    gw.app = gateway_app(gw.engine, authenticator=RowStore())
+    for stream in (False, True):
+        blocked = await gw.post("/v1/chat/completions", {**CHAT, "stream": stream}, key="k")
+        assert blocked.status_code == 402
+        assert _openai_error(blocked)["code"] == "budget_exceeded"
+    assert [record.tags for record in gw.sink.records] == [("team-a",), ("team-a",)]
