@@ -88,6 +88,14 @@ class ApiKeyInfo:
         # Stores build infos from their rows, tags as a list, a set or one string: the
         # gateway hands them on as they are, and budgets hash them (a list or set made
         # the budget store fail, so calls went on unchecked; a string became letters).
+        # Ids the same way: a row's integer id (an owner's primary key) matched no
+        # budget, whose values are strings, so its spend went unchecked.
+        key_id: object = self.key_id
+        if not isinstance(key_id, str):
+            object.__setattr__(self, "key_id", str(key_id))
+        owner: object = self.owner
+        if owner is not None and not isinstance(owner, str):
+            object.__setattr__(self, "owner", str(owner))
         tags: object = self.tags
         if not isinstance(tags, frozenset):
             names = (tags,) if isinstance(tags, str) else cast("Iterable[str]", tags)

@@ -109,3 +109,29 @@ async def test_a_keys_tags_as_a_store_gives_them_are_its_tags_and_their_budgets_
         assert blocked.status_code == 402
         assert _openai_error(blocked)["code"] == "budget_exceeded"
     assert [record.tags for record in gw.sink.records] == [("team-a",), ("team-a",)]
+
+
+@pytest.mark.parametrize(
+    ("info", "budget"),
+    [
+        # a store that hands on its rows' integer ids as they are
+        (ApiKeyInfo(key_id="k1", owner=42), {"scope": "user", "value": "42"}),  # type: ignore[arg-type]
+        (ApiKeyInfo(key_id=7, owner="u1"), {"scope": "api_key", "value": "7"}),  # type: ignore[arg-type]
+    ],
+)
+async def test_a_key_with_integer_ids_is_held_to_the_budgets_of_those_ids(
+    info: ApiKeyInfo, budget: dict[str, str]
+) -> None:
+    class RowStore:
+        def authenticate(self, plaintext: str) -> ApiKeyInfo | None:
+            return info
+
+    gw = Gateway({"routing": {"budgets": [{"name": "cap", **budget, "limit_usd": "0.0000001"}]}})
+    gw.app = gateway_app(gw.engine, authenticator=RowStore())
+    for stream in (False, True):
+        blocked = await gw.post("/v1/chat/completions", {**CHAT, "stream": stream}, key="k")
+        assert blocked.status_code == 402
+    assert [(r.user_id, r.api_key_id) for r in gw.sink.records] == [(info.owner, info.key_id)] * 2
+    assert all(
+        isinstance(r.user_id, str) and isinstance(r.api_key_id, str) for r in gw.sink.records
+    )
