@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import _deferred
@@ -383,6 +384,11 @@ class _Machine:
                 if self.stats is not None:
                     with contextlib.suppress(Exception):
                         self.stats.finished(live.deployment.key)
+                if self.breaker is not None:
+                    # no verdict, as for a stream closed early: a half-open probe
+                    # dropped this way must not hold the probe until it times out
+                    with contextlib.suppress(Exception):
+                        self.breaker.record(live.deployment, None)
                 request = self._continuation(call) if call.stitched else call.request
                 usage = self._partial_usage(call, live, request)
                 cost, charge, extra = self._costs(live, usage)
@@ -461,6 +467,16 @@ class _Machine:
                             yield _Report(deployment, None)
                         last_error = blocked
                         break
+                    except GeneratorExit:  # (no effect can run now: see ``_run``)
+                        if self.breaker is not None:
+                            _deferred.defer(partial(self.breaker.record, deployment, None))
+                        raise
+                    except BaseException:
+                        # cancelled (or failed) while the hold was taken: no attempt is
+                        # live yet to hand back the half-open probe the breaker granted
+                        if self.breaker is not None:
+                            yield _Report(deployment, None)
+                        raise
                 number += 1
                 attempt = _Attempt(
                     number,
