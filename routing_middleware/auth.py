@@ -44,6 +44,8 @@ _PREFIX = "lrk_"
 _KEY_RE = re.compile(r"lrk_([0-9a-f]{12})_[A-Za-z0-9_-]{20,128}")
 #: Compared against when the key id is unknown, so both paths hash and compare.
 _DUMMY_DIGEST = hashlib.sha256(b"llmroute-no-such-key").hexdigest()
+#: Tokens a bucket may lack and still grant a request (float error, not a discount).
+_SLACK = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +264,9 @@ class RateLimiter:
                 if elapsed > 0:
                     bucket[0] = min(float(limit.burst), bucket[0] + elapsed * limit.rate)
                     bucket[1] = now
-            if bucket[0] >= cost:
+            # (less a hair: a caller back after exactly the wait it was told has a
+            # refill that float subtraction of clock readings can leave at 0.99999…)
+            if bucket[0] >= cost - _SLACK:
                 bucket[0] -= cost
                 return 0.0
             return (cost - bucket[0]) / limit.rate

@@ -28,6 +28,7 @@ and streams are never buffered.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +217,9 @@ class _Gateway:
             return
         wait = self.limiter.acquire(info.key_id, limit)
         if wait > 0:
+            # In whole milliseconds, rounded up: the SDKs wait exactly what
+            # ``retry-after-ms`` says, and rounded down it sent them back too early.
+            wait = math.ceil(wait * 1000) / 1000
             raise RateLimited(
                 f"Rate limit of API key {info.key_id} reached; retry in {wait:.1f}s.",
                 retry_after=wait,

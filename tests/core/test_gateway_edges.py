@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from routing_middleware.auth import ApiKeyInfo
+from routing_middleware.auth import ApiKeyInfo, RateLimit, RateLimiter
 from routing_middleware.gateway import gateway_app
 from routing_middleware.testing import Failure
 
@@ -135,3 +135,24 @@ async def test_a_key_with_integer_ids_is_held_to_the_budgets_of_those_ids(
     assert all(
         isinstance(r.user_id, str) and isinstance(r.api_key_id, str) for r in gw.sink.records
     )
+
+
+# --------------------------------------------------------------------------- 429
+
+
+@pytest.mark.parametrize("per_minute", [7, 11, 13, 600])
+async def test_a_caller_waiting_what_the_429_says_is_let_through(per_minute: int) -> None:
+    """The SDKs wait exactly ``retry-after-ms`` when it is sent: it must not be rounded
+    down to a moment before the bucket has a token again (another 429)."""
+    now = [100.0]
+    limit = RateLimit.per_minute(per_minute, burst=1)
+    gw = Gateway(rate_limit=limit, limiter=RateLimiter(clock=lambda: now[0]))
+    for path, body in (("/v1/chat/completions", CHAT), ("/v1/messages", MESSAGE)):
+        assert (await gw.post(path, body)).status_code == 200
+        refused = await gw.post(path, body)
+        assert refused.status_code == 429
+        waited = int(refused.headers["retry-after-ms"]) / 1000
+        assert int(refused.headers["retry-after"]) >= waited
+        now[0] += waited
+        assert (await gw.post(path, body)).status_code == 200
+        now[0] += 3600.0  # a full bucket for the next dialect
