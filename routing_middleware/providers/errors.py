@@ -30,8 +30,11 @@ __all__ = [
     "parse_retry_after",
 ]
 
-#: Longest wait a provider may ask for that we pass on; longer hints are capped.
-MAX_RETRY_AFTER_S = 120.0
+#: Longest wait a provider may ask for that is read as such; longer (or infinite)
+#: hints are read as this. Far past what any retry policy waits (its own
+#: ``max_retry_after`` decides), so a long hint moves the call on rather than being
+#: shortened into a retry the provider asked not to get.
+MAX_RETRY_AFTER_S = 86_400.0
 
 _CONTEXT_PHRASES = (
     "context length",

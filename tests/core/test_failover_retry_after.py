@@ -7,7 +7,6 @@ from decimal import Decimal
 from email.utils import formatdate
 
 import httpx
-import pytest
 
 from routing_middleware.catalog import Catalog, ModelInfo, Price
 from routing_middleware.dispatch import Dispatcher
@@ -105,12 +104,6 @@ def test_a_retry_after_http_date_is_waited_for() -> None:
     assert not fb.calls
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="providers/errors.py parse_retry_after caps a hint at MAX_RETRY_AFTER_S (120 s) "
-    "before RetryPolicy sees it, so with max_retry_after above 120 a provider asking for an "
-    "hour is retried after 120 s (twice) instead of the call moving on to the fallback",
-)
 def test_a_retry_after_beyond_the_policy_cap_moves_on_even_with_a_long_cap() -> None:
     fa, fb = providers()
     fa.inject("gpt-a", always=Failure.rate_limit(retry_after=3600))
