@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import threading
@@ -56,7 +57,8 @@ class RateLimit:
     burst: int = 1
 
     def __post_init__(self) -> None:
-        if not self.rate > 0:
+        # (and its wait for one token, 1 / rate, a number: not so for a tiny float)
+        if not (self.rate > 0 and math.isfinite(1 / self.rate)):
             raise ValueError(f"rate must be positive, not {self.rate}")
         if self.burst < 1:
             raise ValueError(f"burst must be at least 1, not {self.burst}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -129,3 +131,15 @@ def test_never_more_than_the_burst_plus_what_refilled(
         if limiter.acquire("k", limit) == 0.0:
             allowed += 1
     assert allowed <= burst + rate * now[0] + 1e-6
+
+
+def test_a_rate_whose_wait_is_no_number_is_refused() -> None:
+    # 1 / 1e-310 is infinite: every refused request would fail to say its wait
+    # (Retry-After) and answer a bare 500 instead of a 429.
+    for rate in (1e-310, 5e-324):
+        with pytest.raises(ValueError, match="rate"):
+            RateLimit(rate=rate)
+    limiter = RateLimiter(clock=lambda: 0.0)
+    slow = RateLimit(rate=1e-300)
+    assert limiter.acquire("k", slow) == 0.0
+    assert math.isfinite(limiter.acquire("k", slow))
