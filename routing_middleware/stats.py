@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .router import Deployment
 
 __all__ = [
+    "MAX_FEATURES",
     "AlwaysAvailable",
     "DeploymentStats",
     "HealthCheck",
@@ -40,6 +41,12 @@ __all__ = [
 ]
 
 _EWMA_ALPHA = 0.1
+#: Features whose expected output tokens a store keeps. Features are names an app
+#: picks (or an API key allowed to send ``X-LLMRoute-Feature``): past this many, one
+#: is let go for each new one, so names made per request cannot grow the store (and
+#: every snapshot, which copies them) without bound. A feature let go starts again
+#: from its next call.
+MAX_FEATURES = 10_000
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -219,12 +226,14 @@ class MemoryStatsStore:
                     entry.ttfts.add(ttft_ms)
                 if output_tokens is not None:
                     key = feature or ""
-                    old = self._output.get(key)
-                    self._output[key] = (
-                        float(output_tokens)
-                        if old is None
-                        else old + _EWMA_ALPHA * (output_tokens - old)
-                    )
+                    output = self._output
+                    old = output.get(key)
+                    if old is None:
+                        if len(output) >= MAX_FEATURES:
+                            del output[next(iter(output))]  # the one kept longest
+                        output[key] = float(output_tokens)
+                    else:
+                        output[key] = old + _EWMA_ALPHA * (output_tokens - old)
 
     def started(self, deployment: str) -> None:
         with self._lock:
@@ -290,11 +299,19 @@ class MemoryStatsStore:
         return StatsSnapshot(deployments=deployments, output_tokens=output, in_flight=in_flight)
 
 
-# KEYS: output hash. ARGV: feature, tokens, alpha.
+# KEYS: output hash. ARGV: feature, tokens, alpha, most features kept. A new feature
+# past the most lets another, picked at random, go.
 _EWMA_LUA = """
 local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 local x = tonumber(ARGV[2])
-if old == nil then old = x else old = old + tonumber(ARGV[3]) * (x - old) end
+if old == nil then
+  old = x
+  if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+    redis.call('HDEL', KEYS[1], redis.call('HRANDFIELD', KEYS[1]))
+  end
+else
+  old = old + tonumber(ARGV[3]) * (x - old)
+end
 redis.call('HSET', KEYS[1], ARGV[1], tostring(old))
 return tostring(old)
 """
@@ -417,7 +434,7 @@ class RedisStatsStore:
             pipe.expire(key, self.ttl_s)
         if not error and output_tokens is not None:
             output = self._key("output")
-            pipe.eval(_EWMA_LUA, 1, output, feature or "", output_tokens, _EWMA_ALPHA)
+            pipe.eval(_EWMA_LUA, 1, output, feature or "", output_tokens, _EWMA_ALPHA, MAX_FEATURES)
             pipe.expire(output, self.ttl_s)
 
     def _queue_started(self, pipe: Any, deployment: str, token: str) -> None:

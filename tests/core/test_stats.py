@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from routing_middleware import stats as stats_module
 from routing_middleware.router import Deployment
 from routing_middleware.stats import (
     AlwaysAvailable,
@@ -162,6 +163,40 @@ def test_redis_store_shares_one_view(redis_store: RedisStatsStore) -> None:
         assert other.snapshot().output_tokens["f"] == pytest.approx(110)
     finally:
         other.close()
+
+
+def test_memory_store_keeps_a_bounded_number_of_features(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stats_module, "MAX_FEATURES", 3)
+    store = MemoryStatsStore()
+    for i in range(5):
+        store.record("d", latency_ms=1.0, feature=f"f{i}", output_tokens=100 + i)
+    store.record("d", latency_ms=1.0, feature="f4", output_tokens=204)  # known: no eviction
+    assert store.snapshot().output_tokens == {
+        "f2": 102,
+        "f3": 103,
+        "f4": pytest.approx(114),
+    }
+    assert store.expected_output_tokens("f0") is None  # let go: starts again
+    store.record("d", latency_ms=1.0, feature="f0", output_tokens=50)
+    assert store.expected_output_tokens("f0") == 50
+    assert len(store.snapshot().output_tokens) == 3
+
+
+@pytest.mark.redis
+def test_redis_store_keeps_a_bounded_number_of_features(
+    redis_store: RedisStatsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stats_module, "MAX_FEATURES", 3)
+    for i in range(20):
+        redis_store.record("d", latency_ms=1.0, feature=f"f{i}", output_tokens=100 + i)
+    kept = redis_store.snapshot().output_tokens
+    assert len(kept) == 3
+    assert kept["f19"] == 119  # the newest is always kept
+    redis_store.record("d", latency_ms=1.0, feature="f19", output_tokens=219)
+    assert redis_store.expected_output_tokens("f19") == pytest.approx(129)
+    assert len(redis_store.snapshot().output_tokens) == 3
 
 
 @pytest.mark.redis
