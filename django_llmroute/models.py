@@ -349,7 +349,9 @@ class Budget(models.Model):
         UTC calendar day, ISO week (from Monday) and month; a rolling window is the
         current hour and the ``hours - 1`` before it (the core's hourly buckets).
         """
-        now = (now or timezone.now()).astimezone(UTC)
+        from .reports import aware
+
+        now = aware(now or timezone.now()).astimezone(UTC)
         if self.period == self.Period.ROLLING:
             hour = now.replace(minute=0, second=0, microsecond=0)
             return hour - timedelta(hours=(self.hours or 1) - 1)

@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 from django.db.models import (
@@ -48,6 +49,8 @@ __all__ = [
     "Row",
     "Totals",
     "as_decimal",
+    "as_stored",
+    "aware",
     "breakdown",
     "budget_spent",
     "cost_figures",
@@ -827,7 +830,8 @@ def _latency_count(qs: QuerySet[LLMCall], rollup: QuerySet[Any]) -> int:
     if first is None:
         return 0
     tz = timezone.get_default_timezone()
-    boundary = timezone.localdate(first, tz)
+    # Naive when USE_TZ is False: then already the local time.
+    boundary = first.date() if timezone.is_naive(first) else timezone.localdate(first, tz)
     start, end = date_range(boundary, boundary)
     on_boundary = (
         qs.order_by()
@@ -948,7 +952,7 @@ def budget_spent(budget: Budget, now: datetime | None = None) -> Decimal:
     of global, user and feature budgets read the rollups when their days line up
     with the period; the rest reads the calls.
     """
-    now = now or timezone.now()
+    now = aware(now or timezone.now())
     start = budget.period_start(now)
     scope, value = budget.scope, budget.scope_value or None
     tz = timezone.get_default_timezone()
@@ -956,7 +960,7 @@ def budget_spent(budget: Budget, now: datetime | None = None) -> Decimal:
         scope in ("global", "user", "feature")
         and budget.period != "rolling"
         and _period_is_whole_days(start)
-        and timezone.localdate(now, tz) == timezone.localdate(timezone.now(), tz)
+        and timezone.localdate(now, tz) == timezone.localdate(aware(timezone.now()), tz)
     ):
         since = timezone.localdate(start, tz)
         if scope == "global":
@@ -969,7 +973,7 @@ def budget_spent(budget: Budget, now: datetime | None = None) -> Decimal:
         if value is None:
             return _highest(rollup, column)
         return as_decimal(rollup.filter(**{column: value}).aggregate(s=Sum("cost"))["s"])
-    calls = LLMCall.objects.filter(created_at__gte=start, created_at__lte=now)
+    calls = LLMCall.objects.filter(created_at__gte=as_stored(start), created_at__lte=as_stored(now))
     if scope == "tag":
         if value is not None and connections[calls.db].vendor == "postgresql":
             return as_decimal(calls.filter(tags__contains=[value]).aggregate(s=Sum("cost"))["s"])
@@ -987,9 +991,24 @@ def budget_spent(budget: Budget, now: datetime | None = None) -> Decimal:
     return as_decimal(calls.filter(**{column: value}).aggregate(s=Sum("cost"))["s"])
 
 
+def aware(moment: datetime) -> datetime:
+    """``moment`` made aware: a naive one (``USE_TZ`` False) is a ``TIME_ZONE`` time."""
+    if timezone.is_aware(moment):
+        return moment
+    return timezone.make_aware(moment, timezone.get_default_timezone())
+
+
+def as_stored(moment: datetime) -> datetime:
+    """``moment`` as ``created_at`` holds it: naive local time when ``USE_TZ`` is False."""
+    if settings.USE_TZ:
+        return moment
+    return timezone.make_naive(aware(moment), timezone.get_default_timezone())
+
+
 def date_range(since: date, until: date) -> tuple[datetime, datetime]:
-    """Aware datetimes bounding the local days ``since`` … ``until`` (inclusive)."""
-    tz = timezone.get_default_timezone()
+    """Aware datetimes bounding the local days ``since`` … ``until`` (inclusive);
+    naive local ones when ``USE_TZ`` is False, as the database holds then."""
+    tz = timezone.get_default_timezone() if settings.USE_TZ else None
     start = datetime.combine(since, datetime.min.time(), tzinfo=tz)
     end = datetime.combine(until + timedelta(days=1), datetime.min.time(), tzinfo=tz)
     return start, end

@@ -29,6 +29,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, connections, models, transaction
@@ -134,6 +135,10 @@ def call_values(record: UsageRecord, user_pk: Any = None) -> dict[str, Any]:
     created = record.created_at
     if timezone.is_naive(created):
         created = created.replace(tzinfo=UTC)
+    if not settings.USE_TZ:
+        # Without time zone support Django stores naive local times (TIME_ZONE), and
+        # SQLite refuses an aware one outright.
+        created = timezone.make_naive(created, timezone.get_default_timezone())
     values: dict[str, Any] = {
         "record_id": record.id,
         "call_id": record.call_id,

@@ -81,7 +81,7 @@ class Command(BaseCommand):
         unknown = [g for g in groups if g not in GROUPS]
         if not groups or unknown:
             raise CommandError(f"--by takes {', '.join(GROUPS)}; got {options['by']!r}")
-        today = timezone.localdate(timezone.now(), timezone.get_default_timezone())
+        today = timezone.localdate(reports.aware(timezone.now()), timezone.get_default_timezone())
         until = options["until"] or today
         since = options["since"] or until - timedelta(days=max(options["days"], 1) - 1)
         if since > until:
