@@ -629,6 +629,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "revoked",
     )
     list_filter = ("revoked", "allow_hint_headers")
+    # Named: Django's own select_related() would skip the nullable budget (a query a row).
+    list_select_related = ("owner", "budget")
     search_fields = ("name", "prefix")
     raw_id_fields = ("owner",)
     fields = (
