@@ -293,13 +293,14 @@ def _rollup_rows(records: Sequence[UsageRecord], *, with_user: bool) -> list[lis
     """One row per rollup key: the key's values, then the sums in ``_ROLLUP_SUMS`` order."""
     totals: dict[tuple[Any, ...], list[Any]] = {}
     for r in records:
-        user = (_no_nul(r.user_id or "")[:150],) if with_user else ()
+        # Cut as call_values cuts them: the rollup's keys must be the calls' own.
+        user = (_clip(_no_nul(r.user_id or ""), 150),) if with_user else ()
         key = (
             rollup_key_date(r.created_at),
             *user,
-            _no_nul(r.feature or "")[:128],
-            _no_nul(r.provider or "")[:64],
-            _no_nul(r.chosen_model or "")[:128],
+            _clip(_no_nul(r.feature or ""), 128),
+            _clip(_no_nul(r.provider or ""), 64),
+            _clip(_no_nul(r.chosen_model or ""), 128),
             NO_TIER if r.tier is None else r.tier,
         )
         requested = r.requested_cost if r.requested_cost is not None else r.cost

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from django_llmroute.models import LLMCall
+from django_llmroute.models import DailySummary, DailyUsage, LLMCall
 from django_llmroute.sinks import replay_spool, store_records
 from django_llmroute.spool import Spool
 from routing_middleware.schema import Usage
@@ -76,3 +76,26 @@ def test_a_nul_character_in_the_text_is_stored_not_refused():
     assert call.reasons == [["code", "why\ufffd"]]
     assert call.extra == {"note\ufffd": "x\ufffd"}
     assert_rollup_matches_calls()
+
+
+def test_text_too_long_for_its_column_is_cut_alike_in_calls_and_rollups():
+    # A USER_ID hook may return a long e-mail address, code may name long features:
+    # the rollups must hold the very key the call holds, or their filters find no call.
+    record = make_record(
+        user_id="u" * 200, feature="f" * 200, provider="p" * 80, chosen_model="m" * 200
+    )
+    store_records([record])
+    call = LLMCall.objects.get(record_id=record.id)
+    usage = DailyUsage.objects.get()
+    assert (usage.user_ref, usage.feature, usage.provider, usage.model) == (
+        call.user_ref,
+        call.feature,
+        call.provider,
+        call.chosen_model,
+    )
+    summary = DailySummary.objects.get()
+    assert (summary.feature, summary.provider, summary.model) == (
+        call.feature,
+        call.provider,
+        call.chosen_model,
+    )
