@@ -169,7 +169,8 @@ class Command(BaseCommand):
         names = [*groups, "calls", "input", "output", "spend", "saved"]
         if observed:
             names.append("would save")
-        widths = [max(len(n), *(len(line[i]) for line in body)) for i, n in enumerate(names)]
+        # A list, so that a period without calls (no body) still has its widths.
+        widths = [max([len(n), *(len(line[i]) for line in body)]) for i, n in enumerate(names)]
         numeric = set(range(len(groups), len(names)))
 
         def fmt(cells: list[str]) -> str:
