@@ -275,8 +275,17 @@ def _prepare(request: HttpRequest, dialect: str) -> tuple[HttpResponseBase | Non
     return None, (body, context)
 
 
+def _checked(request: HttpRequest, dialect: str) -> tuple[HttpResponseBase | None, Any]:
+    """:func:`_prepare`, a failure in it (the key lookup's database, say) answered as
+    a failure inside llmroute in the caller's dialect, not Django's HTML page."""
+    try:
+        return _prepare(request, dialect)
+    except Exception as exc:
+        return _failed(dialect, exc), None
+
+
 def _relay_sync(request: HttpRequest, dialect: str, provider: str | None) -> HttpResponseBase:
-    refused, prepared = _prepare(request, dialect)
+    refused, prepared = _checked(request, dialect)
     if refused is not None:
         return refused
     body, context = prepared
@@ -295,7 +304,7 @@ async def _relay_async(
         auser = getattr(request, "auser", None)
         if auser is not None and not _presented_key(request):
             request.user = await auser()  # type: ignore[attr-defined]
-    refused, prepared = await sync_to_async(_prepare)(request, dialect)
+    refused, prepared = await sync_to_async(_checked)(request, dialect)
     if refused is not None:
         return refused
     body, context = prepared
@@ -361,7 +370,11 @@ def _models_response(request: HttpRequest, model: str | None = None) -> HttpResp
     dialect = _listing_dialect(request)
     if request.method != "GET":
         return _not_allowed(dialect, "GET")
-    if authenticate(request) is None:
+    try:
+        caller = authenticate(request)
+    except Exception as exc:  # as in _checked
+        return _failed(dialect, exc)
+    if caller is None:
         return _refused(dialect)
     listing = _model_listing()
     if model is None:
