@@ -27,6 +27,7 @@ and streams are never buffered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -407,6 +408,36 @@ async def _pump_until_gone(send: Send, receive: Receive, stream: AsyncIterator[b
 async def _unless_gone(receive: Receive, call: Awaitable[RelayResponse]) -> RelayResponse | None:
     """``call``'s answer, or ``None`` once the caller went away first: the call is
     then cancelled, which closes its upstream request and records what it cost."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio): anyio's task group, a little slower
+        return await _unless_gone_anyio(receive, call)
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    running = asyncio.ensure_future(call)
+    try:
+        await asyncio.wait((running, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # (also when this handler is cancelled itself)
+        watcher.cancel()
+        if not running.done():
+            running.cancel()
+    if watcher.done() and not watcher.cancelled():
+        watcher.exception()  # (taken: a receive that failed only ends the call)
+    if not running.done() or running.cancelled():  # the caller left first
+        await asyncio.wait((running,))  # its cancellation (and record) done
+        if not running.cancelled() and running.exception() is None:
+            await _aclose_answer(running.result())
+        return None
+    return running.result()
+
+
+async def _unless_gone_anyio(
+    receive: Receive, call: Awaitable[RelayResponse]
+) -> RelayResponse | None:
     import anyio
 
     answers: list[RelayResponse] = []
@@ -425,10 +456,16 @@ async def _unless_gone(receive: Receive, call: Awaitable[RelayResponse]) -> Rela
         answers.append(await call)
         group.cancel_scope.cancel()
     if gone:
-        if answers and answers[0].astream is not None:
-            await _aclose(answers[0].astream)  # ready as the caller left: stop it too
+        if answers:
+            await _aclose_answer(answers[0])
         return None
     return answers[0]
+
+
+async def _aclose_answer(answer: RelayResponse) -> None:
+    """Stop the stream of an answer that came as the caller left."""
+    if answer.astream is not None:
+        await _aclose(answer.astream)
 
 
 async def _aclose(stream: AsyncIterator[bytes]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
+from routing_middleware import gateway
 from routing_middleware.auth import ApiKeyInfo, RateLimit, RateLimiter
 from routing_middleware.gateway import gateway_app
 from routing_middleware.testing import Failure
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.anyio
 # --------------------------------------------------------------------------- callers leaving
 
 
+@pytest.mark.parametrize("watch", ["asyncio", "anyio"])
 @pytest.mark.parametrize(
     ("stream", "failure"),
     [
@@ -30,8 +32,10 @@ pytestmark = pytest.mark.anyio
     ],
 )
 async def test_a_caller_leaving_before_the_answer_starts_stops_the_upstream_call(
-    stream: bool, failure: Failure
+    stream: bool, failure: Failure, watch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if watch == "anyio":  # the watch used off asyncio (trio), run here on asyncio
+        monkeypatch.setattr(gateway, "_unless_gone", gateway._unless_gone_anyio)
     config = {
         "mode": "observe",  # send the call where the caller sent it
         "retry": {"max_retries": 0, "attempt_timeout_s": 120},
