@@ -611,7 +611,7 @@ class DjangoSink:
     def spool(self) -> Spool:
         """The spool this sink spills to."""
         if self._spool_obj is None:
-            path = self.options.spool_path or default_spool_path()
+            path = self.options.spool_path or default_spool_path(self.options.database)
             self._spool_obj = Spool(Path(path))
         return self._spool_obj
 
@@ -810,7 +810,7 @@ def replay_spool(
     path: str | os.PathLike[str] | None = None, *, using: str = "default", batch_size: int = 500
 ) -> ReplayResult:
     """Replay a spool file into the database now (what ``llmroute_replay`` runs)."""
-    spool = Spool(Path(path) if path else default_spool_path())
+    spool = Spool(Path(path) if path else default_spool_path(using))
 
     def write(records: Sequence[UsageRecord]) -> tuple[int, int, int]:
         result = _store_isolating(records, using, spool)

@@ -41,17 +41,31 @@ _REPLAYING = ".replaying-"
 _REJECTED = ".rejected"
 
 
-def default_spool_path() -> Path:
+def default_spool_path(database: str | None = None) -> Path:
     """The configured spool file (``LLMROUTE["SINK"]["SPOOL_PATH"]``, else
-    ``LLMROUTE["SPOOL_PATH"]``), else ``llmroute-spool.jsonl`` in the temp dir."""
+    ``LLMROUTE["SPOOL_PATH"]``), else ``llmroute-spool-<id>.jsonl`` in the temp dir.
+
+    ``<id>`` names the database the records go to (alias ``database``, by default
+    ``SINK["DATABASE"]``): every project on a host shares the temp dir, and one
+    file for all would replay one project's records into another's database.
+    """
     from .conf import get_settings
 
-    configured = get_settings().spool_path
-    if configured:
-        return Path(configured)
+    settings = get_settings()
+    if settings.spool_path:
+        return Path(settings.spool_path)
+    import hashlib
     import tempfile
 
-    return Path(tempfile.gettempdir()) / "llmroute-spool.jsonl"
+    from django.conf import settings as django_settings
+
+    alias = database or settings.django.SINK.DATABASE
+    where = django_settings.DATABASES.get(alias, {})
+    identity = json.dumps(
+        [str(where.get(k) or "") for k in ("ENGINE", "NAME", "HOST", "PORT")]
+    ).encode("utf-8")
+    digest = hashlib.sha256(identity).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"llmroute-spool-{digest}.jsonl"
 
 
 def record_to_dict(record: UsageRecord) -> dict[str, Any]:

@@ -22,7 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=500)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        path = options["path"] or default_spool_path()
+        path = options["path"] or default_spool_path(options["database"])
         result = replay_spool(path, using=options["database"], batch_size=options["batch_size"])
         self.stdout.write(
             f"{path}: read {result.read}, inserted {result.inserted}, "
