@@ -244,7 +244,9 @@ class Spool:
                         continue
                     try:
                         yield record_from_dict(json.loads(raw)), raw
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, ArithmeticError):
+                        # (ArithmeticError: decimal's InvalidOperation, money that is
+                        # not a number.)
                         yield None, raw
         finally:
             os.close(fd)

@@ -99,3 +99,14 @@ def test_text_too_long_for_its_column_is_cut_alike_in_calls_and_rollups():
         call.provider,
         call.chosen_model,
     )
+
+
+def test_a_spooled_record_whose_money_does_not_parse_does_not_block_the_replay(spool_path):
+    # A record without a cost (a provider adapter's bug) spooled during an outage is
+    # written as "None", which is not a Decimal.
+    good = [make_record() for _ in range(2)]
+    Spool(spool_path).append([good[0], make_record(cost=None), good[1]])
+    result = replay_spool(spool_path)
+    assert (result.inserted, result.rejected) == (2, 1)
+    assert spool_lines(spool_path) == 0
+    assert set(LLMCall.objects.values_list("record_id", flat=True)) == {r.id for r in good}
