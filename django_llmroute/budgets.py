@@ -486,9 +486,10 @@ def budgets_version() -> int:
 
 
 def _load_rows(using: str) -> list[dict[str, Any]]:
-    from .models import Budget
+    from .models import ApiKey, Budget
 
     out = []
+    valid: dict[int, dict[str, Any]] = {}
     for row in Budget.objects.using(using).filter(active=True).order_by("name"):
         try:
             row.to_core()
@@ -498,7 +499,26 @@ def _load_rows(using: str) -> list[dict[str, Any]]:
         fields = row.core_fields()
         fields["limit_usd"] = str(fields["limit_usd"])
         out.append(fields)
+        valid[row.pk] = fields
+    # A key given a budget is held to it on its own: the budget's limit, period,
+    # thresholds and action, over the calls made with that key (an API-key budget
+    # for that key's id, whatever the budget's own scope covers besides).
+    keys = ApiKey.objects.using(using).filter(revoked=False, budget__isnull=False)
+    for key_pk, budget_pk in keys.order_by("pk").values_list("pk", "budget_id"):
+        fields = valid.get(budget_pk)
+        if fields is not None:
+            out.append(key_budget_fields(fields, key_pk))
     return out
+
+
+def key_budget_fields(fields: dict[str, Any], key_pk: Any) -> dict[str, Any]:
+    """The core budget fields holding the API key ``key_pk`` to the budget ``fields``."""
+    return {
+        **fields,
+        "name": f"{fields['name']}@key-{key_pk}",
+        "scope": "api_key",
+        "value": str(key_pk),
+    }
 
 
 def _in_event_loop() -> bool:
@@ -638,8 +658,11 @@ def connect_budget_signals() -> None:
     from django.core.signals import setting_changed
     from django.db.models.signals import post_delete, post_save
 
-    from .models import Budget
+    from .models import ApiKey, Budget
 
     post_save.connect(_on_budget_change, sender=Budget, dispatch_uid="llmroute-budget-save")
     post_delete.connect(_on_budget_change, sender=Budget, dispatch_uid="llmroute-budget-delete")
+    # (a key given a budget, or revoked, changes the budgets too)
+    post_save.connect(_on_budget_change, sender=ApiKey, dispatch_uid="llmroute-key-save")
+    post_delete.connect(_on_budget_change, sender=ApiKey, dispatch_uid="llmroute-key-delete")
     setting_changed.connect(_on_setting_changed, dispatch_uid="llmroute-budget-settings")

@@ -453,7 +453,13 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=16, db_index=True, editable=False)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     budget = models.ForeignKey(
-        Budget, null=True, blank=True, on_delete=models.SET_NULL, related_name="api_keys"
+        Budget,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="api_keys",
+        help_text="Holds this key's calls to the budget's limit on their own (each key given "
+        "a budget has its own count), besides what the budget's scope covers.",
     )
     allow_hint_headers = models.BooleanField(
         default=False, help_text="Let clients send routing hints as request headers."
