@@ -244,7 +244,7 @@ def _csv_rows(queryset: QuerySet[LLMCall]) -> Iterator[str]:
     yield writer.writerow(CSV_COLUMNS)
     rows = queryset.order_by("created_at", "pk").values_list(*CSV_COLUMNS)
     for row in rows.iterator(chunk_size=2000):
-        yield writer.writerow(["" if v is None else v for v in row])
+        yield writer.writerow([reports.csv_cell(v) for v in row])
 
 
 @admin.register(LLMCall)

@@ -54,6 +54,7 @@ __all__ = [
     "breakdown",
     "budget_spent",
     "cost_figures",
+    "csv_cell",
     "date_range",
     "decisions",
     "format_money",
@@ -989,6 +990,21 @@ def budget_spent(budget: Budget, now: datetime | None = None) -> Decimal:
     if value is None:
         return _highest(calls, column)
     return as_decimal(calls.filter(**{column: value}).aggregate(s=Sum("cost"))["s"])
+
+
+#: What a spreadsheet reads as the start of a formula in a CSV cell.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` for a CSV cell: ``None`` empty, and text that a spreadsheet would run
+    as a formula (a feature, user id or model name a caller chose, starting with ``=``,
+    ``+``, ``-`` or ``@``) kept as text by a leading ``'``. Numbers stay numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def aware(moment: datetime) -> datetime:

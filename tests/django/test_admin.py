@@ -413,3 +413,37 @@ def test_usage_without_requested_cost_has_no_savings(admin_client):
     )
     html = admin_client.get(REPORT).content.decode()
     assert _money_of(html, "savings") == "$0.00 (0.0%)"
+
+
+@pytest.mark.django_db
+def test_csv_cells_a_spreadsheet_would_run_are_kept_as_text(admin_client):
+    from django_llmroute.reports import csv_cell
+
+    hostile = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    assert [csv_cell(v) for v in hostile] == ["'" + v for v in hostile]
+    assert [csv_cell(v) for v in ("plain", "", None, 3, Decimal("-1.5"))] == [
+        "plain",
+        "",
+        "",
+        3,
+        Decimal("-1.5"),
+    ]
+    LLMCall.objects.create(
+        record_id="r-formula",
+        call_id="c-formula",
+        created_at=timezone.now(),
+        feature="=1+1",
+        requested_model="@m",
+        chosen_model="m",
+        provider="p",
+        cost=Decimal("-0.5"),
+    )
+    pk = LLMCall.objects.get(record_id="r-formula").pk
+    response = admin_client.post(
+        "/admin/django_llmroute/llmcall/",
+        {"action": "export_csv", "_selected_action": [str(pk)]},
+    )
+    [row] = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert row["feature"] == "'=1+1"
+    assert row["requested_model"] == "'@m"
+    assert Decimal(row["cost"]) == Decimal("-0.5")  # a number is left alone

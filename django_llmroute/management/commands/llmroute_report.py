@@ -98,7 +98,8 @@ class Command(BaseCommand):
             writer = csv.writer(self.stdout, lineterminator="\n")
             writer.writerow(header)
             for r in rows:
-                writer.writerow([*(_cell(r[g]) for g in groups), *(r[k] for k in FIGURES)])
+                cells = (reports.csv_cell(_cell(r[g])) for g in groups)
+                writer.writerow([*cells, *(r[k] for k in FIGURES)])
             return
         self._table(groups, rows, totals, since, until)
 
