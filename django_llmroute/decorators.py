@@ -31,8 +31,10 @@ Inside a view, a Celery task or any function, the same hints work as a block::
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
+
+from django.http import FileResponse, StreamingHttpResponse
 
 from routing_middleware.context import RouteHint, route_hint
 
@@ -53,11 +55,62 @@ def llm_route(**hints: Any) -> RouteHint:
     return route_hint(**hints)
 
 
+def _sync_stream(content: Iterable[bytes], hint: RouteHint) -> Iterator[bytes]:
+    iterator = iter(content)
+    try:
+        while True:
+            with hint:
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    return
+            yield chunk
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            with hint:
+                close()
+
+
+async def _async_stream(content: AsyncIterator[bytes], hint: RouteHint) -> AsyncIterator[bytes]:
+    iterator = aiter(content)
+    try:
+        while True:
+            with hint:
+                try:
+                    chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+            yield chunk
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            with hint:
+                await aclose()
+
+
+def _keep_hints_while_streaming(response: Any, hints: dict[str, Any]) -> Any:
+    """A streaming body runs after ``dispatch`` returned, outside its ``with hint``
+    block (and the middleware only knows the class attribute, not what
+    ``get_llm_route()`` computed): the hints are made current around each step of
+    the body instead, merged onto whatever context the consumer has then.
+    """
+    if isinstance(response, StreamingHttpResponse) and not isinstance(response, FileResponse):
+        # A fresh RouteHint per response: its token stack is never shared.
+        content = response.streaming_content
+        if response.is_async:
+            response.streaming_content = _async_stream(content, route_hint(**hints))  # type: ignore[arg-type]
+        else:
+            response.streaming_content = _sync_stream(content, route_hint(**hints))  # type: ignore[arg-type]
+    return response
+
+
 class LLMRouteMixin:
     """Class-based view mixin: hints from the ``llm_route`` class attribute (a dict).
 
     Override :meth:`get_llm_route` to compute them per request. Works with sync and
-    async views (the hints stay current while an async handler runs).
+    async views (the hints stay current while an async handler runs, and around each
+    step of a streaming response's body).
     """
 
     llm_route: dict[str, Any] = {}
@@ -79,9 +132,10 @@ class LLMRouteMixin:
                 with hint:
                     result = parent(request, *args, **kwargs)
                     if inspect.isawaitable(result):
-                        return await result
-                    return result
+                        result = await result
+                return _keep_hints_while_streaming(result, hints)
 
             return run()
         with hint:
-            return parent(request, *args, **kwargs)
+            response = parent(request, *args, **kwargs)
+        return _keep_hints_while_streaming(response, hints)
