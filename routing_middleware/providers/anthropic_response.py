@@ -112,6 +112,7 @@ class AnthropicStreamDecoder:
     __slots__ = (
         "_blocks",
         "_done",
+        "_empty_tools",
         "_generated",
         "_id",
         "_model",
@@ -131,6 +132,7 @@ class AnthropicStreamDecoder:
         self._id: str | None = None
         self._model: str | None = None
         self._blocks: dict[int, tuple[str, int]] = {}  # block index -> (kind, tool ordinal)
+        self._empty_tools: set[int] = set()  # tool_use blocks with no arguments yet
         self._raw_usage: dict[str, Any] = {}
         self._generated: list[str] = []
         self._seen = False
@@ -214,6 +216,14 @@ class AnthropicStreamDecoder:
         self._seen = True
         if kind == "content_block_delta":
             self._delta(payload, out)
+        elif kind == "content_block_stop":
+            index = as_int(payload.get("index"))
+            if index in self._empty_tools:
+                # A tool without parameters streams its input as "" (no JSON at all);
+                # callers parse the joined arguments, so they get the empty object.
+                self._empty_tools.discard(index)
+                call = ToolCallDelta(index=self._blocks[index][1], arguments="{}")
+                self._emit(out, "", tool_calls=[call])
         elif kind == "content_block_start":
             self._block_start(payload, out)
         elif kind == "message_start":
@@ -253,6 +263,8 @@ class AnthropicStreamDecoder:
                 arguments=_dumps(preset) if preset else "",
             )
             self._blocks[index] = ("tool_use", ordinal)
+            if not delta.arguments:
+                self._empty_tools.add(index)
             self._emit(out, (delta.name or "") + delta.arguments, tool_calls=[delta])
             return
         self._blocks[index] = (str(kind), 0)
@@ -269,9 +281,11 @@ class AnthropicStreamDecoder:
             self._emit(out, text, text=text)
         elif kind == "input_json_delta":
             fragment = delta.get("partial_json") or ""
-            block = self._blocks.get(as_int(payload.get("index")))
+            index = as_int(payload.get("index"))
+            block = self._blocks.get(index)
             if not fragment or block is None or block[0] != "tool_use":
                 return
+            self._empty_tools.discard(index)
             call = ToolCallDelta(index=block[1], arguments=fragment)
             self._emit(out, call.arguments, tool_calls=[call])
         elif kind == "thinking_delta":

@@ -1,0 +1,106 @@
+"""Edges of translating between dialects that the scenario matrix does not reach.
+
+Each test feeds one provider's real wire shape through the relay's pieces (decoder
+of the upstream dialect, encoder of the caller's) and lets the caller's own SDK
+read the result where one exists.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+import openai
+
+from routing_middleware.providers.anthropic import ANTHROPIC_DIALECT
+from routing_middleware.providers.openai_caller import OPENAI_CALLER
+from routing_middleware.providers.registry import provider_config
+from routing_middleware.schema import ChatRequest, Message
+from tests.core.sdk_helpers import sdk
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _anthropic_no_argument_tool_stream() -> bytes:
+    """What Anthropic streams for a call of a tool without parameters: the input
+    arrives as one ``input_json_delta`` whose ``partial_json`` is empty."""
+    message = {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-up",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 1},
+    }
+    tool = {"type": "tool_use", "id": "toolu_01", "name": "get_time", "input": {}}
+    return b"".join(
+        [
+            _sse("message_start", {"type": "message_start", "message": message}),
+            _sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": tool},
+            ),
+            _sse(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": ""},
+                },
+            ),
+            _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                    "usage": {"output_tokens": 9},
+                },
+            ),
+            _sse("message_stop", {"type": "message_stop"}),
+        ]
+    )
+
+
+def test_openai_caller_streams_valid_json_for_an_anthropic_call_without_arguments() -> None:
+    request = ChatRequest(model="caller-model", messages=[Message(role="user", content="time?")])
+    config = provider_config("anthropic", api_key="k", base_url="https://fake.invalid")
+    decoder = ANTHROPIC_DIALECT.stream_decoder(config, request)
+    encoder = OPENAI_CALLER.stream_encoder("caller-model", "chatcmpl-1")
+    raw = _anthropic_no_argument_tool_stream()
+    out = [encoder.start()]
+    out += [encoder.chunk(c) for c in decoder.feed(raw)]
+    out += [encoder.chunk(c) for c in decoder.close()]
+    out.append(encoder.finish(decoder.usage))
+    body = b"".join(out)
+
+    def handle(_: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    client = sdk(openai.OpenAI, handle, api_key="caller-key", base_url="https://gateway.test/v1")
+    arguments: dict[int, str] = {}
+    names: dict[int, str] = {}
+    finish = None
+    stream = client.chat.completions.create(
+        model="caller-model", messages=[{"role": "user", "content": "time?"}], stream=True
+    )
+    for chunk in stream:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for call in choice.delta.tool_calls or ():
+                function = call.function
+                names[call.index] = (function.name if function else None) or names.get(
+                    call.index, ""
+                )
+                arguments[call.index] = arguments.get(call.index, "") + (
+                    (function.arguments if function else None) or ""
+                )
+    assert names == {0: "get_time"}
+    # Real OpenAI sends "{}" for a call without arguments; "" is not JSON.
+    assert json.loads(arguments[0]) == {}
+    assert finish == "tool_calls"
