@@ -27,7 +27,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 def _anthropic_no_argument_tool_stream() -> bytes:
     """What Anthropic streams for a call of a tool without parameters: the input
     arrives as one ``input_json_delta`` whose ``partial_json`` is empty."""
-    message = {
+    message: dict[str, Any] = {
         "id": "msg_01",
         "type": "message",
         "role": "assistant",
