@@ -660,6 +660,50 @@ def _parse_openrouter(document: Any, source: str) -> Feed:
 # ---------------------------------------------------------------------- llmroute
 
 
+_SNAPSHOT_PRICE_KEYS = (
+    "input",
+    "output",
+    "cached_input",
+    "cache_write",
+    "cache_write_long",
+    "reasoning",
+)
+
+
+def _check_snapshot_prices(price: Mapping[str, Any], where: str) -> None:
+    """Every price of a snapshot-format price object, bands and off-peak included, is a
+    sane non-negative number (a NaN or negative band or reasoning price would otherwise
+    reach cost_of and make costs NaN or negative)."""
+    for key in _SNAPSHOT_PRICE_KEYS:
+        if price.get(key) is not None:
+            _price(price[key], f"{where}.{key}", per_token=False)
+    bands = price.get("bands") or []
+    if not isinstance(bands, list):
+        raise FeedError(f"{where}.bands: expected a list")
+    for i, band in enumerate(bands):
+        at = f"{where}.bands[{i}]"
+        if not isinstance(band, dict):
+            raise FeedError(f"{at}: expected an object")
+        for key in ("above_tokens", "input", "output"):
+            if key not in band:
+                raise FeedError(f"{at}.{key}: missing")
+        _int(band["above_tokens"], f"{at}.above_tokens", minimum=0)
+        for key in _SNAPSHOT_PRICE_KEYS:
+            if band.get(key) is not None:
+                _price(band[key], f"{at}.{key}", per_token=False)
+    off_peak = price.get("off_peak")
+    if off_peak is not None:
+        at = f"{where}.off_peak"
+        if not isinstance(off_peak, dict):
+            raise FeedError(f"{at}: expected an object")
+        for key in ("input", "output"):
+            if key not in off_peak:
+                raise FeedError(f"{at}.{key}: missing")
+        for key in ("input", "output", "cached_input"):
+            if off_peak.get(key) is not None:
+                _price(off_peak[key], f"{at}.{key}", per_token=False)
+
+
 def _parse_llmroute(document: Any, source: str) -> Feed:
     raw_models = document.get("models") if isinstance(document, dict) else None
     if not isinstance(raw_models, list):
@@ -681,9 +725,7 @@ def _parse_llmroute(document: Any, source: str) -> Feed:
         for key in ("input", "output"):
             if key not in price:
                 raise FeedError(f"{where}.price.{key}: missing")
-        for key in ("input", "output", "cached_input", "cache_write", "cache_write_long"):
-            if price.get(key) is not None:
-                _price(price[key], f"{where}.price.{key}", per_token=False)
+        _check_snapshot_prices(price, f"{where}.price")
         _int(raw["context_window"], f"{where}.context_window")
         try:
             models.append(model_from_dict(raw))

@@ -1,0 +1,124 @@
+"""Feed validation that protects what calls cost: no NaN, negative or placeholder price
+reaches :func:`~routing_middleware.pricing.cost_of` through a feed."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from routing_middleware.catalog import Catalog
+from routing_middleware.feeds import FeedError, parse_feed
+from routing_middleware.pricing import cost_of
+from routing_middleware.schema import Usage
+
+
+def _snapshot(price: dict[str, Any]) -> dict[str, Any]:
+    model = {
+        "id": "openai/gpt-4o-mini",
+        "provider": "openai",
+        "name": "gpt-4o-mini",
+        "price": price,
+        "context_window": 128000,
+    }
+    return {"format": 1, "models": [model]}
+
+
+@pytest.mark.parametrize(
+    ("price", "message"),
+    [
+        ({"input": "0.15", "output": "0.6", "reasoning": "-5"}, "price.reasoning: negative"),
+        ({"input": "0.15", "output": "0.6", "reasoning": "NaN"}, "price.reasoning: not a finite"),
+        (
+            {
+                "input": "0.15",
+                "output": "0.6",
+                "bands": [{"above_tokens": 1000, "input": "NaN", "output": "1"}],
+            },
+            "price.bands[0].input: not a finite",
+        ),
+        (
+            {
+                "input": "0.15",
+                "output": "0.6",
+                "bands": [{"above_tokens": 1000, "input": "1", "output": "-1"}],
+            },
+            "price.bands[0].output: negative",
+        ),
+        (
+            {
+                "input": "0.15",
+                "output": "0.6",
+                "bands": [
+                    {"above_tokens": 1000, "input": "1", "output": "1", "cached_input": "-1"}
+                ],
+            },
+            "price.bands[0].cached_input: negative",
+        ),
+        (
+            {
+                "input": "0.15",
+                "output": "0.6",
+                "bands": [{"above_tokens": -1, "input": "1", "output": "1"}],
+            },
+            "price.bands[0].above_tokens: must be at least 0",
+        ),
+        (
+            {
+                "input": "0.15",
+                "output": "0.6",
+                "off_peak": {"windows": [[0, 24]], "input": "-0.1", "output": "0.3"},
+            },
+            "price.off_peak.input: negative",
+        ),
+        (
+            {
+                "input": "0.15",
+                "output": "0.6",
+                "off_peak": {"windows": [[0, 24]], "input": "0.1", "output": "Infinity"},
+            },
+            "price.off_peak.output: not a finite",
+        ),
+    ],
+)
+def test_snapshot_feed_rejects_bad_reasoning_band_and_off_peak_prices(
+    price: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(FeedError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_feed(_snapshot(price))
+
+
+def test_bad_band_in_a_snapshot_feed_leaves_the_catalog_and_its_costs_alone(
+    tmp_path: Path,
+) -> None:
+    catalog = Catalog.bundled()
+    path = tmp_path / "feed.json"
+    price = {"input": "0.15", "output": "0.6", "reasoning": "-5"}
+    path.write_text(json.dumps(_snapshot(price)), encoding="utf-8")
+    with pytest.raises(FeedError):
+        catalog.update_from_feed(path)
+    assert catalog.generation == 0
+    usage = Usage(input_tokens=0, output_tokens=1000, reasoning_tokens=1000)
+    # gpt-4o-mini's reasoning is priced as output, 0.6 per 1M:
+    # 1,000 x 0.6 = 600 -> 600 / 1,000,000 = 0.0006 (with the feed's -5 it was -0.005)
+    assert cost_of(usage, "gpt-4o-mini", catalog=catalog) == Decimal("0.0006")
+
+
+def test_valid_snapshot_feed_with_bands_and_off_peak_still_loads() -> None:
+    price = {
+        "input": "0.15",
+        "output": "0.6",
+        "reasoning": "0.9",
+        "bands": [{"above_tokens": 1000, "input": "0.3", "output": "1.2"}],
+        "off_peak": {"windows": [[16, 24]], "input": "0.1", "output": "0.3"},
+    }
+    (model,) = parse_feed(_snapshot(price)).models
+    assert model.price.bands[0].input == Decimal("0.3")
+    assert model.price.off_peak is not None
+    # 2,000 input (above the 1,000 band: 0.3) + 100 output (band 1.2):
+    # 2,000 x 0.3 + 100 x 1.2 = 600 + 120 = 720 -> 0.00072
+    usage = Usage(input_tokens=2000, output_tokens=100)
+    assert cost_of(usage, model) == Decimal("0.00072")
