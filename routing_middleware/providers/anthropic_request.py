@@ -107,6 +107,10 @@ def build_body(request: ChatRequest, model: str, options: Mapping[str, Any]) -> 
         value = getattr(request, name)
         if value is not None:
             body[name] = value
+    if request.temperature is not None and request.temperature > 1:
+        # OpenAI and Gemini take up to 2, Anthropic answers above 1 with a 400: a caller
+        # routed here gets Anthropic's most random setting instead of a failure.
+        body["temperature"] = 1.0
     if request.stop:
         body["stop_sequences"] = list(request.stop)
     if request.stream:

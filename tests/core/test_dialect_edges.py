@@ -104,3 +104,19 @@ def test_openai_caller_streams_valid_json_for_an_anthropic_call_without_argument
     # Real OpenAI sends "{}" for a call without arguments; "" is not JSON.
     assert json.loads(arguments[0]) == {}
     assert finish == "tool_calls"
+
+
+def test_openai_temperature_above_anthropics_range_is_clamped_not_sent() -> None:
+    # OpenAI takes temperature up to 2; Anthropic rejects anything above 1 with a 400,
+    # so a call routed there must not fail for a value valid in the caller's dialect.
+    body = json.dumps(
+        {
+            "model": "caller-model",
+            "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 1.6,
+        }
+    ).encode()
+    request = OPENAI_CALLER.parse_request(body, "/v1/chat/completions")
+    config = provider_config("anthropic", api_key="k", base_url="https://fake.invalid")
+    encoded = ANTHROPIC_DIALECT.encode_request(request, config, "claude-up")
+    assert encoded.json["temperature"] == 1.0
