@@ -98,6 +98,8 @@ LITELLM_PROVIDERS: Mapping[str, str] = {
 }
 
 _MODES = frozenset({"chat", "embedding"})
+#: Self-hosted providers: a $0 LiteLLM price is their real price, not a placeholder.
+_FREE_PROVIDERS = frozenset({"ollama", "vllm"})
 _PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token", "tiered_pricing")
 _BAND_KEY = re.compile(
     r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost"
@@ -444,7 +446,8 @@ def litellm_entry_to_model(
 
     Skipped (``None``): providers without an llmroute adapter, modes other than chat
     and embedding, entries whose input is not priced per token (per second, per
-    request, placeholders) and entries without a context window.
+    request, placeholders: $0 in and out for a hosted, non-``:free`` model) and
+    entries without a context window.
 
     Raises :class:`FeedError` when the entry is for llmroute but invalid. Prices go
     from per token to per 1M tokens exactly (``Decimal.scaleb``), so parse the file
@@ -486,6 +489,16 @@ def litellm_entry_to_model(
             reasoning=reasoning if reasoning is not None and reasoning != output else None,
         )
         bands = _bands(entry, where, output)
+    if (
+        base.input == 0
+        and base.output == 0
+        and not bands
+        and provider not in _FREE_PROVIDERS
+        and not key.endswith(":free")
+    ):
+        # LiteLLM lists a paid model whose price it does not know yet at $0: taken as
+        # is, it would make every call to it cost nothing (and look cheapest to routing).
+        return None
     context = entry.get("max_input_tokens") or entry.get("max_tokens")
     if context is None:
         raise FeedError(f"{where}.max_input_tokens: missing")

@@ -122,3 +122,38 @@ def test_valid_snapshot_feed_with_bands_and_off_peak_still_loads() -> None:
     # 2,000 x 0.3 + 100 x 1.2 = 600 + 120 = 720 -> 0.00072
     usage = Usage(input_tokens=2000, output_tokens=100)
     assert cost_of(usage, model) == Decimal("0.00072")
+
+
+def _litellm_entry(provider: str, input: str, output: str) -> dict[str, Any]:
+    return {
+        "litellm_provider": provider,
+        "mode": "chat",
+        "input_cost_per_token": input,
+        "output_cost_per_token": output,
+        "max_input_tokens": 128000,
+    }
+
+
+def test_litellm_zero_price_placeholders_do_not_make_calls_free(tmp_path: Path) -> None:
+    # LiteLLM lists models it has no price for yet at $0 (e.g. command-a-plus-05-2026).
+    document = {
+        "gpt-4o-mini": _litellm_entry("openai", "0", "0"),
+        "command-a-plus-05-2026": _litellm_entry("cohere_chat", "0.0", "0.0"),
+        "ollama/llama3": _litellm_entry("ollama", "0", "0"),
+        "openrouter/meta-llama/llama-3.3-70b-instruct:free": _litellm_entry("openrouter", "0", "0"),
+    }
+    path = tmp_path / "litellm.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    catalog = Catalog.bundled()
+    report = catalog.update_from_feed(path, "litellm")
+    assert "gpt-4o-mini" in report.skipped
+    assert "command-a-plus-05-2026" in report.skipped
+    assert "cohere/command-a-plus-05-2026" not in catalog
+    # gpt-4o-mini keeps its list price: in 0.15, out 0.6 per 1M
+    # 10,000 x 0.15 + 1,000 x 0.6 = 1,500 + 600 = 2,100 -> 0.0021 (0 with the placeholder)
+    usage = Usage(input_tokens=10_000, output_tokens=1_000)
+    assert cost_of(usage, "gpt-4o-mini", catalog=catalog) == Decimal("0.0021")
+    # Self-hosted and explicitly free models really cost nothing.
+    assert cost_of(usage, "ollama/llama3", catalog=catalog) == 0
+    free = "openrouter/meta-llama/llama-3.3-70b-instruct:free"
+    assert cost_of(usage, free, catalog=catalog) == 0
