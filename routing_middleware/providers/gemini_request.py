@@ -58,7 +58,17 @@ SCHEMA_KEYWORDS = frozenset(
     ]
 )
 #: ``reasoning_effort`` → ``thinkingBudget`` for Gemini 2.x; later models take a level.
-_THINKING_BUDGETS = {"none": 0, "minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
+#: ``xhigh`` (OpenAI) and ``max`` (Anthropic ``effort``) get the largest budget every 2.x
+#: model takes (Flash's ceiling), rather than a 400 for a word the caller's API accepts.
+_THINKING_BUDGETS = {
+    "none": 0,
+    "minimal": 0,
+    "low": 1024,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 24576,
+    "max": 24576,
+}
 _THINKING_LEVELS = {
     "none": "minimal",
     "minimal": "minimal",

@@ -120,3 +120,30 @@ def test_openai_temperature_above_anthropics_range_is_clamped_not_sent() -> None
     config = provider_config("anthropic", api_key="k", base_url="https://fake.invalid")
     encoded = ANTHROPIC_DIALECT.encode_request(request, config, "claude-up")
     assert encoded.json["temperature"] == 1.0
+
+
+def test_top_reasoning_efforts_of_other_dialects_reach_gemini_2() -> None:
+    # "xhigh" is an OpenAI reasoning_effort and "max" an Anthropic output_config.effort;
+    # a call routed to a Gemini 2.x model must get a thinking budget, not a 400.
+    from routing_middleware.providers.anthropic import ANTHROPIC_CALLER
+    from routing_middleware.providers.gemini import GEMINI_DIALECT
+
+    config = provider_config("gemini", api_key="k", base_url="https://fake.invalid/v1beta")
+    openai_body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "reasoning_effort": "xhigh",
+    }
+    anthropic_body = {
+        "model": "m",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}],
+        "output_config": {"effort": "max"},
+    }
+    for request in (
+        OPENAI_CALLER.parse_request(json.dumps(openai_body).encode()),
+        ANTHROPIC_CALLER.parse_request(json.dumps(anthropic_body).encode()),
+    ):
+        encoded = GEMINI_DIALECT.encode_request(request, config, "gemini-2.5-flash")
+        budget = encoded.json["generationConfig"]["thinkingConfig"]["thinkingBudget"]
+        assert budget == 24576
