@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,10 +42,54 @@ __all__ = [
 _REPLAYING = ".replaying-"
 _REJECTED = ".rejected"
 
+# Spool files are opened without following a symlink at their own name (where the
+# system has the flag): a link planted there is refused, not written through.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _default_dir() -> Path:
+    """The directory of default spools: one per user in the temp dir, made private.
+
+    The temp dir is shared: a spool file there under a name anyone can work out could
+    be pre-created or replaced by a symlink by another local user, so the file lives
+    in a directory only this user can enter (see :func:`_private_dir`).
+    """
+    return Path(tempfile.gettempdir()) / f"llmroute-{os.geteuid()}"
+
+
+def _private_dir(path: Path, *, create: bool) -> bool:
+    """Check (making it first with ``create``) that ``path`` is a real directory owned
+    by this user and closed to everyone else; whether it exists. Anything else (a
+    symlink, someone else's directory, one open to others) is refused, never used:
+    records written there could be read or replaced, and a replay from there would
+    store whatever someone else put in it.
+    """
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.geteuid()
+        or stat.S_IMODE(info.st_mode) & 0o077
+    ):
+        raise PermissionError(
+            f"llmroute: the spool directory {path} is not a private directory of this "
+            "user (a symlink, another user's, or open to others); remove it or set "
+            "LLMROUTE['SPOOL_PATH']"
+        )
+    return True
+
 
 def default_spool_path(database: str | None = None) -> Path:
     """The configured spool file (``LLMROUTE["SINK"]["SPOOL_PATH"]``, else
-    ``LLMROUTE["SPOOL_PATH"]``), else ``llmroute-spool-<id>.jsonl`` in the temp dir.
+    ``LLMROUTE["SPOOL_PATH"]``), else ``llmroute-spool-<id>.jsonl`` in a private
+    directory of this user in the temp dir (``llmroute-<uid>``, mode 0700).
 
     ``<id>`` names the database the records go to (alias ``database``, by default
     ``SINK["DATABASE"]``): every project on a host shares the temp dir, and one
@@ -55,7 +101,6 @@ def default_spool_path(database: str | None = None) -> Path:
     if settings.spool_path:
         return Path(settings.spool_path)
     import hashlib
-    import tempfile
 
     from django.conf import settings as django_settings
 
@@ -65,7 +110,7 @@ def default_spool_path(database: str | None = None) -> Path:
         [str(where.get(k) or "") for k in ("ENGINE", "NAME", "HOST", "PORT")]
     ).encode("utf-8")
     digest = hashlib.sha256(identity).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"llmroute-spool-{digest}.jsonl"
+    return _default_dir() / f"llmroute-spool-{digest}.jsonl"
 
 
 def record_to_dict(record: UsageRecord) -> dict[str, Any]:
@@ -174,6 +219,37 @@ class Spool:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        # A default spool: its directory is checked to be private before each use.
+        self._private = self.path.parent == _default_dir()
+
+    def _make_dir(self) -> None:
+        if self._private:
+            _private_dir(self.path.parent, create=True)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _adopt_old_default(self) -> None:
+        """Move a default spool left in the temp dir itself (where it was kept before
+        it had a private directory) into this one, to be replayed: only regular files
+        of this user (never a symlink, never someone else's file)."""
+        if not self._private:
+            return
+        shared = self.path.parent.parent
+        for old in [shared / self.path.name, *shared.glob(self.path.name + _REPLAYING + "*")]:
+            try:
+                info = os.lstat(old)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            _private_dir(self.path.parent, create=True)
+            aside = self.path.with_name(
+                f"{self.path.name}{_REPLAYING}{time.time_ns()}-{os.getpid()}-old"
+            )
+            try:
+                os.rename(old, aside)
+            except FileNotFoundError:
+                pass
 
     def append(self, records: Sequence[UsageRecord], *, fsync: bool = True) -> None:
         """Append ``records``; with ``fsync`` they are on disk before this returns.
@@ -188,9 +264,9 @@ class Spool:
             for r in records
         ).encode("utf-8")
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dir()
             while True:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
                 try:
                     if fcntl is not None:
                         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -213,9 +289,12 @@ class Spool:
 
     def pending(self) -> bool:
         """Whether there is anything to replay."""
+        self._adopt_old_default()
         return any(p.stat().st_size > 0 for p in self._replay_files(include_current=True))
 
     def _replay_files(self, *, include_current: bool) -> list[Path]:
+        if self._private and not _private_dir(self.path.parent, create=False):
+            return []
         found = sorted(self.path.parent.glob(self.path.name + _REPLAYING + "*"))
         if include_current and self.path.exists():
             found.append(self.path)
@@ -223,6 +302,7 @@ class Spool:
 
     def _claim(self) -> list[Path]:
         """Rename the live spool aside; return every file waiting for replay."""
+        self._adopt_old_default()
         if self.path.exists() and self.path.stat().st_size > 0:
             aside = self.path.with_name(
                 f"{self.path.name}{_REPLAYING}{time.time_ns()}-{os.getpid()}"
@@ -234,7 +314,7 @@ class Spool:
         return self._replay_files(include_current=False)
 
     def _read(self, path: Path) -> Iterator[tuple[UsageRecord | None, bytes]]:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # wait for a writer that opened it pre-rename
@@ -260,11 +340,19 @@ class Spool:
             for r in records
         ).encode("utf-8")
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path.with_name(self.path.name + _REJECTED), "ab") as out:
+            self._make_dir()
+            with self._open_rejected() as out:
                 out.write(payload)
                 out.flush()
                 os.fsync(out.fileno())
+
+    def _open_rejected(self) -> Any:
+        fd = os.open(
+            self.path.with_name(self.path.name + _REJECTED),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW,
+            0o600,
+        )
+        return os.fdopen(fd, "ab")
 
     def replay(
         self,
@@ -300,7 +388,7 @@ class Spool:
                 rejected += sum(aside)
             if bad:
                 rejected += len(bad)
-                with open(self.path.with_name(self.path.name + _REJECTED), "ab") as out:
+                with self._open_rejected() as out:
                     out.writelines(bad)
             path.unlink()
             files += 1

@@ -41,7 +41,8 @@ def test_each_database_has_its_own_default_spool():
     assert len({paths["default"], paths["other"], paths["staging"]}) == 3
     assert paths["same"] == paths["default"]  # the same database, whatever its alias
     for path in paths.values():
-        assert path.parent == Path(tempfile.gettempdir())
+        # In this user's private directory of the temp dir, not the shared dir itself.
+        assert path.parent.parent == Path(tempfile.gettempdir())
         assert path.name.startswith("llmroute-spool-")
         assert path.suffix == ".jsonl"
 
