@@ -661,6 +661,10 @@ def _parse_openrouter(document: Any, source: str) -> Feed:
                 source=f"feed {source}",
             )
         )
+    if not models:
+        # The feed is authoritative for openrouter: an empty answer (an outage, a proxy's
+        # placeholder) would remove every OpenRouter model and leave their calls unpriced.
+        raise FeedError(f"{source}: no priced model in the OpenRouter feed")
     return Feed(
         "openrouter",
         tuple(models),

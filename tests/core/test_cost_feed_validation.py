@@ -157,3 +157,30 @@ def test_litellm_zero_price_placeholders_do_not_make_calls_free(tmp_path: Path) 
     assert cost_of(usage, "ollama/llama3", catalog=catalog) == 0
     free = "openrouter/meta-llama/llama-3.3-70b-instruct:free"
     assert cost_of(usage, free, catalog=catalog) == 0
+
+
+OPENROUTER = Path(__file__).parent / "data" / "openrouter_small.json"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"data": []},
+        {"data": [{"id": "openrouter/auto", "pricing": {"prompt": "-1", "completion": "-1"}}]},
+    ],
+)
+def test_empty_openrouter_feed_does_not_unprice_every_openrouter_model(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    catalog = Catalog.bundled()
+    catalog.update_from_feed(OPENROUTER)
+    model_id = "openrouter/anthropic/claude-sonnet-4.6"
+    generation = catalog.generation
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(FeedError, match="no priced model"):
+        catalog.update_from_feed(path)
+    assert catalog.generation == generation
+    # Still priced: in 3, out 15 per 1M: 1,000 x 3 + 100 x 15 = 4,500 -> 0.0045
+    usage = Usage(input_tokens=1_000, output_tokens=100)
+    assert cost_of(usage, model_id, catalog=catalog) == Decimal("0.0045")
