@@ -337,17 +337,17 @@ class _SyncDriver(_Driver):
         if self._d.budgets is not None:
             settle_now(self._d.budgets, effect.reservation, effect.amount)
 
-    def _acquire(self, effect: _Acquire) -> bool:
+    def _acquire(self, effect: _Acquire) -> float | None:
         breaker = self._d.breaker
         try:
-            return breaker is None or breaker.acquire(effect.deployment)
+            return 0.0 if breaker is None else breaker.admit(effect.deployment)
         except Exception:
-            return True
+            return 0.0
 
     def _report(self, effect: _Report) -> None:
         if self._d.breaker is not None:
             try:
-                self._d.breaker.record(effect.deployment, effect.ok)
+                self._d.breaker.record(effect.deployment, effect.ok, effect.ticket)
             except Exception:
                 return
 
@@ -367,7 +367,7 @@ class _SyncDriver(_Driver):
         breaker, stats = self._d.breaker, self._d.stats
         if effect.deployment is not None and breaker is not None:
             try:
-                breaker.record(effect.deployment, effect.ok)
+                breaker.record(effect.deployment, effect.ok, effect.ticket)
             except Exception:
                 pass
         if effect.key is not None and stats is not None:
@@ -461,17 +461,17 @@ class _AsyncDriver(_Driver):
         if self._d.budgets is not None:
             await asettle_now(self._d.budgets, effect.reservation, effect.amount)
 
-    async def _acquire(self, effect: _Acquire) -> bool:
+    async def _acquire(self, effect: _Acquire) -> float | None:
         breaker = self._d.breaker
         try:
-            return breaker is None or await breaker.aacquire(effect.deployment)
+            return 0.0 if breaker is None else await breaker.aadmit(effect.deployment)
         except Exception:
-            return True
+            return 0.0
 
     async def _report(self, effect: _Report) -> None:
         if self._d.breaker is not None:
             try:
-                await self._d.breaker.arecord(effect.deployment, effect.ok)
+                await self._d.breaker.arecord(effect.deployment, effect.ok, effect.ticket)
             except Exception:
                 return
 
@@ -491,7 +491,7 @@ class _AsyncDriver(_Driver):
         breaker, stats = self._d.breaker, self._d.stats
         if effect.deployment is not None and breaker is not None:
             try:
-                await breaker.arecord(effect.deployment, effect.ok)
+                await breaker.arecord(effect.deployment, effect.ok, effect.ticket)
             except Exception:
                 pass
         if effect.key is not None and stats is not None:

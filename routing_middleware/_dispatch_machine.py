@@ -388,7 +388,7 @@ class _Machine:
                     # no verdict, as for a stream closed early: a half-open probe
                     # dropped this way must not hold the probe until it times out
                     with contextlib.suppress(Exception):
-                        self.breaker.record(live.deployment, None)
+                        self.breaker.record(live.deployment, None, live.ticket)
                 request = self._continuation(call) if call.stitched else call.request
                 usage = self._partial_usage(call, live, request)
                 cost, charge, extra = self._costs(live, usage)
@@ -448,11 +448,15 @@ class _Machine:
                 remaining = None if call.deadline_at is None else call.deadline_at - now
                 if remaining is not None and remaining <= 0:
                     raise last_error or UpstreamTimeout("the call's deadline passed")
-                if self.breaker is not None and not (yield _Acquire(deployment)):
-                    last_error = last_error or NoRouteAvailable(
-                        f"circuit open for {deployment.key}", provider=deployment.provider
-                    )
-                    break
+                ticket = 0.0  # (the breaker's, for this attempt's outcome)
+                if self.breaker is not None:
+                    admitted = yield _Acquire(deployment)
+                    if admitted is None:
+                        last_error = last_error or NoRouteAvailable(
+                            f"circuit open for {deployment.key}", provider=deployment.provider
+                        )
+                        break
+                    ticket = admitted
                 reservation = None
                 budget_info = info if info is not None else self._unpriced(deployment)
                 if self.budgets is not None and budget_info is not None:
@@ -464,18 +468,18 @@ class _Machine:
                         )
                     except LLMError as blocked:  # BudgetExceeded: a cheaper fallback may fit
                         if self.breaker is not None:
-                            yield _Report(deployment, None)
+                            yield _Report(deployment, None, ticket)
                         last_error = blocked
                         break
                     except GeneratorExit:  # (no effect can run now: see ``_run``)
                         if self.breaker is not None:
-                            _deferred.defer(partial(self.breaker.record, deployment, None))
+                            _deferred.defer(partial(self.breaker.record, deployment, None, ticket))
                         raise
                     except BaseException:
                         # cancelled (or failed) while the hold was taken: no attempt is
                         # live yet to hand back the half-open probe the breaker granted
                         if self.breaker is not None:
-                            yield _Report(deployment, None)
+                            yield _Report(deployment, None, ticket)
                         raise
                 number += 1
                 attempt = _Attempt(
@@ -486,6 +490,7 @@ class _Machine:
                     fallback_from,
                     reservation,
                     budget_info,
+                    ticket=ticket,
                 )
                 call.live = attempt
                 if self.stats is not None:
@@ -666,6 +671,7 @@ class _Machine:
                 health,
                 deployment.key if stats else None,
                 self._stats_sample(call, attempt, now, health, usage) if stats else None,
+                attempt.ticket,
             )
         kind = error.kind if error is not None else error_kind
         return self._record(

@@ -129,6 +129,7 @@ class _Acquire:
 class _Report:
     deployment: Deployment
     ok: bool | None
+    ticket: float  # what the breaker's ``admit`` gave the call
 
 
 @dataclass(slots=True)
@@ -145,6 +146,7 @@ class _Ended:
     ok: bool | None
     key: str | None
     sample: dict[str, Any] | None
+    ticket: float = 0.0  # what the breaker's ``admit`` gave the attempt
 
 
 @dataclass(slots=True)
@@ -195,6 +197,9 @@ class _Attempt:
     answered: bool = False  # got a 2xx: the provider likely billed something
     ttft: float | None = None
     text: list[str] = field(default_factory=list)
+    #: the breaker's ticket for this attempt (its outcome frees or resolves a
+    #: half-open probe only if it is that probe's; see ``CircuitBreaker.admit``)
+    ticket: float = 0.0
 
 
 @dataclass(slots=True, eq=False)

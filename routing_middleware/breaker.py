@@ -8,6 +8,12 @@ times in a row, or its error rate over the sliding ``window_s`` reaches
 successful probe closes it, a failed one opens it for another cooldown. A probe
 that never reports back frees its slot after ``probe_timeout_s``.
 
+Calls sent before the breaker opened may end while the probe is out. To keep their
+outcomes from freeing the probe's slot or deciding in its place, a caller admits a
+call with :meth:`CircuitBreaker.admit` and reports it with that call's *ticket*
+(``record(deployment, ok, ticket)``): only the probe's own ticket frees or resolves
+the half-open state. Outcomes reported without a ticket act as before.
+
 The transition logic is one pure function (:func:`transition`) over a small state;
 stores only keep that state: :class:`MemoryBreakerStore` in-process, and
 :class:`RedisBreakerStore` shared by every worker (optimistic ``WATCH``
@@ -145,7 +151,11 @@ _MAX_CONFLICTS = 32
 
 
 def transition(
-    state: BreakerState, event: Event, now: float, policy: BreakerPolicy
+    state: BreakerState,
+    event: Event,
+    now: float,
+    policy: BreakerPolicy,
+    ticket: float | None = None,
 ) -> tuple[BreakerState, bool]:
     """The state after ``event`` at ``now``, and whether the event was granted.
 
@@ -153,8 +163,20 @@ def transition(
     no probe out (the caller becomes the probe). ``success`` / ``failure`` report
     an outcome; ``neutral`` an outcome that says nothing about health (frees a
     probe slot). Only ``acquire`` can be refused.
+
+    ``ticket`` says which call an outcome is from: the probe's ``probe_until`` as
+    granted (see :meth:`CircuitBreaker.admit`), ``0`` for a call admitted while
+    closed. Once the breaker has opened, an outcome with a ticket that is not the
+    current probe's changes nothing. ``None`` (no ticket): as any call, the old way.
     """
     phase = state.phase(now)
+    if ticket is not None and event != "acquire" and state.opened:
+        if not ticket or ticket != state.probe_until:
+            # a call sent before the breaker opened (or a probe whose lease ran out
+            # and was handed on): it may not free, close or re-open the probe's state
+            return state, True
+        # the probe's own outcome, whatever phase a skewed clock reads
+        phase = "half_open"
     if event == "acquire":
         if phase == "closed":
             return state, True
@@ -195,10 +217,13 @@ def transition(
 
 
 class BreakerStore(Protocol):
-    """Keeps breaker states; ``apply`` runs :func:`transition` atomically per key."""
+    """Keeps breaker states; ``apply`` runs :func:`transition` atomically per key.
+
+    ``ticket`` is passed only when the outcome carries one (a store without it
+    still serves callers that never pass tickets)."""
 
     def apply(
-        self, key: str, event: Event, now: float, policy: BreakerPolicy
+        self, key: str, event: Event, now: float, policy: BreakerPolicy, ticket: float | None = None
     ) -> tuple[BreakerState, bool]: ...
 
     def get(self, key: str) -> BreakerState: ...
@@ -206,7 +231,7 @@ class BreakerStore(Protocol):
     async def aget(self, key: str) -> BreakerState: ...
 
     async def aapply(
-        self, key: str, event: Event, now: float, policy: BreakerPolicy
+        self, key: str, event: Event, now: float, policy: BreakerPolicy, ticket: float | None = None
     ) -> tuple[BreakerState, bool]: ...
 
 
@@ -224,11 +249,11 @@ class MemoryBreakerStore:
         return self._states.get(key, _CLOSED)
 
     def apply(
-        self, key: str, event: Event, now: float, policy: BreakerPolicy
+        self, key: str, event: Event, now: float, policy: BreakerPolicy, ticket: float | None = None
     ) -> tuple[BreakerState, bool]:
         with self._lock:
             old = self._states.get(key, _CLOSED)
-            new, granted = transition(old, event, now, policy)
+            new, granted = transition(old, event, now, policy, ticket)
             if new is not old:
                 if new == _CLOSED:
                     self._states.pop(key, None)
@@ -237,9 +262,9 @@ class MemoryBreakerStore:
             return new, granted
 
     async def aapply(
-        self, key: str, event: Event, now: float, policy: BreakerPolicy
+        self, key: str, event: Event, now: float, policy: BreakerPolicy, ticket: float | None = None
     ) -> tuple[BreakerState, bool]:
-        return self.apply(key, event, now, policy)
+        return self.apply(key, event, now, policy, ticket)
 
 
 class RedisBreakerStore:
@@ -307,7 +332,7 @@ class RedisBreakerStore:
         return state
 
     def apply(
-        self, key: str, event: Event, now: float, policy: BreakerPolicy
+        self, key: str, event: Event, now: float, policy: BreakerPolicy, ticket: float | None = None
     ) -> tuple[BreakerState, bool]:
         import redis
 
@@ -318,7 +343,7 @@ class RedisBreakerStore:
                 try:
                     pipe.watch(name)
                     old = BreakerState.from_json(pipe.get(name))
-                    new, granted = transition(old, event, now, policy)
+                    new, granted = transition(old, event, now, policy, ticket)
                     if new != old:
                         pipe.multi()
                         pipe.set(name, new.to_json(), ex=self.ttl_s)
@@ -334,7 +359,7 @@ class RedisBreakerStore:
         return new, granted
 
     async def aapply(
-        self, key: str, event: Event, now: float, policy: BreakerPolicy
+        self, key: str, event: Event, now: float, policy: BreakerPolicy, ticket: float | None = None
     ) -> tuple[BreakerState, bool]:
         import redis
 
@@ -345,7 +370,7 @@ class RedisBreakerStore:
                 try:
                     await pipe.watch(name)
                     old = BreakerState.from_json(await pipe.get(name))
-                    new, granted = transition(old, event, now, policy)
+                    new, granted = transition(old, event, now, policy, ticket)
                     if new != old:
                         pipe.multi()
                         pipe.set(name, new.to_json(), ex=self.ttl_s)
@@ -400,13 +425,21 @@ class CircuitBreaker:
         key = deployment_key(deployment)
         return self._outage.run(lambda: self.store.get(key).available(self.clock()), True)
 
-    def _apply(self, deployment: object, event: Event) -> bool:
+    def _apply(
+        self, deployment: object, event: Event, ticket: float | None = None
+    ) -> tuple[BreakerState, bool]:
         key = deployment_key(deployment)
-        return self.store.apply(key, event, self.clock(), self.policy_for(key))[1]
+        if ticket is None:  # (a store written before tickets takes none)
+            return self.store.apply(key, event, self.clock(), self.policy_for(key))
+        return self.store.apply(key, event, self.clock(), self.policy_for(key), ticket)
 
-    async def _aapply(self, deployment: object, event: Event) -> bool:
+    async def _aapply(
+        self, deployment: object, event: Event, ticket: float | None = None
+    ) -> tuple[BreakerState, bool]:
         key = deployment_key(deployment)
-        return (await self.store.aapply(key, event, self.clock(), self.policy_for(key)))[1]
+        if ticket is None:
+            return await self.store.aapply(key, event, self.clock(), self.policy_for(key))
+        return await self.store.aapply(key, event, self.clock(), self.policy_for(key), ticket)
 
     def acquire(self, deployment: object) -> bool:
         """Ask to send one call; in half-open state only one caller gets ``True``."""
@@ -415,7 +448,7 @@ class CircuitBreaker:
     def _acquire(self, deployment: object) -> bool:
         if self.store.get(deployment_key(deployment)).phase(self.clock()) == "closed":
             return True
-        return self._apply(deployment, "acquire")
+        return self._apply(deployment, "acquire")[1]
 
     async def aacquire(self, deployment: object) -> bool:
         """Async twin of :meth:`acquire`."""
@@ -425,30 +458,71 @@ class CircuitBreaker:
         state = await self.store.aget(deployment_key(deployment))
         if state.phase(self.clock()) == "closed":
             return True
-        return await self._aapply(deployment, "acquire")
+        return (await self._aapply(deployment, "acquire"))[1]
 
-    def record(self, deployment: object, ok: bool | None) -> None:
+    def admit(self, deployment: object) -> float | None:
+        """:meth:`acquire`, giving the call's ticket to pass to :meth:`record`.
+
+        ``None``: refused. ``0.0``: admitted while closed. Else the call is the
+        half-open probe, and only an outcome with this ticket frees its slot,
+        closes the breaker or re-opens it; outcomes of calls sent before the
+        breaker opened (ticket ``0.0``) no longer can.
+        """
+        return self._outage.run(lambda: self._admit(deployment), _ADMITTED)
+
+    def _admit(self, deployment: object) -> float | None:
+        if self.store.get(deployment_key(deployment)).phase(self.clock()) == "closed":
+            return 0.0
+        return _ticket(*self._apply(deployment, "acquire"))
+
+    async def aadmit(self, deployment: object) -> float | None:
+        """Async twin of :meth:`admit`."""
+        return await self._outage.arun(lambda: self._aadmit(deployment), _ADMITTED)
+
+    async def _aadmit(self, deployment: object) -> float | None:
+        state = await self.store.aget(deployment_key(deployment))
+        if state.phase(self.clock()) == "closed":
+            return 0.0
+        return _ticket(*(await self._aapply(deployment, "acquire")))
+
+    def record(self, deployment: object, ok: bool | None, ticket: float | None = None) -> None:
         """Report an outcome: ``True`` success, ``False`` failure, ``None`` no verdict.
+
+        ``ticket``: what :meth:`admit` gave the call (see there); without it the
+        outcome may free or resolve a half-open probe whichever call it is from.
 
         A success on a healthy breaker (closed, no failure in the window) is not
         written: the error rate is then measured from the first failure on, which
         keeps the store off the path of every successful call.
         """
-        self._outage.run(lambda: self._record(deployment, ok), None)
+        self._outage.run(lambda: self._record(deployment, ok, ticket), None)
 
-    def _record(self, deployment: object, ok: bool | None) -> None:
+    def _record(self, deployment: object, ok: bool | None, ticket: float | None) -> None:
         if ok and self.store.get(deployment_key(deployment)).pristine:
             return
-        self._apply(deployment, _event(ok))
+        self._apply(deployment, _event(ok), ticket)
 
-    async def arecord(self, deployment: object, ok: bool | None) -> None:
+    async def arecord(
+        self, deployment: object, ok: bool | None, ticket: float | None = None
+    ) -> None:
         """Async twin of :meth:`record`."""
-        await self._outage.arun(lambda: self._arecord(deployment, ok), None)
+        await self._outage.arun(lambda: self._arecord(deployment, ok, ticket), None)
 
-    async def _arecord(self, deployment: object, ok: bool | None) -> None:
+    async def _arecord(self, deployment: object, ok: bool | None, ticket: float | None) -> None:
         if ok and (await self.store.aget(deployment_key(deployment))).pristine:
             return
-        await self._aapply(deployment, _event(ok))
+        await self._aapply(deployment, _event(ok), ticket)
+
+
+#: the ticket of a call admitted while closed (also while the store is out)
+_ADMITTED: float | None = 0.0
+
+
+def _ticket(state: BreakerState, granted: bool) -> float | None:
+    """The ticket of a granted ``acquire``: the probe lease it took, or ``0.0`` closed."""
+    if not granted:
+        return None
+    return state.probe_until if state.opened else 0.0
 
 
 def _event(ok: bool | None) -> Event:

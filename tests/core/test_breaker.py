@@ -396,3 +396,198 @@ def test_one_probe_among_many_racing_workers(redis_url: str, redis_prefix: str) 
     assert granted.count(True) == 1
     for store in stores:
         store.close()
+
+
+# ------------------------------------------------------------------ probe tickets
+# A call admitted while closed (ticket 0.0) may end while the half-open probe is
+# out: its outcome must neither free the probe's slot nor close or re-open the
+# breaker; only the probe's own ticket does.
+
+
+def _half_open_probe(breaker: CircuitBreaker, clock: Clock) -> tuple[float | None, float]:
+    old = breaker.admit(DEP)  # sent while closed
+    for _ in range(3):
+        breaker.record(DEP, False, breaker.admit(DEP))
+    assert breaker.state(DEP) == "open"
+    assert breaker.admit(DEP) is None
+    clock.now += 30
+    probe = breaker.admit(DEP)
+    assert probe
+    assert breaker.admit(DEP) is None  # nobody else meanwhile
+    assert old == 0.0
+    return old, probe
+
+
+@pytest.mark.parametrize("late", [None, True, False])
+def test_an_old_calls_outcome_leaves_the_probe_alone(
+    store_factory: Callable[[], BreakerStore], late: bool | None
+) -> None:
+    clock = Clock()
+    breaker = _breaker(store_factory, clock)
+    old, probe = _half_open_probe(breaker, clock)
+    before = breaker.store.get(DEP.key)
+    breaker.record(DEP, late, old)
+    assert breaker.store.get(DEP.key) == before
+    assert breaker.state(DEP) == "half_open"
+    assert not breaker.is_available(DEP)
+    assert breaker.admit(DEP) is None
+    breaker.record(DEP, True, probe)  # the probe's own success closes it
+    assert breaker.state(DEP) == "closed"
+    assert breaker.admit(DEP) == 0.0
+
+
+@pytest.mark.parametrize("own", [None, False])
+def test_the_probes_own_outcome_frees_or_reopens(
+    store_factory: Callable[[], BreakerStore], own: bool | None
+) -> None:
+    clock = Clock()
+    breaker = _breaker(store_factory, clock)
+    _, probe = _half_open_probe(breaker, clock)
+    breaker.record(DEP, own, probe)
+    if own is None:
+        assert breaker.state(DEP) == "half_open"
+        assert breaker.admit(DEP)  # the slot is free for the next probe
+    else:
+        assert breaker.state(DEP) == "open"
+        assert breaker.store.get(DEP.key).open_until == clock.now + 30
+
+
+def test_a_lost_probes_ticket_dies_with_its_lease(
+    store_factory: Callable[[], BreakerStore],
+) -> None:
+    clock = Clock()
+    breaker = _breaker(store_factory, clock)
+    _, lost = _half_open_probe(breaker, clock)
+    clock.now += 9
+    assert breaker.admit(DEP) is None
+    clock.now += 1  # the lease ran out: the next caller probes
+    second = breaker.admit(DEP)
+    assert second
+    assert second != lost
+    for late in (None, True, False):
+        breaker.record(DEP, late, lost)  # the lost probe turns up after all
+        assert breaker.state(DEP) == "half_open"
+        assert breaker.admit(DEP) is None
+    breaker.record(DEP, False, second)
+    assert breaker.state(DEP) == "open"
+
+
+def test_a_probe_reporting_after_its_lease_still_decides_if_none_took_over(
+    store_factory: Callable[[], BreakerStore],
+) -> None:
+    clock = Clock()
+    breaker = _breaker(store_factory, clock)
+    _, probe = _half_open_probe(breaker, clock)
+    clock.now += 15
+    breaker.record(DEP, True, probe)
+    assert breaker.state(DEP) == "closed"
+
+
+def test_async_tickets(store_factory: Callable[[], BreakerStore]) -> None:
+    clock = Clock()
+    breaker = _breaker(store_factory, clock)
+
+    async def scenario() -> None:
+        old = await breaker.aadmit(DEP)
+        assert old == 0.0
+        for _ in range(3):
+            await breaker.arecord(DEP, False, await breaker.aadmit(DEP))
+        assert await breaker.aadmit(DEP) is None
+        clock.now += 30
+        probe = await breaker.aadmit(DEP)
+        assert probe
+        for late in (None, True, False):
+            await breaker.arecord(DEP, late, old)
+            assert await breaker.aadmit(DEP) is None
+            assert breaker.state(DEP) == "half_open"
+        await breaker.arecord(DEP, None, probe)  # frees the slot
+        second = await breaker.aadmit(DEP)
+        assert second
+        await breaker.arecord(DEP, False, second)
+        assert breaker.state(DEP) == "open"
+        clock.now += 30
+        third = await breaker.aadmit(DEP)
+        await breaker.arecord(DEP, True, third)
+        assert breaker.state(DEP) == "closed"
+        if isinstance(breaker.store, RedisBreakerStore):
+            await breaker.store.aclose()
+
+    anyio.run(scenario)
+    assert breaker.state(DEP) == "closed"
+
+
+def test_outcomes_without_a_ticket_still_decide_the_probe() -> None:
+    # callers of acquire()/record() without tickets keep working as they did
+    state = run(BreakerState(), "failure", "failure", "failure", now=0)
+    state, _ = transition(state, "acquire", 31, POLICY)
+    assert transition(state, "success", 32, POLICY)[0] == BreakerState()
+    assert transition(state, "neutral", 32, POLICY)[0].available(32)
+
+
+@pytest.mark.redis
+def test_a_probe_ticket_from_one_worker_resolves_on_another(
+    redis_url: str, redis_prefix: str
+) -> None:
+    clock = Clock()
+    first, second = (
+        CircuitBreaker(
+            RedisBreakerStore(redis_url, prefix=redis_prefix, refresh_s=0), POLICY, clock=clock
+        )
+        for _ in range(2)
+    )
+    old = second.admit(DEP)
+    for _ in range(3):
+        first.record(DEP, False, 0.0)
+    clock.now += 30.123456789
+    probe = first.admit(DEP)
+    second.record(DEP, True, old)
+    assert second.state(DEP) == "half_open"
+    second.record(DEP, True, probe)  # (the ticket survives the trip through JSON)
+    assert first.state(DEP) == "closed"
+    for breaker in (first, second):
+        assert isinstance(breaker.store, RedisBreakerStore)
+        breaker.store.close()
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["acquire", "acquire", "failure", "failure", "success", "neutral"]),
+            st.sampled_from([0.0, 0.5, 3.0, 9.0, 31.0]),
+            st.integers(0, 5),  # which admitted call reports
+        ),
+        max_size=60,
+    )
+)
+@example(
+    [("acquire", 0.0, 0)] * 4
+    + [("failure", 0.0, 0)] * 3
+    + [("acquire", 31.0, 0), ("success", 0.0, 0)]  # the old call's late success
+)
+def test_with_tickets_only_the_probe_frees_or_resolves_it(
+    events: list[tuple[str, float, int]],
+) -> None:
+    state, now = BreakerState(), 0.0
+    out: list[float] = []  # tickets of the calls still out
+    probe: float | None = None  # the probe granted in half-open, until it reports
+    for event, step, pick in events:
+        now += step
+        phase = state.phase(now)
+        if event == "acquire":
+            state, granted = transition(state, "acquire", now, POLICY)
+            if granted and phase == "half_open":
+                assert probe is None or probe <= now  # (its lease ran out)
+                probe = state.probe_until
+            if granted:
+                out.append(state.probe_until if state.opened else 0.0)
+            continue
+        if not out:
+            continue
+        ticket = out.pop(pick % len(out))
+        before = state
+        state, _ = transition(state, event, now, POLICY, ticket)  # type: ignore[arg-type]
+        if before.opened and ticket != before.probe_until:
+            assert state == before  # another call's outcome decides nothing
+        if ticket == probe:
+            probe = None
