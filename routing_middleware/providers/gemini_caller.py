@@ -532,6 +532,8 @@ def _caller_candidate(choice: Choice) -> dict[str, Any]:
             parts.append({"text": message.content})
     elif message.content is not None:
         parts.extend({"text": p.text} for p in message.content if isinstance(p, TextPart))
+    if message.refusal and not message.text:
+        parts.append({"text": message.refusal})  # Gemini has no refusal field
     parts.extend(_caller_call_part(call) for call in message.tool_calls or ())
     return {
         "content": {"role": "model", **({"parts": parts} if parts else {})},

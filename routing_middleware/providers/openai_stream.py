@@ -310,6 +310,12 @@ class OpenAIStreamDecoder:
         if not isinstance(delta, dict):
             delta = {}
         content = delta.get("content")
+        if content is None:
+            # A refusal streams in its own field, content null: it is the answer's text
+            # (as a whole answer's refusal is for callers of other dialects).
+            refusal = delta.get("refusal")
+            if type(refusal) is str:
+                content = refusal
         if content is None or type(content) is str:  # the common shape, without a call
             text, thinking = content, None
         else:

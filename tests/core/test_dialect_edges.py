@@ -147,3 +147,73 @@ def test_top_reasoning_efforts_of_other_dialects_reach_gemini_2() -> None:
         encoded = GEMINI_DIALECT.encode_request(request, config, "gemini-2.5-flash")
         budget = encoded.json["generationConfig"]["thinkingConfig"]["thinkingBudget"]
         assert budget == 24576
+
+
+def _refusing_openai_upstream() -> Any:
+    from routing_middleware.testing import FakeModel, FakeProvider
+
+    return FakeProvider([FakeModel("gpt-up", content="x", input_tokens=10, finish="refusal")])
+
+
+def _openai_answer(fake: Any, request: ChatRequest) -> bytes:
+    from routing_middleware.providers.openai import OPENAI_DIALECT
+
+    config = provider_config("openai", api_key="k", base_url="https://fake.invalid/v1")
+    encoded = OPENAI_DIALECT.encode_request(request, config, "gpt-up")
+    _, _, raw = fake.handle(
+        "POST",
+        "/v1/chat/completions",
+        headers=encoded.headers,
+        query={},
+        body=json.dumps(encoded.json).encode(),
+    )
+    return bytes(raw)
+
+
+def test_anthropic_sdk_stream_sees_an_openai_refusal() -> None:
+    # OpenAI streams a refusal in delta.refusal with null content; an Anthropic caller
+    # got an empty message from a stream, while the same answer whole showed the text.
+    import anthropic
+
+    from routing_middleware.providers.anthropic import ANTHROPIC_CALLER
+    from routing_middleware.providers.openai import OPENAI_DIALECT
+
+    fake = _refusing_openai_upstream()
+    config = provider_config("openai", api_key="k", base_url="https://fake.invalid/v1")
+
+    def handle(http: httpx2.Request) -> httpx2.Response:
+        request = ANTHROPIC_CALLER.parse_request(http.content)
+        raw = _openai_answer(fake, request)
+        decoder = OPENAI_DIALECT.stream_decoder(config, request)
+        encoder = ANTHROPIC_CALLER.stream_encoder("caller-model", "msg_1")
+        out = [encoder.start()]
+        out += [encoder.chunk(c) for c in decoder.feed(raw)]
+        out += [encoder.chunk(c) for c in decoder.close()]
+        out.append(encoder.finish(decoder.usage))
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=b"".join(out)
+        )
+
+    client = sdk(anthropic.Anthropic, handle, api_key="caller-key", base_url="https://gw.test")
+    with client.messages.stream(
+        model="caller-model", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    ) as events:
+        message = events.get_final_message()
+    text = "".join(b.text for b in message.content if b.type == "text")
+    assert text == "I'm sorry, I can't help with that."
+
+
+def test_gemini_caller_sees_an_openai_refusal() -> None:
+    from routing_middleware.providers.gemini import GEMINI_CALLER
+    from routing_middleware.providers.openai import OPENAI_DIALECT
+
+    fake = _refusing_openai_upstream()
+    config = provider_config("openai", api_key="k", base_url="https://fake.invalid/v1")
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    request = GEMINI_CALLER.parse_request(
+        json.dumps(body).encode(), "/v1beta/models/caller-model:generateContent"
+    )
+    response = OPENAI_DIALECT.decode_response(_openai_answer(fake, request), config)
+    answer = GEMINI_CALLER.encode_response(response, "caller-model")
+    parts = answer["candidates"][0]["content"]["parts"]
+    assert [p["text"] for p in parts] == ["I'm sorry, I can't help with that."]
