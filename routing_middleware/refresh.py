@@ -86,9 +86,12 @@ class CatalogRefresher:
         with self._lock:
             if self.running:
                 return
-            self._stop.clear()
+            # A fresh event per thread: a thread that outlived stop()'s join (a slow
+            # fetch) keeps its own set event and ends, instead of looping on beside
+            # the new one once a shared event is cleared here.
+            self._stop = threading.Event()
             self._thread = threading.Thread(
-                target=self._run, name="llmroute-catalog-refresh", daemon=True
+                target=self._run, args=(self._stop,), name="llmroute-catalog-refresh", daemon=True
             )
             self._thread.start()
 
@@ -100,10 +103,10 @@ class CatalogRefresher:
         if thread is not None:
             thread.join(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             self.refresh()
-            self._stop.wait(self.interval_s)
+            stop.wait(self.interval_s)
 
     def __enter__(self) -> CatalogRefresher:
         self.start()
