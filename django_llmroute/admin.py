@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -591,13 +592,23 @@ class BudgetAdmin(admin.ModelAdmin):
     def limit(self, obj: Budget) -> str:
         return reports.format_money(obj.limit_usd)
 
+    @staticmethod
+    def _spent(obj: Budget) -> Decimal:
+        # "spent this period" and the "used" bar show the same figure: read it once
+        # per row (kept on the row's instance, which lives for this page only).
+        spent: Decimal | None = getattr(obj, "_llmroute_spent", None)
+        if spent is None:
+            spent = obj.spent()
+            obj._llmroute_spent = spent  # type: ignore[attr-defined]
+        return spent
+
     @admin.display(description="spent this period")
     def spent_now(self, obj: Budget) -> str:
-        return reports.format_money(obj.spent())
+        return reports.format_money(self._spent(obj))
 
     @admin.display(description="used")
     def progress(self, obj: Budget) -> str:
-        fraction = obj.fraction_used()
+        fraction = obj.fraction_used(spent=self._spent(obj))
         shown = min(fraction, 1.0) * 100
         return format_html(
             '<div class="llmroute-progress" role="progressbar" aria-valuemin="0" '

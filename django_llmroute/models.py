@@ -372,9 +372,13 @@ class Budget(models.Model):
 
         return budget_spent(self, now=now)
 
-    def fraction_used(self, now: datetime | None = None) -> float:
-        """Spent over limit, for display (0 when the limit is zero and nothing spent)."""
-        spent = self.spent(now)
+    def fraction_used(self, now: datetime | None = None, *, spent: Decimal | None = None) -> float:
+        """Spent over limit, for display (0 when the limit is zero and nothing spent).
+
+        ``spent``: what :meth:`spent` returned, when the caller has it already.
+        """
+        if spent is None:
+            spent = self.spent(now)
         if not self.limit_usd:
             return 1.0 if spent > 0 else 0.0
         return float(spent / self.limit_usd)

@@ -43,3 +43,18 @@ def test_api_key_list_does_not_query_per_key(admin_client):
     add_keys(5)
     many = _queries(client, "/admin/django_llmroute/apikey/")
     assert many == few
+
+
+def test_budget_list_reads_each_budget_spend_once(admin_client):
+    client, _root = admin_client
+    Budget.objects.create(name="first", limit_usd=Decimal(5))
+    few = _queries(client, "/admin/django_llmroute/budget/")
+    with CaptureQueriesContext(connection) as one:
+        Budget.objects.get(name="first").spent()
+    per_spent = len(one) - 1  # less the get()
+    assert per_spent >= 1
+    for i in range(4):
+        Budget.objects.create(name=f"more-{i}", limit_usd=Decimal(5))
+    many = _queries(client, "/admin/django_llmroute/budget/")
+    # "spent this period" and the "used" bar show the same figure: one read per row.
+    assert many - few == 4 * per_spent
