@@ -435,8 +435,22 @@ def _off_peak(entry: Mapping[str, Any], where: str, base: Price) -> OffPeakPrice
         output=base.output if out is None else out,
         cached_input=_opt_price(raw, "cache_read_input_token_cost", at),
         schedule=tuple(schedule),
-        weekday_timezone=raw.get("weekday_timezone") or None,
+        weekday_timezone=_timezone(raw.get("weekday_timezone"), f"{at}.weekday_timezone"),
     )
+
+
+def _timezone(value: Any, where: str) -> str | None:
+    """An IANA time zone name, checked now: an unknown one would otherwise raise from
+    every off-peak cost computation of the model."""
+    if value is None or value == "":
+        return None
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+    except (KeyError, TypeError, ValueError, OSError):  # not found is a KeyError
+        raise FeedError(f"{where}: unknown time zone {value!r}") from None
+    return str(value)
 
 
 def litellm_entry_to_model(
@@ -719,6 +733,7 @@ def _check_snapshot_prices(price: Mapping[str, Any], where: str) -> None:
         for key in ("input", "output", "cached_input"):
             if off_peak.get(key) is not None:
                 _price(off_peak[key], f"{at}.{key}", per_token=False)
+        _timezone(off_peak.get("weekday_timezone"), f"{at}.weekday_timezone")
 
 
 def _parse_llmroute(document: Any, source: str) -> Feed:

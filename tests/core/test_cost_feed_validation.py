@@ -4,6 +4,7 @@ reaches :func:`~routing_middleware.pricing.cost_of` through a feed."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,43 @@ def test_empty_openrouter_feed_does_not_unprice_every_openrouter_model(
     # Still priced: in 3, out 15 per 1M: 1,000 x 3 + 100 x 15 = 4,500 -> 0.0045
     usage = Usage(input_tokens=1_000, output_tokens=100)
     assert cost_of(usage, model_id, catalog=catalog) == Decimal("0.0045")
+
+
+def test_off_peak_with_an_unknown_time_zone_is_rejected_by_the_feed() -> None:
+    entry = _litellm_entry("deepseek", "3e-07", "1.2e-06")
+    entry["off_peak_pricing"] = {
+        "input_cost_per_token": "1.5e-07",
+        "output_cost_per_token": "6e-07",
+        "windows": [{"hours_utc": "16:30-00:30", "weekdays": [1, 2, 3, 4, 5]}],
+        "weekday_timezone": "Asia/Shanghaii",
+    }
+    # Accepted, it made every off-peak cost computation of the model raise.
+    with pytest.raises(FeedError, match=r"weekday_timezone: unknown time zone 'Asia/Shanghaii'"):
+        parse_feed({"deepseek-x": entry}, "litellm")
+    price = {
+        "input": "0.3",
+        "output": "1.2",
+        "off_peak": {
+            "windows": [[16, 24]],
+            "input": "0.15",
+            "output": "0.6",
+            "weekday_timezone": "Mars/Base",
+        },
+    }
+    with pytest.raises(FeedError, match=r"off_peak.weekday_timezone: unknown time zone"):
+        parse_feed(_snapshot(price))
+
+
+def test_off_peak_with_a_real_time_zone_still_prices_off_peak() -> None:
+    entry = _litellm_entry("deepseek", "3e-07", "1.2e-06")
+    entry["off_peak_pricing"] = {
+        "input_cost_per_token": "1.5e-07",
+        "output_cost_per_token": "6e-07",
+        "windows": [{"hours_utc": "16:30-00:30"}],
+        "weekday_timezone": "Asia/Shanghai",
+    }
+    (model,) = parse_feed({"deepseek-x": entry}, "litellm").models
+    at = datetime(2026, 11, 25, 17, 0, tzinfo=UTC)  # inside 16:30-00:30 UTC
+    # off-peak: 10,000 x 0.15 + 1,000 x 0.6 = 1,500 + 600 = 2,100 -> 0.0021
+    usage = Usage(input_tokens=10_000, output_tokens=1_000)
+    assert cost_of(usage, model, at=at) == Decimal("0.0021")
