@@ -2,7 +2,8 @@
 
 One reading for the Starlette gateway and the Django views, so both take and
 refuse the same values. Values come as ``str`` (header bytes decoded as
-latin-1, as WSGI does); a value that cannot be used raises
+latin-1, as WSGI and ASGI servers hand them over) and are read as the UTF-8 they
+were sent in (see :func:`text_hint`); a value that cannot be used raises
 :class:`~routing_middleware.schema.InvalidRequest` naming the header, which the
 gateways answer as a 400 in the caller's dialect.
 """
@@ -43,9 +44,28 @@ MODE_HEADER = "X-LLMRoute-Mode"
 _MODES = ("enforce", "observe")
 
 
+def _utf8(value: str, header: str) -> str:
+    """The text of header bytes handed over decoded as latin-1, read as UTF-8.
+
+    Clients send non-ASCII text (``résumé``) as UTF-8; read as latin-1 it would be
+    stored garbled (``rÃ©sumÃ©``). Bytes that are not UTF-8 are refused, not guessed
+    at. A value with characters beyond latin-1 was never header bytes: taken as is.
+    """
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            f"Invalid {header} header: expected text in UTF-8.", param=header
+        ) from None
+
+
 def text_hint(value: str, header: str, limit: int = MAX_HINT_LENGTH) -> str:
-    """``value`` stripped, when it is 1 to ``limit`` printable characters."""
-    text = value.strip()
+    """``value`` (as UTF-8) stripped, when it is 1 to ``limit`` printable characters."""
+    text = _utf8(value, header).strip()
     if not text or len(text) > limit or not text.isprintable():
         raise InvalidRequest(
             f"Invalid {header} header: expected 1 to {limit} printable characters.",

@@ -727,3 +727,22 @@ def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[s
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }
+
+
+@pytest.mark.parametrize(
+    ("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/messages", MESSAGE)]
+)
+async def test_a_utf8_feature_header_is_recorded_as_sent(path: str, body: dict[str, Any]) -> None:
+    """Header bytes in UTF-8 are read as UTF-8 (not latin-1, which would garble them);
+    bytes that are not UTF-8 are refused naming the header, never guessed at."""
+    gw = Gateway()
+    sent = await gw.post(path, body, key=gw.hint_key, **{"x-llmroute-feature": "résumé".encode()})  # type: ignore[arg-type]
+    assert sent.status_code == 200, sent.text
+    assert [r.feature for r in gw.sink.records] == ["résumé"]
+    bad = await gw.post(path, body, key=gw.hint_key, **{"x-llmroute-feature": b"r\xe9sum\xe9"})  # type: ignore[arg-type]
+    assert bad.status_code == 400
+    if path == "/v1/messages":
+        assert "X-LLMRoute-Feature" in _anthropic_error(bad)["message"]
+    else:
+        assert _openai_error(bad)["param"] == "X-LLMRoute-Feature"
+    assert len(gw.sink.records) == 1

@@ -314,3 +314,30 @@ def test_a_wrong_method_is_405_with_allow_in_the_dialect(
     body = response.json()
     assert (body.get("type") == "error") is anthropic
     assert body["error"]["type"] == "invalid_request_error"
+
+
+def _wire(text: str) -> str:
+    """``text`` sent as UTF-8, as a WSGI or ASGI server hands the header to Django
+    (its bytes read as latin-1)."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+def test_utf8_feature_and_tags_are_recorded_as_sent(client, llmroute, hint_key):
+    api_key, plaintext = hint_key
+    headers = {"x-llmroute-feature": _wire("résumé"), "x-llmroute-tags": _wire("café, 日本")}
+    response = post(client, CHAT, chat_body(), authorization=f"Bearer {plaintext}", **headers)
+    assert response.status_code == 200, response.content
+    [call] = llmroute.calls(user=api_key.owner)
+    assert (call.feature, sorted(call.tags)) == ("résumé", ["café", "日本"])
+
+
+@pytest.mark.parametrize("header", ["X-LLMRoute-Feature", "X-LLMRoute-Tags"])
+@pytest.mark.parametrize(("url", "body"), [(CHAT, chat_body()), (MESSAGES, anthropic_body())])
+def test_a_hint_header_that_is_not_utf8_is_400_naming_it(
+    client, llmroute, hint_key, header, url, body
+):
+    api_key, plaintext = hint_key
+    latin1 = b"r\xe9sum\xe9".decode("latin-1")  # "résumé" sent in latin-1: not UTF-8
+    response = post(client, url, body, authorization=f"Bearer {plaintext}", **{header: latin1})
+    assert names_the_header(response, url, header)
+    assert llmroute.calls(user=api_key.owner) == []
