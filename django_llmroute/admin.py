@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
 from django.db.models import Max, Min, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.utils import formats, timezone
 from django.utils.functional import cached_property
@@ -180,7 +180,53 @@ def _search_fields() -> tuple[str, ...]:
 # --------------------------------------------------------------------------- the call log
 
 
+def _date_out_of_range(request: HttpRequest, field: str) -> bool:
+    """Whether the date hierarchy's year / month / day name a period whose bounds no
+    datetime holds (year 9999's end is year 10000): Django's changelist would fail on
+    it with a server error. Malformed numbers and impossible dates are not this:
+    Django refuses those itself, as bad filters.
+    """
+    try:
+        year, month, day = (
+            int(request.GET.get(f"{field}__{unit}") or 1) for unit in ("year", "month", "day")
+        )
+        first = datetime(year, month, day)
+    except ValueError:
+        return False
+    try:
+        # The range Django's changelist filters on, as it computes it.
+        if request.GET.get(f"{field}__day"):
+            after = first + timedelta(days=1)
+        elif request.GET.get(f"{field}__month"):
+            after = (first + timedelta(days=32)).replace(day=1)
+        else:
+            after = first.replace(year=first.year + 1)
+        if settings.USE_TZ:
+            for bound in (first, after):
+                timezone.make_aware(bound).astimezone(UTC)  # as the database gets it
+    except (ValueError, OverflowError):
+        return True
+    return False
+
+
 class _ReadOnlyAdmin(admin.ModelAdmin):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        field = self.date_hierarchy
+        if field and f"{field}__year" in request.GET and _date_out_of_range(request, field):
+            messages.warning(
+                request,
+                "That date filter reaches past the last date that can be filtered on "
+                "(31 December 9999), so it was removed.",
+            )
+            kept = request.GET.copy()
+            for unit in ("year", "month", "day"):
+                kept.pop(f"{field}__{unit}", None)
+            query = kept.urlencode()
+            return HttpResponseRedirect(f"{request.path}?{query}" if query else request.path)
+        return super().changelist_view(request, extra_context)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
