@@ -19,7 +19,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+# (setup.py builds the optional C word pass: a change to it is built again)
+BUILD_FILES := pyproject.toml setup.py routing_middleware/_wordscan.c
+
+$(STAMP): $(BIN)/python $(BUILD_FILES)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -67,7 +70,7 @@ test-services: $(STAMP)
 	LLMROUTE_TEST_REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest -q -m redis tests/core
 
 # Django 6 needs Python >= 3.12: the Django and core tests again on the newest Django.
-$(COMPAT_STAMP): pyproject.toml
+$(COMPAT_STAMP): $(BUILD_FILES)
 	$${COMPAT_PYTHON:-$$(scripts/find_python.sh 3.12)} -m venv $(COMPAT_VENV)
 	$(COMPAT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(COMPAT_VENV)/bin/python -m pip install -q -e '.[dev]' 'django>=6,<7'
@@ -92,4 +95,4 @@ catalog-check: $(STAMP)
 	$(BIN)/python scripts/build_catalog.py --check
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) build *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT_VENV) build *.egg-info .mypy_cache .ruff_cache routing_middleware/*.so

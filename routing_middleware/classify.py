@@ -18,15 +18,24 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+import os
 import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cachetools import TTLCache
 
 from .schema import ChatRequest, Message
+
+_WordScan: Any = None
+if not os.environ.get("LLMROUTE_PURE_PYTHON"):
+    try:  # the word pass in C, built with the package when a compiler is there
+        from ._wordscan import WordScan as _WordScan
+    except ImportError:
+        pass
 
 __all__ = [
     "Classifier",
@@ -205,21 +214,29 @@ _FLAG_BITS = tuple(
 _ANY_CLASS = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _WORD_CLASSES))
 
 
-class _Cue:
-    """What a word brings to a text: the classes it is in, the phrases it starts and
-    the code markers it may be part of. ``folded``: a word in a class holding a
-    folded digit, which may stand for several words of the text."""
+#: Every phrase, and every code marker, by its bit in what :class:`_WordScan` keeps.
+_PHRASE_LIST = tuple((flag, phrase) for flag, phrases in _PHRASES for phrase in phrases)
+_PHRASE_BIT = {entry: 1 << bit for bit, entry in enumerate(_PHRASE_LIST)}
+_MARKER_BIT = {marker: 1 << bit for bit, marker in enumerate(_CODE_MARKERS)}
 
-    __slots__ = ("flags", "folded", "markers", "phrases")
+
+class _Cue:
+    """What a word brings to a text: the classes it is in (``flags``, and as bits
+    ``mask``), the phrases it starts and the code markers it may be part of.
+    ``folded``: a word in a class holding a folded digit, which may stand for
+    several words of the text."""
+
+    __slots__ = ("flags", "folded", "markers", "mask", "phrases")
 
     def __init__(
         self,
-        flags: tuple[int, ...],
+        mask: int,
         phrases: tuple[tuple[int, str], ...],
         markers: tuple[str, ...],
         folded: bool,
     ) -> None:
-        self.flags = flags
+        self.mask = mask
+        self.flags = _FLAG_BITS[mask]
         self.phrases = phrases
         self.markers = markers
         self.folded = folded
@@ -239,7 +256,7 @@ def _cue_of(word: bytes) -> _Cue | None:
     phrases = _PHRASE_HEADS.get(word, ())
     if not (flags or markers or phrases):
         return None
-    return _Cue(_FLAG_BITS[flags], phrases, tuple(markers), bool(flags) and b"0" in word)
+    return _Cue(flags, phrases, tuple(markers), bool(flags) and b"0" in word)
 
 
 class _WordCache:
@@ -251,12 +268,18 @@ class _WordCache:
     is replaced, never cleared in place, so a thread holding one sees it consistent.
     """
 
-    __slots__ = ("cues", "found", "seen")
+    __slots__ = ("cues", "found", "scan", "seen")
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool | None = None) -> None:
         self.seen: set[bytes] = set()
         self.cues: set[bytes] = set()
         self.found: dict[bytes, _Cue] = {}
+        #: The same words in C, when the extension is built (``native`` by default):
+        #: a text's pass over them makes no Python object per word.
+        self.scan: Any = None
+        if _WordScan is not None and native is not False:
+            phrases = tuple((flag, phrase.encode()) for flag, phrase in _PHRASE_LIST)
+            self.scan = _WordScan(_FOLD_TABLE, phrases)
 
 
 _MAX_WORDS = 50_000
@@ -270,13 +293,21 @@ def _learn(cache: _WordCache, split: list[bytes]) -> _WordCache:
     words = set(split)
     new = words.difference(cache.seen)
     if len(cache.seen) + len(new) > _MAX_WORDS:
-        cache, new = _WordCache(), words
+        cache, new = _WordCache(native=cache.scan is not None), words
         _known = cache
+    scan = cache.scan
     for word in new:
         cue = _cue_of(word)
         if cue is not None:
             cache.found[word] = cue
             cache.cues.add(word)
+        if scan is not None:
+            if cue is None:
+                scan.add(word, 0, 0, 0, False)
+            else:
+                phrases = sum(_PHRASE_BIT[entry] for entry in cue.phrases)
+                markers = sum(_MARKER_BIT[marker] for marker in cue.markers)
+                scan.add(word, cue.mask, phrases, markers, cue.folded)
         cache.seen.add(word)  # last: a word in ``seen`` always has its cue recorded
     return cache
 
@@ -324,9 +355,48 @@ def _cue_counts(lowered: str, cues: list[_Cue]) -> list[int]:
     return counts
 
 
-def _code_markers(text: str, cues: list[_Cue]) -> int:
-    """How many of :data:`_CODE_MARKERS` ``text``, holding ``cues``, contains."""
-    candidates = {marker for cue in cues for marker in cue.markers}
+def _text_cues(lowered: str) -> tuple[list[int], frozenset[str], bytes | None]:
+    """What the words of the ``lowered`` text bring: distinct cue words and phrases
+    per class (indexed by flag bit), the code markers its words may be part of, and
+    its first (folded) word. In C when the extension is built, but for texts with a
+    cue word holding a digit, which the Python path unfolds."""
+    cache = _known
+    scan = cache.scan
+    if scan is not None:
+        encoded = lowered.encode("utf-8", "replace")
+        for _ in range(3):  # (new words are looked at; a full cache starts over)
+            counts, bits, folded, first = scan.scan(encoded)
+            if counts is not None:
+                if not folded:
+                    return counts, _markers_of(bits) if bits else _NO_MARKERS, first
+                break
+            cache = _learn(cache, bits)  # (the words not looked at yet)
+            scan = cache.scan
+            if scan is None:
+                break
+    split = _words(lowered)
+    found = _cues(split, lowered)
+    markers = frozenset(marker for cue in found for marker in cue.markers)
+    return _cue_counts(lowered, found), markers, split[0] if split else None
+
+
+_NO_MARKERS: frozenset[str] = frozenset()
+_markers_by_bits: dict[int, frozenset[str]] = {}
+
+
+def _markers_of(bits: int) -> frozenset[str]:
+    """The code markers of a set of :data:`_MARKER_BIT` bits (at most 2**13 sets)."""
+    found = _markers_by_bits.get(bits)
+    if found is None:
+        found = frozenset(marker for marker, bit in _MARKER_BIT.items() if bits & bit)
+        _markers_by_bits[bits] = found
+    return found
+
+
+def _code_markers(text: str, markers: frozenset[str]) -> int:
+    """How many of :data:`_CODE_MARKERS` ``text`` contains, its words pointing to
+    ``markers``."""
+    candidates = set(markers)
     for separator, marker in _MARKER_SEPARATORS:
         if separator in text:
             candidates.add(marker)
@@ -343,8 +413,7 @@ _system_cues: dict[str, tuple[int, int]] = {}
 def _system_counts(system: str) -> tuple[int, int]:
     found = _system_cues.get(system)
     if found is None:
-        lowered = system.lower()
-        counts = _cue_counts(lowered, _cues(_words(lowered), lowered))
+        counts = _text_cues(system.lower())[0]
         found = (counts[_REASONING], counts[_DOMAIN])
         if len(_system_cues) >= _MAX_SYSTEM_PROMPTS:
             _system_cues.clear()
@@ -423,55 +492,78 @@ def _vector(request: ChatRequest) -> tuple[float, ...]:
 def _vector_of(text: str, system: str, turns: int, tools: int) -> tuple[float, ...]:
     """:func:`_vector` of a request with these texts, turns and number of tools."""
     text = text[-4000:]
-    values, found, math_hits = _most_features(text, system[-4000:], turns, tools)
-    return _all_features(values, text, found, math_hits)
+    values, markers, math_hits = _most_features(text, system[-4000:], turns, tools)
+    return _all_features(values, text, markers, math_hits)
+
+
+def _counts(text: str, system: str) -> tuple[int, int, int, int, int, bool, frozenset[str]]:
+    """What the features of a request with these texts (already cut to what is read)
+    are made of, but for the costlier rest (code markers, maths signs): math cue
+    words, reasoning and domain cues (the system prompt's included), list steps and
+    questions, task cues, whether it is a simple request, and the code markers its
+    words point to."""
+    chars = len(text)
+    cues, markers, first = _text_cues(text.lower())
+    reasoning, domain = cues[_REASONING], cues[_DOMAIN]
+    if system:
+        in_system = _system_counts(system)
+        if reasoning < in_system[0]:
+            reasoning = in_system[0]
+        if domain < in_system[1]:
+            domain = in_system[1]
+    simple = chars < 400 and (cues[_SIMPLE] > 0 or first in _GREETINGS)
+    steps = text.count("?")
+    if "\n" in text:
+        steps += sum(1 for line in text.splitlines() if _STEP.match(line))
+    return cues[_MATH], reasoning, domain, steps, cues[_TASK], simple, markers
 
 
 def _most_features(
     text: str, system: str, turns: int, tools: int
-) -> tuple[list[float], list[_Cue], int]:
+) -> tuple[list[float], frozenset[str], int]:
     """The feature values of a request with these texts (already cut to what is
     read), turns and number of tools, but for the costlier rest: ``code`` left at 0
-    and ``math`` counting cue words only. Also the text's cues and math cue words,
-    which :func:`_all_features` takes to finish them."""
-    chars = len(text)
-    lowered = text.lower()
-    split = _words(lowered)
-    found = _cues(split, lowered)
-    cues = _cue_counts(lowered, found)
-    if system:
-        reasoning, domain = _system_counts(system)
-        if reasoning < cues[_REASONING]:
-            reasoning = cues[_REASONING]
-        if domain < cues[_DOMAIN]:
-            domain = cues[_DOMAIN]
-    else:
-        reasoning, domain = cues[_REASONING], cues[_DOMAIN]
-    simple = chars < 400 and (cues[_SIMPLE] > 0 or (split[0] in _GREETINGS if split else False))
-    math_hits = cues[_MATH]
-    steps = text.count("?")
-    if "\n" in text:
-        steps += sum(1 for line in text.splitlines() if _STEP.match(line))
-    values = [
+    and ``math`` counting cue words only. Also the code markers the text's words
+    point to and its math cue words, which :func:`_all_features` takes to finish them."""
+    math_hits, reasoning, domain, steps, tasks, simple, markers = _counts(text, system)
+    return (
+        _values(len(text), math_hits, reasoning, domain, steps, tasks, turns, tools, simple),
+        (markers),
+        math_hits,
+    )
+
+
+def _values(
+    chars: int,
+    math_hits: int,
+    reasoning: int,
+    domain: int,
+    steps: int,
+    tasks: int,
+    turns: int,
+    tools: int,
+    simple: bool,
+) -> list[float]:
+    """The feature values these counts make, ``code`` at 0 (see :func:`_most_features`)."""
+    return [
         _LENGTH[chars],
         0.0,
         _HALVES[math_hits] if math_hits < 2 else 1.0,
         _THIRDS[reasoning] if reasoning < 3 else 1.0,
         _HALVES[domain] if domain < 2 else 1.0,
         _QUARTERS[steps] if steps < 4 else 1.0,
-        _QUARTERS[cues[_TASK]] if cues[_TASK] < 4 else 1.0,
+        _QUARTERS[tasks] if tasks < 4 else 1.0,
         _SIXTHS[turns - 1] if 1 < turns < 7 else 0.0 if turns <= 1 else 1.0,
         _QUARTERS[tools] if tools < 4 else 1.0,
         1.0 if simple else 0.0,
     ]
-    return values, found, math_hits
 
 
 def _all_features(
-    values: list[float], text: str, found: list[_Cue], math_hits: int
+    values: list[float], text: str, markers: frozenset[str], math_hits: int
 ) -> tuple[float, ...]:
     """``values`` from :func:`_most_features` with ``code`` and ``math`` finished."""
-    code = _code_markers(text, found)
+    code = _code_markers(text, markers)
     if "\\" in text:
         math_hits += sum(map(text.__contains__, _LATEX))
     if ("=" in text or "^" in text or "*" in text or "/" in text) and _ARITHMETIC.search(text):
@@ -527,6 +619,7 @@ class ComplexityScorer:
         #: How far from the score computed the rounded score can be (``None`` when
         #: weights are not finite: every feature is then computed).
         self._room = _ROOM * (1.0 + size) if math.isfinite(size) else None
+        self._bounds = self._weighted()
         #: Tiers by everything the score reads: the last 4,000 characters of the last
         #: user text and of the system text, the turns and the number of tools.
         #: Bounded; starts over when full.
@@ -562,25 +655,69 @@ class ComplexityScorer:
     def _tier(self, text: str, system: str, turns: int, tools: int) -> int:
         """The tier :meth:`score` gives, leaving out the code markers and the math
         signs when no values they can take would change it."""
-        weights = self._weights
-        values, found, math_hits = _most_features(text, system, turns, tools)
-        room = self._room
-        if room is not None:
-            # code can still be anything in [0, 1], math anything from its value so far to 1
-            partial = sum(map(operator.mul, weights, values))
-            code = weights[_CODE]
-            more_math = weights[_MATH_VALUE] * (1.0 - values[_MATH_VALUE])
-            low = (
-                partial - room + (code if code < 0 else 0.0) + (more_math if more_math < 0 else 0.0)
+        math_hits, reasoning, domain, steps, tasks, simple, markers = _counts(text, system)
+        chars = len(text)
+        bounds = self._bounds
+        if bounds is not None:
+            # The score's bounds from weighted tables: code can still be anything in
+            # [0, 1], math anything from its value so far to 1 (see ``_weighted``).
+            length, math_low, math_high, reasons, domains, steps_, tasks_, turns_, tools_, alone = (
+                bounds
             )
-            high = (
-                partial + room + (code if code > 0 else 0.0) + (more_math if more_math > 0 else 0.0)
+            partial = (
+                length[chars]
+                + reasons[reasoning if reasoning < 3 else 3]
+                + domains[domain if domain < 2 else 2]
+                + steps_[steps if steps < 4 else 4]
+                + tasks_[tasks if tasks < 4 else 4]
+                + turns_[turns if turns < 7 else 7]
+                + tools_[tools if tools < 4 else 4]
             )
+            if simple:
+                partial += alone
+            maths = math_hits if math_hits < 2 else 2
+            low, high = partial + math_low[maths], partial + math_high[maths]
             tier = self.tier_of(0.0 if low < 0 else 1.0 if low > 1 else low)
             if tier == self.tier_of(0.0 if high < 0 else 1.0 if high > 1 else high):
                 return tier
-        total = sum(map(operator.mul, weights, _all_features(values, text, found, math_hits)))
+        values = _values(chars, math_hits, reasoning, domain, steps, tasks, turns, tools, simple)
+        total = sum(
+            map(operator.mul, self._weights, _all_features(values, text, markers, math_hits))
+        )
         return self.tier_of(0.0 if total < 0 else 1.0 if total > 1 else total)
+
+    def _weighted(self) -> tuple[Any, ...] | None:
+        """Each feature's weighted value by what it is read from (characters, capped
+        counts), and the room the bounds of :meth:`_tier` leave; ``None`` when the
+        weights are not finite (every feature is then computed). The bounds are sums
+        of the same products as the score in another order: the room covers that."""
+        room = self._room
+        if room is None:
+            return None
+        (w_length, w_code, w_math, w_reasoning, w_domain, w_steps, w_tasks, w_turns) = (
+            self._weights[:8]
+        )
+        w_tools, w_simple = self._weights[8:]
+        maths = (*_HALVES, 1.0)
+        quarters = (*_QUARTERS, 1.0)
+        math_low = tuple(
+            w_math * v - room + min(w_code, 0.0) + min(w_math * (1.0 - v), 0.0) for v in maths
+        )
+        math_high = tuple(
+            w_math * v + room + max(w_code, 0.0) + max(w_math * (1.0 - v), 0.0) for v in maths
+        )
+        return (
+            tuple(w_length * v for v in _LENGTH),
+            math_low,
+            math_high,
+            tuple(w_reasoning * v for v in (*_THIRDS, 1.0)),
+            tuple(w_domain * v for v in (*_HALVES, 1.0)),
+            tuple(w_steps * v for v in quarters),
+            tuple(w_tasks * v for v in quarters),
+            tuple(w_turns * v for v in (0.0, 0.0, *_SIXTHS[1:], 1.0)),
+            tuple(w_tools * v for v in quarters),
+            w_simple,
+        )
 
 
 _JUDGE_PROMPT = (
