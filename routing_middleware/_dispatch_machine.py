@@ -189,7 +189,10 @@ class _Machine:
             return usage.provider_cost if usage.provider_cost is not None else _ZERO
         if self._pricer is not None:
             return self._pricer(usage, info)
-        return billed_cost(usage, info, catalog=self._catalog())
+        # Off-peak prices (DeepSeek) hold by when the call ran, here its end; every
+        # other model is priced without reading the clock.
+        at = datetime.now(UTC) if info.price.off_peak is not None else None
+        return billed_cost(usage, info, at, catalog=self._catalog())
 
     def _requested_cost(
         self, call: _Call, usage: Usage, record: UsageRecord | None = None

@@ -17,6 +17,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -471,8 +472,10 @@ def _costs(info: CallInfo, usage: Usage) -> tuple[Decimal, Decimal | None]:
     from .pricing import billed_cost
 
     # The requested model served the call: what it would have cost is what it cost,
-    # billed by the provider or at list prices, so no saving is ever shown for it.
-    billed = billed_cost(usage, model, catalog=catalog)
+    # billed by the provider or at list prices (off-peak ones by when it ran), so no
+    # saving is ever shown for it.
+    at = datetime.now(UTC) if model.price.off_peak is not None else None
+    billed = billed_cost(usage, model, at, catalog=catalog)
     return billed, billed
 
 
