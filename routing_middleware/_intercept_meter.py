@@ -503,7 +503,9 @@ async def _acharge_budgets(info: CallInfo, cost: Decimal) -> None:
 
 
 def _qualified(engine: LLMRoute, provider: str, model: str) -> str:
-    if "/" not in model:
+    """``model`` as the catalog knows it at ``provider``, the provider addressed: its
+    own name may hold a "/" (Groq's "openai/gpt-oss-120b" is "groq/openai/gpt-oss-120b")."""
+    if not model.startswith(provider + "/"):
         qualified = f"{provider}/{model}"
         if qualified in engine.catalog:
             return qualified

@@ -161,7 +161,9 @@ class Relay:
                 "The request body is nested too deeply to be read.", retryable=False
             ) from None
         catalog = self.engine.catalog
-        if provider and "/" not in request.model:
+        # (a name with a "/" of its own, e.g. Groq's "openai/gpt-oss-120b", is still the
+        # addressed provider's: priced and routed as "groq/openai/gpt-oss-120b")
+        if provider and not request.model.startswith(provider + "/"):
             qualified = f"{provider}/{request.model}"
             if qualified in catalog:
                 request.model = qualified  # a request of its own, just parsed: no copy
