@@ -46,6 +46,9 @@ _REJECTED = ".rejected"
 # system has the flag): a link planted there is refused, not written through.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
+#: The default spool's name in the temp dir itself before it had a private directory.
+_LEGACY_NAME = "llmroute-spool.jsonl"
+
 
 def _default_dir() -> Path:
     """The directory of default spools: one per user in the temp dir, made private.
@@ -231,11 +234,18 @@ class Spool:
     def _adopt_old_default(self) -> None:
         """Move a default spool left in the temp dir itself (where it was kept before
         it had a private directory) into this one, to be replayed: only regular files
-        of this user (never a symlink, never someone else's file)."""
+        of this user (never a symlink, never someone else's file). That is
+        ``llmroute-spool.jsonl``, one file for every database then, replayed into
+        this spool's database as it was then, and this spool's own name."""
         if not self._private:
             return
         shared = self.path.parent.parent
-        for old in [shared / self.path.name, *shared.glob(self.path.name + _REPLAYING + "*")]:
+        found = [
+            path
+            for name in dict.fromkeys((_LEGACY_NAME, self.path.name))
+            for path in (shared / name, *shared.glob(name + _REPLAYING + "*"))
+        ]
+        for old in found:
             try:
                 info = os.lstat(old)
             except FileNotFoundError:

@@ -90,8 +90,10 @@ def test_a_configured_spool_path_is_used_as_given(shared_tmp, tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_spool_left_at_the_old_default_place_is_still_replayed(shared_tmp):
-    old = shared_tmp / default_spool_path().name
+@pytest.mark.parametrize("name", ["llmroute-spool.jsonl", "llmroute-spool.jsonl.replaying-1-2"])
+def test_a_spool_left_at_the_old_default_place_is_still_replayed(shared_tmp, name):
+    # The name every earlier version spooled to in the temp dir, for every database.
+    old = shared_tmp / name
     mine = [make_record(), make_record()]
     Spool(old).append(mine)
     assert Spool(default_spool_path()).pending()
@@ -105,7 +107,7 @@ def test_a_spool_left_at_the_old_default_place_is_still_replayed(shared_tmp):
 def test_a_file_at_the_old_place_that_is_not_ours_is_not_replayed(shared_tmp, tmp_path):
     forged = tmp_path / "forged.jsonl"
     Spool(forged).append([make_record()])
-    (shared_tmp / default_spool_path().name).symlink_to(forged)
+    (shared_tmp / "llmroute-spool.jsonl").symlink_to(forged)
     assert not Spool(default_spool_path()).pending()
     assert replay_spool().inserted == 0
     assert LLMCall.objects.count() == 0
