@@ -212,6 +212,13 @@ class ReplayResult:
     files: int = 0
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # replayed and removed meanwhile
+        return 0
+
+
 class Spool:
     """An append-only JSONL file of records, safe across threads and processes.
 
@@ -300,7 +307,7 @@ class Spool:
     def pending(self) -> bool:
         """Whether there is anything to replay."""
         self._adopt_old_default()
-        return any(p.stat().st_size > 0 for p in self._replay_files(include_current=True))
+        return any(_size(p) > 0 for p in self._replay_files(include_current=True))
 
     def _replay_files(self, *, include_current: bool) -> list[Path]:
         if self._private and not _private_dir(self.path.parent, create=False):
@@ -324,7 +331,10 @@ class Spool:
         return self._replay_files(include_current=False)
 
     def _read(self, path: Path) -> Iterator[tuple[UsageRecord | None, bytes]]:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        try:
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        except FileNotFoundError:
+            return  # replayed and removed by another replay meanwhile
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # wait for a writer that opened it pre-rename
@@ -400,6 +410,7 @@ class Spool:
                 rejected += len(bad)
                 with self._open_rejected() as out:
                     out.writelines(bad)
-            path.unlink()
+            # (Another replay of this spool, reading the same file, may have removed it.)
+            path.unlink(missing_ok=True)
             files += 1
         return ReplayResult(read, inserted, skipped, rejected, files)
