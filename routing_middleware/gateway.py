@@ -421,18 +421,29 @@ async def _unless_gone(receive: Receive, call: Awaitable[RelayResponse]) -> Rela
     running = asyncio.ensure_future(call)
     try:
         await asyncio.wait((running, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:  # (also when this handler is cancelled itself)
+    except BaseException:
+        # This handler cancelled itself: the call is stopped and its cleanup (the
+        # record of what it cost) done before this ends, as when it ran inline.
         watcher.cancel()
-        if not running.done():
-            running.cancel()
+        running.cancel()
+        await _stopped(running)
+        raise
+    watcher.cancel()
     if watcher.done() and not watcher.cancelled():
         watcher.exception()  # (taken: a receive that failed only ends the call)
     if not running.done() or running.cancelled():  # the caller left first
-        await asyncio.wait((running,))  # its cancellation (and record) done
-        if not running.cancelled() and running.exception() is None:
-            await _aclose_answer(running.result())
+        running.cancel()
+        await _stopped(running)
         return None
     return running.result()
+
+
+async def _stopped(running: asyncio.Future[RelayResponse]) -> None:
+    """Wait for a cancelled call to end (its cancellation and record done); an
+    answer it gave all the same has its stream closed."""
+    await asyncio.wait((running,))
+    if not running.cancelled() and running.exception() is None:
+        await _aclose_answer(running.result())
 
 
 async def _unless_gone_anyio(

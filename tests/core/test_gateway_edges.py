@@ -160,3 +160,54 @@ async def test_a_caller_waiting_what_the_429_says_is_let_through(per_minute: int
         now[0] += waited
         assert (await gw.post(path, body)).status_code == 200
         now[0] += 3600.0  # a full bucket for the next dialect
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_handler_cancelled_mid_call_ends_after_the_call_is_metered(
+    stream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server cancelling the handler (shutting down) stops the upstream call, and the
+    handler ends once that call's cleanup (its record) is done, not before: a task left
+    running behind it could be lost with the loop."""
+    import asyncio
+
+    from routing_middleware import _dispatch_drivers
+
+    ended = _dispatch_drivers._AsyncDriver._ended
+
+    async def slow_ended(self: Any, effect: Any) -> None:  # (a store round trip)
+        await asyncio.sleep(0.2)
+        await ended(self, effect)
+
+    monkeypatch.setattr(_dispatch_drivers._AsyncDriver, "_ended", slow_ended)
+    config = {
+        "mode": "observe",
+        "retry": {"max_retries": 0, "attempt_timeout_s": 120},
+        "breaker": {"enabled": False},
+    }
+    gw = Gateway(config)
+    gw.engine.fake_network.providers["api.openai.com"].inject(
+        "gpt-4o-mini", always=Failure(kind="timeout", hang=60)
+    )
+    body = json.dumps({**CHAT, "stream": stream}).encode()
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)  # the caller stays
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        raise AssertionError("nothing to send")
+
+    scope = _scope("POST", "/v1/chat/completions", [(b"x-api-key", gw.key.encode())])
+    handler = asyncio.ensure_future(gw.app(scope, receive, send))
+    await asyncio.sleep(0.3)
+    handler.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    (record,) = gw.sink.records
+    assert record.api_key_id == gw.info.key_id
