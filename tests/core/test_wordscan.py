@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from routing_middleware import classify
 
@@ -52,6 +54,44 @@ def test_the_c_pass_counts_as_the_python_path(text: str, monkeypatch: pytest.Mon
     lowered = text.lower()
     assert _native_counts(lowered) == _python_counts(lowered)
     assert _native_counts(lowered) == _python_counts(lowered)  # every word known now
+
+
+_WORDS = sorted(
+    {
+        *(word for _, phrases in classify._PHRASES for p in phrases for word in p.split()),
+        *(marker.strip() for marker in classify._CODE_MARKERS),
+        *("analyze", "design", "prove", "tax", "tl;dr", "big-o", "lemma", "translate", "hi"),
+        *("tax2020", "design3", "analyze42", "analyzé", "résumé", "İ", "ß", "ǅ"),
+        *("abcdefgh", "abcdefghi", "abcdefg\x00", "\x00abcdefg"),  # 8 bytes, and past
+    }
+)
+_SEPARATORS = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2028"]
+_PIECE = st.one_of(
+    st.sampled_from(_WORDS),
+    st.sampled_from(_SEPARATORS + list(".,;:!?()`={}\x00-+#_'")),
+    st.text(max_size=12),  # any code point, NUL and lone surrogates included
+    st.integers(0, 10**15).map(str),
+    st.tuples(st.sampled_from(["x", "é", "0", "7", "a1", "\ud800"]), st.integers(1, 600)).map(
+        lambda pair: pair[0] * pair[1]  # long words, past the stack buffer too
+    ),
+)
+#: One word cache for every example, so a text also meets words of the ones before.
+_SHARED: list[classify._WordCache] = []
+
+
+@given(st.lists(_PIECE, max_size=40).map("".join))
+def test_the_c_pass_counts_as_the_python_path_on_any_text(text: str) -> None:
+    lowered = text.lower()
+    expected = _python_counts(lowered)
+    saved = classify._known
+    try:
+        assert _native_counts(lowered) == expected  # every word new
+        assert classify._text_cues(lowered) == expected  # every word known
+        classify._known = _SHARED[0] if _SHARED else classify._WordCache(native=True)
+        assert classify._text_cues(lowered) == expected
+        _SHARED[:] = [classify._known]
+    finally:
+        classify._known = saved
 
 
 def test_many_words_grow_the_table_and_stay_found(monkeypatch: pytest.MonkeyPatch) -> None:
