@@ -157,13 +157,17 @@ WordScan_init(WordScan *self, PyObject *args, PyObject *kwds)
             return -1;
         }
     }
-    Py_INCREF(phrases);
-    Py_XSETREF(self->phrases, phrases);
     if (self->slots == NULL) {
         self->slots = PyMem_Malloc(1024 * sizeof(int32_t));
         self->entries = PyMem_Malloc(256 * sizeof(Entry));
         self->arena = PyMem_Malloc(4096);
         if (self->slots == NULL || self->entries == NULL || self->arena == NULL) {
+            PyMem_Free(self->slots);
+            PyMem_Free(self->entries);
+            PyMem_Free(self->arena);
+            self->slots = NULL;
+            self->entries = NULL;
+            self->arena = NULL;
             PyErr_NoMemory();
             return -1;
         }
@@ -172,6 +176,19 @@ WordScan_init(WordScan *self, PyObject *args, PyObject *kwds)
         self->capacity = 256;
         self->arena_size = 4096;
     }
+    /* last: a WordScan with phrases has its tables (see ``initialised``) */
+    Py_INCREF(phrases);
+    Py_XSETREF(self->phrases, phrases);
+    return 0;
+}
+
+/* Whether __init__ has run (WordScan.__new__ alone leaves no tables to look in). */
+static int
+initialised(WordScan *self)
+{
+    if (self->phrases != NULL)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "WordScan not initialised");
     return 0;
 }
 
@@ -184,6 +201,8 @@ WordScan_add(WordScan *self, PyObject *args)
     unsigned long long phrases;
     unsigned int markers;
     int folded;
+    if (!initialised(self))
+        return NULL;
     if (!PyArg_ParseTuple(args, "y*IKIp", &word, &flags, &phrases, &markers, &folded))
         return NULL;
     const unsigned char *p = word.buf;
@@ -253,6 +272,8 @@ WordScan_add(WordScan *self, PyObject *args)
 static PyObject *
 WordScan_scan(WordScan *self, PyObject *arg)
 {
+    if (!initialised(self))
+        return NULL;
     if (!PyBytes_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "scan() takes bytes");
         return NULL;

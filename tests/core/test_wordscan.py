@@ -4,6 +4,8 @@ Python path it stands in for; skipped when the extension was not built."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -133,3 +135,19 @@ def test_bad_arguments_are_refused() -> None:
     scan = WordScan(classify._FOLD_TABLE, ())
     with pytest.raises(TypeError, match="bytes"):
         scan.scan("text")  # type: ignore[arg-type]
+
+
+def test_a_word_scan_not_initialised_raises_instead_of_crashing() -> None:
+    # In a child process: before the fix this was a segmentation fault.
+    code = (
+        "from routing_middleware._wordscan import WordScan\n"
+        "for call in (lambda s: s.scan(b'a b'), lambda s: s.add(b'a', 1, 0, 0, False)):\n"
+        "    try:\n"
+        "        call(WordScan.__new__(WordScan))\n"
+        "    except RuntimeError as e:\n"
+        "        assert 'not initialised' in str(e), e\n"
+        "    else:\n"
+        "        raise AssertionError('no error')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
