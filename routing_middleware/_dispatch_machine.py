@@ -649,15 +649,31 @@ class _Machine:
         error: LLMError | None,
         error_kind: str | None = None,
     ) -> Generator[Any, Any, UsageRecord]:
-        """Close, settle, report and record one attempt."""
+        """Close, settle, report and record one attempt.
+
+        A cancellation while it closes or settles still lets it report (freeing a
+        half-open probe and its in-flight count) and record, then goes on."""
         call.live = None
+        stopped: BaseException | None = None
         if attempt.handle is not None:
             handle, attempt.handle = attempt.handle, None
-            yield _Close(handle)
+            try:
+                yield _Close(handle)
+            except GeneratorExit:  # (no effect can run now: ``_run`` cleans up)
+                call.live = attempt
+                raise
+            except BaseException as exc:  # (the driver runs what follows shielded)
+                stopped = exc
         now = self.clock.monotonic()
         cost, charge, extra = self._costs(attempt, usage)
         if attempt.reservation is not None:
-            yield _Settle(attempt.reservation, charge)
+            try:
+                yield _Settle(attempt.reservation, charge)
+            except GeneratorExit:
+                call.live = attempt
+                raise
+            except BaseException as exc:
+                stopped = stopped or exc
         failed = error is not None or error_kind is not None
         # True: healthy, False: the deployment failed, None: says nothing about it
         # (a bad request, the consumer leaving).
@@ -677,7 +693,7 @@ class _Machine:
                 attempt.ticket,
             )
         kind = error.kind if error is not None else error_kind
-        return self._record(
+        record = self._record(
             call,
             attempt,
             attempt.deployment,
@@ -688,6 +704,9 @@ class _Machine:
             now=now,
             extra=extra,
         )
+        if stopped is not None:
+            raise stopped
+        return record
 
     def _plain_attempt(
         self,

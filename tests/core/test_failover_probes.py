@@ -193,3 +193,42 @@ def test_a_probe_abandoned_while_its_budget_hold_is_taken_frees_the_probe() -> N
     call.close()
     assert _deferred.drain()
     assert breaker.is_available(A)
+
+
+class _SlowSettles(MemoryBudgetStore):
+    """Settles that take a while (a store's round trip), announced as they start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = anyio.Event()
+
+    async def asettle(self, lines: Any, reserved: int, actual: int, hold: str) -> None:
+        self.reached.set()
+        await anyio.sleep(0.2)
+        await super().asettle(lines, reserved, actual, hold)
+
+
+def test_a_probe_cancelled_while_its_call_settles_still_reports_and_is_recorded() -> None:
+    # the attempt answered: its end (settle, report, record) is under way when the
+    # caller is cancelled; the settle runs on, and the rest must not be skipped
+    store = _SlowSettles()
+    budgets = Budgets([Budget(name="daily", limit_usd=Decimal("10"))], store)
+    d, breaker, stats = half_open(budgets=budgets)
+    assert isinstance(d.sink, MemorySink)
+    before = len(d.sink.records)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(d.adispatch, chat(), decision())
+            await store.reached.wait()
+            tasks.cancel_scope.cancel()
+        await anyio.sleep(0.3)  # (the settle that ran on)
+
+    anyio.run(main)
+    assert breaker.state(A) == "closed"  # the probe answered
+    assert stats.in_flight(A.key) == 0
+    (record,) = d.sink.records[before:]
+    assert record.status == "ok"
+    # the hold was replaced by what the call cost (micro-dollars)
+    (total,) = store.totals(budgets.lines(None))
+    assert 0 < total == round(record.cost * 1_000_000)
