@@ -156,6 +156,9 @@ WordScan_init(WordScan *self, PyObject *args, PyObject *kwds)
             PyErr_SetString(PyExc_TypeError, "phrases must be (flag bit, bytes) pairs");
             return -1;
         }
+        /* scan() reads the flag as a C long: one that does not fit is refused here */
+        if (PyLong_AsLong(PyTuple_GET_ITEM(item, 0)) == -1 && PyErr_Occurred())
+            return -1;
     }
     if (self->slots == NULL) {
         self->slots = PyMem_Malloc(1024 * sizeof(int32_t));

@@ -132,6 +132,8 @@ def test_bad_arguments_are_refused() -> None:
         WordScan(classify._FOLD_TABLE, tuple((1, b"p") for _ in range(65)))
     with pytest.raises(TypeError, match="pairs"):
         WordScan(classify._FOLD_TABLE, (("x", b"p"),))
+    with pytest.raises(OverflowError):  # before: a SystemError from scan() once found
+        WordScan(classify._FOLD_TABLE, ((1 << 70, b"p"),))
     scan = WordScan(classify._FOLD_TABLE, ())
     with pytest.raises(TypeError, match="bytes"):
         scan.scan("text")  # type: ignore[arg-type]
