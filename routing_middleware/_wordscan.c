@@ -265,7 +265,8 @@ WordScan_add(WordScan *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* scan(lowered) -> (counts, markers, folded, first word) or (None, unseen words).
+/* scan(lowered) -> (counts, markers, folded, first word), or (None, unseen words, None,
+ * None) when a word was never added (one entry per occurrence).
  *
  * ``counts`` is a list of 17 ints indexed by class bit: the distinct cue words of
  * each class, plus the phrases found (each phrase once, when its first word is in
