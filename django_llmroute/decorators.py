@@ -22,7 +22,7 @@ decorator records them on the view (``__llmroute_hints__``, which
 feature before it runs) and makes them current while it runs, middleware or not.
 Inside a view, a Celery task or any function, the same hints work as a block::
 
-    from routing_middleware.context import route_hint
+    from routing_middleware.context import RouteHint, route_hint
 
     with route_hint(feature="nightly-digest", tier="cheap"):
         client.chat.completions.create(...)
@@ -31,12 +31,14 @@ Inside a view, a Celery task or any function, the same hints work as a block::
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.http import FileResponse, StreamingHttpResponse
 
 from routing_middleware.context import RouteHint, route_hint
+
+from ._streams import astream_within, stream_within
 
 __all__ = ["LLMRouteMixin", "llm_route"]
 
@@ -55,40 +57,6 @@ def llm_route(**hints: Any) -> RouteHint:
     return route_hint(**hints)
 
 
-def _sync_stream(content: Iterable[bytes], hint: RouteHint) -> Iterator[bytes]:
-    iterator = iter(content)
-    try:
-        while True:
-            with hint:
-                try:
-                    chunk = next(iterator)
-                except StopIteration:
-                    return
-            yield chunk
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            with hint:
-                close()
-
-
-async def _async_stream(content: AsyncIterator[bytes], hint: RouteHint) -> AsyncIterator[bytes]:
-    iterator = aiter(content)
-    try:
-        while True:
-            with hint:
-                try:
-                    chunk = await anext(iterator)
-                except StopAsyncIteration:
-                    return
-            yield chunk
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            with hint:
-                await aclose()
-
-
 def _keep_hints_while_streaming(response: Any, hints: dict[str, Any]) -> Any:
     """A streaming body runs after ``dispatch`` returned, outside its ``with hint``
     block (and the middleware only knows the class attribute, not what
@@ -98,10 +66,11 @@ def _keep_hints_while_streaming(response: Any, hints: dict[str, Any]) -> Any:
     if isinstance(response, StreamingHttpResponse) and not isinstance(response, FileResponse):
         # A fresh RouteHint per response: its token stack is never shared.
         content = response.streaming_content
+        hint = route_hint(**hints)
         if response.is_async:
-            response.streaming_content = _async_stream(content, route_hint(**hints))  # type: ignore[arg-type]
+            response.streaming_content = astream_within(content, lambda: hint)  # type: ignore[arg-type]
         else:
-            response.streaming_content = _sync_stream(content, route_hint(**hints))  # type: ignore[arg-type]
+            response.streaming_content = stream_within(content, lambda: hint)  # type: ignore[arg-type]
     return response
 
 

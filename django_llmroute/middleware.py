@@ -27,7 +27,7 @@ Sync and async: under ASGI with an async stack it never blocks the event loop
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -44,6 +44,7 @@ from routing_middleware.context import (
     use_context,
 )
 
+from ._streams import astream_within, stream_within
 from .conf import LLMRouteSettings, get_settings
 from .runtime import collect_records
 
@@ -153,42 +154,6 @@ class _RequestState:
         self.base = base
 
 
-def _sync_stream(content: Iterable[bytes], context: RouteContext) -> Iterator[bytes]:
-    iterator = iter(content)
-    try:
-        while True:
-            with use_context(context):
-                try:
-                    chunk = next(iterator)
-                except StopIteration:
-                    return
-            yield chunk
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            with use_context(context):
-                close()
-
-
-async def _async_stream(
-    content: AsyncIterator[bytes], context: RouteContext
-) -> AsyncIterator[bytes]:
-    iterator = aiter(content)
-    try:
-        while True:
-            with use_context(context):
-                try:
-                    chunk = await anext(iterator)
-                except StopAsyncIteration:
-                    return
-            yield chunk
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            with use_context(context):
-                await aclose()
-
-
 class LLMRouteMiddleware:
     """Sets the routing context for each request; sync and async capable."""
 
@@ -296,9 +261,9 @@ class LLMRouteMiddleware:
         if isinstance(response, StreamingHttpResponse) and not isinstance(response, FileResponse):
             content = response.streaming_content
             if response.is_async:
-                response.streaming_content = _async_stream(content, context)  # type: ignore[arg-type]
+                response.streaming_content = astream_within(content, lambda: use_context(context))  # type: ignore[arg-type]
             else:
-                response.streaming_content = _sync_stream(content, context)  # type: ignore[arg-type]
+                response.streaming_content = stream_within(content, lambda: use_context(context))  # type: ignore[arg-type]
             return response
         if records and get_settings().core.server_timing:
             timing = _server_timing(records)

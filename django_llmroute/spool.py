@@ -200,6 +200,13 @@ def record_from_dict(data: dict[str, Any]) -> UsageRecord:
     )
 
 
+def _lines_of(records: Sequence[UsageRecord]) -> bytes:
+    """``records`` as the spool's lines: one compact JSON object each."""
+    return "".join(
+        json.dumps(record_to_dict(r), separators=(",", ":"), default=str) + "\n" for r in records
+    ).encode("utf-8")
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
     """What a replay did: lines read, rows inserted, duplicates skipped, bad lines and
@@ -276,10 +283,7 @@ class Spool:
         """
         if not records:
             return
-        payload = "".join(
-            json.dumps(record_to_dict(r), separators=(",", ":"), default=str) + "\n"
-            for r in records
-        ).encode("utf-8")
+        payload = _lines_of(records)
         with self._lock:
             self._make_dir()
             while True:
@@ -355,10 +359,7 @@ class Spool:
         """Append ``records`` to ``<spool>.rejected``: kept for people, never replayed."""
         if not records:
             return
-        payload = "".join(
-            json.dumps(record_to_dict(r), separators=(",", ":"), default=str) + "\n"
-            for r in records
-        ).encode("utf-8")
+        payload = _lines_of(records)
         with self._lock:
             self._make_dir()
             with self._open_rejected() as out:
