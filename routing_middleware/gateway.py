@@ -391,18 +391,20 @@ async def _pump_until_gone(send: Send, receive: Receive, stream: AsyncIterator[b
 
     gone: list[bool] = []
     async with anyio.create_task_group() as group:
-
-        async def watch() -> None:
-            while True:
-                message: Message = await receive()
-                if message["type"] == "http.disconnect":
-                    gone.append(True)
-                    group.cancel_scope.cancel()
-                    return
-
-        group.start_soon(watch)
+        group.start_soon(_watch, receive, group.cancel_scope, gone)
         await _pump(send, stream, gone)
         group.cancel_scope.cancel()
+
+
+async def _watch(receive: Receive, scope: Any, gone: list[bool]) -> None:
+    """Wait for the caller to leave; then note it in ``gone`` and cancel ``scope``
+    (an anyio cancel scope: what runs for the caller)."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.append(True)
+            scope.cancel()
+            return
 
 
 async def _unless_gone(receive: Receive, call: Awaitable[RelayResponse]) -> RelayResponse | None:
@@ -454,16 +456,7 @@ async def _unless_gone_anyio(
     answers: list[RelayResponse] = []
     gone: list[bool] = []
     async with anyio.create_task_group() as group:
-
-        async def watch() -> None:
-            while True:
-                message: Message = await receive()
-                if message["type"] == "http.disconnect":
-                    gone.append(True)
-                    group.cancel_scope.cancel()
-                    return
-
-        group.start_soon(watch)
+        group.start_soon(_watch, receive, group.cancel_scope, gone)
         answers.append(await call)
         group.cancel_scope.cancel()
     if gone:
