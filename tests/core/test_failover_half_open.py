@@ -10,54 +10,26 @@ from __future__ import annotations
 
 import json
 import threading
-from decimal import Decimal
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from routing_middleware.breaker import BreakerPolicy, CircuitBreaker
-from routing_middleware.catalog import Catalog, ModelInfo, Price
+from routing_middleware.breaker import CircuitBreaker
 from routing_middleware.dispatch import Dispatcher
 from routing_middleware.metering import MemorySink
 from routing_middleware.providers.registry import provider_config
 from routing_middleware.retry import RetryPolicy
-from routing_middleware.router import Decision, Deployment
 from routing_middleware.schema import ChatRequest, LLMError, Message
 from routing_middleware.testing import FakeModel, FakeProvider
 
-KEY = "sk-test-aaaa-0001"
-A = Deployment("openai/gpt-a", "openai", "gpt-a")
-PRICE = Price(Decimal("1"), Decimal("2"))
-CATALOG = Catalog([ModelInfo("openai/gpt-a", "openai", "gpt-a", PRICE, 16_000)])
-POLICY = BreakerPolicy(consecutive_failures=1, cooldown_s=10, probe_timeout_s=600)
-
-
-class WallClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .failover_helpers import CATALOG, KEY, POLICY, PRICE, A, WallClock, decision
 
 
 def chat(tag: str) -> ChatRequest:
     return ChatRequest(
         model="openai/gpt-a", messages=[Message(role="user", content=tag)], max_tokens=64
-    )
-
-
-def decision() -> Decision:
-    return Decision(
-        primary=A,
-        fallbacks=(),
-        tier=1,
-        estimated_cost=None,
-        requested_model="openai/gpt-a",
-        requested_cost=None,
-        mode="enforce",
-        reasons=(),
     )
 
 
