@@ -38,7 +38,7 @@ def _load_catalog(path: str | None) -> Catalog:
         return default_catalog()
     try:
         return Catalog.load(path)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # TypeError: wrong JSON shape
         raise _CliError(f"cannot load catalog {path}: {exc}") from None
 
 
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--feed", required=True, metavar="PATH_OR_URL")
     sync.add_argument("--format", choices=("litellm", "openrouter", "llmroute"))
     sync.add_argument("--out", metavar="FILE", help="write the merged catalog here")
-    sync.add_argument("--timeout", type=float, default=10.0, help="seconds, for URLs")
+    sync.add_argument("--timeout", type=_seconds, default=10.0, help="seconds, for URLs")
     sync.add_argument(
         "--known-only", action="store_true", help="update models already in the catalog only"
     )
@@ -90,6 +90,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a token count: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"token counts cannot be negative: {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):  # (`not >` also refuses NaN)
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
     return value
 
 
@@ -227,7 +237,10 @@ def _cmd_sync(args: argparse.Namespace, catalog: Catalog) -> int:
         for model_id in ids:
             print(f"  {label:<8} {model_id}")
     if args.out:
-        Path(args.out).write_text(models_to_json(Catalog(models).models), encoding="utf-8")
+        try:
+            Path(args.out).write_text(models_to_json(Catalog(models).models), encoding="utf-8")
+        except OSError as exc:
+            raise _CliError(f"cannot write {args.out}: {exc.strerror or exc}") from None
         print(f"wrote  {args.out} ({len(models)} models)")
     return 0
 

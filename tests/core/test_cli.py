@@ -294,3 +294,36 @@ def test_real_subprocess() -> None:
     assert failing.stdout == ""
     assert failing.stderr.startswith("llmroute: Unknown model 'nope-model'")
     assert "Traceback" not in failing.stderr
+
+
+@pytest.mark.parametrize("content", ['[{"x": 1}]', '{"models": 5}', '"text"', "[]"])
+def test_a_catalog_file_of_the_wrong_shape_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str
+) -> None:
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(content, encoding="utf-8")
+    code, _, err = run(capsys, "--catalog", str(catalog), "models")
+    assert code == 1
+    assert err.startswith(f"llmroute: cannot load catalog {catalog}")
+    assert "Traceback" not in err
+
+
+def test_an_unwritable_out_file_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_file = tmp_path / "missing-dir" / "merged.json"
+    code, _, err = run(
+        capsys, "sync-prices", "--feed", str(DATA / "litellm_small.json"), "--out", str(out_file)
+    )
+    assert code == 1
+    assert err.startswith(f"llmroute: cannot write {out_file}")
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "soon"])
+def test_sync_prices_refuses_a_timeout_that_is_not_positive(
+    capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sync-prices", "--feed", "http://127.0.0.1:1/feed.json", "--timeout", timeout])
+    assert exit_info.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
