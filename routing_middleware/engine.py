@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -401,7 +402,10 @@ class LLMRoute:
         c = self.config.cache
         url = self.config.redis_url
         if url:
-            return ResponseCache(self._shared(RedisCacheStore(url, ttl_s=int(c.ttl_s))))
+            # Redis expiries are whole seconds and 0 is refused: round a fractional
+            # TTL up rather than down (int(0.5) made every write fail).
+            ttl = max(1, math.ceil(c.ttl_s))
+            return ResponseCache(self._shared(RedisCacheStore(url, ttl_s=ttl)))
         return ResponseCache(MemoryCacheStore(maxsize=c.max_entries, ttl_s=c.ttl_s))
 
     def _offline_clients(self) -> tuple[Any, Any]:
