@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
@@ -251,20 +252,30 @@ class RouteHint:
         return wrapper
 
     # Generators run in their consumer's context: hints are set around each step
-    # only, so they never leak into the consumer between items.
+    # only, so they never leak into the consumer between items. Values sent and
+    # exceptions thrown in (``send``/``throw``, as ``contextmanager`` and FastAPI's
+    # yield dependencies do) are passed on to the wrapped generator, like ``yield from``.
     def _wrap_gen(self, func: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             gen = func(*args, **kwargs)
+            step: Callable[[], Any] = partial(next, gen)
             try:
                 while True:
                     token = self._push()
                     try:
-                        item = next(gen)
+                        item = step()
                     except StopIteration as stop:
                         return stop.value
                     finally:
                         _current.reset(token)
-                    yield item
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        raise
+                    except BaseException as exc:  # thrown in: the wrapped generator handles it
+                        step = partial(gen.throw, exc)
+                    else:
+                        step = partial(gen.send, sent)
             finally:
                 token = self._push()
                 try:
@@ -277,16 +288,24 @@ class RouteHint:
     def _wrap_async_gen(self, func: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
             agen = func(*args, **kwargs)
+            step: Callable[[], Any] = agen.__anext__
             try:
                 while True:
                     token = self._push()
                     try:
-                        item = await agen.__anext__()
+                        item = await step()
                     except StopAsyncIteration:
                         return
                     finally:
                         _current.reset(token)
-                    yield item
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        raise
+                    except BaseException as exc:  # thrown in: the wrapped generator handles it
+                        step = partial(agen.athrow, exc)
+                    else:
+                        step = partial(agen.asend, sent)
             finally:
                 token = self._push()
                 try:

@@ -209,3 +209,68 @@ def test_set_and_reset_context_restore_the_previous_one() -> None:
     assert current_context().feature == "inside"
     reset_context(token)
     assert current_context() == before
+
+
+def test_generator_gets_sent_values_and_thrown_exceptions_with_its_hints() -> None:
+    from contextlib import contextmanager
+
+    log: list[tuple[str, str | None]] = []
+
+    @contextmanager
+    @route_hint(feature="tx")
+    def transaction() -> Iterator[None]:
+        try:
+            yield
+        except ValueError:
+            log.append(("rollback", current_context().feature))
+            raise
+
+    with pytest.raises(ValueError, match="bad"), transaction():
+        raise ValueError("bad")
+    assert log == [("rollback", "tx")]
+
+    @route_hint(feature="sum")
+    def running_total() -> Iterator[int]:
+        total = 0
+        while True:
+            total += yield total
+
+    gen = running_total()
+    assert next(gen) == 0
+    assert gen.send(2) == 2
+    assert gen.send(3) == 5
+    assert current_context().feature is None
+
+
+@pytest.mark.anyio
+async def test_async_generator_gets_sent_values_and_thrown_exceptions_with_its_hints() -> None:
+    from contextlib import asynccontextmanager
+
+    log: list[tuple[str, str | None]] = []
+
+    @asynccontextmanager
+    @route_hint(feature="tx")
+    async def transaction() -> AsyncIterator[None]:
+        try:
+            yield
+        except ValueError:
+            log.append(("rollback", current_context().feature))
+            raise
+
+    with pytest.raises(ValueError, match="bad"):
+        async with transaction():
+            raise ValueError("bad")
+    assert log == [("rollback", "tx")]
+
+    @route_hint(feature="sum")
+    async def running_total() -> AsyncIterator[int]:
+        total = 0
+        while True:
+            total += yield total
+
+    agen = running_total()
+    assert await agen.__anext__() == 0
+    assert await agen.asend(2) == 2
+    assert await agen.asend(3) == 5
+    await agen.aclose()
+    assert current_context().feature is None
