@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from decimal import Decimal
 
 import pytest
@@ -230,7 +230,7 @@ def test_generator_gets_sent_values_and_thrown_exceptions_with_its_hints() -> No
     assert log == [("rollback", "tx")]
 
     @route_hint(feature="sum")
-    def running_total() -> Iterator[int]:
+    def running_total() -> Generator[int, int, None]:
         total = 0
         while True:
             total += yield total
@@ -263,7 +263,7 @@ async def test_async_generator_gets_sent_values_and_thrown_exceptions_with_its_h
     assert log == [("rollback", "tx")]
 
     @route_hint(feature="sum")
-    async def running_total() -> AsyncIterator[int]:
+    async def running_total() -> AsyncGenerator[int, int]:
         total = 0
         while True:
             total += yield total
