@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from functools import lru_cache, partial
@@ -67,6 +68,8 @@ UserGetter = Callable[["Scope"], "str | None"]
 TagsGetter = Callable[["Scope"], "Iterable[str] | None"]
 
 _EMPTY = RouteContext()
+
+logger = logging.getLogger("llmroute.asgi")
 
 
 def request_records() -> list[UsageRecord]:
@@ -135,17 +138,27 @@ class RoutingMiddleware:
 
     # ------------------------------------------------------------------ pieces
 
+    # A failing ``user`` or ``tags`` callable must not fail the request (it also runs
+    # inside the app's own scope writes): the request goes on without that field.
     def _user_id(self, scope: Scope) -> str | None:
         if self.user is not None:
-            found = self.user(scope)
-            return None if found is None else str(found)
+            try:
+                found = self.user(scope)
+                return None if found is None else str(found)
+            except Exception as exc:
+                logger.warning("the user callable failed (%s); no user id", type(exc).__name__)
+                return None
         return _user_id(scope.get("user"))
 
     def _tags_of(self, scope: Scope) -> frozenset[str] | None:
         if self._tags is None:
             return self._fixed_tags
-        found = self._tags(scope)
-        return frozenset(found) if found else None
+        try:
+            found = self._tags(scope)
+            return frozenset(found) if found else None
+        except Exception as exc:
+            logger.warning("the tags callable failed (%s); no tags", type(exc).__name__)
+            return None
 
 
 class _Request:

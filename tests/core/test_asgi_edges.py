@@ -1,0 +1,61 @@
+"""RoutingMiddleware edge cases: failing callables, nesting, mounts with path params."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from routing_middleware.asgi import RoutingMiddleware
+from routing_middleware.context import RouteContext, current_context, route_hint
+from tests.core.test_asgi import _client, _engine, _request
+
+pytestmark = pytest.mark.anyio
+
+
+class _AlwaysAda(AuthenticationBackend):
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser]:
+        return AuthCredentials(["authenticated"]), SimpleUser("ada")
+
+
+async def test_a_failing_user_or_tags_callable_does_not_fail_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine, sink = _engine()
+    seen: list[RouteContext] = []
+
+    @route_hint(feature="reports")
+    async def report(request: Request) -> PlainTextResponse:
+        seen.append(current_context())
+        await engine.acomplete(_request())
+        return PlainTextResponse("ok")
+
+    def user(scope: Any) -> str:
+        raise KeyError("secret-session-token")
+
+    def tags(scope: Any) -> list[str]:
+        raise RuntimeError("tags backend down")
+
+    app = Starlette(
+        routes=[Route("/report", report)],
+        middleware=[
+            Middleware(RoutingMiddleware, user=user, tags=tags),
+            # writes scope["user"] inside: the user callable runs again then
+            Middleware(AuthenticationMiddleware, backend=_AlwaysAda()),
+        ],
+    )
+    async with _client(app) as client:
+        response = await client.get("/report")
+    assert response.status_code == 200
+    assert (seen[0].feature, seen[0].user_id, seen[0].tags) == ("reports", None, None)
+    (record,) = sink.records
+    assert record.feature == "reports"
+    assert "secret-session-token" not in caplog.text
+    assert "KeyError" in caplog.text
