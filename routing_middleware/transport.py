@@ -319,7 +319,10 @@ _MISSING = object()
 _patch_lock = threading.Lock()
 #: ``(class, the attribute as it was in the class's own dict or _MISSING)``
 _patched: list[tuple[type[Any], Any]] = []
-_global_engine: LLMRoute | None = None
+#: what instrument() was given; ``_OFF`` once uninstrument() ran, so a request that
+#: entered the patched method just before is not routed by :func:`get_engine`'s engine
+_OFF: Any = object()
+_global_engine: Any = _OFF
 
 
 def _hook(original: Any, wrapper: type[_Base]) -> Any:
@@ -335,7 +338,10 @@ def _hook(original: Any, wrapper: type[_Base]) -> Any:
         match = match_endpoint(host_of(url), url.path)
         if match is None or match.kind not in interesting:
             return transport
-        return wrapper._wrap(transport, _global_engine)
+        engine = _global_engine
+        if engine is _OFF:  # uninstrument() ran meanwhile (another thread)
+            return transport
+        return wrapper._wrap(transport, engine)
 
     _transport_for_url.__wrapped__ = original  # type: ignore[attr-defined]
     return _transport_for_url
@@ -375,7 +381,7 @@ def uninstrument() -> None:
                 delattr(cls, _HOOK)
             else:
                 setattr(cls, _HOOK, saved)
-        _global_engine = None
+        _global_engine = _OFF
 
 
 def is_instrumented() -> bool:
