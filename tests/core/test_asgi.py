@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -287,8 +288,8 @@ async def test_a_streaming_response_is_sent_chunk_by_chunk_not_buffered() -> Non
     app = StreamingResponse(body(), media_type="text/event-stream")
     middleware = RoutingMiddleware(app, engine=engine, server_timing=True)
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
         if message.get("body") == b"data: 1\n\n":
             first_chunk_sent.set()
 
@@ -325,7 +326,7 @@ async def test_server_timing_sums_the_requests_calls() -> None:
     assert timings[0] == "db;dur=3"
     llm = timings[1]
     assert llm.startswith("llm;dur=")
-    cost = sum((r.cost for r in inside[0]), start=0)
+    cost = sum((r.cost for r in inside[0]), start=Decimal(0))
     assert f'desc="2 calls, ${cost.normalize():f}"' in llm
     assert "server-timing" not in none.headers
     assert request_records() == []
