@@ -16,7 +16,9 @@ API keys are ``SecretStr``: they never appear in ``repr``, logs or errors.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -35,6 +37,36 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
+_MASK = "***"
+
+
+def _redact_url(url: str | None) -> str | None:
+    """``url`` with its password masked: in the userinfo (``redis://u:***@host``) or a
+    ``password`` query parameter (``unix:///run/redis.sock?password=***``)."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return _MASK  # unparseable: show nothing of it rather than a secret
+    if password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:{_MASK}@{host}")
+    if "password" in parts.query.lower():
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        masked = [(k, _MASK if k.lower() == "password" else v) for k, v in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    return urlunsplit(parts)
+
+
+def _redacted(
+    args: Iterator[tuple[str | None, Any]], urls: tuple[str, ...]
+) -> Iterator[tuple[str | None, Any]]:
+    for name, value in args:
+        yield name, (_redact_url(value) if name in urls else value)
+
+
 class ProviderSettings(_Frozen):
     """One provider: its key (or the environment variable holding it) and overrides.
 
@@ -47,6 +79,14 @@ class ProviderSettings(_Frozen):
     base_url: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
+
+    def __repr_args__(self) -> Any:
+        # repr/str hide the base URL's password and the values of extra headers
+        # (a proxy's auth token goes there); the fields themselves keep them.
+        for name, value in _redacted(iter(super().__repr_args__()), ("base_url",)):
+            if name == "options" and isinstance(value.get("headers"), dict):
+                value = {**value, "headers": dict.fromkeys(value["headers"], _MASK)}
+            yield name, value
 
 
 class RetrySettings(_Frozen):
@@ -130,6 +170,10 @@ class LLMRouteConfig(_Frozen):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     catalog_feed: str | None = None
     catalog_refresh_s: float | None = Field(default=None, gt=0)
+
+    def __repr_args__(self) -> Any:
+        # repr/str hide the passwords of the Redis and feed URLs
+        yield from _redacted(iter(super().__repr_args__()), ("redis_url", "catalog_feed"))
 
     @field_validator("providers")
     @classmethod
