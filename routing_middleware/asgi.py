@@ -310,11 +310,22 @@ def _route_path(scope: Scope) -> str | None:
 
 
 async def _send_with_timing(send: Send, message: Message) -> None:
-    if message["type"] == "http.response.start":
+    if message["type"] == "http.response.start" and not _has_llm_timing(message):
         header = _server_timing(collected_records() or ())
         if header is not None:
             message = {**message, "headers": [*message.get("headers", ()), header]}
     await send(message)
+
+
+def _has_llm_timing(message: Message) -> bool:
+    """Whether the response already has an ``llm`` Server-Timing metric, as when a
+    RoutingMiddleware inside this one (a mounted sub-app's) added it: one is enough."""
+    for name, value in message.get("headers", ()):
+        if bytes(name).lower() == b"server-timing":
+            for metric in bytes(value).split(b","):
+                if metric.split(b";", 1)[0].strip().lower() == b"llm":
+                    return True
+    return False
 
 
 def _server_timing(records: Iterable[UsageRecord]) -> tuple[bytes, bytes] | None:

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from routing_middleware.asgi import RoutingMiddleware
 from routing_middleware.context import RouteContext, current_context, route_hint
@@ -59,3 +59,27 @@ async def test_a_failing_user_or_tags_callable_does_not_fail_the_request(
     assert record.feature == "reports"
     assert "secret-session-token" not in caplog.text
     assert "KeyError" in caplog.text
+
+
+async def test_nested_middlewares_send_one_llm_server_timing() -> None:
+    engine, sink = _engine(server_timing=True)
+
+    async def answer(request: Request) -> PlainTextResponse:
+        await engine.acomplete(_request())
+        return PlainTextResponse("ok", headers={"server-timing": 'db;dur=2;desc="llm, cache"'})
+
+    sub = Starlette(
+        routes=[Route("/answer", answer)],
+        middleware=[Middleware(RoutingMiddleware, engine=engine)],
+    )
+    app = Starlette(
+        routes=[Mount("/sub", sub)], middleware=[Middleware(RoutingMiddleware, engine=engine)]
+    )
+    async with _client(app) as client:
+        response = await client.get("/sub/answer")
+    timings = response.headers.get_list("server-timing")
+    assert timings[0] == 'db;dur=2;desc="llm, cache"'
+    assert len(timings) == 2
+    (record,) = sink.records
+    assert timings[1].startswith("llm;dur=")
+    assert f'desc="1 call, ${record.cost.normalize():f}"' in timings[1]
