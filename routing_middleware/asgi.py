@@ -164,12 +164,17 @@ class RoutingMiddleware:
 class _Request:
     """One request's context: the base (who, tags, id) and what routing adds."""
 
-    __slots__ = ("base", "endpoint", "middleware", "route", "user")
+    __slots__ = ("base", "endpoint", "middleware", "mounts", "route", "route_root", "user")
 
     def __init__(self, middleware: RoutingMiddleware, scope: Scope) -> None:
         self.middleware = middleware
         self.endpoint: Any = None
         self.route: Any = None
+        # The path templates of the mounts above the matched route, and the root_path
+        # the current route was matched at: a mount is a route after which the next
+        # one is matched below a longer root_path.
+        self.mounts = ""
+        self.route_root: str = scope.get("root_path", "")
         self.user: Any = scope.get("user")
         outer = current_context()
         user_id = middleware._user_id(scope)
@@ -179,13 +184,18 @@ class _Request:
         else:
             self.base = outer.merged(user_id=user_id, tags=tags, request_id=_request_id(scope))
 
-    def changed(self, scope: _WatchedScope) -> None:
-        """The app wrote routing or user keys into the scope: refresh the context."""
+    def changed(self, scope: _WatchedScope, root_before: str) -> None:
+        """The app wrote routing or user keys into the scope: refresh the context.
+        ``root_before`` is the scope's root_path before that write."""
         endpoint = scope.get("endpoint")
         route = scope.get("route")
         user = scope.get("user")
         if endpoint is self.endpoint and route is self.route and user is self.user:
             return
+        if route is not self.route:
+            if self.route is not None and root_before != self.route_root:
+                self.mounts += _mount_path(self.route)
+            self.route_root = root_before
         if user is not self.user:
             self.user = user
             self.base = self.base.merged(user_id=self.middleware._user_id(scope))
@@ -194,7 +204,7 @@ class _Request:
         context = self.base
         if endpoint is not None:
             hints = _endpoint_hints(endpoint, scope.get("method", "GET"))
-            route_path = _route_path(scope)
+            route_path = _route_path(scope, self.mounts)
             if route_path is not None and "route" not in hints:
                 hints = {**hints, "route": route_path}
             if hints:  # already checked by route_hint: no need to go through merged()
@@ -218,22 +228,24 @@ class _WatchedScope(dict[str, Any]):
         self.request: _Request | None = request
 
     def __setitem__(self, key: str, value: Any) -> None:
+        root_before = self.get("root_path", "")
         dict.__setitem__(self, key, value)
         self.outer[key] = value
         request = self.request
         if request is not None and key in _WATCHED:
-            request.changed(self)
+            request.changed(self, root_before)
 
     def __delitem__(self, key: str) -> None:
         dict.__delitem__(self, key)
         self.outer.pop(key, None)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
+        root_before = self.get("root_path", "")
         dict.update(self, *args, **kwargs)
         self.outer.update(*args, **kwargs)
         request = self.request
         if request is not None:
-            request.changed(self)
+            request.changed(self, root_before)
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         if key not in self:
@@ -297,16 +309,22 @@ def _read_hints(endpoint: Any, method: str) -> dict[str, Any]:
 _cached_hints = lru_cache(maxsize=1024)(_read_hints)
 
 
-def _route_path(scope: Scope) -> str | None:
-    """The matched path template (with the mount prefixes above it)."""
+def _route_path(scope: Scope, mounts: str) -> str | None:
+    """The matched path template, with the templates of the mounts above it (not
+    their matched paths: ``/orgs/{org}/items/{id}``, not ``/orgs/42/items/{id}``)."""
     route = scope.get("route")
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
     if not isinstance(path, str):
         return None
-    root = scope.get("root_path", "")
-    top = scope.get("app_root_path", root)
-    prefix = root[len(top) :] if root.startswith(top) else ""
-    return prefix + path
+    return mounts + path
+
+
+def _mount_path(route: Any) -> str:
+    """A mount's own path template (Starlette's ``path_format`` ends in ``/{path}``)."""
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not isinstance(path, str):
+        return ""
+    return path.removesuffix("/{path}")
 
 
 async def _send_with_timing(send: Send, message: Message) -> None:

@@ -83,3 +83,41 @@ async def test_nested_middlewares_send_one_llm_server_timing() -> None:
     (record,) = sink.records
     assert timings[1].startswith("llm;dur=")
     assert f'desc="1 call, ${record.cost.normalize():f}"' in timings[1]
+
+
+async def test_routes_under_mounts_with_path_params_are_named_by_their_templates() -> None:
+    from fastapi import APIRouter, FastAPI
+
+    engine, sink = _engine()
+
+    @route_hint(feature="items")
+    async def item(request: Request) -> PlainTextResponse:
+        await engine.acomplete(_request())
+        return PlainTextResponse("ok")
+
+    api = FastAPI()
+    router = APIRouter(prefix="/teams/{team}")
+
+    @router.get("/notes/{note_id}")
+    @route_hint(feature="notes")
+    def note(team: str, note_id: int) -> dict[str, str | None]:
+        engine.complete(_request())
+        return {"feature": current_context().feature}
+
+    api.include_router(router)
+    deep = Starlette(routes=[Route("/items/{item_id:int}", item)])
+    app = Starlette(
+        routes=[
+            Mount("/orgs/{org}", routes=[Mount("/projects/{project:int}", deep)]),
+            Mount("/api/{version}", api),
+        ],
+        middleware=[Middleware(RoutingMiddleware)],
+    )
+    async with _client(app) as client:
+        first = await client.get("/orgs/acme/projects/42/items/7")
+        second = await client.get("/api/v1/teams/blue/notes/9")
+    assert (first.status_code, second.json()) == (200, {"feature": "notes"})
+    assert [(r.feature, r.route) for r in sink.records] == [
+        ("items", "/orgs/{org}/projects/{project}/items/{item_id}"),
+        ("notes", "/api/{version}/teams/{team}/notes/{note_id}"),
+    ]
