@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from .config import RoutingConfig
 
@@ -185,6 +185,22 @@ class LLMRouteConfig(_Frozen):
             known = ", ".join(sorted(PROVIDERS))
             raise ValueError(f"unknown provider(s) {', '.join(unknown)}; known: {known}")
         return value
+
+    @model_validator(mode="after")
+    def _deployments_on_known_providers(self) -> LLMRouteConfig:
+        # The router leaves out deployments on providers the engine does not serve,
+        # so a misspelt provider would silently drop the deployment from every
+        # decision. (A bare RoutingConfig may name any provider: a Router can be
+        # used with a catalog of its own.)
+        from .providers.registry import PROVIDERS
+
+        for i, dep in enumerate(self.routing.deployments):
+            if dep.provider.lower() not in PROVIDERS:
+                raise ValueError(
+                    f"routing.deployments.{i} ({dep.name!r} of {dep.model!r}): unknown "
+                    f"provider {dep.provider!r}; known: {', '.join(sorted(PROVIDERS))}"
+                )
+        return self
 
     @classmethod
     def coerce(cls, value: LLMRouteConfig | dict[str, Any] | None) -> LLMRouteConfig:

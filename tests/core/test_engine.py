@@ -329,3 +329,14 @@ async def test_adecide_takes_the_first_stats_snapshot_through_the_async_client()
     await engine.adecide(_request())
     assert (stats.async_snapshots, stats.sync_snapshots) == (1, 0)
     engine.close()
+
+
+def test_a_deployment_on_an_unknown_provider_is_a_config_error_naming_it() -> None:
+    # It was accepted, then silently left out of every decision.
+    deployment = {"model": "openai/gpt-5.4", "provider": "opneai", "name": "gpt-eu"}
+    with pytest.raises(ValidationError, match=r"routing.deployments.0 .*unknown provider 'opneai'"):
+        LLMRoute({**FAST, "routing": {"deployments": [deployment]}}, environ={})
+    engine = LLMRoute(
+        {**FAST, "routing": {"deployments": [{**deployment, "provider": "OpenAI"}]}}, environ={}
+    )
+    engine.close()  # provider names are case-insensitive, as the router reads them
