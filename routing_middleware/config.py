@@ -278,6 +278,9 @@ class RoutingConfig(_Frozen):
         for level in self.tiers:
             if level < 1:
                 raise ValueError(f"tiers: level {level} must be 1 or more")
+        for name, level in self.tier_names.items():
+            if level < 1:
+                raise ValueError(f"tier_names: {name!r} is level {level}; levels are 1 or more")
         names = [rule.name for rule in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -124,3 +124,8 @@ def test_budgets_validate_inside_config() -> None:
         RoutingConfig.model_validate(
             {"budgets": [{"name": "b", "period": "rolling", "limit_usd": "1"}]}
         )
+
+
+def test_tier_names_must_name_levels_of_one_or_more() -> None:
+    with pytest.raises(ValidationError, match="tier_names"):
+        RoutingConfig.model_validate({"tier_names": {"cheap": 0}})
