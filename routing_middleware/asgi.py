@@ -298,6 +298,9 @@ def _read_hints(endpoint: Any, method: str) -> dict[str, Any]:
     while isinstance(endpoint, partial):
         endpoint = endpoint.func
     hints = dict(getattr(endpoint, HINTS_ATTRIBUTE, None) or {})
+    if not hints and not inspect.isclass(endpoint) and not inspect.isroutine(endpoint):
+        # A callable instance as the endpoint (FastAPI takes one): its __call__'s hints.
+        hints = dict(getattr(type(endpoint).__call__, HINTS_ATTRIBUTE, None) or {})
     if inspect.isclass(endpoint):
         handler = getattr(endpoint, method.lower(), None)
         if method == "HEAD" and handler is None:

@@ -121,3 +121,27 @@ async def test_routes_under_mounts_with_path_params_are_named_by_their_templates
         ("items", "/orgs/{org}/projects/{project}/items/{item_id}"),
         ("notes", "/api/{version}/teams/{team}/notes/{note_id}"),
     ]
+
+
+async def test_a_callable_instance_endpoints_hints_reach_its_background_task() -> None:
+    from fastapi import BackgroundTasks, FastAPI
+
+    engine, sink = _engine()
+
+    class Summaries:
+        @route_hint(feature="summaries", tier="cheap")
+        async def __call__(self, tasks: BackgroundTasks) -> dict[str, str]:
+            await engine.acomplete(_request())
+            tasks.add_task(engine.acomplete, _request())  # after the response
+            return {}
+
+    app = FastAPI()
+    app.add_api_route("/summaries", Summaries())
+    app.add_middleware(RoutingMiddleware)
+    async with _client(app) as client:
+        response = await client.get("/summaries")
+    assert response.status_code == 200
+    assert [(r.feature, r.tier, r.route) for r in sink.records] == [
+        ("summaries", 1, "/summaries"),
+        ("summaries", 1, "/summaries"),
+    ]
