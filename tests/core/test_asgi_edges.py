@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fastapi import APIRouter, BackgroundTasks, FastAPI
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
 from starlette.middleware import Middleware
@@ -86,8 +87,6 @@ async def test_nested_middlewares_send_one_llm_server_timing() -> None:
 
 
 async def test_routes_under_mounts_with_path_params_are_named_by_their_templates() -> None:
-    from fastapi import APIRouter, FastAPI
-
     engine, sink = _engine()
 
     @route_hint(feature="items")
@@ -124,8 +123,6 @@ async def test_routes_under_mounts_with_path_params_are_named_by_their_templates
 
 
 async def test_a_callable_instance_endpoints_hints_reach_its_background_task() -> None:
-    from fastapi import BackgroundTasks, FastAPI
-
     engine, sink = _engine()
 
     class Summaries:
