@@ -38,7 +38,7 @@ def _load_catalog(path: str | None) -> Catalog:
         return default_catalog()
     try:
         return Catalog.load(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # TypeError: wrong JSON shape
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # wrong JSON shape
         raise _CliError(f"cannot load catalog {path}: {exc}") from None
 
 

@@ -296,7 +296,10 @@ def test_real_subprocess() -> None:
     assert "Traceback" not in failing.stderr
 
 
-@pytest.mark.parametrize("content", ['[{"x": 1}]', '{"models": 5}', '"text"', "[]"])
+@pytest.mark.parametrize(
+    "content",
+    ['[{"x": 1}]', '{"models": 5}', '"text"', "[]", '{"models": [1]}', '{"models": {"a": 1}}'],
+)
 def test_a_catalog_file_of_the_wrong_shape_is_one_line_not_a_traceback(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str
 ) -> None:
