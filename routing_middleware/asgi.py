@@ -170,10 +170,11 @@ class _Request:
         self.middleware = middleware
         self.endpoint: Any = None
         self.route: Any = None
-        # The path templates of the mounts above the matched route, and the root_path
+        # The path templates of the mounts above the matched route (see _mounts_above
+        # for those above this middleware), and the root_path
         # the current route was matched at: a mount is a route after which the next
         # one is matched below a longer root_path.
-        self.mounts = ""
+        self.mounts = _mounts_above(scope)
         self.route_root: str = scope.get("root_path", "")
         self.user: Any = scope.get("user")
         outer = current_context()
@@ -320,6 +321,20 @@ def _route_path(scope: Scope, mounts: str) -> str | None:
     if not isinstance(path, str):
         return None
     return mounts + path
+
+
+def _mounts_above(scope: Scope) -> str:
+    """The path of the mounts above this middleware (one inside a mounted sub-app):
+    their templates when a RoutingMiddleware above saw them matched, else their
+    matched path (the scope's root_path below the app's own)."""
+    above = scope.request if isinstance(scope, _WatchedScope) else None
+    root = scope.get("root_path", "")
+    if above is not None:
+        if above.route is not None and root != above.route_root:
+            return above.mounts + _mount_path(above.route)
+        return above.mounts
+    top = scope.get("app_root_path", root)
+    return root[len(top) :] if root.startswith(top) else ""
 
 
 def _mount_path(route: Any) -> str:

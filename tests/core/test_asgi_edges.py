@@ -142,3 +142,28 @@ async def test_a_callable_instance_endpoints_hints_reach_its_background_task() -
         ("summaries", 1, "/summaries"),
         ("summaries", 1, "/summaries"),
     ]
+
+
+async def test_a_middleware_inside_a_mounted_app_names_routes_with_the_mounts_above() -> None:
+    engine, sink = _engine()
+
+    async def answer(request: Request) -> PlainTextResponse:
+        await engine.acomplete(_request())
+        return PlainTextResponse("ok")
+
+    def sub() -> Starlette:
+        return Starlette(
+            routes=[Route("/answer/{x}", answer)],
+            middleware=[Middleware(RoutingMiddleware, engine=engine)],
+        )
+
+    alone = Starlette(routes=[Mount("/sub", sub())])
+    nested = Starlette(
+        routes=[Mount("/orgs/{org}", sub())],
+        middleware=[Middleware(RoutingMiddleware, engine=engine)],
+    )
+    async with _client(alone) as client:
+        await client.get("/sub/answer/1")
+    async with _client(nested) as client:
+        await client.get("/orgs/acme/answer/2")
+    assert [r.route for r in sink.records] == ["/sub/answer/{x}", "/orgs/{org}/answer/{x}"]
