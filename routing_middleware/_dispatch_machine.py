@@ -170,15 +170,17 @@ class _Machine:
                     offer.taken = True
         started = self.clock.monotonic()
         deadline = self.retry.deadline
+        ctx = context if context is not None else current_context()
         return _Call(
             request=request,
             decision=decision,
-            context=context if context is not None else current_context(),
+            context=ctx,
             stream=stream,
             cache_key=key,
             call_id=new_id(),
             started=started,
             deadline_at=None if deadline is None else started + deadline,
+            attempt_timeout=ctx.timeout_s,
             reasons=tuple((r.code, r.message) for r in decision.reasons),
             forward=forward,
             offer=offer,
@@ -193,6 +195,15 @@ class _Machine:
         # other model is priced without reading the clock.
         at = datetime.now(UTC) if info.price.off_peak is not None else None
         return billed_cost(usage, info, at, catalog=self._catalog())
+
+    def _timeout(self, call: _Call, remaining: float | None) -> float | None:
+        """The next attempt's timeout: the policy's within the deadline, and the
+        call's own (``RouteContext.timeout_s``) when tighter."""
+        timeout = self.retry.timeout_for(remaining)
+        own = call.attempt_timeout
+        if own is None:
+            return timeout
+        return own if timeout is None else min(timeout, own)
 
     def _requested_cost(
         self, call: _Call, usage: Usage, record: UsageRecord | None = None
@@ -500,13 +511,13 @@ class _Machine:
                     yield _StatsStart(deployment.key)
                 if call.stream:
                     error = yield from self._stream_attempt(
-                        call, attempt, config, request, policy.timeout_for(remaining)
+                        call, attempt, config, request, self._timeout(call, remaining)
                     )
                     if error is None:
                         return None
                 else:
                     outcome = yield from self._plain_attempt(
-                        call, attempt, config, request, policy.timeout_for(remaining)
+                        call, attempt, config, request, self._timeout(call, remaining)
                     )
                     if isinstance(outcome, ChatResponse):
                         return outcome

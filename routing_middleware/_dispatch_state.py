@@ -212,6 +212,8 @@ class _Call:
     call_id: str
     started: float
     deadline_at: float | None
+    #: The caller's own bound on each attempt (``RouteContext.timeout_s``), if any.
+    attempt_timeout: float | None = None
     reasons: tuple[tuple[str, str], ...] = ()
     input_tokens: int | None = None
     records: list[UsageRecord] = field(default_factory=list)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -170,6 +171,17 @@ def _caller_keyed(request: Any) -> bool:
         name == b"key" and value
         for name, _, value in (part.partition(b"=") for part in query.split(b"&"))
     )
+
+
+def _with_client_timeout(context: RouteContext, request: Any) -> RouteContext:
+    """``context`` bounded by the read timeout of the client that made ``request``
+    (what its SDK waits for each read), as the call would have been without llmroute."""
+    timeouts = request.extensions.get("timeout")
+    read = timeouts.get("read") if isinstance(timeouts, dict) else None
+    if not isinstance(read, int | float) or isinstance(read, bool) or not 0 < read < math.inf:
+        return context
+    own = context.timeout_s
+    return context if own is not None and own <= read else context.merged(timeout_s=read)
 
 
 def _relay(engine: LLMRoute, addressed: str, caller_keyed: bool) -> tuple[Any, _CallEngine]:
@@ -364,7 +376,7 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
                 return kit_for(request).relay_response(blocked)
         else:
             relay, view = _relay(engine, match.provider, _caller_keyed(request))
-            context = current_context()
+            context = _with_client_timeout(current_context(), request)
             try:
                 answer = relay.handle(
                     match.dialect, body, request.url.path, provider=match.provider, context=context
@@ -414,7 +426,7 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
                 return kit_for(request).relay_response(blocked)
         else:
             relay, view = _relay(engine, match.provider, _caller_keyed(request))
-            context = current_context()
+            context = _with_client_timeout(current_context(), request)
             try:
                 answer = await relay.ahandle(
                     match.dialect, body, request.url.path, provider=match.provider, context=context

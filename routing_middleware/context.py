@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
+from math import inf
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
@@ -58,7 +59,10 @@ class RouteContext:
     unset field from a set one. ``tier`` is 1 (cheap), 2 (balanced), 3 (premium)
     or a tier name the routing config knows. ``allow_upgrade`` lets routing pick a
     model pricier than the one the code asked for (by default the requested model
-    is a cost ceiling).
+    is a cost ceiling). ``timeout_s`` bounds how long each attempt waits for the
+    provider (to connect, and for each read, as an HTTP client's timeout does): the
+    tighter of it and the engine's ``attempt_timeout_s`` applies. Interception sets it
+    from the read timeout of the client that made the call.
     """
 
     user_id: str | None = None
@@ -77,6 +81,7 @@ class RouteContext:
     allow_providers: frozenset[str] | None = None
     mode: Mode | None = None
     allow_upgrade: bool | None = None
+    timeout_s: float | None = None
 
     def merged(self, **fields: Any) -> RouteContext:
         """A copy with every non-``None`` field of ``fields`` replacing this one's."""
@@ -122,6 +127,11 @@ def _normalise(fields: dict[str, Any]) -> dict[str, Any]:
     tier = out.get("tier")
     if isinstance(tier, int) and not isinstance(tier, bool) and tier < 1:
         raise ValueError(f"tier must be 1 or more, not {tier}")
+    timeout = out.get("timeout_s")
+    if timeout is not None and not (
+        isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < inf
+    ):
+        raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout!r}")
     return out
 
 
