@@ -173,15 +173,20 @@ def _caller_keyed(request: Any) -> bool:
     )
 
 
-def _with_client_timeout(context: RouteContext, request: Any) -> RouteContext:
+def _with_client_timeout(engine: LLMRoute, context: RouteContext, request: Any) -> RouteContext:
     """``context`` bounded by the read timeout of the client that made ``request``
-    (what its SDK waits for each read), as the call would have been without llmroute."""
+    (what its SDK waits for each read), as the call would have been without llmroute.
+    Unchanged, with no new context made, when the engine's own bound is tighter (the
+    SDKs' default of 600 s)."""
     timeouts = request.extensions.get("timeout")
     read = timeouts.get("read") if isinstance(timeouts, dict) else None
     if not isinstance(read, int | float) or isinstance(read, bool) or not 0 < read < math.inf:
         return context
+    bound = engine.config.retry.attempt_timeout_s
     own = context.timeout_s
-    return context if own is not None and own <= read else context.merged(timeout_s=read)
+    if (bound is not None and bound <= read) or (own is not None and own <= read):
+        return context
+    return context.merged(timeout_s=read)
 
 
 def _relay(engine: LLMRoute, addressed: str, caller_keyed: bool) -> tuple[Any, _CallEngine]:
@@ -376,7 +381,7 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
                 return kit_for(request).relay_response(blocked)
         else:
             relay, view = _relay(engine, match.provider, _caller_keyed(request))
-            context = _with_client_timeout(current_context(), request)
+            context = _with_client_timeout(engine, current_context(), request)
             try:
                 answer = relay.handle(
                     match.dialect, body, request.url.path, provider=match.provider, context=context
@@ -426,7 +431,7 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
                 return kit_for(request).relay_response(blocked)
         else:
             relay, view = _relay(engine, match.provider, _caller_keyed(request))
-            context = _with_client_timeout(current_context(), request)
+            context = _with_client_timeout(engine, current_context(), request)
             try:
                 answer = await relay.ahandle(
                     match.dialect, body, request.url.path, provider=match.provider, context=context

@@ -134,3 +134,30 @@ def test_async_interception_keeps_the_callers_client_timeout() -> None:
         status, took = asyncio.run(main(url, fake))
     assert status == 504
     assert took < 3
+
+
+def test_a_client_timeout_looser_than_the_engines_changes_nothing() -> None:
+    from routing_middleware._intercept import _with_client_timeout
+
+    engine = LLMRoute(
+        {"offline": "always", "retry": {"attempt_timeout_s": 60.0}}, sink=MemorySink(), environ={}
+    )
+    context = RouteContext(feature="f")
+
+    def request(**timeout: Any) -> httpx.Request:
+        return httpx.Request(
+            "POST",
+            "https://api.openai.com/v1/chat/completions",
+            extensions={
+                "timeout": {"connect": 5.0, "read": None, "write": None, "pool": None, **timeout}
+            },
+        )
+
+    # the SDKs' default (600 s per read) and no read timeout: the same context, no copy
+    assert _with_client_timeout(engine, context, request(read=600.0)) is context
+    assert _with_client_timeout(engine, context, request()) is context
+    tight = _with_client_timeout(engine, context, request(read=10.0))
+    assert (tight.timeout_s, tight.feature) == (10.0, "f")
+    # a tighter hint of the code's own stays
+    hinted = RouteContext(timeout_s=2.0)
+    assert _with_client_timeout(engine, hinted, request(read=10.0)) is hinted
