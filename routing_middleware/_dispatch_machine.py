@@ -46,7 +46,7 @@ from ._ids import new_id
 from .breaker import CircuitBreaker
 from .cache import CacheEntry, ResponseCache, assemble, is_cacheable, replay_chunks
 from .catalog import Catalog, ModelInfo, default_catalog
-from .context import RouteContext, current_context
+from .context import RouteContext, call_timeout, current_context
 from .metering import RecordSink, UsageRecord, routed_extra
 from .pricing import billed_cost
 from .retry import Clock, RetryPolicy, Verdict, counts_against_deployment
@@ -180,7 +180,7 @@ class _Machine:
             call_id=new_id(),
             started=started,
             deadline_at=None if deadline is None else started + deadline,
-            attempt_timeout=ctx.timeout_s,
+            attempt_timeout=call_timeout(ctx),
             reasons=tuple((r.code, r.message) for r in decision.reasons),
             forward=forward,
             offer=offer,

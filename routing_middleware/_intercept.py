@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._intercept_kit import kit_for
 from ._intercept_meter import CallInfo, metered_info, observed_info, passthrough_info
-from .context import RouteContext, current_context
+from .context import RouteContext, client_timeout, current_context
 from .dispatch import UPSTREAM_EXTENSION
 from .providers.registry import EndpointMatch, match_endpoint
 from .schema import BudgetExceeded
@@ -173,20 +173,16 @@ def _caller_keyed(request: Any) -> bool:
     )
 
 
-def _with_client_timeout(engine: LLMRoute, context: RouteContext, request: Any) -> RouteContext:
-    """``context`` bounded by the read timeout of the client that made ``request``
-    (what its SDK waits for each read), as the call would have been without llmroute.
-    Unchanged, with no new context made, when the engine's own bound is tighter (the
-    SDKs' default of 600 s)."""
+def _client_timeout(engine: LLMRoute, request: Any) -> float | None:
+    """The read timeout of the client that made ``request`` (what its SDK waits for
+    each read), when it is tighter than the engine's own: the routed call keeps it,
+    as it would have without llmroute. ``None`` for the SDKs' default of 600 s."""
     timeouts = request.extensions.get("timeout")
     read = timeouts.get("read") if isinstance(timeouts, dict) else None
     if not isinstance(read, int | float) or isinstance(read, bool) or not 0 < read < math.inf:
-        return context
+        return None
     bound = engine.config.retry.attempt_timeout_s
-    own = context.timeout_s
-    if (bound is not None and bound <= read) or (own is not None and own <= read):
-        return context
-    return context.merged(timeout_s=read)
+    return None if bound is not None and bound <= read else float(read)
 
 
 def _relay(engine: LLMRoute, addressed: str, caller_keyed: bool) -> tuple[Any, _CallEngine]:
@@ -381,7 +377,8 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
                 return kit_for(request).relay_response(blocked)
         else:
             relay, view = _relay(engine, match.provider, _caller_keyed(request))
-            context = _with_client_timeout(engine, current_context(), request)
+            context = current_context()
+            timeout = client_timeout.set(_client_timeout(engine, request))
             try:
                 answer = relay.handle(
                     match.dialect, body, request.url.path, provider=match.provider, context=context
@@ -395,6 +392,8 @@ def handle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -> Any:
                 info, blocked = _pass_through(engine, match, body)
                 if blocked is not None:
                     return kit_for(request).relay_response(blocked)
+            finally:
+                client_timeout.reset(timeout)
     except Exception:
         error = _failed(engine, match, dispatched=view is not None and view.dispatched)
         if error is not None:
@@ -431,7 +430,8 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
                 return kit_for(request).relay_response(blocked)
         else:
             relay, view = _relay(engine, match.provider, _caller_keyed(request))
-            context = _with_client_timeout(engine, current_context(), request)
+            context = current_context()
+            timeout = client_timeout.set(_client_timeout(engine, request))
             try:
                 answer = await relay.ahandle(
                     match.dialect, body, request.url.path, provider=match.provider, context=context
@@ -445,6 +445,8 @@ async def ahandle(inner: Any, request: Any, engine_of: Callable[[], LLMRoute]) -
                 info, blocked = await _apass_through(engine, match, body)
                 if blocked is not None:
                     return kit_for(request).relay_response(blocked)
+            finally:
+                client_timeout.reset(timeout)
     except Exception:
         error = _failed(engine, match, dispatched=view is not None and view.dispatched)
         if error is not None:

@@ -140,6 +140,23 @@ def current_context() -> RouteContext:
     return _current.get()
 
 
+#: The read timeout of the client whose call interception is serving, when tighter
+#: than the engine's own (set only around that call, see ``_intercept``).
+client_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "llmroute_client_timeout", default=None
+)
+
+
+def call_timeout(context: RouteContext) -> float | None:
+    """How long each attempt of a call under ``context`` may wait for the provider,
+    when less than the engine's own: the tighter of ``context.timeout_s`` and the
+    client timeout interception took from the caller's client."""
+    own, client = context.timeout_s, client_timeout.get()
+    if client is None:
+        return own
+    return client if own is None else min(own, client)
+
+
 #: Longest request id kept from a caller's header (the size of the stored column).
 MAX_REQUEST_ID = 128
 

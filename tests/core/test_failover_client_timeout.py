@@ -136,28 +136,34 @@ def test_async_interception_keeps_the_callers_client_timeout() -> None:
     assert took < 3
 
 
-def test_a_client_timeout_looser_than_the_engines_changes_nothing() -> None:
-    from routing_middleware._intercept import _with_client_timeout
+def test_a_client_timeout_looser_than_the_engines_is_not_kept() -> None:
+    from routing_middleware._intercept import _client_timeout
 
     engine = LLMRoute(
         {"offline": "always", "retry": {"attempt_timeout_s": 60.0}}, sink=MemorySink(), environ={}
     )
-    context = RouteContext(feature="f")
 
     def request(**timeout: Any) -> httpx.Request:
-        return httpx.Request(
-            "POST",
-            "https://api.openai.com/v1/chat/completions",
-            extensions={
-                "timeout": {"connect": 5.0, "read": None, "write": None, "pool": None, **timeout}
-            },
-        )
+        extensions = {"timeout": {"connect": 5.0, "read": None, **timeout}}
+        return httpx.Request("POST", "https://api.openai.com/v1/x", extensions=extensions)
 
-    # the SDKs' default (600 s per read) and no read timeout: the same context, no copy
-    assert _with_client_timeout(engine, context, request(read=600.0)) is context
-    assert _with_client_timeout(engine, context, request()) is context
-    tight = _with_client_timeout(engine, context, request(read=10.0))
-    assert (tight.timeout_s, tight.feature) == (10.0, "f")
-    # a tighter hint of the code's own stays
-    hinted = RouteContext(timeout_s=2.0)
-    assert _with_client_timeout(engine, hinted, request(read=10.0)) is hinted
+    # the SDKs' default (600 s per read), no read timeout, or nonsense: nothing kept
+    assert _client_timeout(engine, request(read=600.0)) is None
+    assert _client_timeout(engine, request()) is None
+    assert _client_timeout(engine, request(read=float("nan"))) is None
+    assert _client_timeout(engine, request(read=10)) == 10.0
+
+
+def test_the_tighter_of_a_hint_and_the_client_timeout_bounds_the_call() -> None:
+    from routing_middleware.context import call_timeout, client_timeout
+
+    assert call_timeout(RouteContext()) is None
+    assert call_timeout(RouteContext(timeout_s=2.0)) == 2.0
+    token = client_timeout.set(10.0)
+    try:
+        assert call_timeout(RouteContext()) == 10.0
+        assert call_timeout(RouteContext(timeout_s=2.0)) == 2.0
+        assert call_timeout(RouteContext(timeout_s=20.0)) == 10.0
+    finally:
+        client_timeout.reset(token)
+    assert call_timeout(RouteContext()) is None  # set only around the call it is for
