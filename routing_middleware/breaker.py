@@ -25,6 +25,7 @@ transactions, one JSON value per deployment).
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
@@ -405,9 +406,13 @@ class CircuitBreaker:
     policies: Mapping[str, BreakerPolicy] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     _outage: StoreOutage = field(init=False, repr=False, compare=False)
+    _tickets: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._outage = outage_of(self.store, "breaker store", "deployments count as healthy")
+        # A store written before tickets (``apply(key, event, now, policy)``) still
+        # serves, the old way: outcomes reach it without the ticket it cannot take.
+        self._tickets = _takes_ticket(self.store.apply) and _takes_ticket(self.store.aapply)
 
     def policy_for(self, deployment: object) -> BreakerPolicy:
         return self.policies.get(deployment_key(deployment), self.policy)
@@ -429,7 +434,7 @@ class CircuitBreaker:
         self, deployment: object, event: Event, ticket: float | None = None
     ) -> tuple[BreakerState, bool]:
         key = deployment_key(deployment)
-        if ticket is None:  # (a store written before tickets takes none)
+        if ticket is None or not self._tickets:  # (see ``__post_init__``)
             return self.store.apply(key, event, self.clock(), self.policy_for(key))
         return self.store.apply(key, event, self.clock(), self.policy_for(key), ticket)
 
@@ -437,7 +442,7 @@ class CircuitBreaker:
         self, deployment: object, event: Event, ticket: float | None = None
     ) -> tuple[BreakerState, bool]:
         key = deployment_key(deployment)
-        if ticket is None:
+        if ticket is None or not self._tickets:
             return await self.store.aapply(key, event, self.clock(), self.policy_for(key))
         return await self.store.aapply(key, event, self.clock(), self.policy_for(key), ticket)
 
@@ -527,3 +532,16 @@ def _ticket(state: BreakerState, granted: bool) -> float | None:
 
 def _event(ok: bool | None) -> Event:
     return "success" if ok else "neutral" if ok is None else "failure"
+
+
+def _takes_ticket(apply: Callable[..., Any]) -> bool:
+    """Whether a store's ``apply``/``aapply`` takes the ``ticket`` argument."""
+    try:
+        parameters = inspect.signature(apply).parameters
+    except (TypeError, ValueError):  # (no signature to read: assume the current one)
+        return True
+    return (
+        "ticket" in parameters
+        or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters.values())
+        or len(parameters) >= 5
+    )

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from routing_middleware.breaker import CircuitBreaker
+from routing_middleware.breaker import BreakerPolicy, CircuitBreaker, MemoryBreakerStore
 from routing_middleware.dispatch import Dispatcher
 from routing_middleware.metering import MemorySink
 from routing_middleware.providers.registry import provider_config
@@ -232,3 +232,37 @@ def test_an_old_async_call_ending_while_the_probe_is_out_decides_nothing(
     anyio.run(main)
     assert results["probe"].text == "An answer."
     assert breaker.state(A) == "closed"
+
+
+class _StoreBeforeTickets(MemoryBreakerStore):
+    """A custom store written before tickets: ``apply`` takes no ``ticket``."""
+
+    def apply(  # type: ignore[override]
+        self, key: str, event: Any, now: float, policy: BreakerPolicy
+    ) -> Any:
+        return super().apply(key, event, now, policy)
+
+    async def aapply(  # type: ignore[override]
+        self, key: str, event: Any, now: float, policy: BreakerPolicy
+    ) -> Any:
+        return super().apply(key, event, now, policy)
+
+
+def test_a_store_written_before_tickets_still_serves_the_dispatcher() -> None:
+    clock = WallClock()
+    breaker = CircuitBreaker(_StoreBeforeTickets(), policy=POLICY, clock=clock)
+    upstream = Upstream()
+    d = Dispatcher(
+        {"openai": provider_config("openai", api_key=KEY, base_url="https://a.fake/v1")},
+        catalog=CATALOG,
+        sink=MemorySink(),
+        breaker=breaker,
+        client=httpx.Client(transport=httpx.MockTransport(upstream.handle)),
+        retry=RetryPolicy(max_retries=0),
+    )
+    assert d.dispatch(chat("hi"), decision()).text == "An answer."
+    with pytest.raises(LLMError):
+        d.dispatch(chat("bad"), decision())
+    # the failure reached the store (it opened), which never counted as an outage
+    assert breaker.state(A) == "open"
+    assert breaker._outage.until is None
