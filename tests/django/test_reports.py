@@ -82,7 +82,11 @@ def test_rollup_p95_stays_exact_after_pruning():
 
 def _flatten(figures: reports.Figures) -> dict[str, object]:
     def rows(items):
-        return [(r.label, r.spend.quantize(Decimal("1e-8")), r.calls, r.tokens) for r in items]
+        # Ordered by spend as shown (8 places), then label: a rollup sums per-day
+        # sums, so rows whose spend ties to the cent can differ in the 10th place and
+        # come in either order (a test run just after midnight UTC split them so).
+        found = [(r.label, r.spend.quantize(Decimal("1e-8")), r.calls, r.tokens) for r in items]
+        return sorted(found, key=lambda row: (-row[1], str(row[0])))
 
     t = figures.totals
     return {
