@@ -11,7 +11,7 @@ import pytest
 
 from routing_middleware.catalog import Catalog
 from routing_middleware.cli import main
-from tests.core.test_feeds import serve
+from tests.core.feed_server import serve
 
 DATA = Path(__file__).parent / "data"
 

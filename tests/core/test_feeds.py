@@ -6,11 +6,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,40 +23,11 @@ from routing_middleware.feeds import (
 )
 from routing_middleware.refresh import CatalogRefresher
 
+from .feed_server import serve
+
 DATA = Path(__file__).parent / "data"
 LITELLM = DATA / "litellm_small.json"
 OPENROUTER = DATA / "openrouter_small.json"
-
-
-@contextmanager
-def serve(routes: dict[str, bytes]) -> Iterator[str]:
-    """Serve ``routes`` (path -> body, mutable while running) on 127.0.0.1; yields the base URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = routes.get(self.path)
-            if body is None:
-                self.send_response(404)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def _write(tmp_path: Path, document: Any, name: str = "feed.json") -> Path:
