@@ -1,17 +1,15 @@
-"""One fake deployment and its breaker's settings, shared by the failover tests."""
+"""One fake deployment and its breaker's settings, shared by the failover tests (the
+deployment, its catalog and decision are :mod:`served_upstream`'s)."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from routing_middleware.breaker import BreakerPolicy
-from routing_middleware.catalog import Catalog, ModelInfo, Price
-from routing_middleware.router import Decision, Deployment
+
+from .served_upstream import CATALOG, PRICE, A, decision
+
+__all__ = ["CATALOG", "KEY", "POLICY", "PRICE", "A", "WallClock", "decision"]
 
 KEY = "sk-test-aaaa-0001"
-A = Deployment("openai/gpt-a", "openai", "gpt-a")
-PRICE = Price(Decimal("1"), Decimal("2"))
-CATALOG = Catalog([ModelInfo("openai/gpt-a", "openai", "gpt-a", PRICE, 16_000)])
 POLICY = BreakerPolicy(consecutive_failures=1, cooldown_s=10, probe_timeout_s=600)
 
 
@@ -23,17 +21,3 @@ class WallClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def decision() -> Decision:
-    """Deployment ``A`` and nothing to fall back to."""
-    return Decision(
-        primary=A,
-        fallbacks=(),
-        tier=1,
-        estimated_cost=None,
-        requested_model="openai/gpt-a",
-        requested_cost=None,
-        mode="enforce",
-        reasons=(),
-    )
