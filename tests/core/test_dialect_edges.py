@@ -18,10 +18,7 @@ from routing_middleware.providers.openai_caller import OPENAI_CALLER
 from routing_middleware.providers.registry import provider_config
 from routing_middleware.schema import ChatRequest, Message
 from tests.core.sdk_helpers import sdk
-
-
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+from tests.core.test_provider_anthropic import sse_event
 
 
 def _anthropic_no_argument_tool_stream() -> bytes:
@@ -40,12 +37,12 @@ def _anthropic_no_argument_tool_stream() -> bytes:
     tool = {"type": "tool_use", "id": "toolu_01", "name": "get_time", "input": {}}
     return b"".join(
         [
-            _sse("message_start", {"type": "message_start", "message": message}),
-            _sse(
+            sse_event("message_start", {"type": "message_start", "message": message}),
+            sse_event(
                 "content_block_start",
                 {"type": "content_block_start", "index": 0, "content_block": tool},
             ),
-            _sse(
+            sse_event(
                 "content_block_delta",
                 {
                     "type": "content_block_delta",
@@ -53,8 +50,8 @@ def _anthropic_no_argument_tool_stream() -> bytes:
                     "delta": {"type": "input_json_delta", "partial_json": ""},
                 },
             ),
-            _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            _sse(
+            sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            sse_event(
                 "message_delta",
                 {
                     "type": "message_delta",
@@ -62,7 +59,7 @@ def _anthropic_no_argument_tool_stream() -> bytes:
                     "usage": {"output_tokens": 9},
                 },
             ),
-            _sse("message_stop", {"type": "message_stop"}),
+            sse_event("message_stop", {"type": "message_stop"}),
         ]
     )
 
