@@ -17,6 +17,8 @@ from routing_middleware.router import Decision, Deployment
 from routing_middleware.schema import ChatRequest, Message
 from routing_middleware.testing import Failure, FakeModel, FakeProvider
 
+from .test_dispatch import ByHost
+
 KEY_A = "sk-test-aaaa-0001"
 KEY_B = "sk-ant-test-bbbb-0002"
 PRICE = Price(Decimal("1"), Decimal("2"))
@@ -28,14 +30,6 @@ CATALOG = Catalog(
         ModelInfo("anthropic/claude-b", "anthropic", "claude-b", PRICE, 200_000),
     ]
 )
-
-
-class ByHost(httpx.BaseTransport):
-    def __init__(self, routes: dict[str, httpx.BaseTransport]) -> None:
-        self.routes = routes
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self.routes[request.url.host].handle_request(request)
 
 
 class RateLimitedOnce(httpx.BaseTransport):
