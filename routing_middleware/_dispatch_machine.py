@@ -48,7 +48,7 @@ from .cache import CacheEntry, ResponseCache, assemble, is_cacheable, replay_chu
 from .catalog import Catalog, ModelInfo, default_catalog
 from .context import RouteContext, call_timeout, current_context
 from .metering import RecordSink, UsageRecord, routed_extra
-from .pricing import billed_cost
+from .pricing import billed_cost_now
 from .retry import Clock, RetryPolicy, Verdict, counts_against_deployment
 from .schema import (
     BudgetExceeded,
@@ -191,10 +191,7 @@ class _Machine:
             return usage.provider_cost if usage.provider_cost is not None else _ZERO
         if self._pricer is not None:
             return self._pricer(usage, info)
-        # Off-peak prices (DeepSeek) hold by when the call ran, here its end; every
-        # other model is priced without reading the clock.
-        at = datetime.now(UTC) if info.price.off_peak is not None else None
-        return billed_cost(usage, info, at, catalog=self._catalog())
+        return billed_cost_now(usage, info, self._catalog())  # (at the call's end)
 
     def _timeout(self, call: _Call, remaining: float | None) -> float | None:
         """The next attempt's timeout: the policy's within the deadline, and the

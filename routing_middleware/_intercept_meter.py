@@ -17,7 +17,6 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -469,13 +468,12 @@ def _costs(info: CallInfo, usage: Usage) -> tuple[Decimal, Decimal | None]:
     if model is None:
         billed = usage.provider_cost if usage.provider_cost is not None else _ZERO
         return billed, None
-    from .pricing import billed_cost
+    from .pricing import billed_cost_now
 
     # The requested model served the call: what it would have cost is what it cost,
     # billed by the provider or at list prices (off-peak ones by when it ran), so no
     # saving is ever shown for it.
-    at = datetime.now(UTC) if model.price.off_peak is not None else None
-    billed = billed_cost(usage, model, at, catalog=catalog)
+    billed = billed_cost_now(usage, model, catalog)
     return billed, billed
 
 

@@ -28,7 +28,7 @@ cost the provider itself reported (``Usage.provider_cost``, e.g. OpenRouter's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from .catalog import Catalog, ModelInfo, Price, default_catalog
@@ -39,6 +39,7 @@ __all__ = [
     "CostLine",
     "Rates",
     "billed_cost",
+    "billed_cost_now",
     "cost_breakdown",
     "cost_of",
     "estimate_cost",
@@ -247,6 +248,13 @@ def billed_cost(
     if usage.provider_cost is not None:
         return usage.provider_cost.quantize(COST_QUANTUM)
     return cost_of(usage, model, at, catalog)
+
+
+def billed_cost_now(usage: Usage, model: ModelInfo, catalog: Catalog | None = None) -> Decimal:
+    """:func:`billed_cost` of a call that ran just now: off-peak prices (DeepSeek) apply
+    by the clock; any other model is priced without reading it."""
+    at = datetime.now(UTC) if model.price.off_peak is not None else None
+    return billed_cost(usage, model, at, catalog)
 
 
 def estimate_cost(
