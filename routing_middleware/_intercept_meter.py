@@ -500,16 +500,6 @@ async def _acharge_budgets(info: CallInfo, cost: Decimal) -> None:
     await asettle_now(budgets, Reservation(budgets.lines(info.context), 0), cost)
 
 
-def _qualified(engine: LLMRoute, provider: str, model: str) -> str:
-    """``model`` as the catalog knows it at ``provider``, the provider addressed: its
-    own name may hold a "/" (Groq's "openai/gpt-oss-120b" is "groq/openai/gpt-oss-120b")."""
-    if not model.startswith(provider + "/"):
-        qualified = f"{provider}/{model}"
-        if qualified in engine.catalog:
-            return qualified
-    return model
-
-
 def metered_info(engine: LLMRoute, match: EndpointMatch, body: bytes) -> CallInfo | None:
     """What a Responses/embeddings call asks for (``None``: not JSON we understand)."""
     try:
@@ -522,7 +512,7 @@ def metered_info(engine: LLMRoute, match: EndpointMatch, body: bytes) -> CallInf
         engine=engine,
         context=current_context(),
         endpoint=match.kind,
-        requested=_qualified(engine, match.provider, document["model"]),
+        requested=engine.catalog.at_provider(document["model"], match.provider),
         provider=match.provider,
         streamed=document.get("stream") is True,
         started=time.perf_counter(),
@@ -552,7 +542,7 @@ def passthrough_info(
         engine=engine,
         context=context,
         endpoint="chat",
-        requested=_qualified(engine, match.provider, model),
+        requested=engine.catalog.at_provider(model, match.provider),
         provider=match.provider,
         streamed=streamed,
         started=time.perf_counter(),

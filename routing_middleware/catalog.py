@@ -352,6 +352,17 @@ class Catalog:
         found = by_name.get(name)
         return found if found is not None else by_name.get(_normalize(name))
 
+    def at_provider(self, model: str, provider: str) -> str:
+        """``model`` as this catalog names it at ``provider``, the provider a call was
+        addressed to: ``"{provider}/{model}"`` when the catalog has that, even for a
+        name with a "/" of its own (Groq's ``openai/gpt-oss-120b`` is
+        ``groq/openai/gpt-oss-120b``); else ``model`` as it is."""
+        if not model.startswith(provider + "/"):
+            qualified = f"{provider}/{model}"
+            if qualified in self:
+                return qualified
+        return model
+
     def filter(
         self,
         *,

@@ -161,12 +161,9 @@ class Relay:
                 "The request body is nested too deeply to be read.", retryable=False
             ) from None
         catalog = self.engine.catalog
-        # (a name with a "/" of its own, e.g. Groq's "openai/gpt-oss-120b", is still the
-        # addressed provider's: priced and routed as "groq/openai/gpt-oss-120b")
-        if provider and not request.model.startswith(provider + "/"):
-            qualified = f"{provider}/{request.model}"
-            if qualified in catalog:
-                request.model = qualified  # a request of its own, just parsed: no copy
+        if provider:
+            # (a request of its own, just parsed: no copy)
+            request.model = catalog.at_provider(request.model, provider)
         if self.catalog_models_only and request.model not in catalog:
             raise UnknownModel(request.model, catalog.suggest(request.model))
         return request

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from routing_middleware._intercept_meter import CallInfo, _costs, _qualified
+from routing_middleware._intercept_meter import CallInfo, _costs
 from routing_middleware.context import RouteContext
 from routing_middleware.engine import LLMRoute
 from routing_middleware.metering import MemorySink
@@ -22,19 +22,20 @@ def _engine() -> LLMRoute:
 def test_a_slashed_name_is_the_addressed_providers_model() -> None:
     engine = _engine()
     assert "groq/openai/gpt-oss-120b" in engine.catalog
-    assert _qualified(engine, "groq", "openai/gpt-oss-120b") == "groq/openai/gpt-oss-120b"
-    assert _qualified(engine, "deepinfra", "openai/gpt-oss-120b") == (
+    assert engine.catalog.at_provider("openai/gpt-oss-120b", "groq") == "groq/openai/gpt-oss-120b"
+    assert engine.catalog.at_provider("openai/gpt-oss-120b", "deepinfra") == (
         "deepinfra/openai/gpt-oss-120b"
     )
     # already qualified, bare, or unknown at that provider: as before
-    assert _qualified(engine, "groq", "groq/openai/gpt-oss-120b") == "groq/openai/gpt-oss-120b"
-    assert _qualified(engine, "openai", "gpt-4o") == "openai/gpt-4o"
-    assert _qualified(engine, "groq", "someone/unknown") == "someone/unknown"
+    at = engine.catalog.at_provider
+    assert at("groq/openai/gpt-oss-120b", "groq") == "groq/openai/gpt-oss-120b"
+    assert engine.catalog.at_provider("gpt-4o", "openai") == "openai/gpt-4o"
+    assert engine.catalog.at_provider("someone/unknown", "groq") == "someone/unknown"
 
 
 def test_a_sent_on_call_to_groq_is_priced_at_groqs_rates() -> None:
     engine = _engine()
-    requested = _qualified(engine, "groq", "openai/gpt-oss-120b")
+    requested = engine.catalog.at_provider("openai/gpt-oss-120b", "groq")
     info = CallInfo(engine, RouteContext(), "chat", requested, "groq", False, time.perf_counter())
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
     cost, _ = _costs(info, usage)
