@@ -507,11 +507,11 @@ def _load_rows(using: str) -> list[dict[str, Any]]:
     for key_pk, budget_pk in keys.order_by("pk").values_list("pk", "budget_id"):
         fields = valid.get(budget_pk)
         if fields is not None:
-            out.append(key_budget_fields(fields, key_pk))
+            out.append(_key_budget_fields(fields, key_pk))
     return out
 
 
-def key_budget_fields(fields: dict[str, Any], key_pk: Any) -> dict[str, Any]:
+def _key_budget_fields(fields: dict[str, Any], key_pk: Any) -> dict[str, Any]:
     """The core budget fields holding the API key ``key_pk`` to the budget ``fields``."""
     return {
         **fields,
