@@ -6,7 +6,10 @@
  * be part of, and whether it holds a folded digit. ``scan`` splits a lowered,
  * UTF-8 encoded text as ``bytes.translate(fold).split()`` does and, with no
  * Python object per word, adds up what its distinct words bring. Words it has not
- * seen are handed back for the Python side to look at and ``add``.
+ * seen are handed back for the Python side to look at and ``add``. ``features``
+ * does the rest of the scorer's reading of a plain-ASCII text as well (lowering,
+ * list steps and questions, code markers, maths signs), so the scorer's Python only
+ * weighs the counts.
  *
  * The Python path in classify.py is the reference: both give the same counts.
  */
@@ -41,7 +44,12 @@ typedef struct {
     Py_ssize_t arena_used, arena_size;
     uint32_t stamp;
     PyObject *phrases; /* tuple of (flag bit, bytes) by phrase bit */
+    PyObject *markers; /* tuple of bytes by marker bit (for ``features``) */
+    uint32_t always;   /* marker bits ``features`` looks for whatever the words say */
+    PyObject *latex;   /* tuple of bytes: maths markup ``features`` counts */
 } WordScan;
+
+#define GREETING 32 /* an entry flag beside the classes: the word is a greeting */
 
 static inline int
 is_space(unsigned char c)
@@ -124,16 +132,21 @@ WordScan_dealloc(WordScan *self)
     PyMem_Free(self->entries);
     PyMem_Free(self->arena);
     Py_XDECREF(self->phrases);
+    Py_XDECREF(self->markers);
+    Py_XDECREF(self->latex);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int
 WordScan_init(WordScan *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fold", "phrases", NULL};
+    static char *kwlist[] = {"fold", "phrases", "markers", "always", "latex", NULL};
     Py_buffer fold;
-    PyObject *phrases;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*O!", kwlist, &fold, &PyTuple_Type, &phrases))
+    PyObject *phrases, *markers = NULL, *latex = NULL;
+    unsigned int always = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*O!|$O!IO!", kwlist, &fold, &PyTuple_Type,
+                                     &phrases, &PyTuple_Type, &markers, &always, &PyTuple_Type,
+                                     &latex))
         return -1;
     if (fold.len != 256) {
         PyBuffer_Release(&fold);
@@ -160,6 +173,19 @@ WordScan_init(WordScan *self, PyObject *args, PyObject *kwds)
         if (PyLong_AsLong(PyTuple_GET_ITEM(item, 0)) == -1 && PyErr_Occurred())
             return -1;
     }
+    if (markers != NULL && PyTuple_GET_SIZE(markers) > 32) {
+        PyErr_SetString(PyExc_ValueError, "at most 32 markers");
+        return -1;
+    }
+    PyObject *lists[2] = {markers, latex};
+    for (int k = 0; k < 2; k++) {
+        for (Py_ssize_t i = 0; lists[k] != NULL && i < PyTuple_GET_SIZE(lists[k]); i++) {
+            if (!PyBytes_Check(PyTuple_GET_ITEM(lists[k], i))) {
+                PyErr_SetString(PyExc_TypeError, "markers and latex must be tuples of bytes");
+                return -1;
+            }
+        }
+    }
     if (self->slots == NULL) {
         self->slots = PyMem_Malloc(1024 * sizeof(int32_t));
         self->entries = PyMem_Malloc(256 * sizeof(Entry));
@@ -179,6 +205,11 @@ WordScan_init(WordScan *self, PyObject *args, PyObject *kwds)
         self->capacity = 256;
         self->arena_size = 4096;
     }
+    Py_XINCREF(markers);
+    Py_XSETREF(self->markers, markers);
+    Py_XINCREF(latex);
+    Py_XSETREF(self->latex, latex);
+    self->always = always;
     /* last: a WordScan with phrases has its tables (see ``initialised``) */
     Py_INCREF(phrases);
     Py_XSETREF(self->phrases, phrases);
@@ -195,7 +226,8 @@ initialised(WordScan *self)
     return 0;
 }
 
-/* add(word, flags, phrases, markers, folded): what ``word`` (folded) brings. */
+/* add(word, flags, phrases, markers, folded): what ``word`` (folded) brings; flag 32
+ * marks a greeting (see ``features``). */
 static PyObject *
 WordScan_add(WordScan *self, PyObject *args)
 {
@@ -257,12 +289,134 @@ WordScan_add(WordScan *self, PyObject *args)
         at = self->used++;
     }
     Entry *e = &self->entries[at];
-    e->flags = (uint8_t)(flags & 31);
+    e->flags = (uint8_t)(flags & (31 | GREETING));
     e->phrases = phrases;
     e->markers = markers;
     e->folded = (uint8_t)folded;
     PyBuffer_Release(&word);
     Py_RETURN_NONE;
+}
+
+/* Whether ``needle`` occurs in ``text``. */
+static int
+contains(const unsigned char *text, Py_ssize_t n, const char *needle, Py_ssize_t m)
+{
+    if (m == 0)
+        return 1;
+    if (m > n)
+        return 0;
+    const unsigned char *at = text, *end = text + n - m;
+    while (at <= end) {
+        const unsigned char *hit = memchr(at, (unsigned char)needle[0], end - at + 1);
+        if (hit == NULL)
+            return 0;
+        if (memcmp(hit, needle, m) == 0)
+            return 1;
+        at = hit + 1;
+    }
+    return 0;
+}
+
+/* What one pass over a text's words found. */
+typedef struct {
+    long counts[CLASSES]; /* distinct cue words, then phrases found, by class */
+    uint32_t markers;     /* marker bits of the words */
+    int folded;           /* a cue word holds a folded digit */
+    Py_ssize_t first;     /* the first word's entry, -1 for none */
+    Py_ssize_t first_start, first_len; /* where its folded bytes lie in ``buf`` */
+    PyObject *unseen;     /* words never added, one per occurrence, or NULL */
+} Found;
+
+/* The pass ``scan`` describes, over the lowered ``text`` of ``n`` bytes, folding
+ * each word into ``buf`` (``n`` bytes); -1 on error. Phrases are counted only when
+ * every word was seen. */
+static int
+pass_words(WordScan *self, const unsigned char *text, Py_ssize_t n, unsigned char *buf,
+           Found *out)
+{
+    const unsigned char *fold = self->fold, *sep = self->sep;
+    if (++self->stamp == 0) { /* wrapped: no entry may look scanned already */
+        for (Py_ssize_t k = 0; k < self->used; k++)
+            self->entries[k].stamp = 0;
+        self->stamp = 1;
+    }
+    uint32_t stamp = self->stamp;
+    uint64_t phrases = 0;
+    memset(out, 0, sizeof(*out));
+    out->first = -1;
+    int have_first = 0;
+    Py_ssize_t i = 0, len_all = 0;
+    while (i < n) {
+        if (sep[text[i]]) {
+            i++;
+            continue;
+        }
+        /* one word, folded into ``buf`` and hashed as it goes (``hash_bytes``); each
+         * word gets its own stretch of ``buf`` so the first stays readable */
+        unsigned char *word = buf + len_all;
+        Py_ssize_t len = 0;
+        uint64_t h = 0, chunk = 0;
+        int shift = 0;
+        do {
+            unsigned char c = fold[text[i++]];
+            word[len++] = c;
+            chunk |= (uint64_t)c << shift;
+            shift += 8;
+            if (shift == 64) {
+                h = (h ^ chunk) * 0x9e3779b97f4a7c15ULL;
+                chunk = 0;
+                shift = 0;
+            }
+        } while (i < n && !sep[text[i]]);
+        h = mix(h ^ chunk);
+        Py_ssize_t at = find(self, word, len, h);
+        if (!have_first) {
+            have_first = 1;
+            out->first = at;
+            out->first_start = len_all;
+            out->first_len = len;
+            len_all += len; /* keep the first word's bytes */
+        }
+        if (at < 0) {
+            if (out->unseen == NULL && (out->unseen = PyList_New(0)) == NULL)
+                return -1;
+            PyObject *w = PyBytes_FromStringAndSize((const char *)word, len);
+            if (w == NULL || PyList_Append(out->unseen, w) < 0) {
+                Py_XDECREF(w);
+                return -1;
+            }
+            Py_DECREF(w);
+            continue;
+        }
+        Entry *e = &self->entries[at];
+        if (e->stamp == stamp)
+            continue; /* counted already: distinct words */
+        e->stamp = stamp;
+        uint8_t flags = e->flags & 31;
+        for (int c = 0; c < CLASSES; c++)
+            out->counts[c] += (flags >> c) & 1;
+        phrases |= e->phrases;
+        out->markers |= e->markers;
+        out->folded |= e->folded && flags;
+    }
+    if (out->unseen != NULL)
+        return 0;
+    for (int bit = 0; phrases && bit < MAX_PHRASES; bit++) {
+        if (!(phrases & ((uint64_t)1 << bit)))
+            continue;
+        phrases &= ~((uint64_t)1 << bit);
+        if (bit >= PyTuple_GET_SIZE(self->phrases))
+            break;
+        PyObject *pair = PyTuple_GET_ITEM(self->phrases, bit);
+        long flag = PyLong_AsLong(PyTuple_GET_ITEM(pair, 0));
+        PyObject *phrase = PyTuple_GET_ITEM(pair, 1);
+        if (contains(text, n, PyBytes_AS_STRING(phrase), PyBytes_GET_SIZE(phrase))) {
+            for (int c = 0; c < CLASSES; c++)
+                if (flag == (1L << c))
+                    out->counts[c]++;
+        }
+    }
+    return 0;
 }
 
 /* scan(lowered) -> (counts, markers, folded, first word), or (None, unseen words, None,
@@ -291,106 +445,18 @@ WordScan_scan(WordScan *self, PyObject *arg)
         if (buf == NULL)
             return PyErr_NoMemory();
     }
-    const unsigned char *fold = self->fold, *sep = self->sep;
-
-    if (++self->stamp == 0) { /* wrapped: no entry may look scanned already */
-        for (Py_ssize_t k = 0; k < self->used; k++)
-            self->entries[k].stamp = 0;
-        self->stamp = 1;
-    }
-    uint32_t stamp = self->stamp;
-    long counts[CLASSES] = {0};
-    uint64_t phrases = 0;
-    uint32_t markers = 0;
-    int folded = 0;
-    PyObject *unseen = NULL, *first = NULL, *result = NULL;
-    Py_ssize_t i = 0;
-    while (i < n) {
-        if (sep[text[i]]) {
-            i++;
-            continue;
-        }
-        /* one word, folded into ``buf`` and hashed as it goes (``hash_bytes``) */
-        const unsigned char *word = buf;
-        Py_ssize_t len = 0;
-        uint64_t h = 0, chunk = 0;
-        int shift = 0;
-        do {
-            unsigned char c = fold[text[i++]];
-            buf[len++] = c;
-            chunk |= (uint64_t)c << shift;
-            shift += 8;
-            if (shift == 64) {
-                h = (h ^ chunk) * 0x9e3779b97f4a7c15ULL;
-                chunk = 0;
-                shift = 0;
-            }
-        } while (i < n && !sep[text[i]]);
-        h = mix(h ^ chunk);
-        if (first == NULL) {
-            first = PyBytes_FromStringAndSize((const char *)word, len);
-            if (first == NULL)
-                goto done;
-        }
-        Py_ssize_t at = find(self, word, len, h);
-        if (at < 0) {
-            if (unseen == NULL && (unseen = PyList_New(0)) == NULL)
-                goto done;
-            PyObject *w = PyBytes_FromStringAndSize((const char *)word, len);
-            if (w == NULL || PyList_Append(unseen, w) < 0) {
-                Py_XDECREF(w);
-                goto done;
-            }
-            Py_DECREF(w);
-            continue;
-        }
-        Entry *e = &self->entries[at];
-        if (e->stamp == stamp)
-            continue; /* counted already: distinct words */
-        e->stamp = stamp;
-        uint8_t flags = e->flags;
-        for (int c = 0; c < CLASSES; c++)
-            counts[c] += (flags >> c) & 1;
-        phrases |= e->phrases;
-        markers |= e->markers;
-        folded |= e->folded && flags;
-    }
-    if (unseen != NULL) {
-        result = PyTuple_Pack(4, Py_None, unseen, Py_None, Py_None);
+    Found found;
+    PyObject *first = NULL, *result = NULL;
+    if (pass_words(self, text, n, buf, &found) < 0)
+        goto done;
+    if (found.unseen != NULL) {
+        result = PyTuple_Pack(4, Py_None, found.unseen, Py_None, Py_None);
         goto done;
     }
-    for (int bit = 0; phrases && bit < MAX_PHRASES; bit++) {
-        if (!(phrases & ((uint64_t)1 << bit)))
-            continue;
-        phrases &= ~((uint64_t)1 << bit);
-        if (bit >= PyTuple_GET_SIZE(self->phrases))
-            break;
-        PyObject *pair = PyTuple_GET_ITEM(self->phrases, bit);
-        long flag = PyLong_AsLong(PyTuple_GET_ITEM(pair, 0));
-        PyObject *phrase = PyTuple_GET_ITEM(pair, 1);
-        Py_ssize_t m = PyBytes_GET_SIZE(phrase);
-        const char *p = PyBytes_AS_STRING(phrase);
-        int found = 0;
-        if (m == 0)
-            found = 1;
-        else if (m <= n) {
-            const unsigned char *at = text, *end = text + n - m;
-            while (at <= end) {
-                const unsigned char *hit = memchr(at, (unsigned char)p[0], end - at + 1);
-                if (hit == NULL)
-                    break;
-                if (memcmp(hit, p, m) == 0) {
-                    found = 1;
-                    break;
-                }
-                at = hit + 1;
-            }
-        }
-        if (found) {
-            for (int c = 0; c < CLASSES; c++)
-                if (flag == (1L << c))
-                    counts[c]++;
-        }
+    if (found.first_len > 0) {
+        first = PyBytes_FromStringAndSize((const char *)buf + found.first_start, found.first_len);
+        if (first == NULL)
+            goto done;
     }
     PyObject *list = PyList_New(17);
     if (list == NULL)
@@ -399,7 +465,7 @@ WordScan_scan(WordScan *self, PyObject *arg)
         long value = 0;
         for (int c = 0; c < CLASSES; c++)
             if (k == (1L << c))
-                value = counts[c];
+                value = found.counts[c];
         PyObject *v = PyLong_FromLong(value);
         if (v == NULL) {
             Py_DECREF(list);
@@ -407,20 +473,224 @@ WordScan_scan(WordScan *self, PyObject *arg)
         }
         PyList_SET_ITEM(list, k, v);
     }
-    PyObject *bits = PyLong_FromUnsignedLong(markers);
+    PyObject *bits = PyLong_FromUnsignedLong(found.markers);
     if (bits == NULL) {
         Py_DECREF(list);
         goto done;
     }
-    result = PyTuple_Pack(4, list, bits, folded ? Py_True : Py_False,
+    result = PyTuple_Pack(4, list, bits, found.folded ? Py_True : Py_False,
                           first != NULL ? first : Py_None);
     Py_DECREF(list);
     Py_DECREF(bits);
 done:
     if (buf != small)
         PyMem_Free(buf);
-    Py_XDECREF(unseen);
+    Py_XDECREF(found.unseen);
     Py_XDECREF(first);
+    return result;
+}
+
+/* What ``re``'s ``\s`` matches among ASCII characters (``str.isspace``). */
+static inline int
+is_unicode_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+/* The line breaks of ``str.splitlines`` among ASCII characters. */
+static inline int
+is_line_break(unsigned char c)
+{
+    return c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || (c >= 0x1c && c <= 0x1e);
+}
+
+static inline int
+is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* Whether the line ``p[0:n]`` starts like a list step: ``\s*(?:\d+[.)]|[-*])\s+\S``. */
+static int
+is_step(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n && is_unicode_space(p[i]))
+        i++;
+    if (i < n && is_digit(p[i])) {
+        while (i < n && is_digit(p[i]))
+            i++;
+        if (i >= n || (p[i] != '.' && p[i] != ')'))
+            return 0;
+    }
+    else if (i >= n || (p[i] != '-' && p[i] != '*'))
+        return 0;
+    i++;
+    if (i >= n || !is_unicode_space(p[i]))
+        return 0;
+    while (i < n && is_unicode_space(p[i]))
+        i++;
+    return i < n;
+}
+
+/* The questions and list steps of ``text``: its '?' and, when it holds a newline,
+ * the lines ``str.splitlines`` gives that start like a step. */
+static long
+steps_of(const unsigned char *text, Py_ssize_t n)
+{
+    long steps = 0;
+    int newline = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        steps += text[i] == '?';
+        newline |= text[i] == '\n';
+    }
+    if (!newline)
+        return steps;
+    Py_ssize_t start = 0;
+    while (start < n) {
+        Py_ssize_t end = start;
+        while (end < n && !is_line_break(text[end]))
+            end++;
+        steps += is_step(text + start, end - start);
+        if (end < n && text[end] == '\r' && end + 1 < n && text[end + 1] == '\n')
+            end++;
+        start = end + 1;
+    }
+    return steps;
+}
+
+/* Whether ``text`` holds arithmetic, as classify.py's ``_ARITHMETIC`` finds it: a
+ * digit after one of '=<>^', or two digits around one of '^', '*', '/', spaces
+ * allowed between (looked for only when '=', '^', '*' or '/' is in the text). */
+static int
+has_arithmetic(const unsigned char *text, Py_ssize_t n)
+{
+    if (!memchr(text, '=', n) && !memchr(text, '^', n) && !memchr(text, '*', n)
+        && !memchr(text, '/', n))
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = text[i];
+        Py_ssize_t j = i + 1;
+        if (c == '=' || c == '<' || c == '>' || c == '^') {
+            while (j < n && is_unicode_space(text[j]))
+                j++;
+            if (j < n && is_digit(text[j]))
+                return 1;
+        }
+        else if (is_digit(c)) {
+            while (j < n && is_unicode_space(text[j]))
+                j++;
+            if (j >= n || (text[j] != '^' && text[j] != '*' && text[j] != '/'))
+                continue;
+            j++;
+            while (j < n && is_unicode_space(text[j]))
+                j++;
+            if (j < n && is_digit(text[j]))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* How many of ``needles`` (a tuple of bytes, or NULL) whose bit is in ``bits`` are in
+ * ``text``. */
+static long
+count_in(const unsigned char *text, Py_ssize_t n, PyObject *needles, uint32_t bits)
+{
+    long found = 0;
+    for (Py_ssize_t k = 0; needles != NULL && k < PyTuple_GET_SIZE(needles); k++) {
+        if (k < 32 && !(bits & ((uint32_t)1 << k)))
+            continue;
+        PyObject *needle = PyTuple_GET_ITEM(needles, k);
+        found += contains(text, n, PyBytes_AS_STRING(needle), PyBytes_GET_SIZE(needle));
+    }
+    return found;
+}
+
+/* A tuple of seven ints. */
+static PyObject *
+counts_tuple(const long *values)
+{
+    PyObject *tuple = PyTuple_New(7);
+    if (tuple == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < 7; k++) {
+        PyObject *v = PyLong_FromLong(values[k]);
+        if (v == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, k, v);
+    }
+    return tuple;
+}
+
+/* features(text) -> (maths, reasoning, domain, steps, tasks, simple, code), the counts
+ * the built-in scorer weighs, for a plain-ASCII ``text``; a list of the words never
+ * added (see ``scan``); or None when ``text`` is not plain ASCII or a cue word in it
+ * holds a folded digit, which the Python path reads instead.
+ *
+ * maths: maths cue words and phrases, latex markup found, and 1 for arithmetic;
+ * reasoning, domain, tasks: cue words and phrases; steps: questions and list steps;
+ * simple: 1 for a text under 400 characters with a simple cue or a greeting first;
+ * code: code markers found (looked for where the words point, and ``always``). */
+static PyObject *
+WordScan_features(WordScan *self, PyObject *arg)
+{
+    if (!initialised(self))
+        return NULL;
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "features() takes str");
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(arg))
+        Py_RETURN_NONE;
+    const unsigned char *text = PyUnicode_1BYTE_DATA(arg);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    if (n == 0) { /* no words, no signs */
+        long zeros[7] = {0};
+        return counts_tuple(zeros);
+    }
+    unsigned char small[8192];
+    unsigned char *lowered = small;
+    if (2 * n > (Py_ssize_t)sizeof(small)) {
+        lowered = PyMem_Malloc(2 * n);
+        if (lowered == NULL)
+            return PyErr_NoMemory();
+    }
+    unsigned char *buf = lowered + n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = text[i];
+        lowered[i] = c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
+    }
+    Found found;
+    PyObject *result = NULL;
+    if (pass_words(self, lowered, n, buf, &found) < 0)
+        goto done;
+    if (found.unseen != NULL) {
+        result = found.unseen;
+        found.unseen = NULL;
+        goto done;
+    }
+    if (found.folded) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    long *counts = found.counts; /* by class: 1, 2, 4, 8, 16 at 0..4 */
+    int greeting = found.first >= 0 && (self->entries[found.first].flags & GREETING);
+    long simple = n < 400 && (counts[4] > 0 || greeting);
+    long maths = counts[3];
+    if (memchr(text, '\\', n))
+        maths += count_in(text, n, self->latex, UINT32_MAX);
+    maths += has_arithmetic(text, n);
+    long code = count_in(text, n, self->markers, found.markers | self->always);
+    long values[7] = {maths, counts[0], counts[2], steps_of(text, n), counts[1], simple, code};
+    result = counts_tuple(values);
+done:
+    if (lowered != small)
+        PyMem_Free(lowered);
+    Py_XDECREF(found.unseen);
     return result;
 }
 
@@ -435,6 +705,8 @@ static PyMethodDef WordScan_methods[] = {
      "add(word, flags, phrases, markers, folded): what a folded word brings."},
     {"scan", (PyCFunction)WordScan_scan, METH_O,
      "scan(lowered) -> (counts, markers, folded, first word), or (None, unseen words, None, None)."},
+    {"features", (PyCFunction)WordScan_features, METH_O,
+     "features(text) -> the scorer's counts of a plain-ASCII text, unseen words, or None."},
     {NULL, NULL, 0, NULL},
 };
 

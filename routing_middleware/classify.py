@@ -218,6 +218,12 @@ _ANY_CLASS = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _WOR
 _PHRASE_LIST = tuple((flag, phrase) for flag, phrases in _PHRASES for phrase in phrases)
 _PHRASE_BIT = {entry: 1 << bit for bit, entry in enumerate(_PHRASE_LIST)}
 _MARKER_BIT = {marker: 1 << bit for bit, marker in enumerate(_CODE_MARKERS)}
+#: The markers :func:`_code_markers` looks for when the text holds their separator,
+#: which is their first character: the C pass looks for them always, the same thing.
+_SEPARATOR_MARKERS = sum(_MARKER_BIT[marker] for _, marker in _MARKER_SEPARATORS)
+assert all(marker.startswith(separator) for separator, marker in _MARKER_SEPARATORS)
+#: The C pass's flag, beside the classes', of a greeting word.
+_GREETING = 32
 
 
 class _Cue:
@@ -279,7 +285,13 @@ class _WordCache:
         self.scan: Any = None
         if _WordScan is not None and native is not False:
             phrases = tuple((flag, phrase.encode()) for flag, phrase in _PHRASE_LIST)
-            self.scan = _WordScan(_FOLD_TABLE, phrases)
+            self.scan = _WordScan(
+                _FOLD_TABLE,
+                phrases,
+                markers=tuple(marker.encode() for marker in _CODE_MARKERS),
+                always=_SEPARATOR_MARKERS,
+                latex=tuple(markup.encode() for markup in _LATEX),
+            )
 
 
 _MAX_WORDS = 50_000
@@ -302,12 +314,13 @@ def _learn(cache: _WordCache, split: list[bytes]) -> _WordCache:
             cache.found[word] = cue
             cache.cues.add(word)
         if scan is not None:
+            greeting = _GREETING if word in _GREETINGS else 0
             if cue is None:
-                scan.add(word, 0, 0, 0, False)
+                scan.add(word, greeting, 0, 0, False)
             else:
                 phrases = sum(_PHRASE_BIT[entry] for entry in cue.phrases)
                 markers = sum(_MARKER_BIT[marker] for marker in cue.markers)
-                scan.add(word, cue.mask, phrases, markers, cue.folded)
+                scan.add(word, cue.mask | greeting, phrases, markers, cue.folded)
         cache.seen.add(word)  # last: a word in ``seen`` always has its cue recorded
     return cache
 
@@ -619,6 +632,7 @@ class ComplexityScorer:
         #: How far from the score computed the rounded score can be (``None`` when
         #: weights are not finite: every feature is then computed).
         self._room = _ROOM * (1.0 + size) if math.isfinite(size) else None
+        self._products = self._weighed()
         self._bounds = self._weighted()
         #: Tiers by everything the score reads: the last 4,000 characters of the last
         #: user text and of the system text, the turns and the number of tools.
@@ -653,10 +667,47 @@ class ComplexityScorer:
         return found
 
     def _tier(self, text: str, system: str, turns: int, tools: int) -> int:
-        """The tier :meth:`score` gives, leaving out the code markers and the math
-        signs when no values they can take would change it."""
-        math_hits, reasoning, domain, steps, tasks, simple, markers = _counts(text, system)
+        """The tier :meth:`score` gives: from the C pass's counts when it reads the
+        text, else leaving out the code markers and the math signs when no values
+        they can take would change it."""
         chars = len(text)
+        scan = _known.scan
+        counts: tuple[int, int, int, int, int, int, int] | list[bytes] | None = None
+        for _ in range(3):  # (new words are looked at; a full cache starts over)
+            if scan is None:
+                break
+            counts = scan.features(text)
+            if not isinstance(counts, list):
+                break
+            scan = _learn(_known, counts).scan
+        if type(counts) is tuple:
+            math_hits, reasoning, domain, steps, tasks, simple, code = counts
+            if system:
+                in_system = _system_counts(system)
+                if reasoning < in_system[0]:
+                    reasoning = in_system[0]
+                if domain < in_system[1]:
+                    domain = in_system[1]
+            # The products ``score`` sums, in its order: the same sum to the last bit.
+            length, codes, mathematics, reasons, domains, steps_, tasks_, turns_, tools_, alone = (
+                self._products
+            )
+            total = sum(
+                (
+                    length[chars],
+                    codes[code if code < 2 else 2],
+                    mathematics[math_hits if math_hits < 2 else 2],
+                    reasons[reasoning if reasoning < 3 else 3],
+                    domains[domain if domain < 2 else 2],
+                    steps_[steps if steps < 4 else 4],
+                    tasks_[tasks if tasks < 4 else 4],
+                    turns_[turns if turns < 7 else 7],
+                    tools_[tools if tools < 4 else 4],
+                    alone[simple],
+                )
+            )
+            return self.tier_of(0.0 if total < 0 else 1.0 if total > 1 else total)
+        math_hits, reasoning, domain, steps, tasks, simple, markers = _counts(text, system)
         bounds = self._bounds
         if bounds is not None:
             # The score's bounds from weighted tables: code can still be anything in
@@ -686,38 +737,48 @@ class ComplexityScorer:
         )
         return self.tier_of(0.0 if total < 0 else 1.0 if total > 1 else total)
 
+    def _weighed(self) -> tuple[tuple[float, ...], ...]:
+        """Each feature's weight times every value it can take, by what the value is
+        read from: characters, then counts capped where the feature saturates (code
+        markers and maths signs at 2, reasoning cues at 3, domain cues at 2, steps,
+        tasks and tools at 4, turns at 7), then whether the text is simple."""
+        w_length, w_code, w_math, w_reasoning, w_domain, w_steps, w_tasks, w_turns = self._weights[
+            :8
+        ]
+        w_tools, w_simple = self._weights[8:]
+        halves = (*_HALVES, 1.0)
+        quarters = (*_QUARTERS, 1.0)
+        return (
+            tuple(w_length * v for v in _LENGTH),
+            tuple(w_code * v for v in halves),
+            tuple(w_math * v for v in halves),
+            tuple(w_reasoning * v for v in (*_THIRDS, 1.0)),
+            tuple(w_domain * v for v in halves),
+            tuple(w_steps * v for v in quarters),
+            tuple(w_tasks * v for v in quarters),
+            tuple(w_turns * v for v in (0.0, 0.0, *_SIXTHS[1:], 1.0)),
+            tuple(w_tools * v for v in quarters),
+            (w_simple * 0.0, w_simple * 1.0),
+        )
+
     def _weighted(self) -> tuple[Any, ...] | None:
-        """Each feature's weighted value by what it is read from (characters, capped
-        counts), and the room the bounds of :meth:`_tier` leave; ``None`` when the
-        weights are not finite (every feature is then computed). The bounds are sums
-        of the same products as the score in another order: the room covers that."""
+        """The weighted values of :meth:`_weighed` the bounds of :meth:`_tier` read,
+        and the room they leave; ``None`` when the weights are not finite (every
+        feature is then computed). The bounds are sums of the same products as the
+        score in another order: the room covers that."""
         room = self._room
         if room is None:
             return None
-        (w_length, w_code, w_math, w_reasoning, w_domain, w_steps, w_tasks, w_turns) = (
-            self._weights[:8]
-        )
-        w_tools, w_simple = self._weights[8:]
+        length, _, _, reasons, domains, steps, tasks, turns, tools, alone = self._products
+        w_code, w_math = self._weights[1:3]
         maths = (*_HALVES, 1.0)
-        quarters = (*_QUARTERS, 1.0)
         math_low = tuple(
             w_math * v - room + min(w_code, 0.0) + min(w_math * (1.0 - v), 0.0) for v in maths
         )
         math_high = tuple(
             w_math * v + room + max(w_code, 0.0) + max(w_math * (1.0 - v), 0.0) for v in maths
         )
-        return (
-            tuple(w_length * v for v in _LENGTH),
-            math_low,
-            math_high,
-            tuple(w_reasoning * v for v in (*_THIRDS, 1.0)),
-            tuple(w_domain * v for v in (*_HALVES, 1.0)),
-            tuple(w_steps * v for v in quarters),
-            tuple(w_tasks * v for v in quarters),
-            tuple(w_turns * v for v in (0.0, 0.0, *_SIXTHS[1:], 1.0)),
-            tuple(w_tools * v for v in quarters),
-            w_simple,
-        )
+        return (length, math_low, math_high, reasons, domains, steps, tasks, turns, tools, alone[1])
 
 
 _JUDGE_PROMPT = (

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routing_middleware import classify
@@ -153,3 +153,105 @@ def test_a_word_scan_not_initialised_raises_instead_of_crashing() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _python_features(text: str) -> tuple[int, ...] | None:
+    """What ``WordScan.features`` gives, read by the Python path's own parts."""
+    if not text.isascii():
+        return None
+    lowered = text.lower()
+    cache = classify._learn(classify._WordCache(native=False), classify._words(lowered))
+    split = classify._words(lowered)
+    if any(cache.found[w].folded for w in cache.cues.intersection(split)):
+        return None
+    counts, markers, first = _python_counts(lowered)
+    maths = counts[8]
+    if "\\" in text:
+        maths += sum(markup in text for markup in classify._LATEX)
+    if any(sign in text for sign in "=^*/") and classify._ARITHMETIC.search(text):
+        maths += 1
+    steps = text.count("?")
+    if "\n" in text:
+        steps += sum(1 for line in text.splitlines() if classify._STEP.match(line))
+    simple = len(text) < 400 and (counts[16] > 0 or first in classify._GREETINGS)
+    code = classify._code_markers(text, markers)
+    return (maths, counts[1], counts[4], steps, counts[2], int(simple), code)
+
+
+def _features(text: str) -> tuple[int, ...] | None:
+    """``WordScan.features`` of ``text``, its new words looked at first as the
+    scorer does."""
+    for _ in range(2):
+        found = classify._known.scan.features(text)
+        if not isinstance(found, list):
+            assert found is None or type(found) is tuple
+            return found
+        classify._learn(classify._known, found)
+    raise AssertionError("words looked at are still unseen")
+
+
+#: ASCII pieces that move what ``features`` reads beyond words: list steps, questions,
+#: line breaks of every kind, arithmetic, maths markup, code markers, greetings.
+_ASCII_PIECES = st.one_of(
+    st.sampled_from([w for w in _WORDS if w.isascii()]),
+    st.sampled_from(["hi", "Hello", "thanks", "yes", "no", "OK", "design", "Explain why"]),
+    st.sampled_from(["1.", "12)", "3", "-", "*", "•", "?", "=", "<", ">", "^", "/", "\\", "x"]),
+    st.sampled_from(["\\frac", "\\int", "\\sum", "\\sqrt", "```", "=>", ";\n", "{\n"]),
+    st.sampled_from(["def ", "DEF ", "SELECT ", "select ", "Traceback", "public static"]),
+    st.sampled_from([" ", "  ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d"]),
+    st.sampled_from(["\x1e", "\x1f", "\x00", "\x7f", "é"]),
+    st.integers(0, 999).map(str),
+    st.text(st.characters(max_codepoint=127), max_size=6),
+)
+
+
+@settings(max_examples=600)
+@given(st.lists(_ASCII_PIECES, max_size=60).map("".join))
+def test_features_reads_a_text_as_the_python_path(text: str) -> None:
+    saved = classify._known
+    try:
+        classify._known = classify._WordCache(native=True)
+        expected = _python_features(text)
+        assert _features(text) == expected  # every word new
+        assert _features(text) == expected  # every word known
+    finally:
+        classify._known = saved
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", (0, 0, 0, 0, 0, 0, 0)),
+        ("hi", (0, 0, 0, 0, 0, 1, 0)),
+        ("Hello, can you prove 2^3 = 8?", (2, 1, 0, 1, 0, 1, 0)),
+        ("Steps:\n1. design it\n 2) analyze\n- done\n-x\n*  \n", (0, 2, 0, 3, 0, 0, 0)),
+        ("a\r\n1. b\x1c2. c\x0b- d", (0, 0, 0, 3, 0, 0, 0)),
+        ("one line 1. x - y", (0, 0, 0, 0, 0, 0, 0)),  # steps only in texts of lines
+        ("a\n1.\x1fb\n\x1f-\tc\n-\x1f", (0, 0, 0, 2, 0, 0, 0)),  # \x1f: a space
+        ("x =\x1f5", (1, 0, 0, 0, 0, 0, 0)),
+        ("x <5 *", (1, 0, 0, 0, 0, 0, 0)),  # '<' counts once '*' is in the text
+        ("x <5", (0, 0, 0, 0, 0, 0, 0)),
+        ("SELECT * FROM t;\nselect", (0, 0, 0, 0, 0, 0, 2)),
+        ("\\frac{1}{2} + \\int f", (2, 0, 0, 0, 0, 0, 0)),
+        ("tax2020 report", None),  # a cue word holding a digit: the Python path's
+        ("résumé", None),  # not ASCII: the Python path's
+    ],
+)
+def test_features_of_some_texts(text: str, expected: tuple[int, ...] | None) -> None:
+    saved = classify._known
+    try:
+        classify._known = classify._WordCache(native=True)
+        assert _features(text) == expected
+        assert _python_features(text) == expected
+    finally:
+        classify._known = saved
+
+
+def test_features_refuses_what_is_not_text() -> None:
+    scan = WordScan(classify._FOLD_TABLE, ())
+    with pytest.raises(TypeError, match="str"):
+        scan.features(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="tuples of bytes"):
+        WordScan(classify._FOLD_TABLE, (), markers=("def ",))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="32 markers"):
+        WordScan(classify._FOLD_TABLE, (), markers=tuple(b"m" for _ in range(33)))
