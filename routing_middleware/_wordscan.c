@@ -58,7 +58,7 @@ is_space(unsigned char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
 }
 
-/* A word's hash: its bytes packed eight to a 64-bit chunk, chunks mixed in, then a
+/* A word's hash: its bytes loaded eight to a 64-bit chunk, chunks mixed in, then a
  * final mix. A word of at most eight bytes hashes by a bijection of its one chunk, so
  * that for such words equal hashes and lengths mean equal bytes (no memcmp). */
 static inline uint64_t
@@ -72,20 +72,17 @@ mix(uint64_t h)
     return h;
 }
 
-static uint64_t
+static inline uint64_t
 hash_bytes(const unsigned char *p, Py_ssize_t n)
 {
-    uint64_t h = 0, chunk = 0;
-    int shift = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        chunk |= (uint64_t)p[i] << shift;
-        shift += 8;
-        if (shift == 64) {
-            h = (h ^ chunk) * 0x9e3779b97f4a7c15ULL;
-            chunk = 0;
-            shift = 0;
-        }
+    uint64_t h = 0, chunk;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&chunk, p + i, 8);
+        h = (h ^ chunk) * 0x9e3779b97f4a7c15ULL;
     }
+    chunk = 0;
+    memcpy(&chunk, p + i, (size_t)(n - i));
     return mix(h ^ chunk);
 }
 
@@ -351,24 +348,14 @@ pass_words(WordScan *self, const unsigned char *text, Py_ssize_t n, unsigned cha
             i++;
             continue;
         }
-        /* one word, folded into ``buf`` and hashed as it goes (``hash_bytes``); each
-         * word gets its own stretch of ``buf`` so the first stays readable */
+        /* one word, folded into ``buf``; the first word keeps its stretch of ``buf``
+         * so that it stays readable */
         unsigned char *word = buf + len_all;
         Py_ssize_t len = 0;
-        uint64_t h = 0, chunk = 0;
-        int shift = 0;
         do {
-            unsigned char c = fold[text[i++]];
-            word[len++] = c;
-            chunk |= (uint64_t)c << shift;
-            shift += 8;
-            if (shift == 64) {
-                h = (h ^ chunk) * 0x9e3779b97f4a7c15ULL;
-                chunk = 0;
-                shift = 0;
-            }
+            word[len++] = fold[text[i++]];
         } while (i < n && !sep[text[i]]);
-        h = mix(h ^ chunk);
+        uint64_t h = hash_bytes(word, len);
         Py_ssize_t at = find(self, word, len, h);
         if (!have_first) {
             have_first = 1;

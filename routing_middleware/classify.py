@@ -473,8 +473,10 @@ _MAX_TIERS = 1024
 _CODE, _MATH_VALUE = Features.__slots__.index("code"), Features.__slots__.index("math")
 
 
-def _texts(request: ChatRequest) -> tuple[str, str, int]:
-    """``last_user_text``, ``system_text`` and the number of turns, in one pass."""
+def request_texts(request: ChatRequest) -> tuple[str, str, int]:
+    """What the built-in scorer reads of ``request`` but its tools: ``last_user_text``,
+    ``system_text`` and the number of turns, in one pass (see
+    :meth:`ComplexityScorer.tier_of_texts`)."""
     messages = request.messages
     last: Message | None = None
     system: list[Message] = []
@@ -498,7 +500,7 @@ def _texts(request: ChatRequest) -> tuple[str, str, int]:
 
 def _vector(request: ChatRequest) -> tuple[float, ...]:
     """Feature values in :class:`Features` field order."""
-    text, system, turns = _texts(request)
+    text, system, turns = request_texts(request)
     return _vector_of(text, system, turns, len(request.tools) if request.tools else 0)
 
 
@@ -654,8 +656,13 @@ class ComplexityScorer:
 
     def __call__(self, request: ChatRequest) -> int:
         """The tier of ``request``; a text seen recently is not scored again."""
-        text, system, turns = _texts(request)
-        tools = len(request.tools) if request.tools else 0
+        text, system, turns = request_texts(request)
+        return self.tier_of_texts(text, system, turns, len(request.tools) if request.tools else 0)
+
+    def tier_of_texts(self, text: str, system: str, turns: int, tools: int) -> int:
+        """The tier of a request with these :func:`request_texts` and number of tools:
+        what a caller that has read them already (the router) asks instead of
+        :meth:`__call__`."""
         key = (text[-4000:], system[-4000:], turns, tools)
         tiers = self._tiers
         found = tiers.get(key)

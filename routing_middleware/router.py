@@ -55,7 +55,7 @@ from typing import Any
 from ._literals import prefilter
 from .budgets import Budgets
 from .catalog import Catalog, ModelInfo
-from .classify import Classifier, ComplexityScorer
+from .classify import Classifier, ComplexityScorer, request_texts
 from .config import RoutingConfig, Rule, TierSpec
 from .context import Mode, RouteContext, current_context
 from .pricing import COST_QUANTUM, estimate_cost, list_price_units
@@ -699,6 +699,9 @@ def _refresh_loop(ref: weakref.ReferenceType[Router], refresher: _Refresher) -> 
 _DEFAULT_CONFIG: RoutingConfig | None = None
 
 
+_SCORER_CALL = ComplexityScorer.__call__
+
+
 def _default_config() -> RoutingConfig:
     global _DEFAULT_CONFIG
     if _DEFAULT_CONFIG is None:
@@ -752,6 +755,9 @@ class Router:
             if compiled.pattern is not None or compiled.keywords is not None:
                 compiled.text_bit = bit
                 bit <<= 1
+        #: Whether a rule reads the last user text: a decision then reads the texts
+        #: the built-in scorer reads too, once for both.
+        self._text_rules = bit > 1
         #: Per last user text: (rules whose text test ran, those that matched), as bits.
         self._text_memo: dict[str, tuple[int, int]] = {}
         self._rule_cache: dict[tuple[str | None, str | None, str], _RuleSet] = {}
@@ -1043,9 +1049,15 @@ class Router:
         return found
 
     def _apply_rules(
-        self, request: ChatRequest, ctx: RouteContext, input_tokens: int, needs: int
+        self,
+        request: ChatRequest,
+        ctx: RouteContext,
+        input_tokens: int,
+        needs: int,
+        texts: tuple[str, str, int] | None = None,
     ) -> _RuleOutcome:
-        """The outcome of the rules for this request; read only (it may be shared)."""
+        """The outcome of the rules for this request, whose :func:`request_texts` are
+        ``texts`` when read already; read only (it may be shared)."""
         rule_set = self._rules_for(ctx, request.model)
         cuts = rule_set.thresholds
         band = bisect.bisect_right(cuts, input_tokens) if cuts else 0
@@ -1071,7 +1083,7 @@ class Router:
             bit = rule.text_bit
             if bit:
                 if text is None:
-                    text = request.last_user_text
+                    text = request.last_user_text if texts is None else texts[0]
                     tested, matched = self._text_memo.get(text, (0, 0))
                 if not tested & bit:
                     tested |= bit
@@ -1121,7 +1133,12 @@ class Router:
         requested = plan.requested(request.model, self.catalog)
         input_tokens, images = request_tokens_and_images(request)
         needs = _needs(request, images)
-        rules = self._apply_rules(request, ctx, input_tokens, needs) if self._rules else _NO_RULES
+        texts = request_texts(request) if self._text_rules else None
+        rules = (
+            self._apply_rules(request, ctx, input_tokens, needs, texts)
+            if self._rules
+            else _NO_RULES
+        )
         reasons.extend(rules.reasons)
         mode: Mode = ctx.mode or rules.mode or config.mode
 
@@ -1137,8 +1154,19 @@ class Router:
         routable = routable or min_quality > 0
         if not routable:
             return self._passthrough(request, input_tokens, reasons)
-        if tier is None and rules.model is None and self.classifier is not None:
-            tier = self.classifier(request)
+        classifier = self.classifier
+        if tier is None and rules.model is None and classifier is not None:
+            # The built-in scorer (its ``__call__`` not overridden) reads the texts read.
+            if (
+                isinstance(classifier, ComplexityScorer)
+                and type(classifier).__call__ is _SCORER_CALL
+            ):
+                if texts is None:
+                    texts = request_texts(request)
+                tools = request.tools
+                tier = classifier.tier_of_texts(*texts, len(tools) if tools else 0)
+            else:
+                tier = classifier(request)
             if tier is not None:
                 reasons.append(_shared_reason("classifier", "classifier → tier {}", tier))
         if tier is None:

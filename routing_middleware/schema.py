@@ -119,11 +119,12 @@ class Message(_Model):
     @property
     def text(self) -> str:
         """All text of the message joined, images left out."""
-        if self.content is None:
+        content = self.content  # (read once: a model's attribute costs a lookup each time)
+        if isinstance(content, str):
+            return content
+        if content is None:
             return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+        return "".join(p.text for p in content if isinstance(p, TextPart))
 
     @property
     def has_images(self) -> bool:

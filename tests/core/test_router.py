@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from routing_middleware import router as router_module
 from routing_middleware.budgets import Budget, Budgets
 from routing_middleware.catalog import Catalog, ModelInfo, Price
+from routing_middleware.classify import ComplexityScorer
 from routing_middleware.config import RoutingConfig
 from routing_middleware.context import RouteContext, route_hint
 from routing_middleware.engine import LLMRoute
@@ -124,6 +125,47 @@ def test_cheapest_of_classified_tier_with_reasons() -> None:
     )
     assert decision.savings is not None
     assert decision.savings > 0
+
+
+@pytest.mark.parametrize("text_rule", [False, True])
+def test_the_built_in_scorer_reads_the_texts_the_rules_read(text_rule: bool) -> None:
+    """With a rule reading the last user text, the router reads a request's texts once
+    for the rule and the scorer; the tiers are the scorer's own."""
+    rules = [{"name": "never", "when": {"keywords": ["zzz-absent"]}, "then": {"tier": 3}}]
+    router = Router(_catalog(), _config(rules=rules if text_rule else []))
+    scorer = ComplexityScorer()
+    texts = [
+        "Translate 'cat' into French.",
+        "Design a distributed, fault-tolerant queue; analyze the trade-offs and prove it.",
+        "Write a short note to the team about the release.",
+    ]
+    for text in texts:
+        request = ChatRequest.model_validate(
+            {
+                "model": "openai/big",
+                "messages": [
+                    {"role": "system", "content": "You are terse."},
+                    {"role": "user", "content": "an earlier question"},
+                    {"role": "assistant", "content": "an answer"},
+                    {"role": "user", "content": text},
+                ],
+                "tools": [{"name": "lookup"}],
+            }
+        )
+        assert router.decide(request).tier == scorer(request)
+    assert len({router.decide(_request(t)).tier for t in texts}) == 3
+
+
+def test_a_scorer_subclass_that_overrides_call_is_asked_through_it() -> None:
+    class Always3(ComplexityScorer):
+        def __call__(self, request: ChatRequest) -> int:
+            return 3
+
+    rules = [{"name": "never", "when": {"keywords": ["zzz-absent"]}, "then": {"tier": 1}}]
+    router = Router(_catalog(), _config(rules=rules), classifier=Always3())
+    decision = router.decide(_request("Translate 'cat' into French."))
+    assert decision.tier == 3
+    assert decision.reason_codes[0] == "classifier"
 
 
 def test_without_classifier_requested_model_tier_is_used() -> None:
