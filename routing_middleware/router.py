@@ -755,8 +755,7 @@ class Router:
             if compiled.pattern is not None or compiled.keywords is not None:
                 compiled.text_bit = bit
                 bit <<= 1
-        #: Whether a rule reads the last user text: a decision then reads the texts
-        #: the built-in scorer reads too, once for both.
+        #: Whether a rule reads the last user text (see ``decide``).
         self._text_rules = bit > 1
         #: Per last user text: (rules whose text test ran, those that matched), as bits.
         self._text_memo: dict[str, tuple[int, int]] = {}
@@ -1133,7 +1132,9 @@ class Router:
         requested = plan.requested(request.model, self.catalog)
         input_tokens, images = request_tokens_and_images(request)
         needs = _needs(request, images)
-        texts = request_texts(request) if self._text_rules else None
+        # Read once for the text rules and the built-in scorer when both may read them
+        # (a tier hint leaves the scorer out).
+        texts = request_texts(request) if self._text_rules and ctx.tier is None else None
         rules = (
             self._apply_rules(request, ctx, input_tokens, needs, texts)
             if self._rules
