@@ -434,6 +434,17 @@ def _system_counts(system: str) -> tuple[int, int]:
     return found
 
 
+def _with_system(reasoning: int, domain: int, system: str) -> tuple[int, int]:
+    """Reasoning and domain cue counts, each raised to the system prompt's."""
+    if system:
+        in_system = _system_counts(system)
+        if reasoning < in_system[0]:
+            reasoning = in_system[0]
+        if domain < in_system[1]:
+            domain = in_system[1]
+    return reasoning, domain
+
+
 def prompt_text(request: ChatRequest) -> str:
     """The text a classifier looks at: system instructions and the last user turn."""
     system = request.system_text
@@ -519,13 +530,7 @@ def _counts(text: str, system: str) -> tuple[int, int, int, int, int, bool, froz
     words point to."""
     chars = len(text)
     cues, markers, first = _text_cues(text.lower())
-    reasoning, domain = cues[_REASONING], cues[_DOMAIN]
-    if system:
-        in_system = _system_counts(system)
-        if reasoning < in_system[0]:
-            reasoning = in_system[0]
-        if domain < in_system[1]:
-            domain = in_system[1]
+    reasoning, domain = _with_system(cues[_REASONING], cues[_DOMAIN], system)
     simple = chars < 400 and (cues[_SIMPLE] > 0 or first in _GREETINGS)
     steps = text.count("?")
     if "\n" in text:
@@ -690,11 +695,7 @@ class ComplexityScorer:
         if type(counts) is tuple:
             math_hits, reasoning, domain, steps, tasks, simple, code = counts
             if system:
-                in_system = _system_counts(system)
-                if reasoning < in_system[0]:
-                    reasoning = in_system[0]
-                if domain < in_system[1]:
-                    domain = in_system[1]
+                reasoning, domain = _with_system(reasoning, domain, system)
             # The products ``score`` sums, in its order: the same sum to the last bit.
             length, codes, mathematics, reasons, domains, steps_, tasks_, turns_, tools_, alone = (
                 self._products
