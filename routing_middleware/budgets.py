@@ -1109,7 +1109,32 @@ class Budgets:
         ``version`` changes or a counter read expires. Other stores are read each time.
         """
         ctx = current_context() if context is None else context
-        return self.outage.run(lambda: self._pressing_now(ctx), ())
+        outage = self.outage
+        if outage.until is None:  # (the store answers: what the memo holds is the answer)
+            found = self._remembered(ctx, self._clock())
+            if found is not None:
+                return found
+        return outage.run(lambda: self._pressing_now(ctx), ())
+
+    def _remembered(self, ctx: RouteContext, now: float) -> tuple[BudgetStatus, ...] | None:
+        """What :meth:`pressing` answered for ``ctx`` at ``now`` while it still holds,
+        else ``None``. Reads no store."""
+        ttl = self._status_ttl > 0
+        store = self.store
+        if not ttl and type(store) is not MemoryBudgetStore:
+            return None
+        # The key ``lines`` files its answer under: the same key, the same lines.
+        found = self._pressing.get(
+            (int(now // 3600), ctx.user_id, ctx.feature, ctx.api_key_id, ctx.tags)
+        )
+        if found is None:
+            return None
+        if ttl:
+            if found[1] == self._epoch and found[2] <= time.monotonic() < found[3]:
+                return found[4]
+        elif found[1] == store.version and found[2] <= store._clock() < found[3]:  # type: ignore[attr-defined]
+            return found[4]
+        return None
 
     def _pressing_now(self, ctx: RouteContext) -> tuple[BudgetStatus, ...]:
         """:meth:`pressing`, reading the store where its memo cannot answer."""
@@ -1117,15 +1142,12 @@ class Budgets:
         ttl = self._status_ttl > 0
         if not ttl and type(store) is not MemoryBudgetStore:
             return tuple(self._status_of(self.lines(ctx), True))
-        # The key ``lines`` files its answer under: the same key, the same lines.
         now = self._clock()
+        found = self._remembered(ctx, now)
+        if found is not None:
+            return found
         whole = (int(now // 3600), ctx.user_id, ctx.feature, ctx.api_key_id, ctx.tags)
         clock = time.monotonic if ttl else store._clock  # type: ignore[attr-defined]
-        found = self._pressing.get(whole)
-        if found is not None:
-            version = self._epoch if ttl else store.version  # type: ignore[attr-defined]
-            if found[1] == version and found[2] <= clock() < found[3]:
-                return found[4]
         lines = self._lines(ctx, now)
         if not lines:
             return ()

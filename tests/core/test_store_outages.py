@@ -125,6 +125,26 @@ def test_status_and_reserve_still_raise_the_store_error_to_their_callers() -> No
         budgets.reserve(Decimal("0.01"), RouteContext())
 
 
+@pytest.mark.parametrize("store_kind", ["memory", "flaky with a status ttl"])
+def test_pressing_gives_what_it_remembers_only_while_the_store_answers(store_kind: str) -> None:
+    """The memo answers without the outage guard only while no outage is on; while the
+    store is left alone, ``pressing`` gives nothing, as it did before it was fast."""
+    store = MemoryBudgetStore() if store_kind == "memory" else FlakyStore()
+    ttl = 0.0 if store_kind == "memory" else 60.0
+    budgets = Budgets([Budget(name="all", limit_usd=Decimal("1"))], store, status_ttl_s=ttl)
+    budgets.settle(budgets.reserve(Decimal(0), RouteContext()), Decimal("0.9"))
+    budgets.pressing(RouteContext())  # (with a ttl: reads the totals it then keeps)
+    spent = budgets.pressing(RouteContext())
+    assert [s.action for s in spent] == ["downgrade"]
+    assert budgets.pressing(RouteContext()) is spent  # remembered
+    budgets.outage.failed(ConnectionError("down"))  # as a failed store call marks it
+    assert budgets.outage.until is not None
+    assert budgets.pressing(RouteContext()) == ()
+    budgets.outage.answered(budgets.outage.until)
+    assert budgets.outage.until is None
+    assert budgets.pressing(RouteContext()) is spent
+
+
 class Switch:
     """Makes a store's methods fail while ``down``; counts what they were asked then."""
 
