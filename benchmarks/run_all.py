@@ -1,18 +1,21 @@
 """Run every benchmark in this folder, one subprocess each, and print their output.
 
-Benchmarks that need PostgreSQL run only when ``LLMROUTE_TEST_DATABASE_URL`` is set.
+Benchmarks that need PostgreSQL run only when ``LLMROUTE_TEST_DATABASE_URL`` is set,
+and those that count instructions only where valgrind is installed.
 Pass names to run a subset: ``python benchmarks/run_all.py router import``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NEEDS_POSTGRES = {"sink", "report"}
+NEEDS_VALGRIND = {"router_instructions"}
 
 
 def main(argv: list[str]) -> int:
@@ -25,6 +28,9 @@ def main(argv: list[str]) -> int:
         print(f"\n=== {name} ===", flush=True)
         if name in NEEDS_POSTGRES and not os.environ.get("LLMROUTE_TEST_DATABASE_URL"):
             print("skipped: set LLMROUTE_TEST_DATABASE_URL (PostgreSQL) to run it")
+            continue
+        if name in NEEDS_VALGRIND and shutil.which("valgrind") is None:
+            print("skipped: install valgrind to run it")
             continue
         result = subprocess.run([sys.executable, str(script)], cwd=HERE.parent, check=False)
         if result.returncode:
