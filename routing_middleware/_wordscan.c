@@ -630,6 +630,10 @@ WordScan_features(WordScan *self, PyObject *arg)
         PyErr_SetString(PyExc_TypeError, "features() takes str");
         return NULL;
     }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(arg) < 0) /* (a legacy string; every str is ready from 3.12) */
+        return NULL;
+#endif
     if (!PyUnicode_IS_ASCII(arg))
         Py_RETURN_NONE;
     const unsigned char *text = PyUnicode_1BYTE_DATA(arg);
@@ -646,10 +650,11 @@ WordScan_features(WordScan *self, PyObject *arg)
             return PyErr_NoMemory();
     }
     unsigned char *buf = lowered + n;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    Py_ssize_t i = 0;
+    do { /* (n > 0: a do-loop, which the compiler sees fills ``lowered``) */
         unsigned char c = text[i];
         lowered[i] = c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
-    }
+    } while (++i < n);
     Found found;
     PyObject *result = NULL;
     if (pass_words(self, lowered, n, buf, &found) < 0)
