@@ -71,7 +71,9 @@ DATABASES = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("LLMROUTE_DEMO_DB", str(BASE_DIR / "db.sqlite3")),
         # The sink writes from its own thread; wait for the lock rather than fail.
-        "OPTIONS": {"timeout": 20},
+        # The sink writes from its own thread: with IMMEDIATE, concurrent writers
+        # wait for each other instead of SQLite refusing one ("database is locked").
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
     }
 }
 

@@ -82,7 +82,10 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.path.join(_sqlite_dir, "llmroute-dev.sqlite3"),
             "ATOMIC_REQUESTS": True,
-            "OPTIONS": {"timeout": 30},
+            # IMMEDIATE: a transaction takes the write lock when it begins, so two
+            # writers (a request and the sink's thread) wait on the timeout instead
+            # of SQLite refusing one at once when both would upgrade a read lock.
+            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
             "TEST": {"NAME": os.path.join(_sqlite_dir, f"llmroute-test-{os.getpid()}.sqlite3")},
         }
     }
