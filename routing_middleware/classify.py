@@ -694,8 +694,7 @@ class ComplexityScorer:
             scan = _learn(_known, counts).scan
         if type(counts) is tuple:
             math_hits, reasoning, domain, steps, tasks, simple, code = counts
-            if system:
-                reasoning, domain = _with_system(reasoning, domain, system)
+            reasoning, domain = _with_system(reasoning, domain, system)
             # The products ``score`` sums, in its order: the same sum to the last bit.
             length, codes, mathematics, reasons, domains, steps_, tasks_, turns_, tools_, alone = (
                 self._products
