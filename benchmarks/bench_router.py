@@ -227,6 +227,26 @@ def make_unique(
     return out
 
 
+def warm_for_unique(
+    router: Router, pool: list[tuple[ChatRequest, RouteContext]], unique: int
+) -> None:
+    """Warm ``router`` for (d): what does not depend on content (plans, rule
+    prefilters, budget lines) on the shared ``pool``, and what a running app has
+    learnt from earlier traffic (selections by bucket of output share, see
+    ``Router._span_of``) on ``unique`` other texts sent once."""
+    for i in range(20_000):
+        request, ctx = pool[i % len(pool)]
+        try:
+            router.decide(request, ctx)
+        except (NoRouteAvailable, BudgetExceeded):
+            pass
+    for request, ctx in make_unique(pool, unique, random.Random(17)):
+        try:
+            router.decide(request, ctx)
+        except (NoRouteAvailable, BudgetExceeded):
+            pass
+
+
 def build_router(catalog: Catalog, *, rules: bool) -> Router:
     config = RoutingConfig.model_validate(
         {
@@ -410,21 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     short = min(args.decisions, 200_000)
     hinted_calls = summary(timed(decide_hinted, short))
     classified = summary(timed(decide_classified, short))
-    # Warm what does not depend on content (plans, rule prefilters, budget lines) on
-    # the shared pool, and what a running app has learnt from earlier traffic
-    # (selections by bucket of output share, see ``Router._span_of``) on other texts
-    # sent once; then run each unique request once.
-    for i in range(20_000):
-        request, ctx = pool[i & mask]
-        try:
-            cold.decide(request, ctx)
-        except (NoRouteAvailable, BudgetExceeded):
-            pass
-    for request, ctx in make_unique(pool, args.unique, random.Random(17)):
-        try:
-            cold.decide(request, ctx)
-        except (NoRouteAvailable, BudgetExceeded):
-            pass
+    # Warm as a running app is warm, then run each unique request once.
+    warm_for_unique(cold, pool, args.unique)
     gc.collect()
     unique_calls = summary(timed(decide_unique, len(unique)))
     refused[0] = 0

@@ -42,17 +42,7 @@ def measure(kind: str, n: int) -> None:
     catalog, _ = bench.load_catalog()
     pool = bench.make_traffic(4096, random.Random(42))
     router = bench.build_router(catalog, rules=True)
-    for i in range(20_000):
-        request, ctx = pool[i & 4095]
-        try:
-            router.decide(request, ctx)
-        except (NoRouteAvailable, BudgetExceeded):
-            pass
-    for request, ctx in bench.make_unique(pool, 20_000, random.Random(17)):
-        try:
-            router.decide(request, ctx)
-        except (NoRouteAvailable, BudgetExceeded):
-            pass
+    bench.warm_for_unique(router, pool, 20_000)
     unique = bench.make_unique(pool, n, random.Random(11))
     gc.collect()
     gc.freeze()
