@@ -437,7 +437,7 @@ def _system_counts(system: str) -> tuple[int, int]:
 def _with_system(reasoning: int, domain: int, system: str) -> tuple[int, int]:
     """Reasoning and domain cue counts, each raised to the system prompt's."""
     if system:
-        in_system = _system_counts(system)
+        in_system = _system_cues.get(system) or _system_counts(system)
         if reasoning < in_system[0]:
             reasoning = in_system[0]
         if domain < in_system[1]:
@@ -685,13 +685,15 @@ class ComplexityScorer:
         chars = len(text)
         scan = _known.scan
         counts: tuple[int, int, int, int, int, int, int] | list[bytes] | None = None
-        for _ in range(3):  # (new words are looked at; a full cache starts over)
-            if scan is None:
-                break
+        if scan is not None:
             counts = scan.features(text)
-            if not isinstance(counts, list):
-                break
-            scan = _learn(_known, counts).scan
+            tries = 1  # (new words are looked at; a full cache starts over)
+            while type(counts) is list and tries < 3:
+                scan = _learn(_known, counts).scan
+                if scan is None:
+                    break
+                counts = scan.features(text)
+                tries += 1
         if type(counts) is tuple:
             math_hits, reasoning, domain, steps, tasks, simple, code = counts
             reasoning, domain = _with_system(reasoning, domain, system)

@@ -39,6 +39,7 @@ sees them.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import logging
 import math
@@ -1070,7 +1071,7 @@ class Router:
             remember = False
             candidates = None
         if candidates is None:
-            candidates = tuple(r for r in rule_set.rules if r.holds(ctx, input_tokens, needs))
+            candidates = _holding(rule_set.rules, ctx, input_tokens, needs)
             if remember:
                 if len(rule_set.by_request) >= 1024:
                     rule_set.by_request.clear()
@@ -1219,8 +1220,8 @@ class Router:
         expected_out = view.snapshot.output_tokens.get(ctx.feature or "")
         output_tokens = int(expected_out) if expected_out else config.default_output_tokens
         max_tokens = request.max_tokens
-        if max_tokens is not None:
-            output_tokens = min(output_tokens, max_tokens)
+        if max_tokens is not None and max_tokens < output_tokens:
+            output_tokens = max_tokens
         lists = (
             ctx.allow_models is not None
             or ctx.deny_models is not None
@@ -1280,7 +1281,7 @@ class Router:
                     *key[:6],
                     bisect.bisect_left(plan.windows, window),
                     bisect.bisect_left(plan.band_starts, input_tokens) if plan.band_starts else 0,
-                    min(_BUCKETS - 1, int(w * _BUCKETS)),
+                    _bucket_of(w),
                     *key[9:],
                 )
                 entry = plan.spans.get(span_key)
@@ -1311,7 +1312,7 @@ class Router:
                 cons.ceiling = requested.unit(w, input_tokens)
             if ctx.max_cost_per_call is not None and total:
                 cons.max_cost = float(ctx.max_cost_per_call) * 1_000_000 / total
-            cons.limit = min(cons.ceiling, cons.max_cost)
+            cons.limit = cons.max_cost if cons.max_cost < cons.ceiling else cons.ceiling
             # The second time a bucket comes (or the first, when both its ends are
             # searched already), its span is checked; when it holds, it answers this
             # request too, and no search runs at this request's own share.
@@ -1326,13 +1327,12 @@ class Router:
                 spans = plan.spans
                 if len(spans) >= _MAX_SPANS:
                     spans.clear()
-                span, read = self._span_of(
-                    lambda end: self._end_search(
-                        plan, view, span_key, end, tier, cheapest, rules.model, requested
-                    ),
-                    cons,
-                    requested,
+                # (a partial, not a lambda: a closure would make cells of decide's
+                # locals on every call, used or not)
+                search = functools.partial(
+                    self._end_search, plan, view, span_key, tier, cheapest, rules.model, requested
                 )
+                span, read = self._span_of(search, cons, requested)
                 spans[span_key] = (span, view if read else None)
                 if span is not None:
                     selection = _from_span(span, requested, input_tokens, output_tokens)
@@ -1472,11 +1472,11 @@ class Router:
         plan: _Plan,
         view: _StatsView,
         span_key: tuple[Any, ...],
-        end: _Constraints,
         tier: int,
         cheapest: bool,
         pin: str | None,
         requested: _Cand | None,
+        end: _Constraints,
     ) -> _Selection | None:
         """What a search finds at a bucket's end (``end.w``), unpriced: the same for the
         span checks of the buckets on either side, so it is kept for the other one."""
@@ -1510,7 +1510,7 @@ class Router:
         reasons and fallbacks, no candidate's cost crosses another's inside it, and
         the search gives them for any share in between too.
         """
-        bucket = min(_BUCKETS - 1, int(cons.w * _BUCKETS))
+        bucket = _bucket_of(cons.w)
         found: _Selection | None = None
         read = False
         for w in (bucket / _BUCKETS, (bucket + 1) / _BUCKETS):
@@ -1697,7 +1697,7 @@ class Router:
         want: int,
         reasons: list[Reason],
     ) -> list[_Pick]:
-        bucket = min(_BUCKETS - 1, int(cons.w * _BUCKETS))
+        bucket = _bucket_of(cons.w)
         bounds, cands = plan.by_bound(level, bucket, cons.needs, cons.min_quality)
         limit = cons.limit
         # (Bounds and costs are rounded floats: a candidate costing exactly the limit
@@ -2008,7 +2008,22 @@ def _by_name(plan: _Plan, name: str) -> _Cand | None:
 
 
 def _contains_any(text: str, parts: tuple[str, ...]) -> bool:
-    return any(map(text.__contains__, parts))
+    # (a loop of ``in``: ``any(map(text.__contains__, ...))`` calls a slot wrapper
+    # per part, several times slower)
+    for part in parts:
+        if part in text:
+            return True
+    return False
+
+
+def _holding(
+    rules: tuple[_CompiledRule, ...], ctx: RouteContext, input_tokens: int, needs: int
+) -> tuple[_CompiledRule, ...]:
+    """The ``rules`` whose conditions but the text ones hold (see ``_CompiledRule.holds``).
+
+    Its own function: a generator expression in the caller would make cells of the
+    caller's locals on every call, even when it never runs."""
+    return tuple(r for r in rules if r.holds(ctx, input_tokens, needs))
 
 
 #: The per-text rule memo keeps at most this many texts of at most this many
@@ -2108,7 +2123,13 @@ def _min_opt(a: float | None, b: float | None) -> float | None:
         return b
     if b is None:
         return a
-    return min(a, b)
+    return b if b < a else a  # (as ``min(a, b)`` answers, minus its argument parsing)
+
+
+def _bucket_of(w: float) -> int:
+    """The bucket of output share ``w`` (0 to 1) among ``_BUCKETS``; 1 is in the last."""
+    bucket = int(w * _BUCKETS)
+    return bucket if bucket < _BUCKETS else _BUCKETS - 1
 
 
 def _p95(stats: DeploymentStats | None, stream: bool, min_samples: int) -> float | None:
