@@ -171,7 +171,7 @@ def _cost_of_units(total: int) -> tuple[Decimal, str]:
     if total % 20_000 == 5_000:  # half a micro-dollar over an even count: rounds down
         micros -= 1
     if micros < 1_000_000:  # (under a dollar: the usual case, in one format)
-        text = f"$0.{micros:06d}".rstrip("0") if micros else "$0"
+        text = ("$0.%06d" % micros).rstrip("0") if micros else "$0"  # (``%``: no spec parsing)
     else:
         dollars, fraction = divmod(micros, 1_000_000)
         text = f"${dollars}.{fraction:06d}".rstrip("0").rstrip(".")
@@ -1233,6 +1233,7 @@ class Router:
         # figures through the view that holds the memo). Only an int tier is a key:
         # ``True == 1``, yet the reasons would spell them differently.
         key: tuple[Any, ...] | None = None
+        digest = 0
         selection: _Selection | None = None
         if type(tier) is int:
             key = (
@@ -1252,9 +1253,14 @@ class Router:
                 request.stream,
             )
             try:
-                selection = view.selections.get(key) or plan.selections.get(key)
+                digest = hash(key)
             except TypeError:  # an unhashable value in the context: not remembered
                 key = None
+            else:
+                # A selection is kept only once its key's hash is noted (``_seen_twice``),
+                # so a key never noted has none to find: new inputs skip both lookups.
+                if digest in plan.once or digest in view.once:
+                    selection = view.selections.get(key) or plan.selections.get(key)
             if selection is not None and selection.seen is not None:
                 health = self.health
                 for deployment, available in selection.seen:
@@ -1321,7 +1327,7 @@ class Router:
                 and entry is None
                 and (
                     _ends_kept(plan, view, span_key)
-                    or _seen_twice(view.once if sla is not None else plan.once, span_key)
+                    or _seen_twice(view.once if sla is not None else plan.once, hash(span_key))
                 )
             ):
                 spans = plan.spans
@@ -1356,7 +1362,7 @@ class Router:
         # whatever the stats say next, so it is kept with the plan, not the view.
         if fresh and key is not None and selection.cons.seen is None:
             stats_free = not selection.cons.stats_read and selection.seen is None
-            if _seen_twice(plan.once if stats_free else view.once, key):
+            if _seen_twice(plan.once if stats_free else view.once, digest):
                 selections = plan.selections if stats_free else view.selections
                 if len(selections) >= _MAX_SELECTIONS:
                     selections.clear()
@@ -2140,10 +2146,9 @@ def _p95(stats: DeploymentStats | None, stream: bool, min_samples: int) -> float
     return stats.p95_ms if stats.samples >= min_samples else None
 
 
-def _seen_twice(once: set[int], key: tuple[Any, ...]) -> bool:
-    """Whether ``key`` came before (its hash is in ``once``); notes it if not. What
-    traffic never repeats then costs a hash in a set, not work kept for nobody."""
-    digest = hash(key)
+def _seen_twice(once: set[int], digest: int) -> bool:
+    """Whether a key came before (its hash ``digest`` is in ``once``); notes it if not.
+    What traffic never repeats then costs a hash in a set, not work kept for nobody."""
     if digest in once:
         return True
     if len(once) >= 4 * _MAX_SELECTIONS:

@@ -9,6 +9,8 @@ recorded and marked ``estimated=True``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .schema import ChatRequest, ImagePart, Message, TextPart
 
@@ -63,6 +65,45 @@ def estimate_message_tokens(message: Message) -> int:
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
+def _native_compact_encoder() -> Callable[[Any, int], Sequence[str]] | None:
+    """``_COMPACT_JSON``'s C encoder, made once. ``JSONEncoder.encode`` makes one
+    (and the closures around it) on every call, which costs more than encoding a
+    tool's schema does. It keeps no record of containers on the way down: a cycle
+    ends in ``RecursionError`` instead of ``ValueError`` (a validated request has
+    none). ``None`` where CPython's ``_json`` is missing or takes other arguments."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder: Callable[[Any, int], Sequence[str]] = make(
+            None,  # markers: no cycle check
+            _COMPACT_JSON.default,
+            json.encoder.encode_basestring_ascii,
+            None,  # indent
+            ":",
+            ",",
+            False,  # sort_keys
+            False,  # skipkeys
+            True,  # allow_nan
+        )
+        sample = {"a": [1, 2.5, None, True, "\u00e9"]}
+        if "".join(encoder(sample, 0)) != _COMPACT_JSON.encode(sample):
+            return None
+    except (TypeError, ValueError):
+        return None
+    return encoder
+
+
+_NATIVE_COMPACT = _native_compact_encoder()
+
+
+def _compact_json_length(value: Any) -> int:
+    """The length of ``value`` as compact, ASCII-only JSON (``separators=(",", ":")``)."""
+    if _NATIVE_COMPACT is None:
+        return len(_COMPACT_JSON.encode(value))
+    return len("".join(_NATIVE_COMPACT(value, 0)))
+
+
 def estimate_request_tokens(request: ChatRequest) -> int:
     """Input tokens of ``request``: messages, framing and tool definitions."""
     return request_tokens_and_images(request)[0]
@@ -84,5 +125,5 @@ def request_tokens_and_images(request: ChatRequest) -> tuple[int, bool]:
                 images = any(isinstance(part, ImagePart) for part in content)
     for tool in request.tools or ():
         tokens += 8 + estimate_text_tokens(tool.name) + estimate_text_tokens(tool.description or "")
-        tokens += (len(_COMPACT_JSON.encode(tool.parameters)) + 3) // 4
+        tokens += (_compact_json_length(tool.parameters) + 3) // 4
     return tokens, images

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from routing_middleware import tokens
 from routing_middleware.schema import ChatRequest, ImagePart, Message, TextPart, Tool, ToolCall
 from routing_middleware.tokens import (
     IMAGE_TOKENS,
     MESSAGE_OVERHEAD_TOKENS,
     estimate_request_tokens,
+    _compact_json_length,
     estimate_text_tokens,
 )
 
@@ -43,3 +51,27 @@ def test_request_estimate_counts_framing_images_tools_and_calls() -> None:
     call = Message(role="assistant", tool_calls=[ToolCall(id="c1", name="f", arguments='{"a":1}')])
     with_call = ChatRequest(model="m", messages=[*text_only.messages, call])
     assert estimate_request_tokens(with_call) > estimate_request_tokens(text_only) + 4
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_tool_schema_length_is_the_compact_json_length(value: object) -> None:
+    # The encoder made once must write what ``json.dumps`` writes, NaN and escapes included.
+    assert _compact_json_length(value) == len(json.dumps(value, separators=(",", ":")))
+
+
+def test_tool_schema_length_has_a_native_encoder_here() -> None:
+    # CPython ships ``_json``: the fast path is the one measured, not the fallback.
+    assert tokens._NATIVE_COMPACT is not None
+
+
+def test_tool_schema_that_json_cannot_write_is_refused() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        _compact_json_length({"a": object()})
