@@ -1,8 +1,10 @@
 """The optional C part of the package; everything else is in pyproject.toml.
 
 ``routing_middleware._wordscan`` speeds up the built-in classifier's pass over a
-text's words. It is optional: without a C compiler the build goes on without it and
-the classifier uses its pure-Python path, which gives the same answers.
+text's words, ``routing_middleware._messagescan`` the pass over a request's messages
+that every routing decision makes. Both are optional: without a C compiler the build
+goes on without them and the package uses its pure-Python paths, which give the same
+answers.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +15,11 @@ setup(
             "routing_middleware._wordscan",
             ["routing_middleware/_wordscan.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "routing_middleware._messagescan",
+            ["routing_middleware/_messagescan.c"],
+            optional=True,
+        ),
     ]
 )

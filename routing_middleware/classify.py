@@ -28,6 +28,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from ._messages import scan as _scan
 from .schema import ChatRequest, Message
 
 _WordScan: Any = None
@@ -489,6 +490,10 @@ def request_texts(request: ChatRequest) -> tuple[str, str, int]:
     ``system_text`` and the number of turns, in one pass (see
     :meth:`ComplexityScorer.tier_of_texts`)."""
     messages = request.messages
+    if _scan is not None:
+        found = _scan(messages)
+        if found is not None:
+            return found[1], found[2], found[3]
     last: Message | None = None
     system: list[Message] = []
     users = 0

@@ -54,6 +54,7 @@ from decimal import Decimal
 from typing import Any
 
 from ._literals import prefilter
+from ._messages import scan as _scan_messages
 from .budgets import Budgets
 from .catalog import Catalog, ModelInfo
 from .classify import Classifier, ComplexityScorer, request_texts
@@ -62,7 +63,7 @@ from .context import Mode, RouteContext, current_context
 from .pricing import COST_QUANTUM, estimate_cost, list_price_units
 from .schema import BudgetExceeded, ChatRequest, NoRouteAvailable
 from .stats import AlwaysAvailable, DeploymentStats, HealthCheck, StatsSnapshot, StatsStore
-from .tokens import request_tokens_and_images
+from .tokens import request_tokens_and_images, scanned_tokens
 
 __all__ = ["Decision", "Deployment", "Reason", "Router"]
 
@@ -1131,11 +1132,19 @@ class Router:
         config = self.config
         reasons: list[Reason] = []
         requested = plan.requested(request.model, self.catalog)
-        input_tokens, images = request_tokens_and_images(request)
+        messages = request.messages
+        found = _scan_messages(messages) if _scan_messages is not None else None
+        texts: tuple[str, str, int] | None
+        if found is not None:  # (plain-text messages, read in one native pass)
+            input_tokens = scanned_tokens(found[0], len(messages), request.tools)
+            images = False
+            texts = (found[1], found[2], found[3])
+        else:
+            input_tokens, images = request_tokens_and_images(request)
+            # Read once for the text rules and the built-in scorer when both may read
+            # them (a tier hint leaves the scorer out).
+            texts = request_texts(request) if self._text_rules and ctx.tier is None else None
         needs = _needs(request, images)
-        # Read once for the text rules and the built-in scorer when both may read them
-        # (a tier hint leaves the scorer out).
-        texts = request_texts(request) if self._text_rules and ctx.tier is None else None
         rules = (
             self._apply_rules(request, ctx, input_tokens, needs, texts)
             if self._rules

@@ -12,7 +12,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .schema import ChatRequest, ImagePart, Message, TextPart
+from ._messages import scan as _scan
+from .schema import ChatRequest, ImagePart, Message, TextPart, Tool
 
 __all__ = [
     "IMAGE_TOKENS",
@@ -112,9 +113,14 @@ def estimate_request_tokens(request: ChatRequest) -> int:
 def request_tokens_and_images(request: ChatRequest) -> tuple[int, bool]:
     """:func:`estimate_request_tokens`, and whether a message holds an image, in one
     pass over the messages (the router needs both on every decision)."""
+    messages = request.messages
+    if _scan is not None:
+        found = _scan(messages)
+        if found is not None:  # (plain-text messages: none holds an image)
+            return scanned_tokens(found[0], len(messages), request.tools), False
     tokens = _REPLY_PRIMER_TOKENS
     images = False
-    for message in request.messages:
+    for message in messages:
         content = message.content
         # The common message, plain ASCII text and no tool calls, counted inline.
         if isinstance(content, str) and content.isascii() and not message.tool_calls:
@@ -123,7 +129,20 @@ def request_tokens_and_images(request: ChatRequest) -> tuple[int, bool]:
             tokens += estimate_message_tokens(message)
             if not images and isinstance(content, list):
                 images = any(isinstance(part, ImagePart) for part in content)
-    for tool in request.tools or ():
+    tools = request.tools
+    return (tokens + _tools_tokens(tools) if tools else tokens), images
+
+
+def scanned_tokens(text_tokens: int, count: int, tools: list[Tool] | None) -> int:
+    """:func:`estimate_request_tokens` of a request of ``count`` messages whose texts
+    come to ``text_tokens`` (as the native message scan counts them) and ``tools``."""
+    tokens = _REPLY_PRIMER_TOKENS + MESSAGE_OVERHEAD_TOKENS * count + text_tokens
+    return tokens + _tools_tokens(tools) if tools else tokens
+
+
+def _tools_tokens(tools: list[Tool]) -> int:
+    tokens = 0
+    for tool in tools:
         tokens += 8 + estimate_text_tokens(tool.name) + estimate_text_tokens(tool.description or "")
         tokens += (_compact_json_length(tool.parameters) + 3) // 4
-    return tokens, images
+    return tokens

@@ -1,0 +1,127 @@
+"""The native pass over a request's messages (``routing_middleware/_messagescan.c``)
+against the Python paths it stands in for; skipped when the extension was not built."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from routing_middleware import _messages, classify, tokens
+from routing_middleware.schema import ChatRequest, ImagePart, Message, TextPart, Tool, ToolCall
+
+scan = _messages.scan
+pytestmark = pytest.mark.skipif(scan is None, reason="the native message scan is not built")
+
+# Text with what the Python paths treat apart: non-ASCII, empty, long.
+texts = st.one_of(
+    st.text(alphabet=st.characters(max_codepoint=127), max_size=60),
+    st.text(max_size=20),
+    st.sampled_from(["", "x" * 4001, "héllo", "日本語"]),
+)
+contents = st.one_of(
+    st.none(),
+    texts,
+    st.lists(
+        st.one_of(
+            texts.map(lambda t: TextPart(text=t)), st.just(ImagePart(url="https://i/x.png"))
+        ),
+        max_size=3,
+    ),
+)
+calls = st.one_of(
+    st.none(), st.just([]), st.just([ToolCall(id="c1", name="f", arguments='{"a":1}')])
+)
+messages = st.builds(
+    Message,
+    role=st.sampled_from(["system", "developer", "user", "assistant", "tool"]),
+    content=contents,
+    tool_calls=calls,
+)
+requests = st.builds(
+    ChatRequest,
+    model=st.just("m"),
+    messages=st.lists(messages, min_size=1, max_size=5),
+    tools=st.one_of(st.none(), st.just([Tool(name="lookup", description="Find an order")])),
+)
+
+
+def _python_paths(request: ChatRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    with monkeypatch.context() as patched:
+        patched.setattr(tokens, "_scan", None)
+        patched.setattr(classify, "_scan", None)
+        return tokens.request_tokens_and_images(request), classify.request_texts(request)
+
+
+def _plain(message: Message) -> bool:
+    content = message.content
+    return (content is None or (isinstance(content, str) and content.isascii())) and (
+        not message.tool_calls
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(requests)
+def test_scan_gives_what_the_python_paths_give(request: ChatRequest) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        python_tokens, python_texts = _python_paths(request, monkeypatch)
+    assert tokens.request_tokens_and_images(request) == python_tokens
+    assert classify.request_texts(request) == python_texts
+    found = scan(request.messages)  # type: ignore[misc]
+    # The native pass answers for every request of plain-text messages, and only those.
+    assert (found is not None) == all(_plain(m) for m in request.messages)
+    if found is not None:
+        assert found[1:] == python_texts
+        assert tokens.scanned_tokens(found[0], len(request.messages), request.tools) == (
+            python_tokens[0]
+        )
+
+
+@pytest.mark.parametrize(
+    ("roles", "joined"),
+    [
+        (("user",), ""),
+        (("system", "user"), "s0"),
+        (("system", "developer", "user", "system"), "s0\n\ns1\n\ns3"),
+    ],
+)
+def test_scan_joins_system_and_developer_texts(roles: tuple[str, ...], joined: str) -> None:
+    request = ChatRequest(
+        model="m",
+        messages=[Message(role=role, content=f"s{i}") for i, role in enumerate(roles)],  # type: ignore[arg-type]
+    )
+    assert scan(request.messages)[2] == joined  # type: ignore[index,misc]
+    assert classify.request_texts(request)[1] == joined
+
+
+class _Bare:
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        (Message(role="user", content="hi"),),  # not a list
+        [1, 2],  # no instance dict
+        [_Bare(content="hi", tool_calls=None)],  # no role
+        [_Bare(role="user", tool_calls=None)],  # no content
+        [_Bare(role="user", content="hi")],  # no tool_calls
+        [_Bare(role="user", content=b"hi", tool_calls=None)],  # content not text
+        [_Bare(role=1, content="hi", tool_calls=None)],  # role not text
+        [_Bare(role="user", content="hi", tool_calls=())],  # calls not a list
+    ],
+)
+def test_scan_leaves_what_it_cannot_read_to_the_python_path(messages: Any) -> None:
+    assert scan(messages) is None  # type: ignore[misc]
+
+
+def test_pure_python_setting_turns_the_native_scan_off() -> None:
+    code = "from routing_middleware import _messages; assert _messages.scan is None"
+    env = {"LLMROUTE_PURE_PYTHON": "1", "PATH": ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
