@@ -55,6 +55,7 @@ from typing import Any
 
 from ._literals import prefilter
 from ._messages import scan as _scan_messages
+from ._record_maker import record_maker
 from .budgets import Budgets
 from .catalog import Catalog, ModelInfo
 from .classify import Classifier, ComplexityScorer, request_texts
@@ -139,8 +140,10 @@ class Decision:
         return tuple(r.code for r in self.reasons)
 
 
-_new = object.__new__
-_set = object.__setattr__  # (``Decision`` is frozen: its own ``__setattr__`` refuses)
+# ``Decision(...)`` and ``Reason(...)`` as their generated ``__init__`` make them, in
+# one call instead of an ``object.__setattr__`` call per field (see ``_record_maker``).
+_make_decision = record_maker(Decision)
+_make_reason = record_maker(Reason)
 
 
 def _expected_cost(model: ModelInfo, input_tokens: int, output_tokens: int) -> Decimal:
@@ -1160,7 +1163,9 @@ class Router:
             reasons.append(_shared_reason("hint_tier", "hint → tier {}", tier))
         elif rules.tier is not None:
             tier = rules.tier
-        min_quality = max(ctx.min_quality or 0, rules.min_quality or 0)
+        min_quality = ctx.min_quality or 0
+        if rules.min_quality is not None and rules.min_quality > min_quality:
+            min_quality = rules.min_quality  # (``max()`` itself: argument parsing per call)
         routable = requested is not None or tier is not None or rules.model is not None
         routable = routable or min_quality > 0
         if not routable:
@@ -1391,21 +1396,19 @@ class Router:
             keep = requested.deployments[0] if requested else _unknown_deployment(request.model)
             reasons.append(Reason("observe", f"observe mode: keeping {request.model}"))
             primary, fallbacks = keep, ()
-        # What ``Decision(...)`` does, minus the generated ``__init__``'s lookups
-        # per field (a tenth of a remembered decision).
-        decision: Decision = _new(Decision)
-        _set(decision, "primary", primary)
-        _set(decision, "fallbacks", fallbacks)
-        _set(decision, "tier", selection.level)
-        _set(decision, "estimated_cost", selection.estimated)
-        _set(decision, "requested_model", request.model)
-        _set(decision, "requested_cost", selection.requested_cost)
-        _set(decision, "mode", mode)
-        _set(decision, "reasons", tuple(reasons))
-        _set(decision, "routed", routed)
-        _set(decision, "input_tokens", input_tokens)
-        _set(decision, "output_tokens", output_tokens)
-        return decision
+        return _make_decision(
+            primary,
+            fallbacks,
+            selection.level,
+            selection.estimated,
+            request.model,
+            selection.requested_cost,
+            mode,
+            tuple(reasons),
+            routed,
+            input_tokens,
+            output_tokens,
+        )
 
     def _select(
         self,
@@ -1949,9 +1952,7 @@ def _priced(
         else:
             requested_cost, other = _cand_cost(requested, input_tokens, output_tokens)
         message = f"chose {cand.id} (tier {level}) at ~{text} vs {other} on {requested.id}"
-    chosen: Reason = _new(Reason)
-    _set(chosen, "code", "chosen")
-    _set(chosen, "message", message)
+    chosen = _make_reason("chosen", message)
     return _Selection(best, rest, level, reasons, cons, estimated, requested_cost, chosen)
 
 

@@ -1,0 +1,20 @@
+"""The optional C extensions are built wherever a C compiler is. ``setup.py`` marks
+them optional, so a compile error only leaves the package on its Python paths, with
+every other test still passing: this is the test that fails then."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sysconfig
+
+import pytest
+
+_CC = (sysconfig.get_config_var("CC") or "cc").split()[0]
+
+
+@pytest.mark.skipif(shutil.which(_CC) is None, reason="no C compiler: the Python paths run")
+@pytest.mark.parametrize("name", ["_wordscan", "_messagescan", "_records"])
+def test_the_extension_is_built(name: str) -> None:
+    module = importlib.import_module(f"routing_middleware.{name}")
+    assert module.__file__ is not None and not module.__file__.endswith(".py")
