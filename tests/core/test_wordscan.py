@@ -110,6 +110,20 @@ def test_many_words_grow_the_table_and_stay_found(monkeypatch: pytest.MonkeyPatc
     assert first == classify._text_cues(text) == _python_counts(text)
 
 
+@pytest.mark.parametrize("length", range(1, 26))
+def test_a_word_added_is_found_whatever_its_length(length: int) -> None:
+    # ``add`` hashes a word as it is given, the pass as it folds it (with zeros after
+    # it): both must agree at every length around the eight-byte chunks.
+    word = bytes(97 + i % 26 for i in range(length))
+    scan = WordScan(classify._FOLD_TABLE, ())
+    scan.add(word, 0, 0, 0, False)
+    scan.add(b"x", 0, 0, 0, False)
+    text = b"x " + word + b" x " + word
+    assert scan.scan(text)[0] is not None  # no word unseen
+    assert isinstance(scan.features(text.decode()), tuple)
+    assert scan.scan(text + b" " + word + b"z")[1] == [word + b"z"]
+
+
 def test_a_word_seen_then_a_cue_counts_once_per_text() -> None:
     scan = WordScan(classify._FOLD_TABLE, PHRASES)
     scan.add(b"step", 0, 1, 0, False)
