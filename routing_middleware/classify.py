@@ -673,7 +673,12 @@ class ComplexityScorer:
         """The tier of a request with these :func:`request_texts` and number of tools:
         what a caller that has read them already (the router) asks instead of
         :meth:`__call__`."""
-        key = (text[-4000:], system[-4000:], turns, tools)
+        key = (
+            text if len(text) <= 4000 else text[-4000:],  # (a slice costs even when whole)
+            system if len(system) <= 4000 else system[-4000:],
+            turns,
+            tools,
+        )
         tiers = self._tiers
         found = tiers.get(key)
         if found is None:

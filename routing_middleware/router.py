@@ -1082,33 +1082,35 @@ class Router:
                 rule_set.by_request[key] = candidates
         outcome: _RuleOutcome | None = None
         text: str | None = None
-        tested = matched = 0
+        tested = matched = known = 0
         for rule in candidates:
             bit = rule.text_bit
             if bit:
                 if text is None:
                     text = request.last_user_text if texts is None else texts[0]
-                    tested, matched = self._text_memo.get(text, (0, 0))
+                    known, matched = self._text_memo.get(text, (0, 0))
+                    tested = known
                 if not tested & bit:
                     tested |= bit
                     if _text_matches(rule, text):
                         matched |= bit
-                    if len(text) <= _MAX_MEMO_TEXT:
-                        memo = self._text_memo
-                        if len(memo) >= _MAX_MEMO_TEXTS:
-                            memo.clear()
-                        # One tuple, replaced whole: a reader never sees half of it.
-                        memo[text] = (tested, matched)
                 if not matched & bit:
                     continue
             if outcome is None:
                 if not rule.continue_:
-                    return rule.alone
+                    outcome = rule.alone
+                    break
                 outcome = rule.alone.copy()
             else:
                 rule.apply(outcome)
             if not rule.continue_:
                 break
+        if tested != known and len(text) <= _MAX_MEMO_TEXT:  # type: ignore[arg-type]
+            memo = self._text_memo
+            if len(memo) >= _MAX_MEMO_TEXTS:
+                memo.clear()
+            # One tuple, replaced whole: a reader never sees half of it.
+            memo[text] = (tested, matched)
         return _NO_RULES if outcome is None else outcome
 
     def _level(self, tier: int | str) -> int:
@@ -2074,9 +2076,6 @@ def _glob_ok(patterns: Any, value: str | None) -> bool:
     return any(p.match(value) for p in patterns)
 
 
-def _wants_schema(request: ChatRequest) -> bool:
-    fmt = request.response_format
-    return fmt is not None and fmt.type == "json_schema"
 
 
 _TOOLS, _VISION, _SCHEMA, _REASONING = 1, 2, 4, 8
@@ -2104,7 +2103,8 @@ def _needs(request: ChatRequest, images: bool) -> int:
         needs |= _TOOLS
     if images:
         needs |= _VISION
-    if _wants_schema(request):
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_schema":
         needs |= _SCHEMA
     if request.reasoning_effort:
         needs |= _REASONING
