@@ -1,10 +1,11 @@
-"""Frozen dataclass instances made in one call, for the router's hot path.
+"""Dataclass instances made in one call, for the router's hot path.
 
 A frozen dataclass's generated ``__init__`` sets each field through
 ``object.__setattr__``, a slot-wrapper call per field: about a microsecond for the
-eleven-field ``Decision``. ``record_maker(cls)`` gives a callable that makes the
-same ``cls`` from one positional value per field, in field order: the C
-``RecordMaker`` (``_records.c``) where the extension is built, else ``cls`` itself.
+eleven-field ``Decision``; any dataclass's costs a Python call. ``record_maker(cls)``
+gives a callable that makes the same ``cls`` from one positional value per field,
+in field order: the C ``RecordMaker`` (``_records.c``) where the extension is built,
+else ``cls`` itself.
 """
 
 from __future__ import annotations

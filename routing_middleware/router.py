@@ -435,6 +435,7 @@ class _Pick:
     deployments: tuple[Deployment, ...]
 
 
+@dataclass(slots=True, eq=False)
 class _Selection:
     """What a decision's constraints select: the ranked picks, the level they came
     from, the reasons the search gave, the costs and the ``chosen`` reason.
@@ -446,41 +447,22 @@ class _Selection:
     the same steps.
     """
 
-    __slots__ = (
-        "best",
-        "chosen",
-        "cons",
-        "estimated",
-        "fallbacks",
-        "level",
-        "reasons",
-        "requested_cost",
-        "rest",
-        "seen",
-    )
+    best: _Pick
+    rest: list[_Pick]
+    level: int
+    reasons: tuple[Reason, ...]
+    cons: _Constraints
+    estimated: Decimal
+    requested_cost: Decimal | None
+    chosen: Reason
+    #: Fallbacks when the best pick has one deployment (the primary is then fixed).
+    fallbacks: tuple[Deployment, ...] | None = None
+    seen: tuple[tuple[Deployment, bool], ...] | None = None
 
-    def __init__(
-        self,
-        best: _Pick,
-        rest: list[_Pick],
-        level: int,
-        reasons: tuple[Reason, ...],
-        cons: _Constraints,
-        estimated: Decimal,
-        requested_cost: Decimal | None,
-        chosen: Reason,
-    ) -> None:
-        self.best = best
-        self.rest = rest
-        self.level = level
-        self.reasons = reasons
-        self.cons = cons
-        self.estimated = estimated
-        self.requested_cost = requested_cost
-        self.chosen = chosen
-        #: Fallbacks when the best pick has one deployment (the primary is then fixed).
-        self.fallbacks: tuple[Deployment, ...] | None = None
-        self.seen: tuple[tuple[Deployment, bool], ...] | None = None
+
+#: ``_Selection(...)`` with every field given, in one call (see ``_record_maker``):
+#: a span's selection is made on nearly every decision on a new text.
+_make_selection = record_maker(_Selection)
 
 
 #: Selections remembered per stats view before the memo starts over.
@@ -1870,7 +1852,7 @@ def _from_span(
     """The selection ``span`` makes for a request of these token counts: its picks,
     with this request's costs. (``span.cons`` is another request's; only a search
     would read it.)"""
-    selection = _priced(
+    return _priced(
         span.best,
         span.rest,
         span.level,
@@ -1879,9 +1861,8 @@ def _from_span(
         requested,
         input_tokens,
         output_tokens,
+        span.fallbacks,
     )
-    selection.fallbacks = span.fallbacks
-    return selection
 
 
 def _at_share(cons: _Constraints, w: float, ceiling: float) -> _Constraints:
@@ -1927,6 +1908,7 @@ def _priced(
     requested: _Cand | None,
     input_tokens: int,
     output_tokens: int,
+    fallbacks: tuple[Deployment, ...] | None = None,
 ) -> _Selection:
     """A selection of these picks with this request's expected costs and ``chosen`` reason.
 
@@ -1955,7 +1937,9 @@ def _priced(
             requested_cost, other = _cand_cost(requested, input_tokens, output_tokens)
         message = f"chose {cand.id} (tier {level}) at ~{text} vs {other} on {requested.id}"
     chosen = _make_reason("chosen", message)
-    return _Selection(best, rest, level, reasons, cons, estimated, requested_cost, chosen)
+    return _make_selection(
+        best, rest, level, reasons, cons, estimated, requested_cost, chosen, fallbacks, None
+    )
 
 
 def _cand_cost(cand: _Cand, input_tokens: int, output_tokens: int) -> tuple[Decimal, str]:
