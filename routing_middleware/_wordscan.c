@@ -72,18 +72,25 @@ mix(uint64_t h)
     return h;
 }
 
+/* The mixed chunks of a word's whole eight bytes (all but its last, partial chunk). */
 static inline uint64_t
-hash_bytes(const unsigned char *p, Py_ssize_t n)
+hash_chunks(const unsigned char *p, Py_ssize_t n)
 {
     uint64_t h = 0, chunk;
-    Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) {
+    for (Py_ssize_t i = 0; i + 8 <= n; i += 8) {
         memcpy(&chunk, p + i, 8);
         h = (h ^ chunk) * 0x9e3779b97f4a7c15ULL;
     }
-    chunk = 0;
-    memcpy(&chunk, p + i, (size_t)(n - i));
-    return mix(h ^ chunk);
+    return h;
+}
+
+static inline uint64_t
+hash_bytes(const unsigned char *p, Py_ssize_t n)
+{
+    uint64_t chunk = 0;
+    Py_ssize_t whole = n & ~(Py_ssize_t)7;
+    memcpy(&chunk, p + whole, (size_t)(n - whole));
+    return mix(hash_chunks(p, n) ^ chunk);
 }
 
 /* What ``hash_bytes`` gives for a word followed by at least PAD zero bytes (``pass_words``
@@ -94,14 +101,9 @@ hash_bytes(const unsigned char *p, Py_ssize_t n)
 static inline uint64_t
 hash_padded(const unsigned char *p, Py_ssize_t n)
 {
-    uint64_t h = 0, chunk;
-    Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&chunk, p + i, 8);
-        h = (h ^ chunk) * 0x9e3779b97f4a7c15ULL;
-    }
-    memcpy(&chunk, p + i, 8);
-    return mix(h ^ chunk);
+    uint64_t chunk;
+    memcpy(&chunk, p + (n & ~(Py_ssize_t)7), 8);
+    return mix(hash_chunks(p, n) ^ chunk);
 }
 
 static Py_ssize_t

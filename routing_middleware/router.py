@@ -175,7 +175,7 @@ def _cost_of_units(total: int) -> tuple[Decimal, str]:
     if total % 20_000 == 5_000:  # half a micro-dollar over an even count: rounds down
         micros -= 1
     if micros < 1_000_000:  # (under a dollar: the usual case, in one format)
-        text = ("$0.%06d" % micros).rstrip("0") if micros else "$0"  # (``%``: no spec parsing)
+        text = ("$0.%06d" % micros).rstrip("0") if micros else "$0"  # noqa: UP031 (no spec parsing)
     else:
         dollars, fraction = divmod(micros, 1_000_000)
         text = f"${dollars}.{fraction:06d}".rstrip("0").rstrip(".")
@@ -1087,7 +1087,7 @@ class Router:
                 rule.apply(outcome)
             if not rule.continue_:
                 break
-        if tested != known and len(text) <= _MAX_MEMO_TEXT:  # type: ignore[arg-type]
+        if tested != known and text is not None and len(text) <= _MAX_MEMO_TEXT:
             memo = self._text_memo
             if len(memo) >= _MAX_MEMO_TEXTS:
                 memo.clear()
@@ -1120,12 +1120,12 @@ class Router:
         reasons: list[Reason] = []
         requested = plan.requested(request.model, self.catalog)
         messages = request.messages
-        found = _scan_messages(messages) if _scan_messages is not None else None
+        scanned = _scan_messages(messages) if _scan_messages is not None else None
         texts: tuple[str, str, int] | None
-        if found is not None:  # (plain-text messages, read in one native pass)
-            input_tokens = scanned_tokens(found[0], len(messages), request.tools)
+        if scanned is not None:  # (plain-text messages, read in one native pass)
+            input_tokens = scanned_tokens(scanned[0], len(messages), request.tools)
             images = False
-            texts = (found[1], found[2], found[3])
+            texts = (scanned[1], scanned[2], scanned[3])
         else:
             input_tokens, images = request_tokens_and_images(request)
             # Read once for the text rules and the built-in scorer when both may read
@@ -2012,7 +2012,7 @@ def _by_name(plan: _Plan, name: str) -> _Cand | None:
 def _contains_any(text: str, parts: tuple[str, ...]) -> bool:
     # (a loop of ``in``: ``any(map(text.__contains__, ...))`` calls a slot wrapper
     # per part, several times slower)
-    for part in parts:
+    for part in parts:  # noqa: SIM110
         if part in text:
             return True
     return False
@@ -2058,8 +2058,6 @@ def _glob_ok(patterns: Any, value: str | None) -> bool:
     if value is None:
         return False
     return any(p.match(value) for p in patterns)
-
-
 
 
 _TOOLS, _VISION, _SCHEMA, _REASONING = 1, 2, 4, 8

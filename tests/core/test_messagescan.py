@@ -3,8 +3,6 @@ against the Python paths it stands in for; skipped when the extension was not bu
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -13,6 +11,7 @@ from hypothesis import strategies as st
 
 from routing_middleware import _messages, classify, tokens
 from routing_middleware.schema import ChatRequest, ImagePart, Message, TextPart, Tool, ToolCall
+from tests.core.child import assert_runs
 
 scan = _messages.scan
 pytestmark = pytest.mark.skipif(scan is None, reason="the native message scan is not built")
@@ -27,9 +26,7 @@ contents = st.one_of(
     st.none(),
     texts,
     st.lists(
-        st.one_of(
-            texts.map(lambda t: TextPart(text=t)), st.just(ImagePart(url="https://i/x.png"))
-        ),
+        st.one_of(texts.map(lambda t: TextPart(text=t)), st.just(ImagePart(url="https://i/x.png"))),
         max_size=3,
     ),
 )
@@ -76,8 +73,9 @@ def test_scan_gives_what_the_python_paths_give(request: ChatRequest) -> None:
     assert (found is not None) == all(_plain(m) for m in request.messages)
     if found is not None:
         assert found[1:] == python_texts
-        assert tokens.scanned_tokens(found[0], len(request.messages), request.tools) == (
-            python_tokens[0]
+        assert (
+            tokens.scanned_tokens(found[0], len(request.messages), request.tools)
+            == (python_tokens[0])
         )
 
 
@@ -122,6 +120,4 @@ def test_scan_leaves_what_it_cannot_read_to_the_python_path(messages: Any) -> No
 
 def test_pure_python_setting_turns_the_native_scan_off() -> None:
     code = "from routing_middleware import _messages; assert _messages.scan is None"
-    env = {"LLMROUTE_PURE_PYTHON": "1", "PATH": ""}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
+    assert_runs(code, pure_python=True)

@@ -17,4 +17,5 @@ _CC = (sysconfig.get_config_var("CC") or "cc").split()[0]
 @pytest.mark.parametrize("name", ["_wordscan", "_messagescan", "_records"])
 def test_the_extension_is_built(name: str) -> None:
     module = importlib.import_module(f"routing_middleware.{name}")
-    assert module.__file__ is not None and not module.__file__.endswith(".py")
+    assert module.__file__ is not None
+    assert not module.__file__.endswith(".py")

@@ -4,14 +4,13 @@ constructor it stands in for; skipped when the extension was not built."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
 
 from routing_middleware import _record_maker
 from routing_middleware.router import Decision, Deployment, Reason
+from tests.core.child import assert_runs
 
 RecordMaker = _record_maker._NativeRecordMaker
 pytestmark = pytest.mark.skipif(RecordMaker is None, reason="the C record maker is not built")
@@ -92,8 +91,7 @@ def test_a_maker_not_initialised_raises_instead_of_crashing() -> None:
         "else:\n"
         "    raise AssertionError('no error')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert_runs(code)
 
 
 def test_without_the_extension_the_dataclass_is_the_maker() -> None:
@@ -102,6 +100,4 @@ def test_without_the_extension_the_dataclass_is_the_maker() -> None:
         "from routing_middleware.router import Decision\n"
         "assert _record_maker.record_maker(Decision) is Decision\n"
     )
-    env = {"LLMROUTE_PURE_PYTHON": "1", "PATH": ""}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
+    assert_runs(code, pure_python=True)

@@ -11,8 +11,8 @@ from routing_middleware.schema import ChatRequest, ImagePart, Message, TextPart,
 from routing_middleware.tokens import (
     IMAGE_TOKENS,
     MESSAGE_OVERHEAD_TOKENS,
-    estimate_request_tokens,
     _compact_json_length,
+    estimate_request_tokens,
     estimate_text_tokens,
 )
 

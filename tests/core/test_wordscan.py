@@ -4,14 +4,13 @@ Python path it stands in for; skipped when the extension was not built."""
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routing_middleware import classify
+from tests.core.child import assert_runs
 
 WordScan = classify._WordScan
 pytestmark = pytest.mark.skipif(WordScan is None, reason="the C word pass is not built")
@@ -165,8 +164,7 @@ def test_a_word_scan_not_initialised_raises_instead_of_crashing() -> None:
         "    else:\n"
         "        raise AssertionError('no error')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert_runs(code)
 
 
 def _python_features(text: str) -> tuple[int, ...] | None:
