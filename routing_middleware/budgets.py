@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -1114,7 +1114,9 @@ class Budgets:
             found = self._remembered(ctx, self._clock())
             if found is not None:
                 return found
-        return outage.run(lambda: self._pressing_now(ctx), ())
+        # (a partial, not a lambda: a closure would make a cell of ``ctx`` on every
+        # call, the memo's answers included)
+        return outage.run(partial(self._pressing_now, ctx), ())
 
     def _remembered(self, ctx: RouteContext, now: float) -> tuple[BudgetStatus, ...] | None:
         """What :meth:`pressing` answered for ``ctx`` at ``now`` while it still holds,

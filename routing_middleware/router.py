@@ -1016,22 +1016,21 @@ class Router:
 
     # ------------------------------------------------------------------ rules
 
-    def _rules_for(self, ctx: RouteContext, model: str) -> _RuleSet:
-        key = (ctx.feature, ctx.route, model)
-        found = self._rule_cache.get(key)
-        if found is None:
-            found = _RuleSet(
-                tuple(
-                    r
-                    for r in self._rules
-                    if _glob_ok(r.features, ctx.feature)
-                    and _glob_ok(r.routes, ctx.route)
-                    and _glob_ok(r.models, model)
-                )
+    def _new_rule_set(self, ctx: RouteContext, model: str) -> _RuleSet:
+        """The rules whose globs match this feature, route and model, kept for them
+        (``_apply_rules`` looks in ``_rule_cache`` first)."""
+        found = _RuleSet(
+            tuple(
+                r
+                for r in self._rules
+                if _glob_ok(r.features, ctx.feature)
+                and _glob_ok(r.routes, ctx.route)
+                and _glob_ok(r.models, model)
             )
-            if len(self._rule_cache) > 4096:
-                self._rule_cache.clear()
-            self._rule_cache[key] = found
+        )
+        if len(self._rule_cache) > 4096:
+            self._rule_cache.clear()
+        self._rule_cache[(ctx.feature, ctx.route, model)] = found
         return found
 
     def _apply_rules(
@@ -1044,7 +1043,9 @@ class Router:
     ) -> _RuleOutcome:
         """The outcome of the rules for this request, whose :func:`request_texts` are
         ``texts`` when read already; read only (it may be shared)."""
-        rule_set = self._rules_for(ctx, request.model)
+        rule_set = self._rule_cache.get((ctx.feature, ctx.route, request.model))
+        if rule_set is None:
+            rule_set = self._new_rule_set(ctx, request.model)
         cuts = rule_set.thresholds
         band = bisect.bisect_right(cuts, input_tokens) if cuts else 0
         # The rules whose every condition but the text ones holds, per everything
@@ -1796,8 +1797,7 @@ class Router:
         if len(deployments) == 1:
             return deployments[0]
         if self.config.load_balancing == "least_busy" and self.stats is not None:
-            stats = self.stats
-            return min(deployments, key=lambda d: stats.in_flight(d.key))
+            return _least_busy(deployments, self.stats)
         if deployments is pick.cand.deployments:
             cumulative: tuple[float, ...] | list[float] = pick.cand.cumulative
         else:
@@ -2122,6 +2122,11 @@ def _min_opt(a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return b if b < a else a  # (as ``min(a, b)`` answers, minus its argument parsing)
+
+
+def _least_busy(deployments: tuple[Deployment, ...], stats: StatsStore) -> Deployment:
+    # (its own function: a lambda in the caller would make a cell on every call)
+    return min(deployments, key=lambda d: stats.in_flight(d.key))
 
 
 def _bucket_of(w: float) -> int:
