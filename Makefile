@@ -20,7 +20,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # (setup.py builds the optional C word pass: a change to it is built again)
-BUILD_FILES := pyproject.toml setup.py routing_middleware/_wordscan.c routing_middleware/_messagescan.c routing_middleware/_records.c
+BUILD_FILES := pyproject.toml setup.py routing_middleware/_wordscan.c routing_middleware/_messagescan.c routing_middleware/_records.c routing_middleware/_costs.c
 
 $(STAMP): $(BIN)/python $(BUILD_FILES)
 	$(BIN)/python -m pip install -q -e '.[dev]'

@@ -11,20 +11,17 @@ else ``cls`` itself.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from ._native import native
 
 __all__ = ["record_maker"]
 
 T = TypeVar("T")
 
-_NativeRecordMaker: Any = None
-if not os.environ.get("LLMROUTE_PURE_PYTHON"):
-    try:
-        from ._records import RecordMaker as _NativeRecordMaker
-    except ImportError:  # built without a compiler: the dataclass itself
-        pass
+#: The maker in C (``_records.c``), or ``None``: then the dataclass itself.
+_NativeRecordMaker: Any = native("_records", "RecordMaker")
 
 
 def record_maker(cls: type[T]) -> Callable[..., T]:

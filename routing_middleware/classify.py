@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
-import os
 import re
 import threading
 from collections import Counter
@@ -28,15 +27,12 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from ._messages import scan as _scan
+from . import tokens
+from ._native import native as _native
 from .schema import ChatRequest, Message
 
-_WordScan: Any = None
-if not os.environ.get("LLMROUTE_PURE_PYTHON"):
-    try:  # the word pass in C, built with the package when a compiler is there
-        from ._wordscan import WordScan as _WordScan
-    except ImportError:
-        pass
+#: The word pass in C (``_wordscan.c``), or ``None`` for the Python path.
+_WordScan: Any = _native("_wordscan", "WordScan")
 
 __all__ = [
     "Classifier",
@@ -490,8 +486,9 @@ def request_texts(request: ChatRequest) -> tuple[str, str, int]:
     ``system_text`` and the number of turns, in one pass (see
     :meth:`ComplexityScorer.tier_of_texts`)."""
     messages = request.messages
-    if _scan is not None:
-        found = _scan(messages)
+    scan = tokens.scan_messages  # (the native pass the token estimate uses too)
+    if scan is not None:
+        found = scan(messages)
         if found is not None:
             return found[1], found[2], found[3]
     last: Message | None = None

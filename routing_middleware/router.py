@@ -54,7 +54,7 @@ from decimal import Decimal
 from typing import Any
 
 from ._literals import prefilter
-from ._messages import scan as _scan_messages
+from ._native import native
 from ._record_maker import record_maker
 from .budgets import Budgets
 from .catalog import Catalog, ModelInfo
@@ -64,7 +64,7 @@ from .context import Mode, RouteContext, current_context
 from .pricing import COST_QUANTUM, estimate_cost, list_price_units
 from .schema import BudgetExceeded, ChatRequest, NoRouteAvailable
 from .stats import AlwaysAvailable, DeploymentStats, HealthCheck, StatsSnapshot, StatsStore
-from .tokens import request_tokens_and_images, scanned_tokens
+from .tokens import request_tokens_and_images, scan_messages, scanned_tokens
 
 __all__ = ["Decision", "Deployment", "Reason", "Router"]
 
@@ -166,16 +166,17 @@ def _list_units(model: ModelInfo) -> tuple[int, int] | None:
     return None if units is None else (units[0], units[4])
 
 
-def _cost_of_units(total: int) -> tuple[Decimal, str]:
+def _py_cost_of_units(total: int) -> tuple[Decimal, str]:
     """A cost of ``total`` 1e-10 USD as :func:`_expected_cost` gives it (it is exact
-    at that quantum) and as :func:`_usd` writes it (rounded half to even)."""
+    at that quantum) and as :func:`_usd` writes it (rounded half to even). The Python
+    path of ``_cost_of_units``."""
     if not total:
         return _ZERO_COST, "$0"
     micros = (total + 5_000) // 10_000
     if total % 20_000 == 5_000:  # half a micro-dollar over an even count: rounds down
         micros -= 1
     if micros < 1_000_000:  # (under a dollar: the usual case, in one format)
-        text = ("$0.%06d" % micros).rstrip("0") if micros else "$0"  # noqa: UP031 (no spec parsing)
+        text = f"$0.{micros:06d}".rstrip("0") if micros else "$0"
     else:
         dollars, fraction = divmod(micros, 1_000_000)
         text = f"${dollars}.{fraction:06d}".rstrip("0").rstrip(".")
@@ -185,6 +186,14 @@ def _cost_of_units(total: int) -> tuple[Decimal, str]:
 
 _ZERO_COST = Decimal(0).scaleb(-10)
 _QUANTUM = Decimal("1E-10")
+_CostWriter = native("_costs", "CostWriter")
+#: :func:`_py_cost_of_units` in one C call (``_costs.c``) where the extension is built:
+#: a decision on a new text prices its pick, and the requested model, with it.
+_cost_of_units: Callable[[int], tuple[Decimal, str]] = (
+    _py_cost_of_units
+    if _CostWriter is None
+    else _CostWriter(Decimal, _QUANTUM, _ZERO_COST, _py_cost_of_units)
+)
 #: The ``chosen`` reason of a selection made only to be compared, never to decide.
 _UNPRICED = Reason("chosen", "")
 
@@ -1121,7 +1130,7 @@ class Router:
         reasons: list[Reason] = []
         requested = plan.requested(request.model, self.catalog)
         messages = request.messages
-        scanned = _scan_messages(messages) if _scan_messages is not None else None
+        scanned = scan_messages(messages) if scan_messages is not None else None
         texts: tuple[str, str, int] | None
         if scanned is not None:  # (plain-text messages, read in one native pass)
             input_tokens = scanned_tokens(scanned[0], len(messages), request.tools)

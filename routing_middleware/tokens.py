@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._messages import scan as _scan
+from ._native import native
 from .schema import ChatRequest, ImagePart, Message, TextPart, Tool
 
 __all__ = [
@@ -29,6 +29,11 @@ MESSAGE_OVERHEAD_TOKENS = 4
 #: A flat estimate per image; providers range from ~85 (low detail) to ~1,600.
 IMAGE_TOKENS = 800
 _REPLY_PRIMER_TOKENS = 3
+
+#: The one native pass over a request's messages (``_messagescan.c``): for messages of
+#: plain-ASCII text (or none) and no tool calls, ``(text tokens, last user text,
+#: system text, turns)``; else ``None``, and the Python paths below read them.
+scan_messages = native("_messagescan", "scan")
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -114,8 +119,8 @@ def request_tokens_and_images(request: ChatRequest) -> tuple[int, bool]:
     """:func:`estimate_request_tokens`, and whether a message holds an image, in one
     pass over the messages (the router needs both on every decision)."""
     messages = request.messages
-    if _scan is not None:
-        found = _scan(messages)
+    if scan_messages is not None:
+        found = scan_messages(messages)
         if found is not None:  # (plain-text messages: none holds an image)
             return scanned_tokens(found[0], len(messages), request.tools), False
     tokens = _REPLY_PRIMER_TOKENS

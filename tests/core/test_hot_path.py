@@ -22,7 +22,7 @@ HOT: list[Callable[..., Any]] = [
     router.Router._stats_now,
     router._priced,
     router._from_span,
-    router._cost_of_units,
+    router._py_cost_of_units,
     Budgets.pressing,
     Budgets._remembered,
     classify.ComplexityScorer.tier_of_texts,

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing_middleware import _messages, classify, tokens
+from routing_middleware import classify, tokens
 from routing_middleware.schema import ChatRequest, ImagePart, Message, TextPart, Tool, ToolCall
 from tests.core.child import assert_runs
 
-scan = _messages.scan
+scan = tokens.scan_messages
 pytestmark = pytest.mark.skipif(scan is None, reason="the native message scan is not built")
 
 # Text with what the Python paths treat apart: non-ASCII, empty, long.
@@ -49,8 +49,7 @@ requests = st.builds(
 
 def _python_paths(request: ChatRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
     with monkeypatch.context() as patched:
-        patched.setattr(tokens, "_scan", None)
-        patched.setattr(classify, "_scan", None)
+        patched.setattr(tokens, "scan_messages", None)  # (classify reads it there too)
         return tokens.request_tokens_and_images(request), classify.request_texts(request)
 
 
@@ -119,5 +118,5 @@ def test_scan_leaves_what_it_cannot_read_to_the_python_path(messages: Any) -> No
 
 
 def test_pure_python_setting_turns_the_native_scan_off() -> None:
-    code = "from routing_middleware import _messages; assert _messages.scan is None"
+    code = "from routing_middleware import tokens; assert tokens.scan_messages is None"
     assert_runs(code, pure_python=True)

@@ -14,7 +14,7 @@ _CC = (sysconfig.get_config_var("CC") or "cc").split()[0]
 
 
 @pytest.mark.skipif(shutil.which(_CC) is None, reason="no C compiler: the Python paths run")
-@pytest.mark.parametrize("name", ["_wordscan", "_messagescan", "_records"])
+@pytest.mark.parametrize("name", ["_wordscan", "_messagescan", "_records", "_costs"])
 def test_the_extension_is_built(name: str) -> None:
     module = importlib.import_module(f"routing_middleware.{name}")
     assert module.__file__ is not None

@@ -27,8 +27,10 @@ from routing_middleware.router import (
     Deployment,
     Router,
     _cost_of_units,
+    _CostWriter,
     _expected_cost,
     _list_units,
+    _py_cost_of_units,
     _usd,
 )
 from routing_middleware.schema import (
@@ -44,6 +46,8 @@ from routing_middleware.schema import (
 from routing_middleware.stats import MemoryStatsStore, StatsSnapshot
 
 ALL_CAPS = frozenset({"streaming", "tools", "vision", "json_schema", "reasoning"})
+#: The cost writer the router uses (in C where built) and its Python path.
+COST_PATHS = (_cost_of_units, _py_cost_of_units)
 
 
 def _model(
@@ -1388,8 +1392,9 @@ def test_integer_costs_equal_the_decimal_ones(
     if units is None:  # a price finer than 1e-10 USD per token: the Decimal path
         assert (pin.scaleb(4) % 1) or (pout.scaleb(4) % 1)
         return
-    cost, text = _cost_of_units(tokens_in * units[0] + tokens_out * units[1])
-    assert (cost, str(cost), text) == (expected, str(expected), _usd(expected))
+    for cost_of_units in COST_PATHS:
+        cost, text = cost_of_units(tokens_in * units[0] + tokens_out * units[1])
+        assert (cost, str(cost), text) == (expected, str(expected), _usd(expected))
 
 
 @pytest.mark.parametrize(
@@ -1397,12 +1402,29 @@ def test_integer_costs_equal_the_decimal_ones(
     [
         *(0, 1, 4_999, 5_000, 5_001, 15_000, 25_000, 35_000, 10**10, 123_456_785_000),
         *(9_999_985_000, 9_999_995_000, 10**10 + 5_000, 19_999_995_000, 20_000_005_000),
+        *(10**16 + 5_000, 10**16 + 15_000, 2**62, 2**63 - 5_001),  # past a dollar, up to 64 bits
     ],
 )
-def test_integer_cost_text_rounds_half_to_even_as_decimal_formatting_does(total: int) -> None:
-    cost, text = _cost_of_units(total)
+@pytest.mark.parametrize("cost_of_units", COST_PATHS)
+def test_integer_cost_text_rounds_half_to_even_as_decimal_formatting_does(
+    total: int, cost_of_units: Callable[[int], tuple[Decimal, str]]
+) -> None:
+    cost, text = cost_of_units(total)
     assert cost == Decimal(total) / 10**10
+    assert str(cost) == str(Decimal(total).scaleb(-10))  # (the same exponent too)
     assert text == _usd(cost)
+
+
+@pytest.mark.skipif(_CostWriter is None, reason="the C cost writer is not built")
+def test_the_c_cost_writer_leaves_what_it_cannot_hold_to_python() -> None:
+    for total in (-5, -(10**12), 2**63 - 1, 2**63, 10**30):
+        assert _cost_of_units(total) == _py_cost_of_units(total)
+    with pytest.raises(TypeError, match="is an int, not float"):
+        _cost_of_units(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="one total"):
+        _cost_of_units()  # type: ignore[call-arg]
+    with pytest.raises(RuntimeError, match="not initialised"):
+        _CostWriter.__new__(_CostWriter)(5)
 
 
 # ------------------------------------------------------------------ stats refresh
