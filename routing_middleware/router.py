@@ -1125,7 +1125,9 @@ class Router:
         constraints.
         """
         ctx = current_context() if context is None else context
-        plan = self._plan_now()
+        plan = self._plan
+        if plan is None or plan.generation != self.catalog.generation:
+            plan = self._plan_now()  # (a new catalog: the call only then)
         config = self.config
         reasons: list[Reason] = []
         requested = plan.requested(request.model, self.catalog)
