@@ -679,7 +679,7 @@ class ComplexityScorer:
         tiers = self._tiers
         found = tiers.get(key)
         if found is None:
-            found = self._tier(*key)
+            found = self._tier(key[0], key[1], turns, tools)
             if len(tiers) >= _MAX_TIERS:
                 tiers.clear()
             tiers[key] = found

@@ -1176,7 +1176,8 @@ class Router:
                 if texts is None:
                     texts = request_texts(request)
                 tools = request.tools
-                tier = classifier.tier_of_texts(*texts, len(tools) if tools else 0)
+                text, system, turns = texts  # (positional: a starred call takes a slower path)
+                tier = classifier.tier_of_texts(text, system, turns, len(tools) if tools else 0)
             else:
                 tier = classifier(request)
             if tier is not None:
