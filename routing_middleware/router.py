@@ -194,6 +194,9 @@ _cost_of_units: Callable[[int], tuple[Decimal, str]] = (
     if _CostWriter is None
     else _CostWriter(Decimal, _QUANTUM, _ZERO_COST, _py_cost_of_units)
 )
+#: What ``_Plan.resolved`` gives for a name not resolved yet (``None``: resolved to no
+#: model).
+_UNRESOLVED: Any = object()
 #: The ``chosen`` reason of a selection made only to be compared, never to decide.
 _UNPRICED = Reason("chosen", "")
 
@@ -1130,7 +1133,9 @@ class Router:
             plan = self._plan_now()  # (a new catalog: the call only then)
         config = self.config
         reasons: list[Reason] = []
-        requested = plan.requested(request.model, self.catalog)
+        requested = plan.resolved.get(request.model, _UNRESOLVED)
+        if requested is _UNRESOLVED:  # (a name not met before under this plan)
+            requested = plan.requested(request.model, self.catalog)
         messages = request.messages
         scanned = scan_messages(messages) if scan_messages is not None else None
         texts: tuple[str, str, int] | None
@@ -1238,7 +1243,9 @@ class Router:
             or ctx.deny_models is not None
             or ctx.allow_providers is not None
         )
-        sla = _min_opt(ctx.max_latency_ms, rules.max_latency_ms)
+        sla = ctx.max_latency_ms  # (the lower of the hint's and the rules' SLAs)
+        if rules.max_latency_ms is not None and (sla is None or rules.max_latency_ms < sla):
+            sla = rules.max_latency_ms
 
         # Selection: remembered under every input it reads (the plan and the stats
         # figures through the view that holds the memo). Only an int tier is a key:
@@ -1294,11 +1301,14 @@ class Router:
                 and ctx.max_cost_per_call is None
                 and config.strategy != "balanced"  # (its scores are not linear in the share)
             ):
+                bucket = int(w * _BUCKETS)  # (``_bucket_of``, inline: every decision)
+                if bucket == _BUCKETS:
+                    bucket -= 1
                 span_key = (
                     *key[:6],
                     bisect.bisect_left(plan.windows, window),
                     bisect.bisect_left(plan.band_starts, input_tokens) if plan.band_starts else 0,
-                    _bucket_of(w),
+                    bucket,
                     *key[9:],
                 )
                 entry = plan.spans.get(span_key)
@@ -2126,14 +2136,6 @@ def _shared_reason(code: str, template: str, a: int, b: int = 0) -> Reason:
 
 def _lower(values: frozenset[str] | None) -> frozenset[str] | None:
     return None if values is None else frozenset(v.lower() for v in values)
-
-
-def _min_opt(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return b if b < a else a  # (as ``min(a, b)`` answers, minus its argument parsing)
 
 
 def _least_busy(deployments: tuple[Deployment, ...], stats: StatsStore) -> Deployment:
