@@ -116,21 +116,22 @@ CostWriter_init(CostWriter *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:CostWriter", keywords, &decimal,
                                      &quantum, &zero, &fallback))
         return -1;
+    if (self->decimal != NULL) { /* (a call under way must not see its parts change) */
+        PyErr_SetString(PyExc_RuntimeError, "CostWriter is initialised already");
+        return -1;
+    }
     if (!PyCallable_Check(decimal) || !PyCallable_Check(fallback)) {
         PyErr_SetString(PyExc_TypeError, "decimal and fallback must be callable");
         return -1;
     }
-    Py_INCREF(decimal);
-    Py_INCREF(quantum);
-    Py_INCREF(zero);
-    Py_INCREF(fallback);
-    Py_XSETREF(self->decimal, decimal);
-    Py_XSETREF(self->quantum, quantum);
-    Py_XSETREF(self->zero, zero);
-    Py_XSETREF(self->fallback, fallback);
-    Py_XSETREF(self->zero_text, PyUnicode_FromString("$0"));
-    if (self->zero_text == NULL)
+    PyObject *zero_text = PyUnicode_FromString("$0");
+    if (zero_text == NULL)
         return -1;
+    self->zero_text = zero_text;
+    self->quantum = Py_NewRef(quantum);
+    self->zero = Py_NewRef(zero);
+    self->fallback = Py_NewRef(fallback);
+    self->decimal = Py_NewRef(decimal); /* last: what marks it initialised */
     self->vectorcall = CostWriter_vectorcall;
     return 0;
 }

@@ -1,7 +1,8 @@
 /* One pass over a request's messages for what every routing decision reads of them.
  *
- * ``scan(messages)`` reads each message's ``role``, ``content`` and ``tool_calls``
- * straight from its instance dict (where pydantic keeps a model's fields), and gives
+ * ``scan(message_type, messages)`` reads each message's ``role``, ``content`` and
+ * ``tool_calls`` straight from its instance dict (where pydantic keeps a model's
+ * fields), for messages of exactly ``message_type`` (``schema.Message``), and gives
  * the token count of the message texts, the last user message's text, the system
  * and developer messages' texts joined, and the number of turns: what
  * ``tokens.request_tokens_and_images`` and ``classify.request_texts`` read, minus the
@@ -16,33 +17,44 @@
 static PyObject *str_role, *str_content, *str_tool_calls, *str_empty, *str_separator;
 
 static PyObject *
-scan(PyObject *module, PyObject *messages)
+scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes the message type and the messages");
+        return NULL;
+    }
+    PyObject *message_type = args[0], *messages = args[1];
     if (!PyList_CheckExact(messages))
         Py_RETURN_NONE;
-    Py_ssize_t count = PyList_GET_SIZE(messages);
     Py_ssize_t text_tokens = 0, users = 0, systems = 0;
-    PyObject *last = NULL;   /* borrowed: the last user message's content */
-    PyObject *system = NULL; /* borrowed: the first system message's content */
-    PyObject *more = NULL;   /* new: every system message's text, once there are two */
+    /* Held (new references): allocating below may run a collection, and with it
+     * finalizers that could change the messages. */
+    PyObject *message = NULL; /* the message being read */
+    PyObject *dict = NULL;    /* its instance dict */
+    PyObject *content = NULL; /* its content */
+    PyObject *last = NULL;    /* the last user message's content */
+    PyObject *system = NULL;  /* the first system message's text */
+    PyObject *more = NULL;    /* every system message's text, once there are two */
     PyObject *result = NULL;
 
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *message = PyList_GET_ITEM(messages, i);
-        PyObject *dict = PyObject_GenericGetDict(message, NULL);
+    /* (the size read on every pass: never past the end of a list changed meanwhile) */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(messages); i++) {
+        Py_XSETREF(message, Py_NewRef(PyList_GET_ITEM(messages, i)));
+        /* Exactly the message type: a subclass may read its text otherwise. */
+        if ((PyObject *)Py_TYPE(message) != message_type)
+            goto python_path;
+        Py_XSETREF(dict, PyObject_GenericGetDict(message, NULL));
         if (dict == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+                goto error;
             PyErr_Clear();
             goto python_path;
         }
-        /* The dict stays owned by the message, which the list holds: what is read
-         * from it stays alive while no Python code runs, and none does below. */
-        Py_DECREF(dict);
-        if (!PyDict_CheckExact(dict))
-            goto python_path;
-        /* (borrowed; NULL when the field is not in the dict, or on an error) */
-        PyObject *role = PyDict_GetItemWithError(dict, str_role);
-        PyObject *content = role ? PyDict_GetItemWithError(dict, str_content) : NULL;
-        PyObject *calls = content ? PyDict_GetItemWithError(dict, str_tool_calls) : NULL;
+        /* (borrowed from the held dict; NULL when the field is not in the dict, or on
+         * an error) */
+        PyObject *role = PyDict_CheckExact(dict) ? PyDict_GetItemWithError(dict, str_role) : NULL;
+        PyObject *found = role ? PyDict_GetItemWithError(dict, str_content) : NULL;
+        PyObject *calls = found ? PyDict_GetItemWithError(dict, str_tool_calls) : NULL;
         if (calls == NULL) {
             if (PyErr_Occurred())
                 goto error;
@@ -50,7 +62,10 @@ scan(PyObject *module, PyObject *messages)
         }
         if (calls != Py_None && !(PyList_CheckExact(calls) && PyList_GET_SIZE(calls) == 0))
             goto python_path;
-        if (content != Py_None) {
+        if (!PyUnicode_CheckExact(role))
+            goto python_path;
+        Py_XSETREF(content, Py_NewRef(found == Py_None ? str_empty : found));
+        if (found != Py_None) {
             if (!PyUnicode_CheckExact(content))
                 goto python_path;
 #if PY_VERSION_HEX < 0x030C0000
@@ -61,17 +76,14 @@ scan(PyObject *module, PyObject *messages)
                 goto python_path;
             text_tokens += (PyUnicode_GET_LENGTH(content) + 3) / 4;
         }
-        if (!PyUnicode_CheckExact(role))
-            goto python_path;
         if (PyUnicode_CompareWithASCIIString(role, "user") == 0) {
             users++;
-            last = content;
+            Py_XSETREF(last, Py_NewRef(content));
         }
         else if (PyUnicode_CompareWithASCIIString(role, "system") == 0
                  || PyUnicode_CompareWithASCIIString(role, "developer") == 0) {
-            PyObject *text = content == Py_None ? str_empty : content;
             if (++systems == 1) {
-                system = text;
+                system = Py_NewRef(content);
             }
             else {
                 if (more == NULL) {
@@ -79,7 +91,7 @@ scan(PyObject *module, PyObject *messages)
                     if (more == NULL || PyList_Append(more, system) < 0)
                         goto error;
                 }
-                if (PyList_Append(more, text) < 0)
+                if (PyList_Append(more, content) < 0)
                     goto error;
             }
         }
@@ -92,27 +104,34 @@ scan(PyObject *module, PyObject *messages)
             goto error;
     }
     else {
-        joined = system == NULL ? str_empty : system;
-        Py_INCREF(joined);
+        joined = Py_NewRef(system == NULL ? str_empty : system);
     }
-    PyObject *text = last == NULL || last == Py_None ? str_empty : last;
-    result = Py_BuildValue("(nONn)", text_tokens, text, joined, count == 1 ? count : users);
-    Py_XDECREF(more);
-    return result;
+    Py_ssize_t count = PyList_GET_SIZE(messages);
+    result = Py_BuildValue("(nONn)", text_tokens, last == NULL ? str_empty : last, joined,
+                           count == 1 ? count : users);
+    goto done;
 
 python_path:
-    Py_XDECREF(more);
-    Py_RETURN_NONE;
+    result = Py_NewRef(Py_None);
+    goto done;
 
 error:
+    result = NULL;
+
+done:
+    Py_XDECREF(message);
+    Py_XDECREF(dict);
+    Py_XDECREF(content);
+    Py_XDECREF(last);
+    Py_XDECREF(system);
     Py_XDECREF(more);
-    return NULL;
+    return result;
 }
 
 static PyMethodDef methods[] = {
-    {"scan", (PyCFunction)scan, METH_O,
-     "scan(messages) -> (text tokens, last user text, system text, turns), or None "
-     "when a message needs the Python path."},
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
+     "scan(message_type, messages) -> (text tokens, last user text, system text, turns), "
+     "or None when a message needs the Python path."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -20,5 +20,5 @@ def native(module: str, name: str) -> Any:
         return None
     try:
         return getattr(importlib.import_module(f"routing_middleware.{module}"), name)
-    except ImportError:  # built without a compiler
+    except (ImportError, AttributeError):  # not built, or an older build without it
         return None

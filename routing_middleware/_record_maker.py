@@ -29,8 +29,12 @@ def record_maker(cls: type[T]) -> Callable[..., T]:
     C maker would not run) from one value per field, in field order."""
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__ a record maker would skip")
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if any(not f.init or f.kw_only for f in fields):
+        # (``cls(*values)``, the Python path, would take other arguments than the maker)
+        raise TypeError(f"{cls.__name__} has fields its __init__ takes not by position")
     if _NativeRecordMaker is None:
         return cls
-    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    names = tuple(f.name for f in fields)
     made: Callable[..., T] = _NativeRecordMaker(cls, names)
     return made

@@ -63,14 +63,21 @@ RecordMaker_init(RecordMaker *self, PyObject *args, PyObject *kwds)
             return -1;
         }
     }
-    if (((PyTypeObject *)cls)->tp_alloc == NULL) {
-        PyErr_SetString(PyExc_TypeError, "cls cannot be allocated");
+    if (self->cls != NULL) { /* (a call under way must not see its names change) */
+        PyErr_SetString(PyExc_RuntimeError, "RecordMaker is initialised already");
         return -1;
     }
-    Py_INCREF(cls);
-    Py_INCREF(names);
-    Py_XSETREF(self->cls, (PyTypeObject *)cls);
-    Py_XSETREF(self->names, names);
+    PyTypeObject *type = (PyTypeObject *)cls;
+    /* Only what object.__new__ makes: a type with its own __new__ (a builtin's sets up
+     * state tp_alloc does not) or an abstract one is refused. */
+    if (type->tp_new != PyBaseObject_Type.tp_new || type->tp_alloc == NULL
+        || (type->tp_flags & Py_TPFLAGS_IS_ABSTRACT)) {
+        PyErr_Format(PyExc_TypeError, "RecordMaker cannot make %s: only classes "
+                     "object.__new__ makes", type->tp_name);
+        return -1;
+    }
+    self->names = Py_NewRef(names);
+    self->cls = (PyTypeObject *)Py_NewRef(cls); /* last: what marks it initialised */
     self->vectorcall = RecordMaker_vectorcall;
     return 0;
 }

@@ -1277,6 +1277,7 @@ class Router:
             else:
                 # A selection is kept only once its key's hash is noted (``_seen_twice``),
                 # so a key never noted has none to find: new inputs skip both lookups.
+                # (When ``once`` starts over, a kept selection is missed once more.)
                 if digest in plan.once or digest in view.once:
                     selection = view.selections.get(key) or plan.selections.get(key)
             if selection is not None and selection.seen is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from ._native import native
@@ -30,10 +31,13 @@ MESSAGE_OVERHEAD_TOKENS = 4
 IMAGE_TOKENS = 800
 _REPLY_PRIMER_TOKENS = 3
 
+_native_scan = native("_messagescan", "scan")
 #: The one native pass over a request's messages (``_messagescan.c``): for messages of
 #: plain-ASCII text (or none) and no tool calls, ``(text tokens, last user text,
 #: system text, turns)``; else ``None``, and the Python paths below read them.
-scan_messages = native("_messagescan", "scan")
+scan_messages: Callable[[list[Message]], tuple[int, str, str, int] | None] | None = (
+    None if _native_scan is None else partial(_native_scan, Message)
+)
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -74,9 +78,10 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 def _native_compact_encoder() -> Callable[[Any, int], Sequence[str]] | None:
     """``_COMPACT_JSON``'s C encoder, made once. ``JSONEncoder.encode`` makes one
     (and the closures around it) on every call, which costs more than encoding a
-    tool's schema does. It keeps no record of containers on the way down: a cycle
-    ends in ``RecursionError`` instead of ``ValueError`` (a validated request has
-    none). ``None`` where CPython's ``_json`` is missing or takes other arguments."""
+    tool's schema does. It keeps no record of containers on the way down (a record
+    kept between calls would be left dirty by an error), so a cycle ends in
+    ``RecursionError``: :func:`_compact_json_length` then asks ``encode``, which
+    names it. ``None`` where CPython's ``_json`` is missing or takes other arguments."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
         return None
@@ -105,9 +110,12 @@ _NATIVE_COMPACT = _native_compact_encoder()
 
 def _compact_json_length(value: Any) -> int:
     """The length of ``value`` as compact, ASCII-only JSON (``separators=(",", ":")``)."""
-    if _NATIVE_COMPACT is None:
-        return len(_COMPACT_JSON.encode(value))
-    return len("".join(_NATIVE_COMPACT(value, 0)))
+    if _NATIVE_COMPACT is not None:
+        try:
+            return len("".join(_NATIVE_COMPACT(value, 0)))
+        except RecursionError:  # a cycle (or nesting past the limit): encode says which
+            pass
+    return len(_COMPACT_JSON.encode(value))
 
 
 def estimate_request_tokens(request: ChatRequest) -> int:

@@ -100,21 +100,48 @@ class _Bare:
         self.__dict__.update(fields)
 
 
+class _Loud(Message):
+    @property
+    def text(self) -> str:  # type: ignore[override]
+        return self.content.upper() if isinstance(self.content, str) else ""
+
+
+def _without(field: str) -> Message:
+    message = Message(role="user", content="hi")
+    del message.__dict__[field]
+    return message
+
+
 @pytest.mark.parametrize(
     "messages",
     [
         (Message(role="user", content="hi"),),  # not a list
-        [1, 2],  # no instance dict
-        [_Bare(content="hi", tool_calls=None)],  # no role
-        [_Bare(role="user", tool_calls=None)],  # no content
-        [_Bare(role="user", content="hi")],  # no tool_calls
-        [_Bare(role="user", content=b"hi", tool_calls=None)],  # content not text
-        [_Bare(role=1, content="hi", tool_calls=None)],  # role not text
-        [_Bare(role="user", content="hi", tool_calls=())],  # calls not a list
+        [1, 2],  # not messages
+        [_Bare(role="user", content="hi", tool_calls=None)],  # another type, same fields
+        [_Loud(role="user", content="hi")],  # a subclass, which may read its text otherwise
+        [_without("role")],
+        [_without("content")],
+        [_without("tool_calls")],
+        [Message.model_construct(role="user", content=b"hi")],  # content not text
+        [Message.model_construct(role=1, content="hi")],  # role not text
+        [Message.model_construct(role="user", content="hi", tool_calls=())],  # not a list
+        [Message(role="user", content="plain"), Message(role="user", content="héllo")],
     ],
 )
 def test_scan_leaves_what_it_cannot_read_to_the_python_path(messages: Any) -> None:
     assert scan(messages) is None  # type: ignore[misc]
+
+
+def test_a_message_subclass_reads_its_own_text() -> None:
+    request = ChatRequest(model="m", messages=[_Loud(role="user", content="hi")])
+    assert classify.request_texts(request)[0] == "HI"
+
+
+def test_scan_takes_the_message_type_then_the_messages() -> None:
+    native = tokens._native_scan
+    with pytest.raises(TypeError, match="message type and the messages"):
+        native([Message(role="user", content="hi")])  # type: ignore[misc]
+    assert native(Message, [Message(role="user", content="hi")]) == (1, "hi", "", 1)  # type: ignore[misc]
 
 
 def test_pure_python_setting_turns_the_native_scan_off() -> None:

@@ -3,6 +3,7 @@ constructor it stands in for; skipped when the extension was not built."""
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from decimal import Decimal
 
@@ -78,6 +79,31 @@ def test_a_maker_refuses_what_it_cannot_make() -> None:
 
     with pytest.raises(TypeError, match="__post_init__"):
         _record_maker.record_maker(Checked)
+
+    @dataclasses.dataclass(frozen=True)
+    class Keyworded:
+        value: int
+        flag: bool = dataclasses.field(default=False, kw_only=True)
+
+    with pytest.raises(TypeError, match="not by position"):
+        _record_maker.record_maker(Keyworded)
+
+    # What object.__new__ would not make: a builtin's instance needs its own __new__
+    # (made by tp_alloc alone, a dict crashed on first use), an abstract class none.
+    class Abstract(abc.ABC):
+        @abc.abstractmethod
+        def run(self) -> None: ...
+
+    for cls in (dict, type, Abstract):
+        with pytest.raises(TypeError, match=r"only classes object\.__new__ makes"):
+            RecordMaker(cls, ())
+
+
+def test_a_maker_is_initialised_once() -> None:
+    maker = RecordMaker(Reason, ("code", "message"))
+    with pytest.raises(RuntimeError, match="initialised already"):
+        maker.__init__(Decision, ("primary",))  # type: ignore[misc]
+    assert maker("a", "b") == Reason("a", "b")
 
 
 def test_a_maker_not_initialised_raises_instead_of_crashing() -> None:

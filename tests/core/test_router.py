@@ -1425,6 +1425,9 @@ def test_the_c_cost_writer_leaves_what_it_cannot_hold_to_python() -> None:
         _cost_of_units()  # type: ignore[call-arg]
     with pytest.raises(RuntimeError, match="not initialised"):
         _CostWriter.__new__(_CostWriter)(5)
+    with pytest.raises(RuntimeError, match="initialised already"):
+        _cost_of_units.__init__(Decimal, Decimal(1), Decimal(0), _py_cost_of_units)  # type: ignore[misc]
+    assert _cost_of_units(15_000) == (Decimal("0.0000015000"), "$0.000002")
 
 
 # ------------------------------------------------------------------ stats refresh

@@ -75,3 +75,11 @@ def test_tool_schema_length_has_a_native_encoder_here() -> None:
 def test_tool_schema_that_json_cannot_write_is_refused() -> None:
     with pytest.raises(TypeError, match="not JSON serializable"):
         _compact_json_length({"a": object()})
+
+
+def test_a_tool_schema_with_a_cycle_is_named_as_one() -> None:
+    # The encoder made once keeps no record of containers; encode() names the cycle.
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference"):
+        _compact_json_length({"a": loop})
