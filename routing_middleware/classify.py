@@ -485,12 +485,18 @@ def request_texts(request: ChatRequest) -> tuple[str, str, int]:
     """What the built-in scorer reads of ``request`` but its tools: ``last_user_text``,
     ``system_text`` and the number of turns, in one pass (see
     :meth:`ComplexityScorer.tier_of_texts`)."""
-    messages = request.messages
     scan = tokens.scan_messages  # (the native pass the token estimate uses too)
     if scan is not None:
-        found = scan(messages)
+        found = scan(request.messages)
         if found is not None:
             return found[1], found[2], found[3]
+    return python_texts(request)
+
+
+def python_texts(request: ChatRequest) -> tuple[str, str, int]:
+    """:func:`request_texts` read in Python: what a caller whose native scan gave
+    ``None`` asks (it would only give ``None`` again)."""
+    messages = request.messages
     last: Message | None = None
     system: list[Message] = []
     users = 0

@@ -58,13 +58,13 @@ from ._native import native
 from ._record_maker import record_maker
 from .budgets import Budgets
 from .catalog import Catalog, ModelInfo
-from .classify import Classifier, ComplexityScorer, request_texts
+from .classify import Classifier, ComplexityScorer, python_texts
 from .config import RoutingConfig, Rule, TierSpec
 from .context import Mode, RouteContext, current_context
 from .pricing import COST_QUANTUM, estimate_cost, list_price_units
 from .schema import BudgetExceeded, ChatRequest, NoRouteAvailable
 from .stats import AlwaysAvailable, DeploymentStats, HealthCheck, StatsSnapshot, StatsStore
-from .tokens import request_tokens_and_images, scan_messages, scanned_tokens
+from .tokens import python_tokens_and_images, scan_messages, scanned_tokens
 
 __all__ = ["Decision", "Deployment", "Reason", "Router"]
 
@@ -1144,10 +1144,10 @@ class Router:
             images = False
             texts = (scanned[1], scanned[2], scanned[3])
         else:
-            input_tokens, images = request_tokens_and_images(request)
+            input_tokens, images = python_tokens_and_images(request)
             # Read once for the text rules and the built-in scorer when both may read
             # them (a tier hint leaves the scorer out).
-            texts = request_texts(request) if self._text_rules and ctx.tier is None else None
+            texts = python_texts(request) if self._text_rules and ctx.tier is None else None
         needs = _needs(request, images)
         rules = (
             self._apply_rules(request, ctx, input_tokens, needs, texts)
@@ -1179,7 +1179,7 @@ class Router:
                 and type(classifier).__call__ is _SCORER_CALL
             ):
                 if texts is None:
-                    texts = request_texts(request)
+                    texts = python_texts(request)  # (the native scan gave none)
                 tools = request.tools
                 text, system, turns = texts  # (positional: a starred call takes a slower path)
                 tier = classifier.tier_of_texts(text, system, turns, len(tools) if tools else 0)

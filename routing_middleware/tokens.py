@@ -131,9 +131,15 @@ def request_tokens_and_images(request: ChatRequest) -> tuple[int, bool]:
         found = scan_messages(messages)
         if found is not None:  # (plain-text messages: none holds an image)
             return scanned_tokens(found[0], len(messages), request.tools), False
+    return python_tokens_and_images(request)
+
+
+def python_tokens_and_images(request: ChatRequest) -> tuple[int, bool]:
+    """:func:`request_tokens_and_images` read in Python: what a caller whose native
+    scan gave ``None`` asks (it would only give ``None`` again)."""
     tokens = _REPLY_PRIMER_TOKENS
     images = False
-    for message in messages:
+    for message in request.messages:
         content = message.content
         # The common message, plain ASCII text and no tool calls, counted inline.
         if isinstance(content, str) and content.isascii() and not message.tool_calls:

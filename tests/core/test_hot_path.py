@@ -28,7 +28,9 @@ HOT: list[Callable[..., Any]] = [
     classify.ComplexityScorer.tier_of_texts,
     classify.ComplexityScorer._tier,
     classify.request_texts,
+    classify.python_texts,
     tokens.request_tokens_and_images,
+    tokens.python_tokens_and_images,
     tokens.scanned_tokens,
 ]
 
