@@ -1305,12 +1305,24 @@ class Router:
                 bucket = int(w * _BUCKETS)  # (``_bucket_of``, inline: every decision)
                 if bucket == _BUCKETS:
                     bucket -= 1
+                # The key's parts but its token counts and ``max_tokens`` (6 to 8), for
+                # which the context window's bucket, the price band and the output
+                # share's bucket stand (by index: slicing and unpacking cost double).
                 span_key = (
-                    *key[:6],
+                    key[0],
+                    key[1],
+                    key[2],
+                    key[3],
+                    key[4],
+                    key[5],
                     bisect.bisect_left(plan.windows, window),
                     bisect.bisect_left(plan.band_starts, input_tokens) if plan.band_starts else 0,
                     bucket,
-                    *key[9:],
+                    key[9],
+                    key[10],
+                    key[11],
+                    key[12],
+                    key[13],
                 )
                 entry = plan.spans.get(span_key)
                 if entry is not None and entry[1] is not None and entry[1] is not view:
