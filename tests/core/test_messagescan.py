@@ -10,11 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routing_middleware import classify, tokens
+from routing_middleware import router as router_module
+from routing_middleware.catalog import Catalog
+from routing_middleware.config import RoutingConfig
+from routing_middleware.context import RouteContext
+from routing_middleware.router import Router
 from routing_middleware.schema import ChatRequest, ImagePart, Message, TextPart, Tool, ToolCall
 from tests.core.child import assert_runs
 
 scan = tokens.scan_messages
 pytestmark = pytest.mark.skipif(scan is None, reason="the native message scan is not built")
+_BUNDLED = Catalog.bundled()
 
 # Text with what the Python paths treat apart: non-ASCII, empty, long.
 texts = st.one_of(
@@ -147,3 +153,75 @@ def test_scan_takes_the_message_type_then_the_messages() -> None:
 def test_pure_python_setting_turns_the_native_scan_off() -> None:
     code = "from routing_middleware import tokens; assert tokens.scan_messages is None"
     assert_runs(code, pure_python=True)
+
+
+_ROUTER_CONFIG = {
+    "rules": [
+        {"name": "refunds", "when": {"keywords": ["refund"]}, "then": {"tier": 2}},
+        {"name": "sql", "when": {"regex": r"\bSQL\b"}, "then": {"tier": 3}},
+    ]
+}
+
+
+# Texts the rules and the scorer tell apart (cues, a refund, SQL, length), or any.
+_PROMPTS = st.sampled_from(
+    [
+        "hi",
+        "Please refund my order",
+        "Write a SQL query joining orders and users",
+        "You are a careful legal and medical analyst. Prove it step by step.",
+        "Analyze the trade-offs, then design a distributed system and prove it correct. " * 6,
+        "Résumé the contract clauses step by step",
+    ]
+)
+_DECIDED = st.builds(
+    ChatRequest,
+    model=st.just("openai/gpt-4o"),
+    messages=st.lists(
+        st.builds(
+            Message,
+            role=st.sampled_from(["system", "developer", "user", "assistant"]),
+            content=st.one_of(_PROMPTS, contents),
+            tool_calls=calls,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_DECIDED, st.sampled_from([None, 1, 3]))
+def test_decide_reads_the_messages_alike_on_both_paths(
+    request: ChatRequest, tier: int | None
+) -> None:
+    # ``Router.decide`` takes the scan's answer when it has one and reads the messages
+    # in Python otherwise: tokens, the rules' text and the scorer's texts must agree.
+    config = RoutingConfig.model_validate(_ROUTER_CONFIG)
+    ctx = RouteContext(tier=tier)
+    scorers = (_Recording(), _Recording())
+    native = Router(_BUNDLED, config=config, classifier=scorers[0]).decide(request, ctx)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(router_module, "scan_messages", None)
+        python = Router(_BUNDLED, config=config, classifier=scorers[1]).decide(request, ctx)
+    assert (native.input_tokens, native.tier, native.model, native.reasons) == (
+        python.input_tokens,
+        python.tier,
+        python.model,
+        python.reasons,
+    )
+    assert native.input_tokens == tokens.estimate_request_tokens(request)
+    assert scorers[0].asked == scorers[1].asked  # the same texts, system text and turns
+
+
+class _Recording(classify.ComplexityScorer):
+    """The built-in scorer, noting what the router asks it (``__call__`` is not
+    overridden, so the router hands it the texts it read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, str, int, int]] = []
+
+    def tier_of_texts(self, text: str, system: str, turns: int, tools: int) -> int:
+        self.asked.append((text, system, turns, tools))
+        return super().tier_of_texts(text, system, turns, tools)
