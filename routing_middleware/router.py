@@ -278,14 +278,11 @@ class _Plan:
         self.windows = sorted({c.context_window for c in self.everything})
         self.band_starts = sorted({b[0] for c in self.everything for b in c.bands})
 
-    def requested(self, model: str, catalog: Catalog) -> _Cand | None:
-        """The candidate for the requested ``model`` (id or alias), remembered per name:
-        the plan lives for one catalog generation, and so does the answer."""
+    def resolve(self, model: str, catalog: Catalog) -> _Cand | None:
+        """The candidate for the requested ``model`` (id or alias), kept in
+        ``resolved`` per name (``decide`` looks there first): the plan lives for one
+        catalog generation, and so does the answer."""
         resolved = self.resolved
-        try:
-            return resolved[model]
-        except KeyError:
-            pass
         found = self.by_id.get(model.lower())
         if found is None:
             info = catalog.find(model)
@@ -764,14 +761,13 @@ class Router:
 
     # ------------------------------------------------------------------ planning
 
-    def _plan_now(self) -> _Plan:
-        plan = self._plan
-        generation = self.catalog.generation
-        if plan is None or plan.generation != generation:
-            plan = self._build_plan(generation)
-            self._plan = plan
-            # The view caches figures per candidate object: start it over for the new ones.
-            self._view = _StatsView(self._view.snapshot, self.config)
+    def _new_plan(self) -> _Plan:
+        """A plan for the catalog as it is now, swapped in (``decide`` asks for one
+        when it finds none, or one of another catalog generation)."""
+        plan = self._build_plan(self.catalog.generation)
+        self._plan = plan
+        # The view caches figures per candidate object: start it over for the new ones.
+        self._view = _StatsView(self._view.snapshot, self.config)
         return plan
 
     def close(self, timeout: float = 5.0) -> None:
@@ -1130,12 +1126,12 @@ class Router:
         ctx = current_context() if context is None else context
         plan = self._plan
         if plan is None or plan.generation != self.catalog.generation:
-            plan = self._plan_now()  # (a new catalog: the call only then)
+            plan = self._new_plan()
         config = self.config
         reasons: list[Reason] = []
         requested = plan.resolved.get(request.model, _UNRESOLVED)
         if requested is _UNRESOLVED:  # (a name not met before under this plan)
-            requested = plan.requested(request.model, self.catalog)
+            requested = plan.resolve(request.model, self.catalog)
         messages = request.messages
         scanned = scan_messages(messages) if scan_messages is not None else None
         texts: tuple[str, str, int] | None
